@@ -1,0 +1,107 @@
+"""The command line: `python -m tuning train|inspect ...`. Exit codes: 0 success, 2 bad input
+(one-line message on stderr), 1 failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tuning import config as config_mod
+from tuning import runs
+from tuning.paths import resolve_workspace
+
+
+class BadInput(Exception):
+    pass
+
+
+def _train(args) -> int:
+    from tuning import runner, train
+
+    workspace = resolve_workspace(args.workspace)
+    if args.resume:
+        if args.preset or args.config or args.set:
+            raise BadInput("--resume takes no --preset, --config or --set: a run keeps its config")
+        run_path = runs.existing_run_dir(workspace, args.resume)
+        cfg = config_mod.load(run_path / "config.yaml")
+        with runner.workspace_lock(workspace):
+            runner.refuse_if_busy(workspace, except_run=run_path.name)
+            runs.write_process_info(run_path, os.getpid())
+        return train.run(cfg, run_path, workspace, resume=True)
+
+    source = args.config or args.preset
+    cfg = config_mod.load(source) if source else config_mod.TrainConfig()
+    cfg = config_mod.apply_overrides(cfg, args.set or [])
+    config_path = Path(args.config).resolve() if args.config else None
+    if config_path and config_path.parent.parent == runs.runs_dir(workspace).resolve() and not args.set:
+        run_path = config_path.parent  # started by the runner: the run folder exists already
+        with runner.workspace_lock(workspace):
+            runner.refuse_if_busy(workspace, except_run=run_path.name)
+            runs.write_process_info(run_path, os.getpid())
+    else:
+        with runner.workspace_lock(workspace):
+            runner.refuse_if_busy(workspace)
+            run_path = runner.create_run(workspace, cfg)
+            runs.write_process_info(run_path, os.getpid())
+    print(f"run {run_path.name} in {run_path}", flush=True)
+    return train.run(cfg, run_path, workspace)
+
+
+def _inspect(args) -> int:
+    from tuning import data
+
+    loaded = data.load(args.path, args.format)
+    report = {
+        "source": loaded.source, "format": loaded.format, "rows": loaded.rows_total,
+        "valid_rows": loaded.rows_valid,
+        "problems": [vars(p) for p in loaded.problems[: args.max_problems]],
+        "problem_count": len(loaded.problems),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{report['source']}: {report['format']}, {report['valid_rows']}/{report['rows']} rows valid")
+        for p in loaded.problems[: args.max_problems]:
+            print(f"  {p}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tuning", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a base model (QLoRA by default)")
+    p.add_argument("--preset", help="a preset YAML file, e.g. presets/quickstart.yaml")
+    p.add_argument("--config", help="a config YAML file (a run's config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("inspect", help="load a dataset and report its format, rows and problems")
+    p.add_argument("path", help="'demo', or a dataset file")
+    p.add_argument("--format", default="auto", help="force a format instead of detecting it")
+    p.add_argument("--max-problems", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuning.data import DataError
+    from tuning.models import ModelError
+    from tuning.paths import PathError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, runs.RunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

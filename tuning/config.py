@@ -1,0 +1,252 @@
+"""TrainConfig: the single source of truth for one fine-tuning run.
+
+The dashboard form, a preset YAML file and the CLI's `--set key=value` all map onto
+this one flat, frozen dataclass. It validates itself in __post_init__, refuses unknown
+keys, and carries each field's help text and valid range in its metadata so that the
+UI can build its form from it instead of keeping a second copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+DEMO_DATASET = "demo"
+
+
+class ConfigError(ValueError):
+    """A config value the user gave is wrong. The message names the key."""
+
+
+def _f(default: Any, help: str, group: str, *, choices: tuple | None = None,
+       min: float | None = None, max: float | None = None, advanced: bool = False) -> Any:
+    """A dataclass field with the metadata the form and the validator read."""
+    meta = {"help": help, "group": group, "advanced": advanced}
+    if choices is not None:
+        meta["choices"] = choices
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- model -------------------------------------------------------------------
+    base_model: str = _f(EMBEDDED_MODEL, "Base model: the embedded default, a local folder, or a Hub id "
+                         "(e.g. Qwen/Qwen2.5-0.5B-Instruct; needs network).", "model")
+    trust_remote_code: bool = _f(False, "Run Python code shipped with a Hub model. Only for models you trust.",
+                                 "model", advanced=True)
+    run_name: str = _f("", "A short name for the run (letters, digits, - and _). Empty: derived from the time.",
+                       "model")
+
+    # --- method ------------------------------------------------------------------
+    method: Literal["qlora", "lora"] = _f("qlora", "qlora: 4-bit NF4 frozen base (double quantization) + LoRA. "
+                                          "lora: full-precision frozen base + LoRA.", "method",
+                                          choices=("qlora", "lora"))
+    precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "Compute dtype for training. auto: bf16 where the device supports it fast, else fp32.",
+        "method", choices=("auto", "bf16", "fp32"))
+
+    # --- LoRA --------------------------------------------------------------------
+    lora_r: int = _f(16, "LoRA rank: the adapter's capacity. 8-64 is typical.", "lora", min=1, max=1024)
+    lora_alpha: int = _f(32, "LoRA scaling numerator; usually 2 x r.", "lora", min=1, max=4096)
+    lora_dropout: float = _f(0.05, "Dropout on the adapter's input.", "lora", min=0.0, max=0.9)
+    target_modules: str = _f("all-linear", "Which linear layers get adapters: all-linear, or a comma-separated "
+                             "list such as q_proj,v_proj.", "lora")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA. Slightly better, slower.", "lora", advanced=True)
+    use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r; helps at large r.", "lora",
+                          advanced=True)
+
+    # --- optimisation ------------------------------------------------------------
+    learning_rate: float = _f(2e-4, "Peak learning rate. 1e-4 to 3e-4 is typical for LoRA.", "optimisation",
+                              min=1e-8, max=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f(
+        "cosine", "Learning-rate schedule after warmup.", "optimisation",
+        choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _f(0.05, "Share of the steps spent warming the learning rate up from 0.", "optimisation",
+                             min=0.0, max=0.5)
+    num_epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).", "optimisation",
+                           min=0.01, max=100.0)
+    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 means use num_epochs.", "optimisation",
+                        min=-1, max=1_000_000)
+    per_device_batch_size: int = _f(4, "Examples per forward pass on each device.", "optimisation", min=1, max=1024)
+    gradient_accumulation_steps: int = _f(1, "Forward passes per optimizer step; effective batch = batch x this.",
+                                          "optimisation", min=1, max=1024)
+    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", "optimisation", min=0.0, max=1.0,
+                             advanced=True)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 disables clipping.", "optimisation",
+                              min=0.0, max=1000.0, advanced=True)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
+                                      "slower. Turn on when memory runs out.", "optimisation", advanced=True)
+    seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
+                   min=0, max=2**31 - 1, advanced=True)
+
+    # --- data --------------------------------------------------------------------
+    dataset: str = _f(DEMO_DATASET, "Training data: 'demo' (bundled), a file or folder, or a Hub dataset id.",
+                      "data")
+    eval_dataset: str = _f("", "Held-out data file. Empty: split eval_split off the training data "
+                           "('demo' has its own held-out file).", "data")
+    eval_split: float = _f(0.1, "Share of the training rows held out for evaluation when no eval_dataset is "
+                           "given; 0 disables evaluation.", "data", min=0.0, max=0.5)
+    max_length: int = _f(512, "Longest example in tokens; longer ones are truncated.", "data", min=16, max=131072)
+    packing: bool = _f(False, "Pack several examples into one sequence without cross-attention (faster on "
+                       "mixed lengths).", "data")
+    train_on_completions_only: bool = _f(True, "Compute the loss only on assistant tokens (recommended).", "data")
+
+    # --- schedule (saving, evaluation, logging, early stopping) ---------------------
+    save_steps: int = _f(50, "Save a checkpoint every N steps (a resume loses at most N steps).", "schedule",
+                         min=1, max=1_000_000)
+    eval_steps: int = _f(50, "Evaluate on the held-out split every N steps.", "schedule", min=1, max=1_000_000)
+    logging_steps: int = _f(1, "Write a log event every N steps.", "schedule", min=1, max=10_000)
+    early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for N evaluations; 0 = off.",
+                                      "schedule", min=0, max=1000)
+    save_total_limit: int = _f(3, "Keep at most N checkpoints on disk (the best one is always kept).", "schedule",
+                               min=1, max=1000, advanced=True)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _base_type(f)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                value = float(value)
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if lo is not None and value < lo or hi is not None and value > hi:
+                raise ConfigError(f"{f.name}: {value!r} is outside the valid range [{lo}, {hi}]")
+        if self.run_name and not _is_safe_name(self.run_name):
+            raise ConfigError("run_name: use only letters, digits, '-' and '_' (at most 64 characters)")
+        if not self.base_model.strip():
+            raise ConfigError("base_model: must not be empty")
+        if not self.dataset.strip():
+            raise ConfigError("dataset: must not be empty")
+        if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps != 0:
+            raise ConfigError("early_stopping_patience: needs save_steps to be a multiple of eval_steps, so the "
+                              "best checkpoint is on disk")
+        if self.max_steps == 0:
+            raise ConfigError("max_steps: 0 would train nothing; use -1 to train for num_epochs")
+
+    # --- conversions ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+    @property
+    def target_module_list(self) -> str | list[str]:
+        """PEFT's target_modules: the string 'all-linear' or a list of module names."""
+        if self.target_modules.strip() == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.target_modules.split(",") if name.strip()]
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_batch_size * self.gradient_accumulation_steps
+
+
+def _is_safe_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
+
+
+def _base_type(f: dataclasses.Field) -> type:
+    """The runtime type a field holds (Literal[...] of strings -> str)."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"{f.name}: keep TrainConfig flat and non-optional")
+    return hint
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def field_type(name: str) -> type:
+    return _base_type(FIELDS[name])
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a config from a mapping (a preset, a form, a saved run), refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of key: value, got {type(values).__name__}")
+    unknown = sorted(str(k) for k in values if k not in FIELDS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config key" + (f" (also: {', '.join(unknown[1:])})"
+                                                                   if unknown[1:] else ""))
+    return TrainConfig(**values)
+
+
+def from_yaml(text: str, source: str = "config") -> TrainConfig:
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if values is None:
+        values = {}
+    return from_dict(values)
+
+
+def load(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    return from_yaml(text, source=str(path))
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """Turn the text of `--set key=value` (or a form box) into the field's type."""
+    if key not in FIELDS:
+        raise ConfigError(f"{key}: unknown config key")
+    kind = field_type(key)
+    text = raw.strip()
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+    return raw
+
+
+def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply CLI-style `key=value` strings on top of a config."""
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: expected key=value")
+        changes[key] = parse_value(key, raw)
+    return config.replace(**changes)

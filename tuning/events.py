@@ -1,0 +1,72 @@
+"""The run's event log, `events.jsonl`: the trainer appends, everyone else reads.
+
+One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error), `time`
+(unix seconds) and, where it applies, step, max_steps, loss, eval_loss, learning_rate,
+tokens_per_second, message. The file is the truth about a run: a page reload or an app
+restart rebuilds everything from it, so readers tolerate a half-written last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; keep the line parseable and say what it was.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class EventLog:
+    """Append-only writer. Each append is one write() of one whole line, flushed and fsynced,
+    so a kill -9 leaves at most one partial last line, which readers skip."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        if event not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {event!r}")
+        record = {"event": event, "time": round(time.time(), 3)}
+        record.update({k: _clean(v) for k, v in fields.items() if v is not None})
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return record
+
+
+def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Read whole lines from byte `offset` on. Returns the events and the offset to continue
+    from; a trailing partial line is left for the next call. Garbage lines are skipped."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1  # only whole lines
+    events = []
+    for raw in data[:end].splitlines():
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict) and "event" in record:
+            events.append(record)
+    return events, offset + end
+
+
+def iter_events(path: str | Path) -> Iterator[dict[str, Any]]:
+    yield from read_events(path)[0]

@@ -1,0 +1,60 @@
+"""Where things live, and which paths from the page may be read.
+
+The workspace: `--workspace DIR`, else $TUNING_WORKSPACE, else /data/tuning on a Space with
+persistent storage, else ./workspace. Paths typed into the page are only read under the
+allowed roots (the workspace, the upload folder, each --data-dir); the CLI, run by the
+machine's own user, reads what that user can.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+DEMO_DATA_DIR = PACKAGE_DIR / "demo_data"
+PRESETS_DIR = PROJECT_DIR / "presets"
+
+
+class PathError(ValueError):
+    """A user-supplied path is outside the allowed roots or otherwise unusable."""
+
+
+def on_space() -> bool:
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def default_workspace() -> Path:
+    if os.environ.get("TUNING_WORKSPACE"):
+        return Path(os.environ["TUNING_WORKSPACE"]).expanduser().resolve()
+    if on_space() and Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/tuning")
+    return (Path.cwd() / "workspace").resolve()
+
+
+def resolve_workspace(workspace: str | Path | None = None) -> Path:
+    ws = Path(workspace).expanduser().resolve() if workspace else default_workspace()
+    return ws
+
+
+def resolve_under(text: str | Path, roots: list[Path], *, what: str = "path") -> Path:
+    """Resolve `text` (relative paths against the first root) and require the result, with
+    every symlink followed, to lie inside one of `roots`."""
+    raw = str(text).strip()
+    if not raw:
+        raise PathError(f"{what}: empty")
+    if "\x00" in raw:
+        raise PathError(f"{what}: contains a NUL byte")
+    if not roots:
+        raise PathError(f"{what}: no folders are open to the page")
+    candidate = Path(raw).expanduser()
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    resolved = candidate.resolve()
+    for root in roots:
+        root = Path(root).resolve()
+        if resolved == root or resolved.is_relative_to(root):
+            return resolved
+    allowed = ", ".join(str(Path(r).resolve()) for r in roots)
+    raise PathError(f"{what}: {raw!r} is outside the folders this app may read ({allowed})")

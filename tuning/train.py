@@ -1,0 +1,242 @@
+"""The training recipe: setup -> train -> save, top to bottom. Runs in its own process
+(`python -m tuning train ...`) and never imports Gradio.
+
+What it does, and the trade-off of each feature:
+- QLoRA (method=qlora): the base is frozen in 4-bit NF4 with double quantization; ~3x less
+  memory than full precision, some quality loss on very small models.
+- LoRA adapters through PEFT on every linear layer by default ("all-linear").
+- Loss only on assistant tokens (train_on_completions_only): the mask comes from
+  tuning.data.tokenize_conversation, so it works with any chat template.
+- Events: every log, eval, checkpoint, the start and the end go to events.jsonl, which the
+  dashboard tails; progress is also printed to stdout.
+- Checkpoints every save_steps with optimizer and scheduler state; each gets a COMPLETE
+  marker written last, so a resume skips a checkpoint half-written by a crash.
+- SIGTERM (the Stop button) ends training after the current step, saves a checkpoint and
+  the adapter, and ends the run as "stopped".
+- Early stopping on eval loss when early_stopping_patience > 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from tuning import data as data_mod
+from tuning import models, runs
+from tuning.config import ConfigError, TrainConfig
+from tuning.events import EventLog
+
+BAD_INPUT_ERRORS = (ConfigError, data_mod.DataError, models.ModelError)
+
+
+class StopRequested:
+    """Set by SIGTERM/SIGINT; checked by the trainer after every step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> dict:
+        """Install the handlers; returns the previous ones (restore() puts them back)."""
+        def handler(signum, frame):
+            self.requested = True
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
+    from transformers import TrainerCallback
+
+    class EventsCallback(TrainerCallback):
+        """Turns the Trainer's callbacks into events.jsonl lines and stdout progress."""
+
+        def __init__(self):
+            self.last_time = None
+            self.last_tokens = 0
+            self.started = time.time()
+            self.first_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time, self.last_tokens = time.time(), state.num_input_tokens_seen
+            self.first_step = state.global_step
+            events.append("start", step=state.global_step, max_steps=state.max_steps,
+                          message=f"training {state.max_steps - state.global_step} steps"
+                                  + (f" (resumed at step {state.global_step})" if state.global_step else ""))
+            print(f"start: {state.max_steps} steps", flush=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested:
+                control.should_training_stop = True
+                control.should_save = True  # a resumable checkpoint at the stop
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.time()
+            tokens = state.num_input_tokens_seen
+            rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+            self.last_time, self.last_tokens = now, tokens
+            done = state.global_step - self.first_step
+            elapsed = now - self.started
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+            events.append("log", step=state.global_step, max_steps=state.max_steps, loss=logs["loss"],
+                          learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                          epoch=logs.get("epoch"), tokens_per_second=round(rate, 1),
+                          tokens_seen=tokens, eta_seconds=round(eta, 1) if eta is not None else None)
+            print(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                  f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tok/s"
+                  + (f"  eta {eta:.0f}s" if eta is not None else ""), flush=True)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            if "eval_loss" in metrics:
+                events.append("eval", step=state.global_step, max_steps=state.max_steps,
+                              eval_loss=metrics["eval_loss"])
+                print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
+
+        def on_save(self, args, state, control, **kwargs):
+            ckpt = run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / runs.COMPLETE_MARKER).write_text(str(time.time()))  # written last: the save is whole
+                events.append("checkpoint", step=state.global_step, max_steps=state.max_steps,
+                              path=str(ckpt.relative_to(run_dir)))
+
+    return [EventsCallback()]
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested):
+    """Setup: model path, tokenizer, data, 4-bit (or full) base, LoRA, SFTTrainer."""
+    import torch
+    from transformers import EarlyStoppingCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(cfg.seed)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model_path = models.resolve_base_model(cfg.base_model, workspace)
+    tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
+    train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer)
+    print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
+          f"{len(loaded.problems)} problems", flush=True)
+    model = models.load_base_for_training(cfg, model_path)
+    dtype = models.compute_dtype(cfg)
+    has_eval = eval_ds is not None
+    early_stop = cfg.early_stopping_patience > 0 and has_eval
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a share of the total steps
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps,
+        load_best_model_at_end=early_stop,
+        metric_for_best_model="eval_loss" if early_stop else None,
+        greater_is_better=False if early_stop else None,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    callbacks = _callbacks(events, run_dir, stop)
+    if early_stop:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=models.get_peft_config(cfg),
+        callbacks=callbacks,
+    )
+    return trainer, tokenizer
+
+
+def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) -> int:
+    """Train one run in `run_dir`. Returns the process exit code (0 ok, 2 bad input, 1 failure)."""
+    events = EventLog(run_dir / "events.jsonl")
+    stop = StopRequested()
+    previous_handlers = stop.install()
+    try:
+        trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop)
+        checkpoint = runs.latest_checkpoint(run_dir) if resume else None
+        if resume and checkpoint is None:
+            print("no complete checkpoint to resume from; starting from step 0", flush=True)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        # Save: the final adapter (the best one when early stopping loaded it back).
+        adapter_dir = run_dir / "adapter"
+        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+        state = trainer.state
+        status = runs.STOPPED if stop.requested else runs.COMPLETED
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        events.append("end", status=status, step=state.global_step, max_steps=state.max_steps,
+                      loss=losses[-1] if losses else None, train_loss=result.training_loss,
+                      best_checkpoint=_relative(state.best_model_checkpoint, run_dir),
+                      message=f"{status} at step {state.global_step}; adapter saved in adapter/")
+        print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}", flush=True)
+        return 0
+    except BAD_INPUT_ERRORS as exc:
+        events.append("error", message=str(exc), kind="bad_input")
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the run must end with a readable error event
+        message = explain_failure(exc)
+        events.append("error", message=message, kind=type(exc).__name__, traceback=traceback.format_exc())
+        traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        StopRequested.restore(previous_handlers)
+
+
+def _relative(path: str | None, run_dir: Path) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return path
+
+
+def explain_failure(exc: BaseException) -> str:
+    """A short human message for the Live tab; the traceback goes below it."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered \
+            or type(exc).__name__ == "OutOfMemoryError":
+        return ("Out of memory. Lower per_device_batch_size (raise gradient_accumulation_steps to keep the "
+                "effective batch), lower max_length or lora_r, or turn on gradient_checkpointing.")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
+
+
+def loss_is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
