@@ -290,3 +290,20 @@ def prepare(cfg, tokenizer):
     eval_ds = (to_dataset(tokenizer, eval_convs, cfg.max_length, cfg.train_on_completions_only)
                if eval_convs else None)
     return train_ds, eval_ds, loaded
+
+
+def token_view(tokenizer, messages: list[dict[str, str]], max_length: int | None = None,
+               completions_only: bool = True) -> list[tuple[str, str | None]]:
+    """The conversation exactly as the model sees it, as (text, label) pieces for
+    gr.HighlightedText: label "trained" for tokens the loss is computed on, "masked" for the
+    rest, "truncated" for tokens cut off by max_length."""
+    full = tokenize_conversation(tokenizer, messages, None, completions_only)
+    pieces = []
+    for i, (token_id, trained) in enumerate(zip(full["input_ids"], full["assistant_masks"])):
+        label = "truncated" if max_length is not None and i >= max_length else ("trained" if trained else "masked")
+        text = tokenizer.decode([token_id])
+        if pieces and pieces[-1][1] == label:
+            pieces[-1] = (pieces[-1][0] + text, label)
+        else:
+            pieces.append((text, label))
+    return pieces
