@@ -19,22 +19,31 @@ class BadInput(Exception):
 
 
 def _train(args) -> int:
-    from tuning import runner, train
+    from tuning import distributed, runner, train
 
     workspace = resolve_workspace(args.workspace)
+    if distributed.is_worker():
+        # Started by torch.distributed.run: the launcher already made the run folder and holds the lock.
+        run_path = runs.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
+        cfg = config_mod.load(run_path / "config.yaml")
+        return train.run(cfg, run_path, workspace, resume=bool(args.resume))
     if args.resume:
         if args.preset or args.config or args.set:
             raise BadInput("--resume takes no --preset, --config or --set: a run keeps its config")
         run_path = runs.existing_run_dir(workspace, args.resume)
         cfg = config_mod.load(run_path / "config.yaml")
+        distributed.check(cfg)
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace, except_run=run_path.name)
             runs.write_process_info(run_path, os.getpid())
+        if distributed.num_processes(cfg) > 1:
+            return distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=True)
         return train.run(cfg, run_path, workspace, resume=True)
 
     source = args.config or args.preset
     cfg = config_mod.load(source) if source else config_mod.TrainConfig()
     cfg = config_mod.apply_overrides(cfg, args.set or [])
+    distributed.check(cfg)
     config_path = Path(args.config).resolve() if args.config else None
     if config_path and config_path.parent.parent == runs.runs_dir(workspace).resolve() and not args.set:
         run_path = config_path.parent  # started by the runner: the run folder exists already
@@ -47,6 +56,8 @@ def _train(args) -> int:
             run_path = runner.create_run(workspace, cfg)
             runs.write_process_info(run_path, os.getpid())
     print(f"run {run_path.name} in {run_path}", flush=True)
+    if distributed.num_processes(cfg) > 1:  # this process becomes the launcher of N workers
+        return distributed.launch(distributed.num_processes(cfg), run_path, workspace)
     return train.run(cfg, run_path, workspace)
 
 

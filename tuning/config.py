@@ -89,6 +89,15 @@ class TrainConfig:
                                       "slower. Turn on when memory runs out.", "optimisation", advanced=True)
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
                    min=0, max=2**31 - 1, advanced=True)
+    num_processes: int = _f(0, "Training processes. 0: one per GPU (one on a CPU-only machine); N > 1 launches "
+                            "N processes through torch.distributed.run (gloo on CPU, NCCL on GPUs). The "
+                            "examples per optimizer step = per_device_batch_size x gradient_accumulation_steps "
+                            "x processes.", "optimisation", min=0, max=64, advanced=True)
+    distributed: Literal["ddp", "fsdp", "deepspeed-zero2"] = _f(
+        "ddp", "How processes share the work when num_processes > 1. ddp: each holds a full copy (default, "
+        "simplest); fsdp: shards parameters and optimizer state (larger models); deepspeed-zero2: shards "
+        "optimizer state and gradients (needs the deepspeed package).", "optimisation",
+        choices=("ddp", "fsdp", "deepspeed-zero2"), advanced=True)
 
     # --- data --------------------------------------------------------------------
     dataset: str = _f(DEMO_DATASET, "Training data: 'demo' (bundled), a file or folder, or a Hub dataset id.",

@@ -177,7 +177,8 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
 
 
 def device_map() -> str | dict:
-    return {"": 0} if torch.cuda.is_available() else "cpu"
+    # Under torchrun each process owns the GPU of its LOCAL_RANK; a single process uses GPU 0.
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
 
 
 def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_code: bool = False,

@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import models, runs
+from tuning import distributed, models, runs
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -104,6 +104,8 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
                 print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
 
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return  # with several processes, rank 0 alone marks the checkpoint it saved
             ckpt = run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 (ckpt / runs.COMPLETE_MARKER).write_text(str(time.time()))  # written last: the save is whole
@@ -163,6 +165,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        **distributed.trainer_kwargs(cfg),  # ddp/fsdp/deepspeed settings when launched by torchrun
     )
     callbacks = _callbacks(events, run_dir, stop)
     if early_stop:
@@ -181,7 +184,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
 
 def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) -> int:
     """Train one run in `run_dir`. Returns the process exit code (0 ok, 2 bad input, 1 failure)."""
-    events = EventLog(run_dir / "events.jsonl")
+    # With several processes only rank 0 writes events: one events.jsonl, no duplicated steps.
+    events = EventLog(run_dir / "events.jsonl") if distributed.is_main_process() else distributed.NullEventLog()
     stop = StopRequested()
     previous_handlers = stop.install()
     try:
@@ -192,8 +196,9 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         # Save: the final adapter (the best one when early stopping loaded it back).
         adapter_dir = run_dir / "adapter"
-        trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-        tokenizer.save_pretrained(adapter_dir)
+        if distributed.is_main_process():  # the adapter is the same on every rank: save it once
+            trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+            tokenizer.save_pretrained(adapter_dir)
         state = trainer.state
         status = runs.STOPPED if stop.requested else runs.COMPLETED
         losses = [h["loss"] for h in state.log_history if "loss" in h]
