@@ -80,6 +80,33 @@ def _inspect(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    """Base and tuned answers from the Playground's code path (one mixed-adapter batch)."""
+    from tuning import playground
+
+    workspace = resolve_workspace(args.workspace)
+    run_path = runs.existing_run_dir(workspace, args.run)
+    settings = playground.GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                             top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                             seed=args.seed)
+    adapter = playground.adapter_path(run_path, args.checkpoint)
+    comparer = playground.comparer_for_run(run_path, workspace, full_precision_base=args.full_precision_base)
+    if args.compare:
+        (base, tuned), = comparer.generate([args.prompt], adapter, args.system or None, settings)
+        report = {"run": run_path.name, "adapter": str(adapter), "base": base, "tuned": tuned,
+                  "base_precision": comparer.precision_label}
+    else:
+        tuned, = comparer.generate_one([args.prompt], adapter, args.system or None, settings)
+        report = {"run": run_path.name, "adapter": str(adapter), "tuned": tuned}
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    elif args.compare:
+        print(f"--- base ({comparer.precision_label})\n{report['base']}\n--- tuned ({adapter.name})\n{report['tuned']}")
+    else:
+        print(report["tuned"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("generate", help="answer a prompt with a run's tuned model (--compare: base too)")
+    p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", default="", help="an optional system prompt")
+    p.add_argument("--checkpoint", default="final", help="final (default) or checkpoint-N")
+    p.add_argument("--compare", action="store_true", help="also the base model, same seed and settings")
+    p.add_argument("--full-precision-base", action="store_true", help="load the base unquantized")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_generate)
     return parser
 
 

@@ -6,9 +6,11 @@ adapters (final or any checkpoint) are attached to it by name and cached.
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -128,6 +130,71 @@ class Comparer:
                 out = self.peft.generate(**batch, **self._generate_kwargs(settings))
         texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return [t.strip() for t in texts]
+
+
+    def stream(self, prompt: str, adapter: Path, system: str | None = None,
+               settings: GenerationSettings = GenerationSettings()) -> Iterator[tuple[str, str]]:
+        """(base so far, tuned so far) after each new token: the same one mixed-adapter batch as
+        `generate` (rows: base, tuned), run in a thread that feeds a per-row streamer."""
+        streamer = _BatchStreamer(rows=2, stop_ids={self.tokenizer.eos_token_id, self.tokenizer.pad_token_id})
+        failure: list[BaseException] = []
+
+        def work():
+            try:
+                with self.lock, torch.no_grad():
+                    name = self.attach(adapter)
+                    batch = self.encode([prompt, prompt], system)
+                    torch.manual_seed(settings.seed)
+                    self.peft.generate(**batch, adapter_names=[BASE, name], streamer=streamer,
+                                       **self._generate_kwargs(settings))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="playground-stream", daemon=True)
+        thread.start()
+        texts = ("", "")
+        for rows in streamer:
+            texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows)
+            yield texts
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
+class _BatchStreamer:
+    """A generate() streamer for a whole batch (transformers' own streamers take batch size 1):
+    skips the prompt, keeps each row's tokens up to its end token, and hands the rows so far to
+    the iterating thread after every step."""
+
+    def __init__(self, rows: int, stop_ids: set):
+        self.rows = [[] for _ in range(rows)]
+        self.done = [False] * rows
+        self.stop_ids = {i for i in stop_ids if i is not None}
+        self.seen_prompt = False
+        self.queue: queue.Queue = queue.Queue()
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        for i, tokens in enumerate(value.reshape(len(self.rows), -1).tolist()):
+            for token in tokens:
+                if self.done[i]:
+                    break
+                if token in self.stop_ids:
+                    self.done[i] = True
+                else:
+                    self.rows[i].append(token)
+        self.queue.put([list(r) for r in self.rows])
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self):
+        while (rows := self.queue.get()) is not None:
+            yield rows
 
 
 class _null:

@@ -1,0 +1,123 @@
+"""The dashboard: `python app.py` opens one page that takes a person from a dataset to a tuned
+model they can talk to. This file is the map of the page: the tabs are built in tuning/ui/<tab>.py,
+and only what crosses between tabs is wired here. Training runs in its own process (tuning/runner.py);
+this process never trains.
+
+    python app.py [--host 127.0.0.1] [--port 7860] [--workspace DIR] [--data-dir DIR ...] [--share] [--auth USER:PASS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+import gradio as gr
+
+from tuning import paths
+from tuning.ui import dataset_tab, live_tab, playground_tab, runs_tab, train_tab
+from tuning.ui.common import AppContext
+
+try:  # Space mode (banner, auth) lives in tuning/space.py when present; the page works without it
+    from tuning import space
+except ImportError:
+    space = None
+
+
+def build_demo(workspace, data_dirs=()) -> gr.Blocks:
+    ctx = AppContext(paths.resolve_workspace(workspace), list(data_dirs))
+    with gr.Blocks(title="QLoRA fine-tuning dashboard") as demo:
+        gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground. "
+                    f"Workspace: `{ctx.workspace}`")
+        if space is not None and hasattr(space, "banner"):
+            gr.Markdown(space.banner())
+        with gr.Tabs() as tabs:
+            with gr.Tab("Dataset", id="dataset"):
+                data = dataset_tab.build(ctx)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(ctx)
+            with gr.Tab("Live", id="live"):
+                live = live_tab.build(ctx)
+            with gr.Tab("Playground", id="playground"):
+                play = playground_tab.build(ctx)
+            with gr.Tab("Runs", id="runs"):
+                listed = runs_tab.build(ctx)
+
+        def choose(run_id):
+            """Every run dropdown on the page learns of new runs; the given one is selected."""
+            return gr.update(choices=live_tab.run_choices(ctx), value=run_id)
+
+        # Inspecting a dataset fills the Train form's dataset field.
+        data["use_dataset"].change(lambda d: d, data["use_dataset"], train["dataset"], api_visibility="private")
+        # A started run is followed in Live at once.
+        train["started_run"].change(lambda r: (gr.Tabs(selected="live"), choose(r), choose(None)),
+                                    train["started_run"], [tabs, live["run"], play["run"]], api_visibility="private")
+        listed["open_live"].click(lambda r: (gr.Tabs(selected="live"), choose(r)), listed["run"],
+                                  [tabs, live["run"]], api_visibility="private")
+        listed["open_play"].click(lambda r: (gr.Tabs(selected="playground"), choose(r)), listed["run"],
+                                  [tabs, play["run"]], api_visibility="private")
+        # A fresh page (a reload, a second browser, an app restart) re-attaches to the active run.
+        demo.load(lambda: (choose(live_tab.default_run(ctx)), choose(live_tab.default_run(ctx)),
+                           *listed["refreshed"](None)),
+                  None, [live["run"], play["run"], listed["listing"], listed["run"]], api_visibility="private")
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    on_space = paths.on_space()
+    parser = argparse.ArgumentParser(description="The QLoRA fine-tuning dashboard.")
+    parser.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--workspace", help="where runs live (default: $TUNING_WORKSPACE or ./workspace)")
+    parser.add_argument("--data-dir", action="append", default=[], metavar="DIR",
+                        help="a folder whose files the page may read (repeatable)")
+    parser.add_argument("--share", action="store_true", help="a public gradio.live link (needs --auth)")
+    parser.add_argument("--auth", metavar="USER:PASS", help="require a login (or set TUNING_AUTH)")
+    return parser.parse_args(argv)
+
+
+def auth_pair(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: --auth (or TUNING_AUTH) must look like USER:PASS")
+    return user, password
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def launch_kwargs(args: argparse.Namespace) -> dict:
+    """Refuse to expose the page without a login: anyone who reaches it can start processes and
+    read the allowed folders."""
+    auth = auth_pair(args.auth or os.environ.get("TUNING_AUTH"))
+    exposed = args.share or not is_loopback(args.host)
+    if exposed and auth is None and not paths.on_space():
+        what = "--share" if args.share else f"--host {args.host}"
+        raise SystemExit(f"error: {what} makes the page reachable by others; add --auth USER:PASS (or set "
+                         "TUNING_AUTH) so only you can start runs and read your data")
+    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth, ssr_mode=False,
+                  max_file_size="500mb")
+    if space is not None and hasattr(space, "launch_kwargs"):
+        kwargs.update(space.launch_kwargs(args))
+    return kwargs
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    kwargs = launch_kwargs(args)
+    demo = build_demo(args.workspace, args.data_dir)
+    demo.queue(default_concurrency_limit=4).launch(**kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

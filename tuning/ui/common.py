@@ -1,0 +1,136 @@
+"""What every tab shares: the app context (workspace, allowed roots), user-path checks, and
+the wrapper that turns any exception into a readable message instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuning import paths
+
+log = logging.getLogger("tuning.ui")
+
+# Errors whose message is written for the user (they name the key, file, row or run).
+def user_errors() -> tuple[type[BaseException], ...]:
+    from tuning.config import ConfigError
+    from tuning.data import DataError
+    from tuning.runs import RunError
+
+    found = [ConfigError, DataError, RunError, paths.PathError]
+    try:  # models imports torch: only pay for it when a handler already has
+        import sys
+        if "tuning.models" in sys.modules:
+            found.append(sys.modules["tuning.models"].ModelError)
+    except Exception:  # noqa: BLE001
+        pass
+    return tuple(found)
+
+
+@dataclass
+class AppContext:
+    """What the page may touch: the workspace and the folders paths may be read from."""
+    workspace: Path
+    data_dirs: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workspace = Path(self.workspace).resolve()
+        self.data_dirs = [Path(d).resolve() for d in self.data_dirs]
+
+    @property
+    def roots(self) -> list[Path]:
+        """Workspace first (relative paths resolve against it), then uploads, then --data-dir."""
+        from gradio.utils import get_upload_folder
+
+        return [self.workspace, Path(get_upload_folder()).resolve(), *self.data_dirs]
+
+
+def friendly(exc: BaseException) -> str:
+    """One readable line for any exception; the traceback goes to the server log only."""
+    if isinstance(exc, user_errors()):
+        return str(exc)
+    log.exception("handler failed")
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"Something went wrong ({type(exc).__name__}{': ' + text if text else ''}). Details are in the app's log."
+
+
+def check_source(ctx: AppContext, value: str, *, what: str, keep: tuple[str, ...] = ()) -> str:
+    """A dataset or model named on the page: a keyword (demo, embedded:...), a path that must lie
+    under the allowed roots (returned absolute, so the training process finds it), or a Hub id."""
+    value = (value or "").strip()
+    if not value:
+        raise paths.PathError(f"{what}: empty")
+    if value in keep:
+        return value
+    try:
+        resolved = paths.resolve_under(value, ctx.roots, what=what)
+    except paths.PathError:
+        if is_hub_id(value) and not Path(value).expanduser().is_absolute():
+            return value  # a Hub id: nothing on this machine is read
+        raise
+    if not resolved.exists():
+        if is_hub_id(value):
+            return value
+        raise paths.PathError(f"{what}: {value!r} does not exist")
+    return str(resolved)
+
+
+def is_hub_id(name: str) -> bool:
+    """org/name, like tuning.models.is_hub_id (copied: importing models would import torch at start-up)."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else ""
+
+
+def guarded(fn):
+    """Wrap a handler so any exception reaches the page as a short gr.Error message (an API
+    client gets the same message), never as a traceback."""
+    import inspect
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                import gradio as gr
+                if isinstance(exc, gr.Error):
+                    raise
+                raise gr.Error(friendly(exc), print_exception=False) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the page shows the message, the log the traceback
+            import gradio as gr
+            if isinstance(exc, gr.Error):
+                raise
+            raise gr.Error(friendly(exc), print_exception=False) from None
+    return wrapper

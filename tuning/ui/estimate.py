@@ -1,0 +1,155 @@
+"""A rough memory and time estimate for a config on this machine, shown before Start.
+
+Rough on purpose: weights + adapter + optimizer + activations + logits, from the model's
+config.json; time from the tokens/s an earlier run of the same base and method measured in
+this workspace, else from a FLOP count at a guessed device speed. It is there to catch
+"this will not fit" and "this will take a day", not to be exact to the minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tuning import config as config_mod
+from tuning import runs
+from tuning.events import read_events
+
+GB = 1024 ** 3
+# SmolLM2-135M's shape, used before the embedded model has been converted in this workspace.
+EMBEDDED_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                  "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}
+CPU_FLOPS_PER_CORE = 15e9  # sustained fp32 matmul on a laptop-class core, a cautious guess
+RUNTIME_OVERHEAD = 0.6 * GB  # torch, transformers and the Python process itself
+
+
+@dataclass
+class Estimate:
+    params: int | None
+    memory_bytes: float | None
+    available_bytes: float
+    device: str
+    steps: int | None
+    seconds: float | None
+    rate_source: str
+    fits: bool | None
+
+    def markdown(self) -> str:
+        if self.memory_bytes is None:
+            return ("**Estimate:** unknown — the base model's config.json is not on this machine yet "
+                    "(a Hub model is downloaded when the run starts).")
+        mem = f"~{self.memory_bytes / GB:.1f} GB of {self.available_bytes / GB:.1f} GB free {self.device}"
+        when = (f"~{_duration(self.seconds)} for {self.steps} steps ({self.rate_source})"
+                if self.seconds is not None else "unknown time")
+        text = f"**Estimate:** {self.params / 1e6:.0f}M-parameter base; memory {mem}; {when}."
+        if self.fits is False:
+            text = ("⚠️ **This will probably not fit in memory.** Lower per_device_batch_size (raise "
+                    "gradient_accumulation_steps to keep the effective batch), lower max_length, use "
+                    "method qlora, or turn on gradient_checkpointing.\n\n" + text)
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def model_shape(base_model: str, workspace: Path) -> dict | None:
+    """The base's config.json, without loading (or downloading) anything."""
+    if base_model == config_mod.EMBEDDED_MODEL:
+        converted = Path(workspace) / "models" / "SmolLM2-135M-Instruct" / "config.json"
+        return json.loads(converted.read_text()) if converted.is_file() else EMBEDDED_SHAPE
+    local = Path(base_model).expanduser() / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_model, "config.json")
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text())
+    except Exception:  # noqa: BLE001 - no cache, no estimate
+        pass
+    return None
+
+
+def _parameters(shape: dict, cfg: config_mod.TrainConfig) -> tuple[int, int]:
+    """(base parameters, LoRA parameters) of a Llama-like decoder."""
+    h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    heads = shape.get("num_attention_heads", 1)
+    kv = h // heads * shape.get("num_key_value_heads", heads)
+    vocab = shape.get("vocab_size", 32000)
+    linears = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
+    base = layers * sum(i * o for i, o in linears) + vocab * h * (1 if shape.get("tie_word_embeddings", True) else 2)
+    targets = cfg.target_module_list
+    chosen = linears if targets == "all-linear" else linears[: max(1, min(len(targets), len(linears)))]
+    lora = layers * sum(cfg.lora_r * (i + o) for i, o in chosen)
+    return base, lora
+
+
+def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
+    """Median tokens/s logged by earlier runs of the same base and method in this workspace."""
+    rates = []
+    for summary in runs.list_runs(workspace)[:20]:
+        if summary.config.get("base_model") != cfg.base_model or summary.config.get("method") != cfg.method:
+            continue
+        events, _ = read_events(summary.path / "events.jsonl")
+        rates += [e["tokens_per_second"] for e in events
+                  if e.get("event") == "log" and isinstance(e.get("tokens_per_second"), (int, float))
+                  and e["tokens_per_second"] > 0]
+    return statistics.median(rates) if rates else None
+
+
+def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = None,
+             avg_tokens: float | None = None) -> Estimate:
+    gpu = _gpu_free_bytes()
+    available = gpu if gpu is not None else psutil.virtual_memory().available
+    device = "GPU memory" if gpu is not None else "RAM"
+    shape = model_shape(cfg.base_model, workspace)
+    if shape is None or "hidden_size" not in shape:
+        return Estimate(None, None, available, device, None, None, "", None)
+    base, lora = _parameters(shape, cfg)
+    wide = 2 if (gpu is not None and cfg.precision != "fp32") else 4  # bf16 on a GPU, fp32 on a CPU
+    weights = base * (0.56 if cfg.method == "qlora" else wide)  # NF4 + double-quantized scales
+    adapter = lora * 4 * 4  # fp32 weights, grads and two Adam moments
+    tokens = cfg.per_device_batch_size * cfg.max_length
+    layers, h = shape["num_hidden_layers"], shape["hidden_size"]
+    per_layer = tokens * (h * 18 + shape["intermediate_size"] * 4) * wide  # saved activations per layer
+    activations = per_layer * (math.sqrt(layers) if cfg.gradient_checkpointing else layers)
+    logits = tokens * shape.get("vocab_size", 32000) * 4 * 3  # logits, softmax and its grad in fp32
+    memory = weights + adapter + activations + logits + RUNTIME_OVERHEAD
+
+    steps = cfg.max_steps if cfg.max_steps > 0 else (
+        math.ceil((rows or 0) / cfg.effective_batch_size * cfg.num_epochs) if rows else None)
+    per_step_tokens = cfg.effective_batch_size * min(cfg.max_length, avg_tokens or cfg.max_length)
+    rate = measured_rate(workspace, cfg)
+    source = "rate measured by an earlier run here"
+    if rate is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        flops = (base + lora) * 4 * (1.5 if cfg.method == "qlora" else 1.0)  # fwd + bwd through a frozen base
+        rate = (CPU_FLOPS_PER_CORE * cores if gpu is None else 5e13) / flops
+        source = "a guess from the model size; an earlier run's measured speed replaces it"
+    seconds = steps * per_step_tokens / rate if steps else None
+    return Estimate(base, memory, available, device, steps, seconds, source, memory < available)
+
+
+def _gpu_free_bytes() -> float | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just for this
+    try:
+        if torch is not None and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return float(free)
+    except Exception:  # noqa: BLE001
+        pass
+    return None

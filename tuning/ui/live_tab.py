@@ -1,0 +1,275 @@
+"""Live tab: follows one run by tailing its events.jsonl (a gr.Timer, 1 Hz, reading only the new
+bytes each tick). Because the file is the truth, a reload, a second browser or an app restart
+rebuilds the whole history from offset 0 and keeps following."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from tuning import runs
+from tuning.events import read_events
+from tuning.ui.common import AppContext, ago, clock, guarded
+
+MAX_PLOT_POINTS = 500
+LOG_TAIL_BYTES = 6000
+
+
+@dataclass
+class Follow:
+    """What one page has read of one run's events so far."""
+    run_id: str = ""
+    offset: int = 0
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    lr: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    step: int = 0
+    max_steps: int = 0
+    started: float | None = None
+    last_step_time: float | None = None
+    last_event_time: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    eta_time: float | None = None
+    final: dict | None = None  # the end or error event closing the current segment
+    message: str = ""
+
+    def add(self, ev: dict) -> None:
+        kind = ev.get("event")
+        t = ev.get("time")
+        self.last_event_time = t or self.last_event_time
+        if isinstance(ev.get("step"), int):
+            self.step = ev["step"]
+        if isinstance(ev.get("max_steps"), int):
+            self.max_steps = ev["max_steps"]
+        if kind == "start":
+            self.started = self.started or t
+            self.final = None  # a resume opens a new segment
+            self.last_step_time = t
+            self.message = ev.get("message", "")
+        elif kind == "log":
+            self.last_step_time = t
+            if isinstance(ev.get("loss"), (int, float)):
+                self.train.append((self.step, float(ev["loss"])))
+            if isinstance(ev.get("learning_rate"), (int, float)):
+                self.lr.append((self.step, float(ev["learning_rate"])))
+            self.tokens_per_second = ev.get("tokens_per_second", self.tokens_per_second)
+            self.eta_seconds, self.eta_time = ev.get("eta_seconds"), t
+        elif kind == "eval" and isinstance(ev.get("eval_loss"), (int, float)):
+            self.evals.append((self.step, float(ev["eval_loss"])))
+        elif kind in ("end", "error"):
+            self.final = ev
+            self.message = ev.get("message", "")
+
+
+def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, bool]:
+    """Read the run's new events into the page's state; (state, whether anything new came)."""
+    if state is None or state.run_id != run_id:
+        state = Follow(run_id=run_id)
+    path = runs.existing_run_dir(ctx.workspace, run_id)
+    events, state.offset = read_events(path / "events.jsonl", state.offset)
+    for ev in events:
+        state.add(ev)
+    return state, bool(events)
+
+
+def status_of(path: Path, state: Follow) -> str:
+    """The run's status from the process and the events read so far (as runs.summarize derives it)."""
+    if runs.process_alive(path):
+        return runs.RUNNING if state.offset else runs.STARTING
+    if state.final is not None:
+        return runs.FAILED if state.final.get("event") == "error" else state.final.get("status", runs.COMPLETED)
+    return runs.INTERRUPTED
+
+
+def decimate(points: list[tuple], limit: int = MAX_PLOT_POINTS) -> list[tuple]:
+    """At most `limit` points, evenly spaced, always keeping the newest."""
+    if len(points) <= limit:
+        return list(points)
+    stride = -(-len(points) // limit)
+    kept = points[::stride]
+    if kept[-1] != points[-1]:
+        kept = kept[:-1] + [points[-1]] if len(kept) >= limit else kept + [points[-1]]
+    return kept
+
+
+def loss_frame(state: Follow):
+    import pandas as pd
+
+    rows = [(s, v, "train loss") for s, v in decimate(state.train)]
+    rows += [(s, v, "eval loss") for s, v in decimate(state.evals)]
+    return pd.DataFrame(rows or [(0, None, "train loss")], columns=["step", "loss", "series"])
+
+
+def lr_frame(state: Follow):
+    import pandas as pd
+
+    return pd.DataFrame(decimate(state.lr) or [(0, None)], columns=["step", "learning_rate"])
+
+
+def progress_html(state: Follow, status: str) -> str:
+    share = state.step / state.max_steps if state.max_steps else 0.0
+    color = {"failed": "#d9534f", "interrupted": "#e0a030", "stopped": "#e0a030"}.get(status, "#3b82f6")
+    label = f"step {state.step} / {state.max_steps or '?'} — {status}"
+    return (f'<div class="run-progress" style="border:1px solid #ccc;border-radius:6px;height:26px;'
+            f'position:relative;overflow:hidden"><div style="background:{color};width:{share * 100:.1f}%;'
+            f'height:100%"></div><div style="position:absolute;top:3px;left:10px;font-weight:600">'
+            f'{html.escape(label)} ({share * 100:.0f}%)</div></div>')
+
+
+def stats_markdown(state: Follow, status: str, now: float | None = None) -> str:
+    now = now or time.time()
+    active = status in runs.ACTIVE_STATUSES
+    end = state.final.get("time") if state.final and not active else None
+    elapsed = ((end or state.last_event_time if not active else now) - state.started) if state.started else None
+    eta = None
+    if active and state.eta_seconds is not None and state.eta_time:
+        eta = max(0.0, state.eta_seconds - (now - state.eta_time))
+    rate = f"{state.tokens_per_second:,.0f} tokens/s" if state.tokens_per_second else "— tokens/s"
+    parts = [f"**{status}**", f"step **{state.step}** / {state.max_steps or '?'}",
+             f"elapsed {clock(elapsed)}", f"ETA {clock(eta) if active else '—'}", rate]
+    if active:
+        since = now - state.last_step_time if state.last_step_time else None
+        heart = f"last step {ago(since)} ago" if state.last_step_time else "waiting for the first step"
+        if since is not None and since > 120:
+            heart = f"⚠️ {heart} — the run may be stalled (see the log below)"
+        parts.append(heart)
+    line = " · ".join(parts)
+    return line + (f"\n\n{state.message}" if state.message and not (state.final and
+                                                                        state.final.get("event") == "error") else "")
+
+
+def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    log = path / "train.log"
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = text.splitlines()
+    return "\n".join(lines[1:] if size > limit else lines)
+
+
+def error_parts(state: Follow) -> tuple[str, str]:
+    """(short human message, full traceback) when the run failed."""
+    if not state.final or state.final.get("event") != "error":
+        return "", ""
+    return f"❌ **The run failed:** {state.final.get('message', 'no message')}", state.final.get("traceback", "")
+
+
+def tick(ctx: AppContext, run_id: str, state: Follow | None):
+    """One timer tick: read new events, return every output (plots only when they changed)."""
+    if not run_id:
+        return (state, "", "No run selected. Start one in the Train tab or pick one above.", gr.skip(),
+                gr.skip(), "", gr.update(value="", visible=False), gr.update(visible=False), "")
+    state, changed = follow(ctx, run_id, state)
+    path = runs.run_dir(ctx.workspace, run_id)
+    status = status_of(path, state)
+    message, trace = error_parts(state)
+    fresh = changed or state.offset == 0
+    return (state, progress_html(state, status), stats_markdown(state, status),
+            loss_frame(state) if fresh else gr.skip(), lr_frame(state) if fresh else gr.skip(),
+            log_tail(path), gr.update(value=message, visible=bool(message)),
+            gr.update(visible=bool(trace)), trace)
+
+
+def run_choices(ctx: AppContext) -> list[str]:
+    return [s.run_id for s in runs.list_runs(ctx.workspace)]
+
+
+def default_run(ctx: AppContext) -> str | None:
+    """The active run, else the newest: what a freshly opened page should follow."""
+    listed = runs.list_runs(ctx.workspace)
+    active = [s for s in listed if s.status in runs.ACTIVE_STATUSES]
+    pick = active or listed
+    return pick[0].run_id if pick else None
+
+
+def run_status(ctx: AppContext, run_id: str) -> dict:
+    summary = runs.summarize(runs.existing_run_dir(ctx.workspace, run_id))
+    return {**summary.as_row(), "active": summary.status in runs.ACTIVE_STATUSES,
+            "error": (summary.error or {}).get("message")}
+
+
+def build(ctx: AppContext):
+    from tuning import runner
+
+    with gr.Row():
+        run = gr.Dropdown(run_choices(ctx), value=None, label="Run", scale=4, allow_custom_value=False)
+        refresh = gr.Button("↻ Refresh list", scale=1)
+        stop_btn = gr.Button("Stop (saves the adapter)", scale=1, variant="stop")
+        resume_btn = gr.Button("Resume", scale=1)
+    progress = gr.HTML(label="Progress")
+    stats = gr.Markdown()
+    error = gr.Markdown(visible=False)
+    with gr.Accordion("Full traceback", open=False, visible=False) as trace_box:
+        trace = gr.Code(language="python", label="Traceback")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (train and eval)", height=280,
+                                label="Loss")
+        lr_plot = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", height=280, label="Learning rate",
+                              y_axis_format=".1e")
+    tail = gr.Textbox(label="Log (tail of train.log)", lines=12, max_lines=12, autoscroll=True, interactive=False)
+    state = gr.State(None)
+    timer = gr.Timer(1.0)
+
+    outputs = [state, progress, stats, loss_plot, lr_plot, tail, error, trace_box, trace]
+    timer.tick(lambda r, s: _safe_tick(ctx, r, s), [run, state], outputs, show_progress="hidden",
+               api_visibility="private", queue=False)
+    run.change(lambda r: _safe_tick(ctx, r, None), run, outputs, show_progress="hidden",
+               api_visibility="private")
+    refresh.click(lambda r: gr.update(choices=run_choices(ctx), value=r), run, run, api_visibility="private")
+
+    def do_stop(run_id):
+        if not run_id:
+            raise runs.RunError("pick a run first")
+        if runner.stop(ctx.workspace, run_id):
+            gr.Info(f"Stopping {run_id}: it finishes the current step and saves the adapter")
+        else:
+            gr.Warning(f"{run_id} is not running")
+
+    def do_resume(run_id):
+        if not run_id:
+            raise runs.RunError("pick a run first")
+        try:
+            runner.resume(ctx.workspace, run_id)
+            gr.Info(f"Resuming {run_id} from its newest complete checkpoint")
+        except runner.StartRefused as exc:
+            gr.Warning(str(exc))
+
+    stop_btn.click(guarded(do_stop), run, None, api_visibility="private")
+    resume_btn.click(guarded(do_resume), run, None, api_visibility="private")
+
+    def status_api(run_id: str) -> dict:
+        """A run's status: step, max_steps, loss, eval_loss, status, active, error message."""
+        return run_status(ctx, run_id)
+
+    def stop_api(run_id: str) -> bool:
+        """Ask a run to stop gracefully (it saves a checkpoint and the adapter)."""
+        return runner.stop(ctx.workspace, run_id)
+
+    def resume_api(run_id: str) -> str:
+        """Continue a stopped or interrupted run from its newest complete checkpoint."""
+        return runner.resume(ctx.workspace, run_id)
+
+    gr.api(guarded(status_api), api_name="run_status")
+    gr.api(guarded(stop_api), api_name="stop_run")
+    gr.api(guarded(resume_api), api_name="resume_run")
+    return {"run": run}
+
+
+def _safe_tick(ctx: AppContext, run_id, state):
+    try:
+        return tick(ctx, run_id, state)
+    except Exception as exc:  # noqa: BLE001 - a tick must never put a traceback on the page
+        from tuning.ui.common import friendly
+
+        return (state, "", friendly(exc), gr.skip(), gr.skip(), "", gr.update(visible=False),
+                gr.update(visible=False), "")

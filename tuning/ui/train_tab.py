@@ -1,0 +1,257 @@
+"""Train tab: a form built from TrainConfig's fields (grouped, advanced ones folded), presets,
+"save as preset", "show command", an estimate before start, and Start.
+
+The form is generated from config.FIELDS: each field's metadata gives its widget, help text and
+valid range, so a new config field shows up here without touching this file."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from tuning import config as config_mod
+from tuning import paths
+from tuning.ui.common import AppContext, check_source, guarded
+
+GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
+          ("data", "Data"), ("schedule", "Schedule"))
+# Fields chosen elsewhere on the page or by the launcher, not per run from this form.
+HIDDEN_FIELDS = ()
+FORM_FIELDS = [name for name in config_mod.FIELDS if name not in HIDDEN_FIELDS]
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+def preset_dirs(ctx: AppContext) -> list[Path]:
+    """The bundled presets, then the ones saved from this page (in the workspace)."""
+    return [paths.PRESETS_DIR, ctx.workspace / "presets"]
+
+
+def list_presets(ctx: AppContext) -> list[dict[str, str]]:
+    found = []
+    for folder in preset_dirs(ctx):
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            saved = folder != paths.PRESETS_DIR
+            found.append({"name": ("saved: " if saved else "") + path.stem, "path": str(path)})
+    return found
+
+
+def load_preset(ctx: AppContext, name: str) -> config_mod.TrainConfig:
+    """A preset by its listed name (never an arbitrary path: the list is the allow-list)."""
+    for preset in list_presets(ctx):
+        if preset["name"] == name:
+            return config_mod.load(preset["path"])
+    raise config_mod.ConfigError(f"preset: no preset named {name!r}")
+
+
+def save_preset(ctx: AppContext, name: str, cfg: config_mod.TrainConfig) -> Path:
+    name = (name or "").strip()
+    if not config_mod._is_safe_name(name):
+        raise config_mod.ConfigError("preset name: use only letters, digits, '-' and '_' (at most 64 characters)")
+    folder = ctx.workspace / "presets"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    if path.exists():  # never overwrite what someone saved
+        raise config_mod.ConfigError(f"preset name: {name!r} exists already; choose another name")
+    header = (f"# Saved from the dashboard.\n#\n#   python -m tuning train --preset {shlex.quote(str(path))}\n#\n")
+    path.write_text(header + cfg.to_yaml(), encoding="utf-8")
+    return path
+
+
+# --- form <-> config -------------------------------------------------------------------------
+
+def form_to_config(values: list[Any]) -> config_mod.TrainConfig:
+    """The form's values, in FORM_FIELDS order, as a validated TrainConfig (errors name the key)."""
+    changes = {}
+    for name, value in zip(FORM_FIELDS, values):
+        kind = config_mod.field_type(name)
+        if kind in (int, float):
+            if value is None or value == "":
+                raise config_mod.ConfigError(f"{name}: enter a number")
+            if kind is int:
+                if float(value) != int(float(value)):
+                    raise config_mod.ConfigError(f"{name}: expected a whole number, got {value}")
+                value = int(float(value))
+            else:
+                value = float(value)
+        elif kind is str:
+            value = "" if value is None else str(value).strip()
+        changes[name] = value
+    return config_mod.from_dict(changes)
+
+
+def config_to_form(cfg: config_mod.TrainConfig) -> list[Any]:
+    return [getattr(cfg, name) for name in FORM_FIELDS]
+
+
+def command_line(cfg: config_mod.TrainConfig, preset: str | None, ctx: AppContext) -> str:
+    """The exact `python -m tuning train ...` for this form: the preset plus --set for each
+    field that differs from it."""
+    base = config_mod.TrainConfig()
+    parts = ["python", "-m", "tuning", "train"]
+    if preset:
+        path = next((p["path"] for p in list_presets(ctx) if p["name"] == preset), None)
+        if path:
+            base = config_mod.load(path)
+            rel = Path(path)
+            rel = rel.relative_to(paths.PROJECT_DIR) if rel.is_relative_to(paths.PROJECT_DIR) else rel
+            parts += ["--preset", str(rel)]
+    for name in FORM_FIELDS:
+        value = getattr(cfg, name)
+        if value != getattr(base, name):
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            parts += ["--set", f"{name}={text}"]
+    parts += ["--workspace", str(ctx.workspace)]
+    return shlex.join(parts)
+
+
+def checked(ctx: AppContext, cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
+    """Paths in the config typed into the page must lie under the allowed roots; they are made
+    absolute so the training process reads the very same file."""
+    changes = {"base_model": check_source(ctx, cfg.base_model, what="base_model",
+                                          keep=(config_mod.EMBEDDED_MODEL,)),
+               "dataset": check_source(ctx, cfg.dataset, what="dataset", keep=("demo",))}
+    if cfg.eval_dataset:
+        changes["eval_dataset"] = check_source(ctx, cfg.eval_dataset, what="eval_dataset")
+    if cfg.trust_remote_code and paths.on_space():
+        raise config_mod.ConfigError("trust_remote_code: not allowed on a shared Space")
+    return cfg.replace(**changes)
+
+
+def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
+    from tuning.ui import dataset_tab, estimate
+
+    rows = avg = None
+    try:
+        loaded = dataset_tab.load(cfg.dataset)
+        rows = loaded.rows_valid
+        chars = [sum(len(m["content"]) for m in conv) for conv in loaded.conversations[:500]]
+        avg = (sum(chars) / len(chars) / 3.5 + 20) if chars else None  # ~3.5 chars a token + template
+    except Exception:  # noqa: BLE001 - a Hub dataset is not read before the run; estimate without it
+        pass
+    return estimate.estimate(cfg, ctx.workspace, rows, avg).markdown()
+
+
+def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
+    """Start a run from a config; returns the run id. Refused while another run is active."""
+    from tuning import runner
+
+    return runner.start(checked(ctx, cfg), ctx.workspace)
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+def _widget(name: str, default: Any):
+    meta = config_mod.FIELDS[name].metadata
+    kind = config_mod.field_type(name)
+    label = name
+    info = meta["help"]
+    if "choices" in meta:
+        return gr.Dropdown(list(meta["choices"]), value=default, label=label, info=info)
+    if kind is bool:
+        return gr.Checkbox(value=default, label=label, info=info)
+    if kind in (int, float):
+        lo, hi = meta.get("min"), meta.get("max")
+        return gr.Number(value=default, label=label, info=f"{info} Range {lo:g} to {hi:g}.", minimum=lo,
+                         maximum=hi, precision=0 if kind is int else None,
+                         step=1 if kind is int else (0.01 if (hi or 1) <= 1 else 0.1))
+    return gr.Textbox(value=default, label=label, info=info)
+
+
+def build(ctx: AppContext):
+    defaults = config_mod.TrainConfig()
+    preset_names = [p["name"] for p in list_presets(ctx)]
+    with gr.Row():
+        preset = gr.Dropdown(preset_names, value="quickstart" if "quickstart" in preset_names else None,
+                             label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
+                             scale=3)
+        preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
+        save_btn = gr.Button("Save as preset", scale=1)
+    widgets: dict[str, Any] = {}
+    for group, title in GROUPS:
+        names = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["group"] == group]
+        basic = [n for n in names if not config_mod.FIELDS[n].metadata["advanced"]]
+        advanced = [n for n in names if config_mod.FIELDS[n].metadata["advanced"]]
+        with gr.Group():
+            gr.Markdown(f"#### {title}")
+            with gr.Row(equal_height=True):
+                for n in basic:
+                    widgets[n] = _widget(n, getattr(defaults, n))
+            if advanced:
+                with gr.Accordion(f"{title}: advanced", open=False):
+                    with gr.Row(equal_height=True):
+                        for n in advanced:
+                            widgets[n] = _widget(n, getattr(defaults, n))
+    form = [widgets[n] for n in FORM_FIELDS]
+    with gr.Row():
+        estimate_btn = gr.Button("Estimate memory and time")
+        command_btn = gr.Button("Show command")
+        start_btn = gr.Button("Start training", variant="primary")
+    estimate_md = gr.Markdown()
+    command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
+    message = gr.Markdown()
+    started_run = gr.Textbox(visible=False)  # app.py follows it into the Live tab
+
+    def fill(name):
+        if not name:
+            return [gr.skip()] * len(form)
+        return config_to_form(load_preset(ctx, name))
+
+    def do_save(name, *values):
+        path = save_preset(ctx, name, form_to_config(list(values)))
+        gr.Info(f"Saved preset {path.stem}")
+        return gr.update(choices=[p["name"] for p in list_presets(ctx)], value=f"saved: {path.stem}")
+
+    def do_command(name, *values):
+        return gr.update(value=command_line(form_to_config(list(values)), name, ctx), visible=True)
+
+    def do_estimate(*values):
+        return estimate_markdown(ctx, checked(ctx, form_to_config(list(values))))
+
+    def do_start(*values):
+        from tuning import runner
+
+        cfg = checked(ctx, form_to_config(list(values)))
+        note = estimate_markdown(ctx, cfg)
+        try:
+            run_id = runner.start(cfg, ctx.workspace)
+        except runner.StartRefused as exc:
+            gr.Warning(str(exc))
+            return f"**Not started:** {exc}", note, gr.skip()
+        gr.Info(f"Started run {run_id}")
+        return f"Started run **{run_id}** — follow it in the Live tab.", note, run_id
+
+    preset.change(guarded(fill), preset, form, api_visibility="private")
+    save_btn.click(guarded(do_save), [preset_name, *form], preset, api_visibility="private")
+    command_btn.click(guarded(do_command), [preset, *form], command, api_visibility="private")
+    estimate_btn.click(guarded(do_estimate), form, estimate_md, api_visibility="private")
+    start_btn.click(guarded(do_start), form, [message, estimate_md, started_run], api_visibility="private")
+
+    # --- the named API: a whole workflow without the form ---------------------------------------
+    def presets_api() -> list[dict]:
+        """Every preset: its name, file and full config."""
+        return [{**p, "config": config_mod.load(p["path"]).to_dict()} for p in list_presets(ctx)]
+
+    def config_from_api(preset_name: str, overrides_yaml: str) -> config_mod.TrainConfig:
+        cfg = load_preset(ctx, preset_name) if preset_name else config_mod.TrainConfig()
+        overrides = yaml.safe_load(overrides_yaml or "") or {}
+        if not isinstance(overrides, dict):
+            raise config_mod.ConfigError("overrides: expected a mapping of key: value")
+        return cfg.replace(**overrides)
+
+    def start_api(preset: str = "quickstart", overrides_yaml: str = "") -> str:
+        """Start a run from a preset plus YAML overrides (key: value lines); returns the run id."""
+        return start(ctx, config_from_api(preset, overrides_yaml))
+
+    def estimate_api(preset: str = "quickstart", overrides_yaml: str = "") -> str:
+        """The memory and time estimate for a preset plus YAML overrides."""
+        return estimate_markdown(ctx, checked(ctx, config_from_api(preset, overrides_yaml)))
+
+    gr.api(guarded(presets_api), api_name="list_presets")
+    gr.api(guarded(start_api), api_name="start_run")
+    gr.api(guarded(estimate_api), api_name="estimate")
+    return {"started_run": started_run, "dataset": widgets["dataset"], "form": form}
