@@ -81,4 +81,5 @@ def tiny_config(tiny_model_dir, chat_file):
 
     return TrainConfig(base_model=str(tiny_model_dir), dataset=str(chat_file), method="lora",
                        max_steps=4, per_device_batch_size=4, max_length=64, learning_rate=1e-2,
-                       save_steps=2, eval_steps=2, eval_split=0.2, logging_steps=1, warmup_ratio=0.0)
+                       save_steps=2, eval_steps=2, eval_split=0.2, logging_steps=1, warmup_ratio=0.0,
+                       eval_max_new_tokens=8)  # probes and checks: short answers keep tests fast

@@ -107,6 +107,23 @@ def _generate(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from tuning import evaluate
+
+    workspace = resolve_workspace(args.workspace)
+    run_path = runs.existing_run_dir(workspace, args.run)
+    try:
+        result = evaluate.evaluate_run(run_path, workspace, recompute=args.recompute, checkpoint=args.checkpoint)
+    except evaluate.EvalError as exc:
+        raise BadInput(str(exc)) from None
+    report = evaluate.report(run_path, result)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{run_path.name} at step {report['step']}: {evaluate.headline(report)}; A/B: {report['ab']['text']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="held-out loss, task checks, probes and A/B votes of a run, base vs tuned")
+    p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--checkpoint", help="evaluate checkpoint-N instead of the final adapter (implies recompute)")
+    p.add_argument("--recompute", action="store_true", help="compute again even if evaluation.json exists")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_eval)
 
     p = sub.add_parser("inspect", help="load a dataset and report its format, rows and problems")
     p.add_argument("path", help="'demo', or a dataset file")

@@ -120,6 +120,11 @@ class TrainConfig:
                                       "schedule", min=0, max=1000)
     save_total_limit: int = _f(3, "Keep at most N checkpoints on disk (the best one is always kept).", "schedule",
                                min=1, max=1000, advanced=True)
+    probe_every_checkpoint: bool = _f(True, "Answer the probe prompts (base and tuned) at every checkpoint, for "
+                                      "the gallery in the Evaluation tab. Costs a few seconds per checkpoint on "
+                                      "a CPU.", "schedule")
+    eval_max_new_tokens: int = _f(64, "Longest answer, in tokens, for probes and task checks (greedy).",
+                                  "schedule", min=1, max=2048, advanced=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

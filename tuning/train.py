@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, models, runs
+from tuning import distributed, evaluate, models, runs
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -170,6 +170,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     callbacks = _callbacks(events, run_dir, stop)
     if early_stop:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    probes = evaluate.make_callback(cfg, run_dir)  # probe answers at every checkpoint, after its marker
+    callbacks.append(probes)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -179,6 +181,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         peft_config=models.get_peft_config(cfg),
         callbacks=callbacks,
     )
+    probes.bind(trainer, tokenizer)
     return trainer, tokenizer
 
 
@@ -202,8 +205,15 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         state = trainer.state
         status = runs.STOPPED if stop.requested else runs.COMPLETED
         losses = [h["loss"] for h in state.log_history if "loss" in h]
+        # Held-out loss base vs tuned, final probes, task checks (skipped after a Stop: it should
+        # be quick; `python -m tuning eval` computes them later). Appends an `eval` event.
+        evaluation = (evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events,
+                                               completed=status == runs.COMPLETED)
+                      if distributed.is_main_process() else None) or {}
         events.append("end", status=status, step=state.global_step, max_steps=state.max_steps,
                       loss=losses[-1] if losses else None, train_loss=result.training_loss,
+                      eval_loss=evaluation.get("eval_loss"), base_eval_loss=evaluation.get("base_eval_loss"),
+                      evaluation_error=evaluation.get("error"),
                       best_checkpoint=_relative(state.best_model_checkpoint, run_dir),
                       message=f"{status} at step {state.global_step}; adapter saved in adapter/")
         print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}", flush=True)

@@ -1,0 +1,234 @@
+"""Evaluation on the tiny Llama: held-out loss base vs tuned (the Trainer's own number), probes at
+every checkpoint, task checks, early stopping with the best checkpoint marked, the A/B votes, and
+`python -m tuning eval`."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_jsonl
+from tuning import evaluate, train
+from tuning.__main__ import main
+from tuning.events import read_events
+from tuning.train import StopRequested
+
+
+def _eval_file(tmp_path):
+    """Held-out rows with explicit checks: an empty substring always matches, a nonsense one never."""
+    rows = []
+    for i in range(3):
+        rows.append({"messages": [{"role": "user", "content": f"Who are you, really? {i}"},
+                                  {"role": "assistant", "content": "I am Quill.\n— Quill"}],
+                     "kind": "always", "expect": [""]})
+        rows.append({"messages": [{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": f"Name a colour. {i}"},
+                                  {"role": "assistant", "content": "Blue.\n— Quill"}],
+                     "kind": "never", "expect": ["zq-no-model-says-this"]})
+    return write_jsonl(tmp_path / "eval.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir, embedded_tokenizer):
+    """One tiny run trained through train.run, shared by the tests that only read its files."""
+    from conftest import chat_rows
+    from tuning.config import TrainConfig
+
+    ws = tmp_path_factory.mktemp("ws")
+    cfg = TrainConfig(base_model=str(tiny_model_dir), dataset=str(write_jsonl(ws / "chat.jsonl", chat_rows(24))),
+                      eval_dataset=str(_eval_file(ws)), method="lora", max_steps=4, per_device_batch_size=4,
+                      max_length=64, learning_rate=1e-2, save_steps=2, eval_steps=2, logging_steps=1,
+                      warmup_ratio=0.0, eval_max_new_tokens=8)
+    run_dir = ws / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    assert train.run(cfg, run_dir, ws) == 0
+    return ws, run_dir, cfg
+
+
+def test_heldout_loss_is_the_trainers_eval_loss_and_base_differs(tmp_path, tiny_config):
+    cfg = tiny_config
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    trainer, tokenizer = train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "e.jsonl"),
+                                             StopRequested())
+    convs = [c for c, _ in evaluate.heldout_rows(cfg)]
+    assert len(convs) == len(trainer.eval_dataset) == 5
+    base_before = evaluate.heldout_loss(trainer.model, tokenizer, convs, cfg, evaluate.BASE)
+    trainer.train()
+    trainer.model.train()  # as the Trainer leaves it; heldout_loss must switch to eval and back
+    ours = evaluate.heldout_loss(trainer.model, tokenizer, convs, cfg)
+    assert trainer.model.training, "the model must go back to training mode"
+    theirs = trainer.evaluate()["eval_loss"]
+    assert ours == pytest.approx(theirs, rel=1e-4)
+    base = evaluate.heldout_loss(trainer.model, tokenizer, convs, cfg, evaluate.BASE)
+    assert base == pytest.approx(base_before, rel=1e-5), "the adapter must be off for the base number"
+    assert ours < base - 0.5, "4 steps at lr 1e-2 on one repeated answer must lower the held-out loss"
+
+
+def test_run_writes_evaluation_probes_and_eval_event(finished_run):
+    ws, run_dir, cfg = finished_run
+    result = evaluate.read_evaluation(run_dir)
+    assert result["step"] == 4 and result["eval_rows"] == 6
+    assert math.isfinite(result["eval_loss"]) and math.isfinite(result["base_eval_loss"])
+    assert result["eval_loss"] < result["base_eval_loss"]
+    assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
+    by_kind = result["checks"]["by_kind"]
+    assert by_kind["always"] == {"n": 3, "base_passed": 3, "tuned_passed": 3, "base_rate": 1.0, "tuned_rate": 1.0}
+    assert by_kind["never"]["base_passed"] == 0 and by_kind["never"]["tuned_passed"] == 0
+    for row in result["checks"]["rows"]:
+        assert row["base_pass"] == evaluate.passes(row["base"], row["expect"])
+    assert {r["system"] for r in result["checks"]["rows"]} == {None, "Be brief."}
+
+    # Probes: the first held-out prompts, answered at each checkpoint and at the end.
+    probes = json.loads((run_dir / "probes.json").read_text())
+    assert probes[:2] == ["Who are you, really? 0", "Name a colour. 0"]
+    history = evaluate.probe_history(run_dir)
+    assert [(h["step"], h["checkpoint"]) for h in history] == [(2, "checkpoint-2"), (4, "checkpoint-4"), (4, "final")]
+    for h in history:
+        assert [a["prompt"] for a in h["answers"]] == probes
+        assert all(isinstance(a["tuned"], str) for a in h["answers"])
+    # Greedy base answers are computed once and reused at later checkpoints.
+    assert history[0]["answers"][0]["base"] == history[-1]["answers"][0]["base"]
+
+    events, _ = read_events(run_dir / "events.jsonl")
+    final = [e for e in events if e["event"] == "eval" and e.get("final")]
+    assert len(final) == 1 and final[0]["base_eval_loss"] == pytest.approx(result["base_eval_loss"])
+    assert final[0]["checks"]["always"]["tuned_rate"] == 1.0 and "always 3/3" in final[0]["message"]
+    assert events[-1]["event"] == "end" and events[-1]["eval_loss"] == pytest.approx(result["eval_loss"])
+    assert evaluate.summary_for_run(run_dir)["always_tuned"] == 1.0
+
+
+def test_mixed_batch_gives_the_same_answers_as_separate_calls(finished_run, tmp_path):
+    ws, run_dir, cfg = finished_run
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuning import playground
+
+    # An adapter with random (not zero) B matrices, so tuned answers surely differ from the base.
+    torch.manual_seed(0)
+    noisy = get_peft_model(AutoModelForCausalLM.from_pretrained(cfg.base_model),
+                           LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    noisy.save_pretrained(tmp_path / "noisy")
+    comparer = playground.comparer_for_run(run_dir, ws)
+    name = comparer.attach(tmp_path / "noisy")
+    prompts = [[{"role": "user", "content": "Who are you?"}],
+               [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there, my friend"}]]
+    pairs = evaluate.answer_pairs(comparer.peft, comparer.tokenizer, prompts, 6, adapter=name)
+    tuned = evaluate._generate(comparer.peft, comparer.tokenizer, prompts, [name] * 2, 6)
+    base = evaluate._generate(comparer.peft, comparer.tokenizer, prompts, [evaluate.BASE] * 2, 6)
+    assert [p[0] for p in pairs] == base and [p[1] for p in pairs] == tuned
+    assert base != tuned
+
+
+def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys):
+    ws, run_dir, cfg = finished_run
+    assert main(["eval", "--run", "r1", "--workspace", str(ws), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    saved = evaluate.read_evaluation(run_dir)
+    assert report["eval_loss"] == saved["eval_loss"] and report["run_id"] == "r1"
+    assert report["ab"]["votes"] == 0 and len(report["probe_history"]) == 3
+
+    (run_dir / "evaluation.json").unlink()  # e.g. a run stopped before its end evaluation
+    assert main(["eval", "--run", "r1", "--workspace", str(ws), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["source"] == "adapter" and again["step"] == 4
+    # Same tokens, same mask, same weights (loaded from the saved adapter): the same numbers.
+    assert again["eval_loss"] == pytest.approx(saved["eval_loss"], rel=1e-4)
+    assert again["base_eval_loss"] == pytest.approx(saved["base_eval_loss"], rel=1e-4)
+    assert again["checks"]["by_kind"]["always"]["tuned_passed"] == 3
+
+    assert main(["eval", "--run", "nope", "--workspace", str(ws), "--json"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--run", "../x", "--workspace", str(ws)]) == 2
+
+
+def test_ab_votes_persist_and_summarise(finished_run, tmp_path):
+    ws, run_dir, cfg = finished_run
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "evaluation.json").write_text(json.dumps({"probes": [
+        {"prompt": "p1", "base": "b1", "tuned": "t1"}, {"prompt": "p2", "base": "same", "tuned": "same"}],
+        "checks": {"rows": [{"prompt": "p3", "base": "b3", "tuned": "t3"}]}}))
+    assert [c["prompt"] for c in evaluate.ab_candidates(target)] == ["p1", "p3"]  # identical pair dropped
+    rng = random.Random(0)
+    orders = set()
+    for _ in range(20):
+        pair = evaluate.ab_pair(target, rng)
+        assert {pair["a"], pair["b"]} in ({"b1", "t1"}, {"b3", "t3"})
+        assert pair["a"] == ({"p1": "b1", "p3": "b3"}[pair["prompt"]] if pair["a_is"] == "base"
+                                       else {"p1": "t1", "p3": "t3"}[pair["prompt"]])
+        orders.add(pair["a_is"])
+    assert orders == {"base", "tuned"}, "the tuned answer must appear on both sides"
+
+    tuned_a = {"prompt": "p1", "a": "t1", "b": "b1", "a_is": "tuned"}
+    base_a = {"prompt": "p3", "a": "b3", "b": "t3", "a_is": "base"}
+    evaluate.record_vote(target, tuned_a, "A")      # tuned
+    evaluate.record_vote(target, base_a, "B")       # tuned
+    evaluate.record_vote(target, base_a, "A")       # base
+    summary = evaluate.record_vote(target, tuned_a, "tie")
+    assert summary == {"votes": 4, "tuned_wins": 2, "base_wins": 1, "ties": 1, "tuned_win_rate": 0.5,
+                       "text": "tuned wins 2 of 4 (50%); base wins 1, ties 1"}
+    # A restart reads the same file: nothing is lost, a torn last line is skipped.
+    with open(target / "ab_votes.jsonl", "a") as fh:
+        fh.write('{"winner": "tun')
+    assert evaluate.ab_summary(target)["votes"] == 4
+    # Unvoted pairs come first.
+    (target / "ab_votes.jsonl").write_text(json.dumps({"prompt": "p1", "winner": "tuned"}) + "\n")
+    assert {evaluate.ab_pair(target, random.Random(i))["prompt"] for i in range(10)} == {"p3"}
+
+    with pytest.raises(evaluate.EvalError, match="not one of A, B, tie"):
+        evaluate.record_vote(target, tuned_a, "C")
+    with pytest.raises(evaluate.EvalError, match="Next pair"):
+        evaluate.record_vote(target, None, "A")
+    with pytest.raises(evaluate.EvalError, match="evaluate it first"):
+        evaluate.ab_pair(tmp_path)
+
+
+def test_probe_list_validation(tmp_path):
+    assert evaluate.write_probes(tmp_path, " one \n\n two ") == ["one", "two"]
+    assert evaluate.read_probes(tmp_path) == ["one", "two"]
+    with pytest.raises(evaluate.EvalError, match="at least one"):
+        evaluate.write_probes(tmp_path, "\n  \n")
+    with pytest.raises(evaluate.EvalError, match="at most"):
+        evaluate.write_probes(tmp_path, [f"p{i}" for i in range(evaluate.MAX_PROBES + 1)])
+    assert evaluate.read_probes(tmp_path) == ["one", "two"], "a refused list must not replace the saved one"
+
+
+def test_demo_probes_and_checks_come_with_the_dataset():
+    from tuning.config import TrainConfig
+
+    cfg = TrainConfig()
+    probes = evaluate.default_probes(cfg)
+    assert 3 <= len(probes) <= 8 and any("who are you" in p.lower() for p in probes)
+    rows = evaluate.heldout_rows(cfg)
+    kinds = [extra["kind"] for _, extra in rows]
+    assert kinds.count("identity") == 24 and kinds.count("control") == 23
+    assert evaluate.passes("I'm QUILL.", ["quill"]) and not evaluate.passes("I'm SmolLM.", ["quill"])
+
+
+def test_early_stopping_stops_on_rising_eval_loss_and_marks_the_best(tmp_path, tiny_config):
+    # A huge learning rate: the first step helps, then the held-out loss climbs.
+    cfg = tiny_config.replace(max_steps=10, learning_rate=0.5, eval_steps=1, save_steps=1,
+                              early_stopping_patience=2, save_total_limit=2, probe_every_checkpoint=False,
+                              max_grad_norm=0.0)
+    run_dir = tmp_path / "runs" / "es"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    assert train.run(cfg, run_dir, tmp_path) == 0
+    events, _ = read_events(run_dir / "events.jsonl")
+    evals = [e for e in events if e["event"] == "eval" and not e.get("final")]
+    end = events[-1]
+    assert end["event"] == "end" and end["step"] < 12, "early stopping must end the run before max_steps"
+    best = min(evals, key=lambda e: e["eval_loss"])
+    assert end["best_checkpoint"] == f"checkpoints/checkpoint-{best['step']}"
+    assert (run_dir / end["best_checkpoint"] / "adapter_model.safetensors").is_file()
+    # The final adapter is the best one, loaded back at the end.
+    final = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    kept = load_file(run_dir / end["best_checkpoint"] / "adapter_model.safetensors")
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+    assert evaluate.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
