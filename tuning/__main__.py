@@ -62,21 +62,26 @@ def _train(args) -> int:
 
 
 def _inspect(args) -> int:
-    from tuning import data
+    """The Dataset tab's report on the command line: format, rows, problems, token statistics."""
+    from tuning import data, models
 
-    loaded = data.load(args.path, args.format)
-    report = {
-        "source": loaded.source, "format": loaded.format, "rows": loaded.rows_total,
-        "valid_rows": loaded.rows_valid,
-        "problems": [vars(p) for p in loaded.problems[: args.max_problems]],
-        "problem_count": len(loaded.problems),
-    }
+    loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
+    stats = None
+    if not args.no_tokens and loaded.conversations:
+        model_path = models.resolve_base_model(args.base_model, resolve_workspace(args.workspace))
+        stats = data.statistics(loaded, models.load_tokenizer(model_path), args.max_length)
+    report = data.report(loaded, stats, args.max_problems)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
-    else:
-        print(f"{report['source']}: {report['format']}, {report['valid_rows']}/{report['rows']} rows valid")
-        for p in loaded.problems[: args.max_problems]:
-            print(f"  {p}")
+        return 0
+    print(f"{report['source']}: {report['format']}, {report['valid_rows']}/{report['rows']} rows valid")
+    for p in loaded.problems[: args.max_problems]:
+        print(f"  {p}")
+    if stats:
+        print(f"tokens: longest {stats['longest']}, p95 {stats['p95']}, {stats['truncated_count']} rows "
+              f"({stats['truncated_share']:.1%}) longer than max_length {stats['max_length']}, "
+              f"{stats['trainable_tokens']:,} trained tokens, {stats['duplicate_count']} duplicates; "
+              f"suggested max_length {stats['suggested_max_length']}")
     return 0
 
 
@@ -145,8 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_eval)
 
     p = sub.add_parser("inspect", help="load a dataset and report its format, rows and problems")
-    p.add_argument("path", help="'demo', or a dataset file")
-    p.add_argument("--format", default="auto", help="force a format instead of detecting it")
+    p.add_argument("path", help="'demo', a dataset file or folder, or a Hub dataset id")
+    p.add_argument("--format", default="auto", help="force a format instead of detecting it: messages, "
+                   "sharegpt, alpaca, prompt_completion, text")
+    p.add_argument("--column-map", default="", metavar="TARGET=COLUMN,...",
+                   help="map columns onto the format's fields, e.g. prompt=question,completion=answer")
+    p.add_argument("--split", default=None, help="split of a Hub dataset (default: train)")
+    p.add_argument("--subset", default=None, help="subset of a Hub dataset")
+    p.add_argument("--base-model", default=config_mod.EMBEDDED_MODEL,
+                   help="whose tokenizer and chat template the token statistics use")
+    p.add_argument("--max-length", type=int, default=config_mod.TrainConfig().max_length,
+                   help="the max_length cutoff for the truncation statistics")
+    p.add_argument("--no-tokens", action="store_true", help="skip the token statistics (no tokenizer needed)")
+    p.add_argument("--workspace", help="workspace folder (where the embedded model is unpacked)")
     p.add_argument("--max-problems", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_inspect)

@@ -110,6 +110,14 @@ class TrainConfig:
     packing: bool = _f(False, "Pack several examples into one sequence without cross-attention (faster on "
                        "mixed lengths).", "data")
     train_on_completions_only: bool = _f(True, "Compute the loss only on assistant tokens (recommended).", "data")
+    dataset_format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = _f(
+        "auto", "How to read the rows. auto: detected per file from the column names.", "data",
+        choices=("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"))
+    column_map: str = _f("", "Map your columns onto the format's fields, e.g. prompt=question,completion=answer. "
+                         "Empty: common names are detected when unambiguous.", "data")
+    dataset_split: str = _f("train", "Split of a Hub dataset to train on.", "data", advanced=True)
+    dataset_subset: str = _f("", "Subset (configuration) of a Hub dataset; empty for the default.", "data",
+                             advanced=True)
 
     # --- schedule (saving, evaluation, logging, early stopping) ---------------------
     save_steps: int = _f(50, "Save a checkpoint every N steps (a resume loses at most N steps).", "schedule",

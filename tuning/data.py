@@ -1,37 +1,44 @@
 """Training data: load -> detect format -> normalize to chat messages -> validate -> render with
-the chat template -> tokenize with a loss mask.
+the chat template -> tokenize with a loss mask -> statistics.
 
 Every format ends up as a list of conversations, each a list of {"role", "content"} messages
-(system / user / assistant). Problems never stop a load: each bad row is reported with its
-file, row number (1-based, as an editor shows it) and field, and left out.
+(system / user / assistant / tool). Plain text for continued pre-training is a conversation of
+one {"role": "text"} message: it skips the chat template and every token is trained on.
+Problems never stop a load: each bad row is reported with its file, row number (1-based, as an
+editor shows it) and field, and left out ("drop"); the report says enough to fix the file.
+
+Reading files (JSON, JSONL, CSV/TSV, Parquet, TXT, folders, Hub ids) lives in tuning/formats.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from tuning.formats import SUFFIXES, DataError, Problem, Rows, read_hub, read_path  # noqa: F401 (re-exported)
 from tuning.paths import DEMO_DATA_DIR
 
 ROLES = ("system", "user", "assistant")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+TEXT_ROLE = "text"  # the single message of a plain-text (pre-training) row
 
+# ShareGPT / OpenAI role names -> ours. A tool call is something the model must learn to write
+# (assistant); a tool's result is input it reads (tool, masked like a user turn).
+ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+              "bot": "assistant", "model": "assistant", "chatgpt": "assistant", "function_call": "assistant",
+              "tool": "tool", "observation": "tool", "function": "tool", "function_response": "tool",
+              "ipython": "tool"}
 
-class DataError(ValueError):
-    """The dataset as a whole cannot be used (missing, empty, unreadable)."""
-
-
-@dataclass
-class Problem:
-    file: str
-    row: int  # 1-based
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}, row {self.row}" + (f", field '{self.field}'" if self.field else "")
-        return f"{where}: {self.message}"
+# Column names that unambiguously mean "the prompt" / "the answer" when a file has neither
+# a known format nor a column map (matched case-insensitively).
+PROMPT_NAMES = ("prompt", "question", "query", "input", "instruction", "user", "human")
+COMPLETION_NAMES = ("completion", "answer", "response", "output", "target", "assistant", "gpt", "reply")
+MAP_TARGETS = ("messages", "conversations", "system", "instruction", "input", "output", "history", "prompt",
+               "completion", "text")
 
 
 @dataclass
@@ -42,173 +49,349 @@ class LoadedData:
     extras: list[dict[str, Any]] = field(default_factory=list)  # other columns, e.g. eval's kind/expect
     rows_total: int = 0
     problems: list[Problem] = field(default_factory=list)
+    locations: list[tuple[str, int]] = field(default_factory=list)  # (file, row) of each conversation
+    complete: bool = True  # False when load(limit=N) read only the first N rows
 
     @property
     def rows_valid(self) -> int:
         return len(self.conversations)
 
 
-# --- reading files ---------------------------------------------------------------------------
-
 def demo_files() -> tuple[Path, Path]:
     return DEMO_DATA_DIR / "train.jsonl", DEMO_DATA_DIR / "eval.jsonl"
 
 
-def _read_records(path: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
-    """(row number, parsed record) pairs from a .json or .jsonl file."""
-    name = path.name
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{name}: cannot read ({exc.strerror})") from None
-    if not raw.strip():
-        raise DataError(f"{name}: the file is empty")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records, problems = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(name, number, "", f"not valid JSON ({exc.msg} at column {exc.colno})"))
-        if not records and problems:
-            raise DataError(f"{name}: no line is valid JSON ({problems[0]})")
-        return records, problems
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-        if isinstance(data, dict):  # an object holding one list of rows, e.g. {"data": [...]}
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DataError(f"{name}: expected a list of rows, or an object with exactly one list")
-            data = lists[0]
-        if not isinstance(data, list):
-            raise DataError(f"{name}: expected a list of rows, got {type(data).__name__}")
-        return list(enumerate(data, start=1)), []
-    raise DataError(f"{name}: unsupported file type {suffix or '(none)'}; use .json or .jsonl")
+def is_text(messages: list[dict[str, str]]) -> bool:
+    return len(messages) == 1 and messages[0]["role"] == TEXT_ROLE
 
 
-# --- formats ---------------------------------------------------------------------------------
+# --- formats: one record -> messages --------------------------------------------------------------
 
-def detect_format(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    if "messages" in record:
-        return "messages"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    return None
+def _kind(value: Any) -> str:
+    """A value's type as a JSON user reads it."""
+    names = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "text",
+             list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
-def _from_messages(record: dict, file: str, row: int) -> tuple[list[dict[str, str]] | None, Problem | None]:
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return None, Problem(file, row, "messages", "expected a non-empty list of {role, content}")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            return None, Problem(file, row, where, "expected an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return None, Problem(file, row, f"{where}.role", f"unknown role {role!r} (use {', '.join(ROLES)})")
+def _content(value: Any) -> Any:
+    """OpenAI content may be a list of parts: keep the text parts."""
+    if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    return value
+
+
+def _system(record: dict, file: str, row: int) -> tuple[list[dict[str, str]], Problem | None]:
+    value = record.get("system")
+    if value is None or value == "":
+        return [], None
+    if not isinstance(value, str):
+        return [], Problem(file, row, "system", f"expected text, got {_kind(value)}")
+    return ([{"role": "system", "content": value}] if value.strip() else []), None
+
+
+def _from_chat(record: dict, file: str, row: int, key: str = "messages") -> tuple[list | None, Problem | None]:
+    """OpenAI `messages` (role/content) and ShareGPT `conversations` (from/value) alike."""
+    turns = record.get(key)
+    if not isinstance(turns, list) or not turns:
+        return None, Problem(file, row, key, f"expected a non-empty list of turns, got {_kind(turns)}")
+    out, problem = _system(record, file, row)  # ShareGPT's top-level system prompt
+    if problem:
+        return None, problem
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            return None, Problem(file, row, where, f"expected an object with role and content, got {_kind(turn)}")
+        role_key, content_key = ("from", "value") if "from" in turn and "role" not in turn else ("role", "content")
+        role, content = turn.get(role_key), _content(turn.get(content_key))
+        mapped = ROLE_NAMES.get(role.strip().lower()) if isinstance(role, str) else None
+        if mapped is None:
+            return None, Problem(file, row, f"{where}.{role_key}", f"unknown role {role!r} (use system, user, "
+                                 "assistant, tool; or ShareGPT's human, gpt, function_call, observation)")
+        if content is None and turn.get("tool_calls"):  # an OpenAI tool call: train on the call itself
+            content = json.dumps(turn["tool_calls"], ensure_ascii=False)
         if not isinstance(content, str):
-            return None, Problem(file, row, f"{where}.content", f"expected text, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
+            return None, Problem(file, row, f"{where}.{content_key}", f"expected text, got {_kind(content)}")
+        out.append({"role": mapped, "content": content})
     return out, None
 
 
-def _from_alpaca(record: dict, file: str, row: int) -> tuple[list[dict[str, str]] | None, Problem | None]:
-    for key in ("instruction", "output"):
-        if not isinstance(record.get(key), str):
-            return None, Problem(file, row, key, f"missing or not text (got {type(record.get(key)).__name__})")
-    extra = record.get("input") or ""
-    if not isinstance(extra, str):
-        return None, Problem(file, row, "input", f"expected text, got {type(extra).__name__}")
-    prompt = record["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
-    messages = []
-    if isinstance(record.get("system"), str) and record["system"].strip():
-        messages.append({"role": "system", "content": record["system"]})
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
-    return messages, None
+def _from_sharegpt(record: dict, file: str, row: int) -> tuple[list | None, Problem | None]:
+    return _from_chat(record, file, row, "conversations")
 
 
-NORMALIZERS = {"messages": _from_messages, "alpaca": _from_alpaca}
+def _text_field(record: dict, key: str, file: str, row: int, required: bool = True) -> tuple[str, Problem | None]:
+    value = record.get(key)
+    if value is None and not required:
+        return "", None
+    if not isinstance(value, str):
+        what = "missing" if key not in record else f"expected text, got {_kind(value)}"
+        return "", Problem(file, row, key, what)
+    return value, None
 
 
-def validate_conversation(messages: list[dict[str, str]], file: str, row: int) -> Problem | None:
-    """Roles must go (system) user assistant user assistant ... and end with a non-empty answer."""
-    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    if not turns:
-        return Problem(file, row, "messages", "no user or assistant turn")
-    for i, message in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            return Problem(file, row, "messages", f"turn {i + 1} is {message['role']!r}, expected {expected!r}")
-    if turns[-1]["role"] != "assistant":
-        return Problem(file, row, "messages", "the conversation does not end with an assistant turn")
-    for message in turns:
-        if message["role"] == "assistant" and not message["content"].strip():
-            return Problem(file, row, "messages", "empty assistant answer")
+def _from_alpaca(record: dict, file: str, row: int) -> tuple[list | None, Problem | None]:
+    instruction, problem = _text_field(record, "instruction", file, row)
+    output, problem2 = _text_field(record, "output", file, row)
+    extra, problem3 = _text_field(record, "input", file, row, required=False)
+    messages, problem4 = _system(record, file, row)
+    if problem or problem2 or problem3 or problem4:
+        return None, problem or problem2 or problem3 or problem4
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        return None, Problem(file, row, "history", f"expected a list of [prompt, answer] pairs, got {_kind(history)}")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            return None, Problem(file, row, f"history[{i}]", "expected a [prompt, answer] pair of texts")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    prompt = instruction + (f"\n\n{extra}" if extra.strip() else "")
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], None
+
+
+def _from_prompt_completion(record: dict, file: str, row: int) -> tuple[list | None, Problem | None]:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):  # TRL's conversational prompt/completion
+        return _from_chat({"messages": prompt + completion}, file, row)
+    prompt, problem = _text_field(record, "prompt", file, row)
+    completion, problem2 = _text_field(record, "completion", file, row)
+    messages, problem3 = _system(record, file, row)
+    if problem or problem2 or problem3:
+        return None, problem or problem2 or problem3
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None
+
+
+def _from_text(record: dict, file: str, row: int) -> tuple[list | None, Problem | None]:
+    text, problem = _text_field(record, "text", file, row)
+    if problem:
+        return None, problem
+    return [{"role": TEXT_ROLE, "content": text}], None
+
+
+NORMALIZERS = {"messages": _from_chat, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca,
+               "prompt_completion": _from_prompt_completion, "text": _from_text}
+
+
+def detect_format(record: Any) -> str | None:
+    """The format a record is in, from its keys; None when no known format fits."""
+    if not isinstance(record, dict):
+        return None
+    for key in ("messages", "conversations"):
+        turns = record.get(key)
+        if isinstance(turns, list):
+            first = next((t for t in turns if isinstance(t, dict)), {})
+            return "sharegpt" if "from" in first and "role" not in first else "messages"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    if "text" in record:
+        return "text"
     return None
 
 
-def load_file(path: Path, fmt: str = "auto") -> LoadedData:
-    records, problems = _read_records(path)
-    name = path.name
-    if fmt == "auto":
-        detected = next((detect_format(r) for _, r in records if detect_format(r)), None)
-        if detected is None:
-            raise DataError(f"{name}: cannot tell the format; rows need 'messages' (chat) or "
-                            "'instruction' and 'output' (alpaca)")
-        fmt = detected
-    if fmt not in NORMALIZERS:
-        raise DataError(f"unknown dataset format {fmt!r}; use one of {', '.join(NORMALIZERS)}")
-    loaded = LoadedData(source=str(path), format=fmt, rows_total=len(records) + len(problems),
-                        problems=list(problems))
-    known = {"messages", "instruction", "input", "output", "system"}
-    for row, record in records:
-        if not isinstance(record, dict):
-            loaded.problems.append(Problem(name, row, "", f"expected an object, got {type(record).__name__}"))
+def parse_column_map(text: str | dict | None) -> dict[str, str]:
+    """"prompt=question,completion=answer" (the config's and the CLI's form) -> a dict."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    mapping = {}
+    for item in text.split(","):
+        if not item.strip():
             continue
-        messages, problem = NORMALIZERS[fmt](record, name, row)
-        problem = problem or validate_conversation(messages, name, row)
-        if problem:
-            loaded.problems.append(problem)
-            continue
-        loaded.conversations.append(messages)
-        loaded.extras.append({k: v for k, v in record.items() if k not in known})
-    loaded.problems.sort(key=lambda p: p.row)
+        target, sep, source = item.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise DataError(f"column_map: {item.strip()!r} should look like target=column, e.g. prompt=question")
+        mapping[target.strip()] = source.strip()
+    return mapping
+
+
+def _guess_columns(columns: list[str], file: str) -> dict[str, str]:
+    """Map prompt/completion onto differently named columns, only when that is unambiguous."""
+    def candidates(names):
+        return [c for c in columns if c.strip().lower() in names]
+
+    prompts, completions = candidates(PROMPT_NAMES), candidates(COMPLETION_NAMES)
+    listed = ", ".join(columns)
+    if len(prompts) == 1 and len(completions) == 1:
+        mapping = {"prompt": prompts[0], "completion": completions[0]}
+        system = candidates(("system", "system_prompt"))
+        if len(system) == 1:
+            mapping["system"] = system[0]
+        return mapping
+    if prompts or completions:
+        if not completions or not prompts:
+            choice = f"no column looks like the {'answer' if prompts else 'prompt'}"
+        else:
+            which, found = ("prompt", prompts) if len(prompts) > 1 else ("answer", completions)
+            choice = f"{' or '.join(repr(c) for c in found)} could each be the {which}"
+        raise DataError(f"{file}: cannot tell which columns hold the prompt and the answer ({choice}; columns: "
+                        f"{listed}). Map them, e.g. column_map prompt=COLUMN,completion=COLUMN")
+    raise DataError(f"{file}: cannot tell the format (columns: {listed}). Rows need 'messages' (chat), "
+                    "'conversations' (ShareGPT), 'instruction' and 'output' (alpaca), 'prompt' and 'completion', "
+                    "or 'text'; or map your columns, e.g. column_map prompt=COLUMN,completion=COLUMN")
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def validate_conversation(messages: list[dict[str, str]], file: str, row: int) -> Problem | None:
+    """A system turn only first; then user (or tool results) and assistant turns taking turns,
+    starting with the user and ending with a non-empty answer. Plain text needs only text."""
+    if is_text(messages):
+        return None if messages[0]["content"].strip() else Problem(file, row, "text", "empty text")
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not turns:
+        return Problem(file, row, "messages", "no user or assistant turn")
+    previous = None
+    for i, message in enumerate(turns, start=1):
+        role = message["role"]
+        if role == "system":
+            return Problem(file, row, "messages", f"turn {i} is a system turn; only the first turn may be")
+        if i == 1 and role != "user":
+            return Problem(file, row, "messages", f"turn 1 is {role!r}, expected 'user'")
+        if role == previous and role != "tool":
+            return Problem(file, row, "messages", f"turn {i} is a second {role!r} turn in a row")
+        if role == "tool" and previous not in ("assistant", "tool"):
+            return Problem(file, row, "messages", f"turn {i} is a tool result that follows no assistant turn")
+        if role == "assistant" and not message["content"].strip():
+            return Problem(file, row, "messages", f"turn {i}: empty assistant answer")
+        previous = role
+    if previous != "assistant":
+        return Problem(file, row, "messages", "the conversation does not end with an assistant turn")
+    return None
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _normalize(rows: Rows, fmt: str, column_map: dict[str, str], source: str, complete: bool) -> LoadedData:
+    """Detect the format (per file, so a folder may mix them), rename mapped columns, normalize
+    and validate every row; bad rows become problems."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise DataError(f"unknown dataset format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+    unknown = sorted(set(column_map) - set(MAP_TARGETS))
+    if unknown:
+        raise DataError(f"column_map: {unknown[0]!r} is not a field a column can map to "
+                        f"(use {', '.join(MAP_TARGETS)})")
+    loaded = LoadedData(source=source, format=fmt, rows_total=rows.total, problems=list(rows.problems),
+                        complete=complete)
+    formats: list[str] = []
+    by_file: dict[str, list[tuple[int, Any]]] = {}
+    for file, row, record in rows.records:
+        by_file.setdefault(file, []).append((row, record))
+    for file, records in by_file.items():
+        columns = list(next((r for _, r in records if isinstance(r, dict)), {}))
+        mapping = dict(column_map)
+        missing = [c for c in mapping.values() if c not in columns]
+        if columns and missing:
+            raise DataError(f"{file}: column_map names {missing[0]!r}, which is not a column "
+                            f"(columns: {', '.join(columns)})")
+        file_fmt = fmt
+        if file_fmt == "auto":
+            sample = [_rename(r, mapping) for _, r in records[:100]]
+            file_fmt = next((f for f in map(detect_format, sample) if f), None)
+            if file_fmt is None:
+                mapping.update(_guess_columns(columns, file) if columns else {})
+                file_fmt = "prompt_completion" if mapping else None
+            if file_fmt is None:
+                raise DataError(f"{file}: rows are not objects with named fields (got {_kind(records[0][1])})")
+        if file_fmt not in formats:
+            formats.append(file_fmt)
+        consumed = set(mapping.values()) | {"messages", "conversations", "system", "instruction", "input",
+                                            "output", "history", "prompt", "completion", "text"}
+        for row, record in records:
+            if not isinstance(record, dict):
+                loaded.problems.append(Problem(file, row, "", f"expected an object, got {_kind(record)}"))
+                continue
+            messages, problem = NORMALIZERS[file_fmt](_rename(record, mapping), file, row)
+            problem = problem or validate_conversation(messages, file, row)
+            if problem:
+                if problem.field in mapping:  # name the user's column, not our field
+                    problem.field = mapping[problem.field]
+                loaded.problems.append(problem)
+                continue
+            loaded.conversations.append(messages)
+            loaded.locations.append((file, row))
+            loaded.extras.append({k: v for k, v in record.items() if k not in consumed})
+    loaded.format = ", ".join(formats) or fmt
+    loaded.problems.sort(key=lambda p: (p.file, p.row))
     return loaded
 
 
-def load(source: str, fmt: str = "auto") -> LoadedData:
-    """Load 'demo' or a .json/.jsonl file. (Hub ids and more formats: see the dataset issue.)"""
+def _rename(record: Any, mapping: dict[str, str]) -> Any:
+    if not mapping or not isinstance(record, dict):
+        return record
+    return {**record, **{target: record.get(source) for target, source in mapping.items()}}
+
+
+def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None = None,
+         split: str | None = None, subset: str | None = None, limit: int | None = None) -> LoadedData:
+    """Load a dataset: 'demo', a file (.json .jsonl .csv .tsv .parquet .txt), a folder of such
+    files, or a Hub dataset id ('org/name', with `split`, default train, and `subset`).
+
+    fmt: "auto" (detected per file) or one of FORMATS. column_map: {"prompt": "question",
+    "completion": "answer"} or "prompt=question,completion=answer"; without one, columns with
+    common names (question/answer, prompt/response, ...) are mapped when unambiguous, and an
+    ambiguous file raises DataError listing its columns.
+    limit: parse only the first `limit` rows (the quick first page of a huge file): rows_total
+    still counts every row, `complete` is False, and problems cover only the rows read.
+    Never tokenizes. Raises DataError for a source that cannot be used at all."""
+    mapping = parse_column_map(column_map)
     if source == "demo":
-        return load_file(demo_files()[0], fmt)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"dataset: {source!r} does not exist")
-    if path.is_dir():
-        raise DataError(f"dataset: {source!r} is a folder; point at a .json or .jsonl file")
-    return load_file(path, fmt)
+        rows, source = read_path(demo_files()[0], limit), str(demo_files()[0])
+    else:
+        path = Path(source).expanduser()
+        if path.exists():
+            rows = read_path(path, limit)
+        elif _looks_like_hub_id(source):
+            rows = read_hub(source, split, subset, limit)
+        else:
+            raise DataError(f"dataset: {source!r} does not exist")
+    complete = limit is None or len(rows.records) + len(rows.problems) >= rows.total
+    return _normalize(rows, fmt, mapping, source, complete)
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return (len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+            and Path(source).suffix.lower() not in SUFFIXES)
+
+
+def load_file(path: Path, fmt: str = "auto") -> LoadedData:
+    return load(str(path), fmt)
 
 
 def load_eval(cfg) -> LoadedData | None:
     """The explicit held-out file: eval_dataset, or the demo's own eval.jsonl for 'demo'."""
     if cfg.eval_dataset:
-        return load(cfg.eval_dataset)
+        return load(cfg.eval_dataset, getattr(cfg, "dataset_format", "auto"),
+                    parse_column_map(getattr(cfg, "column_map", "")))
     if cfg.dataset == "demo":
-        return load_file(demo_files()[1])
+        return load(str(demo_files()[1]))
     return None
+
+
+def preview(loaded: LoadedData, page: int = 1, page_size: int = 20) -> list[dict[str, Any]]:
+    """One page (1-based; clamped to the pages there are) of the valid rows, as dicts for a
+    table: index (into loaded.conversations, for token_view), file, row, system, prompt (the
+    first user turn), completion (the last answer; a text row's whole text), turns, messages."""
+    page_size = max(1, int(page_size))
+    page = min(max(1, int(page)), page_count(loaded, page_size))
+    start = (page - 1) * page_size
+    out = []
+    for index in range(start, min(start + page_size, loaded.rows_valid)):
+        messages = loaded.conversations[index]
+        file, row = loaded.locations[index] if index < len(loaded.locations) else ("", 0)
+        by_role = lambda role: [m["content"] for m in messages if m["role"] == role]  # noqa: E731
+        out.append({"index": index, "file": file, "row": row,
+                    "system": (by_role("system") or [""])[0],
+                    "prompt": (by_role("user") or [""])[0],
+                    "completion": (by_role("assistant") or by_role(TEXT_ROLE) or [""])[-1],
+                    "turns": sum(m["role"] != "system" for m in messages), "messages": messages})
+    return out
+
+
+def page_count(loaded: LoadedData, page_size: int = 20) -> int:
+    return max(1, math.ceil(loaded.rows_valid / max(1, int(page_size))))
 
 
 # --- tokenizing with a loss mask ---------------------------------------------------------------
@@ -221,7 +404,14 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length:
     between render(messages[:i], add_generation_prompt=True) and render(messages[:i+1]) is the
     i-th assistant reply with its end-of-turn token. This works with any chat template, unlike
     TRL's assistant_only_loss, which needs {% generation %} markers that most templates lack.
+    Plain text skips the template: its tokens plus end-of-sequence, all trained on.
     """
+    if is_text(messages):
+        input_ids = tokenizer(messages[0]["content"])["input_ids"]
+        if tokenizer.eos_token_id is not None and (not input_ids or input_ids[-1] != tokenizer.eos_token_id):
+            input_ids = input_ids + [tokenizer.eos_token_id]  # so documents end and do not run together
+        input_ids = input_ids[:max_length] if max_length is not None else input_ids
+        return {"input_ids": input_ids, "assistant_masks": [1] * len(input_ids)}
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
@@ -230,20 +420,34 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length:
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if text.startswith(upto) and upto.startswith(before):
-            spans.append((len(before), len(upto)))
+            # Template whitespace after the end-of-turn token (ChatML's "\n") belongs to the
+            # template, not to the answer: the span ends where the rendered reply's text ends.
+            spans.append((len(before), len(before) + len(upto[len(before):].rstrip())))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     if completions_only:
-        mask = [int(any(start < e and end > s for s, e in spans)) for start, end in encoded["offset_mapping"]]
-        # Template whitespace after the end-of-turn token (ChatML's "\n") belongs to the
-        # template, not to the answer: only train on tokens that end inside a span.
-        mask = [int(m and any(s < end <= e for s, e in spans)) for m, (start, end)
-                in zip(mask, encoded["offset_mapping"])]
+        # A token is trained on when it ends inside an answer's span.
+        mask = [int(any(s < end <= e for s, e in spans)) for _, end in encoded["offset_mapping"]]
     else:
         mask = [1] * len(input_ids)
     if max_length is not None:
         input_ids, mask = input_ids[:max_length], mask[:max_length]
     return {"input_ids": input_ids, "assistant_masks": mask}
+
+
+def _tokenize_rows(tokenizer, messages: list[dict[str, str]], max_length: int,
+                   completions_only: bool) -> list[dict[str, list[int]]]:
+    """A chat row is one example, truncated at max_length; a text row longer than max_length is
+    cut into max_length pieces instead, since pre-training text has no answer to lose."""
+    try:
+        if not is_text(messages):
+            return [tokenize_conversation(tokenizer, messages, max_length, completions_only)]
+        ids = tokenize_conversation(tokenizer, messages)["input_ids"]
+    except Exception as exc:  # noqa: BLE001 - a template that refuses a role, say: tell which conversation
+        raise DataError(f"the model's chat template cannot render a conversation ({exc}); roles: "
+                        f"{', '.join(m['role'] for m in messages)}") from None
+    return [{"input_ids": ids[i:i + max_length], "assistant_masks": [1] * len(ids[i:i + max_length])}
+            for i in range(0, len(ids), max_length)]
 
 
 def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length: int,
@@ -252,7 +456,7 @@ def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length:
     (it builds the labels from assistant_masks). Rows with no trained token are dropped."""
     from datasets import Dataset
 
-    rows = [tokenize_conversation(tokenizer, m, max_length, completions_only) for m in conversations]
+    rows = [r for m in conversations for r in _tokenize_rows(tokenizer, m, max_length, completions_only)]
     rows = [r for r in rows if any(r["assistant_masks"])]
     if not rows:
         raise DataError("no example has a trained token left (is max_length too small?)")
@@ -261,8 +465,6 @@ def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length:
 
 def split(conversations: list, fraction: float, seed: int) -> tuple[list, list]:
     """A seeded, reproducible train/eval split."""
-    import random
-
     if fraction <= 0 or len(conversations) < 2:
         return conversations, []
     order = list(range(len(conversations)))
@@ -273,9 +475,16 @@ def split(conversations: list, fraction: float, seed: int) -> tuple[list, list]:
             [c for i, c in enumerate(conversations) if i in held])
 
 
+def load_config_dataset(cfg, limit: int | None = None) -> LoadedData:
+    """The training data a TrainConfig names, with its format, column map, split and subset."""
+    return load(cfg.dataset, getattr(cfg, "dataset_format", "auto"), parse_column_map(getattr(cfg, "column_map", "")),
+                split=getattr(cfg, "dataset_split", "") or None, subset=getattr(cfg, "dataset_subset", "") or None,
+                limit=limit)
+
+
 def prepare(cfg, tokenizer):
     """(train Dataset, eval Dataset or None, LoadedData) for a TrainConfig."""
-    loaded = load(cfg.dataset)
+    loaded = load_config_dataset(cfg)
     if not loaded.conversations:
         raise DataError(f"{cfg.dataset}: no valid rows; first problem: {loaded.problems[0]}"
                         if loaded.problems else f"{cfg.dataset}: no rows")
@@ -296,14 +505,112 @@ def token_view(tokenizer, messages: list[dict[str, str]], max_length: int | None
                completions_only: bool = True) -> list[tuple[str, str | None]]:
     """The conversation exactly as the model sees it, as (text, label) pieces for
     gr.HighlightedText: label "trained" for tokens the loss is computed on, "masked" for the
-    rest, "truncated" for tokens cut off by max_length."""
+    rest, "truncated" for tokens cut off by max_length (a text row is split, not cut)."""
     full = tokenize_conversation(tokenizer, messages, None, completions_only)
+    cut = max_length if max_length is not None and not is_text(messages) else None
     pieces = []
     for i, (token_id, trained) in enumerate(zip(full["input_ids"], full["assistant_masks"])):
-        label = "truncated" if max_length is not None and i >= max_length else ("trained" if trained else "masked")
+        label = "truncated" if cut is not None and i >= cut else ("trained" if trained else "masked")
         text = tokenizer.decode([token_id])
         if pieces and pieces[-1][1] == label:
             pieces[-1] = (pieces[-1][0] + text, label)
         else:
             pieces.append((text, label))
     return pieces
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only: bool = True,
+               progress: Callable[[float, str], Any] | None = None, bins: int = 20) -> dict[str, Any]:
+    """What the data looks like to the model, for the Dataset tab and `inspect`.
+
+    Tokenizes every valid row (the slow part: call it after the quick first page, with
+    `progress(fraction, desc)` for a progress bar). Returns a dict:
+      rows, lengths (full token length of each conversation, in loaded.conversations order),
+      histogram {"edges": [bins + 1 numbers], "counts": [bins numbers]} (draw max_length on it),
+      max_length, longest, p50, p95, p99, suggested_max_length (p99 rounded up to a multiple of 64),
+      truncated_count, truncated_share, truncated (Problems naming file and row),
+      trainable_tokens (after truncation), total_tokens (after truncation),
+      no_trained (Problems: rows with no trained token left after truncation; training drops them),
+      duplicate_count, duplicates [{"file", "row", "first_file", "first_row"}] (exact repeats).
+    Text rows are split into max_length pieces, never truncated."""
+    n = loaded.rows_valid
+    lengths, trainable, kept, truncated, no_trained = [], 0, 0, [], []
+    step = max(1, n // 100)
+    for index, messages in enumerate(loaded.conversations):
+        if progress is not None and index % step == 0:
+            progress(index / max(n, 1), f"tokenizing {index:,} / {n:,} rows")
+        file, row = loaded.locations[index] if index < len(loaded.locations) else (loaded.source, index + 1)
+        full = tokenize_conversation(tokenizer, messages, None, completions_only)
+        length = len(full["input_ids"])
+        lengths.append(length)
+        if is_text(messages):
+            trainable += sum(full["assistant_masks"])
+            kept += length
+            continue
+        mask = full["assistant_masks"][:max_length]
+        trainable += sum(mask)
+        kept += min(length, max_length)
+        if length > max_length:
+            truncated.append(Problem(file, row, "", f"{length} tokens, longer than max_length {max_length}: "
+                                     f"the last {length - max_length} are cut off"))
+        if not any(mask):
+            no_trained.append(Problem(file, row, "", "no trained token left within max_length; left out"))
+    if progress is not None:
+        progress(1.0, f"tokenized {n:,} rows")
+    ordered = sorted(lengths)
+
+    def percentile(q: float) -> int:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else 0
+
+    top = max([max_length] + lengths)
+    width = max(1, math.ceil(top / bins))
+    counts = [0] * bins
+    for length in lengths:
+        counts[min(bins - 1, length // width)] += 1
+    duplicates = find_duplicates(loaded)
+    return {
+        "rows": n, "lengths": lengths,
+        "histogram": {"edges": [i * width for i in range(bins + 1)], "counts": counts},
+        "max_length": max_length, "longest": ordered[-1] if ordered else 0,
+        "p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99),
+        "suggested_max_length": max(64, math.ceil(percentile(0.99) / 64) * 64),
+        "truncated_count": len(truncated), "truncated_share": len(truncated) / n if n else 0.0,
+        "truncated": truncated, "trainable_tokens": trainable, "total_tokens": kept, "no_trained": no_trained,
+        "duplicate_count": len(duplicates), "duplicates": duplicates,
+    }
+
+
+def find_duplicates(loaded: LoadedData) -> list[dict[str, Any]]:
+    """Rows whose conversation repeats an earlier one exactly: each with the first occurrence."""
+    first: dict[tuple, int] = {}
+    found = []
+    for index, messages in enumerate(loaded.conversations):
+        key = tuple((m["role"], m["content"]) for m in messages)
+        if key in first:
+            (file, row), (first_file, first_row) = _where(loaded, index), _where(loaded, first[key])
+            found.append({"file": file, "row": row, "first_file": first_file, "first_row": first_row})
+        else:
+            first[key] = index
+    return found
+
+
+def _where(loaded: LoadedData, index: int) -> tuple[str, int]:
+    return loaded.locations[index] if index < len(loaded.locations) else (loaded.source, index + 1)
+
+
+def report(loaded: LoadedData, stats: dict[str, Any] | None = None, max_problems: int = 50) -> dict[str, Any]:
+    """The JSON report of `python -m tuning inspect`: format, rows, valid rows, the first
+    problems with file and row, and the token statistics (without the per-row lengths)."""
+    out: dict[str, Any] = {
+        "source": loaded.source, "format": loaded.format, "rows": loaded.rows_total,
+        "valid_rows": loaded.rows_valid, "complete": loaded.complete,
+        "problem_count": len(loaded.problems),
+        "problems": [vars(p) for p in loaded.problems[:max_problems]],
+    }
+    if stats is not None:
+        out["statistics"] = {k: ([vars(p) for p in v[:max_problems]] if k in ("truncated", "no_trained")
+                                 else v[:max_problems] if k == "duplicates" else v)
+                             for k, v in stats.items() if k != "lengths"}
+    return out

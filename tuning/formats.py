@@ -1,0 +1,315 @@
+"""Reading dataset sources into rows: JSON, JSONL, CSV/TSV, Parquet, TXT, a folder of such
+files, or a Hugging Face Hub dataset id.
+
+Each reader returns `Rows`: (file, row number, record) triples plus the rows it could not
+read. Row numbers are what the user's editor shows: the line number for JSONL, CSV/TSV and
+TXT (a CSV's header is line 1), the 1-based position for a JSON list, Parquet and the Hub.
+A source that cannot be read at all (empty, binary, wrong extension, undecodable) raises
+DataError with one clear message; a row that cannot be read becomes a Problem and the rest
+still loads. What the rows mean (chat, alpaca, ...) is tuning/data.py's business.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
+            ".parquet": "parquet", ".txt": "txt"}
+SUPPORTED = ".json, .jsonl, .csv, .tsv, .parquet or .txt"
+
+# The first bytes of files people drop in by mistake, to say what the file really is.
+MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+         b"%PDF": "a PDF document", b"PK\x03\x04": "a ZIP archive (or an .xlsx/.docx file)",
+         b"\x1f\x8b": "a gzip archive", b"PAR1": "a Parquet file", b"SQLite format 3": "an SQLite database"}
+
+
+class DataError(ValueError):
+    """The dataset as a whole cannot be used (missing, empty, unreadable)."""
+
+
+@dataclass
+class Problem:
+    file: str
+    row: int  # 1-based, as an editor shows it; 0 means the whole file
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f", row {self.row}" if self.row else "")
+        where += f", field '{self.field}'" if self.field else ""
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Rows:
+    records: list[tuple[str, int, Any]] = field(default_factory=list)  # (file, row, record)
+    problems: list[Problem] = field(default_factory=list)
+    total: int = 0  # every row of the source, also those past a limit and those that failed
+
+
+def read_path(path: Path, limit: int | None = None) -> Rows:
+    """Rows of a file or of every dataset file in a folder; with `limit`, only the first
+    `limit` rows are parsed, but `total` still counts them all (cheaply)."""
+    return _read_folder(path, limit) if path.is_dir() else read_file(path, limit, path.name)
+
+
+def read_file(path: Path, limit: int | None = None, name: str | None = None) -> Rows:
+    name = name or path.name
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{name}: unsupported file type {path.suffix or '(no extension)'}; use {SUPPORTED}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+    if not raw.strip():
+        raise DataError(f"{name}: the file is empty")
+    if kind == "parquet":
+        return _read_parquet(path, name, limit)
+    _refuse_binary(raw, name, kind)
+    if kind == "jsonl":
+        return _read_jsonl(raw, name, limit)
+    text = _decode(raw, name)
+    if kind == "json":
+        return _read_json(text, name, limit)
+    if kind in ("csv", "tsv"):
+        return _read_csv(text, name, "\t" if kind == "tsv" else ",", limit)
+    return _read_txt(text, name, limit)
+
+
+# --- bytes -> text -----------------------------------------------------------------------------
+
+def _refuse_binary(raw: bytes, name: str, kind: str) -> None:
+    for magic, what in MAGIC.items():
+        if raw.startswith(magic):
+            raise DataError(f"{name}: this is {what}, not a {kind.upper()} text file")
+    if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{name}: this is a binary file, not a {kind.upper()} text file")
+
+
+def _decode(raw: bytes, name: str) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a byte-order mark (Windows editors)
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{name}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
+# --- readers -----------------------------------------------------------------------------------
+
+def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
+    """Line by line, so one bad line (bad JSON, another encoding) costs only that line."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raw = raw.decode("utf-16").encode("utf-8")
+    rows = Rows()
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        rows.total += 1
+        if limit is not None and len(rows.records) + len(rows.problems) >= limit:
+            continue  # past the first page: count only
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            rows.problems.append(Problem(name, number, "", f"not UTF-8 text (byte 0x{line[exc.start]:02x} at "
+                                         f"column {exc.start + 1}); save the file as UTF-8"))
+            continue
+        try:
+            rows.records.append((name, number, json.loads(text)))
+        except json.JSONDecodeError as exc:
+            rows.problems.append(Problem(name, number, "", f"not valid JSON ({exc.msg} at column {exc.colno})"))
+    if not rows.records and rows.problems and limit is None:
+        raise DataError(f"{name}: no line could be read; first: {rows.problems[0]}")
+    return rows
+
+
+def _read_json(text: str, name: str, limit: int | None) -> Rows:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            # JSON Lines saved with a .json extension: read it as what it is.
+            return _read_jsonl(text.encode("utf-8"), name, limit)
+        raise DataError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+                        + ("; the file looks cut off" if exc.msg.startswith("Unterminated")
+                           or exc.pos >= len(text.rstrip()) - 1 else "")) from None
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if len(lists) == 1:  # {"data": [row, row, ...]}
+            data = next(iter(lists.values()))
+        elif lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+            # columns: {"question": [...], "answer": [...]} (pandas' orient="list")
+            data = [dict(zip(lists, values)) for values in zip(*lists.values())]
+        else:
+            raise DataError(f"{name}: expected a list of rows, an object holding one list of rows, or an object "
+                            f"of equally long columns; got an object with keys {', '.join(list(data)[:10])}")
+    if not isinstance(data, list):
+        raise DataError(f"{name}: expected a list of rows, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{name}: the list of rows is empty")
+    shown = data if limit is None else data[:limit]
+    return Rows([(name, i, r) for i, r in enumerate(shown, start=1)], [], len(data))
+
+
+def _read_csv(text: str, name: str, delimiter: str, limit: int | None) -> Rows:
+    csv.field_size_limit(2**31 - 1)  # long answers are normal in training data
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        raise DataError(f"{name}: cannot read the header line ({exc})") from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(f"{name}: the first line must name the columns")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DataError(f"{name}: column {repeated[0]!r} appears more than once in the header")
+    rows = Rows()
+    while True:
+        start = reader.line_num + 1  # the line this record starts on (a quoted field may span lines)
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            rows.total += 1
+            rows.problems.append(Problem(name, start, "", f"cannot parse this line ({exc})"))
+            continue
+        if not values or not any(v.strip() for v in values):
+            continue
+        rows.total += 1
+        if limit is not None and len(rows.records) + len(rows.problems) >= limit:
+            continue
+        if len(values) < len(header):
+            missing = header[len(values):]
+            rows.problems.append(Problem(name, start, missing[0], f"missing column{'s' * (len(missing) > 1)} "
+                                         f"{', '.join(missing)}: the row has {len(values)} fields, the header "
+                                         f"{len(header)}"))
+        elif len(values) > len(header):
+            rows.problems.append(Problem(name, start, "", f"the row has {len(values)} fields, the header only "
+                                         f"{len(header)} (an unquoted {'tab' if delimiter == chr(9) else 'comma'}?)"))
+        else:
+            rows.records.append((name, start, dict(zip(header, values))))
+    if rows.total == 0:
+        raise DataError(f"{name}: has a header but no rows")
+    return rows
+
+
+def _read_parquet(path: Path, name: str, limit: int | None) -> Rows:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        total = parquet.metadata.num_rows
+        records: list = []
+        for batch in parquet.iter_batches(batch_size=min(limit or 10_000, 10_000)):
+            records.extend(batch.to_pylist())
+            if limit is not None and len(records) >= limit:
+                records = records[:limit]
+                break
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{name}: not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
+    if total == 0:
+        raise DataError(f"{name}: the Parquet file has no rows")
+    return Rows([(name, i, r) for i, r in enumerate(records, start=1)], [], total)
+
+
+def _read_txt(text: str, name: str, limit: int | None) -> Rows:
+    """Plain text for continued pre-training: one row per paragraph (blank lines separate them)."""
+    rows = Rows()
+    lines: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines() + [""], start=1):
+        if line.strip():
+            if not lines:
+                start = number
+            lines.append(line)
+            continue
+        if lines:
+            rows.total += 1
+            if limit is None or len(rows.records) < limit:
+                rows.records.append((name, start, {"text": "\n".join(lines)}))
+            lines = []
+    return rows
+
+
+def _read_folder(folder: Path, limit: int | None) -> Rows:
+    """Every dataset file under the folder, in name order; hidden files are skipped, other
+    files and unreadable ones are reported (row 0) so the user sees why they were left out."""
+    rows = Rows()
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for path in files:
+        name = str(path.relative_to(folder))
+        if path.suffix.lower() not in SUFFIXES:
+            if path.name.lower() not in ("readme.md", "license", "license.md"):
+                rows.problems.append(Problem(name, 0, "", f"skipped: not a dataset file ({SUPPORTED})"))
+            continue
+        left = None if limit is None else max(limit - len(rows.records), 0)
+        try:
+            part = read_file(path, left, name)
+        except DataError as exc:
+            rows.problems.append(Problem(name, 0, "", str(exc).removeprefix(f"{name}: ")))
+            continue
+        rows.records += part.records
+        rows.problems += part.problems
+        rows.total += part.total
+    if not rows.records and not rows.total:
+        first = f"; {rows.problems[0]}" if rows.problems else ""
+        raise DataError(f"{folder.name}: the folder holds no readable dataset file ({SUPPORTED}){first}")
+    return rows
+
+
+# --- the Hugging Face Hub ---------------------------------------------------------------------------
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds instead of datasets'
+    half-minute of retries."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def read_hub(name: str, split: str | None = None, subset: str | None = None, limit: int | None = None) -> Rows:
+    """A Hub dataset through datasets.load_dataset (or its local cache when HF_HUB_OFFLINE=1)."""
+    split = split or "train"
+    label = f"{name}[{split}]"
+    if not _offline_mode() and not _hub_reachable():
+        raise DataError(f"dataset: {name!r} is not a file or folder on this machine, and Hub datasets are not "
+                        "available offline (huggingface.co cannot be reached). Set HF_HUB_OFFLINE=1 to use a copy "
+                        "already in the local Hugging Face cache.")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, subset or None, split=split)
+    except Exception as exc:  # noqa: BLE001 - a missing, private, offline or mis-split dataset: say which
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        offline = " (not available offline: it is not in the local cache)" if _offline_mode() else ""
+        raise DataError(f"dataset: cannot load the Hub dataset {name!r}, subset {subset or '(default)'}, split "
+                        f"{split!r}{offline}: {reason}") from None
+    total = len(ds)
+    if total == 0:
+        raise DataError(f"dataset: the Hub dataset {label} has no rows")
+    shown = ds if limit is None else ds.select(range(min(limit, total)))
+    return Rows([(label, i, r) for i, r in enumerate(shown, start=1)], [], total)
