@@ -129,6 +129,29 @@ def _eval(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from tuning import export
+
+    workspace = resolve_workspace(args.workspace)
+    run_path = runs.existing_run_dir(workspace, args.run)
+    try:
+        done = [export.adapter_zip(run_path, workspace)]
+        if args.push and not args.merged:
+            done.append(export.export_adapter(run_path, workspace))
+        if args.merged:
+            done.append(export.export_merged(run_path, workspace, args.merged))
+        if args.gguf:
+            merged = done[-1] if args.merged else None
+            done.append(export.export_gguf(run_path, workspace, args.gguf, args.gguf_type, merged_dir=merged))
+        for path in done:
+            print(f"wrote {path}")
+        if args.push:
+            print(f"pushed {done[1]} to {export.push(done[1], args.push, export.hub_token())}")
+    except export.ExportError as exc:
+        raise BadInput(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tuning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("export", help="adapter zip, merged model, GGUF file, push to the Hub")
+    p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--merged", metavar="DIR", help="also merge into a full-precision base, saved in "
+                   "<workspace>/exports/DIR")
+    p.add_argument("--gguf", metavar="FILE", help="also write a GGUF file in <workspace>/exports/ (llama family)")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "f32"))
+    p.add_argument("--push", metavar="REPO_ID", help="push the merged model (with --merged) or the adapter to "
+                   "this Hub repo; the token comes from HF_TOKEN")
+    p.set_defaults(handler=_export)
     return parser
 
 

@@ -1,0 +1,64 @@
+"""Space mode, tested locally by setting the environment a Space sets (SPACE_ID, secrets, /data)."""
+
+import pytest
+
+from tuning import space
+
+
+def test_local_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = space.space_settings({}, data_dir=tmp_path / "nodata")
+    assert not s.on_space and s.persistent and s.banner == ""
+    assert s.workspace == tmp_path / "workspace" and s.host == "127.0.0.1" and s.port == 7860
+    assert space.can_train(None, s)  # locally whoever reached the page may train
+
+
+def test_space_with_persistent_storage(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    s = space.space_settings({"SPACE_ID": "alice/tuner", "SPACE_AUTHOR_NAME": "alice"}, data_dir=data)
+    assert s.on_space and s.persistent and s.workspace == data / "tuning" and s.banner == ""
+    assert s.host == "0.0.0.0" and s.port == 7860 and s.train_requires_auth
+
+
+def test_space_without_storage_warns(tmp_path):
+    s = space.space_settings({"SPACE_ID": "alice/tuner"}, data_dir=tmp_path / "absent")
+    assert not s.persistent and "lost when the Space restarts" in s.banner
+    assert not str(s.workspace).startswith(str(tmp_path / "absent"))
+    # a workspace forced outside /data on a Space is still ephemeral, and the banner says so
+    forced = space.space_settings({"SPACE_ID": "a/b", "TUNING_WORKSPACE": str(tmp_path / "w")},
+                                  data_dir=tmp_path / "absent")
+    assert not forced.persistent and forced.banner
+
+
+def test_space_auth_oauth_owner_and_password(tmp_path):
+    env = {"SPACE_ID": "alice/tuner", "SPACE_AUTHOR_NAME": "alice", "OAUTH_CLIENT_ID": "x",
+           "TUNING_ALLOWED_USERS": "bob, carol", "TUNING_AUTH": "s3cret-pass"}
+    s = space.space_settings(env, data_dir=tmp_path)
+    assert s.allowed_users == ("alice", "bob", "carol") and s.oauth and s.password_set
+    assert not space.can_train(None, s)
+    assert space.can_train({"preferred_username": "alice"}, s)
+    assert space.can_train("carol", s)
+    assert not space.can_train("mallory", s)
+    assert space.can_train(None, s, password="s3cret-pass")
+    assert not space.can_train(None, s, password="wrong") and not space.can_train(None, s, password="")
+    msg = space.refusal_message("mallory", s)
+    assert "mallory" in msg and "Playground" in msg
+    assert "s3cret-pass" not in repr(s) and "s3cret-pass" not in space.refusal_message(None, s)
+    assert "sign in" in space.refusal_message(None, s) and "password" in space.refusal_message(None, s)
+
+
+def test_space_without_any_auth_refuses_training(tmp_path):
+    s = space.space_settings({"SPACE_ID": "x/y"}, data_dir=tmp_path)
+    assert not space.can_train(None, s) and not space.can_train(None, s, password="anything")
+    assert "disabled" in space.refusal_message(None, s)
+
+
+def test_share_needs_auth():
+    with pytest.raises(space.LaunchRefused, match="--auth"):
+        space.check_launch(share=True, auth=None, environ={})
+    assert space.check_launch(share=True, auth="ann:pw", environ={}) == ("ann", "pw")
+    assert space.check_launch(share=True, auth=None, environ={"TUNING_AUTH": "ann:pw"}) == ("ann", "pw")
+    assert space.check_launch(share=False, auth=None, environ={}) is None
+    with pytest.raises(space.LaunchRefused):
+        space.check_launch(share=True, auth="nopassword", environ={})

