@@ -58,3 +58,17 @@ def resolve_under(text: str | Path, roots: list[Path], *, what: str = "path") ->
             return resolved
     allowed = ", ".join(str(Path(r).resolve()) for r in roots)
     raise PathError(f"{what}: {raw!r} is outside the folders this app may read ({allowed})")
+
+
+def safe_preset_path(name: str, folder: Path = PRESETS_DIR) -> Path:
+    """Where "save as preset" writes preset `name`: `<folder>/<name>.yaml`. The name must be a
+    plain name (letters, digits, '-', '_'; a trailing .yaml is allowed), never a path."""
+    raw = str(name).strip()
+    if raw.endswith(".yaml"):
+        raw = raw[: -len(".yaml")]
+    if not (0 < len(raw) <= 64 and raw.isascii() and all(c.isalnum() or c in "-_" for c in raw)
+            and raw[0].isalnum()):
+        raise PathError(f"preset name {str(name)[:80]!r}: use 1-64 letters, digits, '-' and '_' "
+                        "(no folders, no dots)")
+    folder = Path(folder).resolve()
+    return folder / f"{raw}.yaml"

@@ -68,22 +68,32 @@ def new_run_id(workspace: Path, name: str = "") -> str:
 # --- the training process --------------------------------------------------------------
 
 def write_process_info(path: Path, pid: int) -> None:
-    info = {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    # create_time tells a reused pid apart; pgid says whether Stop may signal the whole group
+    # (only when the trainer leads its own group, as the runner starts it).
+    import os
+
+    info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "pgid": os.getpgid(pid)}
     tmp = path / "process.json.tmp"
     tmp.write_text(json.dumps(info))
     tmp.replace(path / "process.json")
 
 
-def process_alive(path: Path) -> bool:
-    """True while the run's training process is alive (pid reuse is ruled out by start time)."""
+def training_process(path: Path) -> psutil.Process | None:
+    """The run's training process while it is alive, else None. A pid reused by another process
+    is ruled out by its start time; a zombie (ended, not yet reaped) counts as ended."""
     try:
         info = json.loads((path / "process.json").read_text())
         proc = psutil.Process(int(info["pid"]))
         if abs(proc.create_time() - float(info["create_time"])) > 1.0:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return False
+            return None
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, psutil.Error):
+        return None
+
+
+def process_alive(path: Path) -> bool:
+    """True while the run's training process is alive."""
+    return training_process(path) is not None
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -103,6 +113,20 @@ def complete_checkpoints(path: Path) -> list[Path]:
 def latest_checkpoint(path: Path) -> Path | None:
     ckpts = complete_checkpoints(path)
     return ckpts[-1] if ckpts else None
+
+
+def discard_incomplete_checkpoints(path: Path) -> list[Path]:
+    """Delete checkpoint folders without a COMPLETE marker (half-written by a crash or a full
+    disk), so the Trainer's rotation never keeps one of them in place of a good checkpoint.
+    Call only while no process is writing to the run."""
+    folder = path / "checkpoints"
+    complete = set(complete_checkpoints(path))
+    removed = []
+    for ckpt in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
+        if ckpt.is_dir() and ckpt not in complete:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
+    return removed
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -141,20 +165,40 @@ class RunSummary:
         }
 
 
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def summarize(path: Path, with_events: bool = False) -> RunSummary:
+    """The run's status from its files. Never raises: a folder it cannot make sense of is
+    reported as damaged (or as running, while its training process is alive)."""
     path = Path(path)
+    try:
+        return _summarize(path, with_events)
+    except Exception as exc:  # noqa: BLE001 - a hand-edited folder must not break the Runs tab
+        alive = process_alive(path)
+        return RunSummary(run_id=path.name, path=path, status=RUNNING if alive else DAMAGED,
+                          message=f"cannot read the run folder: {type(exc).__name__}: {exc}"[:300])
+
+
+def _summarize(path: Path, with_events: bool) -> RunSummary:
     summary = RunSummary(run_id=path.name, path=path, status=DAMAGED)
     try:
         summary.config = config_mod.load(path / "config.yaml").to_dict()
     except config_mod.ConfigError as exc:
+        # Still running (someone edited the file by hand mid-run)? Then it is busy, whatever
+        # its config says, so the one-run-at-a-time rule keeps holding.
+        summary.status = RUNNING if process_alive(path) else DAMAGED
         summary.message = f"config.yaml is damaged: {exc}"
         return summary
-    events, _ = read_events(path / "events.jsonl")
+    events, offset = read_events(path / "events.jsonl")
+    log_file = path / "events.jsonl"
+    partial = log_file.is_file() and log_file.stat().st_size > offset and not process_alive(path)
     final_status = None
     for ev in events:
         kind = ev.get("event")
         if kind == "start":
-            summary.started = summary.started or ev.get("time")
+            summary.started = summary.started or _number(ev.get("time"))
             final_status, summary.error = None, None  # a resume starts a new segment
         if isinstance(ev.get("step"), int):
             summary.step = ev["step"]
@@ -165,15 +209,15 @@ def summarize(path: Path, with_events: bool = False) -> RunSummary:
         if kind == "eval" and isinstance(ev.get("eval_loss"), (int, float)):
             summary.eval_loss = ev["eval_loss"]
         if kind == "end":
-            final_status = ev.get("status", COMPLETED)
-            summary.ended = ev.get("time")
-            summary.message = ev.get("message", "")
+            final_status = ev.get("status") if ev.get("status") in (COMPLETED, STOPPED) else COMPLETED
+            summary.ended = _number(ev.get("time"))
+            summary.message = str(ev.get("message", ""))
         if kind == "error":
             final_status = FAILED
-            summary.ended = ev.get("time")
+            summary.ended = _number(ev.get("time"))
             summary.error = ev
-            summary.message = ev.get("message", "")
-        summary.last_event_time = ev.get("time", summary.last_event_time)
+            summary.message = str(ev.get("message", ""))
+        summary.last_event_time = _number(ev.get("time")) or summary.last_event_time
     alive = process_alive(path)
     if alive:
         summary.status = RUNNING if events else STARTING
@@ -186,6 +230,9 @@ def summarize(path: Path, with_events: bool = False) -> RunSummary:
     else:
         summary.status = INTERRUPTED
         summary.message = "never started"
+    if partial:  # a kill mid-write: the half line is ignored, the rest is intact
+        summary.message = (summary.message + "; " if summary.message else "") + \
+            "events.jsonl ends with a half-written line (ignored)"
     if with_events:
         summary.events = events
     return summary

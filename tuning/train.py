@@ -14,6 +14,9 @@ What it does, and the trade-off of each feature:
 - SIGTERM (the Stop button) ends training after the current step, saves a checkpoint and
   the adapter, and ends the run as "stopped".
 - Early stopping on eval loss when early_stopping_patience > 0.
+- A non-finite loss or gradient norm for 3 logged steps in a row stops the run with an error
+  naming the last good checkpoint; no checkpoint is saved while the loss is non-finite, and a
+  checkpoint whose adapter weights are not finite never gets its COMPLETE marker.
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, models, runs
+from tuning import distributed, evaluate, faults, models, runs
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
 BAD_INPUT_ERRORS = (ConfigError, data_mod.DataError, models.ModelError)
+NON_FINITE_LIMIT = 3  # consecutive logged steps with a NaN/inf loss or gradient norm before we stop
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm stayed NaN/inf: training further would only poison the adapter."""
 
 
 class StopRequested:
@@ -103,16 +111,53 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
                               eval_loss=metrics["eval_loss"])
                 print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
 
-        def on_save(self, args, state, control, **kwargs):
+        def on_save(self, args, state, control, model=None, **kwargs):
             if not state.is_world_process_zero:
                 return  # with several processes, rank 0 alone marks the checkpoint it saved
             ckpt = run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+            if model is not None and not _trainable_weights_finite(model):
+                print(f"checkpoint-{state.global_step} holds NaN/inf weights: not marked COMPLETE", flush=True)
+                return
             if ckpt.is_dir():
                 (ckpt / runs.COMPLETE_MARKER).write_text(str(time.time()))  # written last: the save is whole
                 events.append("checkpoint", step=state.global_step, max_steps=state.max_steps,
                               path=str(ckpt.relative_to(run_dir)))
 
-    return [EventsCallback()]
+    class NonFiniteGuard(TrainerCallback):
+        """Stop after NON_FINITE_LIMIT logged steps in a row with a NaN/inf loss or gradient norm.
+        Runs after EventsCallback (the bad values still reach the curve) and before the Trainer
+        saves, so a poisoned step is never checkpointed."""
+
+        def __init__(self):
+            self.bad_in_a_row = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            values = [logs["loss"]] + ([logs["grad_norm"]] if "grad_norm" in logs else [])
+            if all(loss_is_finite(v) for v in values):
+                self.bad_in_a_row = 0
+                return
+            self.bad_in_a_row += 1
+            control.should_save = False  # never checkpoint a NaN step
+            if self.bad_in_a_row >= NON_FINITE_LIMIT:
+                good = runs.latest_checkpoint(run_dir)
+                raise NonFiniteLoss(
+                    f"the loss or gradient norm became NaN/inf for {NON_FINITE_LIMIT} consecutive steps (step "
+                    f"{state.global_step}): lower learning_rate, or raise warmup_ratio, or set max_grad_norm to "
+                    "1.0; " + (f"the last good checkpoint is {good.name}" if good else "no good checkpoint was "
+                               "saved before it") + ". No adapter was saved from the broken weights.")
+
+    # Fault injection first (test runs only), so an injected save failure lands before the marker.
+    return [*faults.callbacks(), EventsCallback(), NonFiniteGuard()]
+
+
+def _trainable_weights_finite(model) -> bool:
+    """True when every trainable (adapter) weight is finite: small tensors, a quick check."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested):
@@ -164,6 +209,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN (the filter shows 0.0), so the guard sees it
         dataloader_num_workers=0,
         **distributed.trainer_kwargs(cfg),  # ddp/fsdp/deepspeed settings when launched by torchrun
     )
@@ -193,6 +239,9 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
     previous_handlers = stop.install()
     try:
         trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop)
+        if resume:
+            for leftover in runs.discard_incomplete_checkpoints(run_dir):
+                print(f"removed {leftover.name}: half-written when the run was interrupted", flush=True)
         checkpoint = runs.latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             print("no complete checkpoint to resume from; starting from step 0", flush=True)
@@ -243,8 +292,15 @@ def _relative(path: str | None, run_dir: Path) -> str | None:
 
 def explain_failure(exc: BaseException) -> str:
     """A short human message for the Live tab; the traceback goes below it."""
+    import errno
+
     text = str(exc)
     lowered = text.lower()
+    if isinstance(exc, NonFiniteLoss):
+        return text
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "no space left" in lowered:
+        return ("The disk is full: free some space (or move the workspace) and resume the run; the newest "
+                "complete checkpoint is kept, a half-written one is skipped.")
     if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered \
             or type(exc).__name__ == "OutOfMemoryError":
         return ("Out of memory. Lower per_device_batch_size (raise gradient_accumulation_steps to keep the "

@@ -1,0 +1,435 @@
+"""Faults the project must survive (issue #6). Each test injects one fault into a real run of the
+tiny Llama and checks that nothing was lost. Subprocess runs go through runner.start, exactly as
+the app starts them; the injected faults come from $TUNING_TEST_FAULT (see tuning/faults.py),
+which the child process inherits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tuning import runner, runs, train
+from tuning.events import EventLog, read_events
+
+PROJECT = Path(__file__).resolve().parent.parent
+WAIT = 300  # generous: the machine's 2 cores are shared; never a timing assertion
+
+
+def events_of(run_path: Path) -> list[dict]:
+    return read_events(run_path / "events.jsonl")[0]
+
+
+def wait_for(predicate, timeout: float = WAIT, poll: float = 0.2, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_event(run_path: Path, test, what: str):
+    def found():
+        for ev in events_of(run_path):
+            if test(ev):
+                return ev
+        if not runs.process_alive(run_path) and (run_path / "process.json").exists():
+            tail = (run_path / "train.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the run ended before {what}:\n{tail}")
+        return None
+    return wait_for(found, what=what)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def make_other_run(workspace: Path, tiny_config) -> Path:
+    """A finished run already in the workspace, which no fault may touch."""
+    path = runs.run_dir(workspace, "20200101-000000-other")
+    (path / "adapter").mkdir(parents=True)
+    (path / "config.yaml").write_text(tiny_config.to_yaml())
+    log = EventLog(path / "events.jsonl")
+    log.append("start", step=0, max_steps=4)
+    log.append("log", step=4, max_steps=4, loss=1.5)
+    log.append("end", status="completed", step=4, max_steps=4)
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"precious")
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    return ws
+
+
+@pytest.fixture
+def cleanup(workspace):
+    """Whatever a test leaves running in its workspace is killed at the end."""
+    yield
+    for summary in runs.list_runs(workspace):
+        if runs.process_alive(summary.path):
+            runner.stop(workspace, summary.run_id, timeout=10)
+
+
+# --- 1. kill -9 at a random step ---------------------------------------------------------------------
+
+def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, tiny_config, monkeypatch,
+                                                                      cleanup):
+    save_steps, max_steps = 2, 12
+    cfg = tiny_config.replace(max_steps=max_steps, save_steps=save_steps, eval_split=0.0,
+                              lr_scheduler="cosine", warmup_ratio=0.0)
+    kill_at = random.Random().randint(5, 9)  # a random step, after at least two checkpoints
+    monkeypatch.setenv("TUNING_TEST_FAULT", f"hold_at_step:{kill_at}")  # the trainer waits there for us
+    run_id = runner.start(cfg, workspace)
+    path = runs.run_dir(workspace, run_id)
+    wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == kill_at, f"step {kill_at}")
+    assert runner.kill(workspace, run_id)
+    wait_for(lambda: not runs.process_alive(path), what="the killed process to go")
+
+    assert runs.summarize(path).status == runs.INTERRUPTED
+    before = events_of(path)
+    last_logged = max(e["step"] for e in before if e["event"] == "log")
+    newest = runs.latest_checkpoint(path)
+    newest_step = int(newest.name.split("-")[1])
+    assert last_logged - newest_step <= save_steps, "more than save_steps steps would be lost"
+    state = json.loads((newest / "trainer_state.json").read_text())
+    assert state["global_step"] == newest_step
+    assert {"optimizer.pt", "scheduler.pt", "adapter_model.safetensors"} <= {p.name for p in newest.iterdir()}
+
+    # A checkpoint half-written at the kill: files there, no COMPLETE marker. It must be skipped.
+    half = path / "checkpoints" / f"checkpoint-{newest_step + 1}"
+    half.mkdir(exist_ok=True)
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    assert runs.latest_checkpoint(path) == newest
+
+    monkeypatch.delenv("TUNING_TEST_FAULT")
+    assert runner.resume(workspace, run_id) == run_id
+    summary = runner.wait(workspace, run_id, timeout=WAIT)
+    assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
+    assert not half.exists(), "the half-written checkpoint is discarded on resume"
+
+    after = events_of(path)
+    starts = [e for e in after if e["event"] == "start"]
+    assert [s["step"] for s in starts] == [0, newest_step]
+    resumed_logs = [e for e in after[after.index(starts[1]):] if e["event"] == "log"]
+    assert [e["step"] for e in resumed_logs] == list(range(newest_step + 1, max_steps + 1))
+    assert all(isinstance(e["loss"], float) and math.isfinite(e["loss"]) for e in resumed_logs)
+    # The LR schedule continues (a reset scheduler would jump back up to the peak): the learning
+    # rate over the kept steps 1..newest and the resumed ones keeps falling, as cosine does.
+    first_logs = [e for e in before if e["event"] == "log" and e["step"] <= newest_step]
+    curve = [e["learning_rate"] for e in first_logs + resumed_logs]
+    assert [e["step"] for e in first_logs + resumed_logs] == list(range(1, max_steps + 1))
+    assert all(a > b for a, b in zip(curve, curve[1:])), curve
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# --- 2. SIGTERM / Stop ------------------------------------------------------------------------------
+
+def test_stop_saves_adapter_within_a_step_and_ends_the_whole_group(workspace, tiny_config, monkeypatch,
+                                                                   cleanup):
+    import psutil
+
+    cfg = tiny_config.replace(max_steps=40, save_steps=100, eval_split=0.0)
+    monkeypatch.setenv("TUNING_TEST_FAULT", "slow_steps:0.3,child_process:1")
+    run_id = runner.start(cfg, workspace)
+    path = runs.run_dir(workspace, run_id)
+    first = wait_for_event(path, lambda e: e["event"] == "log" and e["step"] >= 2, "step 2")
+    pgid = json.loads((path / "process.json").read_text())["pgid"]
+    members = runner.group_members(pgid)
+    assert len(members) >= 2, "the trainer and its child process share one group"
+    seen = max(e["step"] for e in events_of(path) if e["event"] == "log")
+
+    assert runner.stop(workspace, run_id, timeout=WAIT)
+    summary = runs.summarize(path)
+    assert summary.status == runs.STOPPED, (path / "train.log").read_text()[-3000:]
+    end = events_of(path)[-1]
+    assert end["event"] == "end" and end["status"] == "stopped"
+    # The step in flight when the signal came, plus one whose log we had not read yet.
+    assert first["step"] <= end["step"] <= seen + 2
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+    assert runs.latest_checkpoint(path).name == f"checkpoint-{end['step']}", "a resumable checkpoint at the stop"
+    assert runner.group_members(pgid) == []
+    for proc in members:
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE, f"orphan {proc.pid} left"
+
+
+# --- 3. the UI process dies during training -------------------------------------------------------------
+
+UI_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from tuning import config, runner
+    run_id = runner.start(config.load(sys.argv[1]), sys.argv[2])
+    print(run_id, flush=True)
+    time.sleep(600)
+""")
+
+STATUS_SCRIPT = textwrap.dedent("""
+    import sys
+    from tuning import runs
+    print(" ".join(f"{s.run_id}={s.status}" for s in runs.list_runs(sys.argv[1])))
+""")
+
+
+def test_ui_killed_training_goes_on_and_a_fresh_process_sees_it_running(workspace, tiny_config, tmp_path,
+                                                                       monkeypatch, cleanup):
+    cfg = tiny_config.replace(max_steps=10, save_steps=5, eval_split=0.0)
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    monkeypatch.setenv("TUNING_TEST_FAULT", "hold_at_step:3")  # held until we have looked
+    ui = subprocess.Popen([sys.executable, "-c", UI_SCRIPT, str(tmp_path / "cfg.yaml"), str(workspace)],
+                          cwd=PROJECT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    run_id = ui.stdout.readline().strip()
+    path = runs.existing_run_dir(workspace, run_id)
+    wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == 3, "step 3")
+    os.killpg(ui.pid, signal.SIGKILL)  # the UI and anything in its group
+    ui.wait()
+    killed_at = time.time()
+
+    # A restarted app (a fresh process) lists the run as running...
+    out = subprocess.run([sys.executable, "-c", STATUS_SCRIPT, str(workspace)], cwd=PROJECT,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == f"{run_id}=running"
+    (path / "release-fault").touch()
+    # ...and the event log it follows keeps growing until the run completes.
+    summary = runner.wait(workspace, run_id, timeout=WAIT)
+    assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
+    later = [e for e in events_of(path) if e["event"] == "log" and e["time"] > killed_at]
+    assert later and later[-1]["step"] == 10
+    assert (path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# --- 4. non-finite loss ----------------------------------------------------------------------------
+
+def test_nan_loss_for_three_steps_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+        workspace, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(max_steps=12, save_steps=2, eval_split=0.0)
+    path = runs.run_dir(workspace, "nan-run")
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    monkeypatch.setenv("TUNING_TEST_FAULT", "nan_loss_after:4")  # step 5 on computes with NaN weights
+    assert train.run(cfg, path, workspace) == 1  # the process's exit code
+
+    evs = events_of(path)
+    logs = [e for e in evs if e["event"] == "log"]
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(e["loss"] == "nan" for e in logs[4:]), "the bad values still reach the curve"
+    error = evs[-1]
+    assert error["event"] == "error"
+    assert "NaN/inf for 3 consecutive steps" in error["message"] and "learning_rate" in error["message"]
+    assert "checkpoint-4" in error["message"]
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4"]
+    assert not (path / "checkpoints" / "checkpoint-6").exists(), "no checkpoint saved from a NaN step"
+    assert not (path / "adapter").exists(), "no adapter saved from the broken weights"
+    good = load_file(path / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert all(bool(t.isfinite().all()) for t in good.values())
+    summary = runs.summarize(path)
+    assert summary.status == runs.FAILED and "checkpoint-4" in summary.message
+
+
+# --- 5. out of memory ------------------------------------------------------------------------------
+
+def test_out_of_memory_ends_the_run_with_what_to_lower_and_the_caller_stays_up(workspace, tiny_config,
+                                                                              monkeypatch):
+    other = make_other_run(workspace, tiny_config)
+    before = tree_digest(other)
+    cfg = tiny_config.replace(max_steps=6, save_steps=2, eval_split=0.0)
+    config_file = workspace / "oom.yaml"
+    config_file.write_text(cfg.to_yaml())
+    env = {**os.environ, "TUNING_TEST_FAULT": "oom_at_step:2"}
+    done = subprocess.run([sys.executable, "-m", "tuning", "train", "--workspace", str(workspace),
+                           "--config", str(config_file)], cwd=PROJECT, env=env, capture_output=True,
+                          text=True, timeout=WAIT)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Out of memory" in done.stderr
+
+    [oom] = [s for s in runs.list_runs(workspace) if s.run_id != other.name]
+    assert oom.status == runs.FAILED
+    for knob in ("per_device_batch_size", "max_length", "lora_r", "gradient_checkpointing"):
+        assert knob in oom.message
+    assert [c.name for c in runs.complete_checkpoints(oom.path)] == ["checkpoint-2"], "work so far is kept"
+    # This process (the app's stand-in) is up, and the other run is untouched.
+    assert tree_digest(other) == before
+    assert runs.summarize(other).status == runs.COMPLETED
+
+
+# --- 6. disk full / workspace not writable ----------------------------------------------------------------
+
+def test_workspace_that_is_not_a_folder_is_refused_before_anything_starts(tmp_path, tiny_config):
+    # Tests run as root, for whom chmod does not make a folder read-only; a workspace *under a
+    # regular file* cannot be created or written by anyone, which is what this simulates.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(runner.StartRefused, match="not (writable|usable)"):
+        runner.start(tiny_config, blocker / "ws")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_workspace_without_free_space_is_refused_and_leaves_no_run_folder(workspace, tiny_config, monkeypatch):
+    import shutil
+
+    # Simulated: disk_usage reports 50 MB free (no real disk gets filled).
+    real = shutil.disk_usage
+    monkeypatch.setattr(runner.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=50 * 2**20))
+    with pytest.raises(runner.StartRefused, match="only 50 MB free"):
+        runner.start(tiny_config, workspace)
+    assert list(runs.runs_dir(workspace).iterdir()) == []
+    assert runs.list_runs(workspace) == []
+
+
+def test_disk_full_while_saving_a_checkpoint_fails_clearly_and_resume_skips_the_partial_one(
+        workspace, tiny_config, monkeypatch):
+    cfg = tiny_config.replace(max_steps=6, save_steps=2, eval_split=0.0)
+    path = runs.run_dir(workspace, "full-disk")
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    # Simulated: checkpoint-4's files are written, then ENOSPC before its COMPLETE marker.
+    monkeypatch.setenv("TUNING_TEST_FAULT", "disk_full_at_save:4")
+    assert train.run(cfg, path, workspace) == 1
+    summary = runs.summarize(path)
+    assert summary.status == runs.FAILED and "disk is full" in summary.message
+    assert (path / "checkpoints" / "checkpoint-4").is_dir()
+    assert runs.latest_checkpoint(path).name == "checkpoint-2"
+
+    monkeypatch.delenv("TUNING_TEST_FAULT")
+    assert train.run(cfg, path, workspace, resume=True) == 0
+    evs = events_of(path)
+    assert [e["step"] for e in evs if e["event"] == "start"] == [0, 2]
+    assert evs[-1]["event"] == "end" and evs[-1]["step"] == 6
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+# --- 7. two starts at once ---------------------------------------------------------------------------
+
+def test_two_threads_starting_at_once_start_exactly_one_run(workspace, tiny_config, cleanup):
+    barrier = threading.Barrier(2)
+    results: list = []
+
+    def click():
+        barrier.wait()
+        try:
+            results.append(runner.start(tiny_config, workspace))
+        except runner.StartRefused as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, runner.StartRefused)]
+    assert len(started) == 1 and len(refused) == 1
+    assert "one run at a time" in str(refused[0]) and started[0] in str(refused[0])
+    assert [s.run_id for s in runs.list_runs(workspace)] == started
+
+
+START_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from tuning import config, runner
+    cfg = config.load(sys.argv[1])
+    while time.time() < float(sys.argv[3]):  # line both processes up on the same instant
+        time.sleep(0.001)
+    try:
+        print("started", runner.start(cfg, sys.argv[2]))
+    except runner.StartRefused as exc:
+        print("refused", exc)
+""")
+
+
+def test_two_processes_starting_at_once_start_exactly_one_run(workspace, tiny_config, tmp_path, cleanup):
+    (tmp_path / "cfg.yaml").write_text(tiny_config.to_yaml())
+    at = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", START_SCRIPT, str(tmp_path / "cfg.yaml"), str(workspace), at],
+                              cwd=PROJECT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = sorted(p.communicate(timeout=WAIT)[0].strip() for p in procs)
+    assert outputs[0].startswith("refused") and "one run at a time" in outputs[0], outputs
+    assert outputs[1].startswith("started"), outputs
+    assert len(runs.list_runs(workspace)) == 1
+
+
+# --- 8. damaged run folders ------------------------------------------------------------------------
+
+def test_damaged_run_folders_are_listed_as_damaged_and_the_others_normally(workspace, tiny_config):
+    good = make_other_run(workspace, tiny_config)
+
+    truncated = runs.run_dir(workspace, "20210101-000000-truncated")
+    truncated.mkdir(parents=True)
+    (truncated / "config.yaml").write_text(tiny_config.to_yaml())
+    log = EventLog(truncated / "events.jsonl")
+    log.append("start", step=0, max_steps=10)
+    log.append("log", step=1, max_steps=10, loss=2.0)
+    with open(truncated / "events.jsonl", "a") as fh:
+        fh.write('{"event": "log", "step": 2, "lo')  # killed mid-write
+
+    nonsense = runs.run_dir(workspace, "20220101-000000-nonsense")
+    nonsense.mkdir(parents=True)
+    (nonsense / "config.yaml").write_text("lora_r: [[[\n  : {oops")
+    EventLog(nonsense / "events.jsonl").append("start", step=0, max_steps=10)
+
+    wrong = runs.run_dir(workspace, "20230101-000000-wrong-types")
+    wrong.mkdir(parents=True)
+    (wrong / "config.yaml").write_text("lora_r: many\nlearning_rate: fast\n")
+
+    missing = runs.run_dir(workspace, "20240101-000000-missing")
+    missing.mkdir(parents=True)
+    (missing / "events.jsonl").write_bytes(b"\xff\xfe garbage\n{]\n")
+
+    junk = runs.run_dir(workspace, "20250101-000000-junk-events")
+    junk.mkdir(parents=True)
+    (junk / "config.yaml").write_text(tiny_config.to_yaml())
+    (junk / "process.json").write_text('{"pid": "x"}')
+    (junk / "events.jsonl").write_text('{"event": "end", "time": "yesterday", "status": {"a": 1}}\n[1, 2]\n'
+                                       '{"event": "log", "step": "3", "loss": "low", "time": null}\n')
+
+    listed = {s.run_id: s for s in runs.list_runs(workspace)}
+    assert set(listed) == {good.name, truncated.name, nonsense.name, wrong.name, missing.name, junk.name}
+    assert listed[good.name].status == runs.COMPLETED
+    assert listed[truncated.name].status == runs.INTERRUPTED
+    assert listed[truncated.name].step == 1 and listed[truncated.name].loss == 2.0
+    assert "half-written line" in listed[truncated.name].message
+    for bad in (nonsense, wrong, missing):
+        assert listed[bad.name].status == runs.DAMAGED
+        assert "config.yaml" in listed[bad.name].message
+    assert "lora_r" in listed[wrong.name].message
+    assert listed[junk.name].status == runs.COMPLETED  # its one readable end event
+    for summary in listed.values():
+        summary.as_row()  # what the Runs tab shows: must not raise either
+    # A damaged run cannot be resumed, with a message rather than a crash.
+    with pytest.raises(runner.StartRefused, match="damaged"):
+        runner.resume(workspace, nonsense.name)
+
+
+def test_summarize_never_raises_even_on_an_unreadable_folder(workspace, tiny_config):
+    path = runs.run_dir(workspace, "odd")
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(tiny_config.to_yaml())
+    (path / "events.jsonl").mkdir()  # a folder where a file belongs
+    summary = runs.summarize(path)
+    assert summary.status == runs.DAMAGED and "events.jsonl" in summary.message
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_training_process(workspace):
+    path = runs.run_dir(workspace, "reused")
+    path.mkdir(parents=True)
+    # This test's own pid, but a start time from long ago: the pid was recycled.
+    (path / "process.json").write_text(json.dumps({"pid": os.getpid(), "create_time": 1000.0}))
+    assert not runs.process_alive(path)
+    runs.write_process_info(path, os.getpid())
+    assert runs.process_alive(path)
