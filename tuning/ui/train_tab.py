@@ -234,7 +234,9 @@ def build(ctx: AppContext):
     # --- the named API: a whole workflow without the form ---------------------------------------
     def presets_api() -> list[dict]:
         """Every preset: its name, file and full config."""
-        return [{**p, "config": config_mod.load(p["path"]).to_dict()} for p in list_presets(ctx)]
+        # "file", not "path": gradio_client would take a dict with a "path" key for a file to download
+        return [{"name": p["name"], "file": p["path"], "config": config_mod.load(p["path"]).to_dict()}
+                for p in list_presets(ctx)]
 
     def config_from_api(preset_name: str, overrides_yaml: str) -> config_mod.TrainConfig:
         cfg = load_preset(ctx, preset_name) if preset_name else config_mod.TrainConfig()

@@ -1,0 +1,133 @@
+"""The page's named API driven by gradio_client against a launched app: inspect the demo dataset,
+start a tiny run, see a second start refused, poll until it ends, and generate side by side.
+The same run then checks that the CLI's `generate --compare` and the Playground's streamed
+answer agree with the API's one-batch answer (same seed, same settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import chat_rows, write_jsonl
+from tuning import paths
+
+PROMPT = "Who are you?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(workspace: Path, data_dirs: list[Path], log: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py` in a subprocess on a free port; returns once the page answers."""
+    port = free_port()
+    command = [sys.executable, "app.py", "--port", str(port), "--workspace", str(workspace)]
+    for d in data_dirs:
+        command += ["--data-dir", str(d)]
+    env = {**os.environ, "TUNING_WORKSPACE": str(workspace), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("SPACE_ID", None)
+    proc = subprocess.Popen(command, cwd=paths.PROJECT_DIR, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"app did not answer in time: {log.read_text()[-3000:]}")
+
+
+def tiny_overrides(model_dir: Path, data_file: Path, **extra) -> str:
+    return yaml.safe_dump({"base_model": str(model_dir), "dataset": str(data_file), "method": "lora",
+                           "max_steps": 6, "per_device_batch_size": 4, "max_length": 64, "learning_rate": 1e-2,
+                           "save_steps": 3, "eval_steps": 3, "eval_split": 0.2, "warmup_ratio": 0.0,
+                           "probe_every_checkpoint": False, "run_name": "api", **extra})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("api")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    data_file = write_jsonl(data_dir / "chat.jsonl", chat_rows(24))
+    workspace = root / "ws"
+    proc, url = launch_app(workspace, [data_dir, tiny_model_dir], root / "app.log")
+    yield {"url": url, "workspace": workspace, "data_file": data_file, "model": tiny_model_dir}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_whole_workflow_through_the_api(served):
+    from gradio_client import Client
+
+    client = Client(served["url"], verbose=False)
+    report = client.predict("demo", "auto", api_name="/inspect_dataset")
+    assert report["format"] == "messages" and report["valid_rows"] > 50 and report["problem_count"] == 0
+    assert report["preview"][0][2]  # the first user message
+
+    presets = client.predict(api_name="/list_presets")
+    assert "quickstart" in [p["name"] for p in presets]
+
+    with pytest.raises(Exception, match="outside the folders"):
+        client.predict("", tiny_overrides(served["model"], Path("/etc/hostname")), api_name="/start_run")
+
+    run_id = client.predict("", tiny_overrides(served["model"], served["data_file"]), api_name="/start_run")
+    assert (served["workspace"] / "runs" / run_id / "config.yaml").is_file()
+    with pytest.raises(Exception, match="one run at a time"):
+        client.predict("", tiny_overrides(served["model"], served["data_file"]), api_name="/start_run")
+
+    deadline = time.time() + 400
+    status = client.predict(run_id, api_name="/run_status")
+    while status["active"] and time.time() < deadline:
+        time.sleep(1)
+        status = client.predict(run_id, api_name="/run_status")
+    assert status["status"] == "completed", status
+    assert status["step"] == status["max_steps"] == 6 and status["loss"] is not None
+
+    answer = client.predict(run_id, PROMPT, "", "final", 8, 0.0, 1.0, 1.0, 0, False, api_name="/generate")
+    # The random tiny base may answer only special tokens (an empty string); the tuned one has learnt text.
+    assert isinstance(answer["base"], str) and answer["tuned"].strip(), answer
+    assert answer["base"] != answer["tuned"], "training changed nothing the Playground can see"
+    assert "full precision" in answer["base_label"] and answer["tuned_label"].endswith("final adapter")
+    assert run_id in [r["run_id"] for r in client.predict(api_name="/list_runs")]
+
+    # The CLI gives the very same answers (same code path, seed and settings).
+    out = subprocess.run([sys.executable, "-m", "tuning", "generate", "--run", run_id, "--prompt", PROMPT,
+                          "--compare", "--json", "--max-new-tokens", "8", "--workspace", str(served["workspace"])],
+                         capture_output=True, text=True, cwd=paths.PROJECT_DIR, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cli = json.loads(out.stdout)
+    assert (cli["base"], cli["tuned"]) == (answer["base"], answer["tuned"])
+    bad = subprocess.run([sys.executable, "-m", "tuning", "generate", "--run", "nope", "--prompt", "x",
+                          "--workspace", str(served["workspace"])], capture_output=True, text=True,
+                         cwd=paths.PROJECT_DIR, timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr
+
+    # The Playground's stream ends on the same text as the one-batch answer.
+    from tuning import playground
+
+    run_dir = served["workspace"] / "runs" / run_id
+    comparer = playground.comparer_for_run(run_dir, served["workspace"])
+    settings = playground.GenerationSettings(max_new_tokens=8, repetition_penalty=1.0)
+    adapter = playground.adapter_path(run_dir)
+    steps = list(comparer.stream(PROMPT, adapter, None, settings))
+    assert len(steps) >= 2, "the answer should arrive token by token"
+    assert steps[-1] == comparer.generate([PROMPT], adapter, None, settings)[0]
+    assert steps[-1] == (answer["base"], answer["tuned"])
