@@ -46,8 +46,9 @@ MAX_PROBES = 20
 CHOICES = ("A", "B", "tie")
 
 
-class EvalError(ValueError):
-    """Something the user asked for cannot be evaluated; the message says why."""
+class EvalError(runs.RunError):
+    """Something the user asked for cannot be evaluated; the message says why (a RunError, so the
+    CLI and the page treat it as bad input, never as a crash)."""
 
 
 # --- files -------------------------------------------------------------------------------------
