@@ -28,6 +28,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 WAIT = 300  # generous: the machine's 2 cores are shared; never a timing assertion
 
 
+def small(tiny_config, **changes):
+    """The tiny config at its cheapest: 2 rows a step, no eval split."""
+    return tiny_config.replace(per_device_batch_size=2, eval_split=0.0, **changes)
+
+
 def events_of(run_path: Path) -> list[dict]:
     return read_events(run_path / "events.jsonl")[0]
 
@@ -92,10 +97,9 @@ def cleanup(workspace):
 
 def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, tiny_config, monkeypatch,
                                                                       cleanup):
-    save_steps, max_steps = 2, 12
-    cfg = tiny_config.replace(max_steps=max_steps, save_steps=save_steps, eval_split=0.0,
-                              lr_scheduler="cosine", warmup_ratio=0.0)
-    kill_at = random.Random().randint(5, 9)  # a random step, after at least two checkpoints
+    save_steps, max_steps = 2, 8
+    cfg = small(tiny_config, max_steps=max_steps, save_steps=save_steps, lr_scheduler="cosine", warmup_ratio=0.0)
+    kill_at = random.Random().randint(5, 7)  # a random step, after at least two checkpoints
     monkeypatch.setenv("TUNING_TEST_FAULT", f"hold_at_step:{kill_at}")  # the trainer waits there for us
     run_id = runner.start(cfg, workspace)
     path = runs.run_dir(workspace, run_id)
@@ -146,7 +150,7 @@ def test_stop_saves_adapter_within_a_step_and_ends_the_whole_group(workspace, ti
                                                                    cleanup):
     import psutil
 
-    cfg = tiny_config.replace(max_steps=40, save_steps=100, eval_split=0.0)
+    cfg = small(tiny_config, max_steps=40, save_steps=100)
     monkeypatch.setenv("TUNING_TEST_FAULT", "slow_steps:0.3,child_process:1")
     run_id = runner.start(cfg, workspace)
     path = runs.run_dir(workspace, run_id)
@@ -189,7 +193,7 @@ STATUS_SCRIPT = textwrap.dedent("""
 
 def test_ui_killed_training_goes_on_and_a_fresh_process_sees_it_running(workspace, tiny_config, tmp_path,
                                                                        monkeypatch, cleanup):
-    cfg = tiny_config.replace(max_steps=10, save_steps=5, eval_split=0.0)
+    cfg = small(tiny_config, max_steps=5, save_steps=5)
     (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
     monkeypatch.setenv("TUNING_TEST_FAULT", "hold_at_step:3")  # held until we have looked
     ui = subprocess.Popen([sys.executable, "-c", UI_SCRIPT, str(tmp_path / "cfg.yaml"), str(workspace)],
@@ -210,7 +214,7 @@ def test_ui_killed_training_goes_on_and_a_fresh_process_sees_it_running(workspac
     summary = runner.wait(workspace, run_id, timeout=WAIT)
     assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
     later = [e for e in events_of(path) if e["event"] == "log" and e["time"] > killed_at]
-    assert later and later[-1]["step"] == 10
+    assert later and later[-1]["step"] == 5
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -218,28 +222,28 @@ def test_ui_killed_training_goes_on_and_a_fresh_process_sees_it_running(workspac
 
 def test_nan_loss_for_three_steps_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         workspace, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(max_steps=12, save_steps=2, eval_split=0.0)
+    cfg = small(tiny_config, max_steps=8, save_steps=2)
     path = runs.run_dir(workspace, "nan-run")
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
-    monkeypatch.setenv("TUNING_TEST_FAULT", "nan_loss_after:4")  # step 5 on computes with NaN weights
+    monkeypatch.setenv("TUNING_TEST_FAULT", "nan_loss_after:2")  # step 3 on computes with NaN weights
     assert train.run(cfg, path, workspace) == 1  # the process's exit code
 
     evs = events_of(path)
     logs = [e for e in evs if e["event"] == "log"]
-    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6, 7]
-    assert all(e["loss"] == "nan" for e in logs[4:]), "the bad values still reach the curve"
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]
+    assert all(e["loss"] == "nan" for e in logs[2:]), "the bad values still reach the curve"
     error = evs[-1]
     assert error["event"] == "error"
     assert "NaN/inf for 3 consecutive steps" in error["message"] and "learning_rate" in error["message"]
-    assert "checkpoint-4" in error["message"]
-    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4"]
-    assert not (path / "checkpoints" / "checkpoint-6").exists(), "no checkpoint saved from a NaN step"
+    assert "checkpoint-2" in error["message"]
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2"]
+    assert not (path / "checkpoints" / "checkpoint-4").exists(), "no checkpoint saved from a NaN step"
     assert not (path / "adapter").exists(), "no adapter saved from the broken weights"
-    good = load_file(path / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    good = load_file(path / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
     assert all(bool(t.isfinite().all()) for t in good.values())
     summary = runs.summarize(path)
-    assert summary.status == runs.FAILED and "checkpoint-4" in summary.message
+    assert summary.status == runs.FAILED and "checkpoint-2" in summary.message
 
 
 # --- 5. out of memory ------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def test_out_of_memory_ends_the_run_with_what_to_lower_and_the_caller_stays_up(w
                                                                               monkeypatch):
     other = make_other_run(workspace, tiny_config)
     before = tree_digest(other)
-    cfg = tiny_config.replace(max_steps=6, save_steps=2, eval_split=0.0)
+    cfg = small(tiny_config, max_steps=6, save_steps=2)
     config_file = workspace / "oom.yaml"
     config_file.write_text(cfg.to_yaml())
     env = {**os.environ, "TUNING_TEST_FAULT": "oom_at_step:2"}
@@ -295,7 +299,7 @@ def test_workspace_without_free_space_is_refused_and_leaves_no_run_folder(worksp
 
 def test_disk_full_while_saving_a_checkpoint_fails_clearly_and_resume_skips_the_partial_one(
         workspace, tiny_config, monkeypatch):
-    cfg = tiny_config.replace(max_steps=6, save_steps=2, eval_split=0.0)
+    cfg = small(tiny_config, max_steps=4, save_steps=2)
     path = runs.run_dir(workspace, "full-disk")
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
@@ -311,8 +315,8 @@ def test_disk_full_while_saving_a_checkpoint_fails_clearly_and_resume_skips_the_
     assert train.run(cfg, path, workspace, resume=True) == 0
     evs = events_of(path)
     assert [e["step"] for e in evs if e["event"] == "start"] == [0, 2]
-    assert evs[-1]["event"] == "end" and evs[-1]["step"] == 6
-    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert evs[-1]["event"] == "end" and evs[-1]["step"] == 4
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4"]
 
 
 # --- 7. two starts at once ---------------------------------------------------------------------------
