@@ -522,12 +522,16 @@ def token_view(tokenizer, messages: list[dict[str, str]], max_length: int | None
 # --- statistics ----------------------------------------------------------------------------------
 
 def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only: bool = True,
-               progress: Callable[[float, str], Any] | None = None, bins: int = 20) -> dict[str, Any]:
+               progress: Callable[[float, str], Any] | None = None, bins: int = 20,
+               sample: int | None = None) -> dict[str, Any]:
     """What the data looks like to the model, for the Dataset tab and `inspect`.
 
-    Tokenizes every valid row (the slow part: call it after the quick first page, with
-    `progress(fraction, desc)` for a progress bar). Returns a dict:
-      rows, lengths (full token length of each conversation, in loaded.conversations order),
+    Tokenizes every valid row (the slow part, a few ms a row on a CPU: call it after the quick
+    first page, with `progress(fraction, desc)` for a progress bar). With `sample=N` and more
+    rows than N, only a seeded random N of them are tokenized: a quick estimate first, the full
+    pass after. Returns a dict:
+      rows (rows tokenized), sampled_from (all valid rows), indices (into loaded.conversations
+      of the rows tokenized), lengths (full token length of each of them),
       histogram {"edges": [bins + 1 numbers], "counts": [bins numbers]} (draw max_length on it),
       max_length, longest, p50, p95, p99, suggested_max_length (p99 rounded up to a multiple of 64),
       truncated_count, truncated_share, truncated (Problems naming file and row),
@@ -535,12 +539,16 @@ def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only:
       no_trained (Problems: rows with no trained token left after truncation; training drops them),
       duplicate_count, duplicates [{"file", "row", "first_file", "first_row"}] (exact repeats).
     Text rows are split into max_length pieces, never truncated."""
-    n = loaded.rows_valid
+    indices = list(range(loaded.rows_valid))
+    if sample is not None and sample < len(indices):
+        indices = sorted(random.Random(0).sample(indices, sample))
+    n = len(indices)
     lengths, trainable, kept, truncated, no_trained = [], 0, 0, [], []
     step = max(1, n // 100)
-    for index, messages in enumerate(loaded.conversations):
-        if progress is not None and index % step == 0:
-            progress(index / max(n, 1), f"tokenizing {index:,} / {n:,} rows")
+    for done, index in enumerate(indices):
+        messages = loaded.conversations[index]
+        if progress is not None and done % step == 0:
+            progress(done / max(n, 1), f"tokenizing {done:,} / {n:,} rows")
         file, row = loaded.locations[index] if index < len(loaded.locations) else (loaded.source, index + 1)
         full = tokenize_conversation(tokenizer, messages, None, completions_only)
         length = len(full["input_ids"])
@@ -571,7 +579,7 @@ def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only:
         counts[min(bins - 1, length // width)] += 1
     duplicates = find_duplicates(loaded)
     return {
-        "rows": n, "lengths": lengths,
+        "rows": n, "sampled_from": loaded.rows_valid, "indices": indices, "lengths": lengths,
         "histogram": {"edges": [i * width for i in range(bins + 1)], "counts": counts},
         "max_length": max_length, "longest": ordered[-1] if ordered else 0,
         "p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99),
@@ -612,5 +620,5 @@ def report(loaded: LoadedData, stats: dict[str, Any] | None = None, max_problems
     if stats is not None:
         out["statistics"] = {k: ([vars(p) for p in v[:max_problems]] if k in ("truncated", "no_trained")
                                  else v[:max_problems] if k == "duplicates" else v)
-                             for k, v in stats.items() if k != "lengths"}
+                             for k, v in stats.items() if k not in ("lengths", "indices")}
     return out
