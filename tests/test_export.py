@@ -148,3 +148,33 @@ def test_cli_export(trained, capsys):
     (unfinished / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     assert cli(["export", "--run", "r2", "--workspace", str(ws)]) == 2
     assert "no final adapter" in capsys.readouterr().err
+
+
+def test_export_tab_handlers(trained, monkeypatch):
+    import gradio as gr
+
+    from tuning import space
+    from tuning.ui import export_tab
+
+    ws, run_dir = trained
+    assert export_tab.export_choices(ws) == ["r1"]
+    assert "# r1" in export_tab.card_preview(ws, "r1")
+    assert export_tab.card_preview(ws, "").startswith("Pick a finished run")
+    path, msg = export_tab.download_adapter(ws, "r1")
+    assert path.endswith("r1-adapter.zip") and "ready" in msg
+    path, msg = export_tab.download_adapter(ws, "../etc")
+    assert path is None and msg.startswith("**Not done:**") and "Traceback" not in msg
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert "needs a Hugging Face token" in export_tab.push(ws, "r1", "adapter", "me/m", "", True)
+    offline = export_tab.push(ws, "r1", "adapter", "me/m", FAKE_TOKEN, True)
+    assert "cannot be reached" in offline and FAKE_TOKEN not in offline
+    assert "outside the folders" in export_tab.merge(ws, "r1", "../../elsewhere")
+    # on a Space, exporting needs the same auth as training
+    settings = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "pw"}, data_dir=ws / "nodata")
+    assert "password" in export_tab.refusal(settings, None, "")
+    assert export_tab.refusal(settings, None, "pw") is None
+    # the tab builds, with and without Space auth
+    with gr.Blocks():
+        export_tab.build_export_tab(ws, settings)
+    with gr.Blocks():
+        export_tab.build_export_tab(ws)

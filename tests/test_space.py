@@ -62,3 +62,14 @@ def test_share_needs_auth():
     assert space.check_launch(share=False, auth=None, environ={}) is None
     with pytest.raises(space.LaunchRefused):
         space.check_launch(share=True, auth="nopassword", environ={})
+
+
+def test_app_hooks(tmp_path):
+    ephemeral = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "u:pw"}, data_dir=tmp_path / "no")
+    assert "lost" in space.banner(ephemeral)
+    assert space.launch_kwargs(None, ephemeral) == {"server_name": "0.0.0.0", "server_port": 7860,
+                                                   "share": False, "auth": None}
+    assert ephemeral.password_matches("u:pw") and ephemeral.password_matches("pw")
+    assert not ephemeral.password_matches("u")
+    local = space.space_settings({}, data_dir=tmp_path / "no")
+    assert space.banner(local) == "" and space.launch_kwargs(None, local) == {}

@@ -49,7 +49,8 @@ class SpaceSettings:
         secret = _password(self._environ)
         if not secret or not attempt:
             return False
-        return hmac.compare_digest(str(attempt).encode(), secret.encode())
+        candidates = [secret] + ([secret.partition(":")[2]] if ":" in secret else [])  # USER:PASS form too
+        return any(c and hmac.compare_digest(str(attempt).encode(), c.encode()) for c in candidates)
 
 
 def _password(environ: Mapping[str, str]) -> str:
@@ -160,3 +161,20 @@ def check_launch(share: bool, auth: str | None, environ: Mapping[str, str] | Non
         raise LaunchRefused("--share makes the app reachable by anyone with the link: give --auth USER:PASS "
                             "(or set TUNING_AUTH=USER:PASS) to require a login")
     return pair
+
+
+# --- hooks app.py calls ------------------------------------------------------------------------
+
+def banner(settings: SpaceSettings | None = None) -> str:
+    """Markdown for the top of the page: the storage warning on a Space without /data, else ""."""
+    settings = settings or space_settings()
+    return f"**Warning:** {settings.banner}" if settings.banner else ""
+
+
+def launch_kwargs(args: Any = None, settings: SpaceSettings | None = None) -> dict:
+    """Overrides for demo.launch() on a Space: listen on 0.0.0.0:7860, no share link, and no app-wide
+    login (visitors may use the Playground; training is gated in the page by can_train). Off a Space: {}."""
+    settings = settings or space_settings()
+    if not settings.on_space:
+        return {}
+    return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None}
