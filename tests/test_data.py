@@ -234,7 +234,7 @@ def test_mapped_column_problem_names_the_users_column(tmp_path):
 def test_truncated_json_file(tmp_path):
     path = tmp_path / "cut.json"
     path.write_text('[{"prompt": "a", "completion": "b"}, {"prompt": "c", "compl', encoding="utf-8")
-    with pytest.raises(DataError, match=r"cut.json: not valid JSON .* the file looks cut off"):
+    with pytest.raises(DataError, match=r"cut.json: not valid JSON: .*; the file looks cut off"):
         data.load(str(path))
 
 
@@ -244,7 +244,7 @@ def test_truncated_jsonl_last_line_costs_only_that_line(tmp_path):
                     encoding="utf-8")
     loaded = data.load(str(path))
     assert (loaded.rows_total, loaded.rows_valid) == (3, 2)
-    assert str(loaded.problems[0]).startswith("cut.jsonl, row 4: not valid JSON (Unterminated string")
+    assert str(loaded.problems[0]) == "cut.jsonl, row 4: not valid JSON: Unterminated string starting at (column 17)"
 
 
 def test_row_with_a_null_and_other_row_errors(tmp_path):

@@ -128,7 +128,7 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
         try:
             rows.records.append((name, number, json.loads(text)))
         except json.JSONDecodeError as exc:
-            rows.problems.append(Problem(name, number, "", f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            rows.problems.append(Problem(name, number, "", f"not valid JSON: {exc.msg} (column {exc.colno})"))
     if not rows.records and rows.problems and limit is None:
         raise DataError(f"{name}: no line could be read; first: {rows.problems[0]}")
     return rows
@@ -141,7 +141,7 @@ def _read_json(text: str, name: str, limit: int | None) -> Rows:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             # JSON Lines saved with a .json extension: read it as what it is.
             return _read_jsonl(text.encode("utf-8"), name, limit)
-        raise DataError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        raise DataError(f"{name}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
                         + ("; the file looks cut off" if exc.msg.startswith("Unterminated")
                            or exc.pos >= len(text.rstrip()) - 1 else "")) from None
     if isinstance(data, dict):
