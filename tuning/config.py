@@ -9,6 +9,7 @@ UI can build its form from it instead of keeping a second copy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,10 +140,17 @@ class TrainConfig:
             value = getattr(self, f.name)
             expected = _base_type(f)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                if abs(value) > 1e300:  # float() would overflow
+                    raise ConfigError(f"{f.name}: {value} is outside the valid range")
                 object.__setattr__(self, f.name, float(value))
                 value = float(value)
             if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-                raise ConfigError(f"{f.name}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+                raise ConfigError(f"{f.name}: expected {expected.__name__}, got {type(value).__name__} {value!r:.100}")
+            # NaN slips through every range check (all comparisons are false): refuse it here.
+            if expected is float and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
+            if expected is str and "\x00" in value:
+                raise ConfigError(f"{f.name}: contains a NUL byte")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")

@@ -129,6 +129,8 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
             rows.records.append((name, number, json.loads(text)))
         except json.JSONDecodeError as exc:
             rows.problems.append(Problem(name, number, "", f"not valid JSON: {exc.msg} (column {exc.colno})"))
+        except RecursionError:  # json raises this, not JSONDecodeError, on very deep nesting
+            rows.problems.append(Problem(name, number, "", "JSON nested too deeply to read"))
     if not rows.records and rows.problems and limit is None:
         raise DataError(f"{name}: no line could be read; first: {rows.problems[0]}")
     return rows
@@ -137,6 +139,8 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
 def _read_json(text: str, name: str, limit: int | None) -> Rows:
     try:
         data = json.loads(text)
+    except RecursionError:  # json raises this, not JSONDecodeError, on very deep nesting
+        raise DataError(f"{name}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             # JSON Lines saved with a .json extension: read it as what it is.

@@ -48,7 +48,10 @@ def resolve_under(text: str | Path, roots: list[Path], *, what: str = "path") ->
         raise PathError(f"{what}: contains a NUL byte")
     if not roots:
         raise PathError(f"{what}: no folders are open to the page")
-    candidate = Path(raw).expanduser()
+    try:
+        candidate = Path(raw).expanduser()
+    except RuntimeError:  # "~name" for a user this machine does not have
+        raise PathError(f"{what}: {raw[:80]!r} names an unknown home folder") from None
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
     resolved = candidate.resolve()
