@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
@@ -29,8 +28,8 @@ WAIT = 300  # generous: the machine's 2 cores are shared; never a timing asserti
 
 
 def small(tiny_config, **changes):
-    """The tiny config at its cheapest: 2 rows a step, no eval split."""
-    return tiny_config.replace(per_device_batch_size=2, eval_split=0.0, **changes)
+    """The tiny config at its cheapest: 2 rows a step, no eval split, no probes at checkpoints."""
+    return tiny_config.replace(per_device_batch_size=2, eval_split=0.0, probe_every_checkpoint=False, **changes)
 
 
 def events_of(run_path: Path) -> list[dict]:
@@ -176,45 +175,72 @@ def test_stop_saves_adapter_within_a_step_and_ends_the_whole_group(workspace, ti
 
 # --- 3. the UI process dies during training -------------------------------------------------------------
 
-UI_SCRIPT = textwrap.dedent("""
-    import sys, time
-    from tuning import config, runner
-    run_id = runner.start(config.load(sys.argv[1]), sys.argv[2])
-    print(run_id, flush=True)
-    time.sleep(600)
-""")
+def launch_app(workspace: Path, data_dirs: list[Path], log: Path, env_extra: dict) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free port; returns once the page answers."""
+    import socket
+    import urllib.request
 
-STATUS_SCRIPT = textwrap.dedent("""
-    import sys
-    from tuning import runs
-    print(" ".join(f"{s.run_id}={s.status}" for s in runs.list_runs(sys.argv[1])))
-""")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "app.py", "--port", str(port), "--workspace", str(workspace)]
+    for folder in data_dirs:
+        command += ["--data-dir", str(folder)]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
+    env.pop("SPACE_ID", None)
+    proc = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+
+    def answers():
+        if proc.poll() is not None:
+            raise AssertionError(f"app exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            return False
+    wait_for(answers, poll=0.5, what="the app to answer")
+    return proc, url
 
 
-def test_ui_killed_training_goes_on_and_a_fresh_process_sees_it_running(workspace, tiny_config, tmp_path,
-                                                                       monkeypatch, cleanup):
+def test_ui_killed_training_goes_on_and_a_restarted_app_follows_it(workspace, tiny_config, tmp_path, cleanup):
+    from gradio_client import Client
+
+    if not (PROJECT / "app.py").is_file():
+        pytest.skip("app.py is not there yet")
+    import yaml
+
     cfg = small(tiny_config, max_steps=5, save_steps=5)
-    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
-    monkeypatch.setenv("TUNING_TEST_FAULT", "hold_at_step:3")  # held until we have looked
-    ui = subprocess.Popen([sys.executable, "-c", UI_SCRIPT, str(tmp_path / "cfg.yaml"), str(workspace)],
-                          cwd=PROJECT, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    run_id = ui.stdout.readline().strip()
-    path = runs.existing_run_dir(workspace, run_id)
-    wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == 3, "step 3")
-    os.killpg(ui.pid, signal.SIGKILL)  # the UI and anything in its group
-    ui.wait()
+    overrides = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if v != getattr(type(cfg)(), k)})
+    roots = [Path(cfg.dataset).parent, Path(cfg.base_model)]
+    # The first app's trainer holds after step 3 until we have looked (no timing involved).
+    first, url = launch_app(workspace, roots, tmp_path / "app1.log", {"TUNING_TEST_FAULT": "hold_at_step:3"})
+    try:
+        run_id = Client(url, verbose=False).predict("", overrides, api_name="/start_run")
+        path = runs.existing_run_dir(workspace, run_id)
+        wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == 3, "step 3")
+    finally:
+        first.kill()  # the UI process dies (a crash, the OOM killer, a closed terminal)
+        first.wait()
     killed_at = time.time()
+    assert runs.process_alive(path), "training went on without the UI"
 
-    # A restarted app (a fresh process) lists the run as running...
-    out = subprocess.run([sys.executable, "-c", STATUS_SCRIPT, str(workspace)], cwd=PROJECT,
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == f"{run_id}=running"
-    (path / "release-fault").touch()
-    # ...and the event log it follows keeps growing until the run completes.
-    summary = runner.wait(workspace, run_id, timeout=WAIT)
-    assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
+    second, url = launch_app(workspace, roots, tmp_path / "app2.log", {})
+    try:
+        client = Client(url, verbose=False)
+        listed = {r["run_id"]: r for r in client.predict(api_name="/list_runs")}
+        assert listed[run_id]["status"] == "running"
+        status = client.predict(run_id, api_name="/run_status")
+        assert status["active"] and status["step"] == 3
+        (path / "release-fault").touch()
+        status = wait_for(lambda: (lambda s: None if s["active"] else s)(client.predict(run_id, api_name="/run_status")),
+                          poll=1, what="the run to end, seen through the restarted app")
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    assert status["status"] == "completed" and status["step"] == 5, status
     later = [e for e in events_of(path) if e["event"] == "log" and e["time"] > killed_at]
-    assert later and later[-1]["step"] == 5
+    assert [e["step"] for e in later] == [4, 5]
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
 
 
