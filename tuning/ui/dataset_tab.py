@@ -179,6 +179,7 @@ def build(ctx: AppContext):
         pages = gr.Markdown("of 1")
         next_btn = gr.Button("Next ▶", size="sm", min_width=80)
     preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations", wrap=True,
+                           column_widths=["6%", "14%", "30%", "38%", "12%"],
                            interactive=False, max_height=420)
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems (row numbers as an editor "
                             "shows them)", interactive=False, wrap=True, max_height=240)

@@ -17,6 +17,7 @@ from tuning.ui.common import AppContext, ago, clock, guarded
 
 MAX_PLOT_POINTS = 500
 LOG_TAIL_BYTES = 6000
+LOG_TAIL_LINES = 14  # as many as the box shows, so the newest line is always in view
 
 
 @dataclass
@@ -79,10 +80,10 @@ def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, 
 
 def status_of(path: Path, state: Follow) -> str:
     """The run's status from the process and the events read so far (as runs.summarize derives it)."""
+    if state.final is not None:  # the segment has ended, even if the process is still exiting
+        return runs.FAILED if state.final.get("event") == "error" else state.final.get("status", runs.COMPLETED)
     if runs.process_alive(path):
         return runs.RUNNING if state.offset else runs.STARTING
-    if state.final is not None:
-        return runs.FAILED if state.final.get("event") == "error" else state.final.get("status", runs.COMPLETED)
     return runs.INTERRUPTED
 
 
@@ -154,7 +155,8 @@ def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
     except OSError:
         return ""
     lines = text.splitlines()
-    return "\n".join(lines[1:] if size > limit else lines)
+    lines = lines[1:] if size > limit else lines  # the first may be cut
+    return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
 def error_parts(state: Follow) -> tuple[str, str]:
@@ -216,7 +218,8 @@ def build(ctx: AppContext):
                                 label="Loss")
         lr_plot = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", height=280, label="Learning rate",
                               y_axis_format=".1e")
-    tail = gr.Textbox(label="Log (tail of train.log)", lines=12, max_lines=12, autoscroll=True, interactive=False)
+    tail = gr.Textbox(label="Log (tail of train.log)", lines=LOG_TAIL_LINES, max_lines=LOG_TAIL_LINES,
+                      autoscroll=True, interactive=False)
     state = gr.State(None)
     timer = gr.Timer(1.0)
 

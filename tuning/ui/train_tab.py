@@ -163,8 +163,9 @@ def _widget(name: str, default: Any):
 
 
 def build(ctx: AppContext):
-    defaults = config_mod.TrainConfig()
     preset_names = [p["name"] for p in list_presets(ctx)]
+    # The form opens on the quickstart preset, matching the preset dropdown's initial value.
+    defaults = load_preset(ctx, "quickstart") if "quickstart" in preset_names else config_mod.TrainConfig()
     with gr.Row():
         preset = gr.Dropdown(preset_names, value="quickstart" if "quickstart" in preset_names else None,
                              label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
