@@ -50,7 +50,7 @@ def finished_run(tmp_path_factory, tiny_model_dir, embedded_tokenizer):
 
 
 def test_heldout_loss_is_the_trainers_eval_loss_and_base_differs(tmp_path, tiny_config):
-    cfg = tiny_config
+    cfg = tiny_config.replace(probe_every_checkpoint=False, save_steps=4)
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     trainer, tokenizer = train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "e.jsonl"),
@@ -87,7 +87,8 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     probes = json.loads((run_dir / "probes.json").read_text())
     assert probes[:2] == ["Who are you, really? 0", "Name a colour. 0"]
     history = evaluate.probe_history(run_dir)
-    assert [(h["step"], h["checkpoint"]) for h in history] == [(2, "checkpoint-2"), (4, "checkpoint-4"), (4, "final")]
+    # The last save (step 4) is covered by the final probes, not answered twice.
+    assert [(h["step"], h["checkpoint"]) for h in history] == [(2, "checkpoint-2"), (4, "final")]
     for h in history:
         assert [a["prompt"] for a in h["answers"]] == probes
         assert all(isinstance(a["tuned"], str) for a in h["answers"])
@@ -131,7 +132,7 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
     report = json.loads(capsys.readouterr().out)
     saved = evaluate.read_evaluation(run_dir)
     assert report["eval_loss"] == saved["eval_loss"] and report["run_id"] == "r1"
-    assert report["ab"]["votes"] == 0 and len(report["probe_history"]) == 3
+    assert report["ab"]["votes"] == 0 and len(report["probe_history"]) == 2
 
     (run_dir / "evaluation.json").unlink()  # e.g. a run stopped before its end evaluation
     assert main(["eval", "--run", "r1", "--workspace", str(ws), "--json"]) == 0

@@ -425,6 +425,8 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path):
             if not cfg.probe_every_checkpoint or self.trainer is None or not ckpt.is_dir() \
                     or not state.is_world_process_zero:
                 return
+            if control.should_training_stop:
+                return  # the last save of a run (stop, early stop, the end): the final probes cover it
             prompts = probes_for_run(run_dir, cfg)
             if not prompts:
                 return
