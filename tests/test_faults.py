@@ -463,3 +463,9 @@ def test_a_reused_pid_is_not_mistaken_for_the_training_process(workspace):
     assert not runs.process_alive(path)
     runs.write_process_info(path, os.getpid())
     assert runs.process_alive(path)
+    # A trainer that died before its start time could be read is recorded, and reads as ended.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    runs.write_process_info(path, gone.pid)
+    assert not runs.process_alive(path)
+    assert runs.summarize(path).status == runs.DAMAGED  # (this folder has no config.yaml)

@@ -72,7 +72,10 @@ def write_process_info(path: Path, pid: int) -> None:
     # (only when the trainer leads its own group, as the runner starts it).
     import os
 
-    info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "pgid": os.getpgid(pid)}
+    try:
+        info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "pgid": os.getpgid(pid)}
+    except (psutil.Error, OSError):  # it died at once: record it, so the run reads as ended (see train.log)
+        info = {"pid": pid, "create_time": 0.0, "pgid": None}
     tmp = path / "process.json.tmp"
     tmp.write_text(json.dumps(info))
     tmp.replace(path / "process.json")
