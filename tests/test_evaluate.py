@@ -233,3 +233,9 @@ def test_early_stopping_stops_on_rising_eval_loss_and_marks_the_best(tmp_path, t
     kept = load_file(run_dir / end["best_checkpoint"] / "adapter_model.safetensors")
     assert all(torch.equal(final[k], kept[k]) for k in final)
     assert evaluate.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
+
+
+def test_plain_text_rows_have_no_prompt_and_are_not_checked():
+    text_row = [{"role": "text", "content": "Once upon a time."}]
+    assert evaluate.prompt_of(text_row) == []
+    assert evaluate.task_checks(None, None, [(text_row, {"expect": ["x"]})], 8) is None

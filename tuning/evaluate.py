@@ -105,15 +105,16 @@ def heldout_rows(cfg: config_mod.TrainConfig) -> list[tuple[list[dict], dict]]:
         if cfg.eval_split == 0:
             return []
         return list(zip(explicit.conversations, explicit.extras))
-    loaded = data_mod.load(cfg.dataset)
+    loaded = data_mod.load_config_dataset(cfg)  # with the run's format, column map, split, subset
     _, held = data_mod.split(loaded.conversations, cfg.eval_split, cfg.seed)
     return [(conv, {}) for conv in held]
 
 
 def prompt_of(conversation: list[dict]) -> list[dict]:
-    """The messages before the last assistant turn: what the model answers."""
-    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
-    return conversation[:last]
+    """The messages before the last assistant turn: what the model answers. Empty for a plain-text
+    row (no assistant turn): it has a loss but no question to ask."""
+    answers = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
+    return conversation[:answers[-1]] if answers else []
 
 
 def passes(answer: str, expect: list[str]) -> bool:
@@ -311,7 +312,7 @@ def task_checks(model, tokenizer, rows: list[tuple[list[dict], dict]], max_new_t
                 adapter: str = TRAINING_ADAPTER) -> dict | None:
     """Pass rates, base and tuned, of every held-out row that carries `expect`; None if none does."""
     checked = [(prompt_of(conv), extra) for conv, extra in rows
-               if isinstance(extra.get("expect"), list) and extra["expect"]]
+               if isinstance(extra.get("expect"), list) and extra["expect"] and prompt_of(conv)]
     if not checked:
         return None
     pairs = answer_pairs(model, tokenizer, [p for p, _ in checked], max_new_tokens, adapter)
