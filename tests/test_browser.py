@@ -110,7 +110,7 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir):
             # Runs: the run is listed as completed.
             page.get_by_role("tab", name="Runs").click()
             page.get_by_role("button", name="↻ Refresh", exact=True).last.click()
-            expect(page.get_by_text("completed").first).to_be_visible()
+            expect(page.locator("#runs-table")).to_contain_text("completed", timeout=60_000)
             shot(page, "6-runs")
             browser.close()
     finally:

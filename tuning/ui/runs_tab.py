@@ -68,7 +68,7 @@ def build(ctx: AppContext):
     with gr.Row():
         refresh = gr.Button("↻ Refresh", scale=1)
     listing = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True,
-                           label="Runs in the workspace")
+                           label="Runs in the workspace", elem_id="runs-table")
     with gr.Row():
         run = gr.Dropdown(run_choices(ctx), value=None, label="Run", scale=3)
         open_live = gr.Button("Open in Live", scale=1)
