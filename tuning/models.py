@@ -123,17 +123,28 @@ def _resolve_hub(repo_id: str) -> str:
 
 # --- translators: TrainConfig -> library configs ------------------------------------------------
 
-def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+def compute_dtype(cfg: TrainConfig, training: bool = False) -> torch.dtype:
+    """precision auto: bf16 on a GPU that supports it; for training also on a CPU with native bf16
+    matmuls (avx512_bf16 or AMX), where a 2048^2 product runs ~4x fp32 (940 vs 220 GFLOP/s here,
+    bench/RESULTS.md). Inference on a CPU stays fp32, so the Playground shows the base as it is."""
     if cfg.precision == "bf16":
         return torch.bfloat16
     if cfg.precision == "fp32":
         return torch.float32
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if training and cpu_has_fast_bf16() else torch.float32
 
 
-def get_quantization_config(cfg: TrainConfig):
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def get_quantization_config(cfg: TrainConfig, training: bool = False):
     """QLoRA: 4-bit NF4 with double quantization; LoRA: None (full-precision base)."""
     if cfg.method != "qlora":
         return None
@@ -143,7 +154,7 @@ def get_quantization_config(cfg: TrainConfig):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(cfg),
+        bnb_4bit_compute_dtype=compute_dtype(cfg, training),
         bnb_4bit_quant_storage=torch.uint8,
     )
 
@@ -204,5 +215,48 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
 
 
 def load_base_for_training(cfg: TrainConfig, model_path: str):
-    return load_model(model_path, cfg.method, compute_dtype(cfg), cfg.trust_remote_code,
-                      get_quantization_config(cfg))
+    model = load_model(model_path, cfg.method, compute_dtype(cfg, training=True), cfg.trust_remote_code,
+                       get_quantization_config(cfg, training=True))
+    use_varlen_sdpa(model)
+    return model
+
+
+# --- padding-free attention ---------------------------------------------------------------------
+
+VARLEN_SDPA = "sdpa_varlen"
+
+
+def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
+    """SDPA that attends within each sequence of a padding-free batch, one sequence at a time.
+
+    Training concatenates a batch into one row (no padding) and passes the sequence boundaries
+    as cu_seq_lens_q, e.g. [0, 88, 256] for rows of 88 and 168 tokens. Plain SDPA would need a
+    block-diagonal mask over the whole row and compute every block of it: for 8 rows of ~200
+    tokens that is (8 x 200)^2 = 2.6M scores against 8 x 200^2 = 0.3M that matter. Slicing keeps
+    it to the diagonal blocks with is_causal=True, like flash-attention's varlen kernel on a GPU.
+    Anything else (padded batches, generation with a cache) goes to the ordinary SDPA path."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop("is_causal", None)
+    bounds = cu_seq_lens_q.tolist()
+    pieces = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
+                                     is_causal=True, **kwargs)[0]
+              for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+    return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
+
+
+def use_varlen_sdpa(model) -> bool:
+    """Switch a model that uses SDPA to the per-sequence variant (a no-op for other attention
+    implementations, e.g. flash-attention, which handles padding-free batches itself).
+    The mask function stays SDPA's, so padded batches and generation keep their masks."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(VARLEN_SDPA, _sdpa_varlen)
+    AttentionMaskInterface.register(VARLEN_SDPA, ALL_MASK_ATTENTION_FUNCTIONS.get("sdpa", sdpa_mask))
+    model.set_attn_implementation(VARLEN_SDPA)
+    return True
