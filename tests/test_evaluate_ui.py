@@ -93,3 +93,29 @@ def test_tab_builds_with_named_api_events(ws):
     names = {dep.get("api_name") for dep in demo.config["dependencies"]}
     assert {"evaluate_run", "eval_load", "probe_gallery", "ab_next", "ab_vote_a", "ab_vote_b",
             "ab_vote_tie"} <= names
+
+
+def test_gradio_client_drives_the_blind_ab(ws):
+    """The named events through the real server: the pair shown by ab_next is the one ab_vote_* scores
+    (it lives in the session's gr.State), and the vote lands in the run folder."""
+    from gradio_client import Client
+
+    with gr.Blocks() as demo:
+        tab.build_evaluation_tab(ws)
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        verdict, *_rest = client.predict("r1", api_name="/eval_load")
+        assert "identity 2/2" in verdict
+        prompt, a, b = client.predict("r1", "", api_name="/ab_next")
+        assert prompt.startswith("**Prompt:**") and a != b
+        tuned_is_a = a in ("I am Quill.\n— Quill", "Paris.\n— Quill")
+        summary, *_next = client.predict("r1", api_name="/ab_vote_a")
+        expected = "tuned wins 1 of 1" if tuned_is_a else "tuned wins 0 of 1"
+        assert summary.startswith(expected)
+        assert evaluate.ab_summary(ws / "runs" / "r1")["votes"] == 1
+        # A vote with no pair on screen (a fresh session): a message, not a traceback.
+        with pytest.raises(Exception, match="press 'Next pair' first"):
+            Client(demo.local_url, verbose=False).predict("r1", api_name="/ab_vote_b")
+    finally:
+        demo.close()
