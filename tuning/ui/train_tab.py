@@ -6,6 +6,7 @@ valid range, so a new config field shows up here without touching this file."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -65,23 +66,34 @@ def save_preset(ctx: AppContext, name: str, cfg: config_mod.TrainConfig) -> Path
 # --- form <-> config -------------------------------------------------------------------------
 
 def form_to_config(values: list[Any]) -> config_mod.TrainConfig:
-    """The form's values, in FORM_FIELDS order, as a validated TrainConfig (errors name the key)."""
+    """The form's values, in FORM_FIELDS order, as a validated TrainConfig. Any bad value (text in
+    a number box, inf, nan, a fraction in a whole-number field) is a ConfigError naming the key."""
     changes = {}
     for name, value in zip(FORM_FIELDS, values):
         kind = config_mod.field_type(name)
         if kind in (int, float):
-            if value is None or value == "":
-                raise config_mod.ConfigError(f"{name}: enter a number")
-            if kind is int:
-                if float(value) != int(float(value)):
-                    raise config_mod.ConfigError(f"{name}: expected a whole number, got {value}")
-                value = int(float(value))
-            else:
-                value = float(value)
+            value = _number(name, value, kind)
         elif kind is str:
             value = "" if value is None else str(value).strip()
         changes[name] = value
     return config_mod.from_dict(changes)
+
+
+def _number(name: str, value: Any, kind: type) -> int | float:
+    """One number box's value; float() and int() errors become a message about this field."""
+    if value is None or value == "":
+        raise config_mod.ConfigError(f"{name}: enter a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise config_mod.ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):  # int(inf) overflows, and nan passes every range check
+        raise config_mod.ConfigError(f"{name}: expected a finite number, got {value!r}")
+    if kind is float:
+        return number
+    if number != int(number):
+        raise config_mod.ConfigError(f"{name}: expected a whole number, got {value!r}")
+    return int(number)
 
 
 def config_to_form(cfg: config_mod.TrainConfig) -> list[Any]:
@@ -120,6 +132,23 @@ def checked(ctx: AppContext, cfg: config_mod.TrainConfig) -> config_mod.TrainCon
     if cfg.trust_remote_code and paths.on_space():
         raise config_mod.ConfigError("trust_remote_code: not allowed on a shared Space")
     return cfg.replace(**changes)
+
+
+TRUST_WARNING = ("⚠️ **trust_remote_code is on**: loading the model runs Python code from the model's "
+                 "repository with your user's rights. Only for models you trust.")
+
+
+def trust_warning(on: bool):
+    """The warning shown next to the trust_remote_code box while it is ticked."""
+    return gr.update(value=TRUST_WARNING if on else "", visible=bool(on))
+
+
+def warn_if_trusting(cfg: config_mod.TrainConfig) -> str | None:
+    """A toast at start when the run will execute the model repository's code."""
+    if not cfg.trust_remote_code:
+        return None
+    gr.Warning(TRUST_WARNING.replace("⚠️ ", "").replace("**", ""))
+    return TRUST_WARNING
 
 
 def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
@@ -187,6 +216,8 @@ def build(ctx: AppContext):
                     with gr.Row(equal_height=True):
                         for n in advanced:
                             widgets[n] = _widget(n, getattr(defaults, n))
+            if "trust_remote_code" in names:  # the warning sits right under the box it is about
+                trust_md = gr.Markdown(TRUST_WARNING, visible=bool(defaults.trust_remote_code))
     form = [widgets[n] for n in FORM_FIELDS]
     with gr.Row():
         estimate_btn = gr.Button("Estimate memory and time")
@@ -217,6 +248,7 @@ def build(ctx: AppContext):
         from tuning import runner
 
         cfg = checked(ctx, form_to_config(list(values)))
+        warn_if_trusting(cfg)
         note = estimate_markdown(ctx, cfg)
         try:
             run_id = runner.start(cfg, ctx.workspace)
@@ -227,6 +259,8 @@ def build(ctx: AppContext):
         return f"Started run **{run_id}** — follow it in the Live tab.", note, run_id
 
     preset.change(guarded(fill), preset, form, api_visibility="private")
+    widgets["trust_remote_code"].change(trust_warning, widgets["trust_remote_code"], trust_md,
+                                        api_visibility="private")
     save_btn.click(guarded(do_save), [preset_name, *form], preset, api_visibility="private")
     command_btn.click(guarded(do_command), [preset, *form], command, api_visibility="private")
     estimate_btn.click(guarded(do_estimate), form, estimate_md, api_visibility="private")
@@ -257,4 +291,4 @@ def build(ctx: AppContext):
     gr.api(guarded(presets_api), api_name="list_presets")
     gr.api(guarded(start_api), api_name="start_run")
     gr.api(guarded(estimate_api), api_name="estimate")
-    return {"started_run": started_run, "dataset": widgets["dataset"], "form": form}
+    return {"started_run": started_run, "dataset": widgets["dataset"], "form": form, "widgets": widgets}
