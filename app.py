@@ -48,8 +48,9 @@ def build_demo(workspace, data_dirs=()) -> gr.Blocks:
             """Every run dropdown on the page learns of new runs; the given one is selected."""
             return gr.update(choices=live_tab.run_choices(ctx), value=run_id)
 
-        # Inspecting a dataset fills the Train form's dataset field.
-        data["use_dataset"].change(lambda d: d, data["use_dataset"], train["dataset"], api_visibility="private")
+        # Inspecting a dataset fills the Train form's dataset, format and column map; the form's
+        # base model and max_length drive the Dataset tab's token counts.
+        dataset_tab.connect(data, train)
         # A started run is followed in Live at once.
         train["started_run"].change(lambda r: (gr.Tabs(selected="live"), choose(r), choose(None)),
                                     train["started_run"], [tabs, live["run"], play["run"]], api_visibility="private")

@@ -1,6 +1,11 @@
 """Dataset tab: pick the demo, upload a file, or name a path / Hub id; see the detected format,
-the row count, a paginated preview of the normalized conversations, and every problem with its
-row number. The token view (how the model sees one row) sits below, folded."""
+the row count, a paginated preview of the normalized conversations, every problem with its row
+number, the token statistics (length histogram against max_length, truncated rows, trainable
+tokens, duplicates) and the token view: one row as the model sees it, trained vs masked.
+
+Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows (the first
+page and the counts show in seconds), then the statistics step reads everything and tokenizes it
+with a progress bar (a sampled estimate first when there are many rows)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from tuning import paths
 from tuning.ui.common import AppContext, check_source, guarded
 
 PAGE_SIZE = 10
+QUICK_ROWS = 200     # rows parsed before the first page shows
+SAMPLE_ROWS = 1000   # rows tokenized for the quick estimate when there are more than this
+UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 SOURCES = ("demo dataset", "upload a file", "path or Hub id")
 
 
@@ -23,7 +31,7 @@ def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str) ->
         return "demo"
     if kind == SOURCES[1]:
         if not upload:
-            raise paths.PathError("upload: choose a .json or .jsonl file first")
+            raise paths.PathError("upload: choose a file first (" + ", ".join(UPLOAD_TYPES) + ")")
         return keep_upload(ctx, Path(upload))
     return check_source(ctx, text, what="dataset", keep=("demo",))
 
@@ -54,66 +62,54 @@ def _mtime(source: str) -> float:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(source: str, fmt: str, mtime: float):
+def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None):
     from tuning import data
 
-    return data.load(source, fmt)
+    return data.load(source, fmt, column_map or None, limit=limit)
 
 
-def load(source: str, fmt: str = "auto"):
-    return _load_cached(source, fmt or "auto", _mtime(source))
+def load(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None):
+    """The dataset as data.load reads it, cached per file version (the mtime), format and map."""
+    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit)
 
 
-def conversation_row(number: int, messages: list[dict]) -> list:
-    """One preview row: system, first user message, first reply, and any later turns."""
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    user = turns[0]["content"] if turns else ""
-    reply = turns[1]["content"] if len(turns) > 1 else ""
-    more = "\n".join(f"{m['role']}: {m['content']}" for m in turns[2:])
-    return [number, system, user, reply, more]
-
-
-PREVIEW_HEADERS = ["#", "system", "user", "assistant", "later turns"]
+PREVIEW_HEADERS = ["#", "system", "user", "assistant (last reply)", "turns", "file:row"]
 PROBLEM_HEADERS = ["file", "row", "field", "problem"]
+FINDING_HEADERS = ["file", "row", "finding"]
 
 
 def preview_page(loaded, page: int, page_size: int = PAGE_SIZE) -> tuple[list[list], int, int]:
-    """(rows of the page, the page actually shown (clamped), the number of pages)."""
-    total = len(loaded.conversations)
-    pages = max(1, -(-total // page_size))
+    """(rows of the page, the page actually shown (clamped), the number of pages). "#" is the
+    row's number among the valid rows: the number the token view takes."""
+    from tuning import data
+
+    pages = data.page_count(loaded, page_size)
     page = min(max(1, int(page or 1)), pages)
-    start = (page - 1) * page_size
-    rows = [conversation_row(start + i + 1, m)
-            for i, m in enumerate(loaded.conversations[start:start + page_size])]
+    rows = [[r["index"] + 1, r["system"], r["prompt"], r["completion"], r["turns"], f"{Path(r['file']).name}:{r['row']}"]
+            for r in data.preview(loaded, page, page_size)]
     return rows, page, pages
 
 
-def report(source: str, fmt: str = "auto") -> dict:
-    """What the tab (and the inspect_dataset API) shows for a dataset."""
-    loaded = load(source, fmt)
+def report(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None) -> dict:
+    """What the tab (and the inspect_dataset API) shows for a dataset before tokenizing."""
+    loaded = load(source, fmt, column_map, limit)
     rows, _, pages = preview_page(loaded, 1)
-    result = {
+    return {
         "dataset": source, "format": loaded.format, "rows": loaded.rows_total,
-        "valid_rows": loaded.rows_valid, "problem_count": len(loaded.problems),
+        "valid_rows": loaded.rows_valid, "complete": loaded.complete, "problem_count": len(loaded.problems),
         "problems": [[p.file, p.row, p.field, p.message] for p in loaded.problems[:200]],
         "preview": rows, "pages": pages,
     }
-    from tuning import data
-
-    if hasattr(data, "statistics"):  # added by the dataset work; the tab shows it when present
-        try:
-            stats = data.statistics(loaded)
-            result["statistics"] = stats if isinstance(stats, dict) else getattr(stats, "__dict__", str(stats))
-        except Exception:  # noqa: BLE001 - statistics are a bonus, never a reason to fail the load
-            pass
-    return result
 
 
 def summary_markdown(rep: dict) -> str:
     problems = rep["problem_count"]
-    head = (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['valid_rows']}** of "
-            f"{rep['rows']} rows valid")
+    if not rep.get("complete", True):
+        read = rep["valid_rows"] + problems
+        return (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['rows']:,}** rows; the first "
+                f"{read:,} are shown (**{rep['valid_rows']:,}** valid). Reading the rest and counting tokens…")
+    head = (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['valid_rows']:,}** of "
+            f"{rep['rows']:,} rows valid")
     if problems:
         head += f"; **{problems} problem{'s' if problems != 1 else ''}** (those rows are left out, see below)"
     else:
@@ -121,54 +117,179 @@ def summary_markdown(rep: dict) -> str:
     return head
 
 
-def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str):
+def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = ""):
+    """The quick step: the first QUICK_ROWS rows, so a huge file shows its first page at once.
+    The last output is what the Train form takes: dataset, format and column map together."""
     source = resolve_source(ctx, kind, upload, text)
-    rep = report(source, fmt)
+    rep = report(source, fmt, column_map, limit=QUICK_ROWS)
+    chosen = {"dataset": source, "format": fmt or "auto", "column_map": (column_map or "").strip()}
     return (summary_markdown(rep), rep["preview"], 1, f"of {rep['pages']}", rep["problems"],
-            rep.get("statistics"), source, source)
+            "Counting tokens…", source, chosen)
 
 
-def page_handler(source: str, fmt: str, page, delta: int):
+def page_handler(source: str, fmt: str, page, delta: int, column_map: str = ""):
     if not source:
         return [], 1, "of 1"
-    rows, page, pages = preview_page(load(source, fmt), int(page or 1) + delta)
+    rows, page, pages = preview_page(load(source, fmt, column_map), int(page or 1) + delta)
     return rows, page, f"of {pages}"
 
 
+# --- the tokenizer and the statistics ------------------------------------------------------------
+
 @lru_cache(maxsize=2)
 def _tokenizer(base_model: str, workspace: str):
+    from tuning import config as config_mod
     from tuning import models
 
+    if base_model == config_mod.EMBEDDED_MODEL:
+        converted = Path(workspace) / "models" / models.EMBEDDED_FOLDER_NAME
+        if not (converted / "tokenizer_config.json").is_file():
+            # Reading data needs only the tokenizer: take it from the GGUF (seconds) rather than
+            # converting the whole model (about 20 s, 538 MB) before the first run asks for it.
+            from transformers import AutoTokenizer
+
+            gguf = models.embedded_gguf_path()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return tokenizer
     return models.load_tokenizer(models.resolve_base_model(base_model, Path(workspace)))
 
 
-def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: str, max_length):
+def tokenizer_for(ctx: AppContext, base_model: str, progress=None):
+    """The tokenizer of the Train form's base model (loaded once, then cached)."""
     from tuning import config as config_mod
+
+    model = check_source(ctx, base_model, what="base_model", keep=(config_mod.EMBEDDED_MODEL,))
+    if progress is not None:
+        progress(0.0, desc=f"loading the tokenizer of {model} (once; seconds)")
+    return _tokenizer(model, str(ctx.workspace))
+
+
+def _max_length(value) -> int:
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        raise paths.PathError(f"max_length: expected a whole number, got {value!r}") from None
+    if number < 16:
+        raise paths.PathError(f"max_length: at least 16, got {number}")
+    return number
+
+
+def histogram_frame(stats: dict):
+    """Token lengths in bins whose edges include max_length, so every bar is either fully within
+    it (kept whole) or fully above it (truncated): the cutoff is where the colour changes."""
+    import pandas as pd
+
+    max_length, lengths = stats["max_length"], stats["lengths"]
+    width = max(1, -(-max_length // 16))  # 16 bars up to max_length
+    over = max(0, -(-(max(lengths, default=0) + 1 - max_length) // width))
+    over = min(over, 8)  # at most 8 bars above it; the last one takes every longer row
+    edges = [i * width for i in range(-(-max_length // width))] + [max_length + i * width for i in range(over)]
+    edges = sorted(set(edges))
+    counts = [0] * len(edges)
+    for length in lengths:
+        i = next((k for k in range(len(edges) - 1, -1, -1) if length >= edges[k]), 0)
+        counts[i] += 1
+    labels, rows = [], []
+    for k, lo in enumerate(edges):
+        last = k == len(edges) - 1
+        label = f"{lo}+" if last else f"{lo}–{edges[k + 1] - 1}"
+        where = "longer than max_length (truncated)" if lo >= max_length else "within max_length"
+        labels.append(label)
+        rows.append({"tokens": label, "rows": counts[k], "where": where})
+    return pd.DataFrame(rows), labels
+
+
+def stats_markdown(stats: dict, estimate: bool) -> str:
+    n, share = stats["rows"], stats["truncated_share"]
+    scope = (f"estimate from {n:,} sampled rows of {stats['sampled_from']:,}; the full count follows"
+             if estimate else f"all {n:,} valid rows")
+    lines = [
+        f"**Token statistics** ({scope}, max_length **{stats['max_length']}**)",
+        f"- length: median **{stats['p50']}**, p95 {stats['p95']}, p99 {stats['p99']}, longest {stats['longest']}",
+        f"- truncated: **{stats['truncated_count']:,}** rows (**{share:.1%}**) are longer than max_length; "
+        "their end is cut off",
+        f"- trainable tokens (loss computed on them): **{stats['trainable_tokens']:,}** of "
+        f"{stats['total_tokens']:,} kept",
+        f"- duplicates: **{stats['duplicate_count']}** rows repeat an earlier row exactly",
+        f"- suggested max_length (p99, a multiple of 64): **{stats['suggested_max_length']}**",
+    ]
+    if stats["no_trained"]:
+        lines.append(f"- **{len(stats['no_trained'])}** rows keep no trained token within max_length; "
+                     "training leaves them out")
+    return "\n".join(lines)
+
+
+def findings_rows(stats: dict, limit: int = 200) -> list[list]:
+    """Rows worth a look: truncated ones, ones with nothing left to learn, exact duplicates."""
+    found = [[Path(p.file).name, p.row, p.message] for p in stats["truncated"] + stats["no_trained"]]
+    found += [[Path(d["file"]).name, d["row"], f"duplicate of {Path(d['first_file']).name} row {d['first_row']}"]
+              for d in stats["duplicates"]]
+    return found[:limit]
+
+
+def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, base_model: str, max_length,
+                       completions_only: bool = True, progress=None):
+    """The slow step, after the first page shows: read every row, then tokenize (a sampled estimate
+    first when there are more than SAMPLE_ROWS). Yields (summary, problems, pages label, statistics
+    markdown, histogram, findings, suggested max_length, use-it button) once or twice."""
     from tuning import data
 
     if not source:
         raise paths.PathError("dataset: inspect a dataset first")
-    loaded = load(source, fmt)
-    number = int(row or 1)
-    if not 1 <= number <= len(loaded.conversations):
-        raise paths.PathError(f"row: pick a row between 1 and {len(loaded.conversations)}")
-    model = check_source(ctx, base_model, what="base_model", keep=(config_mod.EMBEDDED_MODEL,))
-    tokenizer = _tokenizer(model, str(ctx.workspace))
-    return data.token_view(tokenizer, loaded.conversations[number - 1], int(max_length or 512))
+    limit = _max_length(max_length)
+    if progress is not None:
+        progress(0.0, desc="reading every row")
+    loaded = load(source, fmt, column_map)
+    rep = report(source, fmt, column_map)
+    head = (summary_markdown(rep), rep["problems"], f"of {rep['pages']}")
+    tokenizer = tokenizer_for(ctx, base_model, progress)
+    passes = [SAMPLE_ROWS, None] if loaded.rows_valid > SAMPLE_ROWS else [None]
+    for sample in passes:
+        stats = data.statistics(loaded, tokenizer, limit, bool(completions_only), progress, sample=sample)
+        frame, order = histogram_frame(stats)
+        suggested = stats["suggested_max_length"]
+        yield (*head, stats_markdown(stats, estimate=sample is not None),
+               gr.BarPlot(value=frame, sort=order), findings_rows(stats), suggested,
+               gr.update(value=f"Use max_length {suggested} for training", visible=suggested != limit))
+
+
+def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: str, max_length,
+                       completions_only: bool = True, column_map: str = ""):
+    from tuning import data
+
+    if not source:
+        raise paths.PathError("dataset: inspect a dataset first")
+    loaded = load(source, fmt, column_map)
+    try:
+        number = int(row or 1)
+    except (TypeError, ValueError):
+        raise paths.PathError(f"row: expected a row number, got {row!r}") from None
+    if not 1 <= number <= loaded.rows_valid:
+        raise paths.PathError(f"row: pick a row between 1 and {loaded.rows_valid}")
+    tokenizer = tokenizer_for(ctx, base_model)
+    return data.token_view(tokenizer, loaded.conversations[number - 1], _max_length(max_length),
+                           bool(completions_only))
+
+
+TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
 
 
 def build(ctx: AppContext):
-    """Lay out the tab; returns the components other tabs use."""
+    """Lay out the tab; returns the components other tabs use (see connect)."""
     from tuning import config as config_mod
     from tuning import data
 
-    formats = ["auto", *getattr(data, "FORMATS", ("messages", "alpaca"))]
+    defaults = config_mod.TrainConfig()
     with gr.Row():
         kind = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data source", scale=2)
-        fmt = gr.Dropdown(formats, value="auto", label="Format", info="auto detects it from the first row",
-                          scale=1)
-    upload = gr.File(label="Upload a .json or .jsonl file", file_types=[".json", ".jsonl"], type="filepath",
-                     visible=False)
+        fmt = gr.Dropdown(["auto", *data.FORMATS], value="auto", label="Format", scale=1,
+                          info="auto detects it from the first row; pick one to override")
+        column_map = gr.Textbox(label="Column map", placeholder="prompt=question,completion=answer", scale=2,
+                                info="Your columns onto the format's fields; Enter reloads")
+    upload = gr.File(label="Upload a file (" + " ".join(UPLOAD_TYPES) + ")", file_types=UPLOAD_TYPES,
+                     type="filepath", visible=False)
     text = gr.Textbox(label="Path or Hub id", visible=False,
                       info="A file under the workspace or a --data-dir folder, or a Hub dataset id (org/name)")
     inspect_btn = gr.Button("Inspect dataset", variant="primary")
@@ -178,43 +299,104 @@ def build(ctx: AppContext):
         page = gr.Number(value=1, label="Page", precision=0, minimum=1, min_width=80)
         pages = gr.Markdown("of 1")
         next_btn = gr.Button("Next ▶", size="sm", min_width=80)
-    preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations", wrap=True,
-                           column_widths=["6%", "14%", "30%", "38%", "12%"],
+    preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations (click a row to see its tokens)",
+                           wrap=True, column_widths=["6%", "13%", "30%", "35%", "6%", "10%"],
                            interactive=False, max_height=420)
-    problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems (row numbers as an editor "
-                            "shows them)", interactive=False, wrap=True, max_height=240)
-    with gr.Accordion("Statistics", open=False):
-        stats = gr.JSON(label="Statistics")
-    with gr.Accordion("How the model sees a row (trained tokens vs masked)", open=False):
-        with gr.Row():
-            tv_row = gr.Number(value=1, label="Row", precision=0, minimum=1)
-            tv_model = gr.Textbox(value=config_mod.EMBEDDED_MODEL, label="Tokenizer of base model")
-            tv_len = gr.Number(value=512, label="max_length", precision=0, minimum=16)
-        tv_btn = gr.Button("Show tokens")
-        tokens = gr.HighlightedText(label="Tokens", color_map={"trained": "green", "masked": "gray",
-                                                               "truncated": "red"}, show_legend=True)
+    gr.Markdown("**Problems** — a row that cannot be read is left out of training (*drop*); fix it in the "
+                "file (the row number is the line an editor shows) and inspect again to keep it (*fix*).")
+    problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems", interactive=False, wrap=True,
+                            max_height=240)
+
+    gr.Markdown("### Tokens")
+    with gr.Row():
+        tv_model = gr.Textbox(value=defaults.base_model, label="Tokenizer of base model", scale=3,
+                              info="Follows the Train form's base_model")
+        tv_len = gr.Number(value=defaults.max_length, label="max_length", precision=0, minimum=16, scale=1,
+                           info="Follows the Train form")
+        completions_only = gr.Checkbox(value=defaults.train_on_completions_only, label="train on completions only",
+                                       scale=1)
+        recount_btn = gr.Button("Count tokens again", scale=1)
+    with gr.Row():
+        stats_md = gr.Markdown("Token statistics appear after **Inspect dataset**.")
+        histogram = gr.BarPlot(x="tokens", y="rows", color="where", x_title="tokens per row", y_title="rows",
+                               color_map={"within max_length": "#3b82f6",
+                                          "longer than max_length (truncated)": "#ef4444"},
+                               label="Token lengths (red bars: cut at max_length)", x_label_angle=-45,
+                               height=300)
+    use_btn = gr.Button("Use the suggested max_length for training", visible=False, size="sm")
+    suggested = gr.State(None)
+    findings = gr.Dataframe(headers=FINDING_HEADERS, label="Rows to look at: truncated, nothing to learn, duplicates",
+                            interactive=False, wrap=True, max_height=240)
+
+    gr.Markdown("**How the model sees a row** — green tokens are learned (the loss is computed on them), grey "
+                "ones are context it reads, red ones fall beyond max_length and are cut off.")
+    with gr.Row():
+        tv_row = gr.Number(value=1, label="Row (# in the preview)", precision=0, minimum=1, scale=1)
+        tv_btn = gr.Button("Show tokens", scale=1)
+    tokens = gr.HighlightedText(label="Tokens", color_map=TOKEN_COLORS, show_legend=True, combine_adjacent=False)
+    gr.Markdown("Held-out data: the Train form's **eval_split** (the share of these rows kept for evaluation) "
+                "or **eval_dataset** (a separate file) decide it; both are under *Data* in the Train tab.")
+
     source = gr.State("")
-    use_dataset = gr.Textbox(visible=False)  # what "Inspect" resolved, for the Train form
+    chosen = gr.State(None)  # {dataset, format, column_map}: what the Train form takes (see connect)
 
     kind.change(lambda k: (gr.update(visible=k == SOURCES[1]), gr.update(visible=k == SOURCES[2])),
                 kind, [upload, text], api_visibility="private")
-    inspect_btn.click(guarded(lambda k, u, t, f: inspect_handler(ctx, k, u, t, f)),
-                      [kind, upload, text, fmt],
-                      [summary, preview, page, pages, problems, stats, source, use_dataset],
-                      api_name="inspect_dataset_form", api_visibility="private")
-    prev_btn.click(guarded(lambda s, f, p: page_handler(s, f, p, -1)), [source, fmt, page],
-                   [preview, page, pages], api_visibility="private")
-    next_btn.click(guarded(lambda s, f, p: page_handler(s, f, p, +1)), [source, fmt, page],
-                   [preview, page, pages], api_visibility="private")
-    page.submit(guarded(lambda s, f, p: page_handler(s, f, p, 0)), [source, fmt, page],
-                [preview, page, pages], api_visibility="private")
-    tv_btn.click(guarded(lambda s, f, r, m, n: token_view_handler(ctx, s, f, r, m, n)),
-                 [source, fmt, tv_row, tv_model, tv_len], tokens, api_visibility="private")
 
-    def inspect_api(dataset: str, format: str = "auto") -> dict:
+    def run_stats(s, f, c, m, n, co, progress=gr.Progress()):
+        yield from statistics_handler(ctx, s, f, c, m, n, co, progress)
+
+    def show_tokens(s, f, r, m, n, co, c):
+        return token_view_handler(ctx, s, f, r, m, n, co, c)
+
+    stats_inputs = [source, fmt, column_map, tv_model, tv_len, completions_only]
+    stats_outputs = [summary, problems, pages, stats_md, histogram, findings, suggested, use_btn]
+    token_inputs = [source, fmt, tv_row, tv_model, tv_len, completions_only, column_map]
+    # Inspect, a new format or a new column map: the quick first page, then every row with tokens.
+    gr.on([inspect_btn.click, fmt.input, column_map.submit],
+          guarded(lambda k, u, t, f, c: inspect_handler(ctx, k, u, t, f, c)), [kind, upload, text, fmt, column_map],
+          [summary, preview, page, pages, problems, stats_md, source, chosen],
+          api_name="inspect_dataset_form", api_visibility="private") \
+        .success(guarded(run_stats), stats_inputs, stats_outputs, api_visibility="private") \
+        .success(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
+    recount_btn.click(guarded(run_stats), stats_inputs, stats_outputs, api_visibility="private")
+    use_btn.click(lambda v: v, suggested, tv_len, api_visibility="private")
+    prev_btn.click(guarded(lambda s, f, p, c: page_handler(s, f, p, -1, c)), [source, fmt, page, column_map],
+                   [preview, page, pages], api_visibility="private")
+    next_btn.click(guarded(lambda s, f, p, c: page_handler(s, f, p, +1, c)), [source, fmt, page, column_map],
+                   [preview, page, pages], api_visibility="private")
+    page.submit(guarded(lambda s, f, p, c: page_handler(s, f, p, 0, c)), [source, fmt, page, column_map],
+                [preview, page, pages], api_visibility="private")
+    tv_btn.click(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
+
+    def pick(evt: gr.SelectData):
+        """A click on a preview row shows that row's tokens."""
+        return int(evt.row_value[0])
+
+    preview.select(pick, None, tv_row, api_visibility="private") \
+        .success(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
+
+    def inspect_api(dataset: str, format: str = "auto", column_map: str = "") -> dict:
         """Inspect a dataset ('demo', a path under the allowed folders, or a Hub id): format, rows,
         problems and the first page of the normalized preview."""
-        return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), format)
+        return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), format, column_map)
 
     gr.api(guarded(inspect_api), api_name="inspect_dataset")
-    return {"use_dataset": use_dataset}
+    return {"chosen": chosen, "base_model": tv_model, "max_length": tv_len, "completions_only": completions_only,
+            "use_max_length": use_btn, "suggested": suggested}
+
+
+def connect(dataset: dict, train: dict) -> None:
+    """What crosses between this tab and the Train form (called from app.py):
+    - an inspected dataset fills the form's dataset, dataset_format and column_map;
+    - the form's base_model, max_length and train_on_completions_only drive the token counts here;
+    - "use the suggested max_length" sets the form's max_length."""
+    form = train["widgets"]
+    dataset["chosen"].change(lambda c: (c["dataset"], c["format"], c["column_map"]) if c else [gr.skip()] * 3,
+                             dataset["chosen"], [form["dataset"], form["dataset_format"], form["column_map"]],
+                             api_visibility="private")
+    for here, there in (("base_model", "base_model"), ("max_length", "max_length"),
+                        ("completions_only", "train_on_completions_only")):
+        dataset[here].value = form[there].value  # start from the form's preset (config not yet rendered)
+        form[there].change(lambda v: v, form[there], dataset[here], api_visibility="private")
+    dataset["use_max_length"].click(lambda v: v, dataset["suggested"], form["max_length"], api_visibility="private")
