@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tuning import config as config_mod
-from tuning import models, runs
+from tuning import runs  # tuning.models (torch) is imported where a model is loaded: the page starts without torch
 from tuning.events import read_events
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -85,12 +85,16 @@ def _run_config(run_dir: Path) -> config_mod.TrainConfig:
 # --- model card ------------------------------------------------------------------------------
 
 def _base_label(base_model: str) -> str:
+    from tuning import models
+
     if base_model == config_mod.EMBEDDED_MODEL:
         return "HuggingFaceTB/SmolLM2-135M-Instruct"
     return base_model if models.is_hub_id(base_model) else Path(base_model).name
 
 
 def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
+    from tuning import models
+
     try:
         from tuning import data
 
@@ -249,6 +253,8 @@ def load_merged(run_dir: Path, workspace: Path):
     """(model, tokenizer): the base in fp32 with the run's final adapter merged in."""
     import torch
     from peft import PeftModel
+
+    from tuning import models
 
     cfg = _run_config(run_dir)
     adapter = finished_adapter(run_dir)
