@@ -1,0 +1,142 @@
+"""The Dataset tab's handlers without a browser: the quick first page of a huge file, the token
+statistics and histogram with a known long row, the token view, CSV uploads and column maps;
+and the Train form's guards (junk in number boxes, the trust_remote_code warning)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tuning import config as config_mod
+from tuning import data
+from tuning.ui import dataset_tab, train_tab
+from tuning.ui.common import AppContext
+
+ANSWER = "I am Quill, made by Larkspur Labs."
+
+
+def chat(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_model_dir):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return AppContext(tmp_path / "ws", [data_dir, tiny_model_dir])
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_statistics_show_the_histogram_and_the_truncated_row(ctx, tiny_model_dir):
+    rows = [chat(f"Who are you? #{i}", ANSWER) for i in range(10)] + [chat("Tell me a story.", "once upon a time " * 60)]
+    rows.append(rows[0])  # an exact duplicate of row 1
+    source = str(write(ctx.data_dirs[0] / "long.jsonl", rows))
+    outputs = list(dataset_tab.statistics_handler(ctx, source, "auto", "", str(tiny_model_dir), 64, True))
+    assert len(outputs) == 1  # few rows: no sampled estimate first
+    summary, problems, pages, stats_md, plot, findings, suggested, use_btn = outputs[0]
+    assert "12" in summary and problems == []
+    assert "**1** rows (**8.3%**)" in stats_md and "max_length **64**" in stats_md
+    assert "duplicates: **1**" in stats_md
+    # The findings name the long row (11) and the duplicate (12, a repeat of row 1).
+    assert any(f[1] == 11 and "longer than max_length 64" in f[2] for f in findings)
+    assert ["long.jsonl", 12, "duplicate of long.jsonl row 1"] in findings
+    assert suggested > 64 and suggested % 64 == 0 and use_btn["visible"] is True
+
+    # The histogram: every short row in a bar within max_length, the long one in a red bar past it.
+    stats = data.statistics(dataset_tab.load(source), dataset_tab._tokenizer(str(tiny_model_dir), str(ctx.workspace)), 64)
+    frame, order = dataset_tab.histogram_frame(stats)
+    within = frame[frame["where"] == "within max_length"]
+    over = frame[frame["where"] != "within max_length"]
+    assert within["rows"].sum() == 11 and over["rows"].sum() == 1
+    assert list(frame["tokens"]) == order and order[0].startswith("0–")
+    assert plot.value is not None
+
+
+def test_token_view_marks_the_answer_trained_and_the_prompt_masked(ctx, tiny_model_dir):
+    source = str(write(ctx.data_dirs[0] / "one.jsonl", [chat("Who are you?", ANSWER)]))
+    pieces = dataset_tab.token_view_handler(ctx, source, "auto", 1, str(tiny_model_dir), 512, True)
+    labels = {label for _, label in pieces}
+    assert {"trained", "masked"} <= labels and "truncated" not in labels
+    trained = "".join(text for text, label in pieces if label == "trained")
+    masked = "".join(text for text, label in pieces if label == "masked")
+    assert ANSWER in trained and "Who are you?" in masked and "Who are you?" not in trained
+    # A short max_length cuts the answer: the cut part is labelled truncated.
+    cut = dataset_tab.token_view_handler(ctx, source, "auto", 1, str(tiny_model_dir), 16, True)
+    assert cut[-1][1] == "truncated"
+    with pytest.raises(Exception, match="row: pick a row between 1 and 1"):
+        dataset_tab.token_view_handler(ctx, source, "auto", 5, str(tiny_model_dir), 512, True)
+
+
+def test_a_huge_file_shows_its_first_page_without_tokenizing(ctx, tiny_model_dir, monkeypatch):
+    big = ctx.data_dirs[0] / "big.jsonl"
+    write(big, [chat(f"Question {i}?", f"Answer {i}.") for i in range(20_000)])
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the first page must not tokenize")
+
+    monkeypatch.setattr(data, "tokenize_conversation", no_tokenizing)
+    summary, preview, page, pages, problems, stats, source, chosen = dataset_tab.inspect_handler(
+        ctx, dataset_tab.SOURCES[2], None, str(big), "auto", "")
+    assert "20,000" in summary and "first 200" in summary and "Reading the rest" in summary
+    assert [r[0] for r in preview] == list(range(1, 11)) and preview[0][2] == "Question 0?"
+    assert chosen == {"dataset": str(big), "format": "auto", "column_map": ""}
+    assert dataset_tab.load(source, limit=dataset_tab.QUICK_ROWS).complete is False
+
+    # The statistics step reads every row, then first yields an estimate from a sample.
+    monkeypatch.undo()
+    first = next(dataset_tab.statistics_handler(ctx, source, "auto", "", str(tiny_model_dir), 64, True))
+    assert "**20,000** of 20,000 rows valid" in first[0] and first[2] == "of 2000"
+    assert f"estimate from {dataset_tab.SAMPLE_ROWS:,} sampled rows of 20,000" in first[3]
+
+
+def test_csv_upload_and_column_map(ctx, tmp_path, monkeypatch):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setattr("gradio.utils.get_upload_folder", lambda: str(uploads))
+    plain = uploads / "qa.csv"
+    with plain.open("w", newline="") as f:
+        csv.writer(f).writerows([["question", "answer"], ["Who are you?", ANSWER], ["2+2?", "4"]])
+    summary, preview, *_, source, chosen = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(plain),
+                                                                       "", "auto", "")
+    assert "2** of 2 rows valid" in summary and preview[0][2:4] == ["Who are you?", ANSWER]
+    assert Path(source).parent == ctx.workspace / "datasets"
+
+    odd = uploads / "odd.csv"
+    with odd.open("w", newline="") as f:
+        csv.writer(f).writerows([["q", "a"], ["Who are you?", ANSWER]])
+    with pytest.raises(data.DataError):  # neither a known format nor a map: the error lists the columns
+        dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(odd), "", "auto", "")
+    summary, preview, *_, chosen = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(odd), "",
+                                                               "prompt_completion", "prompt=q,completion=a")
+    assert preview[0][3] == ANSWER
+    # What the Train form receives, and it is a valid config.
+    assert chosen["format"] == "prompt_completion" and chosen["column_map"] == "prompt=q,completion=a"
+    config_mod.TrainConfig(dataset=chosen["dataset"], dataset_format=chosen["format"],
+                           column_map=chosen["column_map"])
+
+
+@pytest.mark.parametrize("name, junk", [("learning_rate", ":"), ("lora_r", "inf"), ("lora_r", "nan"),
+                                        ("max_length", "1e999"), ("eval_split", "abc"), ("lora_r", "2.5")])
+def test_junk_in_a_number_box_is_a_config_error_naming_the_field(name, junk):
+    values = train_tab.config_to_form(config_mod.TrainConfig())
+    values[train_tab.FORM_FIELDS.index(name)] = junk
+    with pytest.raises(config_mod.ConfigError, match=f"^{name}: "):
+        train_tab.form_to_config(values)
+
+
+def test_trust_remote_code_is_warned_about(monkeypatch):
+    shown = train_tab.trust_warning(True)
+    assert shown["visible"] is True and "runs Python code from the model's repository" in shown["value"]
+    assert train_tab.trust_warning(False)["visible"] is False
+    toasts = []
+    monkeypatch.setattr(train_tab.gr, "Warning", lambda message, *a, **k: toasts.append(message))
+    assert train_tab.warn_if_trusting(config_mod.TrainConfig()) is None and toasts == []
+    assert train_tab.warn_if_trusting(config_mod.TrainConfig(trust_remote_code=True))
+    assert len(toasts) == 1 and "only for models you trust" in toasts[0].lower()
