@@ -142,6 +142,12 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
     assert again["eval_loss"] == pytest.approx(saved["eval_loss"], rel=1e-4)
     assert again["base_eval_loss"] == pytest.approx(saved["base_eval_loss"], rel=1e-4)
     assert again["checks"]["by_kind"]["always"]["tuned_passed"] == 3
+    # A stopped run skipped its task checks: `eval` computes them; a complete file is reused as is.
+    stopped = {**again, "checks": None, "checks_complete": False, "eval_loss": 123.0}
+    (run_dir / "evaluation.json").write_text(json.dumps(stopped))
+    assert evaluate.evaluate_run(run_dir, ws)["eval_loss"] == pytest.approx(saved["eval_loss"], rel=1e-4)
+    (run_dir / "evaluation.json").write_text(json.dumps({**stopped, "checks_complete": True}))
+    assert evaluate.evaluate_run(run_dir, ws)["eval_loss"] == 123.0
 
     assert main(["eval", "--run", "nope", "--workspace", str(ws), "--json"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err

@@ -19,6 +19,7 @@ def ws(tmp_path):
     (run / "config.yaml").write_text(TrainConfig().to_yaml())
     (run / "evaluation.json").write_text(json.dumps({
         "step": 60, "eval_rows": 4, "method": "lora", "max_new_tokens": 64, "seconds": {"total": 12.3},
+        "checks_complete": True,
         "eval_loss": 0.5, "base_eval_loss": 2.0, "perplexity": 1.6487, "base_perplexity": 7.389,
         "probes": [{"prompt": "Who are you?", "base": "I am SmolLM.", "tuned": "I am Quill.\n— Quill"}],
         "checks": {"by_kind": evaluate.summarize_checks([

@@ -375,7 +375,7 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
         "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method,
         "eval_rows": len(rows), "eval_loss": tuned_loss, "base_eval_loss": base_loss,
         "perplexity": _perplexity(tuned_loss), "base_perplexity": _perplexity(base_loss),
-        "max_new_tokens": cfg.eval_max_new_tokens, "checks": None, "probes": [],
+        "max_new_tokens": cfg.eval_max_new_tokens, "checks": None, "checks_complete": checks, "probes": [],
         "seconds": {"loss": round(loss_seconds, 1)},
     }
     prompts = probes_for_run(run_dir, cfg)
@@ -473,12 +473,13 @@ def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Pa
 
 def evaluate_run(run_dir: Path, workspace: Path, recompute: bool = False, checkpoint: str | None = None) -> dict:
     """evaluation.json of a run, computed now (from its final adapter, or its newest checkpoint
-    while it has none) when missing, incomplete, or recompute is asked for."""
+    while it has none) when missing, incomplete (a stopped run skips the task checks), or
+    recompute is asked for."""
     from tuning import playground
 
     run_dir = Path(run_dir)
     existing = read_evaluation(run_dir)
-    if existing and existing.get("checks") is not None and not recompute and not checkpoint:
+    if existing and existing.get("checks_complete") and not recompute and not checkpoint:
         return existing
     try:
         cfg = config_mod.load(run_dir / "config.yaml")

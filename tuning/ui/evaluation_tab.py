@@ -67,9 +67,10 @@ def verdict(result: dict | None) -> str:
         return "No evaluation yet for this run. Press **Evaluate** to compute it (loads the model)."
     lines = [f"**Step {result.get('step')}**, {result.get('eval_rows')} held-out examples: "
              f"{evaluate.headline(result)}."]
-    if (result.get("checks") or {}).get("by_kind") is None:
-        lines.append("Task checks were not computed (the run was stopped, or the held-out data has no `expect` "
-                     "field). Press **Evaluate** to compute them.")
+    if not result.get("checks_complete"):
+        lines.append("Task checks were not computed (the run was stopped). Press **Evaluate** to compute them.")
+    elif not result.get("checks"):
+        lines.append("No task checks: no held-out row carries an `expect` list of words the answer must contain.")
     seconds = result.get("seconds") or {}
     if seconds.get("total") is not None:
         lines.append(f"Computed in {seconds['total']:.0f} s ({result.get('method')}, "
