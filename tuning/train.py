@@ -14,6 +14,10 @@ What it does, and the trade-off of each feature:
 - SIGTERM (the Stop button) ends training after the current step, saves a checkpoint and
   the adapter, and ends the run as "stopped".
 - Early stopping on eval loss when early_stopping_patience > 0.
+- Evaluation (tuning/evaluate.py): the probe prompts are answered by base and tuned at every
+  checkpoint (a few seconds each on a CPU; probe_every_checkpoint turns it off); at the end,
+  held-out loss base vs tuned, the task checks and the final probes go to evaluation.json and an
+  `eval` event. A stopped run skips the task checks, so a Stop stays quick.
 - A non-finite loss or gradient norm for 3 logged steps in a row stops the run with an error
   naming the last good checkpoint; no checkpoint is saved while the loss is non-finite, and a
   checkpoint whose adapter weights are not finite never gets its COMPLETE marker.
