@@ -178,27 +178,25 @@ def _max_length(value) -> int:
 
 def histogram_frame(stats: dict):
     """Token lengths in bins whose edges include max_length, so every bar is either fully within
-    it (kept whole) or fully above it (truncated): the cutoff is where the colour changes."""
+    it (kept whole) or fully above it (truncated): the cutoff is where the colour changes. There is
+    always at least one bar past max_length, so the cutoff shows on the axis even when it is empty."""
     import pandas as pd
 
     max_length, lengths = stats["max_length"], stats["lengths"]
     width = max(1, -(-max_length // 16))  # 16 bars up to max_length
-    over = max(0, -(-(max(lengths, default=0) + 1 - max_length) // width))
-    over = min(over, 8)  # at most 8 bars above it; the last one takes every longer row
-    edges = [i * width for i in range(-(-max_length // width))] + [max_length + i * width for i in range(over)]
-    edges = sorted(set(edges))
+    over = -(-(max(lengths, default=0) + 1 - max_length) // width)
+    over = min(max(over, 1), 8)  # 1 to 8 bars past it; the last one takes every longer row
+    edges = sorted({*range(0, max_length, width), *(max_length + i * width for i in range(over))})
     counts = [0] * len(edges)
     for length in lengths:
-        i = next((k for k in range(len(edges) - 1, -1, -1) if length >= edges[k]), 0)
-        counts[i] += 1
-    labels, rows = [], []
+        counts[max(k for k, lo in enumerate(edges) if length >= lo)] += 1
+    rows = []
     for k, lo in enumerate(edges):
-        last = k == len(edges) - 1
-        label = f"{lo}+" if last else f"{lo}–{edges[k + 1] - 1}"
+        label = f"{lo}+" if k == len(edges) - 1 else f"{lo}–{edges[k + 1] - 1}"
         where = "longer than max_length (truncated)" if lo >= max_length else "within max_length"
-        labels.append(label)
         rows.append({"tokens": label, "rows": counts[k], "where": where})
-    return pd.DataFrame(rows), labels
+    frame = pd.DataFrame(rows)
+    return frame, list(frame["tokens"])
 
 
 def stats_markdown(stats: dict, estimate: bool) -> str:
@@ -321,7 +319,8 @@ def build(ctx: AppContext):
         histogram = gr.BarPlot(x="tokens", y="rows", color="where", x_title="tokens per row", y_title="rows",
                                color_map={"within max_length": "#3b82f6",
                                           "longer than max_length (truncated)": "#ef4444"},
-                               label="Token lengths (red bars: cut at max_length)", x_label_angle=-45,
+                               color_title="", label="Token lengths (red: longer than max_length, cut)",
+                               x_label_angle=-45,
                                height=300)
     use_btn = gr.Button("Use the suggested max_length for training", visible=False, size="sm")
     suggested = gr.State(None)
