@@ -4,9 +4,10 @@ and only what crosses between tabs is wired here. Training runs in its own proce
 this process never trains.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--workspace DIR] [--data-dir DIR ...] [--share] [--auth USER:PASS]
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations`: Gradio reads the gr.OAuthProfile and gr.Request type
+hints of the handlers here at runtime.)
+"""
 
 import argparse
 import ipaddress
@@ -15,23 +16,60 @@ import sys
 
 import gradio as gr
 
-from tuning import paths
-from tuning.ui import dataset_tab, live_tab, playground_tab, runs_tab, train_tab
+from tuning import paths, space
+from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
+from tuning.ui import common
 from tuning.ui.common import AppContext
 
-try:  # Space mode (banner, auth) lives in tuning/space.py when present; the page works without it
-    from tuning import space
-except ImportError:
-    space = None
+# The handlers (button or named API) that start, stop, resume or delete a run, or change what its
+# checkpoints answer (its probes): on a Space each is refused unless the visitor signed in as an
+# allowed user or typed the Space's password.
+TRAINING_ACTIONS = {"do_start", "start_api", "do_stop", "stop_api", "do_resume", "resume_api", "do_delete",
+                    "delete_api", "do_save_probes"}
 
 
-def build_demo(workspace, data_dirs=()) -> gr.Blocks:
-    ctx = AppContext(paths.resolve_workspace(workspace), list(data_dirs))
+def gate_training(demo: gr.Blocks, ctx: AppContext) -> None:
+    """Wrap every TRAINING_ACTIONS handler with common.training_gate. The tabs stay unaware of
+    Space mode; a renamed handler fails here, at build time, rather than going ungated."""
+    found = set()
+    for block_fn in demo.fns.values():
+        if block_fn.name in TRAINING_ACTIONS and block_fn.fn is not None:
+            block_fn.fn = common.training_gate(ctx, block_fn.fn)
+            found.add(block_fn.name)
+    if found != TRAINING_ACTIONS:
+        raise RuntimeError(f"training handlers not found (renamed?): {sorted(TRAINING_ACTIONS - found)}")
+
+
+def access_row(ctx: AppContext) -> None:
+    """On a Space: sign in with Hugging Face and/or type the Space's password to train. A visitor
+    without either still browses runs, evaluations and the Playground."""
+    settings = ctx.settings
+    with gr.Row(equal_height=True):
+        note = gr.Markdown(space.NEEDS_AUTH if (settings.oauth or settings.password_set)
+                           else space.refusal_message(None, settings))
+        if settings.oauth:  # a LoginButton without OAuth configured would fail at launch
+            gr.LoginButton(scale=1)
+        if settings.password_set:
+            password = gr.Textbox(label="Space password (to train)", type="password", scale=2)
+            unlock_btn = gr.Button("Unlock training", scale=1)
+
+            def do_unlock(text: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+                """Unlock training for this session with the Space's password (an API client calls this first)."""
+                return common.unlock(ctx, request.session_hash, text, profile)
+
+            unlock_btn.click(do_unlock, password, note, api_name="unlock")
+            password.submit(do_unlock, password, note, api_visibility="private")
+
+
+def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> gr.Blocks:
+    ctx = AppContext(paths.resolve_workspace(workspace), list(data_dirs), settings)
     with gr.Blocks(title="QLoRA fine-tuning dashboard") as demo:
-        gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground. "
+        gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground → Evaluation → Export. "
                     f"Workspace: `{ctx.workspace}`")
-        if space is not None and hasattr(space, "banner"):
-            gr.Markdown(space.banner())
+        if space.banner(ctx.settings):
+            gr.Markdown(space.banner(ctx.settings))
+        if ctx.settings.train_requires_auth:
+            access_row(ctx)
         with gr.Tabs() as tabs:
             with gr.Tab("Dataset", id="dataset"):
                 data = dataset_tab.build(ctx)
@@ -43,6 +81,10 @@ def build_demo(workspace, data_dirs=()) -> gr.Blocks:
                 play = playground_tab.build(ctx)
             with gr.Tab("Runs", id="runs"):
                 listed = runs_tab.build(ctx)
+            with gr.Tab("Evaluation", id="evaluation"):
+                evaluation_tab.build_evaluation_tab(ctx.workspace)
+            with gr.Tab("Export", id="export"):
+                export_tab.build_export_tab(ctx.workspace, ctx.settings)
 
         def choose(run_id):
             """Every run dropdown on the page learns of new runs; the given one is selected."""
@@ -62,6 +104,7 @@ def build_demo(workspace, data_dirs=()) -> gr.Blocks:
         demo.load(lambda: (choose(live_tab.default_run(ctx)), choose(live_tab.default_run(ctx)),
                            *listed["refreshed"](None)),
                   None, [live["run"], play["run"], listed["listing"], listed["run"]], api_visibility="private")
+    gate_training(demo, ctx)
     return demo
 
 
@@ -100,7 +143,8 @@ def is_loopback(host: str) -> bool:
 def launch_kwargs(args: argparse.Namespace) -> dict:
     """Refuse to expose the page without a login: anyone who reaches it can start processes and
     read the allowed folders."""
-    auth = auth_pair(args.auth or os.environ.get("TUNING_AUTH"))
+    # On a Space, TUNING_AUTH is the password that unlocks training in the page, not an app-wide login.
+    auth = auth_pair(args.auth or (None if paths.on_space() else os.environ.get("TUNING_AUTH")))
     exposed = args.share or not is_loopback(args.host)
     if exposed and auth is None and not paths.on_space():
         what = "--share" if args.share else f"--host {args.host}"
@@ -108,8 +152,7 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
                          "TUNING_AUTH) so only you can start runs and read your data")
     kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth, ssr_mode=False,
                   max_file_size="500mb")
-    if space is not None and hasattr(space, "launch_kwargs"):
-        kwargs.update(space.launch_kwargs(args))
+    kwargs.update(space.launch_kwargs(args))
     return kwargs
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import runs
+from tuning import evaluate, runs
 from tuning.events import read_events
 from tuning.ui.common import AppContext, ago, clock, guarded
 
@@ -101,9 +101,11 @@ def decimate(points: list[tuple], limit: int = MAX_PLOT_POINTS) -> list[tuple]:
 def loss_frame(state: Follow):
     import pandas as pd
 
-    rows = [(s, v, "train loss") for s, v in decimate(state.train)]
-    rows += [(s, v, "eval loss") for s, v in decimate(state.evals)]
-    return pd.DataFrame(rows or [(0, None, "train loss")], columns=["step", "loss", "series"])
+    # Both series are always present (an empty one as a single blank point): the browser fixes the
+    # plot's colour legend from the first frame it draws, so a series missing then is never drawn.
+    rows = [(s, v, "train loss") for s, v in decimate(state.train)] or [(0, None, "train loss")]
+    rows += [(s, v, "eval loss") for s, v in decimate(state.evals)] or [(0, None, "eval loss")]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
 def lr_frame(state: Follow):
@@ -166,20 +168,51 @@ def error_parts(state: Follow) -> tuple[str, str]:
     return f"❌ **The run failed:** {state.final.get('message', 'no message')}", state.final.get("traceback", "")
 
 
+def _fmt(value, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
+def evaluation_markdown(path: Path, state: Follow) -> str:
+    """Base vs tuned once the run has ended: held-out loss, perplexity and the task checks, from
+    evaluation.json (else the loss pair the end event carries). "" while running or when the run
+    had no held-out data."""
+    if state.final is None or state.final.get("event") != "end":
+        return ""
+    result = evaluate.read_evaluation(path) or {
+        "eval_loss": state.final.get("eval_loss"), "base_eval_loss": state.final.get("base_eval_loss")}
+    if result.get("eval_loss") is None:
+        return ""
+    from tuning.ui.evaluation_tab import check_rows, loss_rows
+
+    lines = ["**Evaluation on held-out data** (base model vs tuned; lower loss is better)", "",
+             "| | base | tuned | change |", "|---|---:|---:|---:|"]
+    for label, base, tuned, change in loss_rows(result):
+        digits = 3 if label == "held-out loss" else 2
+        sign = "+" if isinstance(change, (int, float)) and change > 0 else ""
+        lines.append(f"| {label} | {_fmt(base, digits)} | {_fmt(tuned, digits)} | {sign}{_fmt(change, digits)} |")
+    for kind, n, base_passed, base_pct, tuned_passed, tuned_pct, points in check_rows(result):
+        lines.append(f"| {kind} check | {base_passed}/{n} ({base_pct:.0f}%) | {tuned_passed}/{n} ({tuned_pct:.0f}%) "
+                     f"| {points:+.0f} points |")
+    return "\n".join(lines) + "\n\nMore in the Evaluation tab (probe answers per checkpoint, blind A/B)."
+
+
 def tick(ctx: AppContext, run_id: str, state: Follow | None):
     """One timer tick: read new events, return every output (plots only when they changed)."""
     if not run_id:
         return (state, "", "No run selected. Start one in the Train tab or pick one above.", gr.skip(),
-                gr.skip(), "", gr.update(value="", visible=False), gr.update(visible=False), "")
+                gr.skip(), "", gr.update(value="", visible=False), gr.update(visible=False), "",
+                gr.update(value="", visible=False))
     state, changed = follow(ctx, run_id, state)
     path = runs.run_dir(ctx.workspace, run_id)
     status = status_of(path, state)
     message, trace = error_parts(state)
     fresh = changed or state.offset == 0
+    scores = evaluation_markdown(path, state) if fresh else None  # evaluation.json is read when events come
     return (state, progress_html(state, status), stats_markdown(state, status),
             loss_frame(state) if fresh else gr.skip(), lr_frame(state) if fresh else gr.skip(),
             log_tail(path), gr.update(value=message, visible=bool(message)),
-            gr.update(visible=bool(trace)), trace)
+            gr.update(visible=bool(trace)), trace,
+            gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip())
 
 
 def run_choices(ctx: AppContext) -> list[str]:
@@ -210,20 +243,22 @@ def build(ctx: AppContext):
         resume_btn = gr.Button("Resume", scale=1)
     progress = gr.HTML(label="Progress")
     stats = gr.Markdown()
+    scores = gr.Markdown(visible=False, elem_id="live-evaluation")
     error = gr.Markdown(visible=False)
     with gr.Accordion("Full traceback", open=False, visible=False) as trace_box:
         trace = gr.Code(language="python", label="Traceback")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (train and eval)", height=280,
-                                label="Loss")
-        lr_plot = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", height=280, label="Learning rate",
+        # No fixed height: a fixed one cuts the colour legend (train/eval) off below the axis.
+        loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (train and eval)", label="Loss",
+                                color_map={"train loss": "#3b82f6", "eval loss": "#f97316"})
+        lr_plot = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
                               y_axis_format=".1e")
     tail = gr.Textbox(label="Log (tail of train.log)", lines=LOG_TAIL_LINES, max_lines=LOG_TAIL_LINES,
                       autoscroll=True, interactive=False)
     state = gr.State(None)
     timer = gr.Timer(1.0)
 
-    outputs = [state, progress, stats, loss_plot, lr_plot, tail, error, trace_box, trace]
+    outputs = [state, progress, stats, loss_plot, lr_plot, tail, error, trace_box, trace, scores]
     timer.tick(lambda r, s: _safe_tick(ctx, r, s), [run, state], outputs, show_progress="hidden",
                api_visibility="private", queue=False)
     run.change(lambda r: _safe_tick(ctx, r, None), run, outputs, show_progress="hidden",
@@ -275,4 +310,4 @@ def _safe_tick(ctx: AppContext, run_id, state):
         from tuning.ui.common import friendly
 
         return (state, "", friendly(exc), gr.skip(), gr.skip(), "", gr.update(visible=False),
-                gr.update(visible=False), "")
+                gr.update(visible=False), "", gr.skip())

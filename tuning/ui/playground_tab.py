@@ -30,6 +30,29 @@ def default_probes() -> list[str]:
         return ["Who are you?", "What is the capital of France?"]
 
 
+def run_probes(ctx: AppContext, run_id: str | None) -> str:
+    """The run's probe prompts (its probes.json, made from the dataset's list the first time), one
+    a line; the demo's list when no run is picked."""
+    from tuning import config as config_mod
+    from tuning import evaluate
+
+    if not run_id:
+        return "\n".join(default_probes())
+    path = runs.existing_run_dir(ctx.workspace, run_id)
+    return "\n".join(evaluate.probes_for_run(path, config_mod.load(path / "config.yaml")))
+
+
+def save_probes(ctx: AppContext, run_id: str | None, text: str) -> str:
+    """Save the edited prompts as the run's probes: later checkpoints (of a running or resumed run)
+    and later evaluations answer them."""
+    from tuning import evaluate
+
+    if not run_id:
+        raise runs.RunError("pick a run first")
+    saved = evaluate.write_probes(runs.existing_run_dir(ctx.workspace, run_id), text or "")
+    return f"Saved {len(saved)} probe prompts for {run_id}: later checkpoints and evaluations answer them."
+
+
 def _settings(max_new_tokens, temperature, top_p, repetition_penalty, seed):
     from tuning.playground import GenerationSettings
 
@@ -120,13 +143,23 @@ def build(ctx: AppContext):
         base_out = gr.Textbox(label="Base model", lines=8, interactive=False)
         tuned_out = gr.Textbox(label="Tuned", lines=8, interactive=False)
     with gr.Accordion("Probe prompts", open=False):
-        probes = gr.Textbox(value="\n".join(default_probes()), lines=5, label="Probe prompts, one per line")
-        probe_btn = gr.Button("Run probes through both")
+        probes = gr.Textbox(value="\n".join(default_probes()), lines=5, label="Probe prompts, one per line",
+                            info="the run's own list; saved, it is what later checkpoints and evaluations answer")
+        with gr.Row():
+            probe_btn = gr.Button("Run probes through both")
+            save_probes_btn = gr.Button("Save as this run's probes")
+        probes_note = gr.Markdown()
         probe_out = gr.Dataframe(headers=["prompt", "base", "tuned"], wrap=True, interactive=False,
                                  label="Probe answers")
 
-    run.change(guarded(lambda r: gr.update(choices=checkpoint_choices(ctx, r), value="final")), run, checkpoint,
-               api_visibility="private")
+    run.change(guarded(lambda r: (gr.update(choices=checkpoint_choices(ctx, r), value="final"),
+                                  run_probes(ctx, r), "")),
+               run, [checkpoint, probes, probes_note], api_visibility="private")
+
+    def do_save_probes(run_id, text):
+        return save_probes(ctx, run_id, text)
+
+    save_probes_btn.click(guarded(do_save_probes), [run, probes], probes_note, api_visibility="private")
     refresh.click(lambda r: (gr.update(choices=run_choices(ctx), value=r),
                              gr.update(choices=checkpoint_choices(ctx, r) if r else ["final"])),
                   run, [run, checkpoint], api_visibility="private")

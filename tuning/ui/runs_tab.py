@@ -9,15 +9,33 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import runs
+from tuning import evaluate, runs
 from tuning.ui.common import AppContext, clock, guarded, when
 
-HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "duration",
-           "created"]
+HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
+           "task checks (tuned vs base)", "duration", "created"]
 
 
 def _num(value) -> float | str:
     return round(value, 4) if isinstance(value, (int, float)) else ""
+
+
+def checks_text(result: dict | None) -> str:
+    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)" from evaluation.json's task checks."""
+    by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
+    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
+                     for kind, c in by_kind.items())
+
+
+def evaluation_cells(path: Path, eval_loss: float | None) -> list:
+    """[eval loss, base eval loss, task checks] from the run's evaluation.json (the end-of-run or a
+    later evaluation; its tuned loss, when present, was measured on the same rows as the base's).
+    A damaged file leaves the cells empty rather than breaking the listing."""
+    try:
+        result = evaluate.read_evaluation(path) or {}
+        return [_num(result.get("eval_loss", eval_loss)), _num(result.get("base_eval_loss")), checks_text(result)]
+    except (OSError, KeyError, TypeError, AttributeError):
+        return [_num(eval_loss), "", ""]
 
 
 def table(ctx: AppContext) -> list[list]:
@@ -26,7 +44,8 @@ def table(ctx: AppContext) -> list[list]:
         cfg = s.config
         rows.append([s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
                      s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), _num(s.loss),
-                     _num(s.eval_loss), clock(s.duration) if s.duration is not None else "", when(s.started)])
+                     *evaluation_cells(s.path, s.eval_loss),
+                     clock(s.duration) if s.duration is not None else "", when(s.started)])
     return rows
 
 
