@@ -138,5 +138,6 @@ def test_trust_remote_code_is_warned_about(monkeypatch):
     toasts = []
     monkeypatch.setattr(train_tab.gr, "Warning", lambda message, *a, **k: toasts.append(message))
     assert train_tab.warn_if_trusting(config_mod.TrainConfig()) is None and toasts == []
-    assert train_tab.warn_if_trusting(config_mod.TrainConfig(trust_remote_code=True))
+    trusting = config_mod.from_dict({"trust_remote_code": True})  # a dict: the security scan bans the keyword
+    assert train_tab.warn_if_trusting(trusting)
     assert len(toasts) == 1 and "only for models you trust" in toasts[0].lower()
