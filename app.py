@@ -40,6 +40,13 @@ def gate_training(demo: gr.Blocks, ctx: AppContext) -> None:
         raise RuntimeError(f"training handlers not found (renamed?): {sorted(TRAINING_ACTIONS - found)}")
 
 
+def oauth_installed() -> bool:
+    """gr.LoginButton needs gradio's `oauth` extra (authlib, itsdangerous)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("authlib", "itsdangerous"))
+
+
 def access_row(ctx: AppContext) -> None:
     """On a Space: sign in with Hugging Face and/or type the Space's password to train. A visitor
     without either still browses runs, evaluations and the Playground."""
@@ -47,7 +54,7 @@ def access_row(ctx: AppContext) -> None:
     with gr.Row(equal_height=True):
         note = gr.Markdown(space.NEEDS_AUTH if (settings.oauth or settings.password_set)
                            else space.refusal_message(None, settings))
-        if settings.oauth:  # a LoginButton without OAuth configured would fail at launch
+        if settings.oauth and oauth_installed():  # else a LoginButton fails the page's build or launch
             gr.LoginButton(scale=1)
         if settings.password_set:
             password = gr.Textbox(label="Space password (to train)", type="password", scale=2)

@@ -29,14 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(workspace: Path, data_dirs: list[Path], log: Path) -> tuple[subprocess.Popen, str]:
-    """`python app.py` in a subprocess on a free port; returns once the page answers."""
+def launch_app(workspace: Path, data_dirs: list[Path], log: Path,
+               extra_env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`python app.py` in a subprocess on a free port; returns once the page answers. extra_env
+    (e.g. SPACE_ID) is set on top of the cleaned environment."""
     port = free_port()
     command = [sys.executable, "app.py", "--port", str(port), "--workspace", str(workspace)]
     for d in data_dirs:
         command += ["--data-dir", str(d)]
     env = {**os.environ, "TUNING_WORKSPACE": str(workspace), "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("SPACE_ID", None)
+    env.update({"PORT": str(port), **(extra_env or {})})  # PORT: on a Space the app listens there
     proc = subprocess.Popen(command, cwd=paths.PROJECT_DIR, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -178,8 +178,11 @@ def evaluation_markdown(path: Path, state: Follow) -> str:
     had no held-out data."""
     if state.final is None or state.final.get("event") != "end":
         return ""
-    result = evaluate.read_evaluation(path) or {
-        "eval_loss": state.final.get("eval_loss"), "base_eval_loss": state.final.get("base_eval_loss")}
+    result = evaluate.read_evaluation(path)
+    if result is None:  # the end event's pair (evaluation.json missing): perplexity as evaluate computes it
+        tuned, base = state.final.get("eval_loss"), state.final.get("base_eval_loss")
+        result = {"eval_loss": tuned, "base_eval_loss": base, "perplexity": evaluate._perplexity(tuned),
+                  "base_perplexity": evaluate._perplexity(base)}
     if result.get("eval_loss") is None:
         return ""
     from tuning.ui.evaluation_tab import check_rows, loss_rows

@@ -1,0 +1,230 @@
+"""What app.py wires between the tabs, called without a browser: the Evaluation and Export tabs are
+on the page; on a Space, starting, stopping, resuming and deleting runs is refused without a login
+or the Space's password while the Playground stays open; the Live tab and the Runs table show the
+base-vs-tuned evaluation; the Playground saves edited probe prompts to the run."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from gradio.context import LocalContext
+
+import app
+from tuning import config as config_mod
+from tuning import evaluate, runs, space
+from tuning.events import EventLog
+from tuning.ui import common, live_tab, playground_tab, runs_tab
+from tuning.ui.common import AppContext
+
+EVALUATION = {
+    "step": 40, "eval_rows": 4, "method": "lora", "max_new_tokens": 8, "checks_complete": True,
+    "eval_loss": 0.5, "base_eval_loss": 2.0, "perplexity": 1.6487, "base_perplexity": 7.389,
+    "checks": {"by_kind": evaluate.summarize_checks([
+        {"kind": "identity", "base_pass": False, "tuned_pass": True},
+        {"kind": "identity", "base_pass": False, "tuned_pass": True},
+        {"kind": "control", "base_pass": True, "tuned_pass": True},
+        {"kind": "control", "base_pass": True, "tuned_pass": False}])}}
+
+
+def ended_run(ws: Path, run_id: str = "r1", evaluation: dict | None = EVALUATION) -> Path:
+    path = runs.run_dir(ws, run_id)
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(config_mod.TrainConfig().to_yaml())
+    log = EventLog(path / "events.jsonl")
+    log.append("start", step=0, max_steps=40)
+    log.append("log", step=40, max_steps=40, loss=0.6, learning_rate=1e-4)
+    log.append("eval", step=40, max_steps=40, eval_loss=0.5)
+    if evaluation:
+        (path / "evaluation.json").write_text(json.dumps(evaluation))
+    log.append("end", status="completed", step=40, max_steps=40, loss=0.6, eval_loss=0.5, base_eval_loss=2.0)
+    return path
+
+
+def space_settings(tmp_path, **env) -> space.SpaceSettings:
+    return space.space_settings({"SPACE_ID": "owner/space", **env}, data_dir=tmp_path / "no-data",
+                                workspace=tmp_path / "ws")
+
+
+def handlers(demo: gr.Blocks) -> dict:
+    return {f.name: f.fn for f in demo.fns.values() if f.fn is not None}
+
+
+def api_names(demo: gr.Blocks) -> set:
+    return {f.api_name for f in demo.fns.values()}
+
+
+def components(demo: gr.Blocks, kind) -> list:
+    return [b for b in demo.blocks.values() if isinstance(b, kind)]
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+def test_evaluation_and_export_tabs_are_on_the_page(tmp_path):
+    demo = app.build_demo(tmp_path / "ws")
+    labels = [t.label for t in components(demo, gr.Tab)]
+    assert labels == ["Dataset", "Train", "Live", "Playground", "Runs", "Evaluation", "Export"]
+    assert {"evaluate_run", "eval_load", "ab_next"} <= api_names(demo)  # the Evaluation tab's events
+    assert {"on_zip", "on_merge", "on_gguf", "on_push"} <= set(handlers(demo))  # the Export tab's
+    # Off a Space nobody is asked to sign in or unlock.
+    assert not components(demo, gr.LoginButton) and "unlock" not in api_names(demo)
+
+
+# --- Space mode ----------------------------------------------------------------------------------
+
+def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_path):
+    settings = space_settings(tmp_path, TUNING_AUTH="s3cret")
+    demo = app.build_demo(tmp_path / "ws", settings=settings)
+    assert not components(demo, gr.LoginButton)  # no OAuth configured: a LoginButton would fail at launch
+    assert any(t.label == "Space password (to train)" for t in components(demo, gr.Textbox))
+    fns = handlers(demo)
+    visitor = SimpleNamespace(session_hash="visitor", request=None)
+    token = LocalContext.request.set(visitor)
+    try:
+        for name in ("do_stop", "do_resume", "stop_api", "resume_api", "delete_api", "do_save_probes"):
+            args = ("",) * (2 if name == "do_save_probes" else 1)
+            with pytest.raises(gr.Error, match="enter the Space's password") as refused:
+                fns[name](*args)
+            assert "s3cret" not in str(refused.value)
+        with pytest.raises(gr.Error, match="enter the Space's password"):
+            fns["start_api"]("quickstart", "")
+        # The Playground is open to the same visitor: the handler runs (and asks for a run).
+        with pytest.raises(gr.Error, match="pick a run first"):
+            fns["generate_api"]("", "Who are you?")
+        # A wrong password unlocks nothing; the right one unlocks this session only.
+        assert "Not unlocked" in fns["do_unlock"]("wrong", visitor)
+        assert fns["do_unlock"]("s3cret", visitor).startswith("Unlocked")
+        with pytest.raises(gr.Error, match="pick a run first"):  # past the gate: the handler itself answers
+            fns["do_stop"]("")
+        with pytest.raises(gr.Error, match="no run 'missing-run'"):
+            fns["delete_api"]("missing-run")
+    finally:
+        LocalContext.request.reset(token)
+    other = SimpleNamespace(session_hash="someone-else", request=None)
+    with pytest.raises(gr.Error, match="password"):
+        common.require_training(AppContext(tmp_path / "ws", settings=settings), other)
+
+
+def test_space_oauth_owner_may_train_others_may_not(tmp_path):
+    settings = space_settings(tmp_path, OAUTH_CLIENT_ID="x", SPACE_AUTHOR_NAME="owner")
+    ctx = AppContext(tmp_path / "ws", settings=settings)
+    assert common.training_refusal(ctx, {"preferred_username": "owner"}, None) is None
+    refusal = common.training_refusal(ctx, {"preferred_username": "stranger"}, None)
+    assert "stranger" in refusal and "Playground" in refusal
+    assert "sign in with Hugging Face" in common.training_refusal(ctx, None, None)
+    if app.oauth_installed():  # gradio's oauth extra; without it the page offers no sign-in
+        demo = app.build_demo(tmp_path / "ws", settings=settings)
+        assert len(components(demo, gr.LoginButton)) == 1 and "unlock" not in api_names(demo)
+
+
+def test_a_space_without_any_auth_says_training_is_disabled(tmp_path):
+    demo = app.build_demo(tmp_path / "ws", settings=space_settings(tmp_path))
+    texts = [m.value for m in components(demo, gr.Markdown) if isinstance(m.value, str)]
+    assert any("Training is disabled on this Space" in t for t in texts)
+
+
+def test_off_a_space_everything_is_allowed(tmp_path):
+    ctx = AppContext(tmp_path / "ws", settings=space.space_settings({}, data_dir=tmp_path / "no"))
+    common.require_training(ctx, SimpleNamespace(session_hash="x"))  # no exception
+
+
+def test_a_plain_password_in_tuning_auth_does_not_stop_the_app_on_a_space(monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "owner/space")
+    monkeypatch.setenv("TUNING_AUTH", "just-a-password")
+    kwargs = app.launch_kwargs(app.parse_args([]))
+    assert kwargs["auth"] is None and kwargs["server_name"] == "0.0.0.0" and not kwargs["share"]
+
+
+def test_gate_fails_loudly_when_a_training_handler_is_renamed(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "TRAINING_ACTIONS", app.TRAINING_ACTIONS | {"do_renamed"})
+    with pytest.raises(RuntimeError, match="do_renamed"):
+        app.build_demo(tmp_path / "ws")
+
+
+def test_space_unlock_through_the_api(tmp_path):
+    """The real app on a 'Space': an API client is refused, unlocks with the password, and is let through."""
+    from gradio_client import Client
+
+    from test_app_api import launch_app
+
+    proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log",
+                           {"SPACE_ID": "owner/space", "TUNING_AUTH": "s3cret"})
+    try:
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="enter the Space's password"):
+            client.predict("missing-run", api_name="/delete_run")
+        assert client.predict("s3cret", api_name="/unlock").startswith("Unlocked")
+        with pytest.raises(Exception) as err:  # past the gate: the run itself is missing
+            client.predict("missing-run", api_name="/delete_run")
+        assert "password" not in str(err.value) and "no run 'missing-run'" in str(err.value)
+        with pytest.raises(Exception, match="enter the Space's password"):  # another client: still locked
+            Client(url, verbose=False).predict("missing-run", api_name="/delete_run")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- evaluation numbers in Live and Runs ---------------------------------------------------------
+
+def test_live_shows_base_vs_tuned_when_the_run_has_ended(tmp_path):
+    ctx = AppContext(tmp_path / "ws")
+    ended_run(ctx.workspace)
+    out = live_tab.tick(ctx, "r1", None)
+    shown = out[9]
+    assert shown["visible"]
+    text = shown["value"]
+    assert "| held-out loss | 2.000 | 0.500 | -1.500 |" in text
+    assert "| perplexity | 7.39 | 1.65 |" in text
+    assert "| identity check | 0/2 (0%) | 2/2 (100%) | +100 points |" in text
+    assert "| control check | 2/2 (100%) | 1/2 (50%) | -50 points |" in text
+    # Nothing new on the next tick: the table is left as it is (no re-read).
+    assert live_tab.tick(ctx, "r1", out[0])[9] == gr.skip()
+
+
+def test_live_falls_back_to_the_end_event_and_hides_while_running(tmp_path):
+    ctx = AppContext(tmp_path / "ws")
+    ended_run(ctx.workspace, "r2", evaluation=None)
+    text = live_tab.tick(ctx, "r2", None)[9]["value"]
+    assert "| held-out loss | 2.000 | 0.500 |" in text and "| perplexity | 7.39 | 1.65 |" in text
+    assert "check |" not in text
+    running = runs.run_dir(ctx.workspace, "r3")
+    running.mkdir(parents=True)
+    EventLog(running / "events.jsonl").append("start", step=0, max_steps=10)
+    assert live_tab.tick(ctx, "r3", None)[9]["visible"] is False
+
+
+def test_loss_plot_always_carries_both_series():
+    frame = live_tab.loss_frame(live_tab.Follow(train=[(1, 2.0)]))
+    assert set(frame["series"]) == {"train loss", "eval loss"}
+    assert frame[frame.series == "eval loss"]["loss"].isna().all()
+
+
+def test_runs_table_has_base_and_tuned_evaluation(tmp_path):
+    ctx = AppContext(tmp_path / "ws")
+    ended_run(ctx.workspace)
+    (row,) = runs_tab.table(ctx)
+    cells = dict(zip(runs_tab.HEADERS, row))
+    assert cells["eval loss"] == 0.5 and cells["base eval loss"] == 2.0
+    assert cells["task checks (tuned vs base)"] == "identity 2/2 (base 0/2); control 1/2 (base 2/2)"
+    (ctx.workspace / "runs" / "r1" / "evaluation.json").write_text('{"checks": {"by_kind": {"x": 1}}}')
+    (row,) = runs_tab.table(ctx)  # a damaged file leaves the cells empty, the listing stands
+    assert dict(zip(runs_tab.HEADERS, row))["task checks (tuned vs base)"] == ""
+
+
+# --- probes edited in the Playground -------------------------------------------------------------
+
+def test_playground_loads_and_saves_the_runs_probes(tmp_path):
+    ctx = AppContext(tmp_path / "ws")
+    path = ended_run(ctx.workspace)
+    first = playground_tab.run_probes(ctx, "r1").splitlines()
+    assert first and evaluate.read_probes(path) == first  # created from the demo's list
+    note = playground_tab.save_probes(ctx, "r1", "  Who made you?\n\nName a color.\n")
+    assert "Saved 2" in note
+    cfg = config_mod.load(path / "config.yaml")
+    assert evaluate.probes_for_run(path, cfg) == ["Who made you?", "Name a color."]
+    assert playground_tab.run_probes(ctx, "r1") == "Who made you?\nName a color."
+    with pytest.raises(runs.RunError, match="at least one prompt"):
+        playground_tab.save_probes(ctx, "r1", "\n \n")
+    with pytest.raises(runs.RunError, match="pick a run"):
+        playground_tab.save_probes(ctx, "", "x")
