@@ -52,8 +52,7 @@ def access_row(ctx: AppContext) -> None:
     without either still browses runs, evaluations and the Playground."""
     settings = ctx.settings
     with gr.Row(equal_height=True):
-        note = gr.Markdown(space.NEEDS_AUTH if (settings.oauth or settings.password_set)
-                           else space.refusal_message(None, settings))
+        note = gr.Markdown(space.refusal_message(None, settings))  # names the ways this Space offers
         if settings.oauth and oauth_installed():  # else a LoginButton fails the page's build or launch
             gr.LoginButton(scale=1)
         if settings.password_set:
@@ -69,6 +68,8 @@ def access_row(ctx: AppContext) -> None:
 
 
 def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> gr.Blocks:
+    # From the --workspace as given (None: the default), so a Space without /data gets its banner.
+    settings = settings or space.space_settings(workspace=workspace)
     ctx = AppContext(paths.resolve_workspace(workspace), list(data_dirs), settings)
     with gr.Blocks(title="QLoRA fine-tuning dashboard") as demo:
         gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground → Evaluation → Export. "

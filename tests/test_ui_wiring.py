@@ -194,10 +194,15 @@ def test_live_falls_back_to_the_end_event_and_hides_while_running(tmp_path):
     assert live_tab.tick(ctx, "r3", None)[9]["visible"] is False
 
 
-def test_loss_plot_always_carries_both_series():
+def test_loss_plot_always_carries_both_series_as_numbers():
     frame = live_tab.loss_frame(live_tab.Follow(train=[(1, 2.0)]))
     assert set(frame["series"]) == {"train loss", "eval loss"}
     assert frame[frame.series == "eval loss"]["loss"].isna().all()
+    # Before the first step both plots still get numeric y columns (the browser fixes the axis type then).
+    plot = gr.LinePlot(x="step", y="loss", color="series")
+    assert plot.postprocess(live_tab.loss_frame(live_tab.Follow())).datatypes["loss"] == "quantitative"
+    lr = gr.LinePlot(x="step", y="learning_rate")
+    assert lr.postprocess(live_tab.lr_frame(live_tab.Follow())).datatypes["learning_rate"] == "quantitative"
 
 
 def test_runs_table_has_base_and_tuned_evaluation(tmp_path):

@@ -105,13 +105,16 @@ def loss_frame(state: Follow):
     # plot's colour legend from the first frame it draws, so a series missing then is never drawn.
     rows = [(s, v, "train loss") for s, v in decimate(state.train)] or [(0, None, "train loss")]
     rows += [(s, v, "eval loss") for s, v in decimate(state.evals)] or [(0, None, "eval loss")]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # float, even when every value is still missing: an all-None column would be typed as categories,
+    # and the browser keeps the axis type of the first frame it draws.
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"loss": float})
 
 
 def lr_frame(state: Follow):
     import pandas as pd
 
-    return pd.DataFrame(decimate(state.lr) or [(0, None)], columns=["step", "learning_rate"])
+    return pd.DataFrame(decimate(state.lr) or [(0, None)], columns=["step", "learning_rate"]).astype(
+        {"learning_rate": float})  # float even when empty: see loss_frame
 
 
 def progress_html(state: Follow, status: str) -> str:
