@@ -64,7 +64,8 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32) if a.method == "qlora" else None
+                               bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                               ) if a.method == "qlora" else None
     model = AutoModelForCausalLM.from_pretrained(a.model, quantization_config=quant,
                                                  device_map="cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_dataset("json", data_files=a.data, split="train")

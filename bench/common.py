@@ -71,13 +71,16 @@ def embedded_model(workspace: Path) -> str:
 
 
 class PeakRSS:
-    """Samples the resident memory of a process and its children every 50 ms; .peak in bytes."""
+    """Samples the resident memory of a process and its children every 50 ms; .peak in bytes.
+    With an NVIDIA GPU (pynvml), .gpu_peak is the most GPU memory the process tree held."""
 
     def __init__(self, pid: int):
         import psutil
 
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self.gpu_peak = 0
+        self._nvml = _nvml_handle()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -87,8 +90,11 @@ class PeakRSS:
 
         while not self._stop.is_set():
             try:
-                total = self.proc.memory_info().rss + sum(c.memory_info().rss for c in self.proc.children(True))
+                children = self.proc.children(True)
+                total = self.proc.memory_info().rss + sum(c.memory_info().rss for c in children)
                 self.peak = max(self.peak, total)
+                if self._nvml is not None:
+                    self.gpu_peak = max(self.gpu_peak, _gpu_bytes(self._nvml, {self.proc.pid, *(c.pid for c in children)}))
             except psutil.Error:
                 pass
             self._stop.wait(0.05)
@@ -97,6 +103,26 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         return self.peak
+
+
+def _nvml_handle():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # noqa: BLE001 - no NVIDIA GPU (or no pynvml): no GPU figure
+        return None
+
+
+def _gpu_bytes(handle, pids: set[int]) -> int:
+    import pynvml
+
+    try:
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except pynvml.NVMLError:
+        return 0
+    return sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
 
 
 def run_child(cmd: list[str], env: dict | None = None, timeout: float = 1800) -> tuple[str, int, float]:
@@ -109,6 +135,7 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 1800) ->
     peak = sampler.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}:\n{out[-4000:]}")
+    run_child.gpu_peak = sampler.gpu_peak  # read right after the call (0 without an NVIDIA GPU)
     return out, peak, time.time() - started
 
 

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, alternate, last_json_line, machine_load, median_ratio,  # noqa: E402
                     mixed_length_rows, run_child, write_jsonl)
 
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (the datasheet); --peak-tflops for other cards
+
 
 def matmul_peak(dtype, threads: int, n: int = 2048, reps: int = 5) -> float:
     """FLOP/s of an n x n matrix product (best of reps), the machine's practical peak."""
@@ -66,7 +68,7 @@ def ours(model: str, data: Path, a, workspace: Path, method: str, extra: list[st
     logs = [e for e in events if e["event"] == "log"]
     seconds = logs[-1]["time"] - start["time"]
     return {"tokens_per_second": a.tokens / seconds, "seconds": seconds, "peak_rss": peak,
-            "loss": logs[-1]["loss"], "wall": wall}
+            "gpu_peak": run_child.gpu_peak, "loss": logs[-1]["loss"], "wall": wall}
 
 
 def baseline(model: str, data: Path, a, method: str) -> dict:
@@ -75,12 +77,23 @@ def baseline(model: str, data: Path, a, method: str) -> dict:
            "--steps", str(a.steps), "--threads", str(a.threads), "--output", tempfile.mkdtemp(prefix="bl-")]
     out, peak, wall = run_child(cmd, env={"OMP_NUM_THREADS": str(a.threads)})
     result = last_json_line(out, "tokens_per_second")
-    result.update(peak_rss=peak, wall=wall)
+    result.update(peak_rss=peak, wall=wall, gpu_peak=run_child.gpu_peak)
     return result
 
 
 def fmt(r: dict) -> str:
-    return f"{r['tokens_per_second']:.0f} tok/s, {r['peak_rss'] / 2**20:.0f} MiB"
+    gpu = f", GPU {r['gpu_peak'] / 2**30:.1f} GiB" if r.get("gpu_peak") else ""
+    return f"{r['tokens_per_second']:.0f} tok/s, RSS {r['peak_rss'] / 2**20:.0f} MiB{gpu}"
+
+
+def _count_params(model_dir: str) -> int:
+    """Parameters of the model in a folder, from its config (no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
@@ -94,6 +107,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for ours")
     p.add_argument("--methods-only", action="store_true", help="compare ours lora (A) vs ours qlora (B)")
     p.add_argument("--workspace", default=str(Path(tempfile.gettempdir()) / "tuning-bench"))
+    p.add_argument("--model", help="a model folder instead of the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--peak-tflops", type=float, default=0, help="the card's bf16 peak, for MFU on a GPU "
+                   "(default: an H100's 989)")
     a = p.parse_args()
 
     import torch
@@ -103,7 +119,7 @@ def main() -> None:
     from tuning import models
 
     workspace = Path(a.workspace)
-    model = str(models.embedded_model_dir(workspace))
+    model = a.model or str(models.embedded_model_dir(workspace))
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = mixed_length_rows(tokenizer, a.steps * a.batch, seed=0)  # exactly one epoch
     data = write_jsonl(workspace / "bench-data.jsonl", rows)
@@ -138,10 +154,18 @@ def main() -> None:
     memory = median_ratio([(ra["peak_rss"], rb["peak_rss"]) for ra, rb in results])
     tps_a = statistics.median(r["tokens_per_second"] for r, _ in results)
     tps_b = statistics.median(r["tokens_per_second"] for _, r in results)
-    params = 134.5e6  # SmolLM2-135M
+    params = _count_params(model)
     flops_per_token = 4 * params
-    peak32 = matmul_peak(torch.float32, a.threads)
-    peak16 = matmul_peak(torch.bfloat16, a.threads)
+    if torch.cuda.is_available():
+        gpu = [statistics.median(r["gpu_peak"] for r in side) / 2**30 for side in zip(*results)]
+        peak = (a.peak_tflops * 1e12) or H100_BF16_PEAK
+        print(f"\n{torch.cuda.get_device_name(0)}: peak GPU memory {label_a} {gpu[0]:.1f} GiB, {label_b} "
+              f"{gpu[1]:.1f} GiB; MFU (4 x {params / 1e6:.0f}M FLOPs per token against {peak / 1e12:.0f} TFLOP/s "
+              f"bf16): {label_a} {tps_a * flops_per_token / peak:.1%}, {label_b} {tps_b * flops_per_token / peak:.1%}")
+        peak32 = peak16 = float("nan")
+    else:
+        peak32 = matmul_peak(torch.float32, a.threads)
+        peak16 = matmul_peak(torch.bfloat16, a.threads)
     print(f"\n{label_a}: median {tps_a:.0f} tok/s, peak RSS {statistics.median(r['peak_rss'] for r, _ in results) / 2**20:.0f} MiB")
     print(f"{label_b}: median {tps_b:.0f} tok/s, peak RSS {statistics.median(r['peak_rss'] for _, r in results) / 2**20:.0f} MiB")
     print(f"throughput ratio (A/B, median of {len(results)} pairs): {speed:.2f}x")
