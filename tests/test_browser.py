@@ -1,7 +1,7 @@
 """The whole page in headless Chromium: open each tab, inspect the demo dataset, fill the Train
 form, start a tiny run, watch the progress move, reload mid-run and find the history still there,
-talk to the result side by side, and see it listed in Runs. A screenshot of each tab is saved in
-the test's temporary folder and copied to /tmp/screens/."""
+talk to the result side by side, see it listed in Runs, read its evaluation and open it for
+export. A screenshot of each tab is saved in the test's temporary folder and copied to /tmp/screens/."""
 
 from __future__ import annotations
 
@@ -25,7 +25,13 @@ def step_of(text: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir):
+def pick(page, label: str, option: str) -> None:
+    """Choose an option in the visible Gradio dropdown with this label (each tab has its own "Run")."""
+    page.get_by_label(label, exact=True).filter(visible=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, embedded_tokenizer):
     from playwright.sync_api import expect, sync_playwright
 
     data_dir = tmp_path / "data"
@@ -92,26 +98,51 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir):
             assert step_of(progress.inner_text()) >= seen
             expect(page.get_by_text("completed", exact=True)).to_be_visible(timeout=300_000)
             expect(page.get_by_text("step 40 / 40").first).to_be_visible()
+            # The end of the run shows held-out loss, base vs tuned.
+            expect(page.locator("#live-evaluation")).to_contain_text("held-out loss", timeout=60_000)
+            expect(page.locator("#live-evaluation")).to_contain_text("perplexity")
             shot(page, "4-live-after-reload")
+            run_id = next((workspace / "runs").iterdir()).name
 
             # Playground: both columns, side by side.
             page.get_by_role("tab", name="Playground").click()
             page.get_by_text("Generation settings (shared by both columns)").click()
             tokens = page.get_by_label("number input for max new tokens")
             tokens.fill("8")
-            tokens.press("Tab")
+            tokens.press("Enter")
+            expect(tokens).to_have_value("8")
             page.get_by_label("Prompt", exact=True).fill("Who are you?")
             page.get_by_role("button", name="Generate side by side", exact=True).click()
             expect(page.get_by_text("Done: same prompt")).to_be_visible(timeout=240_000)
-            assert page.get_by_role("textbox", name=re.compile(r"^Tuned — ")).input_value().strip()
+            answer = page.get_by_role("textbox", name=re.compile(r"^Tuned — ")).input_value().strip()
+            assert answer
+            # max new tokens = 8 took effect: the answer is short (re-tokenizing may split a little differently)
+            assert len(embedded_tokenizer(answer, add_special_tokens=False).input_ids) <= 12, answer
             expect(page.get_by_role("textbox", name=re.compile(r"^Base model — full precision"))).to_be_visible()
             shot(page, "5-playground")
 
-            # Runs: the run is listed as completed.
+            # Runs: the run is listed as completed, with base and tuned held-out loss.
             page.get_by_role("tab", name="Runs").click()
             page.get_by_role("button", name="↻ Refresh", exact=True).last.click()
             expect(page.locator("#runs-table")).to_contain_text("completed", timeout=60_000)
-            shot(page, "6-runs")
+            expect(page.locator("#runs-table")).to_contain_text("base eval loss")
+            shot(page, "8-runs")
+
+            # Evaluation: the stored end-of-run result, base vs tuned (nothing is recomputed).
+            page.get_by_role("tab", name="Evaluation").click()
+            page.get_by_role("button", name="Refresh list", exact=True).click()
+            pick(page, "Run", run_id)
+            expect(page.get_by_text(re.compile(r"Step 40\*?\*?, \d+ held-out examples")).first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Held-out loss and perplexity (lower is better)")).to_be_visible()
+            shot(page, "6-evaluation")
+
+            # Export: the finished run is offered, with its model card.
+            page.get_by_role("tab", name="Export").click()
+            page.get_by_role("button", name="Refresh", exact=True).click()
+            pick(page, "Finished run", run_id)
+            expect(page.get_by_role("heading", name=run_id)).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Download adapter (.zip)", exact=True)).to_be_visible()
+            shot(page, "7-export")
             browser.close()
     finally:
         proc.terminate()

@@ -209,12 +209,13 @@ def test_runs_table_has_base_and_tuned_evaluation(tmp_path):
     ctx = AppContext(tmp_path / "ws")
     ended_run(ctx.workspace)
     (row,) = runs_tab.table(ctx)
+    assert len(runs_tab.WIDTHS) == len(runs_tab.HEADERS) == len(row)
     cells = dict(zip(runs_tab.HEADERS, row))
     assert cells["eval loss"] == 0.5 and cells["base eval loss"] == 2.0
-    assert cells["task checks (tuned vs base)"] == "identity 2/2 (base 0/2); control 1/2 (base 2/2)"
+    assert cells["task checks"] == "identity 2/2 (base 0/2); control 1/2 (base 2/2)"
     (ctx.workspace / "runs" / "r1" / "evaluation.json").write_text('{"checks": {"by_kind": {"x": 1}}}')
     (row,) = runs_tab.table(ctx)  # a damaged file leaves the cells empty, the listing stands
-    assert dict(zip(runs_tab.HEADERS, row))["task checks (tuned vs base)"] == ""
+    assert dict(zip(runs_tab.HEADERS, row))["task checks"] == ""
 
 
 # --- probes edited in the Playground -------------------------------------------------------------

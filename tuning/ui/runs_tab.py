@@ -13,7 +13,10 @@ from tuning import evaluate, runs
 from tuning.ui.common import AppContext, clock, guarded, when
 
 HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
-           "task checks (tuned vs base)", "duration", "created"]
+           "task checks", "duration", "created"]
+# Fixed widths: an empty column (no task checks yet) otherwise shrinks until its header wraps a
+# letter a line and the header pushes the rows out of view.
+WIDTHS = ["12%", "6%", "16%", "5%", "8%", "5%", "6%", "6%", "6%", "13%", "6%", "11%"]
 
 
 def _num(value) -> float | str:
@@ -21,7 +24,7 @@ def _num(value) -> float | str:
 
 
 def checks_text(result: dict | None) -> str:
-    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)" from evaluation.json's task checks."""
+    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)": tuned vs base, from evaluation.json."""
     by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
     return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
                      for kind, c in by_kind.items())
@@ -86,7 +89,7 @@ def build(ctx: AppContext):
 
     with gr.Row():
         refresh = gr.Button("↻ Refresh", scale=1)
-    listing = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True,
+    listing = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True, column_widths=WIDTHS,
                            label="Runs in the workspace", elem_id="runs-table")
     with gr.Row():
         run = gr.Dropdown(run_choices(ctx), value=None, label="Run", scale=3)
