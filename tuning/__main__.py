@@ -85,33 +85,6 @@ def _inspect(args) -> int:
     return 0
 
 
-def _generate(args) -> int:
-    """Base and tuned answers from the Playground's code path (one mixed-adapter batch)."""
-    from tuning import playground
-
-    workspace = resolve_workspace(args.workspace)
-    run_path = runs.existing_run_dir(workspace, args.run)
-    settings = playground.GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                             top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                                             seed=args.seed)
-    adapter = playground.adapter_path(run_path, args.checkpoint)
-    comparer = playground.comparer_for_run(run_path, workspace, full_precision_base=args.full_precision_base)
-    if args.compare:
-        (base, tuned), = comparer.generate([args.prompt], adapter, args.system or None, settings)
-        report = {"run": run_path.name, "adapter": str(adapter), "base": base, "tuned": tuned,
-                  "base_precision": comparer.precision_label}
-    else:
-        tuned, = comparer.generate_one([args.prompt], adapter, args.system or None, settings)
-        report = {"run": run_path.name, "adapter": str(adapter), "tuned": tuned}
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    elif args.compare:
-        print(f"--- base ({comparer.precision_label})\n{report['base']}\n--- tuned ({adapter.name})\n{report['tuned']}")
-    else:
-        print(report["tuned"])
-    return 0
-
-
 def _eval(args) -> int:
     from tuning import evaluate
 
@@ -149,6 +122,33 @@ def _export(args) -> int:
             print(f"pushed {done[1]} to {export.push(done[1], args.push, export.hub_token())}")
     except export.ExportError as exc:
         raise BadInput(str(exc)) from None
+    return 0
+
+
+def _generate(args) -> int:
+    """Base and tuned answers from the Playground's code path (one mixed-adapter batch)."""
+    from tuning import playground
+
+    workspace = resolve_workspace(args.workspace)
+    run_path = runs.existing_run_dir(workspace, args.run)
+    settings = playground.GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                             top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                                             seed=args.seed)
+    adapter = playground.adapter_path(run_path, args.checkpoint)
+    comparer = playground.comparer_for_run(run_path, workspace, full_precision_base=args.full_precision_base)
+    if args.compare:
+        (base, tuned), = comparer.generate([args.prompt], adapter, args.system or None, settings)
+        report = {"run": run_path.name, "adapter": str(adapter), "base": base, "tuned": tuned,
+                  "base_precision": comparer.precision_label}
+    else:
+        tuned, = comparer.generate_one([args.prompt], adapter, args.system or None, settings)
+        report = {"run": run_path.name, "adapter": str(adapter), "tuned": tuned}
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    elif args.compare:
+        print(f"--- base ({comparer.precision_label})\n{report['base']}\n--- tuned ({adapter.name})\n{report['tuned']}")
+    else:
+        print(report["tuned"])
     return 0
 
 
@@ -190,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_inspect)
 
+    p = sub.add_parser("export", help="adapter zip, merged model, GGUF file, push to the Hub")
+    p.add_argument("--run", required=True, metavar="RUN_ID")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--merged", metavar="DIR", help="also merge into a full-precision base, saved in "
+                   "<workspace>/exports/DIR")
+    p.add_argument("--gguf", metavar="FILE", help="also write a GGUF file in <workspace>/exports/ (llama family)")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "f32"))
+    p.add_argument("--push", metavar="REPO_ID", help="push the merged model (with --merged) or the adapter to "
+                   "this Hub repo; the token comes from HF_TOKEN")
+    p.set_defaults(handler=_export)
+
     p = sub.add_parser("generate", help="answer a prompt with a run's tuned model (--compare: base too)")
     p.add_argument("--run", required=True, metavar="RUN_ID")
     p.add_argument("--prompt", required=True)
@@ -205,17 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_generate)
-
-    p = sub.add_parser("export", help="adapter zip, merged model, GGUF file, push to the Hub")
-    p.add_argument("--run", required=True, metavar="RUN_ID")
-    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
-    p.add_argument("--merged", metavar="DIR", help="also merge into a full-precision base, saved in "
-                   "<workspace>/exports/DIR")
-    p.add_argument("--gguf", metavar="FILE", help="also write a GGUF file in <workspace>/exports/ (llama family)")
-    p.add_argument("--gguf-type", default="f16", choices=("f16", "f32"))
-    p.add_argument("--push", metavar="REPO_ID", help="push the merged model (with --merged) or the adapter to "
-                   "this Hub repo; the token comes from HF_TOKEN")
-    p.set_defaults(handler=_export)
     return parser
 
 
