@@ -479,7 +479,7 @@ def evaluate_run(run_dir: Path, workspace: Path, recompute: bool = False, checkp
 
     run_dir = Path(run_dir)
     existing = read_evaluation(run_dir)
-    if existing and existing.get("checks_complete") and not recompute and not checkpoint:
+    if existing and checks_done(existing) and not recompute and not checkpoint:
         return existing
     try:
         cfg = config_mod.load(run_dir / "config.yaml")
@@ -495,6 +495,12 @@ def evaluate_run(run_dir: Path, workspace: Path, recompute: bool = False, checkp
         result = evaluate_model(comparer.peft, comparer.tokenizer, cfg, run_dir, step, adapter=name,
                                 source=str(path.relative_to(run_dir)))
     return result
+
+
+def checks_done(result: dict) -> bool:
+    """Whether the task checks ran (a stopped run skips them); a file written before the
+    checks_complete flag existed counts as done when it holds checks."""
+    return bool(result.get("checks_complete", result.get("checks") is not None))
 
 
 def _step_of(adapter: Path, run_dir: Path) -> int:

@@ -67,7 +67,7 @@ def verdict(result: dict | None) -> str:
         return "No evaluation yet for this run. Press **Evaluate** to compute it (loads the model)."
     lines = [f"**Step {result.get('step')}**, {result.get('eval_rows')} held-out examples: "
              f"{evaluate.headline(result)}."]
-    if not result.get("checks_complete"):
+    if not evaluate.checks_done(result):
         lines.append("Task checks were not computed (the run was stopped). Press **Evaluate** to compute them.")
     elif not result.get("checks"):
         lines.append("No task checks: no held-out row carries an `expect` list of words the answer must contain.")
