@@ -106,7 +106,14 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
         common.require_training(AppContext(tmp_path / "ws", settings=settings), other)
 
 
-def test_space_oauth_owner_may_train_others_may_not(tmp_path):
+def test_space_oauth_owner_may_train_others_may_not(tmp_path, monkeypatch):
+    # What a real Space with `hf_oauth: true` gives gradio: SPACE_ID and the OAuth app's settings.
+    # (Off a Space, gradio mocks the login with the machine's own HF token, which CI does not have.)
+    import gradio.oauth
+    monkeypatch.setattr(gradio.oauth, "get_space", lambda: "owner/dashboard")
+    for name, value in {"OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "s", "OAUTH_SCOPES": "openid profile",
+                        "OPENID_PROVIDER_URL": "https://huggingface.co"}.items():
+        monkeypatch.setattr(gradio.oauth, name, value)
     settings = space_settings(tmp_path, OAUTH_CLIENT_ID="x", SPACE_AUTHOR_NAME="owner")
     ctx = AppContext(tmp_path / "ws", settings=settings)
     assert common.training_refusal(ctx, {"preferred_username": "owner"}, None) is None
