@@ -115,6 +115,30 @@ def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_
     return [[p, b, t] for p, (b, t) in zip(prompts, pairs)]
 
 
+def blind_pair(ctx: AppContext, run_id: str | None, prompt: str, base: str, tuned: str):
+    """The two answers on screen in random order as A and B, for a blind vote; which is which
+    stays in the returned pair (a gr.State) until the vote is cast."""
+    from tuning import evaluate
+
+    if not run_id:
+        raise runs.RunError("pick a run first")
+    if not (base or "").strip() and not (tuned or "").strip():
+        raise runs.RunError("blind A/B: generate side by side first")
+    path = runs.existing_run_dir(ctx.workspace, run_id)
+    pair = evaluate.ab_pair(path, pair={"prompt": prompt or "", "base": base or "", "tuned": tuned or ""})
+    return pair, pair["a"], pair["b"], "Which answer is better? The order is random."
+
+
+def blind_vote(ctx: AppContext, run_id: str | None, pair: dict | None, choice: str) -> tuple[None, str]:
+    """Save the vote in the run folder (ab_votes.jsonl), then reveal the order and the tally."""
+    from tuning import evaluate
+
+    if not run_id:
+        raise runs.RunError("pick a run first")
+    summary = evaluate.record_vote(runs.existing_run_dir(ctx.workspace, run_id), pair, choice)
+    return None, f"Saved: {choice}. A was the **{pair['a_is']}** model. So far: {summary['text']}."
+
+
 def build(ctx: AppContext):
     from tuning.ui.live_tab import run_choices
 
@@ -151,6 +175,21 @@ def build(ctx: AppContext):
         probes_note = gr.Markdown()
         probe_out = gr.Dataframe(headers=["prompt", "base", "tuned"], wrap=True, interactive=False,
                                  label="Probe answers")
+
+    with gr.Accordion("Blind A/B: judge the two answers without knowing which is which", open=False):
+        blind_btn = gr.Button("Show the answers above as A and B")
+        with gr.Row():
+            answer_a = gr.Textbox(label="A", lines=5, interactive=False)
+            answer_b = gr.Textbox(label="B", lines=5, interactive=False)
+        with gr.Row():
+            vote_a, vote_b, vote_tie = gr.Button("A is better"), gr.Button("B is better"), gr.Button("Tie")
+        blind_note = gr.Markdown()
+        blind_state = gr.State(None)
+    blind_btn.click(guarded(lambda *a: blind_pair(ctx, *a)), [run, prompt, base_out, tuned_out],
+                    [blind_state, answer_a, answer_b, blind_note], api_visibility="private")
+    for button, choice in ((vote_a, "A"), (vote_b, "B"), (vote_tie, "tie")):
+        button.click(guarded(lambda r, p, c=choice: blind_vote(ctx, r, p, c)), [run, blind_state],
+                     [blind_state, blind_note], api_visibility="private")
 
     run.change(guarded(lambda r: (gr.update(choices=checkpoint_choices(ctx, r), value="final"),
                                   run_probes(ctx, r), "")),
