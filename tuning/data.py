@@ -482,19 +482,39 @@ def load_config_dataset(cfg, limit: int | None = None) -> LoadedData:
                 limit=limit)
 
 
+def _explicit_heldout(cfg) -> list[tuple[list[dict], dict]] | None:
+    """The held-out rows of an explicit eval file (eval_dataset, or the demo's eval.jsonl) with
+    their extra columns; None when there is no such file (the held-out rows are then a split)."""
+    explicit = load_eval(cfg)
+    if explicit is None:
+        return None
+    return [] if cfg.eval_split == 0 else list(zip(explicit.conversations, explicit.extras))
+
+
+def train_and_heldout(cfg, loaded: LoadedData) -> tuple[list, list[tuple[list[dict], dict]]]:
+    """(training conversations, held-out (conversation, extra columns)): the one place that decides
+    which rows are held out, for training (prepare) and for evaluation (heldout_rows) alike."""
+    held = _explicit_heldout(cfg)
+    if held is not None:
+        return loaded.conversations, held
+    train, held_convs = split(loaded.conversations, cfg.eval_split, cfg.seed)
+    return train, [(conversation, {}) for conversation in held_convs]
+
+
+def heldout_rows(cfg) -> list[tuple[list[dict], dict]]:
+    """The held-out rows alone; the training data is read only when they are a split of it."""
+    held = _explicit_heldout(cfg)
+    return held if held is not None else train_and_heldout(cfg, load_config_dataset(cfg))[1]
+
+
 def prepare(cfg, tokenizer):
     """(train Dataset, eval Dataset or None, LoadedData) for a TrainConfig."""
     loaded = load_config_dataset(cfg)
     if not loaded.conversations:
         raise DataError(f"{cfg.dataset}: no valid rows; first problem: {loaded.problems[0]}"
                         if loaded.problems else f"{cfg.dataset}: no rows")
-    explicit_eval = load_eval(cfg)
-    if explicit_eval is not None:
-        train_convs, eval_convs = loaded.conversations, explicit_eval.conversations
-        if cfg.eval_split == 0:
-            eval_convs = []
-    else:
-        train_convs, eval_convs = split(loaded.conversations, cfg.eval_split, cfg.seed)
+    train_convs, held = train_and_heldout(cfg, loaded)
+    eval_convs = [conversation for conversation, _ in held]
     train_ds = to_dataset(tokenizer, train_convs, cfg.max_length, cfg.train_on_completions_only)
     eval_ds = (to_dataset(tokenizer, eval_convs, cfg.max_length, cfg.train_on_completions_only)
                if eval_convs else None)

@@ -97,17 +97,8 @@ def read_evaluation(run_dir: Path) -> dict | None:
 
 # --- held-out rows, checks and probes (plain data) -----------------------------------------------
 
-def heldout_rows(cfg: config_mod.TrainConfig) -> list[tuple[list[dict], dict]]:
-    """(conversation, extra columns) of the held-out split, chosen exactly as data.prepare
-    chooses it: the explicit eval file (the demo's eval.jsonl), else the seeded split."""
-    explicit = data_mod.load_eval(cfg)
-    if explicit is not None:
-        if cfg.eval_split == 0:
-            return []
-        return list(zip(explicit.conversations, explicit.extras))
-    loaded = data_mod.load_config_dataset(cfg)  # with the run's format, column map, split, subset
-    _, held = data_mod.split(loaded.conversations, cfg.eval_split, cfg.seed)
-    return [(conv, {}) for conv in held]
+# The held-out rows, (conversation, extra columns), chosen by the same code as training's eval split.
+heldout_rows = data_mod.heldout_rows
 
 
 def prompt_of(conversation: list[dict]) -> list[dict]:

@@ -4,12 +4,11 @@ column runs exactly as the run loaded it (4-bit for QLoRA) unless full precision
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
 
-from tuning import paths, runs
+from tuning import runs
 from tuning.ui.common import AppContext, guarded
 
 BASE_CHOICES = ("as trained", "full precision")
@@ -23,11 +22,11 @@ def checkpoint_choices(ctx: AppContext, run_id: str | None) -> list[str]:
 
 
 def default_probes() -> list[str]:
-    try:
-        probes = json.loads((paths.DEMO_DATA_DIR / "probes.json").read_text(encoding="utf-8"))
-        return [str(p) for p in probes]
-    except (OSError, ValueError):
-        return ["Who are you?", "What is the capital of France?"]
+    """The probes a new run of the default config gets (the demo's list), shown before a run is picked."""
+    from tuning import config as config_mod
+    from tuning import evaluate
+
+    return evaluate.default_probes(config_mod.TrainConfig())
 
 
 def run_probes(ctx: AppContext, run_id: str | None) -> str:
