@@ -13,15 +13,14 @@
 - Blind A/B: stored base/tuned answer pairs shown as A and B in random order; each vote is one
   appended line of ab_votes.jsonl, so votes survive restarts.
 
-Base and tuned answers come from ONE generate call (PEFT mixed-adapter batch, rows tagged
-"__base__" skip the adapter); DoRA cannot mix adapters in a batch, so it gets one call per side.
+Base and tuned answers come from ONE generate call (generation.generate_rows: a PEFT mixed-adapter
+batch, rows tagged "__base__" skip the adapter; DoRA gets one call per side).
 Files in the run folder: evaluation.json (written atomically), probes.json, probe_answers.jsonl,
 ab_votes.jsonl (both append-only).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -32,14 +31,15 @@ from typing import Any
 
 from tuning import config as config_mod
 from tuning import data as data_mod
+from tuning import generation
 from tuning import runs
+from tuning.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
 
 EVALUATION_FILE = "evaluation.json"
 PROBES_FILE = "probes.json"
 PROBE_ANSWERS_FILE = "probe_answers.jsonl"
 VOTES_FILE = "ab_votes.jsonl"
-BASE = "__base__"
 TRAINING_ADAPTER = "default"  # the name PEFT gives the adapter the Trainer trains
 GENERATION_BATCH = 16  # prompts per generate call (x2 rows in a mixed batch): bounds memory
 MAX_PROBES = 20
@@ -178,40 +178,6 @@ def probe_history(run_dir: Path) -> list[dict]:
 
 # --- the model side: loss and generation ---------------------------------------------------------
 
-def _uses_dora(model) -> bool:
-    return any(getattr(c, "use_dora", False) for c in getattr(model, "peft_config", {}).values())
-
-
-@contextlib.contextmanager
-def _adapter(model, name: str):
-    """Run the PeftModel as the base (name == BASE) or with adapter `name` active."""
-    if name == BASE:
-        with model.disable_adapter():
-            yield
-        return
-    previous = model.active_adapter
-    if previous != name:
-        model.set_adapter(name, inference_mode=not model.training)
-    try:
-        yield
-    finally:
-        if previous != name:
-            model.set_adapter(previous, inference_mode=not model.training)
-
-
-@contextlib.contextmanager
-def _inference(model):
-    """eval() for the duration (no dropout; PEFT refuses mixed batches in training mode), then
-    back to train() if the Trainer had it there."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
-
-
 def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_mod.TrainConfig,
                  adapter: str = TRAINING_ADAPTER) -> float | None:
     """Mean loss on the held-out conversations, tokenized and masked as in training."""
@@ -226,7 +192,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     batch_losses = []
-    with torch.no_grad(), _inference(model), _adapter(model, adapter):
+    with torch.no_grad(), generation.inference(model), generation.active_adapter(model, adapter):
         for i in range(0, len(rows), cfg.per_device_batch_size):
             chunk = rows[i:i + cfg.per_device_batch_size]
             width = max(len(r["input_ids"]) for r in chunk)
@@ -245,36 +211,8 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
 
 def _generate(model, tokenizer, prompts: list[list[dict]], names: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers, row i with adapter names[i] (BASE = no adapter)."""
-    import torch
-
-    if _uses_dora(model) and len(set(names)) > 1:
-        # PEFT refuses mixed-adapter batches with DoRA: one call per adapter.
-        out: list[str] = [""] * len(prompts)
-        for name in dict.fromkeys(names):
-            index = [i for i, n in enumerate(names) if n == name]
-            for i, answer in zip(index, _generate(model, tokenizer, [prompts[i] for i in index],
-                                                  [name] * len(index), max_new_tokens)):
-                out[i] = answer
-        return out
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                  use_cache=True, pad_token_id=tokenizer.pad_token_id)
-    with torch.no_grad(), _inference(model):
-        if _uses_dora(model):
-            with _adapter(model, names[0]):
-                out = model.generate(**batch, **kwargs)
-        else:
-            out = model.generate(**batch, adapter_names=names, **kwargs)
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [a.strip() for a in answers]
+    return generation.generate_rows(model, tokenizer, prompts, names, max_new_tokens=max_new_tokens,
+                                    do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
 def answer_pairs(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,

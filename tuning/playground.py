@@ -6,7 +6,6 @@ adapters (final or any checkpoint) are attached to it by name and cached.
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,8 @@ from typing import Iterator
 import torch
 
 from tuning import config as config_mod
-from tuning import models, runs
-
-BASE = "__base__"
+from tuning import generation, models, runs
+from tuning.generation import BASE
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
+    min_new_tokens: int = 0  # > 0 forces answers this long (like-for-like timing in bench/side_by_side.py)
 
 
 def adapter_path(run_dir: Path, checkpoint: str | None = None) -> Path:
@@ -58,7 +57,6 @@ class Comparer:
         self.model.config.use_cache = True
         self.model.eval()
         self.tokenizer = models.load_tokenizer(base_path, trust_remote_code)
-        self.tokenizer.padding_side = "left"
         self.peft = None
         self.adapters: dict[str, Path] = {}
         self.lock = threading.Lock()
@@ -81,72 +79,57 @@ class Comparer:
         self.adapters[name] = path
         return name
 
-    def encode(self, prompts: list[str], system: str | None = None):
-        texts = []
-        for prompt in prompts:
-            messages = ([{"role": "system", "content": system}] if system else []) + \
-                       [{"role": "user", "content": prompt}]
-            texts.append(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    @staticmethod
+    def conversations(prompts: list[str], system: str | None = None) -> list[list[dict]]:
+        return [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+                for p in prompts]
 
     def _generate_kwargs(self, settings: GenerationSettings) -> dict:
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, repetition_penalty=settings.repetition_penalty,
-                      pad_token_id=self.tokenizer.pad_token_id)
+        kwargs = dict(max_new_tokens=settings.max_new_tokens, repetition_penalty=settings.repetition_penalty)
+        if settings.min_new_tokens > 0:
+            kwargs["min_new_tokens"] = settings.min_new_tokens
         if settings.temperature > 0:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], adapter: Path, system: str | None = None,
                  settings: GenerationSettings = GenerationSettings()) -> list[tuple[str, str]]:
         """(base answer, tuned answer) for each prompt, from one mixed-adapter batch."""
         with self.lock:
             name = self.attach(adapter)
-            batch = self.encode(prompts + prompts, system)
             torch.manual_seed(settings.seed)
-            out = self.peft.generate(**batch, adapter_names=[BASE] * len(prompts) + [name] * len(prompts),
-                                     **self._generate_kwargs(settings))
-        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+            texts = generation.generate_rows(self.peft, self.tokenizer, self.conversations(prompts + prompts, system),
+                                             [BASE] * len(prompts) + [name] * len(prompts),
+                                             **self._generate_kwargs(settings))
         return list(zip(texts[: len(prompts)], texts[len(prompts):]))
 
-    @torch.no_grad()
     def generate_one(self, prompts: list[str], adapter: Path | None, system: str | None = None,
                      settings: GenerationSettings = GenerationSettings()) -> list[str]:
         """One side only (adapter None = the base): the reference for the mixed-batch equivalence."""
         with self.lock:
-            batch = self.encode(prompts, system)
+            name = self.attach(adapter) if adapter is not None else BASE
             torch.manual_seed(settings.seed)
-            if adapter is None:
-                model = self.peft if self.peft is not None else self.model
-                ctx = self.peft.disable_adapter() if self.peft is not None else _null()
-                with ctx:
-                    out = model.generate(**batch, **self._generate_kwargs(settings))
-            else:
-                name = self.attach(adapter)
-                self.peft.set_adapter(name)
-                out = self.peft.generate(**batch, **self._generate_kwargs(settings))
-        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [t.strip() for t in texts]
-
+            model = self.peft if self.peft is not None else self.model
+            return generation.generate_rows(model, self.tokenizer, self.conversations(prompts, system),
+                                            [name] * len(prompts), **self._generate_kwargs(settings))
 
     def stream(self, prompt: str, adapter: Path, system: str | None = None,
                settings: GenerationSettings = GenerationSettings()) -> Iterator[tuple[str, str]]:
         """(base so far, tuned so far) after each new token: the same one mixed-adapter batch as
         `generate` (rows: base, tuned), run in a thread that feeds a per-row streamer."""
-        streamer = _BatchStreamer(rows=2, stop_ids={self.tokenizer.eos_token_id, self.tokenizer.pad_token_id})
+        streamer = generation.RowStreamer(rows=2, stop_ids={self.tokenizer.eos_token_id,
+                                                            self.tokenizer.pad_token_id})
         failure: list[BaseException] = []
 
         def work():
             try:
-                with self.lock, torch.no_grad():
+                with self.lock:
                     name = self.attach(adapter)
-                    batch = self.encode([prompt, prompt], system)
                     torch.manual_seed(settings.seed)
-                    self.peft.generate(**batch, adapter_names=[BASE, name], streamer=streamer,
-                                       **self._generate_kwargs(settings))
+                    generation.generate_rows(self.peft, self.tokenizer, self.conversations([prompt, prompt], system),
+                                             [BASE, name], streamer, **self._generate_kwargs(settings))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
             finally:
@@ -161,48 +144,6 @@ class Comparer:
         thread.join()
         if failure:
             raise failure[0]
-
-
-class _BatchStreamer:
-    """A generate() streamer for a whole batch (transformers' own streamers take batch size 1):
-    skips the prompt, keeps each row's tokens up to its end token, and hands the rows so far to
-    the iterating thread after every step."""
-
-    def __init__(self, rows: int, stop_ids: set):
-        self.rows = [[] for _ in range(rows)]
-        self.done = [False] * rows
-        self.stop_ids = {i for i in stop_ids if i is not None}
-        self.seen_prompt = False
-        self.queue: queue.Queue = queue.Queue()
-
-    def put(self, value) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        for i, tokens in enumerate(value.reshape(len(self.rows), -1).tolist()):
-            for token in tokens:
-                if self.done[i]:
-                    break
-                if token in self.stop_ids:
-                    self.done[i] = True
-                else:
-                    self.rows[i].append(token)
-        self.queue.put([list(r) for r in self.rows])
-
-    def end(self) -> None:
-        self.queue.put(None)
-
-    def __iter__(self):
-        while (rows := self.queue.get()) is not None:
-            yield rows
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _CACHE: dict[tuple, Comparer] = {}
