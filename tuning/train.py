@@ -243,6 +243,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         callbacks=callbacks,
     )
     probes.bind(trainer, tokenizer)
+    if not torch.cuda.is_available():
+        from tuning import cpu_speed  # imports torch: not at module level (the UI imports train)
+
+        # Same computation, less time on a CPU: cheaper LoRA dropout masks and no vocabulary-wide
+        # scores for prompt tokens (tuning/cpu_speed.py has the measurements).
+        swapped = cpu_speed.use_fast_dropout(trainer.model)
+        compact = cpu_speed.score_trained_tokens_only()
+        print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}",
+              flush=True)
     return trainer, tokenizer
 
 

@@ -1,0 +1,110 @@
+"""The CPU training levers of tuning/cpu_speed.py change the time, not what is computed:
+FastDropout is dropout (distribution, scaling, gradient, eval mode, seeding), and scoring only the
+trained tokens gives TRL's fused LM head the same loss and gradients from fewer rows."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from tuning import cpu_speed, train
+from tuning.train import StopRequested
+
+
+def test_fast_dropout_drops_p_and_scales_the_rest():
+    drop = cpu_speed.FastDropout(0.05).train()
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.05) < 0.002  # 1M draws: the standard error is 0.0002
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.95))
+    assert abs(y.mean().item() - 1.0) < 0.003  # unbiased, as inverted dropout must be
+    # the mask is spread over the tensor, not in blocks: every row and column loses some
+    assert (y == 0).any(dim=0).float().mean() > 0.99 and (y == 0).any(dim=1).float().mean() > 0.99
+
+
+def test_fast_dropout_gradient_eval_mode_seed_and_dtype():
+    drop = cpu_speed.FastDropout(0.3).train()
+    x = torch.randn(64, 48, requires_grad=True)
+    torch.manual_seed(1)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / (1 - drop.p))
+    torch.manual_seed(1)
+    assert torch.equal(drop(x), y)  # the global generator: set_seed makes runs reproducible
+    assert not torch.equal(drop(x), y)  # and every call draws a new mask
+    assert drop.eval()(x) is x
+    assert drop.train()(x.detach().bfloat16()).dtype == torch.bfloat16
+    assert cpu_speed.FastDropout(0.1).p == round(0.1 * 65536) / 65536
+    assert cpu_speed.FastDropout(0.0).train()(x) is x
+
+
+def _tiny_peft(tiny_model_dir, dropout: float):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear",
+                                           task_type="CAUSAL_LM"))
+
+
+def test_use_fast_dropout_swaps_every_lora_dropout(tiny_model_dir):
+    model = _tiny_peft(tiny_model_dir, 0.1).train()
+    layers = [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+    assert cpu_speed.use_fast_dropout(model) == len(layers) == 14  # 2 layers x 7 linear modules
+    for layer in layers:
+        fast = layer.lora_dropout["default"]
+        assert isinstance(fast, cpu_speed.FastDropout) and fast.training and abs(fast.p - 0.1) < 1e-4
+    assert cpu_speed.use_fast_dropout(_tiny_peft(tiny_model_dir, 0.0)) == 0  # PEFT's Identity stays
+
+
+def _fused_loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, fused_lm_head=True)
+    out.loss.backward()
+    return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_scoring_trained_tokens_only_gives_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    model = _tiny_peft(tiny_model_dir, 0.0).eval()
+    trl_utils.add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 40))
+    labels = ids.clone()
+    labels[:, :25] = -100  # a prompt: 24 of the 39 scored positions per row have no label
+    batch = {"input_ids": ids, "labels": labels}
+
+    rows = []
+    real_apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: rows.append(hidden.shape[0]) or real_apply(hidden, *rest))
+    # TRL's own switch (an earlier build_trainer in this process may have patched it), restored after
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
+    full = _fused_loss_and_grads(model, batch)
+    assert cpu_speed.score_trained_tokens_only()
+    compact = _fused_loss_and_grads(model, batch)
+    assert rows == [2 * 39, 2 * 15]  # every shifted position, then only the labelled ones
+    torch.testing.assert_close(compact[0], full[0])
+    for a, b in zip(compact[1], full[1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_build_trainer_applies_the_cpu_levers(tmp_path, tiny_config, monkeypatch):
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    trainer, _ = train.build_trainer(tiny_config.replace(lora_dropout=0.1), run_dir, tmp_path,
+                                     train.EventLog(run_dir / "events.jsonl"), StopRequested())
+    layers = [m for m in trainer.model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+    assert len(layers) == 14
+    assert all(isinstance(layer.lora_dropout["default"], cpu_speed.FastDropout) for layer in layers)
+    assert trl_utils._use_triton(torch.device("cpu")) is True
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
