@@ -2,10 +2,11 @@
 fp32 and bf16, same seed and steps; prints both loss curves side by side and the final eval loss.
 
     python bench/bf16_learning.py [--steps 20 --method lora]
+    python bench/bf16_learning.py --steps 0      # the whole quickstart, end-of-run task checks included
 
 Read: the curves should track each other (bf16 rounding shows as small wiggles, not a drift) and the
-eval losses should be close. The task checks of the evaluation (python -m tuning eval --run ID) can be
-run on the two runs it names.
+eval losses should be close. With --steps 0 both runs are the full quickstart and their end-of-run
+evaluations (held-out loss, identity and control checks) are printed side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def train(precision: str, a, workspace: Path) -> tuple[str, list, list]:
     before = set((workspace / "runs").glob("*")) if (workspace / "runs").exists() else set()
     cmd = [sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml", "--workspace",
            str(workspace), "--set", f"precision={precision}", "--set", f"method={a.method}",
-           "--set", f"max_steps={a.steps}", "--set", f"eval_steps={a.steps}", "--set", f"save_steps={a.steps}",
            "--set", "probe_every_checkpoint=false"]
+    if a.steps:
+        cmd += ["--set", f"max_steps={a.steps}", "--set", f"eval_steps={a.steps}", "--set", f"save_steps={a.steps}"]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = max(set((workspace / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
@@ -48,6 +50,12 @@ def main() -> None:
         print(f"{i:4d}  {x:.4f}  {y:.4f}")
     for prec, (run_id, _, evals) in runs.items():
         print(f"{prec}: run {run_id}, eval loss {evals[-1] if evals else float('nan'):.4f}")
+        final = workspace / "runs" / run_id / "evaluation.json"
+        if final.is_file():
+            report = json.loads(final.read_text())
+            checks = ", ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
+                               for kind, c in ((report.get("checks") or {}).get("by_kind") or {}).items())
+            print(f"  end of run: held-out loss {report['eval_loss']:.3f} (base {report['base_eval_loss']:.3f}); {checks}")
 
 
 if __name__ == "__main__":

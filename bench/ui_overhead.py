@@ -41,7 +41,10 @@ class LiveTabOpen:
                                      str(self.workspace)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         self.pw = sync_playwright().start()
-        self.browser = self.pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        self.browser = self.pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
         self.page = self.browser.new_page()
         for _ in range(300):
             try:
@@ -50,8 +53,13 @@ class LiveTabOpen:
             except Exception:  # noqa: BLE001 - the app is still starting
                 time.sleep(0.2)
         self.page.get_by_role("tab", name="Live", exact=True).click()
-        self._stop = threading.Event()
         return self
+
+    def follow_active_run(self):
+        """Reload, as a person would after starting a run elsewhere (the CLI): a freshly loaded
+        page follows the active run."""
+        self.page.reload(wait_until="load")
+        self.page.get_by_role("tab", name="Live", exact=True).click()
 
     def watch(self, max_steps: int):
         """Poll the page text (from this thread: Playwright's sync API is single-threaded)."""
@@ -60,7 +68,7 @@ class LiveTabOpen:
         text = self.page.inner_text("body")
         now = time.time()
         for step in self.seen:
-            if self.seen[step] is None and f"step {step}/" in text.lower():
+            if self.seen[step] is None and f"step {step} /" in text.lower():
                 self.seen[step] = now
 
     def __exit__(self, *exc):
@@ -77,7 +85,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--method", default="qlora")
+    p.add_argument("--method", default="lora")
     p.add_argument("--workspace", default=str(Path(tempfile.gettempdir()) / "tuning-bench-ui"))
     a = p.parse_args()
     a.set = []
@@ -100,7 +108,12 @@ def main() -> None:
             result = {}
             worker = threading.Thread(target=lambda: result.update(
                 throughput.ours(model, data, a, workspace, a.method, [])))
+            before = set((workspace / "runs").glob("*"))
             worker.start()
+            while worker.is_alive() and not [d for d in set((workspace / "runs").glob("*")) - before
+                                             if (d / "events.jsonl").is_file()]:
+                time.sleep(0.1)
+            ui.follow_active_run()
             while worker.is_alive():
                 ui.watch(a.steps)
                 time.sleep(0.25)
