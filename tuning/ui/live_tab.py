@@ -38,6 +38,15 @@ class Follow:
     eta_time: float | None = None
     final: dict | None = None  # the end or error event closing the current segment
     message: str = ""
+    sent: dict = field(default_factory=dict)  # what this page already shows, per output: unchanged ones are skipped
+
+    def unless_shown(self, key: str, value):
+        """value, or gr.skip() when the page already shows it: a tick that changes nothing sends
+        nothing for the browser to re-render (the Live tab must not slow the training it watches)."""
+        if key in self.sent and self.sent[key] == value:
+            return gr.skip()
+        self.sent[key] = value
+        return value
 
     def add(self, ev: dict) -> None:
         kind = ev.get("event")
@@ -214,10 +223,11 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None):
     message, trace = error_parts(state)
     fresh = changed or state.offset == 0
     scores = evaluation_markdown(path, state) if fresh else None  # evaluation.json is read when events come
-    return (state, progress_html(state, status), stats_markdown(state, status),
+    shown = state.unless_shown
+    return (state, shown("progress", progress_html(state, status)), shown("stats", stats_markdown(state, status)),
             loss_frame(state) if fresh else gr.skip(), lr_frame(state) if fresh else gr.skip(),
-            log_tail(path), gr.update(value=message, visible=bool(message)),
-            gr.update(visible=bool(trace)), trace,
+            shown("tail", log_tail(path)), shown("error", gr.update(value=message, visible=bool(message))),
+            shown("trace_box", gr.update(visible=bool(trace))), shown("trace", trace),
             gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip())
 
 
@@ -247,7 +257,7 @@ def build(ctx: AppContext):
         refresh = gr.Button("↻ Refresh list", scale=1)
         stop_btn = gr.Button("Stop (saves the adapter)", scale=1, variant="stop")
         resume_btn = gr.Button("Resume", scale=1)
-    progress = gr.HTML(label="Progress")
+    progress = gr.HTML(label="Progress", elem_id="live-progress")
     stats = gr.Markdown()
     scores = gr.Markdown(visible=False, elem_id="live-evaluation")
     error = gr.Markdown(visible=False)
@@ -314,6 +324,9 @@ def _safe_tick(ctx: AppContext, run_id, state):
         return tick(ctx, run_id, state)
     except Exception as exc:  # noqa: BLE001 - a tick must never put a traceback on the page
         from tuning.ui.common import friendly
+
+        if state is not None:
+            state.sent.clear()  # the page now shows the error: the next good tick sends everything
 
         return (state, "", friendly(exc), gr.skip(), gr.skip(), "", gr.update(visible=False),
                 gr.update(visible=False), "", gr.skip())
