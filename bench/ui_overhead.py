@@ -31,7 +31,7 @@ class LiveTabOpen:
     Records when each step number first appears on the page (for the event-to-page latency)."""
 
     def __init__(self, workspace: Path):
-        self.workspace, self.seen = workspace, {}
+        self.workspace = workspace
 
     def __enter__(self):
         from playwright.sync_api import sync_playwright
@@ -55,21 +55,63 @@ class LiveTabOpen:
         self.page.get_by_role("tab", name="Live", exact=True).click()
         return self
 
+    def cpu_seconds(self) -> dict:
+        """CPU time used so far by the app process and by the browser's processes."""
+        import psutil
+
+        def tree(pid):
+            try:
+                proc = psutil.Process(pid)
+                procs = [proc] + proc.children(recursive=True)
+            except psutil.Error:
+                return 0.0
+            total = 0.0
+            for p in procs:
+                try:
+                    times = p.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+            return total
+
+        browser_pid = self.browser_process_pid()
+        return {"app": tree(self.app.pid), "browser": tree(browser_pid) if browser_pid else float("nan"),
+                "bench": sum(psutil.Process().cpu_times()[:2])}
+
+    def browser_process_pid(self):
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "chromium" in child.name() and "--type=" not in " ".join(child.cmdline()):
+                    return child.pid
+            except psutil.Error:
+                pass
+        return None
+
     def follow_active_run(self):
         """Reload, as a person would after starting a run elsewhere (the CLI): a freshly loaded
         page follows the active run."""
         self.page.reload(wait_until="load")
         self.page.get_by_role("tab", name="Live", exact=True).click()
+        self.page.wait_for_selector("#live-progress")
 
-    def watch(self, max_steps: int):
-        """Poll the page text (from this thread: Playwright's sync API is single-threaded)."""
-        for step in range(1, max_steps + 1):
-            self.seen.setdefault(step, None)
-        text = self.page.inner_text("body")
-        now = time.time()
-        for step in self.seen:
-            if self.seen[step] is None and f"step {step} /" in text.lower():
-                self.seen[step] = now
+    def watch(self):
+        """Record, in the page itself, when each step number first shows in the progress bar (a
+        MutationObserver: no polling from here, which would itself cost the CPU being measured)."""
+        self.page.evaluate("""() => {
+            window.__seen = {};
+            const bar = document.querySelector('#live-progress');
+            const check = () => {
+                const m = /step (\\d+) \\//i.exec(bar.innerText);
+                if (m && !(m[1] in window.__seen)) window.__seen[m[1]] = Date.now() / 1000;
+            };
+            new MutationObserver(check).observe(bar, {subtree: true, childList: true, characterData: true});
+            check();
+        }""")
+
+    def seen_steps(self) -> dict[int, float]:
+        return {int(k): v for k, v in self.page.evaluate("() => window.__seen").items()}
 
     def __exit__(self, *exc):
         self.browser.close()
@@ -114,13 +156,17 @@ def main() -> None:
                                              if (d / "events.jsonl").is_file()]:
                 time.sleep(0.1)
             ui.follow_active_run()
-            while worker.is_alive():
-                ui.watch(a.steps)
-                time.sleep(0.25)
+            ui.watch()
+            cpu_before, wall_before = ui.cpu_seconds(), time.time()
+            worker.join()
+            cpu_after, wall = ui.cpu_seconds(), time.time() - wall_before
+            seen = ui.seen_steps()
+            print("  CPU used while training (share of one core): " + ", ".join(
+                f"{k} {(cpu_after[k] - cpu_before[k]) / wall:.1%}" for k in cpu_after), flush=True)
             run_dir = max((workspace / "runs").glob("*"), key=lambda d: d.stat().st_mtime)
             logs = {e["step"]: e["time"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
                     if e["event"] == "log"}
-            latencies += [ui.seen[s] - t for s, t in logs.items() if ui.seen.get(s)]
+            latencies += [seen[s] - t for s, t in logs.items() if s in seen]
         pairs.append((result["tokens_per_second"], alone["tokens_per_second"]))
         print(f"  pair {i + 1}/{a.pairs}: with the Live tab {pairs[-1][0]:.0f} tok/s, CLI alone "
               f"{pairs[-1][1]:.0f} tok/s  ({machine_load()})", flush=True)
