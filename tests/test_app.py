@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 import zipfile
 from pathlib import Path
 

@@ -1,9 +1,7 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tuning import config
 from tuning.config import ConfigError, TrainConfig

@@ -70,3 +70,22 @@ def test_min_new_tokens_forces_like_for_like_lengths(tiny_model_dir, adapter_dir
     [long] = comparer.generate_one(PROMPTS[:1], None, settings=forced)
     assert len(comparer.tokenizer(short, add_special_tokens=False)["input_ids"]) <= 2
     assert len(comparer.tokenizer(long, add_special_tokens=False)["input_ids"]) >= 8
+
+
+def test_models_load_lazily_once_and_stay_cached(tmp_path, tiny_config, monkeypatch):
+    """Start-up target: nothing loads until the first prompt; later prompts reuse the base."""
+    from tuning import models
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(tiny_config.replace(method="qlora").to_yaml(), encoding="utf-8")
+    loads = []
+    real_load = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda path, method, *rest: loads.append(method) or
+                        real_load(path, method, *rest))
+    monkeypatch.setattr(playground, "_CACHE", {})
+    first = playground.comparer_for_run(run_dir, tmp_path)
+    assert playground.comparer_for_run(run_dir, tmp_path) is first and loads == ["qlora"]
+    full = playground.comparer_for_run(run_dir, tmp_path, full_precision_base=True)
+    assert full is not first and loads == ["qlora", "lora"]  # the full-precision base is a second copy
+    assert playground.comparer_for_run(run_dir, tmp_path) is first and len(loads) == 2

@@ -29,8 +29,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tuning import config as config_mod
-from tuning import runs  # tuning.models (torch) is imported where a model is loaded: the page starts without torch
+from tuning import config as config_mod  # tuning.models (torch) is imported where a model is loaded: the page starts without torch
 from tuning.events import read_events
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

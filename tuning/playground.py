@@ -47,8 +47,6 @@ class Comparer:
     """One base model in memory, any number of adapters attached by name."""
 
     def __init__(self, base_path: str, method: str, dtype: torch.dtype, trust_remote_code: bool = False):
-        from peft import PeftModel  # noqa: F401  (imported here: the UI starts without it)
-
         self.base_path, self.method = base_path, method
         qcfg = models.get_quantization_config(config_mod.TrainConfig(method=method)) if method == "qlora" else None
         if qcfg is not None:
