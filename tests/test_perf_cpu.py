@@ -108,3 +108,23 @@ def test_build_trainer_applies_the_cpu_levers(tmp_path, tiny_config, monkeypatch
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_few_rows_linear_computes_what_linear_computes(tiny_model_dir):
+    from tuning import playground
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        layer = torch.nn.Linear(48, 80, bias=bias)
+        expected_fn = lambda x, layer=layer: torch.nn.functional.linear(x, layer.weight, layer.bias)  # noqa: E731
+        assert cpu_speed.use_few_rows_linear(layer) == 1
+        for shape in ((1, 48), (2, 48), (3, 48), (4, 48), (2, 1, 48), (1, 4, 48), (7, 48), (2, 5, 48)):
+            x = torch.randn(*shape)
+            out = layer(x)
+            assert out.shape == (*shape[:-1], 80)
+            torch.testing.assert_close(out, expected_fn(x), rtol=1e-5, atol=1e-6)
+    half = torch.nn.Linear(8, 8).bfloat16()
+    assert cpu_speed.use_few_rows_linear(half) == 0  # only fp32 layers
+    comparer = playground.Comparer(str(tiny_model_dir), "lora", torch.float32)
+    linears = [m for m in comparer.model.modules() if type(m) is torch.nn.Linear]
+    assert linears and all(m.forward.__func__ is cpu_speed._few_rows_linear for m in linears)

@@ -54,6 +54,10 @@ class Comparer:
         self.model = models.load_model(base_path, method, dtype, trust_remote_code, qcfg)
         self.model.config.use_cache = True
         self.model.eval()
+        if not torch.cuda.is_available():  # a CPU: both columns' rows share each read of the weights
+            from tuning import cpu_speed
+
+            cpu_speed.use_few_rows_linear(self.model)
         self.tokenizer = models.load_tokenizer(base_path, trust_remote_code)
         self.peft = None
         self.adapters: dict[str, Path] = {}
