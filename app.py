@@ -21,11 +21,12 @@ from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playgro
 from tuning.ui import common
 from tuning.ui.common import AppContext
 
-# The handlers (button or named API) that start, stop, resume or delete a run, or change what its
-# checkpoints answer (its probes): on a Space each is refused unless the visitor signed in as an
-# allowed user or typed the Space's password.
+# The handlers (button or named API) that start, stop, resume or delete a run, change what its
+# checkpoints answer (its probes), or (re)compute its evaluation (loads a model, writes
+# evaluation.json): on a Space each is refused unless the visitor signed in as an allowed user or
+# typed the Space's password.
 TRAINING_ACTIONS = {"do_start", "start_api", "do_stop", "stop_api", "do_resume", "resume_api", "do_delete",
-                    "delete_api", "do_save_probes"}
+                    "delete_api", "do_save_probes", "do_evaluate"}
 
 
 def gate_training(demo: gr.Blocks, ctx: AppContext) -> None:

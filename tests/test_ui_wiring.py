@@ -82,8 +82,9 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
     visitor = SimpleNamespace(session_hash="visitor", request=None)
     token = LocalContext.request.set(visitor)
     try:
-        for name in ("do_stop", "do_resume", "stop_api", "resume_api", "delete_api", "do_save_probes"):
-            args = ("",) * (2 if name == "do_save_probes" else 1)
+        for name in ("do_stop", "do_resume", "stop_api", "resume_api", "delete_api", "do_save_probes",
+                     "do_evaluate"):
+            args = ("",) * (2 if name in ("do_save_probes", "do_evaluate") else 1)
             with pytest.raises(gr.Error, match="enter the Space's password") as refused:
                 fns[name](*args)
             assert "s3cret" not in str(refused.value)

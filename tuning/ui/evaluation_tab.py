@@ -193,7 +193,10 @@ def build_evaluation_tab(workspace: Path) -> None:
     shown = [verdict_md, losses, checks, step, step_label, probes, ab_summary]
     refresh.click(lambda: gr.Dropdown(choices=run_choices(workspace)), None, run, api_name="eval_runs")
     run.change(bind(load_run), run, shown, api_name="eval_load")
-    go.click(bind(evaluate_run), [run, recompute], shown, api_name="evaluate_run")
+    def do_evaluate(run_id, recompute):  # named: on a Space app.py gates it like training (heavy, writes files)
+        return evaluate_run(workspace, run_id, recompute)
+
+    go.click(guarded(do_evaluate), [run, recompute], shown, api_name="evaluate_run")
     step.release(bind(gallery), [run, step], [step_label, probes], api_name="probe_gallery")
     nxt.click(bind(ab_next), [run, own_prompt], [pair, ab_prompt, answer_a, answer_b], api_name="ab_next")
     for button, choice in ((vote_a, "A"), (vote_b, "B"), (vote_tie, "tie")):
