@@ -324,14 +324,22 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     return result
 
 
+def checks_text(result: dict | None) -> str:
+    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)": tuned vs base, from evaluation.json."""
+    by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
+    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
+                     for kind, c in by_kind.items())
+
+
 def headline(result: dict) -> str:
     """One line for the Live tab's log and the CLI."""
     parts = []
     if result.get("eval_loss") is not None:
         parts.append(f"held-out loss {result['eval_loss']:.3f} (base {result['base_eval_loss']:.3f}), "
                      f"perplexity {result['perplexity']:.1f} (base {result['base_perplexity']:.1f})")
-    for kind, s in ((result.get("checks") or {}).get("by_kind") or {}).items():
-        parts.append(f"{kind} {s['tuned_passed']}/{s['n']} (base {s['base_passed']}/{s['n']})")
+    checks = checks_text(result)
+    if checks:
+        parts.append(checks)
     return "; ".join(parts) or "no held-out data"
 
 

@@ -23,20 +23,14 @@ def _num(value) -> float | str:
     return round(value, 4) if isinstance(value, (int, float)) else ""
 
 
-def checks_text(result: dict | None) -> str:
-    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)": tuned vs base, from evaluation.json."""
-    by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
-    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
-                     for kind, c in by_kind.items())
-
-
 def evaluation_cells(path: Path, eval_loss: float | None) -> list:
     """[eval loss, base eval loss, task checks] from the run's evaluation.json (the end-of-run or a
     later evaluation; its tuned loss, when present, was measured on the same rows as the base's).
     A damaged file leaves the cells empty rather than breaking the listing."""
     try:
         result = evaluate.read_evaluation(path) or {}
-        return [_num(result.get("eval_loss", eval_loss)), _num(result.get("base_eval_loss")), checks_text(result)]
+        return [_num(result.get("eval_loss", eval_loss)), _num(result.get("base_eval_loss")),
+                evaluate.checks_text(result)]
     except (OSError, KeyError, TypeError, AttributeError):
         return [_num(eval_loss), "", ""]
 
