@@ -12,26 +12,27 @@ evaluations (held-out loss, identity and control checks) are printed side by sid
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_load  # noqa: E402
+from common import ROOT, machine_load, new_run, run_events, run_folders  # noqa: E402
+
+from tuning import evaluate  # noqa: E402  (common puts the project on sys.path)
 
 
 def train(precision: str, a, workspace: Path) -> tuple[str, list, list]:
-    before = set((workspace / "runs").glob("*")) if (workspace / "runs").exists() else set()
+    before = run_folders(workspace)
     cmd = [sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml", "--workspace",
            str(workspace), "--set", f"precision={precision}", "--set", f"method={a.method}",
            "--set", "probe_every_checkpoint=false"]
     if a.steps:
         cmd += ["--set", f"max_steps={a.steps}", "--set", f"eval_steps={a.steps}", "--set", f"save_steps={a.steps}"]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = max(set((workspace / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
-    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+    run_dir = new_run(workspace, before)
+    events = run_events(run_dir)
     return (run_dir.name, [e["loss"] for e in events if e["event"] == "log"],
             [e["eval_loss"] for e in events if e["event"] == "eval"])
 
@@ -50,12 +51,9 @@ def main() -> None:
         print(f"{i:4d}  {x:.4f}  {y:.4f}")
     for prec, (run_id, _, evals) in runs.items():
         print(f"{prec}: run {run_id}, eval loss {evals[-1] if evals else float('nan'):.4f}")
-        final = workspace / "runs" / run_id / "evaluation.json"
-        if final.is_file():
-            report = json.loads(final.read_text())
-            checks = ", ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
-                               for kind, c in ((report.get("checks") or {}).get("by_kind") or {}).items())
-            print(f"  end of run: held-out loss {report['eval_loss']:.3f} (base {report['base_eval_loss']:.3f}); {checks}")
+        report = evaluate.read_evaluation(workspace / "runs" / run_id)
+        if report:
+            print(f"  end of run: {evaluate.headline(report)}")
 
 
 if __name__ == "__main__":

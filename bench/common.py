@@ -64,6 +64,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def run_folders(workspace: Path) -> set[Path]:
+    """The run folders in a workspace now: pass it to new_run after starting a command."""
+    return set((workspace / "runs").glob("*"))
+
+
+def new_run(workspace: Path, before: set[Path]) -> Path | None:
+    """The newest run folder that was not there `before` (None while there is none)."""
+    fresh = run_folders(workspace) - before
+    return max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
+
+
+def run_events(run_dir: Path) -> list[dict]:
+    from tuning.events import read_events
+
+    return read_events(run_dir / "events.jsonl")[0]
+
+
 def embedded_model(workspace: Path) -> str:
     from tuning import models
 

@@ -19,7 +19,6 @@ backward through the activations 2N, the adapters' own weight gradients are negl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, alternate, last_json_line, machine_load, median_ratio,  # noqa: E402
-                    mixed_length_rows, run_child, write_jsonl)
+                    mixed_length_rows, new_run, run_child, run_events, run_folders, write_jsonl)
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM (the datasheet); --peak-tflops for other cards
 
@@ -60,10 +59,9 @@ def ours(model: str, data: Path, a, workspace: Path, method: str, extra: list[st
         cmd += ["--set", f"{key}={value}"]
     for item in extra:
         cmd += ["--set", item]
-    before = set((workspace / "runs").glob("*")) if (workspace / "runs").exists() else set()
+    before = run_folders(workspace)
     out, peak, wall = run_child(cmd, env={"OMP_NUM_THREADS": str(a.threads)})
-    run_dir = max(set((workspace / "runs").glob("*")) - before, key=lambda p: p.stat().st_mtime)
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    events = run_events(new_run(workspace, before))
     start = next(e for e in events if e["event"] == "start")
     logs = [e for e in events if e["event"] == "log"]
     seconds = logs[-1]["time"] - start["time"]

@@ -11,7 +11,6 @@ Needs Playwright and /usr/bin/chromium (scripts/test.sh installs them).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402
-from common import ROOT, machine_load, median_ratio, mixed_length_rows, write_jsonl  # noqa: E402
+from common import (ROOT, machine_load, median_ratio, mixed_length_rows, new_run, run_events,  # noqa: E402
+                    run_folders, write_jsonl)
 from startup import free_port  # noqa: E402
 
 
@@ -150,10 +150,12 @@ def main() -> None:
             result = {}
             worker = threading.Thread(target=lambda: result.update(
                 throughput.ours(model, data, a, workspace, a.method, [])))
-            before = set((workspace / "runs").glob("*"))
+            before = run_folders(workspace)
             worker.start()
-            while worker.is_alive() and not [d for d in set((workspace / "runs").glob("*")) - before
-                                             if (d / "events.jsonl").is_file()]:
+            while worker.is_alive():  # until the run has written its first event
+                run = new_run(workspace, before)
+                if run and (run / "events.jsonl").is_file():
+                    break
                 time.sleep(0.1)
             ui.follow_active_run()
             ui.watch()
@@ -163,9 +165,7 @@ def main() -> None:
             seen = ui.seen_steps()
             print("  CPU used while training (share of one core): " + ", ".join(
                 f"{k} {(cpu_after[k] - cpu_before[k]) / wall:.1%}" for k in cpu_after), flush=True)
-            run_dir = max((workspace / "runs").glob("*"), key=lambda d: d.stat().st_mtime)
-            logs = {e["step"]: e["time"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
-                    if e["event"] == "log"}
+            logs = {e["step"]: e["time"] for e in run_events(new_run(workspace, before)) if e["event"] == "log"}
             latencies += [seen[s] - t for s, t in logs.items() if s in seen]
         pairs.append((result["tokens_per_second"], alone["tokens_per_second"]))
         print(f"  pair {i + 1}/{a.pairs}: with the Live tab {pairs[-1][0]:.0f} tok/s, CLI alone "
