@@ -1,7 +1,7 @@
-"""Two things that make LoRA training on a CPU faster without changing what is computed, each
+"""Three things that make LoRA work on a CPU faster without changing what is computed, each
 measured on the reference 2-core machine (bench/RESULTS.md) and proven by tests/test_perf_cpu.py.
-train.build_trainer applies both when training on a CPU; on a GPU, PEFT's and TRL's own paths are
-already fast and stay as they are.
+train.build_trainer applies the first two when training on a CPU, playground.Comparer the third;
+on a GPU, PEFT's, TRL's and torch's own paths are already fast and stay as they are.
 
 1. FastDropout. PEFT's LoRA dropout is torch.nn.Dropout, which on a CPU draws one float per
    element from torch's Mersenne Twister: about 10 ms for a 1583 x 576 activation, and a model

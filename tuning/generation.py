@@ -106,14 +106,11 @@ class RowStreamer:
         self.rows: list[list[int]] = [[] for _ in range(rows)]
         self.done = [False] * rows
         self.stop_ids = {i for i in stop_ids if i is not None}
-        self.seen_prompt = False
         self.queue: queue.Queue = queue.Queue()
+        self._whole = _PartStreamer(self, list(range(rows)))
 
     def put(self, value) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        self._add(value, range(len(self.rows)))
+        self._whole.put(value)
 
     def _add(self, value, index) -> None:
         for i, tokens in zip(index, value.reshape(len(index), -1).tolist()):
@@ -139,6 +136,8 @@ class RowStreamer:
 
 
 class _PartStreamer:
+    """The rows `index` of a RowStreamer, fed by one generate() call: skips that call's prompt."""
+
     def __init__(self, parent: RowStreamer, index: list[int]):
         self.parent, self.index, self.seen_prompt = parent, index, False
 
