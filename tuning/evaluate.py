@@ -212,7 +212,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
 def _generate(model, tokenizer, prompts: list[list[dict]], names: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers, row i with adapter names[i] (BASE = no adapter)."""
     return generation.generate_rows(model, tokenizer, prompts, names, max_new_tokens=max_new_tokens,
-                                    do_sample=False, temperature=None, top_p=None, top_k=None)
+                                    **generation.GREEDY)
 
 
 def answer_pairs(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,

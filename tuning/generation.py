@@ -14,6 +14,8 @@ import contextlib
 import queue
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+# generate() arguments for greedy decoding; the None values silence the model's sampling defaults
+GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
 def uses_dora(model) -> bool:

@@ -93,7 +93,7 @@ class Comparer:
         if settings.temperature > 0:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
         else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs.update(generation.GREEDY)
         return kwargs
 
     def generate(self, prompts: list[str], adapter: Path, system: str | None = None,
