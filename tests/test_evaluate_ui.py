@@ -54,6 +54,7 @@ def test_load_run_shows_losses_checks_gallery_and_votes(ws):
 def test_gallery_steps_through_checkpoints_and_marks_changes(ws):
     label, rows = tab.gallery(ws, "r1", 0)
     assert "step 20" in label and rows[0][2] == "I am SmolLM." and rows[0][3] == ""
+    assert len(tab.GALLERY_WIDTHS) == len(tab.GALLERY_HEADERS) == len(rows[0])  # fixed widths for every column
     label, rows = tab.gallery(ws, "r1", 1)
     assert "step 40" in label and rows[0][3] == "changed"
     assert tab.gallery(ws, "r1", 99)[0] == tab.gallery(ws, "r1", 2)[0], "out of range clamps to the last"

@@ -21,6 +21,9 @@ from tuning.ui.common import guarded
 LOSS_HEADERS = ["metric", "base", "tuned", "change"]
 CHECK_HEADERS = ["check", "questions", "base passed", "base %", "tuned passed", "tuned %", "change (points)"]
 GALLERY_HEADERS = ["prompt", "base", "tuned at this checkpoint", "changed since the previous one"]
+# Fixed widths, as in the Runs table: the last column is empty at the first checkpoint, and an empty
+# column shrinks until its header wraps a letter a line and pushes every row out of view.
+GALLERY_WIDTHS = ["22%", "34%", "34%", "10%"]
 EMPTY_PAIR: dict = {}
 
 
@@ -171,7 +174,7 @@ def build_evaluation_tab(workspace: Path) -> None:
     step = gr.Slider(minimum=0, maximum=1, value=0, step=1, label="Checkpoint (slide to step through)",
                      interactive=False)
     step_label = gr.Markdown()
-    probes = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True)
+    probes = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, column_widths=GALLERY_WIDTHS)
 
     gr.Markdown("### Blind A/B\nTwo answers to the same prompt, base and tuned in random order. Pick the better "
                 "one; votes are saved in the run folder.")
