@@ -19,7 +19,6 @@ message, and never written anywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,9 +29,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tuning import config as config_mod  # tuning.models (torch) is imported where a model is loaded: the page starts without torch
-from tuning.events import read_events
+from tuning import record
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+ADAPTER_FILES = (record.ADAPTER_WEIGHTS, record.ADAPTER_CONFIG)
+LOSS_TABLE_ROWS = 10  # the model card's loss table: every n-th logged step, not the whole history
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 GGUF_ARCHS = {"llama": "llama", "mistral": "llama"}  # model_type -> gguf architecture (same tensor layout)
 
@@ -48,12 +48,10 @@ def exports_dir(workspace: Path) -> Path:
 
 
 def finished_adapter(run_dir: Path) -> Path:
-    adapter = Path(run_dir) / "adapter"
-    missing = [name for name in ADAPTER_FILES if not (adapter / name).is_file()]
-    if missing:
-        raise ExportError(f"run {Path(run_dir).name} has no final adapter yet ({', '.join(missing)} missing in "
-                          "adapter/); export a run that completed or was stopped")
-    return adapter
+    if not record.has_final_adapter(run_dir):
+        raise ExportError(f"run {Path(run_dir).name} has no final adapter yet; export a run that completed "
+                          "or was stopped")
+    return record.adapter_dir(run_dir)
 
 
 def target_path(workspace: Path, text: str | Path | None, default_name: str) -> Path:
@@ -76,7 +74,7 @@ def _refuse_existing(path: Path) -> None:
 
 def _run_config(run_dir: Path) -> config_mod.TrainConfig:
     try:
-        return config_mod.load(Path(run_dir) / "config.yaml")
+        return record.read_config(run_dir)
     except config_mod.ConfigError as exc:
         raise ExportError(f"run {Path(run_dir).name}: {exc}") from None
 
@@ -106,23 +104,14 @@ def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
     return f"{source}: {rows}"
 
 
-def _decimate(points: list, limit: int = 25) -> list:
-    if len(points) <= limit:
-        return points
-    stride = (len(points) - 1) / (limit - 1)
-    return [points[round(i * stride)] for i in range(limit)]
-
-
 def _loss_table(run_dir: Path) -> str:
-    events, _ = read_events(Path(run_dir) / "events.jsonl")
-    train = [(e["step"], e["loss"]) for e in events if e.get("event") == "log"
-             and isinstance(e.get("loss"), (int, float)) and isinstance(e.get("step"), int)]
-    evals = {e["step"]: e["eval_loss"] for e in events if e.get("event") == "eval"
-             and isinstance(e.get("eval_loss"), (int, float)) and isinstance(e.get("step"), int)}
-    if not train and not evals:
+    progress = record.summarize(run_dir).progress
+    if not progress.train and not progress.evals:
         return "No loss values were logged."
-    steps = sorted({s for s, _ in _decimate(train)} | set(evals))
-    by_step = dict(train)
+    evals = dict(progress.evals)
+    steps = sorted({s for s, _ in record.decimate(progress.train, LOSS_TABLE_ROWS)} |
+                   {s for s, _ in record.decimate(progress.evals, LOSS_TABLE_ROWS)})
+    by_step = dict(progress.train)
     lines = ["| step | training loss | eval loss |", "| ---: | ---: | ---: |"]
     for step in steps:
         t, e = by_step.get(step), evals.get(step)
@@ -130,16 +119,9 @@ def _loss_table(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _evaluation_table(run_dir: Path) -> str:
-    result = _read_json(Path(run_dir) / "evaluation.json")
-    if not isinstance(result, dict):
+    result = record.read_evaluation(run_dir)
+    if result is None:
         return "No evaluation was run (`python -m tuning eval --run RUN_ID` writes one)."
     lines = ["| metric | value |", "| --- | --- |"]
     for key, value in result.items():
@@ -147,30 +129,10 @@ def _evaluation_table(run_dir: Path) -> str:
             continue
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {_cell(shown)} |")
-    checks = result.get("checks") if isinstance(result.get("checks"), dict) else {}
-    for kind, summary in checks.items():
-        if isinstance(summary, dict):
-            parts = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
-            lines.append(f"| checks: {_cell(str(kind))} | {_cell(parts)} |")
+    checks = record.checks_text(result)
+    if checks:
+        lines.append(f"| task checks | {_cell(checks)} |")
     return "\n".join(lines) if len(lines) > 2 else "The evaluation file holds no summary values."
-
-
-def _examples(run_dir: Path, limit: int = 3) -> list[dict]:
-    answers: list = []
-    path = Path(run_dir) / "probe_answers.jsonl"
-    if path.is_file():
-        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("answers"), list):
-                answers = record["answers"]  # the last checkpoint's answers
-    if not answers:
-        result = _read_json(Path(run_dir) / "evaluation.json")
-        answers = result.get("probes", []) if isinstance(result, dict) and isinstance(result.get("probes"), list) \
-            else []
-    return [a for a in answers if isinstance(a, dict) and {"prompt", "base", "tuned"} <= a.keys()][:limit]
 
 
 def _cell(text: str) -> str:
@@ -194,7 +156,7 @@ def model_card(run_dir: Path, kind: str = "adapter") -> str:
         usage = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                  "model = AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n"
                  "tokenizer = AutoTokenizer.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n```")
-    examples = _examples(run_dir)
+    examples = record.latest_examples(run_dir)
     example_text = "\n\n".join(
         f"**Prompt:** {_cell(e['prompt'])}\n\n| base | fine-tuned |\n| --- | --- |\n"
         f"| {_cell(e['base'])} | {_cell(e['tuned'])} |" for e in examples) or "No probe answers were recorded."
@@ -237,12 +199,18 @@ def adapter_zip(run_dir: Path, workspace: Path) -> Path:
     folder = exports_dir(workspace)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{Path(run_dir).name}-adapter.zip"
-    tmp = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in ADAPTER_FILES:
-            zf.write(adapter / name, arcname=name)
-        zf.writestr("README.md", model_card(run_dir, "adapter"))
-    tmp.replace(target)
+    card = model_card(run_dir, "adapter")
+    # A unique temp name: two downloads at once each build their own zip; the last replace wins.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in ADAPTER_FILES:
+                zf.write(adapter / name, arcname=name)
+            zf.writestr("README.md", card)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -285,7 +253,7 @@ def export_merged(run_dir: Path, workspace: Path, name: str | None = None) -> Pa
 
 def gguf_supported(model_dir: Path) -> str | None:
     """None when `model_dir` can be written as GGUF here, else the reason."""
-    config = _read_json(Path(model_dir) / "config.json") or {}
+    config = record.read_json(Path(model_dir) / "config.json") or {}
     model_type = config.get("model_type")
     if model_type not in GGUF_ARCHS:
         return (f"GGUF export here covers llama-family models (llama, mistral); this one is {model_type!r}. "
@@ -315,7 +283,7 @@ def write_gguf(model_dir: Path, target: Path, outtype: str = "f16") -> Path:
     if outtype not in ("f16", "f32"):
         raise ExportError(f"gguf type: {outtype!r} is not one of f16, f32")
     _refuse_existing(target)
-    cfg = _read_json(model_dir / "config.json")
+    cfg = record.read_json(model_dir / "config.json")
     n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_head
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from tuning import config as config_mod
-from tuning import generation, models, runs
+from tuning import generation, models, record
 from tuning.generation import BASE
 
 
@@ -26,21 +26,6 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int = 0
     min_new_tokens: int = 0  # > 0 forces answers this long (like-for-like timing in bench/side_by_side.py)
-
-
-def adapter_path(run_dir: Path, checkpoint: str | None = None) -> Path:
-    """The final adapter, or checkpoint-N; while a run trains, its newest complete checkpoint."""
-    if checkpoint and checkpoint != "final":
-        path = run_dir / "checkpoints" / runs.check_run_id(checkpoint)
-        if not (path / runs.COMPLETE_MARKER).exists():
-            raise runs.RunError(f"checkpoint {checkpoint} of {run_dir.name} does not exist or is incomplete")
-        return path
-    if (run_dir / "adapter" / "adapter_config.json").is_file():
-        return run_dir / "adapter"
-    latest = runs.latest_checkpoint(run_dir)
-    if latest is None:
-        raise runs.RunError(f"run {run_dir.name} has no adapter or checkpoint yet")
-    return latest
 
 
 class Comparer:
@@ -60,7 +45,7 @@ class Comparer:
             cpu_speed.use_few_rows_linear(self.model)
         self.tokenizer = models.load_tokenizer(base_path, trust_remote_code)
         self.peft = None
-        self.adapters: dict[str, Path] = {}
+        self.adapters: dict[str, tuple] = {}  # name -> record.adapter_version
         self.lock = threading.Lock()
 
     @property
@@ -68,9 +53,12 @@ class Comparer:
         return "4-bit NF4 (as trained)" if self.method == "qlora" else "full precision (as trained)"
 
     def attach(self, path: Path) -> str:
+        """The adapter folder's name in the PeftModel, loading it on first use. Keyed by the folder
+        and the version of its weights: a resumed run rewrites adapter/, and the stale copy is dropped."""
         from peft import PeftModel
 
-        name = "a" + str(abs(hash(str(path.resolve()))))
+        version = record.adapter_version(path)
+        name = "a" + str(abs(hash(version)))
         if name in self.adapters:
             return name
         if self.peft is None:
@@ -78,7 +66,10 @@ class Comparer:
         else:
             self.peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.peft.eval()
-        self.adapters[name] = path
+        for stale in [n for n, v in self.adapters.items() if v[0] == version[0]]:
+            self.peft.delete_adapter(stale)
+            del self.adapters[stale]
+        self.adapters[name] = version
         return name
 
     @staticmethod
@@ -154,7 +145,7 @@ _CACHE_LOCK = threading.Lock()
 
 def comparer_for_run(run_dir: Path, workspace: Path, full_precision_base: bool = False) -> Comparer:
     """The cached Comparer for a run's base model (loaded lazily, once per base and precision)."""
-    cfg = config_mod.load(run_dir / "config.yaml")
+    cfg = record.read_config(run_dir)
     base_path = models.resolve_base_model(cfg.base_model, workspace)
     method = "lora" if full_precision_base else cfg.method
     dtype = models.compute_dtype(cfg)

@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, faults, models, runs
+from tuning import distributed, evaluate, faults, models, record
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -118,12 +118,12 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
         def on_save(self, args, state, control, model=None, **kwargs):
             if not state.is_world_process_zero:
                 return  # with several processes, rank 0 alone marks the checkpoint it saved
-            ckpt = run_dir / "checkpoints" / f"checkpoint-{state.global_step}"
+            ckpt = record.checkpoint_dir(run_dir, state.global_step)
             if model is not None and not _trainable_weights_finite(model):
                 print(f"checkpoint-{state.global_step} holds NaN/inf weights: not marked COMPLETE", flush=True)
                 return
             if ckpt.is_dir():
-                (ckpt / runs.COMPLETE_MARKER).write_text(str(time.time()))  # written last: the save is whole
+                record.mark_complete(ckpt)  # its files fsynced, then the marker: the save is whole
                 events.append("checkpoint", step=state.global_step, max_steps=state.max_steps,
                               path=str(ckpt.relative_to(run_dir)))
 
@@ -146,7 +146,7 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
             self.bad_in_a_row += 1
             control.should_save = False  # never checkpoint a NaN step
             if self.bad_in_a_row >= NON_FINITE_LIMIT:
-                good = runs.latest_checkpoint(run_dir)
+                good = record.latest_checkpoint(run_dir)
                 raise NonFiniteLoss(
                     f"the loss or gradient norm became NaN/inf for {NON_FINITE_LIMIT} consecutive steps (step "
                     f"{state.global_step}): lower learning_rate, or raise warmup_ratio, or set max_grad_norm to "
@@ -183,7 +183,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     has_eval = eval_ds is not None
     early_stop = cfg.early_stopping_patience > 0 and has_eval
     args = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(record.checkpoints_dir(run_dir)),
         per_device_train_batch_size=cfg.per_device_batch_size,
         per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -258,30 +258,30 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
 def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) -> int:
     """Train one run in `run_dir`. Returns the process exit code (0 ok, 2 bad input, 1 failure)."""
     # With several processes only rank 0 writes events: one events.jsonl, no duplicated steps.
-    events = EventLog(run_dir / "events.jsonl") if distributed.is_main_process() else distributed.NullEventLog()
+    events = record.event_log(run_dir) if distributed.is_main_process() else distributed.NullEventLog()
     stop = StopRequested()
     previous_handlers = stop.install()
     try:
         trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop)
         if resume:
-            for leftover in runs.discard_incomplete_checkpoints(run_dir):
+            for leftover in record.discard_incomplete_checkpoints(run_dir):
                 print(f"removed {leftover.name}: half-written when the run was interrupted", flush=True)
-        checkpoint = runs.latest_checkpoint(run_dir) if resume else None
+        checkpoint = record.latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             print("no complete checkpoint to resume from; starting from step 0", flush=True)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         # Save: the final adapter (the best one when early stopping loaded it back).
-        adapter_dir = run_dir / "adapter"
+        adapter_dir = record.adapter_dir(run_dir)
         if distributed.is_main_process():  # the adapter is the same on every rank: save it once
             trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
             tokenizer.save_pretrained(adapter_dir)
         state = trainer.state
-        status = runs.STOPPED if stop.requested else runs.COMPLETED
+        status = record.STOPPED if stop.requested else record.COMPLETED
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         # Held-out loss base vs tuned, final probes, task checks (skipped after a Stop: it should
         # be quick; `python -m tuning eval` computes them later). Appends an `eval` event.
         evaluation = (evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events,
-                                               completed=status == runs.COMPLETED)
+                                               completed=status == record.COMPLETED)
                       if distributed.is_main_process() else None) or {}
         events.append("end", status=status, step=state.global_step, max_steps=state.max_steps,
                       loss=losses[-1] if losses else None, train_loss=result.training_loss,

@@ -18,8 +18,7 @@ from pathlib import Path
 import psutil
 
 from tuning import config as config_mod
-from tuning import runs
-from tuning.events import read_events
+from tuning import record
 
 GB = 1024 ** 3
 # SmolLM2-135M's shape, used before the embedded model has been converted in this workspace.
@@ -98,14 +97,8 @@ def _parameters(shape: dict, cfg: config_mod.TrainConfig) -> tuple[int, int]:
 
 def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
     """Median tokens/s logged by earlier runs of the same base and method in this workspace."""
-    rates = []
-    for summary in runs.list_runs(workspace)[:20]:
-        if summary.config.get("base_model") != cfg.base_model or summary.config.get("method") != cfg.method:
-            continue
-        events, _ = read_events(summary.path / "events.jsonl")
-        rates += [e["tokens_per_second"] for e in events
-                  if e.get("event") == "log" and isinstance(e.get("tokens_per_second"), (int, float))
-                  and e["tokens_per_second"] > 0]
+    rates = [rate for summary in record.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]
+             for rate in summary.progress.rates if rate > 0]
     return statistics.median(rates) if rates else None
 
 

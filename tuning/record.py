@@ -1,0 +1,691 @@
+"""The run folder: the one module that names its files, writes them safely and reads them back.
+
+    runs/<run_id>/
+      config.yaml           the resolved TrainConfig (written once, before the trainer starts)
+      events.jsonl          the truth about the run: the trainer appends (tuning/events.py owns the line format)
+      process.json          the training process's pid, start time and process group
+      train.log             the training process's stdout and stderr
+      checkpoints/checkpoint-N/   each with a COMPLETE marker, written last, after every file is fsynced
+      adapter/              the final adapter
+      evaluation.json       base vs tuned on held-out data (tuning/evaluate.py computes it)
+      probes.json           the prompts answered at every checkpoint
+      probe_answers.jsonl   one line of base/tuned answers per checkpoint
+      ab_votes.jsonl        one line per blind A/B vote
+
+Data flows one way: the trainer writes -> this module reads -> tabs, CLI, exports. Nobody else
+opens these files, so a reload, a second browser or an app restart sees exactly what the trainer
+wrote. Status is derived from the files alone (and whether the recorded process is alive), so any
+process can answer it after any crash. Readers never raise on a damaged file: the Runs table
+lists the run as damaged and the others normally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tuning import config as config_mod
+from tuning.events import EventLog, read_events
+
+CONFIG = "config.yaml"
+EVENTS = "events.jsonl"
+PROCESS = "process.json"
+LOG = "train.log"
+CHECKPOINTS = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+ADAPTER = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+EVALUATION = "evaluation.json"
+PROBES = "probes.json"
+PROBE_ANSWERS = "probe_answers.jsonl"
+VOTES = "ab_votes.jsonl"
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")
+MAX_PROBES = 20
+
+# Statuses a run can be in.
+STARTING, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED, DAMAGED = (
+    "starting", "running", "completed", "stopped", "failed", "interrupted", "damaged")
+ACTIVE_STATUSES = (STARTING, RUNNING)
+
+
+class RunError(ValueError):
+    """A run id or run folder problem the user should read."""
+
+
+# --- where -----------------------------------------------------------------------------------
+
+def runs_dir(workspace: Path) -> Path:
+    return Path(workspace) / "runs"
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise RunError(f"run id {run_id!r} is not valid (letters, digits, '-' and '_' only)")
+    return run_id
+
+
+def run_dir(workspace: Path, run_id: str) -> Path:
+    return runs_dir(workspace) / check_run_id(run_id)
+
+
+def existing_run_dir(workspace: Path, run_id: str) -> Path:
+    path = run_dir(workspace, run_id)
+    if not path.is_dir():
+        raise RunError(f"no run {run_id!r} in {runs_dir(workspace)}")
+    return path
+
+
+def new_run_id(workspace: Path, name: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{name}" if name else stamp
+    candidate, n = base, 1
+    while (runs_dir(workspace) / candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return check_run_id(candidate)
+
+
+def config_path(run: Path) -> Path:
+    return Path(run) / CONFIG
+
+
+def events_path(run: Path) -> Path:
+    return Path(run) / EVENTS
+
+
+def log_path(run: Path) -> Path:
+    return Path(run) / LOG
+
+
+def adapter_dir(run: Path) -> Path:
+    return Path(run) / ADAPTER
+
+
+def checkpoints_dir(run: Path) -> Path:
+    return Path(run) / CHECKPOINTS
+
+
+def checkpoint_dir(run: Path, step: int) -> Path:
+    return checkpoints_dir(run) / f"checkpoint-{step}"
+
+
+def delete_run(workspace: Path, run_id: str) -> None:
+    path = existing_run_dir(workspace, run_id)
+    if process_alive(path):
+        raise RunError(f"run {run_id} is still training; stop it before deleting it")
+    shutil.rmtree(path)
+
+
+# --- safe writes -------------------------------------------------------------------------------
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` survive a power cut (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole or not at all. The temp file has a unique name in the same folder, so two
+    writers (the trainer's callback and a page) never trip over each other's temp file; the last
+    replace wins and readers see one complete version or the other."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, ensure_ascii=False, indent=1))
+
+
+def append_line(path: Path, value: dict) -> None:
+    """One write of one whole JSON line, fsynced: a crash leaves at most a partial last line, which
+    read_lines skips (the same rule as events.jsonl)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(value, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_lines(path: Path) -> list[dict]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def read_json(path: Path) -> Any:
+    """A small JSON file's value; None when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (deepest first)."""
+    folders = []
+    for root, dirs, files in os.walk(folder):
+        folders.append(Path(root))
+        for name in files:
+            try:
+                with open(Path(root) / name, "rb") as fh:
+                    os.fsync(fh.fileno())
+            except OSError:
+                pass
+    for sub in reversed(folders):
+        fsync_dir(sub)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+def read_config(run: Path) -> config_mod.TrainConfig:
+    """The run's TrainConfig; a ConfigError naming the file when it is missing or damaged."""
+    return config_mod.load(config_path(run))
+
+
+def write_config(run: Path, cfg: config_mod.TrainConfig) -> None:
+    write_atomic(config_path(run), cfg.to_yaml())
+
+
+# --- events ------------------------------------------------------------------------------------
+
+def event_log(run: Path) -> EventLog:
+    return EventLog(events_path(run))
+
+
+def read_run_events(run: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Whole event lines from byte `offset` on, and the offset to continue from."""
+    return read_events(events_path(run), offset)
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class EventSummary:
+    """Everything the pages show about a run's progress, built by adding events in order. The Runs
+    table, Live (incrementally, a tick at a time), the estimate and the model card all read this one
+    summary, so they never disagree. A `start` opens a new segment (a resume)."""
+    count: int = 0
+    step: int = 0
+    max_steps: int = 0
+    started: float | None = None
+    ended: float | None = None
+    last_event_time: float | None = None
+    last_step_time: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    lr: list[tuple[int, float]] = field(default_factory=list)  # (step, learning rate)
+    evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
+    rates: list[float] = field(default_factory=list)  # tokens/s of every logged step
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    eta_time: float | None = None
+    final: dict | None = None  # the end or error event closing the current segment
+    message: str = ""
+
+    def add(self, ev: dict) -> None:
+        kind, t = ev.get("event"), _number(ev.get("time"))
+        self.count += 1
+        self.last_event_time = t or self.last_event_time
+        if isinstance(ev.get("step"), int):
+            self.step = ev["step"]
+        if isinstance(ev.get("max_steps"), int):
+            self.max_steps = ev["max_steps"]
+        if kind == "start":
+            self.started = self.started or t
+            self.final, self.ended, self.last_step_time = None, None, t
+            self.message = str(ev.get("message", ""))
+        elif kind == "log":
+            self.last_step_time = t
+            if _number(ev.get("loss")) is not None:
+                self.loss = ev["loss"]
+                self.train.append((self.step, float(ev["loss"])))
+            if _number(ev.get("learning_rate")) is not None:
+                self.lr.append((self.step, float(ev["learning_rate"])))
+            rate = _number(ev.get("tokens_per_second"))
+            if rate:
+                self.tokens_per_second = rate
+                self.rates.append(rate)
+            self.eta_seconds, self.eta_time = _number(ev.get("eta_seconds")), t
+        elif kind == "eval" and _number(ev.get("eval_loss")) is not None:
+            self.eval_loss = ev["eval_loss"]
+            self.evals.append((self.step, float(ev["eval_loss"])))
+        elif kind in ("end", "error"):
+            self.final, self.ended = ev, t
+            self.message = str(ev.get("message", ""))
+
+    def extend(self, events: list[dict]) -> "EventSummary":
+        for ev in events:
+            self.add(ev)
+        return self
+
+    @property
+    def error(self) -> dict | None:
+        return self.final if self.final and self.final.get("event") == "error" else None
+
+    @property
+    def final_status(self) -> str | None:
+        """How the current segment ended (None while it has not)."""
+        if self.final is None:
+            return None
+        if self.final.get("event") == "error":
+            return FAILED
+        return self.final.get("status") if self.final.get("status") in (COMPLETED, STOPPED) else COMPLETED
+
+
+def decimate(points: list, limit: int) -> list:
+    """At most `limit` points, evenly spaced, always keeping the first and the newest."""
+    if len(points) <= limit:
+        return list(points)
+    stride = (len(points) - 1) / (limit - 1)
+    return [points[round(i * stride)] for i in range(limit)]
+
+
+def status_from(summary: EventSummary, alive: bool) -> str:
+    """The one status rule. A live process means the run is busy (even while it writes its last
+    lines), so the one-run-at-a-time rule holds; otherwise the closing event says how it ended; a
+    run that never closed was interrupted."""
+    if alive:
+        return RUNNING if summary.count else STARTING
+    return summary.final_status or INTERRUPTED
+
+
+def interruption_message(summary: EventSummary, launched: bool) -> str:
+    if summary.final is not None:
+        return summary.message
+    if summary.count or launched:
+        return summary.message or "the training process ended without saying why; resume it"
+    return "never started"
+
+
+# --- the training process ----------------------------------------------------------------------
+
+def write_process_info(run: Path, pid: int) -> None:
+    """Record the training process: create_time tells a reused pid apart; pgid says whether Stop
+    may signal the whole group (only when the trainer leads its own group, as the runner starts it)."""
+    try:
+        info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "pgid": os.getpgid(pid)}
+    except (psutil.Error, OSError):  # it died at once: record it, so the run reads as ended (see train.log)
+        info = {"pid": pid, "create_time": 0.0, "pgid": None}
+    write_atomic(Path(run) / PROCESS, json.dumps(info))
+
+
+def read_process_info(run: Path) -> dict:
+    info = read_json(Path(run) / PROCESS)
+    return info if isinstance(info, dict) else {}
+
+
+def training_process(run: Path) -> psutil.Process | None:
+    """The run's training process while it is alive, else None. A pid reused by another process
+    is ruled out by its start time; a zombie (ended, not yet reaped) counts as ended."""
+    try:
+        info = read_process_info(run)
+        proc = psutil.Process(int(info["pid"]))
+        if abs(proc.create_time() - float(info["create_time"])) > 1.0:
+            return None
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, psutil.Error):
+        return None
+
+
+def process_alive(run: Path) -> bool:
+    return training_process(run) is not None
+
+
+def log_tail(run: Path, limit_bytes: int, lines: int) -> str:
+    """The last `lines` whole lines of train.log, reading at most `limit_bytes`."""
+    try:
+        with open(log_path(run), "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - limit_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = text.splitlines()
+    kept = kept[1:] if size > limit_bytes else kept  # the first may be cut
+    return "\n".join(kept[-lines:])
+
+
+# --- checkpoints and adapters --------------------------------------------------------------------
+
+def complete_checkpoints(run: Path) -> list[Path]:
+    """Checkpoints whose COMPLETE marker exists, oldest first. A checkpoint half-written when the
+    process died has no marker and is skipped."""
+    folder = checkpoints_dir(run)
+    found = []
+    for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = ckpt.name.rpartition("-")[2]
+        if step.isdigit() and (ckpt / COMPLETE_MARKER).exists():
+            found.append((int(step), ckpt))
+    return [c for _, c in sorted(found)]
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    ckpts = complete_checkpoints(run)
+    return ckpts[-1] if ckpts else None
+
+
+def checkpoint_by_name(run: Path, name: str) -> Path:
+    """checkpoint-N of the run, which must be complete."""
+    path = checkpoints_dir(run) / check_run_id(name)
+    if not (path / COMPLETE_MARKER).exists():
+        raise RunError(f"checkpoint {name} of {Path(run).name} does not exist or is incomplete")
+    return path
+
+
+def mark_complete(ckpt: Path) -> None:
+    """Declare a checkpoint whole: every file in it reaches the disk first, then the marker."""
+    fsync_tree(ckpt)
+    write_atomic(Path(ckpt) / COMPLETE_MARKER, str(time.time()))
+
+
+def discard_incomplete_checkpoints(run: Path) -> list[Path]:
+    """Delete checkpoint folders without a COMPLETE marker (half-written by a crash or a full disk),
+    so the Trainer's rotation never keeps one of them in place of a good checkpoint. Call only while
+    no process is writing to the run."""
+    folder = checkpoints_dir(run)
+    complete = set(complete_checkpoints(run))
+    removed = []
+    for ckpt in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
+        if ckpt.is_dir() and ckpt not in complete:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
+    return removed
+
+
+def has_final_adapter(run: Path) -> bool:
+    return all((adapter_dir(run) / name).is_file() for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
+
+
+def current_adapter(run: Path, checkpoint: str | None = None) -> Path:
+    """The final adapter, or checkpoint-N; while a run trains, its newest complete checkpoint."""
+    if checkpoint and checkpoint != "final":
+        return checkpoint_by_name(run, checkpoint)
+    if (adapter_dir(run) / ADAPTER_CONFIG).is_file():
+        return adapter_dir(run)
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise RunError(f"run {Path(run).name} has no adapter or checkpoint yet")
+    return latest
+
+
+def adapter_version(path: Path) -> tuple:
+    """Changes whenever the adapter's weights are rewritten (a resumed run saves adapter/ again):
+    a cache of loaded adapters keyed by this never answers with old weights."""
+    try:
+        st = (Path(path) / ADAPTER_WEIGHTS).stat()
+        return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (str(Path(path).resolve()), None, None)
+
+
+def adapter_step(run: Path, adapter: Path) -> int:
+    """The training step an adapter folder holds: N for checkpoint-N, else the run's last step."""
+    if adapter.name.startswith("checkpoint-"):
+        return int(adapter.name.rpartition("-")[2])
+    return summarize(run).step
+
+
+# --- status and listing ------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    run_id: str
+    path: Path
+    status: str
+    config: dict[str, Any] = field(default_factory=dict)
+    progress: EventSummary = field(default_factory=EventSummary)
+    message: str = ""
+
+    # The progress figures the Runs table, the CLI and the API read by name.
+    step = property(lambda self: self.progress.step)
+    max_steps = property(lambda self: self.progress.max_steps)
+    loss = property(lambda self: self.progress.loss)
+    eval_loss = property(lambda self: self.progress.eval_loss)
+    started = property(lambda self: self.progress.started)
+    error = property(lambda self: self.progress.error)
+
+    @property
+    def ended(self) -> float | None:
+        return None if self.status in ACTIVE_STATUSES else self.progress.ended
+
+    @property
+    def duration(self) -> float | None:
+        p = self.progress
+        if p.started is None:
+            return None
+        if self.status in ACTIVE_STATUSES:
+            return time.time() - p.started
+        return (p.ended or p.last_event_time or p.started) - p.started
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "status": self.status,
+            "base_model": self.config.get("base_model", ""), "method": self.config.get("method", ""),
+            "step": self.step, "max_steps": self.max_steps, "loss": self.loss, "eval_loss": self.eval_loss,
+            "duration_s": round(self.duration, 1) if self.duration is not None else None,
+            "created": self.started, "message": self.message,
+        }
+
+
+def summarize(run: Path) -> RunSummary:
+    """The run's status from its files. Never raises: a folder it cannot make sense of is reported
+    as damaged (or as running, while its training process is alive)."""
+    run = Path(run)
+    try:
+        return _summarize(run)
+    except Exception as exc:  # noqa: BLE001 - a hand-edited folder must not break the Runs tab
+        return RunSummary(run_id=run.name, path=run, status=RUNNING if process_alive(run) else DAMAGED,
+                          message=f"cannot read the run folder: {type(exc).__name__}: {exc}"[:300])
+
+
+def _summarize(run: Path) -> RunSummary:
+    summary = RunSummary(run_id=run.name, path=run, status=DAMAGED)
+    alive = process_alive(run)
+    try:
+        summary.config = read_config(run).to_dict()
+    except config_mod.ConfigError as exc:
+        # Still running (someone edited the file by hand mid-run)? Then it is busy, whatever its
+        # config says, so the one-run-at-a-time rule keeps holding.
+        summary.status = RUNNING if alive else DAMAGED
+        summary.message = f"{CONFIG} is damaged: {exc}"
+        return summary
+    events, offset = read_run_events(run)
+    summary.progress.extend(events)
+    launched = (run / PROCESS).exists()
+    summary.status = status_from(summary.progress, alive)
+    summary.message = "" if alive else interruption_message(summary.progress, launched)
+    log = events_path(run)
+    if not alive and log.is_file() and log.stat().st_size > offset:  # a kill mid-write: the rest is intact
+        summary.message = (summary.message + "; " if summary.message else "") + \
+            f"{EVENTS} ends with a half-written line (ignored)"
+    return summary
+
+
+def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_model: str | None = None,
+              method: str | None = None) -> list[RunSummary]:
+    """Every run folder, newest first, optionally only those with one of `statuses`, a base model
+    or a method. A damaged folder is listed as damaged, never fatal."""
+    folder = runs_dir(workspace)
+    if not folder.is_dir():
+        return []
+    found = [summarize(p) for p in folder.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
+    found = [s for s in found if (statuses is None or s.status in statuses)
+             and (base_model is None or s.config.get("base_model") == base_model)
+             and (method is None or s.config.get("method") == method)]
+    return sorted(found, key=lambda s: s.run_id, reverse=True)
+
+
+def active_runs(workspace: Path) -> list[RunSummary]:
+    return list_runs(workspace, statuses=ACTIVE_STATUSES)
+
+
+def run_ids(workspace: Path) -> list[str]:
+    """Every run id, newest first: the choices of each run picker on the page."""
+    return [s.run_id for s in list_runs(workspace)]
+
+
+def default_run(workspace: Path) -> str | None:
+    """The active run, else the newest: what a freshly opened page shows."""
+    listed = list_runs(workspace)
+    pick = [s for s in listed if s.status in ACTIVE_STATUSES] or listed
+    return pick[0].run_id if pick else None
+
+
+# --- evaluation.json -----------------------------------------------------------------------------
+
+def read_evaluation(run: Path) -> dict | None:
+    value = read_json(Path(run) / EVALUATION)
+    return value if isinstance(value, dict) else None
+
+
+def write_evaluation(run: Path, result: dict) -> None:
+    write_json(Path(run) / EVALUATION, result)
+
+
+def perplexity(loss: float | None) -> float | None:
+    return math.exp(min(loss, 50.0)) if loss is not None else None
+
+
+def checks_done(result: dict) -> bool:
+    """Whether the task checks ran (a stopped run skips them); a file written before the
+    checks_complete flag existed counts as done when it holds checks."""
+    return bool(result.get("checks_complete", result.get("checks") is not None))
+
+
+def checks_text(result: dict | None) -> str:
+    """"identity 9/10 (base 0/10); control 8/10 (base 9/10)": tuned vs base, from evaluation.json."""
+    by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
+    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
+                     for kind, c in by_kind.items())
+
+
+def headline(result: dict) -> str:
+    """One line for the Live tab's log and the CLI."""
+    parts = []
+    if result.get("eval_loss") is not None:
+        parts.append(f"held-out loss {result['eval_loss']:.3f} (base {result['base_eval_loss']:.3f}), "
+                     f"perplexity {result['perplexity']:.1f} (base {result['base_perplexity']:.1f})")
+    checks = checks_text(result)
+    if checks:
+        parts.append(checks)
+    return "; ".join(parts) or "no held-out data"
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+def read_probes(run: Path) -> list[str] | None:
+    value = read_json(Path(run) / PROBES)
+    return [p for p in value if isinstance(p, str)] if isinstance(value, list) else None
+
+
+def check_probes(prompts: list[str] | str) -> list[str]:
+    """A probe list from the UI: a list, or text with one prompt a line. Empty lines dropped."""
+    if isinstance(prompts, str):
+        prompts = prompts.splitlines()
+    cleaned = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+    if not cleaned:
+        raise RunError("probes: give at least one prompt (one a line)")
+    if len(cleaned) > MAX_PROBES:
+        raise RunError(f"probes: at most {MAX_PROBES} prompts (each costs generation time at every checkpoint)")
+    return cleaned
+
+
+def write_probes(run: Path, prompts: list[str] | str) -> list[str]:
+    """Save a run's probe list. Later checkpoints and re-evaluations answer the new list; answers
+    already recorded are kept."""
+    cleaned = check_probes(prompts)
+    write_json(Path(run) / PROBES, cleaned)
+    return cleaned
+
+
+def append_probe_answers(run: Path, record: dict) -> None:
+    append_line(Path(run) / PROBE_ANSWERS, record)
+
+
+def probe_history(run: Path) -> list[dict]:
+    """probe_answers.jsonl: one record a checkpoint, {step, checkpoint, time, answers: [{prompt, base,
+    tuned}]}, in step order; a later record for the same checkpoint (a re-run) wins."""
+    by_key: dict[tuple, dict] = {}
+    for value in read_lines(Path(run) / PROBE_ANSWERS):
+        if isinstance(value.get("step"), int) and isinstance(value.get("answers"), list):
+            by_key[(value["step"], value.get("checkpoint"))] = value
+    return [by_key[k] for k in sorted(by_key, key=lambda k: (k[0], k[1] == "final"))]
+
+
+def cached_base_answers(run: Path, prompts: list[str]) -> list[str] | None:
+    """Greedy base answers recorded earlier for this exact probe list (e.g. before a resume)."""
+    for value in reversed(probe_history(run)):
+        answers = value["answers"]
+        if [a.get("prompt") for a in answers] == prompts:
+            return [a.get("base", "") for a in answers]
+    return None
+
+
+def latest_examples(run: Path, limit: int = 3) -> list[dict]:
+    """Up to `limit` {prompt, base, tuned} answers: the newest probe record, else the evaluation's."""
+    history = probe_history(run)
+    answers = history[-1]["answers"] if history else (read_evaluation(run) or {}).get("probes") or []
+    return [a for a in answers if isinstance(a, dict) and {"prompt", "base", "tuned"} <= a.keys()][:limit]
+
+
+# --- blind A/B votes -----------------------------------------------------------------------------
+
+def append_vote(run: Path, vote: dict) -> None:
+    append_line(Path(run) / VOTES, {"time": round(time.time(), 3), **vote})
+
+
+def read_votes(run: Path) -> list[dict]:
+    return [v for v in read_lines(Path(run) / VOTES) if v.get("winner") in ("base", "tuned", "tie")]
+
+
+def ab_summary(run: Path) -> dict:
+    votes = read_votes(run)
+    counts = {w: sum(v["winner"] == w for v in votes) for w in ("tuned", "base", "tie")}
+    n = len(votes)
+    return {"votes": n, "tuned_wins": counts["tuned"], "base_wins": counts["base"], "ties": counts["tie"],
+            "tuned_win_rate": counts["tuned"] / n if n else None,
+            "text": (f"tuned wins {counts['tuned']} of {n} ({counts['tuned'] / n:.0%}); base wins "
+                     f"{counts['base']}, ties {counts['tie']}") if n else "no votes yet"}
