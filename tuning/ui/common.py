@@ -17,7 +17,7 @@ log = logging.getLogger("tuning.ui")
 def user_errors() -> tuple[type[BaseException], ...]:
     from tuning.config import ConfigError
     from tuning.data import DataError
-    from tuning.runs import RunError
+    from tuning.record import RunError
 
     found = [ConfigError, DataError, RunError, paths.PathError]
     try:  # models imports torch: only pay for it when a handler already has
@@ -72,20 +72,14 @@ def check_source(ctx: AppContext, value: str, *, what: str, keep: tuple[str, ...
     try:
         resolved = paths.resolve_under(value, ctx.roots, what=what)
     except paths.PathError:
-        if is_hub_id(value) and not Path(value).expanduser().is_absolute():
+        if paths.is_hub_id(value) and not Path(value).expanduser().is_absolute():
             return value  # a Hub id: nothing on this machine is read
         raise
     if not resolved.exists():
-        if is_hub_id(value):
+        if paths.is_hub_id(value):
             return value
         raise paths.PathError(f"{what}: {value!r} does not exist")
     return str(resolved)
-
-
-def is_hub_id(name: str) -> bool:
-    """org/name, like tuning.models.is_hub_id (copied: importing models would import torch at start-up)."""
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def ago(seconds: float | None) -> str:
@@ -200,3 +194,50 @@ def training_gate(ctx: AppContext, fn):
         require_training(ctx)
         return fn(*args, **kwargs)
     return gated
+
+
+# --- what several tabs show ------------------------------------------------------------------------
+
+def run_picker_update(ctx: AppContext, run_id: str | None = None):
+    """A run dropdown that knows every run in the workspace, with `run_id` selected."""
+    import gradio as gr
+
+    from tuning import record
+
+    return gr.update(choices=record.run_ids(ctx.workspace), value=run_id)
+
+
+def _rounded(value, digits: int = 4):
+    return round(value, digits) if isinstance(value, (int, float)) else None
+
+
+def loss_rows(result: dict | None) -> list[list]:
+    if not result or result.get("eval_loss") is None:
+        return []
+    rows = []
+    for label, key in (("held-out loss", "eval_loss"), ("perplexity", "perplexity")):
+        base, tuned = result.get(f"base_{key}"), result.get(key)
+        rows.append([label, _rounded(base), _rounded(tuned), _rounded(tuned - base) if None not in (base, tuned) else None])
+    return rows
+
+
+def check_rows(result: dict | None) -> list[list]:
+    rows = []
+    for kind, s in (((result or {}).get("checks") or {}).get("by_kind") or {}).items():
+        rows.append([kind, s["n"], s["base_passed"], round(100 * s["base_rate"], 1), s["tuned_passed"],
+                     round(100 * s["tuned_rate"], 1), round(100 * (s["tuned_rate"] - s["base_rate"]), 1)])
+    return rows
+
+
+
+def served_copy(path: Path) -> str:
+    """A copy of `path` in a folder Gradio serves downloads from (its upload/temp folder), so a
+    download works whatever the workspace: Gradio refuses files outside the working directory, the
+    temp folder and allowed_paths, and /data/tuning on a Space is outside all three."""
+    import shutil
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(tempfile.mkdtemp(prefix="download-", dir=get_upload_folder()))
+    return shutil.copy2(path, folder / Path(path).name)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import evaluate, runs
-from tuning.ui.common import guarded
+from tuning import evaluate, record
+from tuning.ui.common import check_rows, guarded, loss_rows
 
 LOSS_HEADERS = ["metric", "base", "tuned", "change"]
 CHECK_HEADERS = ["check", "questions", "base passed", "base %", "tuned passed", "tuned %", "change (points)"]
@@ -30,38 +30,16 @@ EMPTY_PAIR: dict = {}
 def run_choices(workspace: Path) -> list[str]:
     """Runs that have something to evaluate: an adapter, a checkpoint, or stored results."""
     out = []
-    for s in runs.list_runs(workspace):
-        if (s.path / "adapter").is_dir() or runs.latest_checkpoint(s.path) or (s.path / evaluate.EVALUATION_FILE).is_file():
+    for s in record.list_runs(workspace):
+        if (s.path / "adapter").is_dir() or record.latest_checkpoint(s.path) or (s.path / evaluate.EVALUATION_FILE).is_file():
             out.append(s.run_id)
     return out
 
 
 def _run_dir(workspace: Path, run_id: str) -> Path:
     if not run_id:
-        raise runs.RunError("pick a run first")
-    return runs.existing_run_dir(workspace, run_id)
-
-
-def _r(value, digits: int = 4):
-    return round(value, digits) if isinstance(value, (int, float)) else None
-
-
-def loss_rows(result: dict | None) -> list[list]:
-    if not result or result.get("eval_loss") is None:
-        return []
-    rows = []
-    for label, key in (("held-out loss", "eval_loss"), ("perplexity", "perplexity")):
-        base, tuned = result.get(f"base_{key}"), result.get(key)
-        rows.append([label, _r(base), _r(tuned), _r(tuned - base) if None not in (base, tuned) else None])
-    return rows
-
-
-def check_rows(result: dict | None) -> list[list]:
-    rows = []
-    for kind, s in (((result or {}).get("checks") or {}).get("by_kind") or {}).items():
-        rows.append([kind, s["n"], s["base_passed"], round(100 * s["base_rate"], 1), s["tuned_passed"],
-                     round(100 * s["tuned_rate"], 1), round(100 * (s["tuned_rate"] - s["base_rate"]), 1)])
-    return rows
+        raise record.RunError("pick a run first")
+    return record.existing_run_dir(workspace, run_id)
 
 
 def verdict(result: dict | None) -> str:
@@ -130,7 +108,7 @@ def ab_next(workspace: Path, run_id: str, prompt: str = "", rng: random.Random |
         cfg = config_mod.load(path / "config.yaml")
         comparer = playground.comparer_for_run(path, workspace)
         settings = playground.GenerationSettings(max_new_tokens=cfg.eval_max_new_tokens)
-        base, tuned = comparer.generate([prompt.strip()], playground.adapter_path(path), None, settings)[0]
+        base, tuned = comparer.generate([prompt.strip()], record.current_adapter(path), None, settings)[0]
         fresh = {"prompt": prompt.strip(), "base": base, "tuned": tuned}
     pair = evaluate.ab_pair(path, rng, fresh)
     return pair, f"**Prompt:** {pair['prompt']}", pair["a"], pair["b"]

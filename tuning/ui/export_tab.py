@@ -13,13 +13,13 @@ from typing import Optional
 
 import gradio as gr
 
-from tuning import export, runs, space
+from tuning import export, record, space
 from tuning.ui.common import friendly
 
 
 def export_choices(workspace: Path) -> list[str]:
     """Runs with a final adapter (completed or stopped), newest first."""
-    return [s.run_id for s in runs.list_runs(workspace)
+    return [s.run_id for s in record.list_runs(workspace)
             if all((s.path / "adapter" / name).is_file() for name in export.ADAPTER_FILES)]
 
 
@@ -31,7 +31,7 @@ def _message(exc: BaseException) -> str:
 def _run(workspace: Path, run_id: str) -> Path:
     if not run_id:
         raise export.ExportError("pick a finished run first")
-    path = runs.existing_run_dir(workspace, run_id)
+    path = record.existing_run_dir(workspace, run_id)
     export.finished_adapter(path)
     return path
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import evaluate, runs
+from tuning import evaluate, record
 from tuning.events import read_events
-from tuning.ui.common import AppContext, ago, clock, guarded
+from tuning.ui.common import AppContext, ago, check_rows, clock, guarded, loss_rows
 
 MAX_PLOT_POINTS = 500
 LOG_TAIL_BYTES = 6000
@@ -80,7 +80,7 @@ def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, 
     """Read the run's new events into the page's state; (state, whether anything new came)."""
     if state is None or state.run_id != run_id:
         state = Follow(run_id=run_id)
-    path = runs.existing_run_dir(ctx.workspace, run_id)
+    path = record.existing_run_dir(ctx.workspace, run_id)
     events, state.offset = read_events(path / "events.jsonl", state.offset)
     for ev in events:
         state.add(ev)
@@ -88,12 +88,12 @@ def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, 
 
 
 def status_of(path: Path, state: Follow) -> str:
-    """The run's status from the process and the events read so far (as runs.summarize derives it)."""
+    """The run's status from the process and the events read so far (as record.summarize derives it)."""
     if state.final is not None:  # the segment has ended, even if the process is still exiting
-        return runs.FAILED if state.final.get("event") == "error" else state.final.get("status", runs.COMPLETED)
-    if runs.process_alive(path):
-        return runs.RUNNING if state.offset else runs.STARTING
-    return runs.INTERRUPTED
+        return record.FAILED if state.final.get("event") == "error" else state.final.get("status", record.COMPLETED)
+    if record.process_alive(path):
+        return record.RUNNING if state.offset else record.STARTING
+    return record.INTERRUPTED
 
 
 def decimate(points: list[tuple], limit: int = MAX_PLOT_POINTS) -> list[tuple]:
@@ -138,7 +138,7 @@ def progress_html(state: Follow, status: str) -> str:
 
 def stats_markdown(state: Follow, status: str, now: float | None = None) -> str:
     now = now or time.time()
-    active = status in runs.ACTIVE_STATUSES
+    active = status in record.ACTIVE_STATUSES
     end = state.final.get("time") if state.final and not active else None
     elapsed = ((end or state.last_event_time if not active else now) - state.started) if state.started else None
     eta = None
@@ -197,8 +197,6 @@ def evaluation_markdown(path: Path, state: Follow) -> str:
                   "base_perplexity": evaluate._perplexity(base)}
     if result.get("eval_loss") is None:
         return ""
-    from tuning.ui.evaluation_tab import check_rows, loss_rows
-
     lines = ["**Evaluation on held-out data** (base model vs tuned; lower loss is better)", "",
              "| | base | tuned | change |", "|---|---:|---:|---:|"]
     for label, base, tuned, change in loss_rows(result):
@@ -218,7 +216,7 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None):
                 gr.skip(), "", gr.update(value="", visible=False), gr.update(visible=False), "",
                 gr.update(value="", visible=False))
     state, changed = follow(ctx, run_id, state)
-    path = runs.run_dir(ctx.workspace, run_id)
+    path = record.run_dir(ctx.workspace, run_id)
     status = status_of(path, state)
     message, trace = error_parts(state)
     fresh = changed or state.offset == 0
@@ -232,20 +230,20 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None):
 
 
 def run_choices(ctx: AppContext) -> list[str]:
-    return [s.run_id for s in runs.list_runs(ctx.workspace)]
+    return [s.run_id for s in record.list_runs(ctx.workspace)]
 
 
 def default_run(ctx: AppContext) -> str | None:
     """The active run, else the newest: what a freshly opened page should follow."""
-    listed = runs.list_runs(ctx.workspace)
-    active = [s for s in listed if s.status in runs.ACTIVE_STATUSES]
+    listed = record.list_runs(ctx.workspace)
+    active = [s for s in listed if s.status in record.ACTIVE_STATUSES]
     pick = active or listed
     return pick[0].run_id if pick else None
 
 
 def run_status(ctx: AppContext, run_id: str) -> dict:
-    summary = runs.summarize(runs.existing_run_dir(ctx.workspace, run_id))
-    return {**summary.as_row(), "active": summary.status in runs.ACTIVE_STATUSES,
+    summary = record.summarize(record.existing_run_dir(ctx.workspace, run_id))
+    return {**summary.as_row(), "active": summary.status in record.ACTIVE_STATUSES,
             "error": (summary.error or {}).get("message")}
 
 
@@ -283,7 +281,7 @@ def build(ctx: AppContext):
 
     def do_stop(run_id):
         if not run_id:
-            raise runs.RunError("pick a run first")
+            raise record.RunError("pick a run first")
         if runner.stop(ctx.workspace, run_id):
             gr.Info(f"Stopping {run_id}: it finishes the current step and saves the adapter")
         else:
@@ -291,7 +289,7 @@ def build(ctx: AppContext):
 
     def do_resume(run_id):
         if not run_id:
-            raise runs.RunError("pick a run first")
+            raise record.RunError("pick a run first")
         try:
             runner.resume(ctx.workspace, run_id)
             gr.Info(f"Resuming {run_id} from its newest complete checkpoint")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import runs
+from tuning import record
 from tuning.ui.common import AppContext, guarded
 
 BASE_CHOICES = ("as trained", "full precision")
@@ -17,8 +17,8 @@ BASE_CHOICES = ("as trained", "full precision")
 def checkpoint_choices(ctx: AppContext, run_id: str | None) -> list[str]:
     if not run_id:
         return ["final"]
-    path = runs.existing_run_dir(ctx.workspace, run_id)
-    return ["final", *[c.name for c in reversed(runs.complete_checkpoints(path))]]
+    path = record.existing_run_dir(ctx.workspace, run_id)
+    return ["final", *[c.name for c in reversed(record.complete_checkpoints(path))]]
 
 
 def default_probes() -> list[str]:
@@ -37,7 +37,7 @@ def run_probes(ctx: AppContext, run_id: str | None) -> str:
 
     if not run_id:
         return "\n".join(default_probes())
-    path = runs.existing_run_dir(ctx.workspace, run_id)
+    path = record.existing_run_dir(ctx.workspace, run_id)
     return "\n".join(evaluate.probes_for_run(path, config_mod.load(path / "config.yaml")))
 
 
@@ -47,8 +47,8 @@ def save_probes(ctx: AppContext, run_id: str | None, text: str) -> str:
     from tuning import evaluate
 
     if not run_id:
-        raise runs.RunError("pick a run first")
-    saved = evaluate.write_probes(runs.existing_run_dir(ctx.workspace, run_id), text or "")
+        raise record.RunError("pick a run first")
+    saved = evaluate.write_probes(record.existing_run_dir(ctx.workspace, run_id), text or "")
     return f"Saved {len(saved)} probe prompts for {run_id}: later checkpoints and evaluations answer them."
 
 
@@ -63,9 +63,9 @@ def _comparer(ctx: AppContext, run_id: str, checkpoint: str, full_precision: boo
     from tuning import playground
 
     if not run_id:
-        raise runs.RunError("pick a run first")
-    path = runs.existing_run_dir(ctx.workspace, run_id)
-    adapter = playground.adapter_path(path, checkpoint or "final")
+        raise record.RunError("pick a run first")
+    path = record.existing_run_dir(ctx.workspace, run_id)
+    adapter = record.current_adapter(path, checkpoint or "final")
     comparer = playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
     return comparer, adapter
 
@@ -82,7 +82,7 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
                  settings=None, full_precision: bool = False) -> dict:
     """Both answers at once (no streaming): what the API and the CLI return."""
     if not (prompt or "").strip():
-        raise runs.RunError("prompt: type a prompt first")
+        raise record.RunError("prompt: type a prompt first")
     settings = settings or _settings(128, 0, 1, 1, 0)
     comparer, adapter = _comparer(ctx, run_id, checkpoint, full_precision)
     (base, tuned), = comparer.generate([prompt], adapter, system or None, settings)
@@ -95,7 +95,7 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
 def stream_side_by_side(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, *settings):
     """Yields (status, base update, tuned update) as the tokens arrive."""
     if not (prompt or "").strip():
-        raise runs.RunError("prompt: type a prompt first")
+        raise record.RunError("prompt: type a prompt first")
     yield "Loading the model (the first time takes a while; it stays loaded)…", gr.skip(), gr.skip()
     comparer, adapter = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
     base_label, tuned_label = labels(comparer, adapter, run_id)
@@ -108,7 +108,7 @@ def stream_side_by_side(ctx: AppContext, run_id, checkpoint, prompt, system, bas
 def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_choice, *settings):
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
-        raise runs.RunError("probe prompts: write at least one prompt, one per line")
+        raise record.RunError("probe prompts: write at least one prompt, one per line")
     comparer, adapter = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
     pairs = comparer.generate(prompts, adapter, system or None, _settings(*settings))
     return [[p, b, t] for p, (b, t) in zip(prompts, pairs)]
@@ -120,10 +120,10 @@ def blind_pair(ctx: AppContext, run_id: str | None, prompt: str, base: str, tune
     from tuning import evaluate
 
     if not run_id:
-        raise runs.RunError("pick a run first")
+        raise record.RunError("pick a run first")
     if not (base or "").strip() and not (tuned or "").strip():
-        raise runs.RunError("blind A/B: generate side by side first")
-    path = runs.existing_run_dir(ctx.workspace, run_id)
+        raise record.RunError("blind A/B: generate side by side first")
+    path = record.existing_run_dir(ctx.workspace, run_id)
     pair = evaluate.ab_pair(path, pair={"prompt": prompt or "", "base": base or "", "tuned": tuned or ""})
     return pair, pair["a"], pair["b"], "Which answer is better? The order is random."
 
@@ -133,8 +133,8 @@ def blind_vote(ctx: AppContext, run_id: str | None, pair: dict | None, choice: s
     from tuning import evaluate
 
     if not run_id:
-        raise runs.RunError("pick a run first")
-    summary = evaluate.record_vote(runs.existing_run_dir(ctx.workspace, run_id), pair, choice)
+        raise record.RunError("pick a run first")
+    summary = evaluate.record_vote(record.existing_run_dir(ctx.workspace, run_id), pair, choice)
     return None, f"Saved: {choice}. A was the **{pair['a_is']}** model. So far: {summary['text']}."
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import evaluate, runs
+from tuning import evaluate, record
 from tuning.ui.common import AppContext, clock, guarded, when
 
 HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
@@ -37,7 +37,7 @@ def evaluation_cells(path: Path, eval_loss: float | None) -> list:
 
 def table(ctx: AppContext) -> list[list]:
     rows = []
-    for s in runs.list_runs(ctx.workspace):
+    for s in record.list_runs(ctx.workspace):
         cfg = s.config
         rows.append([s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
                      s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), _num(s.loss),
@@ -48,10 +48,10 @@ def table(ctx: AppContext) -> list[list]:
 
 def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
     if not run_id:
-        raise runs.RunError("pick a run first")
+        raise record.RunError("pick a run first")
     if not confirmed:
-        raise runs.RunError(f"tick 'yes, delete {run_id}' first: deleting removes its adapter and checkpoints")
-    runs.delete_run(ctx.workspace, run_id)
+        raise record.RunError(f"tick 'yes, delete {run_id}' first: deleting removes its adapter and checkpoints")
+    record.delete_run(ctx.workspace, run_id)
     return f"Deleted {run_id}."
 
 
@@ -61,13 +61,13 @@ def adapter_zip(ctx: AppContext, run_id: str) -> str:
     from gradio.utils import get_upload_folder
 
     if not run_id:
-        raise runs.RunError("pick a run first")
-    path = runs.existing_run_dir(ctx.workspace, run_id)
+        raise record.RunError("pick a run first")
+    path = record.existing_run_dir(ctx.workspace, run_id)
     source = path / "adapter"
     if not (source / "adapter_config.json").is_file():
-        source = runs.latest_checkpoint(path)
+        source = record.latest_checkpoint(path)
         if source is None:
-            raise runs.RunError(f"run {run_id} has no adapter or checkpoint yet")
+            raise record.RunError(f"run {run_id} has no adapter or checkpoint yet")
     out_dir = Path(tempfile.mkdtemp(prefix="adapter-", dir=get_upload_folder()))
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / f"{run_id}-adapter"
@@ -119,7 +119,7 @@ def build(ctx: AppContext):
 
     def list_api() -> list[dict]:
         """Every run in the workspace, newest first."""
-        return [s.as_row() for s in runs.list_runs(ctx.workspace)]
+        return [s.as_row() for s in record.list_runs(ctx.workspace)]
 
     def delete_api(run_id: str) -> str:
         """Delete a run that is not training (its folder, adapter and checkpoints)."""
