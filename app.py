@@ -10,7 +10,6 @@ hints of the handlers here at runtime.)
 """
 
 import argparse
-import ipaddress
 import os
 import sys
 
@@ -123,46 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--workspace", help="where runs live (default: $TUNING_WORKSPACE or ./workspace)")
+    parser.add_argument("--workspace", help="where runs live (default: $TUNING_WORKSPACE, else /data/tuning on a "
+                        "Space with persistent storage, else ./workspace)")
     parser.add_argument("--data-dir", action="append", default=[], metavar="DIR",
                         help="a folder whose files the page may read (repeatable)")
     parser.add_argument("--share", action="store_true", help="a public gradio.live link (needs --auth)")
     parser.add_argument("--auth", metavar="USER:PASS", help="require a login (or set TUNING_AUTH)")
     return parser.parse_args(argv)
-
-
-def auth_pair(text: str | None) -> tuple[str, str] | None:
-    if not text:
-        return None
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("error: --auth (or TUNING_AUTH) must look like USER:PASS")
-    return user, password
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def launch_kwargs(args: argparse.Namespace) -> dict:
-    """Refuse to expose the page without a login: anyone who reaches it can start processes and
-    read the allowed folders."""
-    # On a Space, TUNING_AUTH is the password that unlocks training in the page, not an app-wide login.
-    auth = auth_pair(args.auth or (None if paths.on_space() else os.environ.get("TUNING_AUTH")))
-    exposed = args.share or not is_loopback(args.host)
-    if exposed and auth is None and not paths.on_space():
-        what = "--share" if args.share else f"--host {args.host}"
-        raise SystemExit(f"error: {what} makes the page reachable by others; add --auth USER:PASS (or set "
-                         "TUNING_AUTH) so only you can start runs and read your data")
-    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, auth=auth, ssr_mode=False,
-                  max_file_size="500mb")
-    kwargs.update(space.launch_kwargs(args))
-    return kwargs
 
 
 # Gradio's queue looks for work every 1 ms while idle (and for progress every 10 ms): measured at
@@ -185,8 +151,13 @@ def calm_queue(demo: gr.Blocks) -> bool:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    kwargs = launch_kwargs(args)
-    demo = build_demo(args.workspace, args.data_dir).queue(default_concurrency_limit=4)
+    settings = space.space_settings(workspace=args.workspace)
+    try:  # the launch policy (tuning/space.py): never expose the page without a login
+        kwargs = space.launch_kwargs(args, settings)
+    except space.LaunchRefused as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
+    demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
     calm_queue(demo)
     demo.launch(**kwargs)
 

@@ -77,6 +77,23 @@ def test_presets_list_save_and_never_overwrite(ctx):
         train_tab.load_preset(ctx, "/etc/passwd")
 
 
+def test_two_saves_of_one_preset_name_at_once_write_one_file(ctx):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def save(lora_r):
+        try:
+            return train_tab.save_preset(ctx, "race", config_mod.TrainConfig(lora_r=lora_r))
+        except config_mod.ConfigError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(save, range(8, 16)))
+    saved = [r for r in results if isinstance(r, Path)]
+    assert len(saved) == 1
+    assert all("exists already; choose another name" in r for r in results if not isinstance(r, Path))
+    assert train_tab.load_preset(ctx, "saved: race").lora_r == 8 + results.index(saved[0])
+
+
 def test_paths_from_the_page_stay_under_the_allowed_roots(ctx, tmp_path):
     inside = ctx.data_dirs[0] / "a.jsonl"
     inside.write_text("{}\n")
@@ -230,18 +247,20 @@ def test_runs_table_delete_and_download(ctx, tmp_path, monkeypatch):
 # --- the launcher --------------------------------------------------------------------------------
 
 def test_launch_refuses_to_expose_the_page_without_a_login(monkeypatch):
+    from tuning import space
+
     monkeypatch.delenv("TUNING_AUTH", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    kwargs = app.launch_kwargs(app.parse_args([]))
+    kwargs = space.launch_kwargs(app.parse_args([]))
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["auth"] is None and not kwargs["share"]
     for argv in (["--share"], ["--host", "0.0.0.0"]):
-        with pytest.raises(SystemExit, match="--auth"):
-            app.launch_kwargs(app.parse_args(argv))
-    assert app.launch_kwargs(app.parse_args(["--share", "--auth", "me:pw"]))["auth"] == ("me", "pw")
+        with pytest.raises(space.LaunchRefused, match="--auth"):
+            space.launch_kwargs(app.parse_args(argv))
+    assert space.launch_kwargs(app.parse_args(["--share", "--auth", "me:pw"]))["auth"] == ("me", "pw")
     monkeypatch.setenv("TUNING_AUTH", "u:p")
-    assert app.launch_kwargs(app.parse_args(["--host", "0.0.0.0"]))["auth"] == ("u", "p")
-    with pytest.raises(SystemExit, match="USER:PASS"):
-        app.launch_kwargs(app.parse_args(["--auth", "nopassword"]))
+    assert space.launch_kwargs(app.parse_args(["--host", "0.0.0.0"]))["auth"] == ("u", "p")
+    with pytest.raises(space.LaunchRefused, match="USER:PASS"):
+        space.launch_kwargs(app.parse_args(["--auth", "nopassword"]))
 
 
 def test_on_a_space_no_arguments_bind_all_interfaces(monkeypatch):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,25 @@ def wait_for_event(run_path: Path, test, what: str):
     return wait_for(found, what=what)
 
 
+def kill_run(workspace: Path, run_id: str) -> bool:
+    """SIGKILL the run's whole process group at once (what a crash or the OOM killer does)."""
+    path = runs.existing_run_dir(workspace, run_id)
+    proc = runs.training_process(path)
+    if proc is None:
+        return False
+    runner._signal(proc, runner._own_group(path, proc), signal.SIGKILL)
+    return True
+
+
+def wait_run(workspace: Path, run_id: str, timeout: float = WAIT, poll: float = 0.5) -> runs.RunSummary:
+    """Block until the run's process ends; its summary then."""
+    path = runs.existing_run_dir(workspace, run_id)
+    deadline = time.time() + timeout
+    while time.time() < deadline and runs.process_alive(path):
+        time.sleep(poll)
+    return runs.summarize(path)
+
+
 def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -103,7 +123,7 @@ def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, 
     run_id = runner.start(cfg, workspace)
     path = runs.run_dir(workspace, run_id)
     wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == kill_at, f"step {kill_at}")
-    assert runner.kill(workspace, run_id)
+    assert kill_run(workspace, run_id)
     wait_for(lambda: not runs.process_alive(path), what="the killed process to go")
 
     assert runs.summarize(path).status == runs.INTERRUPTED
@@ -124,7 +144,7 @@ def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, 
 
     monkeypatch.delenv("TUNING_TEST_FAULT")
     assert runner.resume(workspace, run_id) == run_id
-    summary = runner.wait(workspace, run_id, timeout=WAIT)
+    summary = wait_run(workspace, run_id, timeout=WAIT)
     assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
     assert not half.exists(), "the half-written checkpoint is discarded on resume"
 

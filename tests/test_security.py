@@ -216,16 +216,18 @@ def test_paths_inside_the_roots_are_accepted(roots):
 # --- the launch flags ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def app_module(monkeypatch):
+def launch_kwargs(monkeypatch):
+    """demo.launch()'s arguments for app.py's command line: the one launch policy (tuning/space.py)."""
     monkeypatch.delenv("SPACE_ID", raising=False)
     monkeypatch.delenv("TUNING_AUTH", raising=False)
     import app
+    from tuning import space
 
-    return app
+    return lambda argv: space.launch_kwargs(app.parse_args(argv))
 
 
-def test_the_app_binds_to_localhost_with_an_upload_limit_and_no_extra_paths(app_module):
-    kwargs = app_module.launch_kwargs(app_module.parse_args([]))
+def test_the_app_binds_to_localhost_with_an_upload_limit_and_no_extra_paths(launch_kwargs):
+    kwargs = launch_kwargs([])
     assert kwargs["server_name"] == "127.0.0.1"
     assert kwargs["share"] is False and kwargs["auth"] is None
     assert kwargs.get("max_file_size"), "uploads need a size limit"
@@ -238,23 +240,28 @@ def test_the_app_binds_to_localhost_with_an_upload_limit_and_no_extra_paths(app_
 
 @pytest.mark.parametrize("flags", [["--share"], ["--host", "0.0.0.0"], ["--host", "::"],
                                    ["--host", "192.168.1.20"], ["--share", "--host", "0.0.0.0"]])
-def test_exposing_the_app_without_auth_is_refused_with_an_explanation(app_module, flags):
-    with pytest.raises(SystemExit) as refused:
-        app_module.launch_kwargs(app_module.parse_args(flags))
-    message = str(refused.value.code)
+def test_exposing_the_app_without_auth_is_refused_with_an_explanation(launch_kwargs, flags):
+    from tuning import space
+
+    with pytest.raises(space.LaunchRefused) as refused:
+        launch_kwargs(flags)
+    message = str(refused.value)
     assert "--auth" in message and "reachable" in message
 
 
-def test_exposing_the_app_with_auth_is_allowed(app_module):
-    kwargs = app_module.launch_kwargs(app_module.parse_args(["--host", "0.0.0.0", "--auth", "me:secret"]))
+def test_exposing_the_app_with_auth_is_allowed(launch_kwargs):
+    from tuning import space
+
+    kwargs = launch_kwargs(["--host", "0.0.0.0", "--auth", "me:secret"])
     assert kwargs["server_name"] == "0.0.0.0" and kwargs["auth"] == ("me", "secret")
-    with pytest.raises(SystemExit, match="USER:PASS"):
-        app_module.launch_kwargs(app_module.parse_args(["--share", "--auth", "nopassword"]))
+    with pytest.raises(space.LaunchRefused, match="USER:PASS"):
+        launch_kwargs(["--share", "--auth", "nopassword"])
 
 
 def test_python_app_py_share_without_auth_exits_with_the_message_and_serves_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SPACE_ID", "TUNING_AUTH")}
     done = subprocess.run([sys.executable, "app.py", "--share", "--workspace", str(tmp_path)], cwd=PROJECT,
                           env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode != 0
+    assert done.returncode == 2  # bad input, as the CLI's contract says
     assert "--auth" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1

@@ -1,8 +1,15 @@
 """Space mode, tested locally by setting the environment a Space sets (SPACE_ID, secrets, /data)."""
 
+from argparse import Namespace
+
 import pytest
 
-from tuning import space
+from tuning import paths, space
+
+
+def flags(host="127.0.0.1", port=7860, share=False, auth=None) -> Namespace:
+    """app.py's launch flags, as app.parse_args returns them."""
+    return Namespace(host=host, port=port, share=share, auth=auth)
 
 
 def test_local_defaults(tmp_path, monkeypatch):
@@ -31,6 +38,27 @@ def test_space_without_storage_warns(tmp_path):
     assert not forced.persistent and forced.banner
 
 
+def test_one_workspace_rule_for_the_app_the_space_settings_and_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    absent, data = tmp_path / "absent", tmp_path / "data"
+    data.mkdir()
+    # --workspace, else $TUNING_WORKSPACE, else /data/tuning on a Space, else ./workspace
+    assert paths.workspace_location("w1", {"TUNING_WORKSPACE": "w2"}, absent) == (tmp_path / "w1", True)
+    assert paths.workspace_location(None, {"TUNING_WORKSPACE": "w2"}, absent) == (tmp_path / "w2", True)
+    assert paths.workspace_location(None, {"SPACE_ID": "a/b"}, data) == (data / "tuning", True)
+    assert paths.workspace_location(None, {}, data) == (tmp_path / "workspace", True)
+    ephemeral, persistent = paths.workspace_location(None, {"SPACE_ID": "a/b"}, absent)
+    assert not persistent and not ephemeral.is_relative_to(tmp_path)
+    # on a Space, only a workspace under /data survives a restart, however it was chosen
+    assert paths.workspace_location(tmp_path / "w", {"SPACE_ID": "a/b"}, data) == (tmp_path / "w", False)
+    assert paths.workspace_location(data / "w", {"SPACE_ID": "a/b"}, data) == (data / "w", True)
+    # the CLI and the page agree, on a Space without /data too
+    monkeypatch.setenv("SPACE_ID", "a/b")
+    monkeypatch.delenv("TUNING_WORKSPACE", raising=False)
+    assert paths.resolve_workspace() == space.space_settings().workspace
+    assert paths.resolve_workspace("w") == space.space_settings(workspace="w").workspace == tmp_path / "w"
+
+
 def test_space_auth_oauth_owner_and_password(tmp_path):
     env = {"SPACE_ID": "alice/tuner", "SPACE_AUTHOR_NAME": "alice", "OAUTH_CLIENT_ID": "x",
            "TUNING_ALLOWED_USERS": "bob, carol", "TUNING_AUTH": "s3cret-pass"}
@@ -54,22 +82,28 @@ def test_space_without_any_auth_refuses_training(tmp_path):
     assert "disabled" in space.refusal_message(None, s)
 
 
-def test_share_needs_auth():
+def test_share_needs_auth(tmp_path):
+    local = space.space_settings({}, data_dir=tmp_path / "no")
     with pytest.raises(space.LaunchRefused, match="--auth"):
-        space.check_launch(share=True, auth=None, environ={})
-    assert space.check_launch(share=True, auth="ann:pw", environ={}) == ("ann", "pw")
-    assert space.check_launch(share=True, auth=None, environ={"TUNING_AUTH": "ann:pw"}) == ("ann", "pw")
-    assert space.check_launch(share=False, auth=None, environ={}) is None
+        space.launch_kwargs(flags(share=True), local)
+    assert space.launch_kwargs(flags(share=True, auth="ann:pw"), local)["auth"] == ("ann", "pw")
+    from_env = space.space_settings({"TUNING_AUTH": "ann:pw"}, data_dir=tmp_path / "no")
+    assert space.launch_kwargs(flags(share=True), from_env)["auth"] == ("ann", "pw")
+    assert space.launch_kwargs(flags(), local)["auth"] is None
     with pytest.raises(space.LaunchRefused):
-        space.check_launch(share=True, auth="nopassword", environ={})
+        space.launch_kwargs(flags(share=True, auth="nopassword"), local)
 
 
 def test_app_hooks(tmp_path):
     ephemeral = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "u:pw"}, data_dir=tmp_path / "no")
     assert "lost" in space.banner(ephemeral)
-    assert space.launch_kwargs(None, ephemeral) == {"server_name": "0.0.0.0", "server_port": 7860,
-                                                   "share": False, "auth": None}
+    assert space.launch_kwargs(flags(share=True), ephemeral) == {
+        "server_name": "0.0.0.0", "server_port": 7860, "share": False, "auth": None, "ssr_mode": False,
+        "max_file_size": "500mb"}
     assert ephemeral.password_matches("u:pw") and ephemeral.password_matches("pw")
     assert not ephemeral.password_matches("u")
     local = space.space_settings({}, data_dir=tmp_path / "no")
-    assert space.banner(local) == "" and space.launch_kwargs(None, local) == {}
+    assert space.banner(local) == ""
+    assert space.launch_kwargs(flags(port=7861), local) == {
+        "server_name": "127.0.0.1", "server_port": 7861, "share": False, "auth": None, "ssr_mode": False,
+        "max_file_size": "500mb"}

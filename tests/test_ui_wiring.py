@@ -140,7 +140,7 @@ def test_off_a_space_everything_is_allowed(tmp_path):
 def test_a_plain_password_in_tuning_auth_does_not_stop_the_app_on_a_space(monkeypatch):
     monkeypatch.setenv("SPACE_ID", "owner/space")
     monkeypatch.setenv("TUNING_AUTH", "just-a-password")
-    kwargs = app.launch_kwargs(app.parse_args([]))
+    kwargs = space.launch_kwargs(app.parse_args([]))
     assert kwargs["auth"] is None and kwargs["server_name"] == "0.0.0.0" and not kwargs["share"]
 
 

@@ -356,10 +356,6 @@ def _looks_like_hub_id(source: str) -> bool:
             and Path(source).suffix.lower() not in SUFFIXES)
 
 
-def load_file(path: Path, fmt: str = "auto") -> LoadedData:
-    return load(str(path), fmt)
-
-
 def load_eval(cfg) -> LoadedData | None:
     """The explicit held-out file: eval_dataset, or the demo's own eval.jsonl for 'demo'."""
     if cfg.eval_dataset:

@@ -43,13 +43,6 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def num_processes(cfg: TrainConfig) -> int:
     """How many processes to launch: the config's number, or with 0 ("auto") one per visible GPU
     (so a multi-GPU machine uses all its GPUs without being told) and one on CPU."""

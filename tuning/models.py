@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from tuning.config import EMBEDDED_MODEL, TrainConfig
+from tuning.paths import is_hub_id  # the rule lives with the other path policy (no torch there)
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_FOLDER_NAME = "SmolLM2-135M-Instruct"
@@ -80,11 +81,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def is_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def resolve_base_model(name: str, workspace: Path) -> str:

@@ -1,20 +1,25 @@
 """Where things live, and which paths from the page may be read.
 
 The workspace: `--workspace DIR`, else $TUNING_WORKSPACE, else /data/tuning on a Space with
-persistent storage, else ./workspace. Paths typed into the page are only read under the
-allowed roots (the workspace, the upload folder, each --data-dir); the CLI, run by the
-machine's own user, reads what that user can.
+persistent storage, else ./workspace (a Space without /data: a temporary folder, not persistent);
+workspace_location decides, for the app, the Space settings and the CLI alike. Paths typed into
+the page are only read under the allowed roots (the workspace, the upload folder, each
+--data-dir); the CLI, run by the machine's own user, reads what that user can. A Hub id
+(is_hub_id) never touches the local filesystem.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+from typing import Mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 DEMO_DATA_DIR = PACKAGE_DIR / "demo_data"
 PRESETS_DIR = PROJECT_DIR / "presets"
+DATA_DIR = Path("/data")  # where a Space mounts its persistent storage
 
 
 class PathError(ValueError):
@@ -25,17 +30,40 @@ def on_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
 
 
-def default_workspace() -> Path:
-    if os.environ.get("TUNING_WORKSPACE"):
-        return Path(os.environ["TUNING_WORKSPACE"]).expanduser().resolve()
-    if on_space() and Path("/data").is_dir() and os.access("/data", os.W_OK):
-        return Path("/data/tuning")
-    return (Path.cwd() / "workspace").resolve()
+def workspace_location(workspace: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                       data_dir: Path = DATA_DIR) -> tuple[Path, bool]:
+    """The one workspace rule: (the workspace, whether it survives a restart).
+
+    `workspace` (--workspace DIR), else $TUNING_WORKSPACE, else <data_dir>/tuning on a Space
+    (SPACE_ID set) whose persistent storage is mounted (a writable data_dir), else, on a Space
+    without it, a temporary folder, else ./workspace. Locally every workspace is persistent; on a
+    Space only one under data_dir is (space.py shows a banner otherwise)."""
+    environ = os.environ if environ is None else environ
+    space = bool(environ.get("SPACE_ID"))
+    data_dir = Path(data_dir)
+    data_ok = data_dir.is_dir() and os.access(data_dir, os.W_OK)
+    chosen = workspace or environ.get("TUNING_WORKSPACE")
+    if chosen:
+        ws = Path(chosen).expanduser().resolve()
+    elif space and data_ok:
+        ws = data_dir / "tuning"
+    elif space:
+        ws = Path(tempfile.gettempdir()) / "tuning-workspace"
+    else:
+        ws = (Path.cwd() / "workspace").resolve()
+    persistent = not space or (data_ok and ws.resolve().is_relative_to(data_dir.resolve()))
+    return ws, persistent
 
 
 def resolve_workspace(workspace: str | Path | None = None) -> Path:
-    ws = Path(workspace).expanduser().resolve() if workspace else default_workspace()
-    return ws
+    """The workspace the app and the CLI use (workspace_location's rule, from os.environ)."""
+    return workspace_location(workspace)[0]
+
+
+def is_hub_id(name: str) -> bool:
+    """A Hugging Face Hub id, org/name (never a local path: no leading '.', '/' or '~')."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def resolve_under(text: str | Path, roots: list[Path], *, what: str = "path") -> Path:

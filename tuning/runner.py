@@ -211,24 +211,3 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
                 except psutil.Error:
                     pass
     return True
-
-
-def kill(workspace: Path, run_id: str) -> bool:
-    """SIGKILL the run's whole process group at once (what a crash or the OOM killer does)."""
-    path = runs.existing_run_dir(workspace, run_id)
-    proc = runs.training_process(path)
-    if proc is None:
-        return False
-    _signal(proc, _own_group(path, proc), signal.SIGKILL)
-    return True
-
-
-def wait(workspace: Path, run_id: str, timeout: float = 600.0, poll: float = 0.5) -> runs.RunSummary:
-    """Block until the run's process ends (for tests and scripts)."""
-    path = runs.existing_run_dir(workspace, run_id)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not runs.process_alive(path):
-            break
-        time.sleep(poll)
-    return runs.summarize(path)

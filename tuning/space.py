@@ -3,23 +3,27 @@ who may train. Pure functions of the environment, so tests set SPACE_ID & co. an
 
 Policy, in one place:
 - On a Space (SPACE_ID is set) the workspace is /data/tuning when persistent storage is mounted;
-  otherwise an ephemeral folder, and a banner says runs are lost when the Space restarts.
+  otherwise an ephemeral folder, and a banner says runs are lost when the Space restarts
+  (paths.workspace_location is the one workspace rule).
 - Training (and pushing to the Hub) on a Space needs auth: the Space's OAuth login (README front
   matter `hf_oauth: true`; allowed users are the Space's owner or TUNING_ALLOWED_USERS) or the
   password stored in the Space secret TUNING_AUTH (or SPACE_PASSWORD). Without it a visitor may
   still browse runs and use the Playground on finished runs.
-- Locally, `--share` opens a public gradio.live link: it is refused unless --auth USER:PASS is given.
+- Locally, `--share` (a public gradio.live link) or a non-loopback --host is refused unless --auth
+  USER:PASS (or TUNING_AUTH=USER:PASS) is given: launch_kwargs, which app.py's main() calls.
 - Secrets are only ever compared here, never returned into text the page shows or a file.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from tuning import paths
 
 PASSWORD_SECRETS = ("TUNING_AUTH", "SPACE_PASSWORD")
 NOT_PERSISTENT_BANNER = ("This Space has no persistent storage: runs, adapters and exports live on a temporary "
@@ -60,26 +64,14 @@ def _password(environ: Mapping[str, str]) -> str:
     return ""
 
 
-def space_settings(environ: Mapping[str, str] | None = None, data_dir: Path = Path("/data"),
+def space_settings(environ: Mapping[str, str] | None = None, data_dir: Path = paths.DATA_DIR,
                    workspace: str | Path | None = None) -> SpaceSettings:
-    """What `python app.py` on a Space (or locally) should do. `workspace` is --workspace if given."""
+    """What `python app.py` on a Space (or locally) should do. `workspace` is --workspace if given;
+    `data_dir` is where a Space mounts persistent storage (tests point it elsewhere)."""
     environ = dict(os.environ if environ is None else environ)
     space_id = environ.get("SPACE_ID", "")
     on_space = bool(space_id)
-    data_ok = data_dir.is_dir() and os.access(data_dir, os.W_OK)
-    if workspace:
-        ws, persistent = Path(workspace).expanduser().resolve(), True
-    elif environ.get("TUNING_WORKSPACE"):
-        ws, persistent = Path(environ["TUNING_WORKSPACE"]).expanduser().resolve(), True
-    elif on_space and data_ok:
-        ws, persistent = data_dir / "tuning", True
-    elif on_space:
-        ws, persistent = Path(tempfile.gettempdir()) / "tuning-workspace", False
-    else:
-        ws, persistent = (Path.cwd() / "workspace").resolve(), True
-    if on_space and workspace is None and environ.get("TUNING_WORKSPACE"):
-        # A workspace forced by the environment on a Space is only persistent if it is under /data.
-        persistent = data_ok and Path(ws).resolve().is_relative_to(data_dir.resolve())
+    ws, persistent = paths.workspace_location(workspace, environ, data_dir)
     owner = environ.get("SPACE_AUTHOR_NAME", "") or (space_id.split("/")[0] if "/" in space_id else "")
     extra = [u.strip() for u in environ.get("TUNING_ALLOWED_USERS", "").split(",") if u.strip()]
     allowed = tuple(dict.fromkeys([u for u in [owner, *extra] if u]))
@@ -138,29 +130,31 @@ def refusal_message(profile: Any, settings: SpaceSettings) -> str:
 
 
 class LaunchRefused(ValueError):
-    """A launch flag combination that would expose the app unsafely."""
+    """A launch flag combination that would expose the app unsafely (app.py prints it as one
+    `error: ...` line and exits with status 2)."""
 
 
-def parse_auth(text: str | None) -> tuple[str, str] | None:
+MAX_FILE_SIZE = "500mb"  # the largest upload the page accepts
+
+
+def parse_auth(text: str | None, source: str = "--auth") -> tuple[str, str] | None:
     """--auth USER:PASS -> (user, pass); None when not given."""
     if not text:
         return None
     user, sep, password = text.partition(":")
     if not sep or not user.strip() or not password:
-        raise LaunchRefused("--auth: expected USER:PASS with a non-empty user and password")
+        raise LaunchRefused(f"{source} must look like USER:PASS, with a non-empty user and password")
     return user.strip(), password
 
 
-def check_launch(share: bool, auth: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """Refuse a public --share link without auth; returns the (user, pass) pair for demo.launch(auth=...).
-    Also accepts the password from TUNING_AUTH as USER:PASS, so it need not appear in `ps`."""
-    environ = os.environ if environ is None else environ
-    from_env = ":" in environ.get("TUNING_AUTH", "") and not environ.get("SPACE_ID")  # a Space's is a password
-    pair = parse_auth(auth) or (parse_auth(environ["TUNING_AUTH"]) if from_env else None)
-    if share and pair is None:
-        raise LaunchRefused("--share makes the app reachable by anyone with the link: give --auth USER:PASS "
-                            "(or set TUNING_AUTH=USER:PASS) to require a login")
-    return pair
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach an app listening on `host`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- hooks app.py calls ------------------------------------------------------------------------
@@ -171,10 +165,25 @@ def banner(settings: SpaceSettings | None = None) -> str:
     return f"**Warning:** {settings.banner}" if settings.banner else ""
 
 
-def launch_kwargs(args: Any = None, settings: SpaceSettings | None = None) -> dict:
-    """Overrides for demo.launch() on a Space: listen on 0.0.0.0:7860, no share link, and no app-wide
-    login (visitors may use the Playground; training is gated in the page by can_train). Off a Space: {}."""
+def launch_kwargs(args: Any, settings: SpaceSettings | None = None) -> dict:
+    """demo.launch()'s arguments for app.py's flags `args` (host, port, share, auth).
+
+    Off a Space, refuse (LaunchRefused) to expose the page without a login: `--share` or a
+    non-loopback --host needs --auth USER:PASS or TUNING_AUTH=USER:PASS (which keeps the password
+    out of `ps`), since anyone who reaches the page can start processes and read the allowed
+    folders. On a Space: listen on 0.0.0.0:7860, no share link and no app-wide login (visitors may
+    use the Playground; TUNING_AUTH / SPACE_PASSWORD is the in-page password that unlocks training,
+    checked by can_train)."""
     settings = settings or space_settings()
-    if not settings.on_space:
-        return {}
-    return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None}
+    common = {"ssr_mode": False, "max_file_size": MAX_FILE_SIZE}
+    if settings.on_space:
+        parse_auth(args.auth)  # a malformed --auth is still an error, though a Space ignores it
+        return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None,
+                **common}
+    env_auth = settings._environ.get("TUNING_AUTH")
+    auth = parse_auth(args.auth) or parse_auth(env_auth, source="TUNING_AUTH")
+    if (args.share or not is_loopback(args.host)) and auth is None:
+        what = "--share" if args.share else f"--host {args.host}"
+        raise LaunchRefused(f"{what} makes the page reachable by others; add --auth USER:PASS (or set "
+                            "TUNING_AUTH=USER:PASS) so only you can start runs and read your data")
+    return {"server_name": args.host, "server_port": args.port, "share": bool(args.share), "auth": auth, **common}

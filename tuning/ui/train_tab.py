@@ -7,6 +7,7 @@ valid range, so a new config field shows up here without touching this file."""
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,7 @@ from tuning.ui.common import AppContext, check_source, guarded
 
 GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
           ("data", "Data"), ("schedule", "Schedule"))
-# Fields chosen elsewhere on the page or by the launcher, not per run from this form.
-HIDDEN_FIELDS = ()
-FORM_FIELDS = [name for name in config_mod.FIELDS if name not in HIDDEN_FIELDS]
+FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
 
 
 # --- presets ---------------------------------------------------------------------------------
@@ -50,16 +49,27 @@ def load_preset(ctx: AppContext, name: str) -> config_mod.TrainConfig:
 
 
 def save_preset(ctx: AppContext, name: str, cfg: config_mod.TrainConfig) -> Path:
-    name = (name or "").strip()
-    if not config_mod._is_safe_name(name):
-        raise config_mod.ConfigError("preset name: use only letters, digits, '-' and '_' (at most 64 characters)")
+    """Write `cfg` as <workspace>/presets/<name>.yaml. The file is created exclusively, so a saved
+    preset is never overwritten, not even by a second save of the same name at the same moment."""
     folder = ctx.workspace / "presets"
+    try:
+        path = paths.safe_preset_path(name or "", folder)
+    except paths.PathError as exc:
+        raise config_mod.ConfigError(str(exc)) from None
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    if path.exists():  # never overwrite what someone saved
-        raise config_mod.ConfigError(f"preset name: {name!r} exists already; choose another name")
     header = (f"# Saved from the dashboard.\n#\n#   python -m tuning train --preset {shlex.quote(str(path))}\n#\n")
-    path.write_text(header + cfg.to_yaml(), encoding="utf-8")
+    try:
+        out = open(path, "x", encoding="utf-8")
+    except FileExistsError:
+        raise config_mod.ConfigError(f"preset name: {path.stem!r} exists already; choose another name") from None
+    try:
+        with out:
+            out.write(header + cfg.to_yaml())
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written preset left to block the name
+        raise
     return path
 
 
