@@ -129,9 +129,11 @@ def _evaluation_table(run_dir: Path) -> str:
             continue
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {_cell(shown)} |")
-    checks = record.checks_text(result)
-    if checks:
-        lines.append(f"| task checks | {_cell(checks)} |")
+    checks = result.get("checks") if isinstance(result.get("checks"), dict) else {}
+    for kind, summary in checks.items():
+        if isinstance(summary, dict):
+            parts = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
+            lines.append(f"| checks: {_cell(str(kind))} | {_cell(parts)} |")
     return "\n".join(lines) if len(lines) > 2 else "The evaluation file holds no summary values."
 
 
