@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from safetensors.torch import load_file
 
-from tuning import distributed, runs, train
+from tuning import distributed, record, train
 from tuning.config import ConfigError
 from tuning.events import read_events
 
@@ -52,7 +52,7 @@ def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     assert log_steps == [1, 2, 3]  # no step twice
     ckpt_steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert len(ckpt_steps) == len(set(ckpt_steps)) and ckpt_steps
-    assert runs.summarize(run_path).status == runs.COMPLETED
+    assert record.summarize(run_path).status == record.COMPLETED
     multi = load_file(run_path / "adapter" / "adapter_model.safetensors")
 
     single_dir = tmp_path / "single"

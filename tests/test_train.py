@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuning import runs, train
+from tuning import record, train
 from tuning.events import EVENT_KINDS, read_events
 from tuning.train import StopRequested
 
@@ -67,9 +67,9 @@ def test_run_writes_events_checkpoints_and_reloadable_adapter(tmp_path, tiny_con
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         json.loads(line)
 
-    ckpts = runs.complete_checkpoints(run_dir)
+    ckpts = record.complete_checkpoints(run_dir)
     assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
-    assert runs.summarize(run_dir).status == runs.COMPLETED
+    assert record.summarize(run_dir).status == record.COMPLETED
 
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
@@ -106,11 +106,11 @@ def test_resume_continues_the_step_counter(tmp_path, tiny_config):
     trainer.train()
     stopped_at = trainer.state.global_step
     assert stopped_at == 4, "the stop lands at the end of the step in flight"
-    assert runs.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    assert record.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
 
     # A half-written newer checkpoint (no COMPLETE marker) must be skipped.
     (run_dir / "checkpoints" / "checkpoint-5").mkdir()
-    assert runs.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    assert record.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
 
     assert train.run(cfg, run_dir, tmp_path, resume=True) == 0
     evs, _ = read_events(run_dir / "events.jsonl")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tuning import config as config_mod
-from tuning import runs
+from tuning import record
 from tuning.paths import resolve_workspace
 
 
@@ -24,18 +24,18 @@ def _train(args) -> int:
     workspace = resolve_workspace(args.workspace)
     if distributed.is_worker():
         # Started by torch.distributed.run: the launcher already made the run folder and holds the lock.
-        run_path = runs.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
-        cfg = config_mod.load(run_path / "config.yaml")
+        run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
+        cfg = record.read_config(run_path)
         return train.run(cfg, run_path, workspace, resume=bool(args.resume))
     if args.resume:
         if args.preset or args.config or args.set:
             raise BadInput("--resume takes no --preset, --config or --set: a run keeps its config")
-        run_path = runs.existing_run_dir(workspace, args.resume)
-        cfg = config_mod.load(run_path / "config.yaml")
+        run_path = record.existing_run_dir(workspace, args.resume)
+        cfg = record.read_config(run_path)
         distributed.check(cfg)
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace, except_run=run_path.name)
-            runs.write_process_info(run_path, os.getpid())
+            record.write_process_info(run_path, os.getpid())
         if distributed.num_processes(cfg) > 1:
             return distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=True)
         return train.run(cfg, run_path, workspace, resume=True)
@@ -45,16 +45,16 @@ def _train(args) -> int:
     cfg = config_mod.apply_overrides(cfg, args.set or [])
     distributed.check(cfg)
     config_path = Path(args.config).resolve() if args.config else None
-    if config_path and config_path.parent.parent == runs.runs_dir(workspace).resolve() and not args.set:
+    if config_path and config_path.parent.parent == record.runs_dir(workspace).resolve() and not args.set:
         run_path = config_path.parent  # started by the runner: the run folder exists already
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace, except_run=run_path.name)
-            runs.write_process_info(run_path, os.getpid())
+            record.write_process_info(run_path, os.getpid())
     else:
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace)
             run_path = runner.create_run(workspace, cfg)
-            runs.write_process_info(run_path, os.getpid())
+            record.write_process_info(run_path, os.getpid())
     print(f"run {run_path.name} in {run_path}", flush=True)
     if distributed.num_processes(cfg) > 1:  # this process becomes the launcher of N workers
         return distributed.launch(distributed.num_processes(cfg), run_path, workspace)
@@ -89,7 +89,7 @@ def _eval(args) -> int:
     from tuning import evaluate
 
     workspace = resolve_workspace(args.workspace)
-    run_path = runs.existing_run_dir(workspace, args.run)
+    run_path = record.existing_run_dir(workspace, args.run)
     try:
         result = evaluate.evaluate_run(run_path, workspace, recompute=args.recompute, checkpoint=args.checkpoint)
     except evaluate.EvalError as exc:
@@ -106,7 +106,7 @@ def _export(args) -> int:
     from tuning import export
 
     workspace = resolve_workspace(args.workspace)
-    run_path = runs.existing_run_dir(workspace, args.run)
+    run_path = record.existing_run_dir(workspace, args.run)
     try:
         done = [export.adapter_zip(run_path, workspace)]
         if args.push and not args.merged:
@@ -130,11 +130,11 @@ def _generate(args) -> int:
     from tuning import playground
 
     workspace = resolve_workspace(args.workspace)
-    run_path = runs.existing_run_dir(workspace, args.run)
+    run_path = record.existing_run_dir(workspace, args.run)
     settings = playground.GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                              top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                              seed=args.seed)
-    adapter = playground.adapter_path(run_path, args.checkpoint)
+    adapter = record.current_adapter(run_path, args.checkpoint)
     comparer = playground.comparer_for_run(run_path, workspace, full_precision_base=args.full_precision_base)
     if args.compare:
         (base, tuned), = comparer.generate([args.prompt], adapter, args.system or None, settings)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, runs.RunError) as exc:
+    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, record.RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

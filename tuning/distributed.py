@@ -118,11 +118,11 @@ def launch(n: int, run_path, workspace, resume: bool = False) -> int:
     import subprocess
     from pathlib import Path
 
-    from tuning.events import EventLog, read_events
+    from tuning import record
 
     run_path, workspace = Path(run_path), Path(workspace)
     train_args = ["--workspace", str(workspace)]
-    train_args += ["--resume", run_path.name] if resume else ["--config", str(run_path / "config.yaml")]
+    train_args += ["--resume", run_path.name] if resume else ["--config", str(record.config_path(run_path))]
     command = launch_command(n, train_args)
     print(f"launching {n} processes: {' '.join(command)}", flush=True)
     # A function handler (not SIG_IGN) so the child starts with default handlers after exec.
@@ -136,10 +136,9 @@ def launch(n: int, run_path, workspace, resume: bool = False) -> int:
     if code != 0:
         # A worker other than rank 0 (or torchrun itself) may have failed silently from the events'
         # point of view: make sure the run ends with an error event the dashboard can show.
-        events, _ = read_events(run_path / "events.jsonl")
-        last = events[-1]["event"] if events else None
-        if last not in ("end", "error"):
-            EventLog(run_path / "events.jsonl").append(
+        events, _ = record.read_run_events(run_path)
+        if record.EventSummary().extend(events).final is None:
+            record.event_log(run_path).append(
                 "error", kind="DistributedFailure",
                 message=f"a training process failed (torch.distributed.run exit code {code}); see train.log")
     return code

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from tuning import runs
+from tuning import record
 from tuning.config import TrainConfig
 
 # Free space a new run needs before it starts: checkpoints (adapter + optimizer state, up to
@@ -30,7 +29,7 @@ from tuning.config import TrainConfig
 MIN_FREE_BYTES = 1 << 30  # 1 GiB
 
 
-class StartRefused(runs.RunError):
+class StartRefused(record.RunError):
     """Another run is active, or the workspace cannot take a new run."""
 
 
@@ -39,7 +38,7 @@ def check_workspace_usable(workspace: Path, need_bytes: int | None = None) -> No
     workspace = Path(workspace)
     need = MIN_FREE_BYTES if need_bytes is None else need_bytes
     try:
-        runs_folder = runs.runs_dir(workspace)
+        runs_folder = record.runs_dir(workspace)
         runs_folder.mkdir(parents=True, exist_ok=True)
         probe = runs_folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
@@ -73,7 +72,7 @@ def workspace_lock(workspace: Path):
 
 
 def refuse_if_busy(workspace: Path, except_run: str | None = None) -> None:
-    busy = [s for s in runs.active_runs(workspace) if s.run_id != except_run]
+    busy = [s for s in record.active_runs(workspace) if s.run_id != except_run]
     if busy:
         raise StartRefused(f"run {busy[0].run_id} is still training; stop it or wait for it to finish "
                            "(one run at a time)")
@@ -83,16 +82,11 @@ def create_run(workspace: Path, cfg: TrainConfig) -> Path:
     """A new run folder holding the resolved config. Call under workspace_lock. Checks the
     workspace first; a failure half-way removes the folder again (no broken run is left)."""
     check_workspace_usable(workspace)
-    run_id = runs.new_run_id(workspace, cfg.run_name)
-    path = runs.run_dir(workspace, run_id)
+    run_id = record.new_run_id(workspace, cfg.run_name)
+    path = record.run_dir(workspace, run_id)
     path.mkdir(parents=True)
     try:
-        tmp = path / "config.yaml.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(cfg.to_yaml())
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path / "config.yaml")
+        record.write_config(path, cfg)
     except OSError as exc:
         shutil.rmtree(path, ignore_errors=True)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -109,7 +103,7 @@ def build_command(workspace: Path, extra: list[str]) -> list[str]:
 
 
 def _spawn(run_path: Path, workspace: Path, extra: list[str]) -> subprocess.Popen:
-    log = open(run_path / "train.log", "ab")
+    log = open(record.log_path(run_path), "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         # start_new_session: the trainer leads its own process group and session, so a closed
@@ -128,11 +122,11 @@ def start(cfg: TrainConfig, workspace: Path) -> str:
         refuse_if_busy(workspace)
         path = create_run(workspace, cfg)
         try:
-            proc = _spawn(path, workspace, ["--config", str(path / "config.yaml")])
+            proc = _spawn(path, workspace, ["--config", str(record.config_path(path))])
         except OSError as exc:
             shutil.rmtree(path, ignore_errors=True)
             raise StartRefused(f"could not start the training process: {exc.strerror or exc}") from None
-        runs.write_process_info(path, proc.pid)
+        record.write_process_info(path, proc.pid)
     return path.name
 
 
@@ -140,16 +134,16 @@ def resume(workspace: Path, run_id: str) -> str:
     """Continue a stopped or interrupted run from its newest complete checkpoint."""
     workspace = Path(workspace)
     with workspace_lock(workspace):
-        path = runs.existing_run_dir(workspace, run_id)
+        path = record.existing_run_dir(workspace, run_id)
         refuse_if_busy(workspace)
-        summary = runs.summarize(path)
-        if summary.status == runs.DAMAGED:
+        summary = record.summarize(path)
+        if summary.status == record.DAMAGED:
             raise StartRefused(f"run {run_id} is damaged: {summary.message}")
-        if summary.status == runs.COMPLETED:
+        if summary.status == record.COMPLETED:
             raise StartRefused(f"run {run_id} already completed")
         check_workspace_usable(workspace)
-        proc = _spawn(path, workspace, ["--resume", runs.check_run_id(run_id)])
-        runs.write_process_info(path, proc.pid)
+        proc = _spawn(path, workspace, ["--resume", record.check_run_id(run_id)])
+        record.write_process_info(path, proc.pid)
     return run_id
 
 
@@ -171,8 +165,8 @@ def _own_group(path: Path, proc: psutil.Process) -> int | None:
     signal."""
     try:
         pgid = os.getpgid(proc.pid)
-        recorded = json.loads((path / "process.json").read_text()).get("pgid", pgid)
-    except (OSError, ValueError, AttributeError):
+        recorded = record.read_process_info(path).get("pgid", pgid)
+    except OSError:
         return None
     return pgid if pgid == proc.pid == recorded else None
 
@@ -192,17 +186,17 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
     """Ask the run to stop gracefully (SIGTERM to its process group: it finishes the current step,
     saves a checkpoint and the adapter, and ends as "stopped"). With timeout > 0, wait for it,
     then SIGKILL whatever is left of the group, so no orphan keeps memory."""
-    path = runs.existing_run_dir(workspace, run_id)
-    proc = runs.training_process(path)
+    path = record.existing_run_dir(workspace, run_id)
+    proc = record.training_process(path)
     if proc is None:
         return False
     pgid = _own_group(path, proc)
     _signal(proc, pgid, signal.SIGTERM)
     if timeout > 0:
         deadline = time.time() + timeout
-        while time.time() < deadline and runs.process_alive(path):
+        while time.time() < deadline and record.process_alive(path):
             time.sleep(0.2)
-        if runs.process_alive(path):
+        if record.process_alive(path):
             _signal(proc, pgid, signal.SIGKILL)
         if pgid is not None:  # children that outlived their parent: end them too
             for leftover in group_members(pgid):
