@@ -25,54 +25,338 @@ def python_files() -> list[Path]:
     return [p for p in PROJECT.rglob("*.py") if not skip & set(p.relative_to(PROJECT).parts)]
 
 
-def calls(tree: ast.AST):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            yield node, ast.unparse(node.func)
-
-
 # --- the code itself ------------------------------------------------------------------------------------
+# The scan looks at each CALL by what it resolves to, whatever the spelling: `import torch as T; T.load`,
+# `from torch import load as tl; tl`, `tl = torch.load; tl`, `getattr(os, "system")`, `__import__("os")`
+# all come out as their qualified names (torch.load, os.system) before the rules below are applied.
 
-FORBIDDEN_CALLS = ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
-                   "pickle.load", "pickle.loads", "eval", "exec", "os.spawnlp", "os.execlp")
-PROCESS_CALLS = ("subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
-                 "subprocess.check_output", "Popen")
+FORBIDDEN_CALLS = {
+    "os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput", "asyncio.create_subprocess_shell",
+    "pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads", "_pickle.Unpickler",
+    "cPickle.load", "cPickle.loads", "dill.load", "dill.loads", "joblib.load", "pandas.read_pickle",
+    "marshal.load", "marshal.loads", "shelve.open",
+    "eval", "exec", "builtins.eval", "builtins.exec", "__builtins__.eval", "__builtins__.exec",
+    "yaml.unsafe_load", "yaml.unsafe_load_all", "yaml.full_load", "yaml.full_load_all",
+    "os.posix_spawn", "os.posix_spawnp",
+    *(f"os.spawn{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")),
+    *(f"os.exec{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")),
+}
+PROCESS_CALLS = {"subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call",
+                 "subprocess.check_output", "asyncio.create_subprocess_exec", "Popen"}
+SAFE_YAML_LOADERS = {"yaml.SafeLoader", "yaml.CSafeLoader"}
+TORCH_LOADS = {"torch.load", "torch.serialization.load"}
+GETATTR = {"getattr", "builtins.getattr"}
+IMPORTERS = {"__import__", "builtins.__import__", "importlib.import_module"}
+SWITCH = "trust_remote_code"  # the user's config switch: passed on by name, never set to a True-ish constant
 
 
-def scan(source: str, where: str) -> list[str]:
-    """Every forbidden pattern in one file's source."""
+def _is_false(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
+
+
+def _is_true(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
+
+
+class _Names:
+    """One file's import aliases and simple assignments, so a call resolves to its qualified name."""
+
+    def __init__(self, tree: ast.AST):
+        self.aliases: dict[str, set[str]] = {}
+        self.values: dict[str, list[ast.AST]] = {}  # every expression a plain name is assigned, anywhere
+        self.defaults: dict[str, list[ast.AST]] = {}  # every default a parameter of that name gets
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        self.aliases.setdefault(a.asname, set()).add(a.name)
+                    else:
+                        top = a.name.split(".")[0]
+                        self.aliases.setdefault(top, set()).add(top)
+            elif isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                for a in node.names:
+                    self.aliases.setdefault(a.asname or a.name, set()).add(f"{module}.{a.name}".lstrip("."))
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name) and node.value is not None:
+                        self.values.setdefault(target.id, []).append(node.value)
+            elif isinstance(node, ast.arguments):
+                positional = node.posonlyargs + node.args
+                for arg, default in zip(positional[len(positional) - len(node.defaults):], node.defaults):
+                    self.defaults.setdefault(arg.arg, []).append(default)
+                for arg, default in zip(node.kwonlyargs, node.kw_defaults):
+                    if default is not None:
+                        self.defaults.setdefault(arg.arg, []).append(default)
+        for _ in range(3):  # `a = torch.load; b = a` chains, a few links deep
+            for name, values in self.values.items():
+                for value in values:
+                    if isinstance(value, (ast.Name, ast.Attribute)) or self._is_import(value):
+                        self.aliases.setdefault(name, set()).update(self.qualify(value))
+
+    def _is_import(self, node: ast.AST) -> bool:
+        return (isinstance(node, ast.Call) and bool(self.qualify(node.func) & IMPORTERS) and bool(node.args)
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
+
+    def qualify(self, node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Name):
+            return self.aliases.get(node.id) or {node.id}
+        if isinstance(node, ast.Attribute):
+            return {f"{base}.{node.attr}" for base in self.qualify(node.value)}
+        if self._is_import(node):
+            return {node.args[0].value}
+        if (isinstance(node, ast.Call) and self.qualify(node.func) & GETATTR and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            return {f"{base}.{node.args[1].value}" for base in self.qualify(node.args[0])}
+        return {ast.unparse(node)}
+
+    def is_string(self, node: ast.AST, seen: frozenset = frozenset()) -> bool:
+        """A command built as one string (for a shell to split), however it is spelled or where it is kept."""
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, (str, bytes))
+        if isinstance(node, ast.JoinedStr):
+            return True
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+            return self.is_string(node.left, seen) or self.is_string(node.right, seen)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in ("format", "join") and isinstance(node.func.value, ast.Constant):
+                return True
+            return bool(self.qualify(node.func) & {"shlex.join", "str"})
+        if isinstance(node, ast.Call) and self.qualify(node.func) & {"str", "shlex.join"}:
+            return True
+        if isinstance(node, ast.Name) and node.id not in seen:
+            return any(self.is_string(v, seen | {node.id}) for v in self.values.get(node.id, []))
+        return False
+
+    def is_user_switch(self, node: ast.AST) -> bool:
+        """trust_remote_code passes the constant False or the user's own switch (cfg.trust_remote_code, or
+        a parameter of that name) that nothing in the file sets to anything but False."""
+        if _is_false(node):
+            return True
+        if isinstance(node, ast.Attribute):
+            return node.attr == SWITCH
+        if isinstance(node, ast.Name) and node.id == SWITCH:
+            return all(self.is_user_switch(v) for v in self.values.get(SWITCH, []) + self.defaults.get(SWITCH, []))
+        return False
+
+
+def switch_positions(source: str) -> dict[str, int]:
+    """Functions (and classes, by __init__) taking trust_remote_code as a parameter: name -> index of it
+    among the positional arguments a caller writes, so `load_model(p, m, d, True)` is caught too."""
+    positions = {}
+    tree = ast.parse(source)
+    for parent in ast.walk(tree):
+        for node in ast.iter_child_nodes(parent):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            names = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if SWITCH not in names:
+                continue
+            index = names.index(SWITCH)
+            if isinstance(parent, ast.ClassDef) and names[0] in ("self", "cls"):
+                index -= 1
+                if node.name == "__init__":
+                    positions[parent.name] = index
+                    continue
+            positions[node.name] = index
+    return positions
+
+
+def keywords_of(node: ast.Call) -> tuple[dict[str | None, ast.AST], bool]:
+    """The call's keyword arguments, `**{...}` and `**dict(...)` literals included; and whether some
+    `**mapping` could not be read (it might hold shell=True)."""
+    found, opaque = {}, False
+    for k in node.keywords:
+        if k.arg is not None:
+            found[k.arg] = k.value
+        elif isinstance(k.value, ast.Dict) and all(isinstance(key, ast.Constant) for key in k.value.keys):
+            found.update({key.value: value for key, value in zip(k.value.keys, k.value.values)})
+        elif isinstance(k.value, ast.Call) and ast.unparse(k.value.func) == "dict" and not k.value.args:
+            inner, inner_opaque = keywords_of(k.value)
+            found.update(inner)
+            opaque |= inner_opaque
+        else:
+            opaque = True
+    return found, opaque
+
+
+def scan(source: str, where: str, positions: dict[str, int] | None = None) -> list[str]:
+    """Every forbidden pattern in one file's source. `positions`: see switch_positions (default: the
+    functions this source defines)."""
+    tree = ast.parse(source)
+    names = _Names(tree)
+    positions = switch_positions(source) if positions is None else positions
     problems = []
-    for node, name in calls(ast.parse(source)):
-        keywords = {k.arg: k.value for k in node.keywords}
-        if "shell" in keywords and not (isinstance(keywords["shell"], ast.Constant)
-                                        and keywords["shell"].value is False):
-            problems.append(f"{where}:{node.lineno}: shell= in {name}()")
-        if name in FORBIDDEN_CALLS:
-            problems.append(f"{where}:{node.lineno}: {name}()")
-        if name.endswith("torch.load"):
-            wo = keywords.get("weights_only")
-            if not (isinstance(wo, ast.Constant) and wo.value is True):
-                problems.append(f"{where}:{node.lineno}: torch.load without weights_only=True")
-        rc = keywords.get("trust_remote_code")
-        if isinstance(rc, ast.Constant) and rc.value is True:
-            problems.append(f"{where}:{node.lineno}: trust_remote_code=True literal")
-        if name in PROCESS_CALLS and node.args and isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)):
-            problems.append(f"{where}:{node.lineno}: {name}() with a string command (use a list)")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        qualified = names.qualify(node.func)
+        name = ast.unparse(node.func)
+        shown = f"{name}()" + ("" if qualified == {name} else f" (= {', '.join(sorted(qualified))})")
+        at = f"{where}:{node.lineno}:"
+        keywords, opaque = keywords_of(node)
+        if "shell" in keywords and not _is_false(keywords["shell"]):
+            problems.append(f"{at} shell= other than False in {shown}")
+        if qualified & FORBIDDEN_CALLS:
+            problems.append(f"{at} {shown}")
+        if any(q.endswith("torch.load") for q in qualified) or qualified & TORCH_LOADS:
+            if not _is_true(keywords.get("weights_only")):
+                problems.append(f"{at} {shown} without weights_only=True")
+        if qualified & {"yaml.load", "yaml.load_all"}:
+            loader = keywords.get("Loader", node.args[1] if len(node.args) > 1 else None)
+            if loader is None or not names.qualify(loader) <= SAFE_YAML_LOADERS:
+                problems.append(f"{at} {shown} without Loader=yaml.SafeLoader (use yaml.safe_load)")
+        if qualified & {"numpy.load"} and "allow_pickle" in keywords and not _is_false(keywords["allow_pickle"]):
+            problems.append(f"{at} {shown} with allow_pickle")
+        if SWITCH in keywords and not names.is_user_switch(keywords[SWITCH]):
+            problems.append(f"{at} {SWITCH}= set in code, not by the user's switch, in {shown}")
+        index = next((positions[q.rsplit(".", 1)[-1]] for q in qualified if q.rsplit(".", 1)[-1] in positions), None)
+        if (index is not None and index < len(node.args) and not isinstance(node.args[index], ast.Starred)
+                and not any(isinstance(a, ast.Starred) for a in node.args[:index])
+                and not names.is_user_switch(node.args[index])):
+            problems.append(f"{at} {SWITCH} set in code, not by the user's switch, in {shown} (positional)")
+        if qualified & PROCESS_CALLS:
+            command = node.args[0] if node.args else keywords.get("args")
+            if command is not None and names.is_string(command):
+                problems.append(f"{at} {shown} with a string command (use a list)")
+            if opaque:
+                problems.append(f"{at} {shown} with **kwargs that could hold shell=True")
     return problems
 
 
-def test_no_shell_no_pickle_no_unsafe_torch_load_no_remote_code_literal():
+def product_switch_positions(files: list[Path]) -> dict[str, int]:
+    positions = {}
+    for path in files:
+        positions.update(switch_positions(path.read_text(encoding="utf-8")))
+    return positions
+
+
+def test_no_shell_no_pickle_no_unsafe_loads_no_remote_code_set_in_code():
     files = python_files()
-    assert PROJECT / "tuning" / "runner.py" in files and PROJECT / "app.py" in files
+    for part in (("app.py",), ("tuning", "runner.py"), ("tuning", "models.py"), ("bench",)):  # scripts/ holds no .py
+        assert any(p.relative_to(PROJECT).parts[:len(part)] == part for p in files), part
+    positions = product_switch_positions(files)
+    assert {"load_model", "load_tokenizer", "Comparer"} <= set(positions), positions
     problems = []
     for path in files:
         if path.name.startswith("test_security"):
             continue  # this file names the forbidden calls on purpose
-        problems += scan(path.read_text(encoding="utf-8"), str(path.relative_to(PROJECT)))
+        problems += scan(path.read_text(encoding="utf-8"), str(path.relative_to(PROJECT)), positions)
     assert not problems, "\n".join(problems)
 
 
-def test_the_scanner_finds_each_forbidden_pattern():
+BAD_SNIPPETS = {
+    # shell=: any value but the constant False, and the command a shell would read
+    "subprocess.run(['ls', x], shell=True)": "shell=",
+    "args = 'ls ' + x\nflag = True\nsubprocess.run(args, shell=flag)": "shell=",
+    "subprocess.run(['ls'], shell=1)": "shell=",
+    "subprocess.run(['ls'], **{'shell': True})": "shell=",
+    "from subprocess import run as go\ngo(['ls'], shell=True)": "shell=",
+    "subprocess.Popen(f'ls {x}')": "string command",
+    "cmd = 'ls ' + x\nsubprocess.Popen(cmd)": "string command",
+    "cmd = ' '.join(['ls', x])\nsubprocess.check_output(cmd)": "string command",
+    "subprocess.run(args='ls -l')": "string command",
+    "subprocess.run(['ls'], **opts)": "**kwargs",
+    "import subprocess as sp\nsp.call('ls %s' % x)": "string command",
+    # commands through a shell, code from data
+    "os.system(x)": "os.system",
+    "import os as o\no.system(x)": "os.system",
+    "from os import system\nsystem(x)": "os.system",
+    "from os import popen as p\np(x)": "os.popen",
+    "getattr(os, 'system')(x)": "os.system",
+    "__import__('os').system(x)": "os.system",
+    "run = os.system\nrun(x)": "os.system",
+    "os.execlp('sh', 'sh')": "os.execlp",
+    "subprocess.getoutput(x)": "subprocess.getoutput",
+    "pickle.load(f)": "pickle.load",
+    "pickle.loads(b)": "pickle.loads",
+    "import pickle as pk\npk.load(f)": "pickle.load",
+    "from pickle import loads as l\nl(b)": "pickle.loads",
+    "import marshal\nmarshal.loads(b)": "marshal.loads",
+    "eval(x)": "eval",
+    "exec(x)": "exec",
+    "import builtins\nbuiltins.eval(x)": "builtins.eval",
+    # yaml: only the safe loader
+    "yaml.load(s)": "yaml.load",
+    "yaml.load(s, Loader=yaml.Loader)": "yaml.load",
+    "yaml.load(s, Loader=yaml.FullLoader)": "yaml.load",
+    "yaml.load(s, yaml.UnsafeLoader)": "yaml.load",
+    "from yaml import load, Loader\nload(s, Loader=Loader)": "yaml.load",
+    "import yaml as y\ny.load(s)": "yaml.load",
+    "yaml.load_all(s)": "yaml.load_all",
+    "yaml.unsafe_load(s)": "yaml.unsafe_load",
+    "yaml.full_load(s)": "yaml.full_load",
+    # torch.load: weights_only=True, however torch.load is reached
+    "torch.load(p)": "weights_only",
+    "torch.load(p, weights_only=False)": "weights_only",
+    "torch.load(p, weights_only=flag)": "weights_only",
+    "from torch import load as tl\ntl(p)": "weights_only",
+    "import torch as T\nT.load(p)": "weights_only",
+    "from torch import load\nload(p, map_location='cpu')": "weights_only",
+    "tl = torch.load\ntl(p)": "weights_only",
+    "torch.serialization.load(p)": "weights_only",
+    "import numpy as np\nnp.load(p, allow_pickle=True)": "allow_pickle",
+    # trust_remote_code: never switched on by the code itself
+    "M.from_pretrained(p, trust_remote_code=True)": "trust_remote_code",
+    "M.from_pretrained(p, trust_remote_code=1)": "trust_remote_code",
+    "M.from_pretrained(p, trust_remote_code='yes')": "trust_remote_code",
+    "M.from_pretrained(p, trust_remote_code=always)": "trust_remote_code",
+    "M.from_pretrained(p, trust_remote_code=not cfg.trust_remote_code)": "trust_remote_code",
+    "M.from_pretrained(p, **{'trust_remote_code': True})": "trust_remote_code",
+    "M.from_pretrained(p, **dict(trust_remote_code=True))": "trust_remote_code",
+    "trust_remote_code = True\nM.from_pretrained(p, trust_remote_code=trust_remote_code)": "trust_remote_code",
+    "def f(p, trust_remote_code=True):\n    return M.from_pretrained(p, trust_remote_code=trust_remote_code)":
+        "trust_remote_code",
+    "def load_model(p, trust_remote_code=False):\n    pass\nload_model(p, True)": "positional",
+    "class Comparer:\n    def __init__(self, p, trust_remote_code=False):\n        pass\n"
+    "Comparer(p, True)": "positional",
+}
+
+GOOD_SNIPPETS = [
+    "subprocess.run(['ls', x], shell=False)",
+    "subprocess.run(['ls', x])",
+    "cmd = ['ls', x]\nsubprocess.Popen(cmd, stdout=subprocess.PIPE, env={**os.environ, 'A': '1'})",
+    "from subprocess import Popen\nPopen([sys.executable, '-c', 'pass'])",
+    "torch.load(p, weights_only=True)",
+    "import torch as T\nT.load(p, map_location='cpu', weights_only=True)",
+    "from torch import load as tl\ntl(p, weights_only=True)",
+    "yaml.safe_load(s)",
+    "yaml.load(s, Loader=yaml.SafeLoader)",
+    "yaml.load(s, Loader=yaml.CSafeLoader)",
+    "from yaml import load, SafeLoader\nload(s, SafeLoader)",
+    "yaml.safe_dump(d)",
+    "model.eval()",
+    "json.loads(s)",
+    "import numpy as np\nnp.load(p)",
+    "M.from_pretrained(p, trust_remote_code=False)",
+    "M.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)",
+    "M.from_pretrained(p, **{'trust_remote_code': False})",
+    "def load_model(p, trust_remote_code=False):\n"
+    "    return M.from_pretrained(p, trust_remote_code=trust_remote_code)\n"
+    "load_model(p, cfg.trust_remote_code)\nload_model(p)\nload_model(p, False)",
+    "class Comparer:\n    def __init__(self, p, trust_remote_code=False):\n        pass\n"
+    "Comparer(p, cfg.trust_remote_code)",
+]
+
+PRELUDE = "import os, sys, subprocess, torch, pickle, yaml, json\n"
+
+
+@pytest.mark.parametrize("snippet", list(BAD_SNIPPETS))
+def test_the_scanner_catches_each_bad_spelling(snippet):
+    problems = scan(PRELUDE + snippet, "bad.py")
+    assert problems, f"missed:\n{snippet}"
+    assert any(BAD_SNIPPETS[snippet] in p for p in problems), problems
+    last = len((PRELUDE + snippet).splitlines())
+    assert all(p.startswith("bad.py:") for p in problems) and any(f"bad.py:{last}:" in p for p in problems)
+
+
+@pytest.mark.parametrize("snippet", GOOD_SNIPPETS)
+def test_the_scanner_passes_the_safe_spellings(snippet):
+    assert scan(PRELUDE + snippet, "good.py") == []
+
+
+def test_the_scanner_counts_one_problem_per_bad_call():
     bad = ("import os, subprocess, torch, pickle\nsubprocess.run(['ls', x], shell=True)\nos.system(x)\n"
            "torch.load(p)\ntorch.load(p, weights_only=False)\npickle.load(f)\n"
            "M.from_pretrained(p, trust_remote_code=True)\nsubprocess.Popen(f'ls {x}')\n")
@@ -232,10 +516,29 @@ def test_the_app_binds_to_localhost_with_an_upload_limit_and_no_extra_paths(laun
     assert kwargs["share"] is False and kwargs["auth"] is None
     assert kwargs.get("max_file_size"), "uploads need a size limit"
     assert not kwargs.get("allowed_paths"), "Gradio's allowed_paths stays minimal (none)"
-    import gradio as gr
-
-    assert gr.FileSize.MB * 1 <= gr.FileSize.MB * 500  # the limit is a size gradio understands
     assert "mb" in str(kwargs["max_file_size"]).lower() or isinstance(kwargs["max_file_size"], int)
+    # The limit Gradio will enforce, parsed the way launch() parses it: 500 MB, no more.
+    assert upload_limit_bytes(kwargs) == UPLOAD_LIMIT
+
+
+UPLOAD_LIMIT = 500 * 1024 * 1024  # gradio.utils.FileSize.MB is 1024 * 1024 bytes
+
+
+def upload_limit_bytes(kwargs: dict) -> int | None:
+    from gradio.utils import FileSize, _parse_file_size
+
+    assert FileSize.MB == 1024 * 1024
+    return _parse_file_size(kwargs.get("max_file_size"))
+
+
+def test_the_upload_limit_holds_on_a_space_and_with_auth_too(launch_kwargs, monkeypatch, tmp_path):
+    with_auth = launch_kwargs(["--host", "0.0.0.0", "--auth", "me:secret"])
+    assert upload_limit_bytes(with_auth) == UPLOAD_LIMIT
+    monkeypatch.setenv("SPACE_ID", "me/tuner")
+    monkeypatch.setenv("TUNING_WORKSPACE", str(tmp_path))
+    on_space = launch_kwargs([])
+    assert on_space["server_name"] == "0.0.0.0", "the Space settings were applied"
+    assert upload_limit_bytes(on_space) == UPLOAD_LIMIT, "a public Space keeps the upload limit"
 
 
 @pytest.mark.parametrize("flags", [["--share"], ["--host", "0.0.0.0"], ["--host", "::"],
