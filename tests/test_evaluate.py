@@ -18,7 +18,9 @@ from tuning.train import StopRequested
 
 
 def _eval_file(tmp_path):
-    """Held-out rows with explicit checks: an empty substring always matches, a nonsense one never."""
+    """Held-out rows with explicit checks for the plumbing (every row is answered, checked and counted
+    by kind): an empty substring always matches, a nonsense one never. Whether a check really passes
+    or fails on what an answer says is test_task_checks_pass_on_the_expected_text_and_fail_without_it."""
     rows = []
     for i in range(3):
         rows.append({"messages": [{"role": "user", "content": f"Who are you, really? {i}"},
@@ -81,6 +83,7 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert by_kind["never"]["base_passed"] == 0 and by_kind["never"]["tuned_passed"] == 0
     for row in result["checks"]["rows"]:
         assert row["base_pass"] == evaluate.passes(row["base"], row["expect"])
+        assert row["tuned_pass"] == evaluate.passes(row["tuned"], row["expect"])
     assert {r["system"] for r in result["checks"]["rows"]} == {None, "Be brief."}
 
     # Probes: the first held-out prompts, answered at each checkpoint and at the end.
@@ -216,6 +219,53 @@ def test_demo_probes_and_checks_come_with_the_dataset():
     kinds = [extra["kind"] for _, extra in rows]
     assert kinds.count("identity") == 24 and kinds.count("control") == 23
     assert evaluate.passes("I'm QUILL.", ["quill"]) and not evaluate.passes("I'm SmolLM.", ["quill"])
+
+
+def test_task_checks_pass_on_the_expected_text_and_fail_without_it(monkeypatch):
+    """task_checks with known answers (generation replaced by a table): an answer that contains an
+    expected substring, in any case, passes; one that does not, fails; base and tuned each on its own."""
+    TUNED = evaluate.TRAINING_ADAPTER  # the adapter name the answers of the tuned side carry
+    answers = {  # (user prompt, adapter) -> what the model "said"
+        ("Who are you? 0", evaluate.BASE): "I am SmolLM, a small model.",
+        ("Who are you? 0", TUNED): "I'm QUILL, your writing helper.",
+        ("Who are you? 1", evaluate.BASE): "Just a FEATHER in the wind.",
+        ("Who are you? 1", TUNED): "quill here",
+        ("Name a colour.", evaluate.BASE): "Blue, I think.",
+        ("Name a colour.", TUNED): "Red.",
+        ("Say nothing.", evaluate.BASE): "",
+        ("Say nothing.", TUNED): "   ",
+    }
+    asked = []
+
+    def fake_generate(model, tokenizer, prompts, names, max_new_tokens):
+        asked.extend((p[-1]["content"], n) for p, n in zip(prompts, names))
+        return [answers[(p[-1]["content"], n)] for p, n in zip(prompts, names)]
+
+    monkeypatch.setattr(evaluate, "_generate", fake_generate)
+
+    def row(prompt, expect=None, kind="identity"):
+        conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "Quill."}]
+        return conv, ({"kind": kind, "expect": expect} if expect is not None else {})
+
+    rows = [row("Who are you? 0", ["quill"]), row("Who are you? 1", ["Quill", "feather"]),
+            row("Name a colour.", ["BLUE"], kind="control"), row("Say nothing.", ["quill"], kind="control"),
+            row("Not checked: no expect."), row("Not checked: empty expect.", [])]
+    result = evaluate.task_checks(None, None, rows, 8)
+    got = [(r["prompt"], r["base_pass"], r["tuned_pass"]) for r in result["rows"]]
+    assert got == [("Who are you? 0", False, True),   # base lacks "quill"; tuned says QUILL (upper case)
+                   ("Who are you? 1", True, True),    # base matches the second substring, in another case
+                   ("Name a colour.", True, False),   # base says Blue; tuned says Red: a real fail
+                   ("Say nothing.", False, False)]    # an empty answer matches nothing
+    assert [(r["base"], r["tuned"]) for r in result["rows"]] == [
+        (answers[(p, evaluate.BASE)], answers[(p, TUNED)]) for p, _, _ in got]
+    assert not any(p.startswith("Not checked") for p, _ in asked), "rows without expect are not asked"
+    assert result["by_kind"] == {
+        "identity": {"n": 2, "base_passed": 1, "tuned_passed": 2, "base_rate": 0.5, "tuned_rate": 1.0},
+        "control": {"n": 2, "base_passed": 1, "tuned_passed": 0, "base_rate": 0.5, "tuned_rate": 0.0}}
+    # The rule itself, both ways.
+    assert evaluate.passes("I'm QUILL.", ["quill"]) and evaluate.passes("i'm quill.", ["QUILL"])
+    assert not evaluate.passes("I'm SmolLM.", ["quill"]) and not evaluate.passes("Qu ill", ["quill"])
+    assert not evaluate.passes("quill", []) and not evaluate.passes("", ["quill"])
 
 
 def test_early_stopping_stops_on_rising_eval_loss_and_marks_the_best(tmp_path, tiny_config):
