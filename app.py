@@ -98,12 +98,17 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             """Every run dropdown on the page learns of new runs; the given one is selected."""
             return gr.update(choices=live_tab.run_choices(ctx), value=run_id)
 
-        # Inspecting a dataset fills the Train form's dataset, format and column map; the form's
-        # base model and max_length drive the Dataset tab's token counts.
-        dataset_tab.connect(data, train)
+        # Inspecting a dataset fills the Train form's dataset, format and column map; the form's base
+        # model, max_length and completions-only choice drive the Dataset tab's token counts; "use the
+        # suggested max_length" sets the form's.
+        for source, target in ((data.dataset, train.dataset), (data.dataset_format, train.dataset_format),
+                               (data.column_map, train.column_map), (train.base_model, data.base_model),
+                               (train.max_length, data.max_length), (train.completions_only, data.completions_only)):
+            source.change(lambda value: value, source, target, api_visibility="private")
+        data.use_max_length.click(lambda value: value, data.suggested, train.max_length, api_visibility="private")
         # A started run is followed in Live at once.
-        train["started_run"].change(lambda r: (gr.Tabs(selected="live"), choose(r), choose(None)),
-                                    train["started_run"], [tabs, live["run"], play["run"]], api_visibility="private")
+        train.started_run.change(lambda r: (gr.Tabs(selected="live"), choose(r), choose(None)),
+                                 train.started_run, [tabs, live["run"], play["run"]], api_visibility="private")
         listed["open_live"].click(lambda r: (gr.Tabs(selected="live"), choose(r)), listed["run"],
                                   [tabs, live["run"]], api_visibility="private")
         listed["open_play"].click(lambda r: (gr.Tabs(selected="playground"), choose(r)), listed["run"],

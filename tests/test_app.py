@@ -133,13 +133,13 @@ def test_dataset_problems_carry_row_numbers_and_pages_clamp(ctx):
     bad = ctx.data_dirs[0] / "bad.jsonl"
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     bad.write_text("\n".join([json.dumps(good)] * 12 + ["{not json", json.dumps({"messages": "x"})]) + "\n")
-    summary, preview, page, pages, problems, _, source, _ = dataset_tab.inspect_handler(
-        ctx, dataset_tab.SOURCES[2], None, str(bad), "auto")
+    out = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[2], None, str(bad), "auto")
+    summary, problems, source = out["summary"], out["problems"], out["source"]
     assert "12" in summary and "2 problems" in summary
     assert sorted(p[1] for p in problems) == [13, 14] and all(p[0] == "bad.jsonl" for p in problems)
-    rows, page, label = dataset_tab.page_handler(source, "auto", 1, +1)
-    assert page == 2 and label == "of 2" and [r[0] for r in rows] == [11, 12]
-    assert dataset_tab.page_handler(source, "auto", 2, +5)[1] == 2
+    shown = dataset_tab.page_handler(source, "auto", 1, delta=+1)
+    assert shown["page"] == 2 and shown["pages"] == "of 2" and [r[0] for r in shown["preview"]] == [11, 12]
+    assert dataset_tab.page_handler(source, "auto", 2, delta=+5)["page"] == 2
 
 
 def test_upload_is_kept_in_the_workspace(ctx, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The Dataset tab's handlers without a browser: the quick first page of a huge file, the token
 statistics and histogram with a known long row, the token view, CSV uploads and column maps;
-and the Train form's guards (junk in number boxes, the trust_remote_code warning)."""
+and the Train form's handlers (junk in number boxes, the trust_remote_code warning, a preset filling
+the form, Start's message and run id)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from tuning import config as config_mod
 from tuning import data
 from tuning.ui import dataset_tab, train_tab
-from tuning.ui.common import AppContext
+from tuning.ui.common import AppContext, load_dataset
 
 ANSWER = "I am Quill, made by Larkspur Labs."
 
@@ -40,7 +41,11 @@ def test_statistics_show_the_histogram_and_the_truncated_row(ctx, tiny_model_dir
     source = str(write(ctx.data_dirs[0] / "long.jsonl", rows))
     outputs = list(dataset_tab.statistics_handler(ctx, source, "auto", "", str(tiny_model_dir), 64, True))
     assert len(outputs) == 1  # few rows: no sampled estimate first
-    summary, problems, pages, stats_md, plot, findings, suggested, use_btn = outputs[0]
+    (out,) = outputs
+    assert set(out) == set(dataset_tab.STATS_OUTPUTS)
+    summary, problems, stats_md, plot, findings = (out[k] for k in ("summary", "problems", "stats", "histogram",
+                                                                     "findings"))
+    suggested, use_btn = out["suggested"], out["use_btn"]
     assert "12" in summary and problems == []
     assert "**1** rows (**8.3%**)" in stats_md and "max_length **64**" in stats_md
     assert "duplicates: **1**" in stats_md
@@ -50,7 +55,7 @@ def test_statistics_show_the_histogram_and_the_truncated_row(ctx, tiny_model_dir
     assert suggested > 64 and suggested % 64 == 0 and use_btn["visible"] is True
 
     # The histogram: every short row in a bar within max_length, the long one in a red bar past it.
-    stats = data.statistics(dataset_tab.load(source), dataset_tab._tokenizer(str(tiny_model_dir), str(ctx.workspace)), 64)
+    stats = data.statistics(load_dataset(source), dataset_tab._tokenizer(str(tiny_model_dir), str(ctx.workspace)), 64)
     frame, order = dataset_tab.histogram_frame(stats)
     within = frame[frame["where"] == "within max_length"]
     over = frame[frame["where"] != "within max_length"]
@@ -82,18 +87,19 @@ def test_a_huge_file_shows_its_first_page_without_tokenizing(ctx, tiny_model_dir
         raise AssertionError("the first page must not tokenize")
 
     monkeypatch.setattr(data, "tokenize_conversation", no_tokenizing)
-    summary, preview, page, pages, problems, stats, source, chosen = dataset_tab.inspect_handler(
-        ctx, dataset_tab.SOURCES[2], None, str(big), "auto", "")
+    out = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[2], None, str(big), "auto", "")
+    assert set(out) == set(dataset_tab.INSPECT_OUTPUTS)
+    summary, preview, source = out["summary"], out["preview"], out["source"]
     assert "20,000" in summary and "first 200" in summary and "Reading the rest" in summary
     assert [r[0] for r in preview] == list(range(1, 11)) and preview[0][2] == "Question 0?"
-    assert chosen == {"dataset": str(big), "format": "auto", "column_map": ""}
-    assert dataset_tab.load(source, limit=dataset_tab.QUICK_ROWS).complete is False
+    assert (source, out["chosen_format"], out["chosen_map"]) == (str(big), "auto", "")
+    assert load_dataset(source, limit=dataset_tab.QUICK_ROWS).complete is False
 
     # The statistics step reads every row, then first yields an estimate from a sample.
     monkeypatch.undo()
     first = next(dataset_tab.statistics_handler(ctx, source, "auto", "", str(tiny_model_dir), 64, True))
-    assert "**20,000** of 20,000 rows valid" in first[0] and first[2] == "of 2000"
-    assert f"estimate from {dataset_tab.SAMPLE_ROWS:,} sampled rows of 20,000" in first[3]
+    assert "**20,000** of 20,000 rows valid" in first["summary"] and first["pages"] == "of 2000"
+    assert f"estimate from {dataset_tab.SAMPLE_ROWS:,} sampled rows of 20,000" in first["stats"]
 
 
 def test_csv_upload_and_column_map(ctx, tmp_path, monkeypatch):
@@ -103,23 +109,21 @@ def test_csv_upload_and_column_map(ctx, tmp_path, monkeypatch):
     plain = uploads / "qa.csv"
     with plain.open("w", newline="") as f:
         csv.writer(f).writerows([["question", "answer"], ["Who are you?", ANSWER], ["2+2?", "4"]])
-    summary, preview, *_, source, chosen = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(plain),
-                                                                       "", "auto", "")
-    assert "2** of 2 rows valid" in summary and preview[0][2:4] == ["Who are you?", ANSWER]
-    assert Path(source).parent == ctx.workspace / "datasets"
+    out = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(plain), "", "auto", "")
+    assert "2** of 2 rows valid" in out["summary"] and out["preview"][0][2:4] == ["Who are you?", ANSWER]
+    assert Path(out["source"]).parent == ctx.workspace / "datasets"
 
     odd = uploads / "odd.csv"
     with odd.open("w", newline="") as f:
         csv.writer(f).writerows([["q", "a"], ["Who are you?", ANSWER]])
     with pytest.raises(data.DataError):  # neither a known format nor a map: the error lists the columns
         dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(odd), "", "auto", "")
-    summary, preview, *_, chosen = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(odd), "",
-                                                               "prompt_completion", "prompt=q,completion=a")
-    assert preview[0][3] == ANSWER
+    out = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[1], str(odd), "", "prompt_completion",
+                                      "prompt=q,completion=a")
+    assert out["preview"][0][3] == ANSWER
     # What the Train form receives, and it is a valid config.
-    assert chosen["format"] == "prompt_completion" and chosen["column_map"] == "prompt=q,completion=a"
-    config_mod.TrainConfig(dataset=chosen["dataset"], dataset_format=chosen["format"],
-                           column_map=chosen["column_map"])
+    assert out["chosen_format"] == "prompt_completion" and out["chosen_map"] == "prompt=q,completion=a"
+    config_mod.TrainConfig(dataset=out["source"], dataset_format=out["chosen_format"], column_map=out["chosen_map"])
 
 
 @pytest.mark.parametrize("name, junk", [("learning_rate", ":"), ("lora_r", "inf"), ("lora_r", "nan"),
@@ -141,3 +145,24 @@ def test_trust_remote_code_is_warned_about(monkeypatch):
     trusting = config_mod.from_dict({"trust_remote_code": True})  # a dict: the security scan bans the keyword
     assert train_tab.warn_if_trusting(trusting)
     assert len(toasts) == 1 and "only for models you trust" in toasts[0].lower()
+
+
+def test_the_form_fills_from_a_preset_and_start_reports_by_name(ctx, monkeypatch):
+    from tuning import runner
+
+    filled = train_tab.fill_form(ctx, "quickstart")
+    assert list(filled) == train_tab.FORM_FIELDS and train_tab.fill_form(ctx, "") == {}
+    monkeypatch.setattr(train_tab.gr, "Info", lambda *a, **k: None)
+    monkeypatch.setattr(train_tab.gr, "Warning", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "start", lambda cfg, ws: "run-1")
+    values = list(filled.values())
+    out = train_tab.do_start(ctx, *values)
+    assert out["started_run"] == "run-1" and "Started run **run-1**" in out["message"]
+    assert "Estimate" in out["estimate"]
+
+    def refuse(cfg, ws):
+        raise runner.StartRefused("one run at a time")
+
+    monkeypatch.setattr(runner, "start", refuse)
+    out = train_tab.do_start(ctx, *values)  # refused: the followed run id is left as it is
+    assert "started_run" not in out and out["message"] == "**Not started:** one run at a time"

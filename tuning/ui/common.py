@@ -241,3 +241,73 @@ def served_copy(path: Path) -> str:
 
     folder = Path(tempfile.mkdtemp(prefix="download-", dir=get_upload_folder()))
     return shutil.copy2(path, folder / Path(path).name)
+
+
+# --- what the Dataset and Train tabs both read -----------------------------------------------------
+
+OPENING_PRESET = "quickstart"
+
+
+def opening_config():
+    """The config the page opens on: the bundled quickstart preset (the Train form's first preset),
+    so the Dataset tab counts tokens for the same base model and max_length the form shows."""
+    from tuning import config as config_mod
+
+    path = paths.PRESETS_DIR / f"{OPENING_PRESET}.yaml"
+    return config_mod.load(path) if path.is_file() else config_mod.TrainConfig()
+
+
+def _mtime(source: str) -> float:
+    try:
+        return Path(source).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None):
+    from tuning import data
+
+    return data.load(source, fmt, column_map or None, limit=limit)
+
+
+def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None):
+    """The dataset as data.load reads it, cached per file version (the mtime), format and map: the
+    Dataset tab's pages and statistics and the Train tab's estimate share one read."""
+    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit)
+
+
+# --- wiring a handler to a build function's components ---------------------------------------------
+
+def bind(fn, *args, **kwargs):
+    """functools.partial(fn, *args, **kwargs) under fn's own name and docstring: Gradio names an
+    event after its function, and app.py's Space gate finds the training handlers by that name."""
+    bound = functools.partial(fn, *args, **kwargs)
+    bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__
+    return bound
+
+
+def keyed(fn, components: dict):
+    """An event function for a handler that returns (or yields) a dict keyed by output name: Gradio
+    gets the same values keyed by `components[name]`, so what a handler updates is matched by name,
+    never by a tuple's order. Every component it may name must be in the event's outputs; an empty
+    dict changes nothing."""
+    import inspect
+
+    def by_component(values: dict):
+        import gradio as gr
+
+        return {components[name]: value for name, value in values.items()} if values else gr.skip()
+
+    if inspect.isgeneratorfunction(fn):  # sees through a partial
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            for values in fn(*args, **kwargs):
+                yield by_component(values)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return by_component(fn(*args, **kwargs))
+    return wrapper
+

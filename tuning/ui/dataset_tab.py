@@ -10,13 +10,14 @@ with a progress bar (a sampled estimate first when there are many rows)."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 
 from tuning import paths
-from tuning.ui.common import AppContext, check_source, guarded
+from tuning.ui.common import AppContext, bind, check_source, guarded, keyed, load_dataset, opening_config
 
 PAGE_SIZE = 10
 QUICK_ROWS = 200     # rows parsed before the first page shows
@@ -54,25 +55,6 @@ def keep_upload(ctx: AppContext, upload: Path) -> str:
     return str(target)
 
 
-def _mtime(source: str) -> float:
-    try:
-        return Path(source).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-@lru_cache(maxsize=8)
-def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None):
-    from tuning import data
-
-    return data.load(source, fmt, column_map or None, limit=limit)
-
-
-def load(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None):
-    """The dataset as data.load reads it, cached per file version (the mtime), format and map."""
-    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit)
-
-
 PREVIEW_HEADERS = ["#", "system", "user", "assistant (last reply)", "turns", "file:row"]
 PROBLEM_HEADERS = ["file", "row", "field", "problem"]
 FINDING_HEADERS = ["file", "row", "finding"]
@@ -92,7 +74,7 @@ def preview_page(loaded, page: int, page_size: int = PAGE_SIZE) -> tuple[list[li
 
 def report(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None) -> dict:
     """What the tab (and the inspect_dataset API) shows for a dataset before tokenizing."""
-    loaded = load(source, fmt, column_map, limit)
+    loaded = load_dataset(source, fmt, column_map, limit)
     rows, _, pages = preview_page(loaded, 1)
     return {
         "dataset": source, "format": loaded.format, "rows": loaded.rows_total,
@@ -117,21 +99,44 @@ def summary_markdown(rep: dict) -> str:
     return head
 
 
-def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = ""):
+def inspect_dataset(ctx: AppContext, dataset: str, fmt: str = "auto", column_map: str = "") -> dict:
+    """The inspect_dataset API: the report of a dataset named by a client."""
+    return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), fmt, column_map)
+
+
+def source_inputs(kind: str) -> dict:
+    """The upload box and the path box, each shown only for its kind of source."""
+    return {"upload": gr.update(visible=kind == SOURCES[1]), "text": gr.update(visible=kind == SOURCES[2])}
+
+
+INSPECT_OUTPUTS = ("summary", "preview", "page", "pages", "problems", "stats", "source", "chosen_format",
+                   "chosen_map")
+
+
+def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = "") -> dict:
     """The quick step: the first QUICK_ROWS rows, so a huge file shows its first page at once.
-    The last output is what the Train form takes: dataset, format and column map together."""
+    source, chosen_format and chosen_map are what the Train form takes (app.py wires them)."""
     source = resolve_source(ctx, kind, upload, text)
     rep = report(source, fmt, column_map, limit=QUICK_ROWS)
-    chosen = {"dataset": source, "format": fmt or "auto", "column_map": (column_map or "").strip()}
-    return (summary_markdown(rep), rep["preview"], 1, f"of {rep['pages']}", rep["problems"],
-            "Counting tokens…", source, chosen)
+    return {"summary": summary_markdown(rep), "preview": rep["preview"], "page": 1,
+            "pages": f"of {rep['pages']}", "problems": rep["problems"], "stats": "Counting tokens…",
+            "source": source, "chosen_format": fmt or "auto", "chosen_map": (column_map or "").strip()}
 
 
-def page_handler(source: str, fmt: str, page, delta: int, column_map: str = ""):
+PAGE_OUTPUTS = ("preview", "page", "pages")
+
+
+def page_handler(source: str, fmt: str, page, column_map: str = "", delta: int = 0) -> dict:
+    """The preview page `delta` pages from `page` (clamped to the pages there are)."""
     if not source:
-        return [], 1, "of 1"
-    rows, page, pages = preview_page(load(source, fmt, column_map), int(page or 1) + delta)
-    return rows, page, f"of {pages}"
+        return {"preview": [], "page": 1, "pages": "of 1"}
+    rows, page, pages = preview_page(load_dataset(source, fmt, column_map), int(page or 1) + delta)
+    return {"preview": rows, "page": page, "pages": f"of {pages}"}
+
+
+def picked_row(evt: gr.SelectData) -> int:
+    """A click on a preview row: that row's number, for the token view."""
+    return int(evt.row_value[0])
 
 
 # --- the tokenizer and the statistics ------------------------------------------------------------
@@ -227,11 +232,13 @@ def findings_rows(stats: dict, limit: int = 200) -> list[list]:
     return found[:limit]
 
 
+STATS_OUTPUTS = ("summary", "problems", "pages", "stats", "histogram", "findings", "suggested", "use_btn")
+
+
 def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, base_model: str, max_length,
-                       completions_only: bool = True, progress=None):
+                       completions_only: bool = True, progress=gr.Progress()):
     """The slow step, after the first page shows: read every row, then tokenize (a sampled estimate
-    first when there are more than SAMPLE_ROWS). Yields (summary, problems, pages label, statistics
-    markdown, histogram, findings, suggested max_length, use-it button) once or twice."""
+    first when there are more than SAMPLE_ROWS). Yields the STATS_OUTPUTS once or twice."""
     from tuning import data
 
     if not source:
@@ -239,27 +246,29 @@ def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, 
     limit = _max_length(max_length)
     if progress is not None:
         progress(0.0, desc="reading every row")
-    loaded = load(source, fmt, column_map)
+    loaded = load_dataset(source, fmt, column_map)
     rep = report(source, fmt, column_map)
-    head = (summary_markdown(rep), rep["problems"], f"of {rep['pages']}")
+    head = {"summary": summary_markdown(rep), "problems": rep["problems"], "pages": f"of {rep['pages']}"}
     tokenizer = tokenizer_for(ctx, base_model, progress)
     passes = [SAMPLE_ROWS, None] if loaded.rows_valid > SAMPLE_ROWS else [None]
     for sample in passes:
         stats = data.statistics(loaded, tokenizer, limit, bool(completions_only), progress, sample=sample)
         frame, order = histogram_frame(stats)
         suggested = stats["suggested_max_length"]
-        yield (*head, stats_markdown(stats, estimate=sample is not None),
-               gr.BarPlot(value=frame, sort=order), findings_rows(stats), suggested,
-               gr.update(value=f"Use max_length {suggested} for training", visible=suggested != limit))
+        yield {**head, "stats": stats_markdown(stats, estimate=sample is not None),
+               "histogram": gr.BarPlot(value=frame, sort=order), "findings": findings_rows(stats),
+               "suggested": suggested,
+               "use_btn": gr.update(value=f"Use max_length {suggested} for training", visible=suggested != limit)}
 
 
 def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: str, max_length,
                        completions_only: bool = True, column_map: str = ""):
+    """One row as the model sees it: (text, trained / masked / truncated) pieces."""
     from tuning import data
 
     if not source:
         raise paths.PathError("dataset: inspect a dataset first")
-    loaded = load(source, fmt, column_map)
+    loaded = load_dataset(source, fmt, column_map)
     try:
         number = int(row or 1)
     except (TypeError, ValueError):
@@ -274,12 +283,24 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
 TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
 
 
-def build(ctx: AppContext):
-    """Lay out the tab; returns the components other tabs use (see connect)."""
-    from tuning import config as config_mod
+# --- layout and wiring -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetParts:
+    """What app.py wires to the Train form."""
+    dataset: gr.State             # the inspected dataset, as TrainConfig's `dataset` takes it
+    dataset_format: gr.State      # the format it was inspected with
+    column_map: gr.State          # and the column map
+    base_model: gr.Textbox        # whose tokenizer counts the tokens: follows the form's base_model
+    max_length: gr.Number         # follows the form's max_length
+    completions_only: gr.Checkbox  # follows the form's train_on_completions_only
+    use_max_length: gr.Button     # "use the suggested max_length": sets the form's
+    suggested: gr.State           # the max_length it suggests
+
+
+def _source_layout() -> dict:
     from tuning import data
 
-    defaults = config_mod.TrainConfig()
     with gr.Row():
         kind = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data source", scale=2)
         fmt = gr.Dropdown(["auto", *data.FORMATS], value="auto", label="Format", scale=1,
@@ -292,6 +313,11 @@ def build(ctx: AppContext):
                       info="A file under the workspace or a --data-dir folder, or a Hub dataset id (org/name)")
     inspect_btn = gr.Button("Inspect dataset", variant="primary")
     summary = gr.Markdown("Pick a source and press **Inspect dataset**.")
+    return dict(kind=kind, fmt=fmt, column_map=column_map, upload=upload, text=text, inspect_btn=inspect_btn,
+                summary=summary)
+
+
+def _preview_layout() -> dict:
     with gr.Row():
         prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
         page = gr.Number(value=1, label="Page", precision=0, minimum=1, min_width=80)
@@ -304,7 +330,10 @@ def build(ctx: AppContext):
                 "file (the row number is the line an editor shows) and inspect again to keep it (*fix*).")
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems", interactive=False, wrap=True,
                             max_height=240)
+    return dict(prev_btn=prev_btn, page=page, pages=pages, next_btn=next_btn, preview=preview, problems=problems)
 
+
+def _tokens_layout(defaults) -> dict:
     gr.Markdown("### Tokens")
     with gr.Row():
         tv_model = gr.Textbox(value=defaults.base_model, label="Tokenizer of base model", scale=3,
@@ -315,18 +344,15 @@ def build(ctx: AppContext):
                                        scale=1)
         recount_btn = gr.Button("Count tokens again", scale=1)
     with gr.Row():
-        stats_md = gr.Markdown("Token statistics appear after **Inspect dataset**.")
+        stats = gr.Markdown("Token statistics appear after **Inspect dataset**.")
         histogram = gr.BarPlot(x="tokens", y="rows", color="where", x_title="tokens per row", y_title="rows",
                                color_map={"within max_length": "#3b82f6",
                                           "longer than max_length (truncated)": "#ef4444"},
                                color_title="", label="Token lengths (red: longer than max_length, cut)",
-                               x_label_angle=-45,
-                               height=300)
+                               x_label_angle=-45, height=300)
     use_btn = gr.Button("Use the suggested max_length for training", visible=False, size="sm")
-    suggested = gr.State(None)
     findings = gr.Dataframe(headers=FINDING_HEADERS, label="Rows to look at: truncated, nothing to learn, duplicates",
                             interactive=False, wrap=True, max_height=240)
-
     gr.Markdown("**How the model sees a row** — green tokens are learned (the loss is computed on them), grey "
                 "ones are context it reads, red ones fall beyond max_length and are cut off.")
     with gr.Row():
@@ -335,67 +361,46 @@ def build(ctx: AppContext):
     tokens = gr.HighlightedText(label="Tokens", color_map=TOKEN_COLORS, show_legend=True, combine_adjacent=False)
     gr.Markdown("Held-out data: the Train form's **eval_split** (the share of these rows kept for evaluation) "
                 "or **eval_dataset** (a separate file) decide it; both are under *Data* in the Train tab.")
+    return dict(tv_model=tv_model, tv_len=tv_len, completions_only=completions_only, recount_btn=recount_btn,
+                stats=stats, histogram=histogram, use_btn=use_btn, findings=findings, tv_row=tv_row, tv_btn=tv_btn,
+                tokens=tokens, suggested=gr.State(None))
 
-    source = gr.State("")
-    chosen = gr.State(None)  # {dataset, format, column_map}: what the Train form takes (see connect)
 
-    kind.change(lambda k: (gr.update(visible=k == SOURCES[1]), gr.update(visible=k == SOURCES[2])),
-                kind, [upload, text], api_visibility="private")
+def build(ctx: AppContext) -> DatasetParts:
+    """Lay out the tab, then wire it; returns what app.py wires to the Train form."""
+    ui = {**_source_layout(), **_preview_layout(), **_tokens_layout(opening_config())}
+    ui.update(source=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None))
 
-    def run_stats(s, f, c, m, n, co, progress=gr.Progress()):
-        yield from statistics_handler(ctx, s, f, c, m, n, co, progress)
+    def pick(*names: str) -> list:
+        return [ui[name] for name in names]
 
-    def show_tokens(s, f, r, m, n, co, c):
-        return token_view_handler(ctx, s, f, r, m, n, co, c)
-
-    stats_inputs = [source, fmt, column_map, tv_model, tv_len, completions_only]
-    stats_outputs = [summary, problems, pages, stats_md, histogram, findings, suggested, use_btn]
-    token_inputs = [source, fmt, tv_row, tv_model, tv_len, completions_only, column_map]
+    stats_inputs = pick("source", "fmt", "column_map", "tv_model", "tv_len", "completions_only")
+    token_inputs = pick("source", "fmt", "tv_row", "tv_model", "tv_len", "completions_only", "column_map")
+    show_tokens = guarded(bind(token_view_handler, ctx))
+    count = guarded(keyed(bind(statistics_handler, ctx), ui))
+    private = dict(api_visibility="private")
+    ui["kind"].change(keyed(source_inputs, ui), ui["kind"], pick("upload", "text"), **private)
     # Inspect, a new format or a new column map: the quick first page, then every row with tokens.
-    gr.on([inspect_btn.click, fmt.input, column_map.submit],
-          guarded(lambda k, u, t, f, c: inspect_handler(ctx, k, u, t, f, c)), [kind, upload, text, fmt, column_map],
-          [summary, preview, page, pages, problems, stats_md, source, chosen],
-          api_name="inspect_dataset_form", api_visibility="private") \
-        .success(guarded(run_stats), stats_inputs, stats_outputs, api_visibility="private") \
-        .success(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
-    recount_btn.click(guarded(run_stats), stats_inputs, stats_outputs, api_visibility="private")
-    use_btn.click(lambda v: v, suggested, tv_len, api_visibility="private")
-    prev_btn.click(guarded(lambda s, f, p, c: page_handler(s, f, p, -1, c)), [source, fmt, page, column_map],
-                   [preview, page, pages], api_visibility="private")
-    next_btn.click(guarded(lambda s, f, p, c: page_handler(s, f, p, +1, c)), [source, fmt, page, column_map],
-                   [preview, page, pages], api_visibility="private")
-    page.submit(guarded(lambda s, f, p, c: page_handler(s, f, p, 0, c)), [source, fmt, page, column_map],
-                [preview, page, pages], api_visibility="private")
-    tv_btn.click(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
-
-    def pick(evt: gr.SelectData):
-        """A click on a preview row shows that row's tokens."""
-        return int(evt.row_value[0])
-
-    preview.select(pick, None, tv_row, api_visibility="private") \
-        .success(guarded(show_tokens), token_inputs, tokens, api_visibility="private")
+    gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit],
+          guarded(keyed(bind(inspect_handler, ctx), ui)), pick("kind", "upload", "text", "fmt", "column_map"),
+          pick(*INSPECT_OUTPUTS), api_name="inspect_dataset_form", **private) \
+        .success(count, stats_inputs, pick(*STATS_OUTPUTS), **private) \
+        .success(show_tokens, token_inputs, ui["tokens"], **private)
+    ui["recount_btn"].click(count, stats_inputs, pick(*STATS_OUTPUTS), **private)
+    ui["use_btn"].click(lambda value: value, ui["suggested"], ui["tv_len"], **private)
+    for button, delta in ((ui["prev_btn"].click, -1), (ui["next_btn"].click, +1), (ui["page"].submit, 0)):
+        button(guarded(keyed(bind(page_handler, delta=delta), ui)), pick("source", "fmt", "page", "column_map"),
+               pick(*PAGE_OUTPUTS), **private)
+    ui["tv_btn"].click(show_tokens, token_inputs, ui["tokens"], **private)
+    ui["preview"].select(picked_row, None, ui["tv_row"], **private) \
+        .success(show_tokens, token_inputs, ui["tokens"], **private)
 
     def inspect_api(dataset: str, format: str = "auto", column_map: str = "") -> dict:
         """Inspect a dataset ('demo', a path under the allowed folders, or a Hub id): format, rows,
         problems and the first page of the normalized preview."""
-        return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), format, column_map)
+        return inspect_dataset(ctx, dataset, format, column_map)
 
     gr.api(guarded(inspect_api), api_name="inspect_dataset")
-    return {"chosen": chosen, "base_model": tv_model, "max_length": tv_len, "completions_only": completions_only,
-            "use_max_length": use_btn, "suggested": suggested}
-
-
-def connect(dataset: dict, train: dict) -> None:
-    """What crosses between this tab and the Train form (called from app.py):
-    - an inspected dataset fills the form's dataset, dataset_format and column_map;
-    - the form's base_model, max_length and train_on_completions_only drive the token counts here;
-    - "use the suggested max_length" sets the form's max_length."""
-    form = train["widgets"]
-    dataset["chosen"].change(lambda c: (c["dataset"], c["format"], c["column_map"]) if c else [gr.skip()] * 3,
-                             dataset["chosen"], [form["dataset"], form["dataset_format"], form["column_map"]],
-                             api_visibility="private")
-    for here, there in (("base_model", "base_model"), ("max_length", "max_length"),
-                        ("completions_only", "train_on_completions_only")):
-        dataset[here].value = form[there].value  # start from the form's preset (config not yet rendered)
-        form[there].change(lambda v: v, form[there], dataset[here], api_visibility="private")
-    dataset["use_max_length"].click(lambda v: v, dataset["suggested"], form["max_length"], api_visibility="private")
+    return DatasetParts(dataset=ui["source"], dataset_format=ui["chosen_format"], column_map=ui["chosen_map"],
+                        base_model=ui["tv_model"], max_length=ui["tv_len"], completions_only=ui["completions_only"],
+                        use_max_length=ui["use_btn"], suggested=ui["suggested"])

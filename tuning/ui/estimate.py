@@ -19,6 +19,7 @@ import psutil
 
 from tuning import config as config_mod
 from tuning import record
+from tuning.ui.common import ago, load_dataset
 
 GB = 1024 ** 3
 # SmolLM2-135M's shape, used before the embedded model has been converted in this workspace.
@@ -44,7 +45,7 @@ class Estimate:
             return ("**Estimate:** unknown — the base model's config.json is not on this machine yet "
                     "(a Hub model is downloaded when the run starts).")
         mem = f"~{self.memory_bytes / GB:.1f} GB of {self.available_bytes / GB:.1f} GB free {self.device}"
-        when = (f"~{_duration(self.seconds)} for {self.steps} steps ({self.rate_source})"
+        when = (f"~{ago(self.seconds)} for {self.steps} steps ({self.rate_source})"
                 if self.seconds is not None else "unknown time")
         text = f"**Estimate:** {self.params / 1e6:.0f}M-parameter base; memory {mem}; {when}."
         if self.fits is False:
@@ -52,14 +53,6 @@ class Estimate:
                     "gradient_accumulation_steps to keep the effective batch), lower max_length, use "
                     "method qlora, or turn on gradient_checkpointing.\n\n" + text)
         return text
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def model_shape(base_model: str, workspace: Path) -> dict | None:
@@ -93,6 +86,17 @@ def _parameters(shape: dict, cfg: config_mod.TrainConfig) -> tuple[int, int]:
     chosen = linears if targets == "all-linear" else linears[: max(1, min(len(targets), len(linears)))]
     lora = layers * sum(cfg.lora_r * (i + o) for i, o in chosen)
     return base, lora
+
+
+def dataset_size(cfg: config_mod.TrainConfig) -> tuple[int | None, float | None]:
+    """(valid rows, rough tokens a row) of the config's dataset, read as the Dataset tab reads it (one
+    cached read); (None, None) when it cannot be read here, e.g. a Hub dataset the run downloads."""
+    try:
+        loaded = load_dataset(cfg.dataset, cfg.dataset_format, cfg.column_map)
+    except Exception:  # noqa: BLE001 - the estimate goes on without the dataset's size
+        return None, None
+    chars = [sum(len(m["content"]) for m in conv) for conv in loaded.conversations[:500]]
+    return loaded.rows_valid, (sum(chars) / len(chars) / 3.5 + 20) if chars else None  # ~3.5 chars a token + template
 
 
 def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 
 from tuning import config as config_mod
 from tuning import paths
-from tuning.ui.common import AppContext, check_source, guarded
+from tuning.ui.common import OPENING_PRESET, AppContext, bind, check_source, guarded, keyed, opening_config
 
 GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
           ("data", "Data"), ("schedule", "Schedule"))
@@ -162,17 +163,9 @@ def warn_if_trusting(cfg: config_mod.TrainConfig) -> str | None:
 
 
 def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
-    from tuning.ui import dataset_tab, estimate
+    from tuning.ui import estimate
 
-    rows = avg = None
-    try:
-        loaded = dataset_tab.load(cfg.dataset)
-        rows = loaded.rows_valid
-        chars = [sum(len(m["content"]) for m in conv) for conv in loaded.conversations[:500]]
-        avg = (sum(chars) / len(chars) / 3.5 + 20) if chars else None  # ~3.5 chars a token + template
-    except Exception:  # noqa: BLE001 - a Hub dataset is not read before the run; estimate without it
-        pass
-    return estimate.estimate(cfg, ctx.workspace, rows, avg).markdown()
+    return estimate.estimate(cfg, ctx.workspace, *estimate.dataset_size(cfg)).markdown()
 
 
 def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
@@ -182,7 +175,71 @@ def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
     return runner.start(checked(ctx, cfg), ctx.workspace)
 
 
-# --- layout ----------------------------------------------------------------------------------
+# --- what the form's buttons do (values arrive in FORM_FIELDS order) ---------------------------
+
+def fill_form(ctx: AppContext, preset: str) -> dict:
+    """The form's values from a preset, by field name (nothing changes when none is picked)."""
+    return dict(zip(FORM_FIELDS, config_to_form(load_preset(ctx, preset)))) if preset else {}
+
+
+def do_save(ctx: AppContext, name: str, *values) -> dict:
+    """Save the form as a preset in the workspace and select it in the preset list."""
+    path = save_preset(ctx, name, form_to_config(list(values)))
+    gr.Info(f"Saved preset {path.stem}")
+    return gr.update(choices=[p["name"] for p in list_presets(ctx)], value=f"saved: {path.stem}")
+
+
+def do_command(ctx: AppContext, preset: str, *values):
+    """The terminal command for the form, shown under the buttons."""
+    return gr.update(value=command_line(form_to_config(list(values)), preset, ctx), visible=True)
+
+
+def do_estimate(ctx: AppContext, *values) -> str:
+    """The memory and time estimate for the form."""
+    return estimate_markdown(ctx, checked(ctx, form_to_config(list(values))))
+
+
+def do_start(ctx: AppContext, *values) -> dict:
+    """Start a run from the form: the message, the estimate, and the run id app.py follows into Live
+    (left as it is when the start is refused)."""
+    from tuning import runner
+
+    cfg = checked(ctx, form_to_config(list(values)))
+    warn_if_trusting(cfg)
+    note = estimate_markdown(ctx, cfg)
+    try:
+        run_id = runner.start(cfg, ctx.workspace)
+    except runner.StartRefused as exc:
+        gr.Warning(str(exc))
+        return {"message": f"**Not started:** {exc}", "estimate": note}
+    gr.Info(f"Started run {run_id}")
+    return {"message": f"Started run **{run_id}** — follow it in the Live tab.", "estimate": note,
+            "started_run": run_id}
+
+
+def config_from_api(ctx: AppContext, preset: str, overrides_yaml: str) -> config_mod.TrainConfig:
+    """A preset (none: the defaults) plus `key: value` YAML overrides, as an API client sends them."""
+    cfg = load_preset(ctx, preset) if preset else config_mod.TrainConfig()
+    overrides = yaml.safe_load(overrides_yaml or "") or {}
+    if not isinstance(overrides, dict):
+        raise config_mod.ConfigError("overrides: expected a mapping of key: value")
+    return cfg.replace(**overrides)
+
+
+# --- layout and wiring -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainParts:
+    """What app.py wires across tabs: the run a Start began, and the form fields the Dataset tab fills
+    (dataset, format, column map) or follows (base model, max_length, completions only)."""
+    started_run: gr.Textbox
+    dataset: gr.Textbox
+    dataset_format: gr.Dropdown
+    column_map: gr.Textbox
+    base_model: gr.Textbox
+    max_length: gr.Number
+    completions_only: gr.Checkbox
+
 
 def _widget(name: str, default: Any):
     meta = config_mod.FIELDS[name].metadata
@@ -201,17 +258,10 @@ def _widget(name: str, default: Any):
     return gr.Textbox(value=default, label=label, info=info)
 
 
-def build(ctx: AppContext):
-    preset_names = [p["name"] for p in list_presets(ctx)]
-    # The form opens on the quickstart preset, matching the preset dropdown's initial value.
-    defaults = load_preset(ctx, "quickstart") if "quickstart" in preset_names else config_mod.TrainConfig()
-    with gr.Row():
-        preset = gr.Dropdown(preset_names, value="quickstart" if "quickstart" in preset_names else None,
-                             label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
-                             scale=3)
-        preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
-        save_btn = gr.Button("Save as preset", scale=1)
-    widgets: dict[str, Any] = {}
+def _form_layout(defaults: config_mod.TrainConfig) -> dict:
+    """A group per GROUPS entry, advanced fields folded; the widgets by field name, and the
+    trust_remote_code warning (under its box) as "trust_md"."""
+    ui: dict[str, Any] = {}
     for group, title in GROUPS:
         names = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["group"] == group]
         basic = [n for n in names if not config_mod.FIELDS[n].metadata["advanced"]]
@@ -220,85 +270,67 @@ def build(ctx: AppContext):
             gr.Markdown(f"#### {title}")
             with gr.Row(equal_height=True):
                 for n in basic:
-                    widgets[n] = _widget(n, getattr(defaults, n))
+                    ui[n] = _widget(n, getattr(defaults, n))
             if advanced:
                 with gr.Accordion(f"{title}: advanced", open=False):
                     with gr.Row(equal_height=True):
                         for n in advanced:
-                            widgets[n] = _widget(n, getattr(defaults, n))
+                            ui[n] = _widget(n, getattr(defaults, n))
             if "trust_remote_code" in names:  # the warning sits right under the box it is about
-                trust_md = gr.Markdown(TRUST_WARNING, visible=bool(defaults.trust_remote_code))
-    form = [widgets[n] for n in FORM_FIELDS]
+                ui["trust_md"] = gr.Markdown(TRUST_WARNING, visible=bool(defaults.trust_remote_code))
+    return ui
+
+
+def build(ctx: AppContext) -> TrainParts:
+    """Lay out the tab (the form opens on the preset the dropdown shows), then wire it."""
+    preset_names = [p["name"] for p in list_presets(ctx)]
+    with gr.Row():
+        preset = gr.Dropdown(preset_names, value=OPENING_PRESET if OPENING_PRESET in preset_names else None,
+                             label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
+                             scale=3)
+        preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
+        save_btn = gr.Button("Save as preset", scale=1)
+    ui = _form_layout(opening_config())
+    form = [ui[n] for n in FORM_FIELDS]
     with gr.Row():
         estimate_btn = gr.Button("Estimate memory and time")
         command_btn = gr.Button("Show command")
         start_btn = gr.Button("Start training", variant="primary")
-    estimate_md = gr.Markdown()
+    ui["estimate"] = gr.Markdown()
     command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
-    message = gr.Markdown()
-    started_run = gr.Textbox(visible=False)  # app.py follows it into the Live tab
+    ui["message"] = gr.Markdown()
+    ui["started_run"] = gr.Textbox(visible=False)
 
-    def fill(name):
-        if not name:
-            return [gr.skip()] * len(form)
-        return config_to_form(load_preset(ctx, name))
+    private = dict(api_visibility="private")
+    preset.change(guarded(keyed(bind(fill_form, ctx), ui)), preset, form, **private)
+    ui["trust_remote_code"].change(trust_warning, ui["trust_remote_code"], ui["trust_md"], **private)
+    save_btn.click(guarded(bind(do_save, ctx)), [preset_name, *form], preset, **private)
+    command_btn.click(guarded(bind(do_command, ctx)), [preset, *form], command, **private)
+    estimate_btn.click(guarded(bind(do_estimate, ctx)), form, ui["estimate"], **private)
+    start_btn.click(guarded(keyed(bind(do_start, ctx), ui)), form,
+                    [ui["message"], ui["estimate"], ui["started_run"]], **private)
+    _named_api(ctx)
+    return TrainParts(started_run=ui["started_run"], dataset=ui["dataset"], dataset_format=ui["dataset_format"],
+                      column_map=ui["column_map"], base_model=ui["base_model"], max_length=ui["max_length"],
+                      completions_only=ui["train_on_completions_only"])
 
-    def do_save(name, *values):
-        path = save_preset(ctx, name, form_to_config(list(values)))
-        gr.Info(f"Saved preset {path.stem}")
-        return gr.update(choices=[p["name"] for p in list_presets(ctx)], value=f"saved: {path.stem}")
 
-    def do_command(name, *values):
-        return gr.update(value=command_line(form_to_config(list(values)), name, ctx), visible=True)
-
-    def do_estimate(*values):
-        return estimate_markdown(ctx, checked(ctx, form_to_config(list(values))))
-
-    def do_start(*values):
-        from tuning import runner
-
-        cfg = checked(ctx, form_to_config(list(values)))
-        warn_if_trusting(cfg)
-        note = estimate_markdown(ctx, cfg)
-        try:
-            run_id = runner.start(cfg, ctx.workspace)
-        except runner.StartRefused as exc:
-            gr.Warning(str(exc))
-            return f"**Not started:** {exc}", note, gr.skip()
-        gr.Info(f"Started run {run_id}")
-        return f"Started run **{run_id}** — follow it in the Live tab.", note, run_id
-
-    preset.change(guarded(fill), preset, form, api_visibility="private")
-    widgets["trust_remote_code"].change(trust_warning, widgets["trust_remote_code"], trust_md,
-                                        api_visibility="private")
-    save_btn.click(guarded(do_save), [preset_name, *form], preset, api_visibility="private")
-    command_btn.click(guarded(do_command), [preset, *form], command, api_visibility="private")
-    estimate_btn.click(guarded(do_estimate), form, estimate_md, api_visibility="private")
-    start_btn.click(guarded(do_start), form, [message, estimate_md, started_run], api_visibility="private")
-
-    # --- the named API: a whole workflow without the form ---------------------------------------
+def _named_api(ctx: AppContext) -> None:
+    """A whole workflow without the form: list presets, estimate, start."""
     def presets_api() -> list[dict]:
         """Every preset: its name, file and full config."""
         # "file", not "path": gradio_client would take a dict with a "path" key for a file to download
         return [{"name": p["name"], "file": p["path"], "config": config_mod.load(p["path"]).to_dict()}
                 for p in list_presets(ctx)]
 
-    def config_from_api(preset_name: str, overrides_yaml: str) -> config_mod.TrainConfig:
-        cfg = load_preset(ctx, preset_name) if preset_name else config_mod.TrainConfig()
-        overrides = yaml.safe_load(overrides_yaml or "") or {}
-        if not isinstance(overrides, dict):
-            raise config_mod.ConfigError("overrides: expected a mapping of key: value")
-        return cfg.replace(**overrides)
-
-    def start_api(preset: str = "quickstart", overrides_yaml: str = "") -> str:
+    def start_api(preset: str = OPENING_PRESET, overrides_yaml: str = "") -> str:
         """Start a run from a preset plus YAML overrides (key: value lines); returns the run id."""
-        return start(ctx, config_from_api(preset, overrides_yaml))
+        return start(ctx, config_from_api(ctx, preset, overrides_yaml))
 
-    def estimate_api(preset: str = "quickstart", overrides_yaml: str = "") -> str:
+    def estimate_api(preset: str = OPENING_PRESET, overrides_yaml: str = "") -> str:
         """The memory and time estimate for a preset plus YAML overrides."""
-        return estimate_markdown(ctx, checked(ctx, config_from_api(preset, overrides_yaml)))
+        return estimate_markdown(ctx, checked(ctx, config_from_api(ctx, preset, overrides_yaml)))
 
     gr.api(guarded(presets_api), api_name="list_presets")
     gr.api(guarded(start_api), api_name="start_run")
     gr.api(guarded(estimate_api), api_name="estimate")
-    return {"started_run": started_run, "dataset": widgets["dataset"], "form": form, "widgets": widgets}
