@@ -1,4 +1,5 @@
-"""The run's event log, `events.jsonl`: the trainer appends, everyone else reads.
+"""The format of a run's event log (tuning/record.py names the file and hands out the log): the
+trainer appends, everyone else reads.
 
 One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error), `time`
 (unix seconds) and, where it applies, step, max_steps, loss, eval_loss, learning_rate,
@@ -13,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error")
 
@@ -66,7 +67,3 @@ def read_events(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]]
         if isinstance(record, dict) and "event" in record:
             events.append(record)
     return events, offset + end
-
-
-def iter_events(path: str | Path) -> Iterator[dict[str, Any]]:
-    yield from read_events(path)[0]
