@@ -19,6 +19,8 @@ message, and never written anywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -89,9 +91,30 @@ def _base_label(base_model: str) -> str:
     return base_model if models.is_hub_id(base_model) else Path(base_model).name
 
 
-def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
+def _data_label(source: str) -> str:
     from tuning import models
 
+    if not source or source == config_mod.DEMO_DATASET or models.is_hub_id(source):
+        return source
+    return Path(source).name
+
+
+def public_config(cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
+    """The config as it may leave this machine: local paths (the base model's folder, the data files)
+    reduced to their names, so a card or a pushed repo never shows where things lie here."""
+    return dataclasses.replace(cfg, base_model=_base_label(cfg.base_model), dataset=_data_label(cfg.dataset),
+                               eval_dataset=_data_label(cfg.eval_dataset))
+
+
+def public_adapter_config(run_dir: Path) -> str:
+    """adapter_config.json with base_model_name_or_path as the card names the base (PEFT writes the
+    local folder it loaded the base from)."""
+    value = json.loads((finished_adapter(run_dir) / record.ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    value["base_model_name_or_path"] = _base_label(_run_config(run_dir).base_model)
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
     try:
         from tuning import data
 
@@ -100,7 +123,7 @@ def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
     except Exception:  # noqa: BLE001 - the card is still useful without a row count
         rows = "row count unavailable (the data is not on this machine)"
     source = "the bundled demo dataset (tuning/demo_data)" if cfg.dataset == config_mod.DEMO_DATASET \
-        else Path(cfg.dataset).name if not models.is_hub_id(cfg.dataset) else cfg.dataset
+        else _data_label(cfg.dataset)
     return f"{source}: {rows}"
 
 
@@ -169,7 +192,7 @@ def model_card(run_dir: Path, kind: str = "adapter") -> str:
                                             if cfg.base_model == config_mod.EMBEDDED_MODEL else "") +
             f"\n\n## Data\n\n{_dataset_summary(cfg)}. Loss on assistant tokens only: "
             f"{'yes' if cfg.train_on_completions_only else 'no'}; max length {cfg.max_length} tokens.\n\n"
-            f"## Training config\n\n```yaml\n{cfg.to_yaml()}```\n\n"
+            f"## Training config\n\n```yaml\n{public_config(cfg).to_yaml()}```\n\n"
             f"## Loss curve\n\n{_loss_table(run_dir)}\n\n"
             f"## Evaluation\n\n{_evaluation_table(run_dir)}\n\n"
             f"## Examples (greedy, base vs fine-tuned)\n\n{example_text}\n")
@@ -185,8 +208,9 @@ def export_adapter(run_dir: Path, workspace: Path, name: str | None = None) -> P
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=target.parent))
     try:
         for item in adapter.iterdir():
-            if item.is_file() and (item.suffix in (".json", ".safetensors", ".jinja", ".txt", ".model")):
+            if item.is_file() and (item.suffix in (".json", ".safetensors", ".jinja", ".txt")):
                 shutil.copy2(item, tmp / item.name)
+        (tmp / record.ADAPTER_CONFIG).write_text(public_adapter_config(run_dir), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(run_dir, "adapter"), encoding="utf-8")
         tmp.rename(target)
     finally:
@@ -206,8 +230,8 @@ def adapter_zip(run_dir: Path, workspace: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name in ADAPTER_FILES:
-                zf.write(adapter / name, arcname=name)
+            zf.write(adapter / record.ADAPTER_WEIGHTS, arcname=record.ADAPTER_WEIGHTS)
+            zf.writestr(record.ADAPTER_CONFIG, public_adapter_config(run_dir))
             zf.writestr("README.md", card)
         os.replace(tmp, target)
     except BaseException:
