@@ -348,6 +348,23 @@ def test_missing_path_and_offline_hub_id(tmp_path, monkeypatch):
     assert "not available offline" in str(err.value)
 
 
+def test_one_rule_decides_local_path_or_hub_id(tmp_path, monkeypatch):
+    """paths.is_hub_id decides: an org/name that exists here is a local folder, read as one; one that
+    does not is a Hub id, sent to the Hub only; a name with a file suffix is always a path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    write_jsonl(tmp_path / "org" / "name" / "rows.jsonl", [{"prompt": "q", "completion": "a"}])
+    assert data.load("org/name").rows_valid == 1
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(formats, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(DataError, match="'org/other' is not a file or folder on this machine"):
+        data.load("org/other")
+    with pytest.raises(DataError, match="'org/missing.jsonl' does not exist"):
+        data.load("org/missing.jsonl")
+    local = data.load_preview("org/name")  # the page's reader reads a local source exactly as load() does
+    assert (local.rows_valid, local.complete, local.note) == (1, True, "")
+
+
 # --- preview, the quick path, split, config ---------------------------------------------------------
 
 def test_preview_pages(tmp_path):

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tuning.formats import SUFFIXES, DataError, Problem, Rows, read_hub, read_path  # noqa: F401 (re-exported)
-from tuning.paths import DEMO_DATA_DIR
+from tuning.formats import (HUB_PREVIEW_ROWS, SUFFIXES, DataError, Problem, Rows,  # noqa: F401 (re-exported)
+                            read_hub, read_hub_preview, read_path)
+from tuning.paths import DEMO_DATA_DIR, is_hub_id
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -51,6 +52,7 @@ class LoadedData:
     problems: list[Problem] = field(default_factory=list)
     locations: list[tuple[str, int]] = field(default_factory=list)  # (file, row) of each conversation
     complete: bool = True  # False when load(limit=N) read only the first N rows
+    note: str = ""  # how the rows were read, when the page should say it (a streamed Hub preview)
 
     @property
     def rows_valid(self) -> int:
@@ -328,6 +330,8 @@ def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None
     """Load a dataset: 'demo', a file (.json .jsonl .csv .tsv .parquet .txt), a folder of such
     files, or a Hub dataset id ('org/name', with `split`, default train, and `subset`).
 
+    Which one is paths.is_hub_id's rule: a Hub id goes to the Hub (or its local cache) only and
+    never opens a local path; anything else is a local path (relative to the working directory).
     fmt: "auto" (detected per file) or one of FORMATS. column_map: {"prompt": "question",
     "completion": "answer"} or "prompt=question,completion=answer"; without one, columns with
     common names (question/answer, prompt/response, ...) are mapped when unambiguous, and an
@@ -335,25 +339,34 @@ def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None
     limit: parse only the first `limit` rows (the quick first page of a huge file): rows_total
     still counts every row, `complete` is False, and problems cover only the rows read.
     Never tokenizes. Raises DataError for a source that cannot be used at all."""
+    return _load(source, fmt, column_map, split, subset, limit, preview=False)
+
+
+def load_preview(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None = None,
+                 split: str | None = None, subset: str | None = None, limit: int | None = None) -> LoadedData:
+    """load() for the page: the same for 'demo', files and folders; a Hub dataset is streamed and
+    only its first min(limit, HUB_PREVIEW_ROWS) rows are read (never the whole dataset), with
+    `complete` False and `note` saying so when there are more. Training reads it all with load()."""
+    return _load(source, fmt, column_map, split, subset, limit, preview=True)
+
+
+def _load(source: str, fmt: str, column_map, split, subset, limit, preview: bool) -> LoadedData:
     mapping = parse_column_map(column_map)
     if source == "demo":
         rows, source = read_path(demo_files()[0], limit), str(demo_files()[0])
+    elif is_hub_id(source):  # the Hub or its cache only: never a local path of that name
+        rows = (read_hub_preview if preview else read_hub)(source, split, subset, limit)
     else:
         path = Path(source).expanduser()
-        if path.exists():
-            rows = read_path(path, limit)
-        elif _looks_like_hub_id(source):
-            rows = read_hub(source, split, subset, limit)
-        else:
-            raise DataError(f"dataset: {source!r} does not exist")
-    complete = limit is None or len(rows.records) + len(rows.problems) >= rows.total
-    return _normalize(rows, fmt, mapping, source, complete)
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return (len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
-            and Path(source).suffix.lower() not in SUFFIXES)
+        if not path.exists():
+            hint = "" if path.is_absolute() else f" (relative to {Path.cwd()}; a Hub id looks like org/name)"
+            raise DataError(f"dataset: {source!r} does not exist{hint}")
+        rows = read_path(path, limit)
+    complete = rows.complete if rows.complete is not None else (
+        limit is None or len(rows.records) + len(rows.problems) >= rows.total)
+    loaded = _normalize(rows, fmt, mapping, source, complete)
+    loaded.note = rows.note
+    return loaded
 
 
 def load_eval(cfg) -> LoadedData | None:

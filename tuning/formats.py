@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tuning.paths import is_hub_id
+
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
             ".parquet": "parquet", ".txt": "txt"}
 SUPPORTED = ".json, .jsonl, .csv, .tsv, .parquet or .txt"
@@ -53,6 +55,8 @@ class Rows:
     records: list[tuple[str, int, Any]] = field(default_factory=list)  # (file, row, record)
     problems: list[Problem] = field(default_factory=list)
     total: int = 0  # every row of the source, also those past a limit and those that failed
+    complete: bool | None = None  # set by a reader that knows better than total (a streamed preview)
+    note: str = ""  # what the user should know about how the rows were read
 
 
 def read_path(path: Path, limit: int | None = None) -> Rows:
@@ -295,25 +299,96 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+HUB_PREVIEW_ROWS = 2000  # the most rows a Hub dataset preview streams (the Dataset tab's statistics included)
+HUB_PREVIEW_BYTES = 64 * 1024 * 1024  # and the most text it keeps, however long the rows are
+
+
+def _check_hub_id(name: str) -> None:
+    if not is_hub_id(name):  # datasets.load_dataset would read a local folder of that name
+        raise DataError(f"dataset: {name!r} is not a Hub dataset id (org/name, nothing of that name on this machine)")
+
+
+def _hub_unreachable(name: str) -> DataError:
+    return DataError(f"dataset: {name!r} is not a file or folder on this machine, and Hub datasets are not "
+                     "available offline (huggingface.co cannot be reached). Set HF_HUB_OFFLINE=1 to use a copy "
+                     "already in the local Hugging Face cache.")
+
+
+def _hub_failed(name: str, split: str, subset: str | None, exc: Exception) -> DataError:
+    reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    offline = " (not available offline: it is not in the local cache)" if _offline_mode() else ""
+    return DataError(f"dataset: cannot load the Hub dataset {name!r}, subset {subset or '(default)'}, split "
+                     f"{split!r}{offline}: {reason}")
+
+
 def read_hub(name: str, split: str | None = None, subset: str | None = None, limit: int | None = None) -> Rows:
-    """A Hub dataset through datasets.load_dataset (or its local cache when HF_HUB_OFFLINE=1)."""
+    """A whole Hub dataset through datasets.load_dataset (or its local cache when HF_HUB_OFFLINE=1),
+    for training. The page previews with read_hub_preview instead, which never downloads it all."""
+    _check_hub_id(name)
     split = split or "train"
     label = f"{name}[{split}]"
     if not _offline_mode() and not _hub_reachable():
-        raise DataError(f"dataset: {name!r} is not a file or folder on this machine, and Hub datasets are not "
-                        "available offline (huggingface.co cannot be reached). Set HF_HUB_OFFLINE=1 to use a copy "
-                        "already in the local Hugging Face cache.")
+        raise _hub_unreachable(name)
     import datasets
 
     try:
         ds = datasets.load_dataset(name, subset or None, split=split)
     except Exception as exc:  # noqa: BLE001 - a missing, private, offline or mis-split dataset: say which
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        offline = " (not available offline: it is not in the local cache)" if _offline_mode() else ""
-        raise DataError(f"dataset: cannot load the Hub dataset {name!r}, subset {subset or '(default)'}, split "
-                        f"{split!r}{offline}: {reason}") from None
+        raise _hub_failed(name, split, subset, exc) from None
     total = len(ds)
     if total == 0:
         raise DataError(f"dataset: the Hub dataset {label} has no rows")
     shown = ds if limit is None else ds.select(range(min(limit, total)))
     return Rows([(label, i, r) for i, r in enumerate(shown, start=1)], [], total)
+
+
+def read_hub_preview(name: str, split: str | None = None, subset: str | None = None,
+                     limit: int | None = None) -> Rows:
+    """The first rows of a Hub dataset, streamed (datasets.load_dataset(..., streaming=True)): at
+    most min(limit, HUB_PREVIEW_ROWS) rows and HUB_PREVIEW_BYTES of them, so a preview costs the
+    first shards, never the whole dataset. total is the split's size when the Hub's metadata knows
+    it; complete says whether every row was read; note says what was read. Offline
+    (HF_HUB_OFFLINE=1) there is nothing to download: the local cache is read as read_hub does."""
+    _check_hub_id(name)
+    cap = HUB_PREVIEW_ROWS if limit is None else max(1, min(int(limit), HUB_PREVIEW_ROWS))
+    split = split or "train"
+    label = f"{name}[{split}]"
+    if _offline_mode():
+        rows = read_hub(name, split, subset, cap)
+    else:
+        if not _hub_reachable():
+            raise _hub_unreachable(name)
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(name, subset or None, split=split, streaming=True)
+            rows, size, more = Rows(), 0, False
+            for record in ds:  # an iterator: only the shards these rows lie in are fetched
+                if len(rows.records) >= cap or size >= HUB_PREVIEW_BYTES:
+                    more = True
+                    break
+                rows.records.append((label, len(rows.records) + 1, record))
+                size += len(repr(record))
+        except Exception as exc:  # noqa: BLE001 - as read_hub: say which dataset, subset and split
+            raise _hub_failed(name, split, subset, exc) from None
+        if not rows.records:
+            raise DataError(f"dataset: the Hub dataset {label} has no rows")
+        known = _split_size(ds, split)
+        rows.total = known if known and known >= len(rows.records) else len(rows.records) + int(more)
+        rows.complete = not more
+    if rows.complete is None:
+        rows.complete = len(rows.records) >= rows.total
+    if not rows.complete:
+        why = f"{HUB_PREVIEW_BYTES // 2**20} MB of text" if len(rows.records) < cap else f"{cap:,} rows"
+        of = f" of {rows.total:,}" if rows.total > len(rows.records) + 1 else ""
+        rows.note = (f"{label}: a preview of the first {len(rows.records):,} rows{of}, streamed from the Hub (a "
+                     f"preview reads at most {why}); training reads the whole dataset")
+    return rows
+
+
+def _split_size(ds, split: str) -> int | None:
+    """The number of rows of a split, from the dataset's metadata on the Hub (None when unknown)."""
+    try:
+        return int(ds.info.splits[split].num_examples) or None
+    except Exception:  # noqa: BLE001 - no metadata: the preview says "more"
+        return None

@@ -4,16 +4,18 @@ The workspace: `--workspace DIR`, else $TUNING_WORKSPACE, else /data/tuning on a
 persistent storage, else ./workspace (a Space without /data: a temporary folder, not persistent);
 workspace_location decides, for the app, the Space settings and the CLI alike. Paths typed into
 the page are only read under the allowed roots (the workspace, the upload folder, each
---data-dir); the CLI, run by the machine's own user, reads what that user can. A Hub id
-(is_hub_id) never touches the local filesystem.
+--data-dir); the CLI, run by the machine's own user, reads what that user can. Whether a value
+is a Hub id or a local path is decided by one rule, is_hub_id; a Hub id never reads the local
+filesystem (data.load and models.resolve_base_model send it to the Hub or its cache only).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -60,10 +62,41 @@ def resolve_workspace(workspace: str | Path | None = None) -> Path:
     return workspace_location(workspace)[0]
 
 
-def is_hub_id(name: str) -> bool:
-    """A Hugging Face Hub id, org/name (never a local path: no leading '.', '/' or '~')."""
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+# The Hub's repo names: ASCII letters, digits, '-', '_' and '.', at most 96 characters, starting and
+# ending with a letter, digit or '_' (huggingface_hub.utils.validate_repo_id; no '--' or '..').
+_HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
+# A last part ending like a file is a file, whatever the Hub would allow: `somedir/train.jsonl`.
+FILE_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".txt", ".arrow", ".gguf",
+                           ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".yaml", ".yml", ".zip", ".gz", ".py"})
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """The shape of a Hub id alone: org/name in the Hub's characters, no file suffix."""
+    parts = str(name).split("/")
+    return (len(parts) == 2 and all(_HUB_NAME.fullmatch(p) for p in parts) and "--" not in name
+            and ".." not in name and Path(parts[1]).suffix.lower() not in FILE_SUFFIXES)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # unreadable, too long: something is there or it is no Hub id
+        return True
+
+
+def is_hub_id(name: str, bases: Iterable[str | Path] = ()) -> bool:
+    """The one rule: a value is a Hugging Face Hub id when it looks like one (looks_like_hub_id:
+    org/name, the Hub's characters, no file suffix like .jsonl) AND names nothing on this machine
+    relative to the working directory, the project folder (where the runner starts training, so
+    the page and the trainer agree) or any of `bases` (the page passes the workspace, against
+    which its relative paths resolve). Anything else is a local path. Only names are looked up
+    here (a stat); a value this returns True for must never be opened as a local path."""
+    if not looks_like_hub_id(name):
+        return False
+    for base in (Path.cwd(), PROJECT_DIR, *bases):
+        if _exists(Path(base) / name):
+            return False
+    return True
 
 
 def resolve_under(text: str | Path, roots: list[Path], *, what: str = "path") -> Path:

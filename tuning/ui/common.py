@@ -62,23 +62,25 @@ def friendly(exc: BaseException) -> str:
 
 
 def check_source(ctx: AppContext, value: str, *, what: str, keep: tuple[str, ...] = ()) -> str:
-    """A dataset or model named on the page: a keyword (demo, embedded:...), a path that must lie
-    under the allowed roots (returned absolute, so the training process finds it), or a Hub id."""
+    """A dataset or model named on the page: a keyword (demo, embedded:...), a Hub id, or a path.
+
+    One rule decides (paths.is_hub_id): org/name in the Hub's characters, with no file suffix, that
+    names nothing on this machine (relative to the working directory, the project folder or the
+    workspace) is a Hub id, returned as typed; nothing local is read for it. Anything else is a path
+    and must exist under the allowed roots (returned absolute, so the training process finds it):
+    `somedir/file.jsonl` is a path, resolved against the workspace, never read from wherever the
+    app happens to run."""
     value = (value or "").strip()
     if not value:
         raise paths.PathError(f"{what}: empty")
     if value in keep:
         return value
-    try:
-        resolved = paths.resolve_under(value, ctx.roots, what=what)
-    except paths.PathError:
-        if paths.is_hub_id(value) and not Path(value).expanduser().is_absolute():
-            return value  # a Hub id: nothing on this machine is read
-        raise
+    if paths.is_hub_id(value, bases=ctx.roots[:1]):
+        return value  # a Hub id: nothing on this machine is read
+    resolved = paths.resolve_under(value, ctx.roots, what=what)
     if not resolved.exists():
-        if paths.is_hub_id(value):
-            return value
-        raise paths.PathError(f"{what}: {value!r} does not exist")
+        hint = "" if Path(value).expanduser().is_absolute() else f" (a relative path is read from {ctx.roots[0]})"
+        raise paths.PathError(f"{what}: {value!r} does not exist{hint}")
     return str(resolved)
 
 
