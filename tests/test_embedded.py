@@ -56,6 +56,20 @@ def test_local_folder_without_config_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_converted_copy_is_used_even_without_the_package(tmp_path, monkeypatch, embedded_model_dir):
+    """A workspace that converted the GGUF once keeps using that folder after the package is gone;
+    only a workspace without it goes to the Hub copy (tests/test_space_default.py)."""
+    def no_package():
+        raise models.ModelError("the embedded model is missing")
+
+    monkeypatch.setattr(models, "embedded_gguf_path", no_package)
+    monkeypatch.setattr(models, "_resolve_hub", lambda *a, **k: pytest.fail("went to the Hub"))
+    workspace = embedded_model_dir.parent.parent
+    assert models.resolve_base_model(EMBEDDED_MODEL, workspace) == str(embedded_model_dir)
+    assert models.load_base_tokenizer(EMBEDDED_MODEL, workspace).chat_template == models.EMBEDDED_CHAT_TEMPLATE
+
+
+@pytest.mark.slow
 def test_end_to_end_real_model_three_steps(tmp_path, model_cache, embedded_model_dir):
     """`python -m tuning train` on the embedded model and the demo data, in its own process."""
     workspace = tmp_path / "ws"
