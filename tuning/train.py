@@ -167,7 +167,7 @@ def _trainable_weights_finite(model) -> bool:
 def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested):
     """Setup: model path, tokenizer, data, 4-bit (or full) base, LoRA, SFTTrainer."""
     import torch
-    from transformers import EarlyStoppingCallback, set_seed
+    from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
     set_seed(cfg.seed)
@@ -242,6 +242,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         peft_config=models.get_peft_config(cfg),
         callbacks=callbacks,
     )
+    # With tqdm off the Trainer adds PrinterCallback, which prints every log as a raw dict
+    # ({'loss': ..., 'grad_norm': ...}) beside EventsCallback's readable step line: one line a step.
+    trainer.remove_callback(PrinterCallback)
     probes.bind(trainer, tokenizer)
     if not torch.cuda.is_available():
         from tuning import cpu_speed  # imports torch: not at module level (the UI imports train)
