@@ -15,14 +15,14 @@ import sys
 
 import gradio as gr
 
-from tuning import paths, space
+from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
 from tuning.ui import common
-from tuning.ui.common import AppContext
+from tuning.ui.common import AppContext, run_picker_update
 
 # The handlers (button or named API) that start, stop, resume or delete a run, change what its
-# checkpoints answer (its probes), or (re)compute its evaluation (loads a model, writes
-# evaluation.json): on a Space each is refused unless the visitor signed in as an allowed user or
+# checkpoints answer (its probes), or (re)compute its evaluation (loads a model, writes the run's
+# evaluation): on a Space each is refused unless the visitor signed in as an allowed user or
 # typed the Space's password.
 TRAINING_ACTIONS = {"do_start", "start_api", "do_stop", "stop_api", "do_resume", "resume_api", "do_delete",
                     "delete_api", "do_save_probes", "do_evaluate"}
@@ -67,6 +67,13 @@ def access_row(ctx: AppContext) -> None:
             password.submit(do_unlock, password, note, api_visibility="private")
 
 
+def offered(picker: dict, run_id: str | None) -> dict:
+    """A picker that offers only some runs (Evaluation: those with something to evaluate; Export:
+    finished ones) opens on `run_id` when it offers it, else on its newest run."""
+    choices = picker.get("choices") or []
+    return {**picker, "value": run_id if run_id in choices else (choices[0] if choices else None)}
+
+
 def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> gr.Blocks:
     # From the --workspace as given (None: the default), so a Space without /data gets its banner.
     settings = settings or space.space_settings(workspace=workspace)
@@ -88,15 +95,11 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             with gr.Tab("Playground", id="playground"):
                 play = playground_tab.build(ctx)
             with gr.Tab("Runs", id="runs"):
-                listed = runs_tab.build(ctx)
+                runs = runs_tab.build(ctx)
             with gr.Tab("Evaluation", id="evaluation"):
-                evaluation_tab.build_evaluation_tab(ctx.workspace)
+                evaluation = evaluation_tab.build(ctx)
             with gr.Tab("Export", id="export"):
-                export_tab.build_export_tab(ctx.workspace, ctx.settings)
-
-        def choose(run_id):
-            """Every run dropdown on the page learns of new runs; the given one is selected."""
-            return gr.update(choices=live_tab.run_choices(ctx), value=run_id)
+                exported = export_tab.build(ctx)
 
         # Inspecting a dataset fills the Train form's dataset, format and column map; the form's base
         # model, max_length and completions-only choice drive the Dataset tab's token counts; "use the
@@ -106,17 +109,33 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
                                (train.max_length, data.max_length), (train.completions_only, data.completions_only)):
             source.change(lambda value: value, source, target, api_visibility="private")
         data.use_max_length.click(lambda value: value, data.suggested, train.max_length, api_visibility="private")
-        # A started run is followed in Live at once.
-        train.started_run.change(lambda r: (gr.Tabs(selected="live"), choose(r), choose(None)),
-                                 train.started_run, [tabs, live["run"], play["run"]], api_visibility="private")
-        listed["open_live"].click(lambda r: (gr.Tabs(selected="live"), choose(r)), listed["run"],
-                                  [tabs, live["run"]], api_visibility="private")
-        listed["open_play"].click(lambda r: (gr.Tabs(selected="playground"), choose(r)), listed["run"],
-                                  [tabs, play["run"]], api_visibility="private")
-        # A fresh page (a reload, a second browser, an app restart) re-attaches to the active run.
-        demo.load(lambda: (choose(live_tab.default_run(ctx)), choose(live_tab.default_run(ctx)),
-                           *listed["refreshed"](None)),
-                  None, [live["run"], play["run"], listed["listing"], listed["run"]], api_visibility="private")
+        # A started run is followed in Live at once; the Playground's picker learns of it.
+        def follow_started(run_id, played):
+            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
+                    play.run: run_picker_update(ctx, played)}
+
+        train.started_run.change(follow_started, [train.started_run, play.run], [tabs, live.run, play.run],
+                                 api_visibility="private")
+
+        # The Runs tab opens its picked run in Live or in the Playground.
+        def open_live(run_id):
+            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id)}
+
+        def open_playground(run_id):
+            return {tabs: gr.Tabs(selected="playground"), play.run: run_picker_update(ctx, run_id)}
+
+        runs.open_live.click(open_live, runs.run, [tabs, live.run], api_visibility="private")
+        runs.open_play.click(open_playground, runs.run, [tabs, play.run], api_visibility="private")
+
+        # A fresh page (a reload, a second browser, an app restart) opens the active run, else the
+        # newest, in every tab that picks one (each picker re-reads the workspace).
+        def fresh_page():
+            run_id = record.default_run(ctx.workspace)
+            return {live.run: run_picker_update(ctx, run_id), play.run: run_picker_update(ctx, run_id),
+                    evaluation.run: offered(evaluation_tab.refreshed(ctx, None), run_id),
+                    exported.run: offered(export_tab.refreshed(ctx, None), run_id)}
+
+        demo.load(fresh_page, None, [live.run, play.run, evaluation.run, exported.run], api_visibility="private")
     gate_training(demo, ctx)
     return demo
 

@@ -13,7 +13,7 @@ import pytest
 
 import app
 from tuning import config as config_mod
-from tuning import paths, runs
+from tuning import paths, record
 from tuning.events import EventLog
 from tuning.ui import dataset_tab, live_tab, runs_tab, train_tab
 from tuning.ui.common import AppContext, check_source
@@ -157,7 +157,7 @@ def test_upload_is_kept_in_the_workspace(ctx, tmp_path, monkeypatch):
 # --- Live tab ------------------------------------------------------------------------------------
 
 def _fake_run(ws: Path, run_id: str, **cfg) -> Path:
-    path = runs.run_dir(ws, run_id)
+    path = record.run_dir(ws, run_id)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(config_mod.TrainConfig(**cfg).to_yaml())
     return path
@@ -172,7 +172,8 @@ def test_live_follows_incrementally_and_rebuilds_after_a_reload(ctx):
                    tokens_per_second=500.0, eta_seconds=100.0)
     log.append("eval", step=1200, max_steps=2000, eval_loss=1.5)
     state, changed = live_tab.follow(ctx, "r1", None)
-    assert changed and state.step == 1200 and len(state.train) == 1200 and state.evals == [(1200, 1.5)]
+    summary = state.summary
+    assert changed and summary.step == 1200 and len(summary.train) == 1200 and summary.evals == [(1200, 1.5)]
     offset = state.offset
     state, changed = live_tab.follow(ctx, "r1", state)
     assert not changed and state.offset == offset  # nothing new: nothing re-read
@@ -180,15 +181,15 @@ def test_live_follows_incrementally_and_rebuilds_after_a_reload(ctx):
     with open(path / "events.jsonl", "a") as fh:
         fh.write('{"event": "log", "st')  # a half-written line waits for the next tick
     state, _ = live_tab.follow(ctx, "r1", state)
-    assert state.step == 1201 and len(state.train) == 1201
-    frame = live_tab.loss_frame(state)
+    assert state.summary.step == 1201 and len(state.summary.train) == 1201
+    frame = live_tab.loss_frame(state.summary)
     assert len(frame) <= live_tab.MAX_PLOT_POINTS + 1 + 1 and set(frame["series"]) == {"train loss", "eval loss"}
     assert frame[frame.series == "train loss"].step.max() == 1201  # the newest point is always kept
     # A reload starts from offset 0 and gets the same history.
     fresh, _ = live_tab.follow(ctx, "r1", None)
-    assert fresh.train == state.train and fresh.step == state.step
+    assert fresh.summary.train == state.summary.train and fresh.summary.step == state.summary.step
     out = live_tab.tick(ctx, "r1", None)
-    assert "step 1201 / 2000" in out[1] and "interrupted" in out[2]  # no process alive, no end event
+    assert "step 1201 / 2000" in out["progress"] and "interrupted" in out["stats"]  # no process alive, no end event
 
 
 def test_live_shows_a_failure_with_its_traceback(ctx):
@@ -198,24 +199,24 @@ def test_live_shows_a_failure_with_its_traceback(ctx):
     log.append("error", message="Out of memory. Lower per_device_batch_size", kind="OutOfMemoryError",
                traceback="Traceback (most recent call last):\n  boom")
     (path / "train.log").write_text("line 1\nline 2\n")
-    state, progress, stats, *_rest = out = live_tab.tick(ctx, "r2", None)
-    error, trace_box, trace = out[6], out[7], out[8]
-    assert "failed" in stats and "Out of memory" in error["value"] and error["visible"]
+    out = live_tab.tick(ctx, "r2", None)
+    error, trace_box, trace = out["error"], out["trace_box"], out["trace"]
+    assert "failed" in out["stats"] and "Out of memory" in error["value"] and error["visible"]
     assert trace.startswith("Traceback") and trace_box["visible"]
-    assert out[5] == "line 1\nline 2"
+    assert out["tail"] == "line 1\nline 2"
 
 
 def test_heartbeat_and_stall_warning():
-    state = live_tab.Follow(run_id="x", offset=10, step=3, max_steps=10, started=100.0, last_step_time=196.0,
-                            tokens_per_second=800.0, eta_seconds=50.0, eta_time=196.0)
-    text = live_tab.stats_markdown(state, runs.RUNNING, now=200.0)
+    summary = record.EventSummary(count=2, step=3, max_steps=10, started=100.0, last_step_time=196.0,
+                                  tokens_per_second=800.0, eta_seconds=50.0, eta_time=196.0)
+    text = live_tab.stats_markdown(summary, record.RUNNING, now=200.0)
     assert "last step 4 s ago" in text and "ETA 0:46" in text and "800 tokens/s" in text
-    assert "stalled" in live_tab.stats_markdown(state, runs.RUNNING, now=196.0 + 600)
+    assert "stalled" in live_tab.stats_markdown(summary, record.RUNNING, now=196.0 + 600)
 
 
 def test_decimate_bounds_and_keeps_the_last_point():
     points = [(i, float(i)) for i in range(10_001)]
-    kept = live_tab.decimate(points)
+    kept = record.decimate(points, live_tab.MAX_PLOT_POINTS)
     assert len(kept) <= live_tab.MAX_PLOT_POINTS and kept[0] == points[0] and kept[-1] == points[-1]
 
 
@@ -231,16 +232,16 @@ def test_runs_table_delete_and_download(ctx, tmp_path, monkeypatch):
     (path / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
     (row,) = runs_tab.table(ctx)
     assert row[:5] == ["r3", "named", config_mod.EMBEDDED_MODEL, "lora", "completed"] and row[5] == "5/5"
-    zipped = runs_tab.adapter_zip(ctx, "r3")
+    zipped = runs_tab.download(ctx, "r3")  # the Export tab's zip: weights, config and the model card
     assert Path(zipped).is_relative_to(tmp_path / "gradio")
-    assert sorted(n for n in zipfile.ZipFile(zipped).namelist() if not n.endswith("/")) == ["r3-adapter/adapter_config.json",
-                                                          "r3-adapter/adapter_model.safetensors"]
-    with pytest.raises(runs.RunError, match="tick"):
+    assert sorted(zipfile.ZipFile(zipped).namelist()) == ["README.md", "adapter_config.json",
+                                                          "adapter_model.safetensors"]
+    with pytest.raises(record.RunError, match="tick"):
         runs_tab.delete(ctx, "r3", confirmed=False)
     assert path.exists()
     runs_tab.delete(ctx, "r3", confirmed=True)
     assert not path.exists() and runs_tab.table(ctx) == []
-    with pytest.raises(runs.RunError):
+    with pytest.raises(record.RunError):
         runs_tab.delete(ctx, "../etc", confirmed=True)
 
 

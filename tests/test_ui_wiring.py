@@ -13,7 +13,7 @@ from gradio.context import LocalContext
 
 import app
 from tuning import config as config_mod
-from tuning import evaluate, runs, space
+from tuning import evaluate, record, space
 from tuning.events import EventLog
 from tuning.ui import common, live_tab, playground_tab, runs_tab
 from tuning.ui.common import AppContext
@@ -29,7 +29,7 @@ EVALUATION = {
 
 
 def ended_run(ws: Path, run_id: str = "r1", evaluation: dict | None = EVALUATION) -> Path:
-    path = runs.run_dir(ws, run_id)
+    path = record.run_dir(ws, run_id)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(config_mod.TrainConfig().to_yaml())
     log = EventLog(path / "events.jsonl")
@@ -179,7 +179,7 @@ def test_live_shows_base_vs_tuned_when_the_run_has_ended(tmp_path):
     ctx = AppContext(tmp_path / "ws")
     ended_run(ctx.workspace)
     out = live_tab.tick(ctx, "r1", None)
-    shown = out[9]
+    shown = out["scores"]
     assert shown["visible"]
     text = shown["value"]
     assert "| held-out loss | 2.000 | 0.500 | -1.500 |" in text
@@ -187,30 +187,53 @@ def test_live_shows_base_vs_tuned_when_the_run_has_ended(tmp_path):
     assert "| identity check | 0/2 (0%) | 2/2 (100%) | +100 points |" in text
     assert "| control check | 2/2 (100%) | 1/2 (50%) | -50 points |" in text
     # Nothing new on the next tick: the table is left as it is (no re-read).
-    assert live_tab.tick(ctx, "r1", out[0])[9] == gr.skip()
+    assert live_tab.tick(ctx, "r1", out["state"])["scores"] == gr.skip()
 
 
 def test_live_falls_back_to_the_end_event_and_hides_while_running(tmp_path):
     ctx = AppContext(tmp_path / "ws")
     ended_run(ctx.workspace, "r2", evaluation=None)
-    text = live_tab.tick(ctx, "r2", None)[9]["value"]
+    text = live_tab.tick(ctx, "r2", None)["scores"]["value"]
     assert "| held-out loss | 2.000 | 0.500 |" in text and "| perplexity | 7.39 | 1.65 |" in text
     assert "check |" not in text
-    running = runs.run_dir(ctx.workspace, "r3")
+    running = record.run_dir(ctx.workspace, "r3")
     running.mkdir(parents=True)
     EventLog(running / "events.jsonl").append("start", step=0, max_steps=10)
-    assert live_tab.tick(ctx, "r3", None)[9]["visible"] is False
+    assert live_tab.tick(ctx, "r3", None)["scores"]["visible"] is False
 
 
 def test_loss_plot_always_carries_both_series_as_numbers():
-    frame = live_tab.loss_frame(live_tab.Follow(train=[(1, 2.0)]))
+    frame = live_tab.loss_frame(record.EventSummary(train=[(1, 2.0)]))
     assert set(frame["series"]) == {"train loss", "eval loss"}
     assert frame[frame.series == "eval loss"]["loss"].isna().all()
     # Before the first step both plots still get numeric y columns (the browser fixes the axis type then).
     plot = gr.LinePlot(x="step", y="loss", color="series")
-    assert plot.postprocess(live_tab.loss_frame(live_tab.Follow())).datatypes["loss"] == "quantitative"
+    assert plot.postprocess(live_tab.loss_frame(record.EventSummary())).datatypes["loss"] == "quantitative"
     lr = gr.LinePlot(x="step", y="learning_rate")
-    assert lr.postprocess(live_tab.lr_frame(live_tab.Follow())).datatypes["learning_rate"] == "quantitative"
+    assert lr.postprocess(live_tab.lr_frame(record.EventSummary())).datatypes["learning_rate"] == "quantitative"
+
+
+def test_plot_axes_come_from_the_data(tmp_path):
+    """Early in a run the blank eval point sits at the first real step (the step axis does not start
+    at 0), and the tick labels stay short enough for the plot's left edge."""
+    early = record.EventSummary(max_steps=6, train=[(1, 3.930307)], lr=[(1, 0.0), (2, 5e-4)])
+    frame = live_tab.loss_frame(early)
+    assert frame.step.min() == 1 and frame.loss.dropna().tolist() == [3.930307]  # only real values
+    assert live_tab.lr_frame(early).step.min() == 1
+    with gr.Blocks():
+        c = live_tab.layout(AppContext(tmp_path / "ws"))
+    assert (c["loss_plot"].y_axis_format, c["lr_plot"].y_axis_format) == (".4~r", ".2~e")
+    assert c["loss_plot"].y_lim is None and c["lr_plot"].y_lim is None  # y from the data, not from 0
+
+
+def test_every_tick_updates_the_same_outputs(tmp_path):
+    """No run, a run, and a tick that fails all return the same outputs by name (no tuple to line up)."""
+    ctx = AppContext(tmp_path / "ws")
+    ended_run(ctx.workspace)
+    assert list(live_tab.tick(ctx, "", None)) == list(live_tab.TICKED)
+    assert list(live_tab.tick(ctx, "r1", None)) == list(live_tab.TICKED)
+    failed = live_tab.safe_tick(ctx, "missing", None)
+    assert list(failed) == list(live_tab.TICKED) and "no run 'missing'" in failed["stats"]
 
 
 def test_runs_table_has_base_and_tuned_evaluation(tmp_path):
@@ -219,11 +242,36 @@ def test_runs_table_has_base_and_tuned_evaluation(tmp_path):
     (row,) = runs_tab.table(ctx)
     assert len(runs_tab.WIDTHS) == len(runs_tab.HEADERS) == len(row)
     cells = dict(zip(runs_tab.HEADERS, row))
-    assert cells["eval loss"] == 0.5 and cells["base eval loss"] == 2.0
+    assert cells["eval loss"] == "0.500" and cells["base eval loss"] == "2.000"
     assert cells["task checks"] == "identity 2/2 (base 0/2); control 1/2 (base 2/2)"
     (ctx.workspace / "runs" / "r1" / "evaluation.json").write_text('{"checks": {"by_kind": {"x": 1}}}')
     (row,) = runs_tab.table(ctx)  # a damaged file leaves the cells empty, the listing stands
     assert dict(zip(runs_tab.HEADERS, row))["task checks"] == ""
+
+
+def test_runs_table_headers_never_break_inside_a_word():
+    """At a 1280-pixel window the table is about 1216 px wide; a header letter takes 8.7 px and a
+    cell 17 px of padding (measured in a screenshot: at 5% "method" breaks as "metho d")."""
+    assert sum(float(w.rstrip("%")) for w in runs_tab.WIDTHS) == 100
+    for header, width in zip(runs_tab.HEADERS, runs_tab.WIDTHS):
+        longest = max(len(word) for word in header.split())
+        assert float(width.rstrip("%")) / 100 * 1216 >= longest * 8.7 + 17, header
+
+
+def test_a_fresh_page_opens_the_default_run_in_every_tab(tmp_path):
+    """Live, Playground, Evaluation and Export open on the active run, else the newest; a tab that
+    does not offer that run (Export: not finished) opens on its own newest."""
+    ws = tmp_path / "ws"
+    adapter = record.adapter_dir(ended_run(ws, "r1"))
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"w")
+    ended_run(ws, "r2")  # newer, evaluated, without a final adapter
+    demo = app.build_demo(ws)
+    (load,) = [f for f in demo.fns.values() if f.name == "fresh_page"]
+    updates = load.fn()
+    assert [updates[picker]["value"] for picker in load.outputs] == ["r2", "r2", "r2", "r1"]  # Live, Playground,
+    assert [updates[picker]["choices"] for picker in load.outputs][-1] == ["r1"]  # Evaluation, Export
 
 
 # --- probes edited in the Playground -------------------------------------------------------------
@@ -232,15 +280,15 @@ def test_playground_loads_and_saves_the_runs_probes(tmp_path):
     ctx = AppContext(tmp_path / "ws")
     path = ended_run(ctx.workspace)
     first = playground_tab.run_probes(ctx, "r1").splitlines()
-    assert first and evaluate.read_probes(path) == first  # created from the demo's list
+    assert first and record.read_probes(path) == first  # created from the demo's list
     note = playground_tab.save_probes(ctx, "r1", "  Who made you?\n\nName a color.\n")
     assert "Saved 2" in note
     cfg = config_mod.load(path / "config.yaml")
     assert evaluate.probes_for_run(path, cfg) == ["Who made you?", "Name a color."]
     assert playground_tab.run_probes(ctx, "r1") == "Who made you?\nName a color."
-    with pytest.raises(runs.RunError, match="at least one prompt"):
+    with pytest.raises(record.RunError, match="at least one prompt"):
         playground_tab.save_probes(ctx, "r1", "\n \n")
-    with pytest.raises(runs.RunError, match="pick a run"):
+    with pytest.raises(record.RunError, match="pick a run"):
         playground_tab.save_probes(ctx, "", "x")
 
 
@@ -260,11 +308,12 @@ def test_a_tick_that_changes_nothing_sends_nothing(tmp_path):
     path = ended_run(ctx.workspace)
     (path / "train.log").write_text("line 1\n")
     first = live_tab.tick(ctx, "r1", None)
-    assert "step 40 / 40" in first[1] and "completed" in first[2] and first[5] == "line 1"
-    again = live_tab.tick(ctx, "r1", first[0])
-    assert [i for i, out in enumerate(again) if out == gr.skip()] == list(range(1, 10))
+    assert "step 40 / 40" in first["progress"] and "completed" in first["stats"] and first["tail"] == "line 1"
+    again = live_tab.tick(ctx, "r1", first["state"])
+    assert list(again) == list(live_tab.TICKED)
+    assert [name for name, out in again.items() if out == gr.skip()] == list(live_tab.TICKED[1:])
     with open(path / "train.log", "a") as fh:
         fh.write("line 2\n")
-    later = live_tab.tick(ctx, "r1", again[0])
-    assert later[5] == "line 1\nline 2" and later[1] == gr.skip()
-    assert live_tab.tick(ctx, "r1", None)[1] == first[1]  # a reloaded page starts from nothing
+    later = live_tab.tick(ctx, "r1", again["state"])
+    assert later["tail"] == "line 1\nline 2" and later["progress"] == gr.skip()
+    assert live_tab.tick(ctx, "r1", None)["progress"] == first["progress"]  # a reloaded page starts from nothing

@@ -108,6 +108,11 @@ def when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else ""
 
 
+def number(value: float | None, digits: int = 3) -> str:
+    """A number with `digits` decimals (losses read 3, perplexities 2); "—" when there is none."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
 def guarded(fn):
     """Wrap a handler so any exception reaches the page as a short gr.Error message (an API
     client gets the same message), never as a traceback."""

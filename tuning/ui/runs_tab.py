@@ -1,38 +1,43 @@
-"""Runs tab: every run in the workspace, open one in Live or the Playground, delete one (after a
-confirmation), download its adapter as a zip."""
+"""Runs tab: every run in the workspace as one table (status, progress and base-vs-tuned numbers,
+all read through tuning/record.py), open one in Live or the Playground (app.py wires those
+buttons), download its adapter (the one zip tuning/export.py builds), delete one after a
+confirmation."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 
 import gradio as gr
 
-from tuning import evaluate, record
-from tuning.ui.common import AppContext, clock, guarded, when
+from tuning import export, record
+from tuning.ui.common import AppContext, bind, clock, guarded, keyed, number, run_picker_update, served_copy, when
 
 HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
            "task checks", "duration", "created"]
-# Fixed widths: an empty column (no task checks yet) otherwise shrinks until its header wraps a
-# letter a line and the header pushes the rows out of view.
-WIDTHS = ["12%", "6%", "16%", "5%", "8%", "5%", "6%", "6%", "6%", "13%", "6%", "11%"]
+# Fixed widths, each wide enough for its header's longest word at a 1280-pixel window (a header
+# never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
+# header wraps a letter a line and the header pushes the rows out of view.
+WIDTHS = ["12%", "6%", "13%", "7%", "9%", "6%", "6%", "6%", "6%", "12%", "8%", "9%"]
 
 
-def _num(value) -> float | str:
-    return round(value, 4) if isinstance(value, (int, float)) else ""
+@dataclass(frozen=True)
+class RunsParts:
+    """What app.py wires across tabs."""
+    run: gr.Dropdown
+    open_live: gr.Button
+    open_play: gr.Button
 
 
-def evaluation_cells(path: Path, eval_loss: float | None) -> list:
-    """[eval loss, base eval loss, task checks] from the run's evaluation.json (the end-of-run or a
-    later evaluation; its tuned loss, when present, was measured on the same rows as the base's).
-    A damaged file leaves the cells empty rather than breaking the listing."""
+def evaluation_cells(summary: record.RunSummary) -> list[str]:
+    """[eval loss, base eval loss, task checks] from the run's stored evaluation (end of run or a
+    later one; its tuned loss, when present, was measured on the same rows as the base's). A damaged
+    file leaves the cells empty rather than breaking the listing."""
     try:
-        result = evaluate.read_evaluation(path) or {}
-        return [_num(result.get("eval_loss", eval_loss)), _num(result.get("base_eval_loss")),
-                evaluate.checks_text(result)]
-    except (OSError, KeyError, TypeError, AttributeError):
-        return [_num(eval_loss), "", ""]
+        result = record.read_evaluation(summary.path) or {}
+        return [number(result.get("eval_loss", summary.eval_loss)), number(result.get("base_eval_loss")),
+                record.checks_text(result)]
+    except (KeyError, TypeError, AttributeError):
+        return [number(summary.eval_loss), "", ""]
 
 
 def table(ctx: AppContext) -> list[list]:
@@ -40,10 +45,14 @@ def table(ctx: AppContext) -> list[list]:
     for s in record.list_runs(ctx.workspace):
         cfg = s.config
         rows.append([s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
-                     s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), _num(s.loss),
-                     *evaluation_cells(s.path, s.eval_loss),
-                     clock(s.duration) if s.duration is not None else "", when(s.started)])
+                     s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), number(s.loss),
+                     *evaluation_cells(s), clock(s.duration) if s.duration is not None else "", when(s.started)])
     return rows
+
+
+def refreshed(ctx: AppContext, run_id: str | None) -> dict:
+    """The table and the run picker, re-read from the workspace."""
+    return {"listing": table(ctx), "run": run_picker_update(ctx, run_id)}
 
 
 def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
@@ -55,67 +64,66 @@ def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
     return f"Deleted {run_id}."
 
 
-def adapter_zip(ctx: AppContext, run_id: str) -> str:
-    """The run's final adapter (else its newest checkpoint's adapter files) as a zip file in
-    Gradio's temp folder, which the page may serve."""
-    from gradio.utils import get_upload_folder
+def do_delete(ctx: AppContext, run_id: str, confirmed: bool) -> dict:
+    """The Delete button: the message, the confirmation unticked, the table and picker without the run."""
+    text = delete(ctx, run_id, confirmed)
+    gr.Info(text)
+    return {"message": text, "confirm": False, **refreshed(ctx, None)}
 
+
+def download(ctx: AppContext, run_id: str) -> str:
+    """The run's adapter zip (weights, config and model card, as the Export tab's), served from a
+    copy Gradio may serve whatever the workspace."""
     if not run_id:
         raise record.RunError("pick a run first")
-    path = record.existing_run_dir(ctx.workspace, run_id)
-    source = path / "adapter"
-    if not (source / "adapter_config.json").is_file():
-        source = record.latest_checkpoint(path)
-        if source is None:
-            raise record.RunError(f"run {run_id} has no adapter or checkpoint yet")
-    out_dir = Path(tempfile.mkdtemp(prefix="adapter-", dir=get_upload_folder()))
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / f"{run_id}-adapter"
-        staged.mkdir()
-        for item in source.iterdir():  # adapter weights, config and tokenizer; no optimizer state
-            if item.is_file() and not item.name.startswith(("optimizer", "scheduler", "rng_state", "trainer_state")):
-                shutil.copy2(item, staged / item.name)
-        return shutil.make_archive(str(out_dir / f"{run_id}-adapter"), "zip", tmp, staged.name)
+    return served_copy(export.adapter_zip(record.existing_run_dir(ctx.workspace, run_id), ctx.workspace))
 
 
-def build(ctx: AppContext):
-    from tuning.ui.live_tab import run_choices
+def picked(evt: gr.SelectData, rows):
+    """A click on a table row picks that row's run."""
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    try:
+        return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+    except (IndexError, KeyError, TypeError):
+        return gr.skip()
 
+
+# --- the page ----------------------------------------------------------------------------------------
+
+def layout(ctx: AppContext) -> dict:
+    """The tab's components by name (the names its handlers return)."""
+    c = {}
     with gr.Row():
-        refresh = gr.Button("↻ Refresh", scale=1)
-    listing = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True, column_widths=WIDTHS,
-                           label="Runs in the workspace", elem_id="runs-table")
+        c["refresh"] = gr.Button("↻ Refresh", scale=1)
+    c["listing"] = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True, column_widths=WIDTHS,
+                                label="Runs in the workspace", elem_id="runs-table")
     with gr.Row():
-        run = gr.Dropdown(run_choices(ctx), value=None, label="Run", scale=3)
-        open_live = gr.Button("Open in Live", scale=1)
-        open_play = gr.Button("Open in Playground", scale=1)
-        download_btn = gr.Button("Download adapter", scale=1)
-    download = gr.File(label="Adapter (zip)", visible=False)
+        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
+        c["open_live"] = gr.Button("Open in Live", scale=1)
+        c["open_play"] = gr.Button("Open in Playground", scale=1)
+        c["download"] = gr.Button("Download adapter", scale=1)
+    c["zip"] = gr.File(label="Adapter (zip)", visible=False)
     with gr.Row():
-        confirm = gr.Checkbox(label="yes, delete this run and all its files", value=False, scale=3)
-        delete_btn = gr.Button("Delete run", variant="stop", scale=1)
-    message = gr.Markdown()
+        c["confirm"] = gr.Checkbox(label="yes, delete this run and all its files", value=False, scale=3)
+        c["delete"] = gr.Button("Delete run", variant="stop", scale=1)
+    c["message"] = gr.Markdown()
+    return c
 
-    def refreshed(current):
-        return table(ctx), gr.update(choices=run_choices(ctx), value=current)
 
-    def do_delete(run_id, confirmed):
-        text = delete(ctx, run_id, confirmed)
-        gr.Info(text)
-        return (text, False, *refreshed(None))
+def wire(ctx: AppContext, c: dict) -> None:
+    private = {"api_visibility": "private"}
+    listed = [c["listing"], c["run"]]
+    c["refresh"].click(keyed(bind(refreshed, ctx), c), c["run"], listed, **private)
+    # A fresh page (a reload, a second browser, an app restart) lists the runs as they are now.
+    gr.on(None, keyed(bind(refreshed, ctx, None), c), None, listed, **private)
+    c["listing"].select(picked, c["listing"], c["run"], **private)
+    c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"]],
+                      [c["message"], c["confirm"], *listed], **private)
 
-    def pick(evt: gr.SelectData, rows):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        try:
-            return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
-        except (IndexError, KeyError, TypeError):
-            return gr.skip()
+    def zip_shown(run_id):  # the file box stays hidden until there is a file in it
+        return gr.update(value=download(ctx, run_id), visible=True)
 
-    refresh.click(refreshed, run, [listing, run], api_visibility="private")
-    listing.select(pick, listing, run, api_visibility="private")
-    delete_btn.click(guarded(do_delete), [run, confirm], [message, confirm, listing, run], api_visibility="private")
-    download_btn.click(guarded(lambda r: gr.update(value=adapter_zip(ctx, r), visible=True)), run, download,
-                       api_visibility="private")
+    c["download"].click(guarded(zip_shown), c["run"], c["zip"], **private)
 
     def list_api() -> list[dict]:
         """Every run in the workspace, newest first."""
@@ -127,5 +135,9 @@ def build(ctx: AppContext):
 
     gr.api(guarded(list_api), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
-    return {"run": run, "open_live": open_live, "open_play": open_play, "listing": listing,
-            "refreshed": refreshed}
+
+
+def build(ctx: AppContext) -> RunsParts:
+    components = layout(ctx)
+    wire(ctx, components)
+    return RunsParts(run=components["run"], open_live=components["open_live"], open_play=components["open_play"])
