@@ -68,8 +68,8 @@ def _inspect(args) -> int:
     loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
     stats = None
     if not args.no_tokens and loaded.conversations:
-        model_path = models.resolve_base_model(args.base_model, resolve_workspace(args.workspace))
-        stats = data.statistics(loaded, models.load_tokenizer(model_path), args.max_length)
+        tokenizer = models.load_base_tokenizer(args.base_model, resolve_workspace(args.workspace))
+        stats = data.statistics(loaded, tokenizer, args.max_length)
     report = data.report(loaded, stats, args.max_problems)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
