@@ -9,6 +9,7 @@ import shlex
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 import app
@@ -234,6 +235,7 @@ def test_runs_table_delete_and_download(ctx, tmp_path, monkeypatch):
     assert row[:5] == ["r3", "named", config_mod.EMBEDDED_MODEL, "lora", "completed"] and row[5] == "5/5"
     zipped = runs_tab.download(ctx, "r3")  # the Export tab's zip: weights, config and the model card
     assert Path(zipped).is_relative_to(tmp_path / "gradio")
+    assert gr.File().postprocess(zipped).path == zipped  # what the page's file box is given
     assert sorted(zipfile.ZipFile(zipped).namelist()) == ["README.md", "adapter_config.json",
                                                           "adapter_model.safetensors"]
     with pytest.raises(record.RunError, match="tick"):

@@ -247,7 +247,7 @@ def served_copy(path: Path) -> str:
     from gradio.utils import get_upload_folder
 
     folder = Path(tempfile.mkdtemp(prefix="download-", dir=get_upload_folder()))
-    return shutil.copy2(path, folder / Path(path).name)
+    return str(shutil.copy2(path, folder / Path(path).name))  # gr.File takes a str, not a Path
 
 
 # --- what the Dataset and Train tabs both read -----------------------------------------------------

@@ -17,7 +17,7 @@ HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss
 # Fixed widths, each wide enough for its header's longest word at a 1280-pixel window (a header
 # never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
 # header wraps a letter a line and the header pushes the rows out of view.
-WIDTHS = ["12%", "6%", "13%", "7%", "9%", "6%", "6%", "6%", "6%", "12%", "8%", "9%"]
+WIDTHS = ["12%", "7%", "12%", "7%", "9%", "6%", "6%", "6%", "6%", "12%", "8%", "9%"]
 
 
 @dataclass(frozen=True)
