@@ -1,6 +1,7 @@
 """Evaluation on the tiny Llama: held-out loss base vs tuned (the Trainer's own number), probes at
-every checkpoint, task checks, early stopping with the best checkpoint marked, the A/B votes, and
-`python -m tuning eval`."""
+every checkpoint, task checks, early stopping with the best checkpoint marked, and `python -m tuning
+eval`; what they write is read back through tuning.record. The blind A/B (tuning.ab) on a run folder
+written by hand."""
 
 import json
 import math
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_jsonl
-from tuning import evaluate, train
+from tuning import ab, evaluate, record, train
 from tuning.__main__ import main
 from tuning.events import read_events
 from tuning.train import StopRequested
@@ -73,7 +74,7 @@ def test_heldout_loss_is_the_trainers_eval_loss_and_base_differs(tmp_path, tiny_
 
 def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     ws, run_dir, cfg = finished_run
-    result = evaluate.read_evaluation(run_dir)
+    result = record.read_evaluation(run_dir)
     assert result["step"] == 4 and result["eval_rows"] == 6
     assert math.isfinite(result["eval_loss"]) and math.isfinite(result["base_eval_loss"])
     assert result["eval_loss"] < result["base_eval_loss"]
@@ -87,9 +88,9 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert {r["system"] for r in result["checks"]["rows"]} == {None, "Be brief."}
 
     # Probes: the first held-out prompts, answered at each checkpoint and at the end.
-    probes = json.loads((run_dir / "probes.json").read_text())
+    probes = record.read_probes(run_dir)
     assert probes[:2] == ["Who are you, really? 0", "Name a colour. 0"]
-    history = evaluate.probe_history(run_dir)
+    history = record.probe_history(run_dir)
     # The last save (step 4) is covered by the final probes, not answered twice.
     assert [(h["step"], h["checkpoint"]) for h in history] == [(2, "checkpoint-2"), (4, "final")]
     for h in history:
@@ -103,7 +104,7 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert len(final) == 1 and final[0]["base_eval_loss"] == pytest.approx(result["base_eval_loss"])
     assert final[0]["checks"]["always"]["tuned_rate"] == 1.0 and "always 3/3" in final[0]["message"]
     assert events[-1]["event"] == "end" and events[-1]["eval_loss"] == pytest.approx(result["eval_loss"])
-    assert evaluate.summary_for_run(run_dir)["always_tuned"] == 1.0
+    assert "always 3/3 (base 3/3)" in record.checks_text(record.read_evaluation(run_dir))  # the Runs table's cell
 
 
 def test_mixed_batch_gives_the_same_answers_as_separate_calls(finished_run, tmp_path):
@@ -133,7 +134,7 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
     ws, run_dir, cfg = finished_run
     assert main(["eval", "--run", "r1", "--workspace", str(ws), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    saved = evaluate.read_evaluation(run_dir)
+    saved = record.read_evaluation(run_dir)
     assert report["eval_loss"] == saved["eval_loss"] and report["run_id"] == "r1"
     assert report["ab"]["votes"] == 0 and len(report["probe_history"]) == 2
 
@@ -157,56 +158,70 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
     assert main(["eval", "--run", "../x", "--workspace", str(ws)]) == 2
 
 
-def test_ab_votes_persist_and_summarise(finished_run, tmp_path):
-    ws, run_dir, cfg = finished_run
+def test_ab_votes_persist_and_summarise(tmp_path):
     target = tmp_path / "run"
     target.mkdir()
-    (target / "evaluation.json").write_text(json.dumps({"probes": [
+    record.write_evaluation(target, {"probes": [
         {"prompt": "p1", "base": "b1", "tuned": "t1"}, {"prompt": "p2", "base": "same", "tuned": "same"}],
-        "checks": {"rows": [{"prompt": "p3", "base": "b3", "tuned": "t3"}]}}))
-    assert [c["prompt"] for c in evaluate.ab_candidates(target)] == ["p1", "p3"]  # identical pair dropped
+        "checks": {"rows": [{"prompt": "p3", "base": "b3", "tuned": "t3"}]}})
+    assert [c["prompt"] for c in ab.candidates(target)] == ["p1", "p3"]  # identical pair dropped
     rng = random.Random(0)
     orders = set()
     for _ in range(20):
-        pair = evaluate.ab_pair(target, rng)
-        assert {pair["a"], pair["b"]} in ({"b1", "t1"}, {"b3", "t3"})
-        assert pair["a"] == ({"p1": "b1", "p3": "b3"}[pair["prompt"]] if pair["a_is"] == "base"
-                                       else {"p1": "t1", "p3": "t3"}[pair["prompt"]])
-        orders.add(pair["a_is"])
+        pair = ab.next_stored_pair(target, rng)
+        assert {pair.a, pair.b} in ({"b1", "t1"}, {"b3", "t3"}) and pair.run_id == "run"
+        assert pair.a == ({"p1": "b1", "p3": "b3"}[pair.prompt] if pair.a_is == "base"
+                          else {"p1": "t1", "p3": "t3"}[pair.prompt])
+        assert pair.shown() == {"prompt": pair.prompt, "a": pair.a, "b": pair.b}  # no a_is: the page never sees it
+        orders.add(pair.a_is)
     assert orders == {"base", "tuned"}, "the tuned answer must appear on both sides"
 
-    tuned_a = {"prompt": "p1", "a": "t1", "b": "b1", "a_is": "tuned"}
-    base_a = {"prompt": "p3", "a": "b3", "b": "t3", "a_is": "base"}
-    evaluate.record_vote(target, tuned_a, "A")      # tuned
-    evaluate.record_vote(target, base_a, "B")       # tuned
-    evaluate.record_vote(target, base_a, "A")       # base
-    summary = evaluate.record_vote(target, tuned_a, "tie")
+    tuned_a = ab.BlindPair("run", "p1", base="b1", tuned="t1", a_is="tuned")
+    base_a = ab.BlindPair("run", "p3", base="b3", tuned="t3", a_is="base")
+    ab.vote(target, tuned_a, "A")      # tuned
+    ab.vote(target, base_a, "B")       # tuned
+    ab.vote(target, base_a, "A")       # base
+    summary = ab.vote(target, tuned_a, "tie")
     assert summary == {"votes": 4, "tuned_wins": 2, "base_wins": 1, "ties": 1, "tuned_win_rate": 0.5,
                        "text": "tuned wins 2 of 4 (50%); base wins 1, ties 1"}
+    assert [(v["prompt"], v["a"], v["choice"], v["winner"]) for v in record.read_votes(target)] == [
+        ("p1", "t1", "A", "tuned"), ("p3", "b3", "B", "tuned"), ("p3", "b3", "A", "base"), ("p1", "t1", "tie", "tie")]
     # A restart reads the same file: nothing is lost, a torn last line is skipped.
-    with open(target / "ab_votes.jsonl", "a") as fh:
+    with open(target / record.VOTES, "a") as fh:
         fh.write('{"winner": "tun')
-    assert evaluate.ab_summary(target)["votes"] == 4
+    assert record.ab_summary(target)["votes"] == 4
     # Unvoted pairs come first.
-    (target / "ab_votes.jsonl").write_text(json.dumps({"prompt": "p1", "winner": "tuned"}) + "\n")
-    assert {evaluate.ab_pair(target, random.Random(i))["prompt"] for i in range(10)} == {"p3"}
+    (target / record.VOTES).write_text(json.dumps({"prompt": "p1", "winner": "tuned"}) + "\n")
+    assert {ab.next_stored_pair(target, random.Random(i)).prompt for i in range(10)} == {"p3"}
 
-    with pytest.raises(evaluate.EvalError, match="not one of A, B, tie"):
-        evaluate.record_vote(target, tuned_a, "C")
-    with pytest.raises(evaluate.EvalError, match="Next pair"):
-        evaluate.record_vote(target, None, "A")
-    with pytest.raises(evaluate.EvalError, match="evaluate it first"):
-        evaluate.ab_pair(tmp_path)
+    with pytest.raises(record.RunError, match="not one of A, B, tie"):
+        ab.vote(target, tuned_a, "C")
+    with pytest.raises(record.RunError, match="no pair on screen"):
+        ab.vote(target, None, "A")
+    with pytest.raises(record.RunError, match="evaluate it first"):
+        ab.next_stored_pair(tmp_path)
+    assert record.ab_summary(target)["votes"] == 1, "a refused vote writes nothing"
+
+
+def test_a_vote_for_a_pair_of_another_run_is_refused(tmp_path):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for run in (mine, other):
+        run.mkdir()
+    pair = ab.blind(other, "Who are you?", "I am SmolLM.", "I am Quill.")
+    with pytest.raises(record.RunError, match="no pair on screen for this run"):
+        ab.vote(mine, pair, "A")
+    assert record.read_votes(mine) == [] and record.read_votes(other) == []
+    assert ab.vote(other, pair, "A")["votes"] == 1  # on its own run it counts
 
 
 def test_probe_list_validation(tmp_path):
-    assert evaluate.write_probes(tmp_path, " one \n\n two ") == ["one", "two"]
-    assert evaluate.read_probes(tmp_path) == ["one", "two"]
-    with pytest.raises(evaluate.EvalError, match="at least one"):
-        evaluate.write_probes(tmp_path, "\n  \n")
-    with pytest.raises(evaluate.EvalError, match="at most"):
-        evaluate.write_probes(tmp_path, [f"p{i}" for i in range(evaluate.MAX_PROBES + 1)])
-    assert evaluate.read_probes(tmp_path) == ["one", "two"], "a refused list must not replace the saved one"
+    assert record.write_probes(tmp_path, " one \n\n two ") == ["one", "two"]
+    assert record.read_probes(tmp_path) == ["one", "two"]
+    with pytest.raises(record.RunError, match="at least one"):
+        record.write_probes(tmp_path, "\n  \n")
+    with pytest.raises(record.RunError, match="at most"):
+        record.write_probes(tmp_path, [f"p{i}" for i in range(record.MAX_PROBES + 1)])
+    assert record.read_probes(tmp_path) == ["one", "two"], "a refused list must not replace the saved one"
 
 
 def test_demo_probes_and_checks_come_with_the_dataset():
@@ -288,7 +303,7 @@ def test_early_stopping_stops_on_rising_eval_loss_and_marks_the_best(tmp_path, t
     final = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / end["best_checkpoint"] / "adapter_model.safetensors")
     assert all(torch.equal(final[k], kept[k]) for k in final)
-    assert evaluate.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
+    assert record.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
 
 
 def test_plain_text_rows_have_no_prompt_and_are_not_checked():
