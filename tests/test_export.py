@@ -3,6 +3,7 @@ base + adapter under greedy decoding), model card, GGUF round trip, push offline
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,26 +156,76 @@ def test_export_tab_handlers(trained, monkeypatch):
 
     from tuning import space
     from tuning.ui import export_tab
+    from tuning.ui.common import AppContext, guarded
 
     ws, run_dir = trained
-    assert export_tab.export_choices(ws) == ["r1"]
-    assert "# r1" in export_tab.card_preview(ws, "r1")
-    assert export_tab.card_preview(ws, "").startswith("Pick a finished run")
-    path, msg = export_tab.download_adapter(ws, "r1")
-    assert path.endswith("r1-adapter.zip") and "ready" in msg
-    path, msg = export_tab.download_adapter(ws, "../etc")
-    assert path is None and msg.startswith("**Not done:**") and "Traceback" not in msg
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    assert "needs a Hugging Face token" in export_tab.push(ws, "r1", "adapter", "me/m", "", True)
-    offline = export_tab.push(ws, "r1", "adapter", "me/m", FAKE_TOKEN, True)
-    assert "cannot be reached" in offline and FAKE_TOKEN not in offline
-    assert "outside the folders" in export_tab.merge(ws, "r1", "../../elsewhere")
+    ctx = AppContext(ws)
+    assert export_tab.export_choices(ctx) == ["r1"]
+    preview = export_tab.card_preview(ctx, "r1")
+    assert "# r1" in preview
+    assert export_tab.card_preview(ctx, "").startswith("Pick a finished run")
+    shown = export_tab.download_adapter(ctx, "r1")
+    assert Path(shown["zip_file"]).name == "r1-adapter.zip" and "ready" in shown["status"]
+    # What is served is a copy in Gradio's temp folder: it downloads wherever the workspace is.
+    assert not Path(shown["zip_file"]).is_relative_to(ws)
+    assert Path(shown["zip_file"]).read_bytes() == (export.exports_dir(ws) / "r1-adapter.zip").read_bytes()
+    # Every failure reaches the page as its one readable line (through guarded), never a bare "Error".
+    for handler, args, reason in (
+            (export_tab.download_adapter, (ctx, "../etc"), "not valid"),
+            (export_tab.download_adapter, (ctx, ""), "pick a finished run first"),
+            (export_tab.gguf, (ctx, "nope", "", "f16"), "no run 'nope'"),
+            (export_tab.merge, (ctx, "r1", "../../elsewhere"), "outside the folders"),
+            (export_tab.push, (ctx, "r1", "adapter", "me/m", "", True), "needs a Hugging Face token")):
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        with pytest.raises(gr.Error, match=reason) as shown_error:
+            guarded(handler)(*args)
+        assert "Traceback" not in str(shown_error.value) and "went wrong" not in str(shown_error.value)
+    with pytest.raises(gr.Error, match="cannot be reached") as offline:
+        guarded(export_tab.push)(ctx, "r1", "adapter", "me/m", FAKE_TOKEN, True)
+    assert FAKE_TOKEN not in str(offline.value)
     # on a Space, exporting needs the same auth as training
     settings = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "pw"}, data_dir=ws / "nodata")
     assert "password" in export_tab.refusal(settings, None, "")
     assert export_tab.refusal(settings, None, "pw") is None
-    # the tab builds, with and without Space auth
-    with gr.Blocks():
-        export_tab.build_export_tab(ws, settings)
-    with gr.Blocks():
-        export_tab.build_export_tab(ws)
+    with pytest.raises(gr.Error, match="password"):
+        export_tab.require_export(AppContext(ws, settings=settings), None, "")
+    # the tab builds, with and without Space auth, and names the run picker app.py wires
+    for settings in (settings, None):
+        with gr.Blocks() as demo:
+            parts = export_tab.build(AppContext(ws, settings=settings))
+        assert isinstance(parts.run, gr.Dropdown)
+        assert {"on_zip", "on_merge", "on_gguf", "on_push"} <= {f.name for f in demo.fns.values()}
+
+
+def test_card_preview_shows_the_front_matter_as_code_not_prose(trained):
+    from tuning.ui import export_tab
+    from tuning.ui.common import AppContext
+
+    ws, run_dir = trained
+    card = export.model_card(run_dir, "adapter")
+    assert card.startswith("---\nbase_model:")  # the file on the Hub keeps its front matter
+    preview = export_tab.card_preview(AppContext(ws), "r1")
+    assert not preview.startswith("---")
+    front = preview[:preview.index("# r1")]
+    assert "```yaml\nbase_model:" in front and "library_name: peft" in front and front.rstrip().endswith("```")
+    assert preview[preview.index("# r1"):] == card[card.index("# r1"):]  # the rest of the card as it is
+    assert export_tab.card_markdown("# no front matter") == "# no front matter"
+
+
+def test_nothing_that_leaves_the_machine_names_a_local_path(trained, tiny_model_dir):
+    """The card, the adapter zip, an exported adapter folder and a merged folder (what a push uploads)
+    carry no absolute path of this machine, and hold only safetensors, JSON and text: no pickles."""
+    ws, run_dir = trained
+    local = [str(Path(ws).resolve()), str(Path(tiny_model_dir).resolve()), str(Path.cwd()), str(Path.home())]
+    texts = {"card": export.model_card(run_dir, "adapter")}
+    with zipfile.ZipFile(export.adapter_zip(run_dir, ws)) as zf:
+        texts.update({f"zip:{n}": zf.read(n).decode("utf-8", "replace") for n in zf.namelist()})
+    for folder in (export.export_adapter(run_dir, ws, "privacy-adapter"), export.export_merged(run_dir, ws, "privacy-merged")):
+        for item in folder.iterdir():
+            assert item.suffix in (".safetensors", ".json", ".txt", ".jinja", ".md"), f"{item.name} may hold a pickle"
+            texts[f"{folder.name}/{item.name}"] = item.read_bytes().decode("utf-8", "replace")
+    leaks = [(where, path) for where, text in texts.items() for path in local if path in text]
+    assert leaks == []
+    adapter_config = json.loads(texts["zip:adapter_config.json"])
+    assert adapter_config["base_model_name_or_path"] == Path(tiny_model_dir).name
+    assert f"base_model: {Path(tiny_model_dir).name}" in texts["card"] and "dataset: chat.jsonl" in texts["card"]

@@ -17,9 +17,10 @@ log = logging.getLogger("tuning.ui")
 def user_errors() -> tuple[type[BaseException], ...]:
     from tuning.config import ConfigError
     from tuning.data import DataError
+    from tuning.export import ExportError
     from tuning.record import RunError
 
-    found = [ConfigError, DataError, RunError, paths.PathError]
+    found = [ConfigError, DataError, ExportError, RunError, paths.PathError]
     try:  # models imports torch: only pay for it when a handler already has
         import sys
         if "tuning.models" in sys.modules:

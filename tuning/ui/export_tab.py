@@ -2,158 +2,182 @@
 full-precision base and save it under <workspace>/exports/, preview the model card, write a GGUF
 file (llama family), push the adapter or the merged model to the Hub.
 
-Handlers are plain functions of (workspace, ...) returning text or a file path, so tests call
-them without a browser; every failure comes back as one readable line, never a traceback. On a
-Space, everything but the card preview needs the same auth as training (tuning/space.py).
+Handlers are plain functions of (ctx, ...) returning text or a file path; a failure raises, and
+`guarded` puts its one readable line on the page. Downloads are served from a copy in Gradio's
+temp folder (common.served_copy), so they work wherever the workspace is. On a Space, everything
+but the card preview needs the same auth as training (tuning/space.py).
 (No `from __future__ import annotations` here: Gradio reads the OAuthProfile type hint at runtime.)
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 
 from tuning import export, record, space
-from tuning.ui.common import friendly
+from tuning.ui.common import AppContext, bind, guarded, keyed, served_copy
 
 
-def export_choices(workspace: Path) -> list[str]:
+@dataclass(frozen=True)
+class ExportParts:
+    """What app.py wires across tabs."""
+    run: gr.Dropdown
+
+
+# --- plain handlers ------------------------------------------------------------------------------
+
+def export_choices(ctx: AppContext) -> list:
     """Runs with a final adapter (completed or stopped), newest first."""
-    return [s.run_id for s in record.list_runs(workspace)
-            if all((s.path / "adapter" / name).is_file() for name in export.ADAPTER_FILES)]
+    return [s.run_id for s in record.list_runs(ctx.workspace) if record.has_final_adapter(s.path)]
 
 
-def _message(exc: BaseException) -> str:
-    # ExportError messages are written for the user; anything else gets friendly()'s one line.
-    return f"**Not done:** {exc if isinstance(exc, export.ExportError) else friendly(exc)}"
-
-
-def _run(workspace: Path, run_id: str) -> Path:
+def _run(ctx: AppContext, run_id: str) -> Path:
     if not run_id:
         raise export.ExportError("pick a finished run first")
-    path = record.existing_run_dir(workspace, run_id)
+    path = record.existing_run_dir(ctx.workspace, run_id)
     export.finished_adapter(path)
     return path
 
 
-def card_preview(workspace: Path, run_id: str) -> str:
+def card_markdown(card: str) -> str:
+    """The card as the preview shows it: its YAML front matter (the Hub's metadata) in a code block,
+    where Markdown would otherwise render it as a paragraph of prose."""
+    if not card.startswith("---\n"):
+        return card
+    front, sep, body = card[4:].partition("\n---\n")
+    if not sep:
+        return card
+    return f"Hub metadata (the card's front matter):\n\n```yaml\n{front}\n```\n\n{body.lstrip()}"
+
+
+def card_preview(ctx: AppContext, run_id: str) -> str:
     if not run_id:
         return "Pick a finished run to see its model card."
-    try:
-        return export.model_card(_run(workspace, run_id), "adapter")
-    except Exception as exc:  # noqa: BLE001
-        return _message(exc)
+    return card_markdown(export.model_card(_run(ctx, run_id), "adapter"))
 
 
-def download_adapter(workspace: Path, run_id: str) -> tuple[Optional[str], str]:
-    try:
-        path = export.adapter_zip(_run(workspace, run_id), workspace)
-        return str(path), f"Adapter zip ready: `{path.name}` (adapter_model.safetensors, adapter_config.json, README.md)."
-    except Exception as exc:  # noqa: BLE001
-        return None, _message(exc)
+def download_adapter(ctx: AppContext, run_id: str) -> dict:
+    """A served copy of the adapter zip, and a note."""
+    path = export.adapter_zip(_run(ctx, run_id), ctx.workspace)
+    return {"zip_file": served_copy(path),
+            "status": f"Adapter zip ready: `{path.name}` (the adapter's weights and config, and its model card)."}
 
 
-def merge(workspace: Path, run_id: str, name: str) -> str:
-    try:
-        path = export.export_merged(_run(workspace, run_id), workspace, name or None)
-        return (f"Merged model saved in `{path}`: a standard transformers folder; load it with "
-                f"`AutoModelForCausalLM.from_pretrained(\"{path}\")`.")
-    except Exception as exc:  # noqa: BLE001
-        return _message(exc)
+def merge(ctx: AppContext, run_id: str, name: str) -> str:
+    path = export.export_merged(_run(ctx, run_id), ctx.workspace, name or None)
+    return (f"Merged model saved in `{path}`: a standard transformers folder; load it with "
+            f"`AutoModelForCausalLM.from_pretrained(\"{path}\")`.")
 
 
-def gguf(workspace: Path, run_id: str, name: str, outtype: str) -> tuple[Optional[str], str]:
-    try:
-        run_dir = _run(workspace, run_id)
-        merged = export.exports_dir(workspace) / f"{run_id}-merged"
-        path = export.export_gguf(run_dir, workspace, name or None, outtype or "f16",
-                                  merged_dir=merged if (merged / "config.json").is_file() else None)
-        return str(path), f"GGUF written: `{path}` ({path.stat().st_size / 1e6:.0f} MB)."
-    except Exception as exc:  # noqa: BLE001
-        return None, _message(exc)
+def gguf(ctx: AppContext, run_id: str, name: str, outtype: str) -> dict:
+    """A served copy of the GGUF file, and a note; reuses exports/<run>-merged when it exists."""
+    run_dir = _run(ctx, run_id)
+    merged = export.exports_dir(ctx.workspace) / f"{run_id}-merged"
+    path = export.export_gguf(run_dir, ctx.workspace, name or None, outtype or "f16",
+                              merged_dir=merged if merged.is_dir() else None)
+    return {"gguf_file": served_copy(path), "status": f"GGUF written: `{path}` ({path.stat().st_size / 1e6:.0f} MB)."}
 
 
-def push(workspace: Path, run_id: str, what: str, repo_id: str, token: str, private: bool) -> str:
+def push(ctx: AppContext, run_id: str, what: str, repo_id: str, token: str, private: bool) -> str:
     """Push the adapter or the merged model; reuses exports/<run>-adapter or -merged when present."""
-    try:
-        run_dir = _run(workspace, run_id)
-        hub = export.hub_token(token)
-        if not hub:
-            raise export.ExportError("pushing needs a Hugging Face token with write access: paste it in the token "
-                                     "field or set HF_TOKEN where the app runs")
-        kind = "merged" if what == "merged" else "adapter"
-        folder = export.exports_dir(workspace) / f"{run_id}-{kind}"
-        if not folder.is_dir():
-            folder = (export.export_merged if kind == "merged" else export.export_adapter)(run_dir, workspace)
-        url = export.push(folder, repo_id, hub, private=bool(private))
-        return f"Pushed the {kind} to {url}"
-    except Exception as exc:  # noqa: BLE001
-        return _message(exc)
+    run_dir = _run(ctx, run_id)
+    hub = export.hub_token(token)
+    if not hub:
+        raise export.ExportError("pushing needs a Hugging Face token with write access: paste it in the token "
+                                 "field or set HF_TOKEN where the app runs")
+    kind = "merged" if what == "merged" else "adapter"
+    folder = export.exports_dir(ctx.workspace) / f"{run_id}-{kind}"
+    if not folder.is_dir():
+        folder = (export.export_merged if kind == "merged" else export.export_adapter)(run_dir, ctx.workspace)
+    return f"Pushed the {kind} to {export.push(folder, repo_id, hub, private=bool(private))}"
 
 
 def refusal(settings: space.SpaceSettings, profile, password: str) -> Optional[str]:
-    """None when this visitor may export (same rule as training), else the text to show."""
+    """None when this visitor may export (same rule as training), else the reason."""
     if space.can_train(profile, settings, password):
         return None
-    return "**Not done:** " + space.refusal_message(profile, settings)
+    return space.refusal_message(profile, settings)
 
 
-def build_export_tab(workspace: Path, settings: Optional[space.SpaceSettings] = None) -> None:
-    """The tab's components and wiring; call inside `with gr.Tab("Export"):`."""
-    workspace = Path(workspace)
-    settings = settings or space.space_settings(workspace=workspace)
+def refreshed(ctx: AppContext, run_id: str | None):
+    return gr.update(choices=export_choices(ctx), value=run_id)
 
-    def allowed(profile, password) -> Optional[str]:
-        return refusal(settings, profile, password)
 
+def require_export(ctx: AppContext, profile, password: str) -> None:
+    refused = refusal(ctx.settings, profile, password)
+    if refused:
+        raise gr.Error(refused, print_exception=False)
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+def layout(ctx: AppContext) -> dict:
+    """The tab's components by name (the names its handlers return)."""
     gr.Markdown("Take a finished run elsewhere. Everything is written under `exports/` in the workspace; "
                 "nothing existing is overwritten.")
+    c = {}
     with gr.Row():
-        run = gr.Dropdown(label="Finished run", choices=export_choices(workspace), value=None, scale=4)
-        refresh = gr.Button("Refresh", scale=1)
-    password = gr.Textbox(label="Space password (or sign in with Hugging Face)", type="password",
-                          visible=settings.train_requires_auth and settings.password_set)
-    status = gr.Markdown()
+        c["run"] = gr.Dropdown(label="Finished run", choices=export_choices(ctx), value=None, scale=4)
+        c["refresh"] = gr.Button("Refresh", scale=1)
+    c["password"] = gr.Textbox(label="Space password (or sign in with Hugging Face)", type="password",
+                               visible=ctx.settings.train_requires_auth and ctx.settings.password_set)
+    c["status"] = gr.Markdown()
     with gr.Row():
         with gr.Column():
-            zip_button = gr.Button("Download adapter (.zip)")
-            zip_file = gr.File(label="Adapter zip", interactive=False)
+            c["zip_button"] = gr.Button("Download adapter (.zip)")
+            c["zip_file"] = gr.File(label="Adapter zip", interactive=False)
         with gr.Column():
-            merged_name = gr.Textbox(label="Merged folder name (under exports/)", placeholder="RUN-merged")
-            merge_button = gr.Button("Merge into a full-precision base and save")
+            c["merged_name"] = gr.Textbox(label="Merged folder name (under exports/)", placeholder="RUN-merged")
+            c["merge_button"] = gr.Button("Merge into a full-precision base and save")
         with gr.Column():
-            gguf_name = gr.Textbox(label="GGUF file name (under exports/)", placeholder="RUN-f16.gguf")
-            gguf_type = gr.Radio(["f16", "f32"], value="f16", label="GGUF weights")
-            gguf_button = gr.Button("Write GGUF (llama family)")
-            gguf_file = gr.File(label="GGUF file", interactive=False)
+            c["gguf_name"] = gr.Textbox(label="GGUF file name (under exports/)", placeholder="RUN-f16.gguf")
+            c["gguf_type"] = gr.Radio(["f16", "f32"], value="f16", label="GGUF weights")
+            c["gguf_button"] = gr.Button("Write GGUF (llama family)")
+            c["gguf_file"] = gr.File(label="GGUF file", interactive=False)
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
-            repo = gr.Textbox(label="Repo id", placeholder="your-name/model-name")
-            what = gr.Radio(["adapter", "merged"], value="adapter", label="What to push")
-            private = gr.Checkbox(value=True, label="Private repo")
-        token = gr.Textbox(label="Hub token (write access; empty: HF_TOKEN). Kept in memory only, never saved.",
-                           type="password")
-        push_button = gr.Button("Push")
+            c["repo"] = gr.Textbox(label="Repo id", placeholder="your-name/model-name")
+            c["what"] = gr.Radio(["adapter", "merged"], value="adapter", label="What to push")
+            c["private"] = gr.Checkbox(value=True, label="Private repo")
+        c["token"] = gr.Textbox(label="Hub token (write access; empty: HF_TOKEN). Kept in memory only, never saved.",
+                                type="password")
+        c["push_button"] = gr.Button("Push")
     with gr.Accordion("Model card preview", open=True):
-        card = gr.Markdown()
+        c["card"] = gr.Markdown()
+    return c
 
+
+def wire(ctx: AppContext, c: dict) -> None:
+    # Named closures: Gradio fills `profile` from its OAuthProfile hint, which a partial would hide.
     def on_zip(run_id, pw, profile: Optional[gr.OAuthProfile] = None):
-        refused = allowed(profile, pw)
-        return (None, refused) if refused else download_adapter(workspace, run_id)
+        require_export(ctx, profile, pw)
+        return download_adapter(ctx, run_id)
 
     def on_merge(run_id, name, pw, profile: Optional[gr.OAuthProfile] = None):
-        return allowed(profile, pw) or merge(workspace, run_id, name)
+        require_export(ctx, profile, pw)
+        return merge(ctx, run_id, name)
 
     def on_gguf(run_id, name, kind, pw, profile: Optional[gr.OAuthProfile] = None):
-        refused = allowed(profile, pw)
-        return (None, refused) if refused else gguf(workspace, run_id, name, kind)
+        require_export(ctx, profile, pw)
+        return gguf(ctx, run_id, name, kind)
 
     def on_push(run_id, kind, repo_id, tok, priv, pw, profile: Optional[gr.OAuthProfile] = None):
-        return allowed(profile, pw) or push(workspace, run_id, kind, repo_id, tok, priv)
+        require_export(ctx, profile, pw)
+        return push(ctx, run_id, kind, repo_id, tok, priv)
 
-    refresh.click(lambda: gr.update(choices=export_choices(workspace)), None, run, api_visibility="private")
-    run.change(lambda r: card_preview(workspace, r), run, card, api_visibility="private")
-    zip_button.click(on_zip, [run, password], [zip_file, status], api_visibility="private")
-    merge_button.click(on_merge, [run, merged_name, password], status, api_visibility="private")
-    gguf_button.click(on_gguf, [run, gguf_name, gguf_type, password], [gguf_file, status], api_visibility="private")
-    push_button.click(on_push, [run, what, repo, token, private, password], status, api_visibility="private")
+    private = {"api_visibility": "private"}
+    run, pw, status = c["run"], c["password"], c["status"]
+    c["refresh"].click(guarded(bind(refreshed, ctx)), run, run, **private)
+    c["run"].change(guarded(bind(card_preview, ctx)), run, c["card"], **private)
+    c["zip_button"].click(guarded(keyed(on_zip, c)), [run, pw], [c["zip_file"], status], **private)
+    c["merge_button"].click(guarded(on_merge), [run, c["merged_name"], pw], status, **private)
+    c["gguf_button"].click(guarded(keyed(on_gguf, c)), [run, c["gguf_name"], c["gguf_type"], pw],
+                           [c["gguf_file"], status], **private)
+    c["push_button"].click(guarded(on_push), [run, c["what"], c["repo"], c["token"], c["private"], pw], status,
+                           **private)
+
+def build(ctx: AppContext) -> ExportParts:
+    components = layout(ctx)
+    wire(ctx, components)
+    return ExportParts(run=components["run"])
