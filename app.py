@@ -17,28 +17,9 @@ import gradio as gr
 
 from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
-from tuning.ui import common
+from tuning.ui import access
+from tuning.ui.access import public
 from tuning.ui.common import AppContext, run_picker_update
-
-# The handlers (button or named API) that start, stop, resume or delete a run, change what its
-# checkpoints answer (its probes), or (re)compute its evaluation (loads a model, writes the run's
-# evaluation): on a Space each is refused unless the visitor signed in as an allowed user or
-# typed the Space's password.
-TRAINING_ACTIONS = {"do_start", "start_api", "do_stop", "stop_api", "do_resume", "resume_api", "do_delete",
-                    "delete_api", "do_save_probes", "do_evaluate"}
-
-
-def gate_training(demo: gr.Blocks, ctx: AppContext) -> None:
-    """Wrap every TRAINING_ACTIONS handler with common.training_gate. The tabs stay unaware of
-    Space mode; a renamed handler fails here, at build time, rather than going ungated."""
-    found = set()
-    for block_fn in demo.fns.values():
-        if block_fn.name in TRAINING_ACTIONS and block_fn.fn is not None:
-            block_fn.fn = common.training_gate(ctx, block_fn.fn)
-            found.add(block_fn.name)
-    if found != TRAINING_ACTIONS:
-        raise RuntimeError(f"training handlers not found (renamed?): {sorted(TRAINING_ACTIONS - found)}")
-
 
 def oauth_installed() -> bool:
     """gr.LoginButton needs gradio's `oauth` extra (authlib, itsdangerous)."""
@@ -48,23 +29,29 @@ def oauth_installed() -> bool:
 
 
 def access_row(ctx: AppContext) -> None:
-    """On a Space: sign in with Hugging Face and/or type the Space's password to train. A visitor
-    without either still browses runs, evaluations and the Playground."""
+    """On a Space: sign in with Hugging Face and/or type the Space's password to act. A visitor
+    without either still browses runs, follows Live, views evaluations, uses the Playground on
+    finished runs and inspects the demo dataset."""
     settings = ctx.settings
     with gr.Row(equal_height=True):
         note = gr.Markdown(space.refusal_message(None, settings))  # names the ways this Space offers
         if settings.oauth and oauth_installed():  # else a LoginButton fails the page's build or launch
-            gr.LoginButton(scale=1)
+            login = gr.LoginButton(scale=1)
+            check, *rest = login.load_event_to_attach  # Gradio's own "am I signed in?" on page load
+            login.load_event_to_attach = (public(check), *rest)
         if settings.password_set:
             password = gr.Textbox(label="Space password (to train)", type="password", scale=2)
             unlock_btn = gr.Button("Unlock training", scale=1)
 
-            def do_unlock(text: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-                """Unlock training for this session with the Space's password (an API client calls this first)."""
-                return common.unlock(ctx, request.session_hash, text, profile)
+            def do_unlock(text: str, request: gr.Request):
+                """Unlock this session with the Space's password (an API client calls this first). The box
+                is emptied at once: the password stays in no output, history or API listing."""
+                return access.unlock(ctx, request, text), ""
 
-            unlock_btn.click(do_unlock, password, note, api_name="unlock")
-            password.submit(do_unlock, password, note, api_visibility="private")
+            # Undocumented: callable by name (API clients unlock first), listed nowhere.
+            unlock_btn.click(public(do_unlock), password, [note, password], api_name="unlock",
+                             api_visibility="undocumented")
+            password.submit(public(do_unlock), password, [note, password], api_visibility="private")
 
 
 def offered(picker: dict, run_id: str | None) -> dict:
@@ -104,11 +91,13 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         # Inspecting a dataset fills the Train form's dataset, format and column map; the form's base
         # model, max_length and completions-only choice drive the Dataset tab's token counts; "use the
         # suggested max_length" sets the form's.
+        # (Public on a Space: they only copy values between components of one page.)
         for source, target in ((data.dataset, train.dataset), (data.dataset_format, train.dataset_format),
                                (data.column_map, train.column_map), (train.base_model, data.base_model),
                                (train.max_length, data.max_length), (train.completions_only, data.completions_only)):
-            source.change(lambda value: value, source, target, api_visibility="private")
-        data.use_max_length.click(lambda value: value, data.suggested, train.max_length, api_visibility="private")
+            source.change(public(lambda value: value), source, target, api_visibility="private")
+        data.use_max_length.click(public(lambda value: value), data.suggested, train.max_length,
+                                  api_visibility="private")
         # A started run is followed in Live at once; the Playground's picker learns of it.
         def follow_started(run_id, played):
             return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
@@ -124,8 +113,8 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         def open_playground(run_id):
             return {tabs: gr.Tabs(selected="playground"), play.run: run_picker_update(ctx, run_id)}
 
-        runs.open_live.click(open_live, runs.run, [tabs, live.run], api_visibility="private")
-        runs.open_play.click(open_playground, runs.run, [tabs, play.run], api_visibility="private")
+        runs.open_live.click(public(open_live), runs.run, [tabs, live.run], api_visibility="private")
+        runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
 
         # A fresh page (a reload, a second browser, an app restart) opens the active run, else the
         # newest, in every tab that picks one (each picker re-reads the workspace).
@@ -135,8 +124,10 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
                     evaluation.run: offered(evaluation_tab.refreshed(ctx, None), run_id),
                     exported.run: offered(export_tab.refreshed(ctx, None), run_id)}
 
-        demo.load(fresh_page, None, [live.run, play.run, evaluation.run, exported.run], api_visibility="private")
-    gate_training(demo, ctx)
+        demo.load(public(fresh_page), None, [live.run, play.run, evaluation.run, exported.run],
+                  api_visibility="private")
+    # On a Space, everything above that is not public(...) is for the owner alone.
+    access.deny_by_default(demo, ctx)
     return demo
 
 

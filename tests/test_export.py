@@ -183,18 +183,32 @@ def test_export_tab_handlers(trained, monkeypatch):
     with pytest.raises(gr.Error, match="cannot be reached") as offline:
         guarded(export_tab.push)(ctx, "r1", "adapter", "me/m", FAKE_TOKEN, True)
     assert FAKE_TOKEN not in str(offline.value)
-    # on a Space, exporting needs the same auth as training
+    # on a Space, every export handler is the owner's (the page's one gate; tests/test_space_access.py
+    # calls them all through the real queue): a visitor is refused, an unlocked session is not
+    import app
+    from types import SimpleNamespace
+    from tuning.ui import access
+
     settings = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "pw"}, data_dir=ws / "nodata")
-    assert "password" in export_tab.refusal(settings, None, "")
-    assert export_tab.refusal(settings, None, "pw") is None
-    with pytest.raises(gr.Error, match="password"):
-        export_tab.require_export(AppContext(ws, settings=settings), None, "")
+    demo = app.build_demo(ws, settings=settings)
+    fns = {f.name: f.fn for f in demo.fns.values() if f.fn is not None}
+    assert not any(access.is_public(fns[n]) for n in ("download_adapter", "merge", "gguf", "push", "card_preview"))
+    from gradio.context import LocalContext
+    visitor = SimpleNamespace(session_hash="visitor", client=None, request=None)
+    token = LocalContext.request.set(visitor)
+    try:
+        with pytest.raises(gr.Error, match="password"):
+            fns["download_adapter"]("r1")
+        assert access.unlock(demo_ctx := AppContext(ws, settings=settings), visitor, "pw").startswith("Unlocked")
+        assert access.is_owner(demo_ctx, visitor)
+    finally:
+        LocalContext.request.reset(token)
     # the tab builds, with and without Space auth, and names the run picker app.py wires
     for settings in (settings, None):
         with gr.Blocks() as demo:
             parts = export_tab.build(AppContext(ws, settings=settings))
         assert isinstance(parts.run, gr.Dropdown)
-        assert {"on_zip", "on_merge", "on_gguf", "on_push"} <= {f.name for f in demo.fns.values()}
+        assert {"download_adapter", "merge", "gguf", "push"} <= {f.name for f in demo.fns.values()}
 
 
 def test_card_preview_shows_the_front_matter_as_code_not_prose(trained):

@@ -99,7 +99,7 @@ def test_app_hooks(tmp_path):
     assert "lost" in space.banner(ephemeral)
     assert space.launch_kwargs(flags(share=True), ephemeral) == {
         "server_name": "0.0.0.0", "server_port": 7860, "share": False, "auth": None, "ssr_mode": False,
-        "max_file_size": "500mb"}
+        "max_file_size": "100mb"}  # a Space's disk is shared by every visitor's uploads
     assert ephemeral.password_matches("u:pw") and ephemeral.password_matches("pw")
     assert not ephemeral.password_matches("u")
     local = space.space_settings({}, data_dir=tmp_path / "no")

@@ -15,7 +15,7 @@ import app
 from tuning import config as config_mod
 from tuning import evaluate, record, space
 from tuning.events import EventLog
-from tuning.ui import common, live_tab, playground_tab, runs_tab
+from tuning.ui import access, live_tab, playground_tab, runs_tab
 from tuning.ui.common import AppContext
 
 EVALUATION = {
@@ -66,7 +66,7 @@ def test_evaluation_and_export_tabs_are_on_the_page(tmp_path):
     labels = [t.label for t in components(demo, gr.Tab)]
     assert labels == ["Dataset", "Train", "Live", "Playground", "Runs", "Evaluation", "Export"]
     assert {"evaluate_run", "eval_load", "ab_next"} <= api_names(demo)  # the Evaluation tab's events
-    assert {"on_zip", "on_merge", "on_gguf", "on_push"} <= set(handlers(demo))  # the Export tab's
+    assert {"download_adapter", "merge", "gguf", "push"} <= set(handlers(demo))  # the Export tab's
     # Off a Space nobody is asked to sign in or unlock.
     assert not components(demo, gr.LoginButton) and "unlock" not in api_names(demo)
 
@@ -82,9 +82,9 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
     visitor = SimpleNamespace(session_hash="visitor", request=None)
     token = LocalContext.request.set(visitor)
     try:
-        for name in ("do_stop", "do_resume", "stop_api", "resume_api", "delete_api", "do_save_probes",
-                     "do_evaluate"):
-            args = ("",) * (2 if name in ("do_save_probes", "do_evaluate") else 1)
+        for name in ("do_stop", "do_resume", "stop_api", "resume_api", "delete_api", "save_probes",
+                     "evaluate_run"):
+            args = ("",) * (2 if name in ("save_probes", "evaluate_run") else 1)
             with pytest.raises(gr.Error, match="enter the Space's password") as refused:
                 fns[name](*args)
             assert "s3cret" not in str(refused.value)
@@ -93,9 +93,11 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
         # The Playground is open to the same visitor: the handler runs (and asks for a run).
         with pytest.raises(gr.Error, match="pick a run first"):
             fns["generate_api"]("", "Who are you?")
-        # A wrong password unlocks nothing; the right one unlocks this session only.
-        assert "Not unlocked" in fns["do_unlock"]("wrong", visitor)
-        assert fns["do_unlock"]("s3cret", visitor).startswith("Unlocked")
+        # A wrong password unlocks nothing; the right one unlocks this session only. Either way the
+        # password box is emptied, so the password stays in no output.
+        assert fns["do_unlock"]("wrong", visitor)[0].startswith("**Not unlocked")
+        message, box = fns["do_unlock"]("s3cret", visitor)
+        assert message.startswith("Unlocked") and box == ""
         with pytest.raises(gr.Error, match="pick a run first"):  # past the gate: the handler itself answers
             fns["do_stop"]("")
         with pytest.raises(gr.Error, match="no run 'missing-run'"):
@@ -104,7 +106,7 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
         LocalContext.request.reset(token)
     other = SimpleNamespace(session_hash="someone-else", request=None)
     with pytest.raises(gr.Error, match="password"):
-        common.require_training(AppContext(tmp_path / "ws", settings=settings), other)
+        access.require_owner(AppContext(tmp_path / "ws", settings=settings), other)
 
 
 def test_space_oauth_owner_may_train_others_may_not(tmp_path, monkeypatch):
@@ -117,10 +119,10 @@ def test_space_oauth_owner_may_train_others_may_not(tmp_path, monkeypatch):
         monkeypatch.setattr(gradio.oauth, name, value)
     settings = space_settings(tmp_path, OAUTH_CLIENT_ID="x", SPACE_AUTHOR_NAME="owner")
     ctx = AppContext(tmp_path / "ws", settings=settings)
-    assert common.training_refusal(ctx, {"preferred_username": "owner"}, None) is None
-    refusal = common.training_refusal(ctx, {"preferred_username": "stranger"}, None)
+    assert access.owner_refusal(ctx, {"preferred_username": "owner"}) is None
+    refusal = access.owner_refusal(ctx, {"preferred_username": "stranger"})
     assert "stranger" in refusal and "Playground" in refusal
-    assert "sign in with Hugging Face" in common.training_refusal(ctx, None, None)
+    assert "sign in with Hugging Face" in access.owner_refusal(ctx, None)
     if app.oauth_installed():  # gradio's oauth extra; without it the page offers no sign-in
         demo = app.build_demo(tmp_path / "ws", settings=settings)
         assert len(components(demo, gr.LoginButton)) == 1 and "unlock" not in api_names(demo)
@@ -134,7 +136,7 @@ def test_a_space_without_any_auth_says_training_is_disabled(tmp_path):
 
 def test_off_a_space_everything_is_allowed(tmp_path):
     ctx = AppContext(tmp_path / "ws", settings=space.space_settings({}, data_dir=tmp_path / "no"))
-    common.require_training(ctx, SimpleNamespace(session_hash="x"))  # no exception
+    access.require_owner(ctx, SimpleNamespace(session_hash="x"))  # no exception
 
 
 def test_a_plain_password_in_tuning_auth_does_not_stop_the_app_on_a_space(monkeypatch):
@@ -142,12 +144,6 @@ def test_a_plain_password_in_tuning_auth_does_not_stop_the_app_on_a_space(monkey
     monkeypatch.setenv("TUNING_AUTH", "just-a-password")
     kwargs = space.launch_kwargs(app.parse_args([]))
     assert kwargs["auth"] is None and kwargs["server_name"] == "0.0.0.0" and not kwargs["share"]
-
-
-def test_gate_fails_loudly_when_a_training_handler_is_renamed(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "TRAINING_ACTIONS", app.TRAINING_ACTIONS | {"do_renamed"})
-    with pytest.raises(RuntimeError, match="do_renamed"):
-        app.build_demo(tmp_path / "ws")
 
 
 def test_space_unlock_through_the_api(tmp_path):
@@ -162,7 +158,9 @@ def test_space_unlock_through_the_api(tmp_path):
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="enter the Space's password"):
             client.predict("missing-run", api_name="/delete_run")
-        assert client.predict("s3cret", api_name="/unlock").startswith("Unlocked")
+        message, box = client.predict("s3cret", api_name="/unlock")
+        assert message.startswith("Unlocked") and box == ""
+        assert "unlock" not in str(client.view_api(print_info=False, return_format="dict"))  # listed nowhere
         with pytest.raises(Exception) as err:  # past the gate: the run itself is missing
             client.predict("missing-run", api_name="/delete_run")
         assert "password" not in str(err.value) and "no run 'missing-run'" in str(err.value)

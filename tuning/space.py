@@ -135,6 +135,11 @@ class LaunchRefused(ValueError):
 
 
 MAX_FILE_SIZE = "500mb"  # the largest upload the page accepts
+# On a Space the disk is shared by every visitor's uploads (Gradio's upload route takes a file before
+# any handler sees it): a smaller cap per file, and a quota on the datasets the owner keeps.
+SPACE_MAX_FILE_SIZE = "100mb"
+SPACE_UPLOAD_BYTES = 100 * 1024 * 1024
+SPACE_DATASETS_QUOTA_BYTES = 2 * 1024**3
 
 
 def parse_auth(text: str | None, source: str = "--auth") -> tuple[str, str] | None:
@@ -175,7 +180,7 @@ def launch_kwargs(args: Any, settings: SpaceSettings | None = None) -> dict:
     use the Playground; TUNING_AUTH / SPACE_PASSWORD is the in-page password that unlocks training,
     checked by can_train)."""
     settings = settings or space_settings()
-    common = {"ssr_mode": False, "max_file_size": MAX_FILE_SIZE}
+    common = {"ssr_mode": False, "max_file_size": SPACE_MAX_FILE_SIZE if settings.on_space else MAX_FILE_SIZE}
     if settings.on_space:
         parse_auth(args.auth)  # a malformed --auth is still an error, though a Space ignores it
         return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections import deque
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
 @dataclass
 class AppContext:
     """What the page may touch: the workspace and the folders paths may be read from; and, on a
-    Space, who may train (tuning/space.py decides; `unlocked` remembers, per browser session, a
-    password that matched, in memory only)."""
+    Space, who may act (tuning/space.py decides; tuning/ui/access.py keeps, in memory only, until
+    when each unlocked browser session stays unlocked, recent password attempts and the
+    generations in flight)."""
     workspace: Path
     data_dirs: list[Path] = field(default_factory=list)
     settings: space.SpaceSettings | None = None
-    unlocked: dict[str, str] = field(default_factory=dict, repr=False)
+    unlocked: dict[str, float] = field(default_factory=dict, repr=False)
+    attempts: dict[str, deque] = field(default_factory=dict, repr=False)
+    busy: set = field(default_factory=set, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.workspace = Path(self.workspace).resolve()
@@ -141,67 +147,6 @@ def guarded(fn):
                 raise
             raise gr.Error(friendly(exc), print_exception=False) from None
     return wrapper
-
-
-# --- who may train (Space mode) ------------------------------------------------------------------
-
-def training_refusal(ctx: AppContext, profile, password: str | None) -> str | None:
-    """None when this visitor may start, stop, resume or delete runs; else the message to show."""
-    if space.can_train(profile, ctx.settings, password):
-        return None
-    return space.refusal_message(profile, ctx.settings)
-
-
-def unlock(ctx: AppContext, session: str | None, password: str | None, profile=None) -> str:
-    """The Space's password typed into the page: remembered for this browser session if it matches."""
-    if password and session and ctx.settings.password_matches(password):
-        ctx.unlocked[session] = password
-    else:
-        ctx.unlocked.pop(session or "", None)
-    refusal = training_refusal(ctx, profile, ctx.unlocked.get(session or ""))
-    return f"**Not unlocked:** {refusal}" if refusal else "Unlocked: you may train from this page."
-
-
-def oauth_profile(request):
-    """The signed-in Hugging Face profile of a request, read the way Gradio reads it for a
-    `gr.OAuthProfile` parameter (None when not signed in or without OAuth)."""
-    try:
-        from gradio import oauth
-        from gradio.helpers import _session_from_request
-
-        info = oauth._get_valid_oauth_info_from_session(_session_from_request(request))
-        return oauth.OAuthProfile(info["userinfo"]) if info else None
-    except Exception:  # noqa: BLE001 - no session, no profile: the gate then refuses
-        return None
-
-
-def require_training(ctx: AppContext, request=None) -> None:
-    """Raise a gr.Error with the refusal unless the visitor behind `request` (by default the
-    current event's) may train. It reads the login and the unlocked session from the request, so a
-    handler needs no extra inputs: app.py wraps every start/stop/resume/delete handler, button or
-    API, with training_gate."""
-    if not ctx.settings.train_requires_auth:
-        return
-    if request is None:
-        from gradio.context import LocalContext
-
-        request = LocalContext.request.get(None)
-    session = getattr(request, "session_hash", None) or ""
-    refusal = training_refusal(ctx, oauth_profile(request), ctx.unlocked.get(session))
-    if refusal:
-        import gradio as gr
-
-        raise gr.Error(refusal, print_exception=False)
-
-
-def training_gate(ctx: AppContext, fn):
-    """fn, refused unless require_training passes. functools.wraps keeps fn's signature, which
-    Gradio reads to fill its inputs."""
-    @functools.wraps(fn)
-    def gated(*args, **kwargs):
-        require_training(ctx)
-        return fn(*args, **kwargs)
-    return gated
 
 
 # --- what several tabs show ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ with a progress bar (a sampled estimate first when there are many rows)."""
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import paths
+from tuning import paths, space
+from tuning.ui import access
+from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, check_source, guarded, keyed, load_dataset, opening_config
 
 PAGE_SIZE = 10
@@ -30,6 +33,7 @@ def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str) ->
     """The dataset string a TrainConfig takes, for what the person picked on the page."""
     if kind == SOURCES[0]:
         return "demo"
+    access.require_owner(ctx)  # a visitor to a Space may inspect the demo only: no uploads, paths or Hub reads
     if kind == SOURCES[1]:
         if not upload:
             raise paths.PathError("upload: choose a file first (" + ", ".join(UPLOAD_TYPES) + ")")
@@ -43,16 +47,31 @@ def keep_upload(ctx: AppContext, upload: Path) -> str:
     upload = paths.resolve_under(upload, ctx.roots, what="upload")
     target_dir = ctx.workspace / "datasets"
     target_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.settings.on_space:
+        check_upload_quota(upload, target_dir)
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in upload.name) or "upload.jsonl"
     target = target_dir / name
-    if target.exists() and target.read_bytes() != upload.read_bytes():
+    if target.exists() and not filecmp.cmp(target, upload, shallow=False):  # compares in chunks
         stem, suffix, n = target.stem, target.suffix, 2
         while (target_dir / f"{stem}-{n}{suffix}").exists():
             n += 1
         target = target_dir / f"{stem}-{n}{suffix}"
     if not target.exists():
-        shutil.copyfile(upload, target)
+        shutil.copyfile(upload, target)  # streams: never the whole file in memory
     return str(target)
+
+
+def check_upload_quota(upload: Path, folder: Path) -> None:
+    """On a Space: one file at most SPACE_UPLOAD_BYTES, all kept datasets at most SPACE_DATASETS_QUOTA_BYTES."""
+    mb = 1024 * 1024
+    size = upload.stat().st_size
+    if size > space.SPACE_UPLOAD_BYTES:
+        raise paths.PathError(f"upload {upload.name}: {size / mb:.0f} MB; this Space takes files up to "
+                              f"{space.SPACE_UPLOAD_BYTES / mb:.0f} MB (run the dashboard locally for larger data)")
+    kept = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    if kept + size > space.SPACE_DATASETS_QUOTA_BYTES:
+        raise paths.PathError(f"upload {upload.name}: the Space's datasets folder holds {kept / mb:.0f} MB of "
+                              f"{space.SPACE_DATASETS_QUOTA_BYTES / mb:.0f} MB; delete old uploads first")
 
 
 PREVIEW_HEADERS = ["#", "system", "user", "assistant (last reply)", "turns", "file:row"]
@@ -101,6 +120,8 @@ def summary_markdown(rep: dict) -> str:
 
 def inspect_dataset(ctx: AppContext, dataset: str, fmt: str = "auto", column_map: str = "") -> dict:
     """The inspect_dataset API: the report of a dataset named by a client."""
+    if (dataset or "").strip() != "demo":
+        access.require_owner(ctx)
     return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), fmt, column_map)
 
 
@@ -143,22 +164,9 @@ def picked_row(evt: gr.SelectData) -> int:
 
 @lru_cache(maxsize=2)
 def _tokenizer(base_model: str, workspace: str):
-    from tuning import config as config_mod
     from tuning import models
 
-    if base_model == config_mod.EMBEDDED_MODEL:
-        converted = Path(workspace) / "models" / models.EMBEDDED_FOLDER_NAME
-        if not (converted / "tokenizer_config.json").is_file():
-            # Reading data needs only the tokenizer: take it from the GGUF (seconds) rather than
-            # converting the whole model (about 20 s, 538 MB) before the first run asks for it.
-            from transformers import AutoTokenizer
-
-            gguf = models.embedded_gguf_path()
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            return tokenizer
-    return models.load_tokenizer(models.resolve_base_model(base_model, Path(workspace)))
+    return models.load_base_tokenizer(base_model, Path(workspace))  # tokenizer files only, never weights
 
 
 def tokenizer_for(ctx: AppContext, base_model: str, progress=None):
@@ -166,6 +174,8 @@ def tokenizer_for(ctx: AppContext, base_model: str, progress=None):
     from tuning import config as config_mod
 
     model = check_source(ctx, base_model, what="base_model", keep=(config_mod.EMBEDDED_MODEL,))
+    if model != config_mod.EMBEDDED_MODEL:
+        access.require_owner(ctx)  # another tokenizer is a download (or a local read): owners only on a Space
     if progress is not None:
         progress(0.0, desc=f"loading the tokenizer of {model} (once; seconds)")
     return _tokenizer(model, str(ctx.workspace))
@@ -376,23 +386,24 @@ def build(ctx: AppContext) -> DatasetParts:
 
     stats_inputs = pick("source", "fmt", "column_map", "tv_model", "tv_len", "completions_only")
     token_inputs = pick("source", "fmt", "tv_row", "tv_model", "tv_len", "completions_only", "column_map")
-    show_tokens = guarded(bind(token_view_handler, ctx))
-    count = guarded(keyed(bind(statistics_handler, ctx), ui))
+    # Public on a Space: a visitor may inspect the demo; the handlers refuse them anything else.
+    show_tokens = public(guarded(bind(token_view_handler, ctx)))
+    count = public(guarded(keyed(bind(statistics_handler, ctx), ui)))
     private = dict(api_visibility="private")
-    ui["kind"].change(keyed(source_inputs, ui), ui["kind"], pick("upload", "text"), **private)
+    ui["kind"].change(public(keyed(source_inputs, ui)), ui["kind"], pick("upload", "text"), **private)
     # Inspect, a new format or a new column map: the quick first page, then every row with tokens.
     gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit],
-          guarded(keyed(bind(inspect_handler, ctx), ui)), pick("kind", "upload", "text", "fmt", "column_map"),
+          public(guarded(keyed(bind(inspect_handler, ctx), ui))), pick("kind", "upload", "text", "fmt", "column_map"),
           pick(*INSPECT_OUTPUTS), api_name="inspect_dataset_form", **private) \
         .success(count, stats_inputs, pick(*STATS_OUTPUTS), **private) \
         .success(show_tokens, token_inputs, ui["tokens"], **private)
     ui["recount_btn"].click(count, stats_inputs, pick(*STATS_OUTPUTS), **private)
-    ui["use_btn"].click(lambda value: value, ui["suggested"], ui["tv_len"], **private)
+    ui["use_btn"].click(public(lambda value: value), ui["suggested"], ui["tv_len"], **private)
     for button, delta in ((ui["prev_btn"].click, -1), (ui["next_btn"].click, +1), (ui["page"].submit, 0)):
-        button(guarded(keyed(bind(page_handler, delta=delta), ui)), pick("source", "fmt", "page", "column_map"),
+        button(public(guarded(keyed(bind(page_handler, delta=delta), ui))), pick("source", "fmt", "page", "column_map"),
                pick(*PAGE_OUTPUTS), **private)
     ui["tv_btn"].click(show_tokens, token_inputs, ui["tokens"], **private)
-    ui["preview"].select(picked_row, None, ui["tv_row"], **private) \
+    ui["preview"].select(public(picked_row), None, ui["tv_row"], **private) \
         .success(show_tokens, token_inputs, ui["tokens"], **private)
 
     def inspect_api(dataset: str, format: str = "auto", column_map: str = "") -> dict:
@@ -400,7 +411,7 @@ def build(ctx: AppContext) -> DatasetParts:
         problems and the first page of the normalized preview."""
         return inspect_dataset(ctx, dataset, format, column_map)
 
-    gr.api(guarded(inspect_api), api_name="inspect_dataset")
+    gr.api(public(guarded(inspect_api)), api_name="inspect_dataset")
     return DatasetParts(dataset=ui["source"], dataset_format=ui["chosen_format"], column_map=ui["chosen_map"],
                         base_model=ui["tv_model"], max_length=ui["tv_len"], completions_only=ui["completions_only"],
                         use_max_length=ui["use_btn"], suggested=ui["suggested"])

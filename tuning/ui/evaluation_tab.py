@@ -15,6 +15,7 @@ import gradio as gr
 from tuning import ab, record
 from tuning.ui import ab_view
 from tuning.ui.ab_view import run_path
+from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, check_rows, guarded, keyed, loss_rows
 
 LOSS_HEADERS = ["metric", "base", "tuned", "change"]
@@ -167,14 +168,12 @@ def layout(ctx: AppContext) -> dict:
 
 def wire(ctx: AppContext, c: dict) -> None:
     shown = [c[n] for n in SHOWN]
-    c["refresh"].click(guarded(bind(refreshed, ctx)), c["run"], c["run"], api_name="eval_runs")
-    c["run"].change(guarded(keyed(bind(load_run, ctx), c)), c["run"], shown, api_name="eval_load")
-
-    def do_evaluate(run_id, recompute):  # named: on a Space app.py gates it like training (heavy, writes files)
-        return evaluate_run(ctx, run_id, recompute)
-
-    c["go"].click(guarded(keyed(do_evaluate, c)), [c["run"], c["recompute"]], shown, api_name="evaluate_run")
-    c["step"].release(guarded(bind(gallery, ctx)), [c["run"], c["step"]], [c["step_label"], c["probes"]],
+    # Viewing evaluations is public on a Space; computing one and voting are not.
+    c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs")
+    c["run"].change(public(guarded(keyed(bind(load_run, ctx), c))), c["run"], shown, api_name="eval_load")
+    c["go"].click(guarded(keyed(bind(evaluate_run, ctx), c)), [c["run"], c["recompute"]], shown,
+                  api_name="evaluate_run")
+    c["step"].release(public(guarded(bind(gallery, ctx))), [c["run"], c["step"]], [c["step_label"], c["probes"]],
                       api_name="probe_gallery")
     pair_shown = [c[n] for n in ab_view.SHOWN]
     c["next_pair"].click(guarded(keyed(bind(ab_next, ctx), c)), [c["run"], c["own_prompt"]], pair_shown,

@@ -11,11 +11,10 @@ but the card preview needs the same auth as training (tuning/space.py).
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import gradio as gr
 
-from tuning import export, record, space
+from tuning import export, record
 from tuning.ui.common import AppContext, bind, guarded, keyed, served_copy
 
 
@@ -93,21 +92,8 @@ def push(ctx: AppContext, run_id: str, what: str, repo_id: str, token: str, priv
     return f"Pushed the {kind} to {export.push(folder, repo_id, hub, private=bool(private))}"
 
 
-def refusal(settings: space.SpaceSettings, profile, password: str) -> Optional[str]:
-    """None when this visitor may export (same rule as training), else the reason."""
-    if space.can_train(profile, settings, password):
-        return None
-    return space.refusal_message(profile, settings)
-
-
 def refreshed(ctx: AppContext, run_id: str | None):
     return gr.update(choices=export_choices(ctx), value=run_id)
-
-
-def require_export(ctx: AppContext, profile, password: str) -> None:
-    refused = refusal(ctx.settings, profile, password)
-    if refused:
-        raise gr.Error(refused, print_exception=False)
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -120,8 +106,6 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         c["run"] = gr.Dropdown(label="Finished run", choices=export_choices(ctx), value=None, scale=4)
         c["refresh"] = gr.Button("Refresh", scale=1)
-    c["password"] = gr.Textbox(label="Space password (or sign in with Hugging Face)", type="password",
-                               visible=ctx.settings.train_requires_auth and ctx.settings.password_set)
     c["status"] = gr.Markdown()
     with gr.Row():
         with gr.Column():
@@ -149,33 +133,18 @@ def layout(ctx: AppContext) -> dict:
 
 
 def wire(ctx: AppContext, c: dict) -> None:
-    # Named closures: Gradio fills `profile` from its OAuthProfile hint, which a partial would hide.
-    def on_zip(run_id, pw, profile: Optional[gr.OAuthProfile] = None):
-        require_export(ctx, profile, pw)
-        return download_adapter(ctx, run_id)
-
-    def on_merge(run_id, name, pw, profile: Optional[gr.OAuthProfile] = None):
-        require_export(ctx, profile, pw)
-        return merge(ctx, run_id, name)
-
-    def on_gguf(run_id, name, kind, pw, profile: Optional[gr.OAuthProfile] = None):
-        require_export(ctx, profile, pw)
-        return gguf(ctx, run_id, name, kind)
-
-    def on_push(run_id, kind, repo_id, tok, priv, pw, profile: Optional[gr.OAuthProfile] = None):
-        require_export(ctx, profile, pw)
-        return push(ctx, run_id, kind, repo_id, tok, priv)
-
+    # Nothing here is public on a Space: exports read the run's files and write or upload them.
     private = {"api_visibility": "private"}
-    run, pw, status = c["run"], c["password"], c["status"]
+    run, status = c["run"], c["status"]
     c["refresh"].click(guarded(bind(refreshed, ctx)), run, run, **private)
     c["run"].change(guarded(bind(card_preview, ctx)), run, c["card"], **private)
-    c["zip_button"].click(guarded(keyed(on_zip, c)), [run, pw], [c["zip_file"], status], **private)
-    c["merge_button"].click(guarded(on_merge), [run, c["merged_name"], pw], status, **private)
-    c["gguf_button"].click(guarded(keyed(on_gguf, c)), [run, c["gguf_name"], c["gguf_type"], pw],
+    c["zip_button"].click(guarded(keyed(bind(download_adapter, ctx), c)), run, [c["zip_file"], status], **private)
+    c["merge_button"].click(guarded(bind(merge, ctx)), [run, c["merged_name"]], status, **private)
+    c["gguf_button"].click(guarded(keyed(bind(gguf, ctx), c)), [run, c["gguf_name"], c["gguf_type"]],
                            [c["gguf_file"], status], **private)
-    c["push_button"].click(guarded(on_push), [run, c["what"], c["repo"], c["token"], c["private"], pw], status,
+    c["push_button"].click(guarded(bind(push, ctx)), [run, c["what"], c["repo"], c["token"], c["private"]], status,
                            **private)
+
 
 def build(ctx: AppContext) -> ExportParts:
     components = layout(ctx)

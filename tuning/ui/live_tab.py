@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import record
+from tuning.ui.access import public
 from tuning.ui.common import (AppContext, ago, bind, check_rows, clock, friendly, guarded, keyed, loss_rows, number,
                               run_picker_update)
 
@@ -258,17 +259,17 @@ def layout(ctx: AppContext) -> dict:
 
 def wire(ctx: AppContext, c: dict) -> None:
     ticked, private = [c[name] for name in TICKED], {"api_visibility": "private"}
-    c["timer"].tick(keyed(bind(safe_tick, ctx), c), [c["run"], c["state"]], ticked, show_progress="hidden",
+    # Following a run is public on a Space; Stop and Resume are not.
+    c["timer"].tick(public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden",
                     queue=False, **private)
 
     # Another run picked: follow it from its first event.
-    c["run"].change(keyed(bind(safe_tick, ctx, state=None), c), c["run"], ticked, show_progress="hidden", **private)
-    c["refresh"].click(bind(run_picker_update, ctx), c["run"], c["run"], **private)
+    c["run"].change(public(keyed(bind(safe_tick, ctx, state=None), c)), c["run"], ticked, show_progress="hidden", **private)
+    c["refresh"].click(public(bind(run_picker_update, ctx)), c["run"], c["run"], **private)
     c["stop"].click(guarded(bind(do_stop, ctx)), c["run"], None, **private)
     c["resume"].click(guarded(bind(do_resume, ctx)), c["run"], None, **private)
 
-    # Named API endpoints (typed: Gradio's API page reads the hints); the Space gate finds stop_api and
-    # resume_api by name.
+    # Named API endpoints (typed: Gradio's API page reads the hints).
     def status_api(run_id: str) -> dict:
         """A run's status: step, max_steps, loss, eval_loss, status, active, error message."""
         return run_status(ctx, run_id)
@@ -285,7 +286,7 @@ def wire(ctx: AppContext, c: dict) -> None:
 
         return runner.resume(ctx.workspace, run_id)
 
-    gr.api(guarded(status_api), api_name="run_status")
+    gr.api(public(guarded(status_api)), api_name="run_status")
     gr.api(guarded(stop_api), api_name="stop_run")
     gr.api(guarded(resume_api), api_name="resume_run")
 

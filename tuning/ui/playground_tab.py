@@ -15,10 +15,14 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import ab, record
-from tuning.ui import ab_view
+from tuning.ui import ab_view, access
+from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, guarded, keyed, run_picker_update
 
 BASE_CHOICES = ("as trained", "full precision")
+# Server-side limits (the page's controls have the same ranges; an API caller is held to them too).
+MAX_PROMPT_CHARS = 4000
+MAX_NEW_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -72,17 +76,38 @@ def save_probes(ctx: AppContext, run_id: str | None, text: str) -> str:
     return f"Saved {len(saved)} probe prompts for {run_id}: later checkpoints and evaluations answer them."
 
 
+def _within(name: str, value, low: float, high: float, kind=float):
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise record.RunError(f"{name}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise record.RunError(f"{name}: {number} is outside {low}..{high}")
+    return number
+
+
 def _settings(max_new_tokens, temperature, top_p, repetition_penalty, seed):
     from tuning.playground import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                              top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=int(seed))
+    return GenerationSettings(max_new_tokens=_within("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS, int),
+                              temperature=_within("temperature", temperature, 0, 2),
+                              top_p=_within("top_p", top_p, 0.01, 1),
+                              repetition_penalty=_within("repetition_penalty", repetition_penalty, 1, 2),
+                              seed=_within("seed", seed, 0, 2**31 - 1, int))
+
+
+def _prompts(*texts: str) -> None:
+    for text in texts:
+        if len(text or "") > MAX_PROMPT_CHARS:
+            raise record.RunError(f"prompt: at most {MAX_PROMPT_CHARS} characters (this one has {len(text)})")
 
 
 def _comparer(ctx: AppContext, run_id: str, checkpoint: str, full_precision: bool):
     from tuning import playground
 
     path = ab_view.run_path(ctx, run_id)
+    if not access.is_owner(ctx) and record.summarize(path).status in record.ACTIVE_STATUSES:
+        access.require_owner(ctx)  # a visitor's Playground is for finished runs: no model loads mid-training
     adapter = record.current_adapter(path, checkpoint or "final")
     comparer = playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
     return comparer, adapter, path
@@ -101,9 +126,11 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
     """Both answers at once (no streaming): what the API and the CLI return."""
     if not (prompt or "").strip():
         raise record.RunError("prompt: type a prompt first")
+    _prompts(prompt, system)
     settings = settings or _settings(128, 0, 1, 1, 0)
-    comparer, adapter, path = _comparer(ctx, run_id, checkpoint, full_precision)
-    (base, tuned), = comparer.generate([prompt], adapter, system or None, settings)
+    with access.one_at_a_time(ctx):
+        comparer, adapter, path = _comparer(ctx, run_id, checkpoint, full_precision)
+        (base, tuned), = comparer.generate([prompt], adapter, system or None, settings)
     base_label, tuned_label = labels(comparer, adapter, path)
     return {"base": base, "tuned": tuned, "base_label": base_label, "tuned_label": tuned_label,
             "adapter": str(adapter.relative_to(ctx.workspace)) if adapter.is_relative_to(ctx.workspace)
@@ -119,25 +146,29 @@ def stream_side_by_side(ctx: AppContext, run_id, checkpoint, prompt, system, bas
     answer is kept server-side ("last") for the next one."""
     if not (prompt or "").strip():
         raise record.RunError("prompt: type a prompt first")
-    yield {"status": "Loading the model (the first time takes a while; it stays loaded)…", "last": None,
-           **ab_view.closed(), **_columns(True)}
-    comparer, adapter, path = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
-    base_label, tuned_label = labels(comparer, adapter, path)
-    yield {"status": "Generating…", "base_out": gr.update(value="", label=base_label),
-           "tuned_out": gr.update(value="", label=tuned_label)}
-    base = tuned = ""
-    for base, tuned in comparer.stream(prompt, adapter, system or None, _settings(*settings)):
-        yield {"base_out": base, "tuned_out": tuned}
+    _prompts(prompt, system)
+    chosen = _settings(*settings)
+    with access.one_at_a_time(ctx):
+        yield {"status": "Loading the model (the first time takes a while; it stays loaded)…", "last": None,
+               **ab_view.closed(), **_columns(True)}
+        comparer, adapter, path = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
+        base_label, tuned_label = labels(comparer, adapter, path)
+        yield {"status": "Generating…", "base_out": gr.update(value="", label=base_label),
+               "tuned_out": gr.update(value="", label=tuned_label)}
+        base = tuned = ""
+        for base, tuned in comparer.stream(prompt, adapter, system or None, chosen):
+            yield {"base_out": base, "tuned_out": tuned}
     yield {"status": "Done: same prompt, same seed, same settings for both.",
            "last": Generated(run_id, prompt, base, tuned)}
 
 
 def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_choice, *settings):
-    prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
-    if not prompts:
-        raise record.RunError("probe prompts: write at least one prompt, one per line")
-    comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
-    pairs = comparer.generate(prompts, adapter, system or None, _settings(*settings))
+    prompts = record.check_probes(prompts_text or "")
+    _prompts(*prompts, system)
+    chosen = _settings(*settings)
+    with access.one_at_a_time(ctx):
+        comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
+        pairs = comparer.generate(prompts, adapter, system or None, chosen)
     return [[p, b, t] for p, (b, t) in zip(prompts, pairs)]
 
 
@@ -195,7 +226,7 @@ def layout(ctx: AppContext) -> dict:
         with gr.Row():
             c["temperature"] = gr.Slider(0, 2, value=0, step=0.05, label="temperature", info="0 = greedy")
             c["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
-            c["max_new_tokens"] = gr.Slider(1, 1024, value=128, step=1, label="max new tokens")
+            c["max_new_tokens"] = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="max new tokens")
             c["repetition_penalty"] = gr.Slider(1, 2, value=1.1, step=0.05, label="repetition penalty")
             c["seed"] = gr.Number(value=0, precision=0, minimum=0, label="seed")
     c["generate"] = gr.Button("Generate side by side", variant="primary")
@@ -224,19 +255,18 @@ def wire(ctx: AppContext, c: dict) -> None:
     private = {"api_visibility": "private"}
     heavy = {**private, "concurrency_limit": 1, "concurrency_id": "generate"}
     pick = lambda names: [c[n] for n in names]  # noqa: E731 - components by handler output name
-    c["run"].change(guarded(keyed(bind(picked_run, ctx), c)), c["run"], pick(PICKED), **private)
-    c["refresh"].click(guarded(keyed(bind(refreshed, ctx), c)), c["run"], pick(("run", "checkpoint")), **private)
+    # Public on a Space (finished runs only, within the limits above); voting and saving probes are not.
+    c["run"].change(public(guarded(keyed(bind(picked_run, ctx), c))), c["run"], pick(PICKED), **private)
+    c["refresh"].click(public(guarded(keyed(bind(refreshed, ctx), c))), c["run"], pick(("run", "checkpoint")),
+                       **private)
     for trigger in (c["generate"].click, c["prompt"].submit):
-        trigger(guarded(keyed(bind(stream_side_by_side, ctx), c)), pick(ASKED), pick(STREAMED), **heavy)
-    c["probe_btn"].click(guarded(bind(probe_table, ctx)), pick(("run", "checkpoint", "probes", *ASKED[3:])),
+        trigger(public(guarded(keyed(bind(stream_side_by_side, ctx), c))), pick(ASKED), pick(STREAMED), **heavy)
+    c["probe_btn"].click(public(guarded(bind(probe_table, ctx))), pick(("run", "checkpoint", "probes", *ASKED[3:])),
                          c["probe_out"], **heavy)
     c["blind"].click(guarded(keyed(bind(open_blind, ctx), c)), [c["run"], c["last"]], pick(OPENED), **private)
     ab_view.wire_votes(c, bind(blind_vote, ctx), OPENED)
 
-    def do_save_probes(run_id, text):  # named: on a Space app.py gates it like training
-        return save_probes(ctx, run_id, text)
-
-    c["save_probes"].click(guarded(do_save_probes), [c["run"], c["probes"]], c["probes_note"], **private)
+    c["save_probes"].click(guarded(bind(save_probes, ctx)), [c["run"], c["probes"]], c["probes_note"], **private)
 
     def generate_api(run_id: str, prompt: str, system: str = "", checkpoint: str = "final",
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
@@ -246,7 +276,7 @@ def wire(ctx: AppContext, c: dict) -> None:
                             _settings(max_new_tokens, temperature, top_p, repetition_penalty, seed),
                             full_precision_base)
 
-    gr.api(guarded(generate_api), api_name="generate", concurrency_limit=1, concurrency_id="generate")
+    gr.api(public(guarded(generate_api)), api_name="generate", concurrency_limit=1, concurrency_id="generate")
 
 
 def build(ctx: AppContext) -> PlaygroundParts:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from tuning import export, record
+from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, clock, guarded, keyed, number, run_picker_update, served_copy, when
 
 HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
@@ -113,10 +114,11 @@ def layout(ctx: AppContext) -> dict:
 def wire(ctx: AppContext, c: dict) -> None:
     private = {"api_visibility": "private"}
     listed = [c["listing"], c["run"]]
-    c["refresh"].click(keyed(bind(refreshed, ctx), c), c["run"], listed, **private)
+    # Browsing runs is public on a Space; deleting and downloading are not.
+    c["refresh"].click(public(keyed(bind(refreshed, ctx), c)), c["run"], listed, **private)
     # A fresh page (a reload, a second browser, an app restart) lists the runs as they are now.
-    gr.on(None, keyed(bind(refreshed, ctx, None), c), None, listed, **private)
-    c["listing"].select(picked, c["listing"], c["run"], **private)
+    gr.on(None, public(keyed(bind(refreshed, ctx, None), c)), None, listed, **private)
+    c["listing"].select(public(picked), c["listing"], c["run"], **private)
     c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"]],
                       [c["message"], c["confirm"], *listed], **private)
 
@@ -133,7 +135,7 @@ def wire(ctx: AppContext, c: dict) -> None:
         """Delete a run that is not training (its folder, adapter and checkpoints)."""
         return delete(ctx, run_id, True)
 
-    gr.api(guarded(list_api), api_name="list_runs")
+    gr.api(public(guarded(list_api)), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
 
 

@@ -1,0 +1,206 @@
+"""Deny by default on a Space, through the real queue: every function of the page (buttons, changes,
+timers, loads, named and unnamed API) is called as an anonymous visitor by its index, the way a plain
+POST to the queue can call any of them whatever its api_visibility. Only the short public list may
+run; everything else is refused. After unlocking with the Space's password, nothing is refused.
+The public list is asserted by name here, so growing it is a visible decision."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+import app
+from tuning import space
+from tuning.ui import access
+
+from test_app_api import launch_app
+
+PASSWORD = "s3cret-for-tests"
+REFUSED = "enter the Space's password"
+
+# Browsing runs, following Live, viewing evaluations, the Playground on finished runs, inspecting the
+# demo dataset, and signing in: by the handler names Gradio sees.
+PUBLIC = {
+    "fresh_page", "open_live", "open_playground", "do_unlock", "<lambda>",  # the page's map (copies between tabs)
+    "source_inputs", "inspect_handler", "statistics_handler", "token_view_handler", "page_handler",
+    "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
+    "safe_tick", "run_picker_update", "status_api",  # Live
+    "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api",  # Playground (+Runs, Evaluation)
+    "picked", "list_api",  # Runs
+    "load_run", "gallery",  # Evaluation
+}
+
+
+# What a visitor would send to the public handlers that refuse some inputs (the rest get the page's defaults).
+VISITOR_INPUTS = {"inspect_dataset": ["demo", "auto", ""]}
+
+
+def public_names(demo) -> set[str]:
+    return {f.name for f in demo.fns.values() if f.fn is not None and access.is_public(f.fn)}
+
+
+def test_the_public_list_is_short_and_explicit(tmp_path):
+    settings = space.space_settings({"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD},
+                                    data_dir=tmp_path / "no-data", workspace=tmp_path / "ws")
+    demo = app.build_demo(tmp_path / "ws", settings=settings)
+    assert public_names(demo) == PUBLIC
+    owner_only = [f.name for f in demo.fns.values() if f.fn is not None and not access.is_public(f.fn)]
+    for name in ("do_start", "start_api", "do_stop", "do_resume", "do_delete", "delete_api", "save_probes",
+                 "evaluate_run", "do_save", "zip_shown", "download_adapter", "merge", "push", "gguf", "open_blind"):
+        assert name in owner_only
+
+
+class Page:
+    """One browser session against the app: calls any function by index, through the queue (or the
+    direct route for the few that skip it), and returns (success, error text)."""
+
+    def __init__(self, url: str, config: dict):
+        self.base = url.rstrip("/") + "/gradio_api"
+        self.session = uuid.uuid4().hex
+        self.config = config
+        self.values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+
+    def inputs(self, dep: dict) -> list:
+        return [self.values.get(i) for i in dep["inputs"]]
+
+    def call(self, dep: dict, data: list | None = None) -> tuple[bool, str]:
+        body = {"data": self.inputs(dep) if data is None else data, "fn_index": dep["id"],
+                "session_hash": self.session, "event_data": None, "trigger_id": None}
+        with httpx.Client(timeout=120) as client:
+            if not dep.get("queue", True):
+                answer = client.post(f"{self.base}/run/predict", json=body)
+                payload = answer.json()
+                return answer.status_code == 200, str(payload.get("error") or payload.get("detail") or "")
+            joined = client.post(f"{self.base}/queue/join", json=body)
+            if joined.status_code != 200:
+                return False, joined.text
+            event_id = joined.json()["event_id"]
+            with client.stream("GET", f"{self.base}/queue/data", params={"session_hash": self.session}) as stream:
+                for line in stream.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    message = json.loads(line[5:])
+                    if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                        output = message.get("output") or {}
+                        return bool(message.get("success")), str(output.get("error") or "")
+        return False, "no answer"
+
+
+def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everything(tmp_path):
+    proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log",
+                           {"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD})
+    try:
+        config = httpx.get(url.rstrip("/") + "/config", timeout=30).json()
+        deps = [d for d in config["dependencies"] if d.get("backend_fn")]
+        assert len(deps) > 40  # every event of every tab, not a sample
+        names = {d["id"]: d.get("api_name") for d in deps}
+        visitor = Page(url, config)
+        refused, ran = [], []
+        for dep in deps:
+            ok, error = visitor.call(dep, VISITOR_INPUTS.get(dep.get("api_name")))
+            (refused if REFUSED in error else ran).append(dep)
+            assert PASSWORD not in error
+        build = app.build_demo(tmp_path / "ws2", settings=space.space_settings(
+            {"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD}, data_dir=tmp_path / "no", workspace=tmp_path / "ws2"))
+        public_ids = {i for i, f in build.fns.items() if f.fn is not None and access.is_public(f.fn)}
+        assert {d["id"] for d in ran} == public_ids, [names[d["id"]] for d in ran if d["id"] not in public_ids]
+        assert refused and {d["id"] for d in refused}.isdisjoint(public_ids)
+        # A public handler still refuses a visitor what is not public: any dataset but the demo.
+        inspect = next(d for d in deps if d.get("api_name") == "inspect_dataset")
+        assert REFUSED in visitor.call(inspect, ["some/hub-dataset", "auto", ""])[1]
+
+        # A wrong password is refused; the right one unlocks this session, and the password comes back nowhere.
+        unlock = next(d for d in deps if d.get("api_name") == "unlock")
+        ok, _ = visitor.call(unlock, ["wrong"])
+        owner = Page(url, config)
+        ok, error = owner.call(unlock, [PASSWORD])
+        assert ok and not error
+        still_refused = [names[d["id"]] for d in refused if REFUSED in owner.call(d)[1]]
+        assert still_refused == []
+        # The visitor's session is still locked.
+        assert REFUSED in visitor.call(refused[0])[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_password_attempts_are_limited_and_an_unlock_expires(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tuning.ui.common import AppContext
+
+    settings = space.space_settings({"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD},
+                                    data_dir=tmp_path / "no", workspace=tmp_path / "ws")
+    ctx = AppContext(tmp_path / "ws", settings=settings)
+    guesser = SimpleNamespace(session_hash="guesser", client=SimpleNamespace(host="10.9.8.7"), request=None)
+    for _ in range(access.MAX_ATTEMPTS):
+        assert access.unlock(ctx, guesser, "wrong").startswith("**Not unlocked:** Training")
+    # Now even the right password is refused for this session and this address, with the wait said.
+    assert "too many wrong passwords" in access.unlock(ctx, guesser, PASSWORD)
+    same_address = SimpleNamespace(session_hash="new-tab", client=SimpleNamespace(host="10.9.8.7"), request=None)
+    assert "too many wrong passwords" in access.unlock(ctx, same_address, PASSWORD)
+    elsewhere = SimpleNamespace(session_hash="other", client=SimpleNamespace(host="10.1.1.1"), request=None)
+    assert access.unlock(ctx, elsewhere, PASSWORD).startswith("Unlocked")
+    assert access.is_owner(ctx, elsewhere)
+    assert PASSWORD not in repr(ctx.unlocked) and PASSWORD not in repr(ctx.attempts)  # only an expiry is kept
+    real_time = access.time.time
+    monkeypatch.setattr(access.time, "time", lambda: real_time() + access.UNLOCK_TTL_S + 1)
+    assert not access.is_owner(ctx, elsewhere)  # expired
+    # And the window passes for the guesser too.
+    monkeypatch.setattr(access.time, "time", lambda: real_time() + access.ATTEMPT_WINDOW_S + 1)
+    assert access.unlock(ctx, guesser, PASSWORD).startswith("Unlocked")
+
+
+@pytest.mark.parametrize("kind", ["plain", "generator"])
+def test_the_gate_keeps_the_kind_and_signature_gradio_reads(kind):
+    import inspect
+
+    def plain(run_id: str, flag: bool = False) -> str:
+        return run_id
+
+    def generator(run_id: str, flag: bool = False):
+        yield run_id
+
+    fn = {"plain": plain, "generator": generator}[kind]
+    checked = []
+    gated = access._run_first(fn, lambda: checked.append(True))
+    assert inspect.signature(gated) == inspect.signature(fn)
+    assert inspect.isgeneratorfunction(gated) == inspect.isgeneratorfunction(fn)
+    result = gated("r1")
+    assert (list(result) if kind == "generator" else result) in ("r1", ["r1"]) and checked == [True]
+
+
+def test_uploads_on_a_space_have_a_cap_a_quota_and_are_streamed(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tuning import paths
+    from tuning.ui import dataset_tab
+    from tuning.ui.common import AppContext
+
+    settings = space.space_settings({"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD},
+                                    data_dir=tmp_path / "no", workspace=tmp_path / "ws")
+    ctx = AppContext(tmp_path / "ws", settings=settings)
+    ctx.workspace.mkdir(parents=True)
+    uploads = ctx.workspace / "incoming"
+    uploads.mkdir()
+    huge = uploads / "huge.jsonl"
+    with open(huge, "wb") as fh:  # sparse: 101 MB on paper, nothing on disk
+        fh.truncate(space.SPACE_UPLOAD_BYTES + 1024 * 1024)
+    with pytest.raises(paths.PathError, match=r"huge.jsonl: 101 MB; this Space takes files up to 100 MB"):
+        dataset_tab.keep_upload(ctx, huge)
+    small = uploads / "rows.jsonl"
+    small.write_text('{"prompt": "a", "completion": "b"}\n' * 100)
+
+    def whole_file(self):  # an upload is copied and compared in chunks, never read whole
+        raise AssertionError(f"{self} read whole into memory")
+
+    monkeypatch.setattr(Path, "read_bytes", whole_file)
+    kept = Path(dataset_tab.keep_upload(ctx, small))
+    assert kept.parent == ctx.workspace / "datasets" and kept.stat().st_size == small.stat().st_size
+    assert Path(dataset_tab.keep_upload(ctx, small)) == kept  # the same file again: kept once
+    monkeypatch.setattr(space, "SPACE_DATASETS_QUOTA_BYTES", kept.stat().st_size + 10)
+    with pytest.raises(paths.PathError, match="datasets folder holds .* delete old uploads first"):
+        dataset_tab.keep_upload(ctx, small)

@@ -1,0 +1,204 @@
+"""Who may run which handler of the page.
+
+Locally (and behind --auth) whoever reached the page may do everything. On a Space it is deny by
+default: app.py hands the finished page to `deny_by_default`, which makes every handler of it
+(buttons, changes, timers, uploads, named and unnamed API) owner-only, except those wired through
+`public(...)`. That short public list is visible where each handler is wired: browsing runs,
+following a run in Live, viewing evaluations, the Playground on finished runs, inspecting the demo
+dataset, and signing in. An owner is a visitor signed in with Hugging Face as an allowed user, or one
+who unlocked this browser session with the Space's password (tuning/space.py holds the policy).
+
+Gradio's queue runs any event function by its index, named or not, and `api_visibility="private"`
+hides an endpoint from the API page without locking it: so the gate sits on the functions themselves.
+
+Public handlers still get server-side limits (prompt length, new tokens, probes, one generation at a
+time per session) and may ask `is_owner` to refuse part of their work to visitors (a non-demo
+dataset, a run still training). Password attempts are limited per browser session and per address,
+and an unlocked session expires.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+
+from tuning import record, space
+
+PUBLIC = "_public_on_a_space"
+UNLOCK_TTL_S = 8 * 3600  # an unlocked browser session stays unlocked this long
+MAX_ATTEMPTS = 5  # wrong passwords per session, and per address, within ATTEMPT_WINDOW_S
+ATTEMPT_WINDOW_S = 600.0
+
+
+def _run_first(fn, check):
+    """`fn` with `check()` called before it runs, of the same kind (plain, generator, coroutine, async
+    generator) and with the same signature: Gradio reads both from the function it calls."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def async_gen(*args, **kwargs):
+            check()
+            async for item in fn(*args, **kwargs):
+                yield item
+        return async_gen
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            check()
+            yield from fn(*args, **kwargs)
+        return gen
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coroutine(*args, **kwargs):
+            check()
+            return await fn(*args, **kwargs)
+        return coroutine
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        check()
+        return fn(*args, **kwargs)
+    return plain
+
+
+def public(fn):
+    """Open `fn` to every visitor on a Space: the one way onto the public list."""
+    opened = _run_first(fn, lambda: None)
+    setattr(opened, PUBLIC, True)
+    return opened
+
+
+def is_public(fn) -> bool:
+    return bool(getattr(fn, PUBLIC, False))
+
+
+def deny_by_default(demo, ctx) -> None:
+    """On a Space, make every handler of `demo` that is not public owner-only."""
+    if not ctx.settings.train_requires_auth:
+        return
+    for block_fn in demo.fns.values():
+        if block_fn.fn is not None and not is_public(block_fn.fn):
+            block_fn.fn = _run_first(block_fn.fn, functools.partial(require_owner, ctx))
+
+
+# --- who is the owner --------------------------------------------------------------------------
+
+def _request(request=None):
+    if request is None:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    return request
+
+
+def oauth_profile(request):
+    """The signed-in Hugging Face profile of a request, read the way Gradio reads it for a
+    `gr.OAuthProfile` parameter (None when not signed in or without OAuth)."""
+    try:
+        from gradio import oauth
+        from gradio.helpers import _session_from_request
+
+        info = oauth._get_valid_oauth_info_from_session(_session_from_request(request))
+        return oauth.OAuthProfile(info["userinfo"]) if info else None
+    except Exception:  # noqa: BLE001 - no session, no profile: the gate then refuses
+        return None
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+def _unlocked(ctx, session: str) -> bool:
+    expires = ctx.unlocked.get(session)
+    if expires is not None and expires < time.time():
+        ctx.unlocked.pop(session, None)
+        return False
+    return bool(session) and expires is not None
+
+
+def owner_refusal(ctx, profile, session: str = "") -> str | None:
+    """None when a visitor signed in as `profile` (None: not signed in) in browser `session` is an
+    owner; else the message to show. Off a Space everyone is."""
+    if not ctx.settings.train_requires_auth or _unlocked(ctx, session) or space.can_train(profile, ctx.settings):
+        return None
+    return space.refusal_message(profile, ctx.settings)
+
+
+def refusal(ctx, request=None) -> str | None:
+    """owner_refusal for the visitor behind `request` (by default the current event's)."""
+    if not ctx.settings.train_requires_auth:
+        return None
+    request = _request(request)
+    return owner_refusal(ctx, oauth_profile(request), _session(request))
+
+
+def is_owner(ctx, request=None) -> bool:
+    return refusal(ctx, request) is None
+
+
+def require_owner(ctx, request=None) -> None:
+    message = refusal(ctx, request)
+    if message:
+        import gradio as gr
+
+        raise gr.Error(message, print_exception=False)
+
+
+# --- the password ------------------------------------------------------------------------------
+
+def _address(request) -> str:
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", "") or "")
+
+
+def _too_many(ctx, keys: list[str], now: float) -> float | None:
+    """Seconds until another attempt is allowed, or None."""
+    waits = []
+    for key in keys:
+        recent = ctx.attempts.setdefault(key, deque())
+        while recent and recent[0] < now - ATTEMPT_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= MAX_ATTEMPTS:
+            waits.append(recent[0] + ATTEMPT_WINDOW_S - now)
+    return max(waits) if waits else None
+
+
+def unlock(ctx, request, password: str | None) -> str:
+    """The Space's password typed into the page: this browser session is unlocked for UNLOCK_TTL_S
+    if it matches. Only the expiry is kept, never the password."""
+    session, now = _session(request), time.time()
+    keys = [f"session:{session}"] + ([f"address:{_address(request)}"] if _address(request) else [])
+    with ctx.lock:
+        wait = _too_many(ctx, keys, now)
+        if wait is not None:
+            return f"**Not unlocked:** too many wrong passwords; try again in {wait / 60:.0f} min."
+        if password and session and ctx.settings.password_matches(password):
+            ctx.unlocked[session] = now + UNLOCK_TTL_S
+            ctx.attempts.pop(f"session:{session}", None)
+        else:
+            ctx.unlocked.pop(session, None)
+            for key in keys:
+                ctx.attempts[key].append(now)
+    message = refusal(ctx, request)
+    return f"**Not unlocked:** {message}" if message else "Unlocked: you may train from this page."
+
+
+# --- limits on what is public ------------------------------------------------------------------
+
+@contextmanager
+def one_at_a_time(ctx, what: str = "generation", request=None):
+    """One `what` in flight per browser session (the queue's concurrency limit bounds them all)."""
+    session = _session(_request(request)) or f"thread-{threading.get_ident()}"
+    key = (what, session)
+    with ctx.lock:
+        if key in ctx.busy:
+            raise record.RunError(f"one {what} at a time: wait for the one still running in this page")
+        ctx.busy.add(key)
+    try:
+        yield
+    finally:
+        with ctx.lock:
+            ctx.busy.discard(key)
