@@ -166,3 +166,20 @@ def test_the_form_fills_from_a_preset_and_start_reports_by_name(ctx, monkeypatch
     monkeypatch.setattr(runner, "start", refuse)
     out = train_tab.do_start(ctx, *values)  # refused: the followed run id is left as it is
     assert "started_run" not in out and out["message"] == "**Not started:** one run at a time"
+
+
+def test_the_form_opens_on_the_preset_that_fits_the_machine(monkeypatch):
+    from tuning.ui import common
+
+    assert common.opening_preset(gpu_gib=0) == "quickstart"  # a CPU
+    assert common.opening_preset(gpu_gib=6) == "quickstart-qlora"  # a GPU smaller than every sized preset
+    assert common.opening_preset(gpu_gib=8) == "qwen2.5-0.5b-qlora-8gb"
+    assert common.opening_preset(gpu_gib=16) == "qwen2.5-3b-qlora-16gb"  # a T4, a free Space's upgrade
+    assert common.opening_preset(gpu_gib=24) == "llama-3.1-8b-qlora-24gb"
+    assert common.opening_preset(gpu_gib=141) == "llama-3.1-8b-qlora-24gb"  # the largest single-GPU preset
+    common.gpu_memory_gib.cache_clear()
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no nvidia-smi: this machine's case
+    try:
+        assert common.gpu_memory_gib() is None and common.opening_preset() == "quickstart"
+    finally:
+        common.gpu_memory_gib.cache_clear()

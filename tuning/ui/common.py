@@ -198,15 +198,49 @@ def served_copy(path: Path) -> str:
 
 # --- what the Dataset and Train tabs both read -----------------------------------------------------
 
-OPENING_PRESET = "quickstart"
+OPENING_PRESET = "quickstart"  # on a CPU: the embedded model and the demo data, minutes on 2 cores
+SMALL_GPU_PRESET = "quickstart-qlora"  # on a GPU smaller than every sized preset
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_memory_gib() -> int | None:
+    """The first GPU's memory in whole GiB as its maker rounds it (24 for a 24 GB card), from
+    nvidia-smi, which answers in milliseconds where importing torch at page build would cost seconds;
+    None without an NVIDIA GPU."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("nvidia-smi")
+    if not tool:
+        return None
+    try:
+        out = subprocess.run([tool, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return round(int(out.split()[0]) / 1024)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def opening_preset(gpu_gib: int | None = None) -> str:
+    """The preset the Train form opens on for this machine: on a GPU the largest single-GPU preset
+    whose name says it fits the card (...-8gb, -16gb, -24gb), on a CPU the quickstart."""
+    import re
+
+    gpu_gib = gpu_memory_gib() if gpu_gib is None else gpu_gib
+    if not gpu_gib:
+        return OPENING_PRESET
+    sized = [(int(m.group(1)), p.stem) for p in paths.PRESETS_DIR.glob("*.yaml")
+             if (m := re.search(r"-(\d+)gb$", p.stem)) and not p.stem.startswith("multi-gpu")]
+    fitting = [s for s in sized if s[0] <= gpu_gib]
+    return max(fitting)[1] if fitting else SMALL_GPU_PRESET
 
 
 def opening_config():
-    """The config the page opens on: the bundled quickstart preset (the Train form's first preset),
-    so the Dataset tab counts tokens for the same base model and max_length the form shows."""
+    """The config the page opens on: the preset the Train form opens on, so the Dataset tab counts
+    tokens for the same base model and max_length the form shows."""
     from tuning import config as config_mod
 
-    path = paths.PRESETS_DIR / f"{OPENING_PRESET}.yaml"
+    path = paths.PRESETS_DIR / f"{opening_preset()}.yaml"
     return config_mod.load(path) if path.is_file() else config_mod.TrainConfig()
 
 
@@ -221,12 +255,13 @@ def _mtime(source: str) -> float:
 def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None):
     from tuning import data
 
-    return data.load(source, fmt, column_map or None, limit=limit)
+    return data.load_preview(source, fmt, column_map or None, limit=limit)
 
 
 def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None):
-    """The dataset as data.load reads it, cached per file version (the mtime), format and map: the
-    Dataset tab's pages and statistics and the Train tab's estimate share one read."""
+    """The dataset as the page reads it (data.load_preview: a Hub dataset streams its first rows, never
+    the whole), cached per file version (the mtime), format and map: the Dataset tab's pages and
+    statistics and the Train tab's estimate share one read."""
     return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit)
 
 
@@ -234,7 +269,7 @@ def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: in
 
 def bind(fn, *args, **kwargs):
     """functools.partial(fn, *args, **kwargs) under fn's own name and docstring: Gradio names an
-    event after its function, and app.py's Space gate finds the training handlers by that name."""
+    event after its function (tests and the API page read it)."""
     bound = functools.partial(fn, *args, **kwargs)
     bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__
     return bound

@@ -99,12 +99,15 @@ def report(source: str, fmt: str = "auto", column_map: str = "", limit: int | No
         "dataset": source, "format": loaded.format, "rows": loaded.rows_total,
         "valid_rows": loaded.rows_valid, "complete": loaded.complete, "problem_count": len(loaded.problems),
         "problems": [[p.file, p.row, p.field, p.message] for p in loaded.problems[:200]],
-        "preview": rows, "pages": pages,
+        "preview": rows, "pages": pages, "note": loaded.note,
     }
 
 
 def summary_markdown(rep: dict) -> str:
     problems = rep["problem_count"]
+    if rep.get("note"):  # a streamed Hub preview: the first rows only, and the page says so
+        return (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['valid_rows']:,}** of the first "
+                f"{rep['rows']:,} rows valid. {rep['note']}")
     if not rep.get("complete", True):
         read = rep["valid_rows"] + problems
         return (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['rows']:,}** rows; the first "

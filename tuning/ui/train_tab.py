@@ -18,7 +18,8 @@ import yaml
 
 from tuning import config as config_mod
 from tuning import paths
-from tuning.ui.common import OPENING_PRESET, AppContext, bind, check_source, guarded, keyed, opening_config
+from tuning.ui.common import (OPENING_PRESET, AppContext, bind, check_source, guarded, keyed, opening_config,
+                              opening_preset)
 
 GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
           ("data", "Data"), ("schedule", "Schedule"))
@@ -285,7 +286,8 @@ def build(ctx: AppContext) -> TrainParts:
     """Lay out the tab (the form opens on the preset the dropdown shows), then wire it."""
     preset_names = [p["name"] for p in list_presets(ctx)]
     with gr.Row():
-        preset = gr.Dropdown(preset_names, value=OPENING_PRESET if OPENING_PRESET in preset_names else None,
+        opening = opening_preset()
+        preset = gr.Dropdown(preset_names, value=opening if opening in preset_names else None,
                              label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
                              scale=3)
         preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
