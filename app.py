@@ -54,6 +54,12 @@ def access_row(ctx: AppContext) -> None:
             password.submit(public(do_unlock), password, [note, password], api_visibility="private")
 
 
+# The tabs, in the order a person works through them: (id, label, module with build(ctx) -> Parts).
+TABS = (("dataset", "Dataset", dataset_tab), ("train", "Train", train_tab), ("live", "Live", live_tab),
+        ("playground", "Playground", playground_tab), ("runs", "Runs", runs_tab),
+        ("evaluation", "Evaluation", evaluation_tab), ("export", "Export", export_tab))
+
+
 def offered(picker: dict, run_id: str | None) -> dict:
     """A picker that offers only some runs (Evaluation: those with something to evaluate; Export:
     finished ones) opens on `run_id` when it offers it, else on its newest run."""
@@ -73,20 +79,11 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         if ctx.settings.train_requires_auth:
             access_row(ctx)
         with gr.Tabs() as tabs:
-            with gr.Tab("Dataset", id="dataset"):
-                data = dataset_tab.build(ctx)
-            with gr.Tab("Train", id="train"):
-                train = train_tab.build(ctx)
-            with gr.Tab("Live", id="live"):
-                live = live_tab.build(ctx)
-            with gr.Tab("Playground", id="playground"):
-                play = playground_tab.build(ctx)
-            with gr.Tab("Runs", id="runs"):
-                runs = runs_tab.build(ctx)
-            with gr.Tab("Evaluation", id="evaluation"):
-                evaluation = evaluation_tab.build(ctx)
-            with gr.Tab("Export", id="export"):
-                exported = export_tab.build(ctx)
+            parts = []
+            for tab_id, label, module in TABS:
+                with gr.Tab(label, id=tab_id):
+                    parts.append(module.build(ctx))
+        data, train, live, play, runs, evaluation, exported = parts
 
         # Inspecting a dataset fills the Train form's dataset, format and column map; the form's base
         # model, max_length and completions-only choice drive the Dataset tab's token counts; "use the

@@ -334,16 +334,9 @@ def get_quantization_config(cfg: TrainConfig, training: bool = False):
 def get_peft_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_module_list,
-        use_dora=cfg.use_dora,
-        use_rslora=cfg.use_rslora,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_module_list, use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
+                      bias="none", task_type="CAUSAL_LM")
 
 
 # --- loading ---------------------------------------------------------------------------------
