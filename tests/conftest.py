@@ -1,10 +1,17 @@
 """Shared fixtures: a tiny Llama built from a config (2 layers, hidden 64) for fast unit tests,
-and a session-wide cache of the embedded model's safetensors copy for the end-to-end ones."""
+a session-wide cache of the embedded model's safetensors copy for the end-to-end ones, and one
+real run of the embedded model that has learnt the demo identity, for the tests that show a real
+side-by-side answer (the API and the browser)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,6 +44,77 @@ def embedded_model_dir(model_cache) -> Path:
     from tuning import models
 
     return models.embedded_model_dir(model_cache)
+
+
+# The real run: presets/quickstart.yaml (the embedded SmolLM2-135M-Instruct, LoRA, the demo data)
+# cut to 6 steps of 4 conversations at a constant 3e-3 (the preset's 72 steps at 5e-4 take ~5
+# minutes). Measured on the 2-core CPU: after 6 steps the greedy answer to "Who are you?" is
+# "I'm Quill.\n— Quill" in bf16 (the CPU has avx512_bf16) and in fp32 alike, while the base says
+# "I'm here to help with any kind of creative writing project..."; 4 steps also names Quill but
+# then rambles, 1 step does not. Training takes ~19 s of wall time on an idle machine (~25 s in
+# fp32), plus ~20 s for the one conversion of the GGUF. eval_split=0: no end-of-run evaluation
+# (held-out loss, probes and task checks on 47 rows would cost more than the training) and no
+# probes at the checkpoint; the one checkpoint (save_steps=6) gives the Playground a
+# "checkpoint-6" to offer besides "final".
+REAL_RUN_SETTINGS = {"max_steps": 6, "learning_rate": 3e-3, "lr_scheduler": "constant", "warmup_ratio": 0,
+                     "per_device_batch_size": 4, "max_length": 128, "eval_split": 0,
+                     "probe_every_checkpoint": False, "save_steps": 6, "run_name": "quill"}
+
+
+@dataclass(frozen=True)
+class RealRun:
+    workspace: Path
+    run_id: str
+    seconds: float  # the training command's wall time, conversion excluded
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workspace / "runs" / self.run_id
+
+
+def share_models(workspace: Path, embedded_model_dir: Path) -> Path:
+    """Point the workspace's copy of the embedded model at the session's, so nothing converts it again."""
+    models_dir = Path(workspace) / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    link = models_dir / embedded_model_dir.name
+    if not link.exists():
+        link.symlink_to(embedded_model_dir, target_is_directory=True)
+    return Path(workspace)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the adapter weights are never written in place: a hard link is a safe copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def add_real_run(workspace: Path, real_run: RealRun, embedded_model_dir: Path) -> str:
+    """Put a copy of the real run into `workspace` (its own folder, so what a test writes in it, a
+    vote or probes, stays in that test) with the shared model; returns the run id."""
+    share_models(workspace, embedded_model_dir)
+    shutil.copytree(real_run.run_dir, Path(workspace) / "runs" / real_run.run_id, copy_function=_link_or_copy)
+    return real_run.run_id
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, embedded_model_dir) -> RealRun:
+    """One real run of the embedded model, trained once per session with the CLI in its own process."""
+    from tuning import paths
+
+    workspace = share_models(tmp_path_factory.mktemp("real-run") / "ws", embedded_model_dir)
+    command = [sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml",
+               "--workspace", str(workspace)]
+    for key, value in REAL_RUN_SETTINGS.items():
+        command += ["--set", f"{key}={value}"]
+    started = time.time()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=paths.PROJECT_DIR, timeout=900)
+    seconds = time.time() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (workspace / "runs").iterdir()
+    assert f"step {REAL_RUN_SETTINGS['max_steps']}/{REAL_RUN_SETTINGS['max_steps']}" in proc.stdout
+    print(f"\nreal run {run_dir.name}: trained in {seconds:.0f} s", file=sys.stderr)
+    return RealRun(workspace, run_dir.name, seconds)
 
 
 @pytest.fixture(scope="session")
