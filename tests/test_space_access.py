@@ -89,7 +89,33 @@ class Page:
         return False, "no answer"
 
 
+def busy_workspace(workspace):
+    """A workspace whose one run is 'training' (a sleeping stand-in process): every start the owner's
+    calls make is refused as "one run at a time" instead of starting a real quickstart."""
+    import subprocess
+    import sys
+
+    from tuning import config as config_mod
+    from tuning import record
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])
+    path = record.run_dir(workspace, "busy")
+    path.mkdir(parents=True)
+    record.write_config(path, config_mod.TrainConfig())
+    record.write_process_info(path, sleeper.pid)
+    return sleeper
+
+
+def end_every_run(workspace):
+    from tuning import record, runner
+
+    for summary in record.list_runs(workspace):
+        if record.process_alive(summary.path):
+            runner.stop(workspace, summary.run_id, timeout=10)
+
+
 def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everything(tmp_path):
+    sleeper = busy_workspace(tmp_path / "ws")
     proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log",
                            {"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD})
     try:
@@ -120,11 +146,15 @@ def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everyth
         assert ok and not error
         still_refused = [names[d["id"]] for d in refused if REFUSED in owner.call(d)[1]]
         assert still_refused == []
+        from tuning import record
+        assert record.run_ids(tmp_path / "ws") == ["busy"]  # the owner's start calls met "one run at a time"
         # The visitor's session is still locked.
         assert REFUSED in visitor.call(refused[0])[1]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        sleeper.kill()
+        end_every_run(tmp_path / "ws")  # nothing this test called may go on training after it
 
 
 def test_password_attempts_are_limited_and_an_unlock_expires(tmp_path, monkeypatch):
