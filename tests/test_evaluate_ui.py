@@ -139,3 +139,21 @@ def test_gradio_client_drives_the_blind_ab(ctx):
             Client(demo.local_url, verbose=False).predict("r1", api_name="/ab_vote_b")
     finally:
         demo.close()
+
+
+def test_the_evaluation_api_takes_a_run_made_after_the_page_loaded(tmp_path):
+    """An API client names a run the page's picker has not listed yet: the picker lets it through and
+    the handler checks it (an unknown id is refused by name, not by the picker's choice list)."""
+    import gradio as gr
+
+    import app
+    from tuning import record
+
+    demo = app.build_demo(tmp_path / "ws")
+    picker = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Run"
+                  and b.allow_custom_value)
+    assert picker.preprocess("made-later") == "made-later"
+    load = next(f.fn for f in demo.fns.values() if f.api_name == "eval_load")
+    with pytest.raises(gr.Error, match="no run 'made-later'"):
+        load("made-later")
+    assert record.run_ids(tmp_path / "ws") == []

@@ -140,7 +140,10 @@ def layout(ctx: AppContext) -> dict:
                 "QLoRA runs), so both columns use the same weights, prompts and greedy settings.")
     c = {}
     with gr.Row():
-        c["run"] = gr.Dropdown(label="Run", choices=run_choices(ctx), value=None, interactive=True, scale=3)
+        # Custom values: the tab's named API (evaluate_run, eval_load, ...) takes any run id a client names,
+        # also one made after this page loaded; the handlers check it against the workspace.
+        c["run"] = gr.Dropdown(label="Run", choices=run_choices(ctx), value=None, interactive=True, scale=3,
+                               allow_custom_value=True)
         c["refresh"] = gr.Button("Refresh list", scale=1)
         c["recompute"] = gr.Checkbox(label="Recompute", value=False, scale=1,
                                      info="compute again even if results are stored")
