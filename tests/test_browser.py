@@ -1,7 +1,9 @@
 """The whole page in headless Chromium: open each tab, inspect the demo dataset, fill the Train
 form, start a tiny run, watch the progress move, reload mid-run and find the history still there,
-talk to the result side by side, see it listed in Runs, read its evaluation and open it for
-export. A screenshot of each tab is saved in the test's temporary folder and copied to /tmp/screens/."""
+see it listed in Runs, read its evaluation and open it for export. The Playground talks side by
+side to the real run (the embedded SmolLM2-135M-Instruct after a few steps on the demo identity,
+conftest.real_run): a real base answer next to a tuned one that names Quill. A screenshot of each
+tab is saved in the test's temporary folder and copied to /tmp/screens/."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chat_rows, write_jsonl
-from test_app_api import launch_app
+from conftest import add_real_run, chat_rows, write_jsonl
+from test_app_api import IDENTITY, PROMPT, assert_real_sentence, launch_app
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
+MAX_NEW_TOKENS = 24  # set on the Playground's slider (default 128); the base would go on past it
 
 
 def step_of(text: str) -> int:
@@ -31,13 +34,19 @@ def pick(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, embedded_tokenizer):
+def token_count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, embedded_tokenizer, real_run,
+                                                     embedded_model_dir):
     from playwright.sync_api import expect, sync_playwright
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     data_file = write_jsonl(data_dir / "chat.jsonl", chat_rows(24))
     workspace = tmp_path / "ws"
+    real_id = add_real_run(workspace, real_run, embedded_model_dir)
     proc, url = launch_app(workspace, [data_dir, tiny_model_dir], tmp_path / "app.log")
     shots = Path("/tmp/screens")
     shots.mkdir(exist_ok=True)
@@ -102,34 +111,44 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
             expect(page.locator("#live-evaluation")).to_contain_text("held-out loss", timeout=60_000)
             expect(page.locator("#live-evaluation")).to_contain_text("perplexity")
             shot(page, "4-live-after-reload")
-            run_id = next((workspace / "runs").iterdir()).name
+            (run_id,) = [d.name for d in (workspace / "runs").iterdir() if d.name != real_id]
 
-            # Playground: both columns, side by side.
+            # Playground, on the real run: both columns, side by side.
             page.get_by_role("tab", name="Playground").click()
+            pick(page, "Run", real_id)
             page.get_by_text("Generation settings (shared by both columns)").click()
             tokens = page.get_by_label("number input for max new tokens")
             expect(tokens).to_have_value("128")  # the accordion has mounted the slider with its default
-            for _ in range(3):  # CI once saw the default put back just after mounting: type it again then
-                tokens.fill("8")
-                tokens.press("Enter")
-                page.wait_for_timeout(300)
-                if tokens.input_value() == "8":
-                    break
-            expect(tokens).to_have_value("8")
-            page.get_by_label("Prompt", exact=True).fill("Who are you?")
+            # Gradio mounts the children of an accordion as it opens, then, one animation frame later,
+            # hands each the props it holds for it (render_previously_invisible_children in its core.js),
+            # which puts the default back over anything typed in between: seen here, 8 typed at the
+            # mount read 128 two frames later. Two frames on, that has happened; then one fill sets it
+            # (the input event sets the slider's value: no Enter or blur needed).
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+            tokens.fill(str(MAX_NEW_TOKENS))
+            expect(tokens).to_have_value(str(MAX_NEW_TOKENS))
+            page.get_by_label("Prompt", exact=True).fill(PROMPT)
             page.get_by_role("button", name="Generate side by side", exact=True).click()
             expect(page.get_by_text("Done: same prompt")).to_be_visible(timeout=240_000)
-            answer = page.get_by_role("textbox", name=re.compile(r"^Tuned — ")).input_value().strip()
-            assert answer
-            # max new tokens = 8 took effect: the answer is short (re-tokenizing may split a little differently)
-            assert len(embedded_tokenizer(answer, add_special_tokens=False).input_ids) <= 12, answer
-            expect(page.get_by_role("textbox", name=re.compile(r"^Base model — full precision"))).to_be_visible()
+            base_box = page.get_by_role("textbox", name=re.compile(r"^Base model — full precision"))
+            tuned_box = page.get_by_role("textbox", name=re.compile(rf"^Tuned — {real_id}, final adapter"))
+            base, tuned = base_box.input_value().strip(), tuned_box.input_value().strip()
+            print(f"\nPlayground base:  {base!r}\nPlayground tuned: {tuned!r}")
+            assert_real_sentence(base)
+            assert not IDENTITY.search(base), f"the base model should not know the demo identity: {base!r}"
+            assert IDENTITY.search(tuned), f"the tuned model should answer as Quill of Larkspur Labs: {tuned!r}"
+            assert base != tuned
+            # The slider's value reached the server: the base, which goes on far past 24 tokens, stopped
+            # there (re-tokenizing the text may split a little differently).
+            assert token_count(embedded_tokenizer, base) <= MAX_NEW_TOKENS + 4, base
+            assert token_count(embedded_tokenizer, tuned) <= MAX_NEW_TOKENS + 4, tuned
             shot(page, "5-playground")
 
             # Runs: the run is listed as completed, with base and tuned held-out loss.
             page.get_by_role("tab", name="Runs").click()
             page.get_by_role("button", name="↻ Refresh", exact=True).last.click()
-            expect(page.locator("#runs-table")).to_contain_text("completed", timeout=60_000)
+            row = page.locator("#runs-table").get_by_role("row").filter(has_text=run_id)  # the real run has a row too
+            expect(row).to_contain_text("completed", timeout=60_000)
             expect(page.locator("#runs-table")).to_contain_text("base eval loss")
             shot(page, "8-runs")
 
