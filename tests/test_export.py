@@ -65,6 +65,7 @@ def test_model_card_sections(trained):
     ws, run_dir = trained
     card = export.model_card(run_dir, "merged")
     assert "library_name: transformers" in card
+    assert card.count("\n- lora\n") == 1  # a LoRA run's method tag is not listed twice
     assert "24 valid rows of 24" in card  # dataset summary
     assert "```yaml\nbase_model:" in card and "learning_rate: 0.01" in card
     assert "| 8 |" in card and "eval loss" in card  # loss curve, last step present

