@@ -1,5 +1,5 @@
-"""The command line: `python -m tuning train|inspect ...`. Exit codes: 0 success, 2 bad input
-(one-line message on stderr), 1 failure."""
+"""The command line: `python -m tuning train|queue|inspect|generate|eval|export ...`. Exit codes: 0
+success, 2 bad input (one-line message on stderr), 1 failure."""
 
 from __future__ import annotations
 
@@ -18,47 +18,154 @@ class BadInput(Exception):
     pass
 
 
-def _train(args) -> int:
-    from tuning import distributed, runner, train
+def _record_trainer(run_path: Path) -> None:
+    """This process trains the run: record it (pid, host, a fresh launch token) and keep the record
+    fresh, so a dashboard on another host sees the run as alive."""
+    record.write_process_info(run_path, os.getpid())
+    record.start_heartbeat(run_path)
 
-    workspace = resolve_workspace(args.workspace)
-    if distributed.is_worker():
-        # Started by torch.distributed.run: the launcher already made the run folder and holds the lock.
-        run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
-        cfg = record.read_config(run_path)
-        return train.run(cfg, run_path, workspace, resume=bool(args.resume))
+
+def _given_run_id(args) -> str | None:
+    from tuning import distributed
+
+    given = args.run_id or os.environ.get(distributed.RUN_ID_ENV) or None
+    return record.check_run_id(given) if given else None
+
+
+def _open_run(args, workspace: Path):
+    """Create the run folder (or find it: --resume, or the config.yaml the runner wrote) and record
+    this process as its trainer, under the workspace lock. Returns (run folder, config, resume, created)."""
+    from tuning import distributed, runner
+
     if args.resume:
-        if args.preset or args.config or args.set:
-            raise BadInput("--resume takes no --preset, --config or --set: a run keeps its config")
+        if args.preset or args.config or args.set or args.run_id:
+            raise BadInput("--resume takes no --preset, --config, --set or --run-id: a run keeps its config")
         run_path = record.existing_run_dir(workspace, args.resume)
         cfg = record.read_config(run_path)
         distributed.check(cfg)
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace, except_run=run_path.name)
-            record.write_process_info(run_path, os.getpid())
-        if distributed.num_processes(cfg) > 1:
-            return distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=True)
-        return train.run(cfg, run_path, workspace, resume=True)
-
+            runner.check_resumable(run_path)
+            _record_trainer(run_path)
+        return run_path, cfg, True, False
     source = args.config or args.preset
     cfg = config_mod.load(source) if source else config_mod.TrainConfig()
     cfg = config_mod.apply_overrides(cfg, args.set or [])
     distributed.check(cfg)
     config_path = Path(args.config).resolve() if args.config else None
-    if config_path and config_path.parent.parent == record.runs_dir(workspace).resolve() and not args.set:
-        run_path = config_path.parent  # started by the runner: the run folder exists already
-        with runner.workspace_lock(workspace):
+    made_by_runner = config_path and config_path.parent.parent == record.runs_dir(workspace).resolve() \
+        and not args.set and not args.run_id
+    if made_by_runner:
+        runner.await_finishing_parent(workspace)
+    with runner.workspace_lock(workspace):
+        if made_by_runner:  # the run folder exists already
+            run_path = config_path.parent
             runner.refuse_if_busy(workspace, except_run=run_path.name)
-            record.write_process_info(run_path, os.getpid())
-    else:
-        with runner.workspace_lock(workspace):
+        else:
             runner.refuse_if_busy(workspace)
-            run_path = runner.create_run(workspace, cfg)
-            record.write_process_info(run_path, os.getpid())
+            run_path = runner.create_run(workspace, cfg, run_id=_given_run_id(args))
+        _record_trainer(run_path)
+    return run_path, cfg, False, not made_by_runner
+
+
+def _train_worker(args, workspace: Path) -> int:
+    """One process of several, started by a launcher (distributed.py says how they agree)."""
+    from tuning import distributed, train
+
+    if distributed.launched_by_us():  # our launcher made the run folder and is its recorded process
+        run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
+        return train.run(record.read_config(run_path), run_path, workspace, resume=bool(args.resume))
+
+    def open_on_rank_0():
+        run_path, _, resume, created = _open_run(args, workspace)
+        return run_path, resume, created
+
+    distributed.init_group()
+    try:
+        run_path, resume = distributed.agree_on_run(workspace, open_on_rank_0)
+        if distributed.is_main_process():
+            print(f"run {run_path.name} in {run_path} ({distributed.world_size()} processes)", flush=True)
+        code = train.run(record.read_config(run_path), run_path, workspace, resume=resume)
+        if distributed.is_main_process():
+            record.mark_process_ended(run_path, os.getpid())
+        return code
+    finally:
+        distributed.leave_group()
+
+
+def _train(args) -> int:
+    from tuning import distributed, runner, train
+
+    workspace = resolve_workspace(args.workspace)
+    distributed.adopt_launcher_env()  # srun / mpirun ranks -> RANK, WORLD_SIZE, LOCAL_RANK
+    if distributed.is_worker():
+        return _train_worker(args, workspace)
+    distributed.check_launch()
+    run_path, cfg, resume, _ = _open_run(args, workspace)
     print(f"run {run_path.name} in {run_path}", flush=True)
     if distributed.num_processes(cfg) > 1:  # this process becomes the launcher of N workers
-        return distributed.launch(distributed.num_processes(cfg), run_path, workspace)
-    return train.run(cfg, run_path, workspace)
+        code = distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=resume)
+    else:
+        code = train.run(cfg, run_path, workspace, resume=resume)
+    record.mark_process_ended(run_path, os.getpid())
+    # The machine is free: the next queued run starts now (runner.start_next's lock makes this
+    # the one start even if the app looks at the same moment).
+    try:
+        started = runner.start_next(workspace, finished=run_path.name)
+    except Exception as exc:  # noqa: BLE001 - this run's result stands; the app retries the queue
+        print(f"the next queued run did not start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    else:
+        if started:
+            print(f"started the next queued run: {started}", flush=True)
+    return code
+
+
+def _absolute_sources(cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
+    """A queued run starts later, from another folder (the runner's): local paths are made absolute now."""
+    changes = {name: str(Path(getattr(cfg, name)).resolve()) for name in ("base_model", "dataset", "eval_dataset")
+               if getattr(cfg, name) and Path(getattr(cfg, name)).exists()}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _queue_rows(workspace: Path) -> list[dict]:
+    from tuning import runner
+
+    return [{"position": e["position"], "id": e["id"], "run_name": e["config"].get("run_name", ""),
+             "base_model": e["config"].get("base_model", ""), "dataset": e["config"].get("dataset", ""),
+             "added": e.get("added"), "note": e.get("note", "")} for e in runner.queued(workspace)]
+
+
+def _queue(args) -> int:
+    """Runs waiting for the machine: add (one, or one per grid value), list, remove."""
+    from tuning import runner
+
+    workspace = resolve_workspace(args.workspace)
+    if args.action == "add":
+        source = args.config or args.preset
+        cfg = config_mod.load(source) if source else config_mod.TrainConfig()
+        cfg = _absolute_sources(config_mod.apply_overrides(cfg, args.set or []))
+        configs = runner.grid(cfg, args.grid) if args.grid else [cfg]
+        position = len(runner.queued(workspace))
+        for n, entry in enumerate(runner.enqueue(workspace, configs), start=position + 1):
+            print(f"queued {entry['id']} {entry['config'].get('run_name') or '(unnamed)'} at position {n}")
+        started = runner.start_next(workspace)
+        if started:
+            print(f"the machine was free: started run {started}")
+        return 0
+    if args.action == "remove":
+        entry = runner.dequeue(workspace, args.id)
+        print(f"removed {entry['id']} {entry['config'].get('run_name', '')} from the queue")
+        return 0
+    rows = _queue_rows(workspace)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for row in rows:
+        print(f"{row['position']:>3}  {row['id']}  {row['run_name'] or '(unnamed)'}  {row['base_model']}"
+              + (f"  [{row['note']}]" if row["note"] else ""))
+    if not rows:
+        print("the queue is empty")
+    return 0
 
 
 def _inspect(args) -> int:
@@ -162,7 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
+    p.add_argument("--run-id", metavar="RUN_ID", help="name the new run (default: the time and run_name; "
+                   "or $TUNING_RUN_ID), e.g. slurm-$SLURM_JOB_ID")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("queue", help="runs that start one after another when the machine is free")
+    queue = p.add_subparsers(dest="action", required=True)
+    q = queue.add_parser("add", help="queue a run (or one per --grid value); starts at once if the machine is free")
+    q.add_argument("--preset", help="a preset YAML file, e.g. presets/quickstart.yaml")
+    q.add_argument("--config", help="a config YAML file")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    q.add_argument("--grid", metavar="KEY=V1,V2,...", help="one run per value, each named after it, e.g. "
+                   "learning_rate=1e-4,2e-4,5e-4")
+    q.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    q = queue.add_parser("list", help="the queue in order (1 starts next)")
+    q.add_argument("--json", action="store_true", help="print a JSON list")
+    q.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    q = queue.add_parser("remove", help="take a run off the queue before it starts")
+    q.add_argument("id", metavar="QUEUE_ID", help="as `queue list` shows it (q-...)")
+    q.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.set_defaults(handler=_queue)
 
     p = sub.add_parser("eval", help="held-out loss, task checks, probes and A/B votes of a run, base vs tuned")
     p.add_argument("--run", required=True, metavar="RUN_ID")
@@ -221,13 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from tuning.data import DataError
+    from tuning.distributed import LaunchError
     from tuning.models import ModelError
     from tuning.paths import PathError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, record.RunError) as exc:
+    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, record.RunError,
+            LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -235,8 +235,8 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path):
         def on_save(self, args, state, control, **kwargs):
             ckpt = record.checkpoint_dir(run_dir, state.global_step)
             if not cfg.probe_every_checkpoint or self.trainer is None or not ckpt.is_dir() \
-                    or not state.is_world_process_zero:
-                return
+                    or not state.is_world_process_zero or getattr(self.trainer, "is_fsdp_enabled", False):
+                return  # (under FSDP rank 0 alone cannot run the sharded model)
             if control.should_training_stop:
                 return  # the last save of a run (stop, early stop, the end): the final probes cover it
             prompts = probes_for_run(run_dir, cfg)

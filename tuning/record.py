@@ -3,7 +3,7 @@
     runs/<run_id>/
       config.yaml           the resolved TrainConfig (written once, before the trainer starts)
       events.jsonl          the truth about the run: the trainer appends (tuning/events.py owns the line format)
-      process.json          the training process's pid, start time and process group
+      process.json          the training process's pid, start time, process group and host (touched while it runs)
       train.log             the training process's stdout and stderr
       checkpoints/checkpoint-N/   each with a COMPLETE marker, written last, after every file is fsynced
       adapter/              the final adapter
@@ -11,6 +11,8 @@
       probes.json           the prompts answered at every checkpoint
       probe_answers.jsonl   one line of base/tuned answers per checkpoint
       ab_votes.jsonl        one line per blind A/B vote
+
+    queue.json              (in the workspace, beside runs/) the runs waiting to start, in order
 
 Data flows one way: the trainer writes -> this module reads -> tabs, CLI, exports. Nobody else
 opens these files, so a reload, a second browser or an app restart sees exactly what the trainer
@@ -26,8 +28,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,7 @@ EVALUATION = "evaluation.json"
 PROBES = "probes.json"
 PROBE_ANSWERS = "probe_answers.jsonl"
 VOTES = "ab_votes.jsonl"
+QUEUE = "queue.json"  # in the workspace, not in a run folder
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")
 MAX_PROBES = 20
@@ -341,14 +347,29 @@ def interruption_message(summary: EventSummary, launched: bool) -> str:
 
 # --- the training process ----------------------------------------------------------------------
 
-def write_process_info(run: Path, pid: int) -> None:
+# A trainer touches process.json every HEARTBEAT_S. Its process can be checked by pid only on its own
+# host; a trainer on another node (a cluster run the dashboard follows through a shared workspace)
+# counts as alive while it keeps touching the file and has not marked itself ended.
+HEARTBEAT_S = 30.0
+REMOTE_STALE_S = 180.0  # NFS may show an mtime up to a minute late: three missed beats, then gone
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def write_process_info(run: Path, pid: int) -> dict:
     """Record the training process: create_time tells a reused pid apart; pgid says whether Stop
-    may signal the whole group (only when the trainer leads its own group, as the runner starts it)."""
+    may signal the whole group (only when the trainer leads its own group, as the runner starts it);
+    host says where the pid means something; launch is a fresh token that the ranks of a
+    multi-node run compare to prove they see this very folder (a shared workspace)."""
     try:
         info = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "pgid": os.getpgid(pid)}
     except (psutil.Error, OSError):  # it died at once: record it, so the run reads as ended (see train.log)
         info = {"pid": pid, "create_time": 0.0, "pgid": None}
+    info.update(host=this_host(), launch=uuid.uuid4().hex)
     write_atomic(Path(run) / PROCESS, json.dumps(info))
+    return info
 
 
 def read_process_info(run: Path) -> dict:
@@ -356,11 +377,42 @@ def read_process_info(run: Path) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def mark_process_ended(run: Path, pid: int) -> None:
+    """The recorded trainer says it is done (read by dashboards on other hosts, which cannot check
+    the pid). Left alone when another process has been recorded since."""
+    info = read_process_info(run)
+    if info.get("pid") == pid and info.get("host") == this_host():
+        write_atomic(Path(run) / PROCESS, json.dumps({**info, "ended": time.time()}))
+
+
+def start_heartbeat(run: Path) -> threading.Thread:
+    """Touch process.json every HEARTBEAT_S for as long as this process lives (a daemon thread)."""
+    def beat():
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                os.utime(Path(run) / PROCESS)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=beat, name="process.json heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def remote_host(run: Path) -> str | None:
+    """The other host the run's trainer was recorded on, or None when it is this one."""
+    host = read_process_info(run).get("host")
+    return host if host and host != this_host() else None
+
+
 def training_process(run: Path) -> psutil.Process | None:
-    """The run's training process while it is alive, else None. A pid reused by another process
-    is ruled out by its start time; a zombie (ended, not yet reaped) counts as ended."""
+    """The run's training process while it is alive on this host, else None. A pid reused by
+    another process is ruled out by its start time; a zombie (ended, not yet reaped) counts as ended."""
     try:
         info = read_process_info(run)
+        if info.get("host") not in (None, this_host()):
+            return None
         proc = psutil.Process(int(info["pid"]))
         if abs(proc.create_time() - float(info["create_time"])) > 1.0:
             return None
@@ -370,6 +422,13 @@ def training_process(run: Path) -> psutil.Process | None:
 
 
 def process_alive(run: Path) -> bool:
+    info = read_process_info(run)
+    if info.get("host") not in (None, this_host()):
+        try:
+            fresh = time.time() - (Path(run) / PROCESS).stat().st_mtime < REMOTE_STALE_S
+        except OSError:
+            return False
+        return fresh and not info.get("ended")
     return training_process(run) is not None
 
 
@@ -572,6 +631,25 @@ def default_run(workspace: Path) -> str | None:
     listed = list_runs(workspace)
     pick = [s for s in listed if s.status in ACTIVE_STATUSES] or listed
     return pick[0].run_id if pick else None
+
+
+# --- the queue of runs waiting to start (tuning/runner.py changes it, under its workspace lock) ---
+
+def queue_path(workspace: Path) -> Path:
+    return Path(workspace) / QUEUE
+
+
+def read_queue(workspace: Path) -> list[dict]:
+    """The queued entries, first to start first: {id, added, config, note?}. A missing or damaged
+    file reads as an empty queue (it is only ever replaced whole)."""
+    value = read_json(queue_path(workspace))
+    entries = value.get("queued") if isinstance(value, dict) else None
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("config"), dict)
+            and isinstance(e.get("id"), str)] if isinstance(entries, list) else []
+
+
+def write_queue(workspace: Path, entries: list[dict]) -> None:
+    write_json(queue_path(workspace), {"queued": entries})
 
 
 # --- evaluation.json -----------------------------------------------------------------------------

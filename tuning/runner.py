@@ -1,36 +1,57 @@
-"""Start, stop and resume the training process from another process (the UI, a test).
+"""Start, stop and resume the training process from another process (the UI, a test), and the
+queue of runs waiting for the machine.
 
 Training always runs as a child process, `python -m tuning train --config runs/<id>/config.yaml`,
 started with a list-form Popen (never a shell) in its own process group, so a crash or an
 out-of-memory kill there leaves the UI standing, and Stop can end the whole group.
+
+The queue (record.read_queue / write_queue: <workspace>/queue.json) holds whole configs in order.
+`start_next` starts its first entry when no run is active, under the same workspace lock as every
+start, so of several callers exactly one starts it. It is called by the trainer process that
+finishes (python -m tuning train, as its last act), by the app on start-up and every
+QUEUE_POLL_S while it runs (a trainer killed outright calls nobody), and after each queue change.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
+from tuning import config as config_mod
 from tuning import record
 from tuning.config import TrainConfig
+
+log = logging.getLogger("tuning.runner")
 
 # Free space a new run needs before it starts: checkpoints (adapter + optimizer state, up to
 # save_total_limit of them), the final adapter and, on first use, the converted embedded model
 # (538 MB in fp32). Checked where it can be, so a full disk is a message, not a broken run.
 MIN_FREE_BYTES = 1 << 30  # 1 GiB
+QUEUE_ID_PATTERN = re.compile(r"^q-[0-9a-f]{8}$")
+MAX_GRID = 16  # runs one grid may queue
+QUEUE_POLL_S = 15.0  # how often the app looks for a free machine while runs are queued
 
 
 class StartRefused(record.RunError):
     """Another run is active, or the workspace cannot take a new run."""
+
+
+class RunActive(StartRefused):
+    """Another run is active: this one may wait in the queue instead."""
 
 
 def check_workspace_usable(workspace: Path, need_bytes: int | None = None) -> None:
@@ -74,15 +95,18 @@ def workspace_lock(workspace: Path):
 def refuse_if_busy(workspace: Path, except_run: str | None = None) -> None:
     busy = [s for s in record.active_runs(workspace) if s.run_id != except_run]
     if busy:
-        raise StartRefused(f"run {busy[0].run_id} is still training; stop it or wait for it to finish "
-                           "(one run at a time)")
+        raise RunActive(f"run {busy[0].run_id} is still training; stop it, wait for it to finish, or queue "
+                        "this run (one run at a time)")
 
 
-def create_run(workspace: Path, cfg: TrainConfig) -> Path:
-    """A new run folder holding the resolved config. Call under workspace_lock. Checks the
+def create_run(workspace: Path, cfg: TrainConfig, run_id: str | None = None) -> Path:
+    """A new run folder holding the resolved config, named `run_id` when one is given (a cluster job
+    may name its run), else from the time and run_name. Call under workspace_lock. Checks the
     workspace first; a failure half-way removes the folder again (no broken run is left)."""
     check_workspace_usable(workspace)
-    run_id = record.new_run_id(workspace, cfg.run_name)
+    if run_id and record.run_dir(workspace, run_id).exists():
+        raise StartRefused(f"run {run_id} exists already: continue it with --resume {run_id}, or give another id")
+    run_id = run_id or record.new_run_id(workspace, cfg.run_name)
     path = record.run_dir(workspace, run_id)
     path.mkdir(parents=True)
     try:
@@ -93,6 +117,12 @@ def create_run(workspace: Path, cfg: TrainConfig) -> Path:
         raise StartRefused(f"could not write the run folder in {workspace}: "
                            + ("the disk is full" if full else (exc.strerror or str(exc)))) from None
     return path
+
+
+def discard_new_run(path: Path) -> None:
+    """Remove a run folder that create_run made moments ago and nothing trained in (a launch that
+    could not go on): no half run is left behind."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def build_command(workspace: Path, extra: list[str]) -> list[str]:
@@ -115,19 +145,36 @@ def _spawn(run_path: Path, workspace: Path, extra: list[str]) -> subprocess.Pope
         log.close()
 
 
+def _start_locked(workspace: Path, cfg: TrainConfig) -> Path:
+    """Create the run and start its trainer. Call under workspace_lock, the machine free."""
+    path = create_run(workspace, cfg)
+    try:
+        proc = _spawn(path, workspace, ["--config", str(record.config_path(path))])
+    except OSError as exc:
+        discard_new_run(path)
+        raise StartRefused(f"could not start the training process: {exc.strerror or exc}") from None
+    record.write_process_info(path, proc.pid)
+    return path
+
+
 def start(cfg: TrainConfig, workspace: Path) -> str:
-    """Start a new run in the background; returns its run id. Refused while another is active."""
+    """Start a new run in the background; returns its run id. Refused while another is active
+    (queue it instead: enqueue)."""
     workspace = Path(workspace).resolve()
     with workspace_lock(workspace):
         refuse_if_busy(workspace)
-        path = create_run(workspace, cfg)
-        try:
-            proc = _spawn(path, workspace, ["--config", str(record.config_path(path))])
-        except OSError as exc:
-            shutil.rmtree(path, ignore_errors=True)
-            raise StartRefused(f"could not start the training process: {exc.strerror or exc}") from None
-        record.write_process_info(path, proc.pid)
+        path = _start_locked(workspace, cfg)
     return path.name
+
+
+def check_resumable(path: Path) -> None:
+    """A damaged run cannot continue, and a completed one has nothing left to train (the Trainer
+    would take one more step past max_steps)."""
+    summary = record.summarize(path)
+    if summary.status == record.DAMAGED:
+        raise StartRefused(f"run {path.name} is damaged: {summary.message}")
+    if summary.status == record.COMPLETED:
+        raise StartRefused(f"run {path.name} already completed")
 
 
 def resume(workspace: Path, run_id: str) -> str:
@@ -136,11 +183,7 @@ def resume(workspace: Path, run_id: str) -> str:
     with workspace_lock(workspace):
         path = record.existing_run_dir(workspace, run_id)
         refuse_if_busy(workspace)
-        summary = record.summarize(path)
-        if summary.status == record.DAMAGED:
-            raise StartRefused(f"run {run_id} is damaged: {summary.message}")
-        if summary.status == record.COMPLETED:
-            raise StartRefused(f"run {run_id} already completed")
+        check_resumable(path)
         check_workspace_usable(workspace)
         proc = _spawn(path, workspace, ["--resume", record.check_run_id(run_id)])
         record.write_process_info(path, proc.pid)
@@ -187,6 +230,10 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
     saves a checkpoint and the adapter, and ends as "stopped"). With timeout > 0, wait for it,
     then SIGKILL whatever is left of the group, so no orphan keeps memory."""
     path = record.existing_run_dir(workspace, run_id)
+    host = record.remote_host(path)
+    if host and record.process_alive(path):
+        raise record.RunError(f"run {run_id} trains on {host}, not on this machine: stop it there (a Slurm job: "
+                              "scancel --signal=TERM JOB_ID); every rank then stops after the same step")
     proc = record.training_process(path)
     if proc is None:
         return False
@@ -205,3 +252,107 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
                 except psutil.Error:
                     pass
     return True
+
+
+# --- the queue ---------------------------------------------------------------------------------
+
+def grid_run_name(prefix: str, key: str, value: str) -> str:
+    """`learning_rate-5e-4` (after the config's own run_name, when it has one): a run name in the
+    characters run names allow ('.' reads 'p': 0.0005 -> 0p0005), at most 64 of them."""
+    text = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else ("p" if c == "." else "_")
+                   for c in value.strip())
+    name = f"{key}-{text}"
+    return (f"{prefix}-{name}" if prefix else name)[:64]
+
+
+def grid(cfg: TrainConfig, spec: str) -> list[TrainConfig]:
+    """One config per value of `spec` ("learning_rate=1e-4,2e-4,5e-4"), each run named after its
+    value, so the runs line up side by side in the Runs tab. A bad key or value is a ConfigError."""
+    key, sep, values = (spec or "").partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or not items:
+        raise config_mod.ConfigError("grid: expected key=value1,value2,... e.g. learning_rate=1e-4,2e-4,5e-4")
+    if key == "run_name":
+        raise config_mod.ConfigError("grid: run_name is what a grid sets; vary another key")
+    if len(items) > MAX_GRID:
+        raise config_mod.ConfigError(f"grid: at most {MAX_GRID} values ({len(items)} given)")
+    return [config_mod.apply_overrides(cfg, [f"{key}={text}"]).replace(run_name=grid_run_name(cfg.run_name, key, text))
+            for text in items]
+
+
+def enqueue(workspace: Path, configs: list[TrainConfig]) -> list[dict]:
+    """Add runs at the end of the queue; returns their entries ({id, added, config})."""
+    workspace = Path(workspace).resolve()
+    new = [{"id": f"q-{uuid.uuid4().hex[:8]}", "added": round(time.time(), 3), "config": cfg.to_dict()}
+           for cfg in configs]
+    with workspace_lock(workspace):
+        record.write_queue(workspace, record.read_queue(workspace) + new)
+    return new
+
+
+def dequeue(workspace: Path, queue_id: str) -> dict:
+    """Remove one queued run (before it started); returns its entry."""
+    if not isinstance(queue_id, str) or not QUEUE_ID_PATTERN.match(queue_id):
+        raise record.RunError(f"queue id {queue_id!r} is not valid (q- and 8 hex digits, as the queue lists them)")
+    with workspace_lock(workspace):
+        entries = record.read_queue(workspace)
+        found = [e for e in entries if e["id"] == queue_id]
+        if not found:
+            raise record.RunError(f"no run {queue_id} in the queue (it may have started already)")
+        record.write_queue(workspace, [e for e in entries if e["id"] != queue_id])
+    return found[0]
+
+
+def queued(workspace: Path) -> list[dict]:
+    """The queue in order: each entry with its position (1 = next)."""
+    return [{**e, "position": n} for n, e in enumerate(record.read_queue(workspace), start=1)]
+
+
+def start_next(workspace: Path, finished: str | None = None) -> str | None:
+    """Start the first queued run if no run is active (`finished`: the run whose own trainer
+    calls, still alive for these last moments). Returns the new run id, or None. An entry that
+    cannot start stays first in the queue with a note saying why, until someone removes it."""
+    workspace = Path(workspace).resolve()
+    if not record.read_queue(workspace):  # the usual case, without the lock or reading every run
+        return None
+    with workspace_lock(workspace):
+        entries = record.read_queue(workspace)
+        if not entries or [s for s in record.active_runs(workspace) if s.run_id != finished]:
+            return None
+        first = entries[0]
+        try:
+            path = _start_locked(workspace, config_mod.from_dict(first["config"]))
+        except (config_mod.ConfigError, StartRefused) as exc:
+            note = f"not started: {exc}"
+            if first.get("note") != note:
+                record.write_queue(workspace, [{**first, "note": note}, *entries[1:]])
+            return None
+        record.write_queue(workspace, entries[1:])
+    return path.name
+
+
+def await_finishing_parent(workspace: Path, timeout: float = 300.0) -> None:
+    """In a run that start_next started from a finishing trainer (its parent process): wait until that
+    trainer has exited, so the two never hold the machine's memory at once and the one-run-at-a-time
+    check below does not see it. It has recorded its end already; only its exit is left."""
+    parent = os.getppid()
+    for summary in record.active_runs(workspace):
+        info = record.read_process_info(summary.path)
+        if info.get("pid") == parent and info.get("ended"):
+            deadline = time.time() + timeout
+            while record.training_process(summary.path) is not None and time.time() < deadline:
+                time.sleep(0.2)  # (not Process.wait: an exited parent stays a zombie until reaped)
+
+
+def watch_queue(workspace: Path, every: float = QUEUE_POLL_S, stop_event: threading.Event | None = None) -> None:
+    """Call start_next every `every` seconds until `stop_event` is set (the app's daemon thread)."""
+    stop_event = stop_event or threading.Event()
+    while not stop_event.wait(every):
+        try:
+            started = start_next(workspace)
+        except Exception:  # noqa: BLE001 - a bad moment (a full disk) must not end the watch
+            log.exception("starting the next queued run failed")
+            continue
+        if started:
+            log.info("started queued run %s", started)

@@ -85,7 +85,10 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
             print(f"start: {state.max_steps} steps", flush=True)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if stop.requested:
+            # With several processes every rank must stop after the same step, wherever the
+            # SIGTERM landed (a scheduler, Stop on one node): a rank that went on would wait forever.
+            if distributed.any_rank(stop.requested, args.device):
+                stop.requested = True
                 control.should_training_stop = True
                 control.should_save = True  # a resumable checkpoint at the stop
 
@@ -266,7 +269,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
     previous_handlers = stop.install()
     try:
         trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop)
-        if resume:
+        if resume and distributed.is_main_process():  # one rank tidies the shared folder
             for leftover in record.discard_incomplete_checkpoints(run_dir):
                 print(f"removed {leftover.name}: half-written when the run was interrupted", flush=True)
         checkpoint = record.latest_checkpoint(run_dir) if resume else None
@@ -275,24 +278,33 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         # Save: the final adapter (the best one when early stopping loaded it back).
         adapter_dir = record.adapter_dir(run_dir)
-        if distributed.is_main_process():  # the adapter is the same on every rank: save it once
+        # FSDP holds a shard of the adapter on each rank: gathering it takes every rank (the Trainer's
+        # save_model, rank 0 writes). Otherwise every rank holds the same adapter: rank 0 saves it.
+        sharded = bool(getattr(trainer, "is_fsdp_enabled", False))
+        if sharded:
+            trainer.save_model(str(adapter_dir))
+        elif distributed.is_main_process():
             trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+        if distributed.is_main_process():
             tokenizer.save_pretrained(adapter_dir)
         state = trainer.state
         status = record.STOPPED if stop.requested else record.COMPLETED
         losses = [h["loss"] for h in state.log_history if "loss" in h]
         # Held-out loss base vs tuned, final probes, task checks (skipped after a Stop: it should
         # be quick; `python -m tuning eval` computes them later). Appends an `eval` event.
+        # (Not under FSDP: rank 0 alone cannot run the sharded model; `eval` loads the adapter whole.)
         evaluation = (evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events,
                                                completed=status == record.COMPLETED)
-                      if distributed.is_main_process() else None) or {}
+                      if distributed.is_main_process() and not sharded else None) or {}
         events.append("end", status=status, step=state.global_step, max_steps=state.max_steps,
                       loss=losses[-1] if losses else None, train_loss=result.training_loss,
                       eval_loss=evaluation.get("eval_loss"), base_eval_loss=evaluation.get("base_eval_loss"),
                       evaluation_error=evaluation.get("error"),
                       best_checkpoint=_relative(state.best_model_checkpoint, run_dir),
                       message=f"{status} at step {state.global_step}; adapter saved in adapter/")
-        print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}", flush=True)
+        if distributed.is_main_process():
+            print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}"
+                  + (f"; evaluate it with python -m tuning eval --run {run_dir.name}" if sharded else ""), flush=True)
         return 0
     except BAD_INPUT_ERRORS as exc:
         events.append("error", message=str(exc), kind="bad_input")
