@@ -161,6 +161,25 @@ def calm_queue(demo: gr.Blocks) -> bool:
     return True
 
 
+def follow_queue(workspace) -> None:
+    """Queued runs start when the machine is free: one look now (a queue left while the app was down,
+    or by a trainer killed outright), then every runner.QUEUE_POLL_S in a daemon thread. The trainer
+    that finishes starts the next one itself; runner.start_next's lock makes each start happen once."""
+    import threading
+
+    from tuning import runner
+
+    workspace = paths.resolve_workspace(workspace)
+    try:
+        started = runner.start_next(workspace)
+    except Exception as exc:  # noqa: BLE001 - the page still opens; the watch tries again
+        print(f"the queue could not be read or started: {type(exc).__name__}: {exc}", file=sys.stderr)
+    else:
+        if started:
+            print(f"started queued run {started}", flush=True)
+    threading.Thread(target=runner.watch_queue, args=(workspace,), name="queue", daemon=True).start()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = space.space_settings(workspace=args.workspace)
@@ -171,6 +190,7 @@ def main(argv=None) -> None:
         raise SystemExit(2) from None
     demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
     calm_queue(demo)
+    follow_queue(args.workspace)
     demo.launch(**kwargs)
 
 

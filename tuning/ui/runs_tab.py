@@ -1,7 +1,8 @@
 """Runs tab: every run in the workspace as one table (status, progress and base-vs-tuned numbers,
 all read through tuning/record.py), open one in Live or the Playground (app.py wires those
 buttons), download its adapter (the one zip tuning/export.py builds), delete one after a
-confirmation."""
+confirmation; and the queue of runs waiting for the machine (tuning/runner.py), where one can be
+removed before it starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from tuning import export, record
+from tuning import export, record, runner
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, clock, guarded, keyed, number, run_picker_update, served_copy, when
 
@@ -19,6 +20,8 @@ HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss
 # never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
 # header wraps a letter a line and the header pushes the rows out of view.
 WIDTHS = ["12%", "7%", "12%", "7%", "9%", "6%", "6%", "6%", "6%", "12%", "8%", "9%"]
+QUEUE_HEADERS = ["#", "queue id", "name", "base model", "dataset", "method", "learning rate", "max steps", "added",
+                 "note"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,36 @@ def download(ctx: AppContext, run_id: str) -> str:
     return served_copy(export.adapter_zip(record.existing_run_dir(ctx.workspace, run_id), ctx.workspace))
 
 
+def queue_table(ctx: AppContext) -> list[list]:
+    """The queued runs, the next to start first."""
+    rows = []
+    for entry in runner.queued(ctx.workspace):
+        cfg = entry["config"]
+        rows.append([entry["position"], entry["id"], cfg.get("run_name", ""), cfg.get("base_model", ""),
+                     cfg.get("dataset", ""), cfg.get("method", ""), f"{cfg.get('learning_rate', 0):g}",
+                     cfg.get("max_steps", ""), when(entry.get("added")), entry.get("note", "")])
+    return rows
+
+
+def queue_refreshed(ctx: AppContext, queue_id: str | None = None) -> dict:
+    """The queue re-read, after starting its next run if the machine is free (so a queue left behind
+    by a trainer that was killed outright moves on)."""
+    started = runner.start_next(ctx.workspace)
+    ids = [e["id"] for e in runner.queued(ctx.workspace)]
+    out = {"queue": queue_table(ctx), "queued": gr.update(choices=ids, value=queue_id if queue_id in ids else None)}
+    return {**out, "message": f"Started queued run {started}."} if started else out
+
+
+def do_unqueue(ctx: AppContext, queue_id: str) -> dict:
+    """The Remove button: take a queued run off the queue before it starts."""
+    if not queue_id:
+        raise record.RunError("pick a queued run first")
+    entry = runner.dequeue(ctx.workspace, queue_id)
+    text = f"Removed {entry['config'].get('run_name') or queue_id} from the queue."
+    gr.Info(text)
+    return {**queue_refreshed(ctx, None), "message": text}
+
+
 def picked(evt: gr.SelectData, rows):
     """A click on a table row picks that row's run."""
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -108,7 +141,22 @@ def layout(ctx: AppContext) -> dict:
         c["confirm"] = gr.Checkbox(label="yes, delete this run and all its files", value=False, scale=3)
         c["delete"] = gr.Button("Delete run", variant="stop", scale=1)
     c["message"] = gr.Markdown()
+    queue_layout(ctx, c)
     return c
+
+
+def queue_layout(ctx: AppContext, c: dict) -> None:
+    # On a Space the page as built is every visitor's: the owner's queue arrives with its Refresh.
+    owner_only = ctx.settings.train_requires_auth
+    with gr.Accordion("Queue: runs that start one after another when the machine is free", open=True):
+        c["queue"] = gr.Dataframe(value=[] if owner_only else queue_table(ctx), headers=QUEUE_HEADERS,
+                                  interactive=False, wrap=True, label="Queued runs (1 starts next)",
+                                  elem_id="queue-table")
+        with gr.Row():
+            c["queued"] = gr.Dropdown([] if owner_only else [e["id"] for e in runner.queued(ctx.workspace)],
+                                      value=None, label="Queued run", scale=3)
+            c["queue_refresh"] = gr.Button("↻ Refresh queue", scale=1)
+            c["unqueue"] = gr.Button("Remove from queue", variant="stop", scale=1)
 
 
 def wire(ctx: AppContext, c: dict) -> None:
@@ -126,6 +174,13 @@ def wire(ctx: AppContext, c: dict) -> None:
         return gr.update(value=download(ctx, run_id), visible=True)
 
     c["download"].click(guarded(zip_shown), c["run"], c["zip"], **private)
+    # The queue is the owner's (nothing here is public on a Space); locally, where everyone is the
+    # owner, a fresh page also shows it as it is now (on a Space a page load is every visitor's).
+    queue_outputs = [c["queue"], c["queued"], c["message"]]
+    c["queue_refresh"].click(guarded(keyed(bind(queue_refreshed, ctx), c)), c["queued"], queue_outputs, **private)
+    c["unqueue"].click(guarded(keyed(bind(do_unqueue, ctx), c)), c["queued"], queue_outputs, **private)
+    if not ctx.settings.train_requires_auth:
+        gr.on(None, guarded(keyed(bind(queue_refreshed, ctx, None), c)), None, queue_outputs, **private)
 
     def list_api() -> list[dict]:
         """Every run in the workspace, newest first."""

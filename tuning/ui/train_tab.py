@@ -1,5 +1,6 @@
 """Train tab: a form built from TrainConfig's fields (grouped, advanced ones folded), presets,
-"save as preset", "show command", an estimate before start, and Start.
+"save as preset", "show command", an estimate before start, Start, and the queue: "Queue it" when a
+start is refused because another run trains, and a grid that queues one run per value.
 
 The form is generated from config.FIELDS: each field's metadata gives its widget, help text and
 valid range, so a new config field shows up here without touching this file."""
@@ -210,12 +211,44 @@ def do_start(ctx: AppContext, *values) -> dict:
     note = estimate_markdown(ctx, cfg)
     try:
         run_id = runner.start(cfg, ctx.workspace)
+    except runner.RunActive as exc:  # busy: offer the queue instead of only refusing
+        gr.Warning(str(exc))
+        return {"message": f"**Not started:** {exc}. **Queue it** starts this run as soon as the machine is free.",
+                "estimate": note, "queue_it": gr.update(visible=True)}
     except runner.StartRefused as exc:
         gr.Warning(str(exc))
         return {"message": f"**Not started:** {exc}", "estimate": note}
     gr.Info(f"Started run {run_id}")
     return {"message": f"Started run **{run_id}** — follow it in the Live tab.", "estimate": note,
-            "started_run": run_id}
+            "started_run": run_id, "queue_it": gr.update(visible=False)}
+
+
+def queue_runs(ctx: AppContext, configs: list[config_mod.TrainConfig]) -> dict:
+    """Queue `configs` in order, and start the first queued run at once if the machine is free (the
+    run id app.py follows into Live)."""
+    from tuning import runner
+
+    entries = runner.enqueue(ctx.workspace, configs)
+    started = runner.start_next(ctx.workspace)
+    names = ", ".join(e["config"].get("run_name") or e["id"] for e in entries)
+    text = f"Queued {len(entries)} run{'s' if len(entries) > 1 else ''}: {names}."
+    text += (f" The machine was free: started **{started}**." if started else
+             " Queued runs start one after another when the machine is free (the Runs tab lists them).")
+    gr.Info(text.replace("**", ""))
+    return {"message": text, "queue_it": gr.update(visible=False), **({"started_run": started} if started else {})}
+
+
+def do_queue(ctx: AppContext, *values) -> dict:
+    """"Queue it": the form as one queued run."""
+    return queue_runs(ctx, [checked(ctx, form_to_config(list(values)))])
+
+
+def do_queue_grid(ctx: AppContext, grid_spec: str, *values) -> dict:
+    """The form queued once per value of the grid ("learning_rate=1e-4,2e-4,5e-4"), each run named
+    after its value."""
+    from tuning import runner
+
+    return queue_runs(ctx, runner.grid(checked(ctx, form_to_config(list(values))), grid_spec))
 
 
 def config_from_api(ctx: AppContext, preset: str, overrides_yaml: str) -> config_mod.TrainConfig:
@@ -282,6 +315,17 @@ def _form_layout(defaults: config_mod.TrainConfig) -> dict:
     return ui
 
 
+def _grid_layout(ui: dict) -> gr.Button:
+    """A folded row: the grid box (ui["grid"]) and its button, returned."""
+    with gr.Accordion("Queue a small grid: one run per value", open=False):
+        with gr.Row(equal_height=True):
+            ui["grid"] = gr.Textbox(label="Grid", placeholder="learning_rate=1e-4,2e-4,5e-4", scale=3,
+                                    info="key=value1,value2,...: the form's run once per value, each named after "
+                                         "its value (learning_rate-1e-4, ...); they start one after another")
+            button = gr.Button("Queue the grid", scale=1)
+    return button
+
+
 def build(ctx: AppContext) -> TrainParts:
     """Lay out the tab (the form opens on the preset the dropdown shows), then wire it."""
     preset_names = [p["name"] for p in list_presets(ctx)]
@@ -298,6 +342,8 @@ def build(ctx: AppContext) -> TrainParts:
         estimate_btn = gr.Button("Estimate memory and time")
         command_btn = gr.Button("Show command")
         start_btn = gr.Button("Start training", variant="primary")
+        ui["queue_it"] = gr.Button("Queue it", visible=False)  # shown when a start meets a busy machine
+    grid_btn = _grid_layout(ui)
     ui["estimate"] = gr.Markdown()
     command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
     ui["message"] = gr.Markdown()
@@ -310,7 +356,10 @@ def build(ctx: AppContext) -> TrainParts:
     command_btn.click(guarded(bind(do_command, ctx)), [preset, *form], command, **private)
     estimate_btn.click(guarded(bind(do_estimate, ctx)), form, ui["estimate"], **private)
     start_btn.click(guarded(keyed(bind(do_start, ctx), ui)), form,
-                    [ui["message"], ui["estimate"], ui["started_run"]], **private)
+                    [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"]], **private)
+    queued = [ui["message"], ui["queue_it"], ui["started_run"]]
+    ui["queue_it"].click(guarded(keyed(bind(do_queue, ctx), ui)), form, queued, **private)
+    grid_btn.click(guarded(keyed(bind(do_queue_grid, ctx), ui)), [ui["grid"], *form], queued, **private)
     _named_api(ctx)
     return TrainParts(started_run=ui["started_run"], dataset=ui["dataset"], dataset_format=ui["dataset_format"],
                       column_map=ui["column_map"], base_model=ui["base_model"], max_length=ui["max_length"],
@@ -333,6 +382,17 @@ def _named_api(ctx: AppContext) -> None:
         """The memory and time estimate for a preset plus YAML overrides."""
         return estimate_markdown(ctx, checked(ctx, config_from_api(ctx, preset, overrides_yaml)))
 
+    def queue_api(preset: str = OPENING_PRESET, overrides_yaml: str = "", grid: str = "") -> list[str]:
+        """Queue a run from a preset plus YAML overrides (or one per value of grid, key=v1,v2,...);
+        returns the queue ids. The first queued run starts at once if the machine is free."""
+        from tuning import runner
+
+        cfg = checked(ctx, config_from_api(ctx, preset, overrides_yaml))
+        entries = runner.enqueue(ctx.workspace, runner.grid(cfg, grid) if grid.strip() else [cfg])
+        runner.start_next(ctx.workspace)
+        return [e["id"] for e in entries]
+
     gr.api(guarded(presets_api), api_name="list_presets")
     gr.api(guarded(start_api), api_name="start_run")
+    gr.api(guarded(queue_api), api_name="queue_run")
     gr.api(guarded(estimate_api), api_name="estimate")
