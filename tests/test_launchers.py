@@ -350,12 +350,12 @@ def test_fsdp_on_two_cpu_processes(tmp_path, preset):
 
 
 @pytest.mark.slow
-def test_quickstart_preset_under_torchrun(tmp_path, embedded_model_dir):
+def test_quickstart_preset_under_torchrun(tmp_path):
     """The command from the issue, cut to 2 steps: `python -m torch.distributed.run --nproc_per_node 2
-    -m tuning train --preset presets/quickstart.yaml --set max_steps=2` (held-out evaluation off)."""
-    from conftest import share_models
-
-    workspace = share_models(tmp_path / "ws", embedded_model_dir)
+    -m tuning train --preset presets/quickstart.yaml --set max_steps=2` (held-out evaluation off), in a
+    fresh workspace as a new user has it: the embedded model is converted into it once, by rank 0,
+    while rank 1 waits (both converting at once broke the folder)."""
+    workspace = tmp_path / "ws"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                *train_args(workspace, "--preset", "presets/quickstart.yaml", "--set", "max_steps=2",
                            "--set", "eval_split=0", "--set", "per_device_batch_size=2", "--set", "max_length=128",

@@ -72,21 +72,22 @@ def _train_worker(args, workspace: Path) -> int:
     """One process of several, started by a launcher (distributed.py says how they agree)."""
     from tuning import distributed, train
 
-    if distributed.launched_by_us():  # our launcher made the run folder and is its recorded process
-        run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
-        return train.run(record.read_config(run_path), run_path, workspace, resume=bool(args.resume))
-
     def open_on_rank_0():
         run_path, _, resume, created = _open_run(args, workspace)
         return run_path, resume, created
 
+    ours = distributed.launched_by_us()  # our launcher made the run folder and is its recorded process
     distributed.init_group()
     try:
-        run_path, resume = distributed.agree_on_run(workspace, open_on_rank_0)
-        if distributed.is_main_process():
-            print(f"run {run_path.name} in {run_path} ({distributed.world_size()} processes)", flush=True)
+        if ours:
+            run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
+            resume = bool(args.resume)
+        else:
+            run_path, resume = distributed.agree_on_run(workspace, open_on_rank_0)
+            if distributed.is_main_process():
+                print(f"run {run_path.name} in {run_path} ({distributed.world_size()} processes)", flush=True)
         code = train.run(record.read_config(run_path), run_path, workspace, resume=resume)
-        if distributed.is_main_process():
+        if distributed.is_main_process() and not ours:
             record.mark_process_ended(run_path, os.getpid())
         return code
     finally:

@@ -35,6 +35,7 @@ import re
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuning.config import ConfigError, TrainConfig
@@ -241,6 +242,22 @@ def agree_on_run(workspace: Path, open_run) -> tuple[Path, bool]:
                           f"rank 0 on {agreed['host']} made; give every node the same workspace on a shared "
                           "filesystem (--workspace or TUNING_WORKSPACE). Nothing was trained")
     return run_path, agreed["resume"]
+
+
+@contextmanager
+def main_process_first():
+    """Rank 0 runs the block first, then the other ranks: what writes into the shared workspace (the
+    embedded model converted once into models/, a download) is done once, and the others find it."""
+    import torch.distributed as dist
+
+    together = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if together and not is_main_process():
+        any_rank(False, device="cpu")  # waits for rank 0's, below (a barrier over gloo)
+    try:
+        yield
+    finally:
+        if together and is_main_process():
+            any_rank(False, device="cpu")
 
 
 def any_rank(flag: bool, device=None) -> bool:

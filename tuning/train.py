@@ -176,7 +176,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model_path = models.resolve_base_model(cfg.base_model, workspace)
+    with distributed.main_process_first():  # several processes must not convert the embedded model at once
+        model_path = models.resolve_base_model(cfg.base_model, workspace)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer)
     print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
