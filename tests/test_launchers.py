@@ -197,18 +197,23 @@ def test_two_torchrun_nodes_train_one_run(tmp_path, preset, single_process_shape
     assert info["host"] == record.this_host() and info.get("ended")  # rank 0 recorded itself, then its end
 
 
+def accelerate_launch(tmp_path, workspace, preset, distributed_type: str) -> "Launch":
+    """`accelerate launch --config_file F -m tuning train ...` for 2 CPU processes of `distributed_type`."""
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: {distributed_type}\nuse_cpu: true\n"
+                      f"num_processes: 2\nnum_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
+                      f"main_process_port: {free_port()}\nmixed_precision: 'no'\n")
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    return Launch(tmp_path, [([accelerate, "launch", "--config_file", str(config),
+                               *train_args(workspace, "--preset", str(preset))], clean_env())])
+
+
 def test_accelerate_launch_with_two_cpu_processes(tmp_path, preset, single_process_shapes):
     """`accelerate launch --config_file F -m tuning train ...` with 2 processes on the CPU. The
     config accelerate starts 2 CPU processes from: MULTI_GPU with use_cpu (its torchrun launcher);
     a MULTI_CPU config starts them only through mpirun, and without it we say so (next test)."""
     workspace = tmp_path / "ws"
-    config = tmp_path / "accelerate.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nuse_cpu: true\n"
-                      f"num_processes: 2\nnum_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
-                      f"main_process_port: {free_port()}\nmixed_precision: 'no'\n")
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launch = Launch(tmp_path, [([accelerate, "launch", "--config_file", str(config),
-                                 *train_args(workspace, "--preset", str(preset))], clean_env())])
+    launch = accelerate_launch(tmp_path, workspace, preset, "MULTI_GPU")
     assert launch.wait() == [0], launch.all_output()
     run_path = one_run(workspace)
     assert_trained_once(run_path, 4)
@@ -218,13 +223,7 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path, preset, single_proce
 
 def test_accelerate_multi_cpu_config_says_it_started_one_process(tmp_path, preset):
     workspace = tmp_path / "ws"
-    config = tmp_path / "multi_cpu.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nuse_cpu: true\n"
-                      f"num_processes: 2\nnum_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\n"
-                      f"main_process_port: {free_port()}\nmixed_precision: 'no'\n")
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launch = Launch(tmp_path, [([accelerate, "launch", "--config_file", str(config),
-                                 *train_args(workspace, "--preset", str(preset))], clean_env())])
+    launch = accelerate_launch(tmp_path, workspace, preset, "MULTI_CPU")
     assert launch.wait() != [0]
     (line,) = error_lines(launch.output(0))
     assert "accelerate launched 1 process for a multi-CPU config" in line and "mpirun" in line
