@@ -86,6 +86,11 @@ class TrainConfig:
                              advanced=True)
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 disables clipping.", "optimisation",
                               min=0.0, max=1000.0, advanced=True)
+    neftune_noise_alpha: float = _f(0.0, "NEFTune: uniform noise of this scale added to the input embeddings "
+                                    "while training (5 is the paper's usual value; 0 = off). Regularises a "
+                                    "small dataset. In a padding-free batch the noise is scaled by the whole "
+                                    "batch's length, so each example gets about 1/sqrt(batch size) of it.",
+                                    "optimisation", min=0.0, max=100.0, advanced=True)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
                                       "slower. Turn on when memory runs out.", "optimisation", advanced=True)
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",

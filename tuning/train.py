@@ -175,7 +175,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
 
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        # the cores this process may run on (taskset, a container's cpuset), not the machine's:
+        # more threads than cores makes every matmul wait on the slowest
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     with distributed.main_process_first():  # several processes must not convert the embedded model at once
         model_path = models.resolve_base_model(cfg.base_model, workspace)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
@@ -199,6 +201,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        neftune_noise_alpha=cfg.neftune_noise_alpha or None,  # the Trainer's own NEFTune hook
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=dtype == torch.bfloat16,
