@@ -1,4 +1,4 @@
-"""The command line: `python -m tuning train|queue|inspect|generate|eval|export ...`. Exit codes: 0
+"""The command line: `python -m tuning train|queue|inspect|generate|eval|compare|export ...`. Exit codes: 0
 success, 2 bad input (one-line message on stderr), 1 failure."""
 
 from __future__ import annotations
@@ -233,6 +233,15 @@ def _export(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    """Two or more runs side by side: curves by step and tokens seen, differing config, evaluations."""
+    from tuning import compare
+
+    result = compare.compare(resolve_workspace(args.workspace), args.runs)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else compare.text_report(result))
+    return 0
+
+
 def _generate(args) -> int:
     """Base and tuned answers from the Playground's code path (one mixed-adapter batch)."""
     from tuning import playground
@@ -298,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute", action="store_true", help="compute again even if evaluation.json exists")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("compare", help="two or more runs side by side: loss curves (by step and tokens seen), "
+                       "the config fields that differ, their evaluations")
+    p.add_argument("runs", nargs="+", metavar="RUN_ID")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_compare)
 
     p = sub.add_parser("inspect", help="load a dataset and report its format, rows and problems")
     p.add_argument("path", help="'demo', a dataset file or folder, or a Hub dataset id")

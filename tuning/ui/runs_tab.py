@@ -1,7 +1,8 @@
 """Runs tab: every run in the workspace as one table (status, progress and base-vs-tuned numbers,
 all read through tuning/record.py), open one in Live or the Playground (app.py wires those
 buttons), download its adapter (the one zip tuning/export.py builds), delete one after a
-confirmation; and the queue of runs waiting for the machine (tuning/runner.py), where one can be
+confirmation; compare two or more runs (tuning/compare.py: loss curves overlaid by step and by
+tokens seen, the config fields that differ, evaluations side by side); and the queue of runs waiting for the machine (tuning/runner.py), where one can be
 removed before it starts."""
 
 from __future__ import annotations
@@ -113,6 +114,77 @@ def do_unqueue(ctx: AppContext, queue_id: str) -> dict:
     return {**queue_refreshed(ctx, None), "message": text}
 
 
+# --- comparing runs (tuning/compare.py) ---------------------------------------------------------------
+
+EVAL_METRICS = (("status", "status"), ("steps", "step"), ("final train loss", "final_train_loss"),
+                ("held-out loss", "eval_loss"), ("base held-out loss", "base_eval_loss"),
+                ("perplexity", "perplexity"), ("task checks", "checks_text"), ("A/B (tuned vs base)", "ab_text"),
+                ("duration", "duration_s"))
+
+
+def _cell(key: str, e: dict) -> str:
+    value = e.get(key)
+    if key == "step":
+        return f"{value}/{e.get('max_steps')}" if e.get("max_steps") else str(value)
+    if key == "duration_s":
+        return clock(value) if value is not None else ""
+    return number(value) if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def compare_frames(result: dict) -> dict:
+    """The comparison as the page shows it: two loss plots (x = step, x = tokens seen; one line per
+    run and series), the differing config fields and the evaluations, one column per run."""
+    import pandas as pd
+
+    from tuning import compare
+
+    plots = {}
+    for name, x in (("by_step", "step"), ("by_tokens", "tokens")):
+        frame = pd.DataFrame(compare.curve_rows(result, x), columns=[x, "loss", "series"])
+        plots[name] = frame.astype({"loss": float})
+    runs = result["runs"]
+    diff = [[d["field"], *[str(d["values"].get(r)) for r in runs]] for d in result["config_diff"]]
+    evals = [[label, *[_cell(key, e) for e in result["evaluations"]]] for label, key in EVAL_METRICS]
+    return {"cmp_by_step": plots["by_step"], "cmp_by_tokens": plots["by_tokens"],
+            "cmp_config": gr.update(value=diff or [["(no field differs)", *[""] * len(runs)]],
+                                    headers=["config field", *runs]),
+            "cmp_evals": gr.update(value=evals, headers=["", *runs])}
+
+
+def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
+    """The Compare button: two or more runs side by side (python -m tuning compare gives the same)."""
+    from tuning import compare
+
+    result = compare.compare(ctx.workspace, list(run_ids or []))
+    return {**compare_frames(result), "cmp_note": f"Comparing {', '.join(result['runs'])}: "
+            f"{len(result['config_diff'])} config fields differ."}
+
+
+def compare_choices(ctx: AppContext):
+    """The compare picker learns of new runs with the table's Refresh."""
+    return gr.update(choices=record.run_ids(ctx.workspace))
+
+
+def compare_layout(ctx: AppContext, c: dict) -> None:
+    with gr.Accordion("Compare runs: curves overlaid, what differs, evaluations side by side", open=False):
+        with gr.Row():
+            c["cmp_runs"] = gr.Dropdown(record.run_ids(ctx.workspace), value=[], multiselect=True, scale=4,
+                                        label="Runs to compare (two or more)", allow_custom_value=True)
+            c["cmp_go"] = gr.Button("Compare", variant="primary", scale=1)
+        c["cmp_note"] = gr.Markdown()
+        with gr.Row():
+            c["cmp_by_step"] = gr.LinePlot(x="step", y="loss", color="series", title="Loss by step",
+                                           label="Loss by step", x_axis_format="~g", y_axis_format=".4~r")
+            c["cmp_by_tokens"] = gr.LinePlot(x="tokens", y="loss", color="series", title="Loss by tokens seen",
+                                             label="Loss by tokens seen", x_title="tokens seen",
+                                             x_axis_format="~s", y_axis_format=".4~r")
+        with gr.Row():
+            c["cmp_config"] = gr.Dataframe(headers=["config field"], interactive=False, wrap=True,
+                                           label="Config fields that differ")
+            c["cmp_evals"] = gr.Dataframe(headers=[""], interactive=False, wrap=True,
+                                          label="Evaluations side by side")
+
+
 def picked(evt: gr.SelectData, rows):
     """A click on a table row picks that row's run."""
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -141,6 +213,7 @@ def layout(ctx: AppContext) -> dict:
         c["confirm"] = gr.Checkbox(label="yes, delete this run and all its files", value=False, scale=3)
         c["delete"] = gr.Button("Delete run", variant="stop", scale=1)
     c["message"] = gr.Markdown()
+    compare_layout(ctx, c)
     queue_layout(ctx, c)
     return c
 
@@ -190,6 +263,10 @@ def wire(ctx: AppContext, c: dict) -> None:
         """Delete a run that is not training (its folder, adapter and checkpoints)."""
         return delete(ctx, run_id, True)
 
+    # Comparing reads stored files only: public on a Space, like the table.
+    cmp_out = [c[n] for n in ("cmp_by_step", "cmp_by_tokens", "cmp_config", "cmp_evals", "cmp_note")]
+    c["cmp_go"].click(public(guarded(keyed(bind(compared, ctx), c))), c["cmp_runs"], cmp_out, api_name="compare_runs")
+    c["refresh"].click(public(bind(compare_choices, ctx)), None, c["cmp_runs"], **private)
     gr.api(public(guarded(list_api)), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
 

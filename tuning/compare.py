@@ -1,0 +1,133 @@
+"""Comparing runs: which of several fine-tunes is better, and what differs between them.
+
+One function, `compare(workspace, run_ids)`, answers for the Runs tab and `python -m tuning compare
+RUN RUN ... --json` alike:
+  curves       every run's train and eval loss, each point with its step AND the tokens seen by then,
+               so runs with different batch sizes or sequence lengths can share one x axis;
+  config_diff  the TrainConfig fields whose values differ between the runs (the rest is the same);
+  evaluations  each run's stored evaluation side by side: held-out loss base vs tuned, perplexity,
+               task checks, the blind A/B win rate, its status and steps.
+Everything is read through tuning/record.py; nothing loads a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuning import record
+
+MAX_POINTS = 400  # per run and series: what a line plot shows without slowing the page
+
+
+def _tokens_at(steps_tokens: list[tuple[int, int]], step: int) -> int | None:
+    """Tokens seen at `step`: the newest logged step at or before it (an eval event carries no count;
+    it follows the log of its own step)."""
+    best = None
+    for s, tokens in steps_tokens:
+        if s <= step:
+            best = tokens
+        else:
+            break
+    return best
+
+
+def curves(run: Path) -> dict[str, list[dict]]:
+    """{"train": [{step, tokens, loss}], "eval": [{step, tokens, eval_loss}]} in step order. A resumed
+    run logs some steps twice (the segment after the resume redoes them from the checkpoint): the
+    later value wins, as it is the one the adapter continued from."""
+    events, _ = record.read_run_events(run)
+    train: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    tokens: dict[int, int] = {}
+    for ev in events:
+        step = ev.get("step")
+        if not isinstance(step, int):
+            continue
+        if ev.get("event") == "log" and isinstance(ev.get("loss"), (int, float)):
+            if isinstance(ev.get("tokens_seen"), int):
+                tokens[step] = ev["tokens_seen"]
+            train[step] = {"step": step, "tokens": tokens.get(step), "loss": float(ev["loss"])}
+        elif ev.get("event") == "eval" and isinstance(ev.get("eval_loss"), (int, float)):
+            evals[step] = {"step": step, "eval_loss": float(ev["eval_loss"])}
+    known = sorted(tokens.items())
+    for point in evals.values():
+        point["tokens"] = _tokens_at(known, point["step"])
+    return {"train": record.decimate([train[s] for s in sorted(train)], MAX_POINTS),
+            "eval": [evals[s] for s in sorted(evals)]}
+
+
+def config_diff(configs: dict[str, dict]) -> list[dict]:
+    """[{field, values: {run: value}}] for every field whose value is not the same in all runs, in
+    the TrainConfig's own field order (a config written before a field existed shows None)."""
+    fields: list[str] = []
+    for cfg in configs.values():
+        fields += [f for f in cfg if f not in fields]
+    out = []
+    for name in fields:
+        values = {run: cfg.get(name) for run, cfg in configs.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            out.append({"field": name, "values": values})
+    return out
+
+
+def evaluation(summary: record.RunSummary) -> dict[str, Any]:
+    """One run's column of the side-by-side evaluation table."""
+    result = record.read_evaluation(summary.path) or {}
+    ab = record.ab_summary(summary.path)
+    by_kind = (result.get("checks") or {}).get("by_kind") or {}
+    return {
+        "run": summary.run_id, "status": summary.status, "step": summary.step, "max_steps": summary.max_steps,
+        "final_train_loss": summary.loss, "eval_loss": result.get("eval_loss", summary.eval_loss),
+        "base_eval_loss": result.get("base_eval_loss"), "perplexity": result.get("perplexity"),
+        "base_perplexity": result.get("base_perplexity"), "evaluated_at_step": result.get("step"),
+        "checks": {kind: {"n": c["n"], "tuned_passed": c["tuned_passed"], "base_passed": c["base_passed"]}
+                   for kind, c in by_kind.items()},
+        "checks_text": record.checks_text(result),
+        "ab_votes": ab["votes"], "ab_tuned_win_rate": ab["tuned_win_rate"], "ab_text": ab["text"],
+        "duration_s": round(summary.duration, 1) if summary.duration is not None else None,
+    }
+
+
+def compare(workspace: Path, run_ids: list[str]) -> dict[str, Any]:
+    """Everything the comparison view and `compare --json` show, for two or more runs."""
+    ids = list(dict.fromkeys(r.strip() for r in run_ids if isinstance(r, str) and r.strip()))
+    if len(ids) < 2:
+        raise record.RunError("compare: pick at least two runs")
+    summaries = [record.summarize(record.existing_run_dir(workspace, r)) for r in ids]
+    configs = {s.run_id: s.config for s in summaries}
+    damaged = [s for s in summaries if not s.config]
+    if damaged:
+        raise record.RunError(f"compare: run {damaged[0].run_id} cannot be read ({damaged[0].message})")
+    return {
+        "runs": ids,
+        "curves": {s.run_id: curves(s.path) for s in summaries},
+        "config_diff": config_diff(configs),
+        "evaluations": [evaluation(s) for s in summaries],
+    }
+
+
+def curve_rows(result: dict, x: str = "step") -> list[dict]:
+    """The curves flattened for one line plot: {x, loss, series: "<run> train|eval"}; x is "step"
+    or "tokens" (points without a token count are left out of the tokens plot)."""
+    rows = []
+    for run, series in result["curves"].items():
+        for kind, key in (("train", "loss"), ("eval", "eval_loss")):
+            for point in series[kind]:
+                if point.get(x) is not None:
+                    rows.append({x: point[x], "loss": point[key], "series": f"{run} {kind}"})
+    return rows
+
+
+def text_report(result: dict) -> str:
+    """The comparison as plain text for the terminal."""
+    lines = ["differing config fields:" if result["config_diff"] else "the configs are the same"]
+    for d in result["config_diff"]:
+        lines.append(f"  {d['field']}: " + ", ".join(f"{r}={v!r}" for r, v in d["values"].items()))
+    lines.append("evaluations:")
+    for e in result["evaluations"]:
+        loss = f"{e['eval_loss']:.3f}" if e["eval_loss"] is not None else "—"
+        base = f" (base {e['base_eval_loss']:.3f})" if e["base_eval_loss"] is not None else ""
+        lines.append(f"  {e['run']}: {e['status']}, step {e['step']}/{e['max_steps']}, held-out loss {loss}{base}"
+                     + (f"; {e['checks_text']}" if e["checks_text"] else "") + f"; A/B: {e['ab_text']}")
+    return "\n".join(lines)
