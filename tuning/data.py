@@ -462,10 +462,14 @@ def _tokenize_rows(tokenizer, messages: list[dict[str, str]], max_length: int,
 def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length: int,
                completions_only: bool):
     """A datasets.Dataset of input_ids + assistant_masks, which TRL's SFTTrainer takes as-is
-    (it builds the labels from assistant_masks). Rows with no trained token are dropped."""
+    (it builds the labels from assistant_masks). Rows with no trained token are dropped. Every
+    example carries `row_id`, its conversation's position in `conversations` (the pieces of a long
+    text row share one), so a loss computed on it can be traced back to the file and row
+    (tuning/row_losses.py)."""
     from datasets import Dataset
 
-    rows = [r for m in conversations for r in _tokenize_rows(tokenizer, m, max_length, completions_only)]
+    rows = [{**r, "row_id": i} for i, m in enumerate(conversations)
+            for r in _tokenize_rows(tokenizer, m, max_length, completions_only)]
     rows = [r for r in rows if any(r["assistant_masks"])]
     if not rows:
         raise DataError("no example has a trained token left (is max_length too small?)")

@@ -26,7 +26,7 @@ from typing import Any
 from tuning import config as config_mod
 from tuning import data as data_mod
 from tuning import generation
-from tuning import record
+from tuning import record, row_losses
 from tuning.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
 
@@ -85,14 +85,16 @@ def probes_for_run(run_dir: Path, cfg: config_mod.TrainConfig) -> list[str]:
 # --- the model side: loss and generation ---------------------------------------------------------
 
 def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_mod.TrainConfig,
-                 adapter: str = TRAINING_ADAPTER) -> float | None:
-    """Mean loss on the held-out conversations, tokenized and masked as in training."""
+                 adapter: str = TRAINING_ADAPTER, per_row: dict[int, float] | None = None) -> float | None:
+    """Mean loss on the held-out conversations, tokenized and masked as in training. With `per_row`
+    given, each conversation's own mean loss is put in it by its position (from the same pass)."""
     import torch
     import torch.nn.functional as F
 
     rows = [data_mod.tokenize_conversation(tokenizer, c, cfg.max_length, cfg.train_on_completions_only)
             for c in conversations]
-    rows = [r for r in rows if any(r["assistant_masks"])]  # as data.to_dataset drops them
+    kept = [i for i, r in enumerate(rows) if any(r["assistant_masks"])]  # as data.to_dataset drops them
+    rows = [rows[i] for i in kept]
     if not rows:
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -109,9 +111,15 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
             labels = ids.masked_fill(mask == 0, -100)
             logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
             # Token t predicts token t+1, as in the model's own loss.
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                   labels[:, 1:].reshape(-1).to(device), ignore_index=-100)
+            token_losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                           labels[:, 1:].reshape(-1).to(device), ignore_index=-100,
+                                           reduction="none").view(len(chunk), -1)
+            counts = (labels[:, 1:] != -100).sum(1).to(device)
+            loss = token_losses.sum() / counts.sum().clamp(min=1)
             batch_losses += [loss.item()] * len(chunk)  # the Trainer's eval loop weights by rows
+            if per_row is not None:
+                for j, row_loss in enumerate((token_losses.sum(1) / counts.clamp(min=1)).tolist()):
+                    per_row[kept[i + j]] = row_loss
     return sum(batch_losses) / len(batch_losses)
 
 
@@ -190,9 +198,13 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
         return None
     started = time.time()
     conversations = [conv for conv, _ in rows]
-    tuned_loss = heldout_loss(model, tokenizer, conversations, cfg, adapter)
-    base_loss = heldout_loss(model, tokenizer, conversations, cfg, BASE)
+    tuned_rows: dict[int, float] = {}
+    base_rows: dict[int, float] = {}
+    tuned_loss = heldout_loss(model, tokenizer, conversations, cfg, adapter, per_row=tuned_rows)
+    base_loss = heldout_loss(model, tokenizer, conversations, cfg, BASE, per_row=base_rows)
     loss_seconds = time.time() - started
+    if getattr(cfg, "objective", "sft") == "sft":  # its row ids are those of rows.json (tuning/row_losses.py)
+        row_losses.record_heldout(run_dir, step, tuned_rows, base_rows)
     result: dict[str, Any] = {
         "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method,
         "eval_rows": len(rows), "eval_loss": tuned_loss, "base_eval_loss": base_loss,

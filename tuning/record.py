@@ -11,6 +11,9 @@
       probes.json           the prompts answered at every checkpoint
       probe_answers.jsonl   one line of base/tuned answers per checkpoint
       ab_votes.jsonl        one line per blind A/B vote
+      rows.json             where each training and held-out example came from (file, row), by row id
+      row_losses.jsonl      each example's own loss: training rows as the trainer computed them, held-out
+                            rows at every evaluation (tuning/row_losses.py)
 
     queue.json              (in the workspace, beside runs/) the runs waiting to start, in order
 
@@ -55,6 +58,8 @@ EVALUATION = "evaluation.json"
 PROBES = "probes.json"
 PROBE_ANSWERS = "probe_answers.jsonl"
 VOTES = "ab_votes.jsonl"
+ROWS = "rows.json"
+ROW_LOSSES = "row_losses.jsonl"
 QUEUE = "queue.json"  # in the workspace, not in a run folder
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")
@@ -747,6 +752,30 @@ def latest_examples(run: Path, limit: int = 3) -> list[dict]:
     history = probe_history(run)
     answers = history[-1]["answers"] if history else (read_evaluation(run) or {}).get("probes") or []
     return [a for a in answers if isinstance(a, dict) and {"prompt", "base", "tuned"} <= a.keys()][:limit]
+
+
+# --- per-example losses (tuning/row_losses.py computes and ranks them) ---------------------------
+
+def write_row_index(run: Path, index: dict) -> None:
+    """rows.json: {"dataset": ..., "train": [[file, row], ...], "heldout": [[file, row], ...]}; a row id
+    is the position in its list."""
+    write_json(Path(run) / ROWS, index)
+
+
+def read_row_index(run: Path) -> dict:
+    value = read_json(Path(run) / ROWS)
+    return value if isinstance(value, dict) else {}
+
+
+def append_row_losses(run: Path, line: dict) -> None:
+    """One line of row_losses.jsonl: {split: train|heldout, step, time, ids, losses, tokens[, base]}."""
+    append_line(Path(run) / ROW_LOSSES, {"time": round(time.time(), 3), **line})
+
+
+def read_row_losses(run: Path) -> list[dict]:
+    return [v for v in read_lines(Path(run) / ROW_LOSSES)
+            if v.get("split") in ("train", "heldout") and isinstance(v.get("ids"), list)
+            and isinstance(v.get("losses"), list) and len(v["ids"]) == len(v["losses"])]
 
 
 # --- blind A/B votes -----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, faults, models, record
+from tuning import distributed, evaluate, faults, models, record, row_losses
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -229,6 +229,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         # With no padding in a batch, "all" tokens are the real ones ("non_padding" would count
         # by pad_token_id, which for many chat models is the end-of-turn token in every example).
         include_num_input_tokens_seen="all",
+        # Keep the dataset's row_id column: the collator hands it to tuning/row_losses.py, which
+        # takes it off the batch before the model sees it.
+        remove_unused_columns=False,
         report_to="none",
         disable_tqdm=True,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the filter shows 0.0), so the guard sees it
@@ -253,6 +256,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     # ({'loss': ..., 'grad_norm': ...}) beside EventsCallback's readable step line: one line a step.
     trainer.remove_callback(PrinterCallback)
     probes.bind(trainer, tokenizer)
+    # Each example's own loss, from the loss the trainer computes anyway (tuning/row_losses.py).
+    row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process())
+    if row_callback is not None:
+        trainer.add_callback(row_callback)
     if not torch.cuda.is_available():
         from tuning import cpu_speed  # imports torch: not at module level (the UI imports train)
 
