@@ -14,7 +14,8 @@ def test_defaults_are_valid_and_documented():
     assert cfg.base_model == config.EMBEDDED_MODEL and cfg.dataset == "demo"
     for f in config.FIELDS.values():
         assert f.metadata.get("help"), f"{f.name} has no help text"
-        assert f.metadata.get("group") in ("model", "method", "lora", "optimisation", "data", "schedule")
+        assert f.metadata.get("group") in ("model", "method", "lora", "optimisation", "data", "preference",
+                                           "schedule")
 
 
 def test_yaml_round_trip():

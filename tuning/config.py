@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,6 +126,30 @@ class TrainConfig:
     dataset_subset: str = _f("", "Subset (configuration) of a Hub dataset; empty for the default.", "data",
                              advanced=True)
 
+    # --- preference tuning (tuning/preference.py builds TRL's trainers from these) ---
+    objective: Literal["sft", "dpo", "orpo", "kto"] = _f(
+        "sft", "What the run learns from. sft: imitate the answers (supervised fine-tuning). dpo: prefer the "
+        "chosen answer over the rejected one of each pair, against a frozen reference (the starting adapter, or "
+        "the base with the adapter off). orpo: SFT on the chosen answer plus an odds-ratio penalty on the "
+        "rejected one, no reference. kto: single answers labelled good or bad (prompt/completion/label).",
+        "preference", choices=("sft", "dpo", "orpo", "kto"))
+    init_from: str = _f("", "Start from a finished run's adapter (its run id) instead of a fresh one: the usual "
+                        "recipe is SFT first, then DPO from it. That run must have the same base model. Empty: "
+                        "a fresh adapter.", "preference")
+    beta: float = _f(0.1, "dpo/kto: how far the tuned model may move from the reference (higher stays closer; "
+                     "TRL's default 0.1). orpo: the weight of the odds-ratio term against the SFT loss (the "
+                     "paper's lambda; TRL's default 0.1).", "preference", min=1e-4, max=100.0)
+    dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero"] = _f(
+        "sigmoid", "dpo: the loss. sigmoid: the DPO paper's (TRL's default). ipo: a squared loss that does not "
+        "drive the margin to infinity (good for near-deterministic preferences). hinge: SLiC's margin loss. "
+        "robust: tolerates some flipped labels. apo_zero: pushes chosen up and rejected down in absolute terms.",
+        "preference", choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero"), advanced=True)
+    kto_desirable_weight: float = _f(1.0, "kto: weight of the loss on good (label true) answers. With unequal "
+                                     "counts, TRL recommends desirable x good ≈ undesirable x bad (within 1 "
+                                     "to 4/3).", "preference", min=0.01, max=100.0, advanced=True)
+    kto_undesirable_weight: float = _f(1.0, "kto: weight of the loss on bad (label false) answers.",
+                                       "preference", min=0.01, max=100.0, advanced=True)
+
     # --- schedule (saving, evaluation, logging, early stopping) ---------------------
     save_steps: int = _f(50, "Save a checkpoint every N steps (a resume loses at most N steps).", "schedule",
                          min=1, max=1_000_000)
@@ -173,6 +198,14 @@ class TrainConfig:
                               "best checkpoint is on disk")
         if self.max_steps == 0:
             raise ConfigError("max_steps: 0 would train nothing; use -1 to train for num_epochs")
+        if self.init_from and not _is_run_id(self.init_from):
+            raise ConfigError(f"init_from: {self.init_from!r} is not a run id (letters, digits, - and _)")
+        if self.init_from and self.objective == "sft":
+            raise ConfigError("init_from: starts a preference run (objective dpo, orpo or kto) from a finished "
+                              "run's adapter; for sft leave it empty")
+        if self.objective != "sft" and self.packing:
+            raise ConfigError(f"packing: not available with objective {self.objective} (each pair is scored "
+                              "as a whole); set packing to false")
 
     # --- conversions ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +227,11 @@ class TrainConfig:
     @property
     def effective_batch_size(self) -> int:
         return self.per_device_batch_size * self.gradient_accumulation_steps
+
+
+def _is_run_id(name: str) -> bool:
+    """record.RUN_ID_PATTERN's rule (config cannot import record: record imports config)."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}", name) is not None
 
 
 def _is_safe_name(name: str) -> bool:

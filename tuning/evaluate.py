@@ -25,7 +25,8 @@ from typing import Any
 
 from tuning import config as config_mod
 from tuning import data as data_mod
-from tuning import generation
+from tuning import generation, preference
+from tuning import pairs as preference_data
 from tuning import record, row_losses
 from tuning.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
@@ -41,8 +42,14 @@ class EvalError(record.RunError):
 
 # --- held-out rows, checks and probes (plain data) -----------------------------------------------
 
-# The held-out rows, (conversation, extra columns), chosen by the same code as training's eval split.
-heldout_rows = data_mod.heldout_rows
+def heldout_rows(cfg: config_mod.TrainConfig) -> list[tuple[list[dict], dict]]:
+    """The held-out rows, (conversation, extra columns), chosen by the same code as training's eval
+    split. A preference run's rows are its held-out prompts with the chosen (or a good KTO) answer,
+    so its held-out loss and probes read like an SFT run's."""
+    if cfg.objective == "sft":
+        return data_mod.heldout_rows(cfg)
+    rows = preference_data.heldout_rows(cfg)
+    return [(row["prompt"] + row.get("chosen", row.get("completion")), {}) for row in rows if row.get("label", True)]
 
 
 def prompt_of(conversation: list[dict]) -> list[dict]:
@@ -52,10 +59,28 @@ def prompt_of(conversation: list[dict]) -> list[dict]:
     return conversation[:answers[-1]] if answers else []
 
 
-def passes(answer: str, expect: list[str]) -> bool:
-    """The demo's rule: the answer contains any expected substring, case-insensitive."""
+def slot_passes(answer: str, expect) -> dict[str, bool]:
+    """Each slot of a row's `expect` (data.parse_expect): does the answer contain one of its texts,
+    case-insensitive."""
     lowered = answer.lower()
-    return any(str(e).lower() in lowered for e in expect)
+    return {slot: any(t in lowered for t in texts) for slot, texts in data_mod.parse_expect(expect).items()}
+
+
+def passes(answer: str, expect) -> bool:
+    """A task check passes when the answer fills every slot (a plain list is one slot: any of it);
+    an empty or malformed `expect` passes nothing."""
+    try:
+        return all(slot_passes(answer, expect).values())
+    except ValueError:
+        return False
+
+
+def _checkable(extra: dict) -> bool:
+    try:
+        data_mod.parse_expect(extra["expect"])
+    except (KeyError, ValueError):
+        return False  # data.load reports a malformed `expect` by row; such a row is not loaded
+    return True
 
 
 def default_probes(cfg: config_mod.TrainConfig, n: int = 5) -> list[str]:
@@ -212,6 +237,12 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
         "max_new_tokens": cfg.eval_max_new_tokens, "checks": None, "checks_complete": checks, "probes": [],
         "seconds": {"loss": round(loss_seconds, 1)},
     }
+    if cfg.objective != "sft":  # held-out preference accuracy and margin, base vs tuned
+        t0 = time.time()
+        result["objective"] = cfg.objective
+        result["preference"] = preference.heldout_figures(model, tokenizer, cfg, preference_data.heldout_rows(cfg),
+                                                           adapter)
+        result["seconds"]["preference"] = round(time.time() - t0, 1)
     prompts = probes_for_run(run_dir, cfg)
     if prompts:
         t0 = time.time()
@@ -287,7 +318,7 @@ def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Pa
     events.append("eval", step=result["step"], max_steps=trainer.state.max_steps, final=True,
                   eval_loss=result["eval_loss"], base_eval_loss=result["base_eval_loss"],
                   perplexity=result["perplexity"], base_perplexity=result["base_perplexity"],
-                  checks=by_kind, message=record.headline(result))
+                  checks=by_kind, preference=result.get("preference"), message=record.headline(result))
     print(f"evaluation ({result['seconds']['total']:.0f}s): {record.headline(result)}", flush=True)
     return result
 

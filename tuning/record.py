@@ -568,6 +568,7 @@ class RunSummary:
         return {
             "run_id": self.run_id, "status": self.status,
             "base_model": self.config.get("base_model", ""), "method": self.config.get("method", ""),
+            "objective": self.config.get("objective", "sft"),
             "step": self.step, "max_steps": self.max_steps, "loss": self.loss, "eval_loss": self.eval_loss,
             "duration_s": round(self.duration, 1) if self.duration is not None else None,
             "created": self.started, "message": self.message,
@@ -681,7 +682,11 @@ def checks_done(result: dict) -> bool:
 def checks_text(result: dict | None) -> str:
     """"identity 9/10 (base 0/10); control 8/10 (base 9/10)": tuned vs base, from evaluation.json."""
     by_kind = ((result or {}).get("checks") or {}).get("by_kind") or {}
-    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']})"
+
+    def slots(c: dict) -> str:  # " [name 7/8, maker 8/8]" for rows with named slots
+        named = [f"{slot} {t['tuned_passed']}/{t['n']}" for slot, t in (c.get("slots") or {}).items()]
+        return f" [{', '.join(named)}]" if named else ""
+    return "; ".join(f"{kind} {c['tuned_passed']}/{c['n']} (base {c['base_passed']}/{c['n']}){slots(c)}"
                      for kind, c in by_kind.items())
 
 
@@ -694,7 +699,20 @@ def headline(result: dict) -> str:
     checks = checks_text(result)
     if checks:
         parts.append(checks)
+    if result.get("preference"):
+        parts.append(preference_text(result["preference"]))
     return "; ".join(parts) or "no held-out data"
+
+
+def preference_text(figures: dict | None) -> str:
+    """One line from evaluation.json's preference figures (tuning/preference.py computes them)."""
+    if not figures:
+        return ""
+    if figures.get("kind") == "kto":
+        return f"implicit reward right on {figures['reward_accuracy']:.0%} of {figures['rows']} held-out answers"
+    return (f"held-out preference accuracy {figures['tuned_accuracy']:.0%} (base {figures['base_accuracy']:.0%}) "
+            f"on {figures['rows']} pairs, margin {figures['tuned_margin']:+.2f} (base {figures['base_margin']:+.2f}); "
+            f"implicit reward accuracy {figures['reward_accuracy']:.0%}, margin {figures['reward_margin']:+.2f}")
 
 
 # --- probes ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, faults, models, record, row_losses
+from tuning import distributed, evaluate, faults, models, preference, record, row_losses
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -106,7 +106,8 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
             events.append("log", step=state.global_step, max_steps=state.max_steps, loss=logs["loss"],
                           learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                           epoch=logs.get("epoch"), tokens_per_second=round(rate, 1),
-                          tokens_seen=tokens, eta_seconds=round(eta, 1) if eta is not None else None)
+                          tokens_seen=tokens, eta_seconds=round(eta, 1) if eta is not None else None,
+                          objective=preference.objective_metrics(logs))
             print(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
                   f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tok/s"
                   + (f"  eta {eta:.0f}s" if eta is not None else ""), flush=True)
@@ -115,7 +116,8 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
             metrics = metrics or {}
             if "eval_loss" in metrics:
                 events.append("eval", step=state.global_step, max_steps=state.max_steps,
-                              eval_loss=metrics["eval_loss"])
+                              eval_loss=metrics["eval_loss"], objective=preference.objective_metrics(
+                                  {k.removeprefix("eval_"): v for k, v in metrics.items()}))
                 print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
 
         def on_save(self, args, state, control, model=None, **kwargs):
@@ -181,6 +183,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     with distributed.main_process_first():  # several processes must not convert the embedded model at once
         model_path = models.resolve_base_model(cfg.base_model, workspace)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
+    if cfg.objective != "sft":  # dpo, orpo, kto: TRL's preference trainers on the same setup
+        return _preference_trainer(cfg, run_dir, workspace, events, stop, tokenizer, model_path)
     train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer)
     print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
           f"{len(loaded.problems)} problems", flush=True)
@@ -269,6 +273,19 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         compact = cpu_speed.score_trained_tokens_only()
         print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}",
               flush=True)
+    return trainer, tokenizer
+
+
+def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
+                        tokenizer, model_path: str):
+    """DPO, ORPO or KTO (tuning/preference.py) with SFT's callbacks: events, the NaN guard, probes."""
+    from transformers import PrinterCallback
+
+    probes = evaluate.make_callback(cfg, run_dir)
+    trainer = preference.build_trainer(cfg, run_dir, workspace, [*_callbacks(events, run_dir, stop), probes],
+                                       tokenizer, model_path)
+    trainer.remove_callback(PrinterCallback)  # one readable line a step, as for SFT
+    probes.bind(trainer, tokenizer)
     return trainer, tokenizer
 
 

@@ -23,7 +23,7 @@ from tuning.ui.common import (OPENING_PRESET, AppContext, bind, check_source, gu
                               opening_preset)
 
 GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
-          ("data", "Data"), ("schedule", "Schedule"))
+          ("data", "Data"), ("preference", "Objective (SFT or preference tuning)"), ("schedule", "Schedule"))
 FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
 
 
