@@ -169,10 +169,38 @@ def _queue(args) -> int:
     return 0
 
 
+def _inspect_preference(args) -> int:
+    """inspect on preference data (pairs or KTO rows): format, pair counts, problems, tokens per side."""
+    from tuning import models, pairs
+
+    loaded = pairs.load(args.path, column_map=args.column_map, split=args.split, subset=args.subset)
+    stats = None
+    if not args.no_tokens and loaded.rows:
+        tokenizer = models.load_base_tokenizer(args.base_model, resolve_workspace(args.workspace))
+        stats = pairs.statistics(loaded, tokenizer, args.max_length)
+    report = pairs.report(loaded, stats, args.max_problems)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    counts = (f"{report['pairs']} pairs" if "pairs" in report
+              else f"{report['desirable']} good / {report['undesirable']} bad answers")
+    print(f"{report['source']}: preference data ({report['format']}), {counts} valid of {report['rows']} rows")
+    for p in loaded.problems[: args.max_problems]:
+        print(f"  {p}")
+    for side, figures in (stats or {}).get("sides", {}).items():
+        print(f"  {side}: tokens p50 {figures['p50']}, p95 {figures['p95']}, longest {figures['longest']}")
+    for p in (stats or {}).get("truncated", [])[: args.max_problems]:
+        print(f"  {p}")
+    return 0
+
+
 def _inspect(args) -> int:
     """The Dataset tab's report on the command line: format, rows, problems, token statistics."""
-    from tuning import data, models
+    from tuning import data, models, pairs
 
+    if args.format in (*pairs.PREFERENCE_FORMATS, "preference") or (args.format == "auto"
+                                                                      and pairs.looks_like_preference(args.path)):
+        return _inspect_preference(args)
     loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
     stats = None
     if not args.no_tokens and loaded.conversations:
@@ -318,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="load a dataset and report its format, rows and problems")
     p.add_argument("path", help="'demo', a dataset file or folder, or a Hub dataset id")
     p.add_argument("--format", default="auto", help="force a format instead of detecting it: messages, "
-                   "sharegpt, alpaca, prompt_completion, text")
+                   "sharegpt, alpaca, prompt_completion, text; or preference (pairs or KTO rows, detected)")
     p.add_argument("--column-map", default="", metavar="TARGET=COLUMN,...",
                    help="map columns onto the format's fields, e.g. prompt=question,completion=answer")
     p.add_argument("--split", default=None, help="split of a Hub dataset (default: train)")
