@@ -110,6 +110,17 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         def open_playground(run_id):
             return {tabs: gr.Tabs(selected="playground"), play.run: run_picker_update(ctx, run_id)}
 
+        # "Tune on my votes" in the Playground fills the Train form with a DPO run from that run's adapter
+        # (the Playground wrote the pairs and made the config) and opens the Train tab; nothing starts.
+        def fill_train_form(values):
+            if not values:
+                return gr.skip()
+            return {tabs: gr.Tabs(selected="train"),
+                    **{widget: values[name] for name, widget in zip(train_tab.FORM_FIELDS, train.form)
+                       if name in values}}
+
+        play.tune_config.change(public(fill_train_form), play.tune_config, [tabs, *train.form],
+                                api_visibility="private")
         runs.open_live.click(public(open_live), runs.run, [tabs, live.run], api_visibility="private")
         runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
 

@@ -11,6 +11,8 @@
       probes.json           the prompts answered at every checkpoint
       probe_answers.jsonl   one line of base/tuned answers per checkpoint
       ab_votes.jsonl        one line per blind A/B vote
+      corrections.jsonl     answers a person corrected in the Playground: an SFT dataset (messages), with the original
+      preference_pairs.jsonl  the votes (ties left out) and corrections as DPO pairs, rewritten whole on request
       rows.json             where each training and held-out example came from (file, row), by row id
       row_losses.jsonl      each example's own loss: training rows as the trainer computed them, held-out
                             rows at every evaluation (tuning/row_losses.py)
@@ -58,6 +60,8 @@ EVALUATION = "evaluation.json"
 PROBES = "probes.json"
 PROBE_ANSWERS = "probe_answers.jsonl"
 VOTES = "ab_votes.jsonl"
+CORRECTIONS = "corrections.jsonl"
+PREFERENCE_PAIRS = "preference_pairs.jsonl"
 ROWS = "rows.json"
 ROW_LOSSES = "row_losses.jsonl"
 QUEUE = "queue.json"  # in the workspace, not in a run folder
@@ -814,3 +818,78 @@ def ab_summary(run: Path) -> dict:
             "tuned_win_rate": counts["tuned"] / n if n else None,
             "text": (f"tuned wins {counts['tuned']} of {n} ({counts['tuned'] / n:.0%}); base wins "
                      f"{counts['base']}, ties {counts['tie']}") if n else "no votes yet"}
+
+
+# --- votes and corrections as training data -------------------------------------------------------
+
+def _pair(prompt: str, chosen: str, rejected: str, source: str) -> dict:
+    """One DPO pair in TRL's conversational form (tuning/pairs.py reads it back like any file)."""
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "source": source}
+
+
+def vote_pairs(run: Path) -> list[dict]:
+    """Every blind vote with a winner as a pair: the winner's answer chosen, the loser's rejected
+    (ties, and votes on two identical answers, teach nothing and are left out)."""
+    out = []
+    for v in read_votes(run):
+        if v["winner"] == "tie" or not all(isinstance(v.get(k), str) for k in ("prompt", "a", "b")):
+            continue
+        texts = {v.get("a_is"): v["a"], "tuned" if v.get("a_is") == "base" else "base": v["b"]}
+        loser = "base" if v["winner"] == "tuned" else "tuned"
+        if v["prompt"].strip() and texts.get(v["winner"], "").strip() != texts.get(loser, "").strip():
+            out.append(_pair(v["prompt"], texts[v["winner"]], texts[loser], "vote"))
+    return out
+
+
+def append_correction(run: Path, prompt: str, original: str, corrected: str, system: str = "") -> dict:
+    """Keep a person's corrected answer: one SFT example (messages) with the answer it replaces."""
+    if not (prompt or "").strip() or not (corrected or "").strip():
+        raise RunError("correction: needs the prompt and a corrected answer")
+    if corrected.strip() == (original or "").strip():
+        raise RunError("correction: the corrected answer is the same as the original; edit it first")
+    messages = ([{"role": "system", "content": system}] if (system or "").strip() else []) + [
+        {"role": "user", "content": prompt}, {"role": "assistant", "content": corrected}]
+    line = {"messages": messages, "original": original or "", "time": round(time.time(), 3)}
+    append_line(Path(run) / CORRECTIONS, line)
+    return line
+
+
+def read_corrections(run: Path) -> list[dict]:
+    return [c for c in read_lines(Path(run) / CORRECTIONS) if isinstance(c.get("messages"), list)]
+
+
+def corrections_path(run: Path) -> Path:
+    return Path(run) / CORRECTIONS
+
+
+def correction_pairs(run: Path) -> list[dict]:
+    """Each correction with its original answer as a pair: the correction chosen, the original rejected."""
+    out = []
+    for c in read_corrections(run):
+        users = [m.get("content", "") for m in c["messages"] if m.get("role") == "user"]
+        answer = c["messages"][-1].get("content", "")
+        if users and (c.get("original") or "").strip() and answer.strip() != c["original"].strip():
+            out.append(_pair(users[-1], answer, c["original"], "correction"))
+    return out
+
+
+def preference_pairs(run: Path) -> list[dict]:
+    return vote_pairs(run) + correction_pairs(run)
+
+
+def write_preference_pairs(run: Path) -> Path:
+    """The run's votes and corrections as one DPO dataset file (rewritten whole); refused when there
+    is no pair yet."""
+    found = preference_pairs(run)
+    if not found:
+        raise RunError(f"run {Path(run).name} has no votes with a winner and no corrections yet: vote in the "
+                       "Playground or the Evaluation tab first")
+    path = Path(run) / PREFERENCE_PAIRS
+    write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in found))
+    return path
+
+
+def runs_with_preferences(workspace: Path) -> list[str]:
+    """Runs that have at least one pair (a decisive vote or a correction), newest first."""
+    return [s.run_id for s in list_runs(workspace) if preference_pairs(s.path)]

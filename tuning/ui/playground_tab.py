@@ -27,9 +27,11 @@ MAX_NEW_TOKENS = 1024
 
 @dataclass(frozen=True)
 class PlaygroundParts:
-    """What app.py wires across tabs."""
+    """What app.py wires across tabs: the run, and "tune on my votes" with the config it fills in."""
     run: gr.Dropdown
     checkpoint: gr.Dropdown
+    tune_votes: gr.Button
+    tune_config: gr.JSON
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,41 @@ def blind_vote(ctx: AppContext, run_id: str | None, pair: ab.BlindPair | None, c
     return {**ab_view.cast(ctx, run_id, pair, choice), **_columns(True)}
 
 
+def save_correction(ctx: AppContext, run_id: str | None, last: Generated | None, corrected: str,
+                    system: str = "") -> dict:
+    """Keep the person's corrected version of the tuned answer the server generated last: an SFT
+    example in the run's corrections file and, with the original answer, a preference pair."""
+    path = ab_view.run_path(ctx, run_id)
+    if last is None or last.run_id != run_id:
+        raise record.RunError("correction: generate side by side first, then correct the tuned answer")
+    _prompts(corrected)
+    record.append_correction(path, last.prompt, last.tuned, corrected or "", system or "")
+    return {"correction_note": f"Saved. Run {run_id} has {len(record.read_corrections(path))} corrections (SFT "
+                               f"examples) and {len(record.preference_pairs(path))} preference pairs."}
+
+
+def edit_tuned(last: Generated | None) -> dict:
+    """Copy the last tuned answer into the correction box, to edit."""
+    return {"corrected": last.tuned if last is not None else ""}
+
+
+def tune_on_votes(ctx: AppContext, run_id: str | None) -> dict:
+    """The run's votes and corrections written as a DPO dataset, and a DPO config starting from this
+    run's adapter (init_from): the Train form is filled with it (app.py), nothing starts yet."""
+    path = ab_view.run_path(ctx, run_id)
+    if record.summarize(path).status not in (record.COMPLETED, record.STOPPED) or not record.has_final_adapter(path):
+        raise record.RunError(f"tune on my votes: run {run_id} has no final adapter yet; wait until it finishes")
+    dataset = record.write_preference_pairs(path)
+    n = len(record.preference_pairs(path))
+    cfg = record.read_config(path).replace(
+        objective="dpo", init_from=run_id, dataset=str(dataset), eval_dataset="", dataset_format="auto",
+        column_map="", packing=False, run_name="", max_steps=-1, num_epochs=3.0,
+        per_device_batch_size=min(4, n), eval_split=0.1 if n >= 20 else 0.0)  # few pairs: all of them train
+    return {"tune_config": cfg.to_dict(),
+            "correction_note": f"{n} pairs from run {run_id} written as a DPO dataset; the Train form holds the "
+                               "DPO run that starts from this run's adapter. Check it and press Start."}
+
+
 def picked_run(ctx: AppContext, run_id: str | None) -> dict:
     """Another run: its checkpoints and probes; the last answer and any open vote were the old run's."""
     return {"checkpoint": gr.update(choices=checkpoint_choices(ctx, run_id), value="final"),
@@ -248,6 +285,15 @@ def layout(ctx: AppContext) -> dict:
         c["probes_note"] = gr.Markdown()
         c["probe_out"] = gr.Dataframe(headers=["prompt", "base", "tuned"], wrap=True, interactive=False,
                                       label="Probe answers")
+    with gr.Accordion("Teach it: correct the tuned answer, or tune on your votes (DPO)", open=False):
+        c["corrected"] = gr.Textbox(label="Your corrected answer to the prompt above", lines=4,
+                                    info="saved as an SFT example, and with the tuned answer as a preference pair")
+        with gr.Row():
+            c["edit_tuned"] = gr.Button("Start from the tuned answer")
+            c["save_correction"] = gr.Button("Save the correction")
+            c["tune_votes"] = gr.Button("Tune on my votes", variant="primary")
+        c["correction_note"] = gr.Markdown()
+        c["tune_config"] = gr.JSON(visible=False)
     return c
 
 
@@ -267,6 +313,12 @@ def wire(ctx: AppContext, c: dict) -> None:
     ab_view.wire_votes(c, bind(blind_vote, ctx), OPENED)
 
     c["save_probes"].click(guarded(bind(save_probes, ctx)), [c["run"], c["probes"]], c["probes_note"], **private)
+    # Owner-only on a Space: they write into the run folder.
+    c["edit_tuned"].click(keyed(edit_tuned, c), c["last"], c["corrected"], **private)
+    c["save_correction"].click(guarded(keyed(bind(save_correction, ctx), c)),
+                               pick(("run", "last", "corrected", "system")), c["correction_note"], **private)
+    c["tune_votes"].click(guarded(keyed(bind(tune_on_votes, ctx), c)), c["run"],
+                          pick(("tune_config", "correction_note")), **private)
 
     def generate_api(run_id: str, prompt: str, system: str = "", checkpoint: str = "final",
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
@@ -282,4 +334,5 @@ def wire(ctx: AppContext, c: dict) -> None:
 def build(ctx: AppContext) -> PlaygroundParts:
     components = layout(ctx)
     wire(ctx, components)
-    return PlaygroundParts(run=components["run"], checkpoint=components["checkpoint"])
+    return PlaygroundParts(run=components["run"], checkpoint=components["checkpoint"],
+                           tune_votes=components["tune_votes"], tune_config=components["tune_config"])

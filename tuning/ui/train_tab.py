@@ -274,6 +274,7 @@ class TrainParts:
     base_model: gr.Textbox
     max_length: gr.Number
     completions_only: gr.Checkbox
+    form: tuple = ()  # every form widget, in FORM_FIELDS order (the Playground's "tune on my votes" fills them)
 
 
 def _widget(name: str, default: Any):
@@ -364,7 +365,7 @@ def build(ctx: AppContext) -> TrainParts:
     _named_api(ctx)
     return TrainParts(started_run=ui["started_run"], dataset=ui["dataset"], dataset_format=ui["dataset_format"],
                       column_map=ui["column_map"], base_model=ui["base_model"], max_length=ui["max_length"],
-                      completions_only=ui["train_on_completions_only"])
+                      completions_only=ui["train_on_completions_only"], form=tuple(form))
 
 
 def _named_api(ctx: AppContext) -> None:

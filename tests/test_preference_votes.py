@@ -1,0 +1,80 @@
+"""Votes become data: every blind A/B vote with a winner is a DPO pair kept with the run (ties left
+out), a correction made in the Playground is an SFT example and a pair, and "tune on my votes" gives
+a DPO config from the run's adapter whose dataset trains."""
+
+import random
+
+import pytest
+
+from tuning import ab, config as config_mod, pairs, record, train
+from tuning.ui import playground_tab
+from tuning.ui.common import AppContext
+from tuning.ui.playground_tab import Generated
+
+
+@pytest.fixture
+def finished_run(tmp_path, tiny_config):
+    cfg = tiny_config.replace(eval_split=0.0, max_steps=1, save_steps=1)
+    run_dir = tmp_path / "runs" / "sft-votes"
+    run_dir.mkdir(parents=True)
+    record.write_config(run_dir, cfg)
+    assert train.run(cfg, run_dir, tmp_path) == 0
+    return run_dir
+
+
+def _vote(run_dir, prompt, base, tuned, choice, seed):
+    pair = ab.blind(run_dir, prompt, base, tuned, random.Random(seed))
+    # the choice names the side the person liked: "tuned" -> whichever letter tuned was shown as
+    letter = "tie" if choice == "tie" else ("A" if pair.a_is == choice else "B")
+    ab.vote(run_dir, pair, letter)
+
+
+def test_votes_and_corrections_become_pairs(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    _vote(run_dir, "Who are you?", "I'm SmolLM.", "I'm Quill.", "tuned", 1)
+    _vote(run_dir, "2+2?", "4", "5", "base", 2)
+    _vote(run_dir, "Hi", "Hello", "Hey", "tie", 3)
+    found = record.vote_pairs(run_dir)
+    assert [(p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in found] == \
+        [("Who are you?", "I'm Quill.", "I'm SmolLM."), ("2+2?", "4", "5")]
+    record.append_correction(run_dir, "Capital of France?", "Lyon.", "Paris.")
+    with pytest.raises(record.RunError, match="same as the original"):
+        record.append_correction(run_dir, "Capital of France?", "Lyon.", " Lyon. ")
+    path = record.write_preference_pairs(run_dir)
+    loaded = pairs.load(str(path))
+    assert loaded.rows_valid == 3 and not loaded.problems and loaded.format == "prompt_chosen_rejected"
+    assert loaded.rows[2]["chosen"][0]["content"] == "Paris." and loaded.rows[2]["rejected"][0]["content"] == "Lyon."
+    # the correction is also an SFT example, read by the ordinary SFT loader
+    from tuning import data
+    sft = data.load(str(record.corrections_path(run_dir)))
+    assert sft.rows_valid == 1 and sft.conversations[0][-1] == {"role": "assistant", "content": "Paris."}
+    assert record.runs_with_preferences(tmp_path) == ["r"]
+
+
+def test_no_pairs_is_a_clear_refusal(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    _vote(run_dir, "Hi", "Hello", "Hey", "tie", 3)
+    with pytest.raises(record.RunError, match="no votes with a winner"):
+        record.write_preference_pairs(run_dir)
+
+
+def test_tune_on_my_votes_fills_a_dpo_config_that_trains(tmp_path, finished_run):
+    ctx = AppContext(tmp_path, [])
+    for i in range(3):
+        _vote(finished_run, f"Who are you? {i}", "I'm SmolLM.", f"I'm Quill. {i}", "tuned", i)
+    last = Generated(finished_run.name, "Say hi", "hi", "hullo")
+    note = playground_tab.save_correction(ctx, finished_run.name, last, "Hello! I'm Quill.")["correction_note"]
+    assert "1 corrections" in note and "4 preference pairs" in note
+    out = playground_tab.tune_on_votes(ctx, finished_run.name)
+    values = out["tune_config"]
+    cfg = config_mod.from_dict(values)
+    assert cfg.objective == "dpo" and cfg.init_from == finished_run.name and cfg.eval_split == 0.0
+    assert pairs.load(cfg.dataset).rows_valid == 4
+    run_dir = tmp_path / "runs" / "dpo-votes"
+    run_dir.mkdir(parents=True)
+    cfg = cfg.replace(max_steps=2)
+    record.write_config(run_dir, cfg)
+    assert train.run(cfg, run_dir, tmp_path) == 0
+    assert record.has_final_adapter(run_dir)
