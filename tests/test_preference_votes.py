@@ -78,3 +78,33 @@ def test_tune_on_my_votes_fills_a_dpo_config_that_trains(tmp_path, finished_run)
     record.write_config(run_dir, cfg)
     assert train.run(cfg, run_dir, tmp_path) == 0
     assert record.has_final_adapter(run_dir)
+
+
+def test_live_plots_the_objective_and_the_tables_show_preference_figures(tmp_path):
+    from tuning.events import EventLog
+    from tuning.ui import common, live_tab, runs_tab
+
+    run_dir = tmp_path / "runs" / "dpo-live"
+    run_dir.mkdir(parents=True)
+    record.write_config(run_dir, config_mod.TrainConfig(objective="dpo", dataset=pairs.DEMO_PREFERENCE))
+    log = EventLog(record.events_path(run_dir))
+    log.append("start", step=0, max_steps=2)
+    for step, margin in ((1, 0.1), (2, 0.4)):
+        log.append("log", step=step, max_steps=2, loss=0.6, objective={
+            "rewards/chosen": margin / 2, "rewards/rejected": -margin / 2, "rewards/margins": margin,
+            "rewards/accuracies": 1.0})
+    summary = record.summarize(run_dir).progress
+    frame = live_tab.objective_frame(summary)
+    margins = frame[frame.series == "rewards/margins"]
+    assert list(margins.step) == [1, 2] and list(margins.value) == [0.1, 0.4]
+    assert set(frame.series) == set(live_tab.OBJECTIVE_SERIES)
+    assert live_tab.objective_frame(record.EventSummary()) is None  # an SFT run: the plot stays hidden
+    result = {"eval_loss": 1.0, "base_eval_loss": 2.0, "perplexity": 2.7, "base_perplexity": 7.4,
+              "preference": {"kind": "pairs", "rows": 12, "beta": 0.1, "base_accuracy": 0.25, "tuned_accuracy": 0.75,
+                             "base_margin": -0.5, "tuned_margin": 0.8, "reward_accuracy": 1.0, "reward_margin": 1.3}}
+    rows = {r[0]: r for r in common.loss_rows(result)}
+    assert rows["preference accuracy"][1:] == [0.25, 0.75, 0.5]
+    record.write_evaluation(run_dir, result)
+    row = dict(zip(runs_tab.HEADERS, runs_tab.table(AppContext(tmp_path, []))[0]))
+    assert row["objective"] == "dpo" and "preference accuracy 75% (base 25%)" in row["task checks"]
+    assert "held-out preference accuracy 75% (base 25%)" in record.headline(result)

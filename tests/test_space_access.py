@@ -25,6 +25,7 @@ REFUSED = "enter the Space's password"
 # demo dataset, and signing in: by the handler names Gradio sees.
 PUBLIC = {
     "fresh_page", "open_live", "open_playground", "do_unlock", "<lambda>",  # the page's map (copies between tabs)
+    "fill_train_form",  # the page's map: "tune on my votes" copies the Playground's config into the Train form
     "source_inputs", "inspect_handler", "statistics_handler", "token_view_handler", "page_handler",
     "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
     "safe_tick", "run_picker_update", "status_api",  # Live
@@ -49,7 +50,8 @@ def test_the_public_list_is_short_and_explicit(tmp_path):
     assert public_names(demo) == PUBLIC
     owner_only = [f.name for f in demo.fns.values() if f.fn is not None and not access.is_public(f.fn)]
     for name in ("do_start", "start_api", "do_stop", "do_resume", "do_delete", "delete_api", "save_probes",
-                 "evaluate_run", "do_save", "zip_shown", "download_adapter", "merge", "push", "gguf", "open_blind"):
+                 "evaluate_run", "do_save", "zip_shown", "download_adapter", "merge", "push", "gguf", "open_blind",
+                 "save_correction", "tune_on_votes"):
         assert name in owner_only
 
 

@@ -273,6 +273,7 @@ class EventSummary:
     lr: list[tuple[int, float]] = field(default_factory=list)  # (step, learning rate)
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
     rates: list[float] = field(default_factory=list)  # tokens/s of every logged step
+    objective: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # DPO/KTO/ORPO figures by name
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     eta_time: float | None = None
@@ -298,6 +299,9 @@ class EventSummary:
                 self.train.append((self.step, float(ev["loss"])))
             if _number(ev.get("learning_rate")) is not None:
                 self.lr.append((self.step, float(ev["learning_rate"])))
+            for name, value in (ev.get("objective") or {}).items() if isinstance(ev.get("objective"), dict) else ():
+                if _number(value) is not None:
+                    self.objective.setdefault(name, []).append((self.step, float(value)))
             rate = _number(ev.get("tokens_per_second"))
             if rate:
                 self.tokens_per_second = rate

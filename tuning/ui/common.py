@@ -171,6 +171,11 @@ def loss_rows(result: dict | None) -> list[list]:
     for label, key in (("held-out loss", "eval_loss"), ("perplexity", "perplexity")):
         base, tuned = result.get(f"base_{key}"), result.get(key)
         rows.append([label, _rounded(base), _rounded(tuned), _rounded(tuned - base) if None not in (base, tuned) else None])
+    pref = result.get("preference") or {}
+    if pref.get("kind") == "pairs":  # a preference run: held-out pairs ranked, base vs tuned
+        for label, key in (("preference accuracy", "accuracy"), ("preference margin", "margin")):
+            base, tuned = pref[f"base_{key}"], pref[f"tuned_{key}"]
+            rows.append([label, _rounded(base), _rounded(tuned), _rounded(tuned - base)])
     return rows
 
 

@@ -22,7 +22,11 @@ MAX_PLOT_POINTS = 500
 LOG_TAIL_BYTES = 6000
 LOG_TAIL_LINES = 14  # as many as the box shows, so the newest line is always in view
 # What one tick updates, by name (the components of the same names in the tab's layout).
-TICKED = ("state", "progress", "stats", "loss_plot", "lr_plot", "tail", "error", "trace_box", "trace", "scores")
+TICKED = ("state", "progress", "stats", "loss_plot", "lr_plot", "tail", "error", "trace_box", "trace", "scores",
+          "objective_plot")
+# The preference objectives' own curves (TRL's names): the implicit rewards of the chosen and the
+# rejected answers, their margin, and how often chosen is rewarded above rejected; KTO's KL estimate.
+OBJECTIVE_SERIES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,25 @@ def lr_frame(summary: record.EventSummary):
 
     points = record.decimate(summary.lr, MAX_PLOT_POINTS) or [(0, None)]
     return pd.DataFrame(points, columns=["step", "learning_rate"]).astype({"learning_rate": float})  # see loss_frame
+
+
+def objective_frame(summary: record.EventSummary):
+    """The objective's figures by step, one series each (every series present from the first frame,
+    as in loss_frame); None for an SFT run, which logs none."""
+    import pandas as pd
+
+    names = [n for n in OBJECTIVE_SERIES if n in summary.objective]
+    if not names:
+        return None
+    first = min(s for n in names for s, _ in summary.objective[n][:1])
+    rows = [(s, v, n) for n in names for s, v in record.decimate(summary.objective[n], MAX_PLOT_POINTS)]
+    rows += [(first, None, n) for n in OBJECTIVE_SERIES if n not in names]
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"value": float})
+
+
+def objective_update(summary: record.EventSummary):
+    frame = objective_frame(summary)
+    return gr.update(value=frame, visible=frame is not None)
 
 
 # --- text --------------------------------------------------------------------------------------------
@@ -158,7 +181,7 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
         return {"state": state, "progress": "", "stats": "No run selected. Start one in the Train tab or pick one above.",
                 "loss_plot": gr.skip(), "lr_plot": gr.skip(), "tail": "",
                 "error": gr.update(value="", visible=False), "trace_box": gr.update(visible=False), "trace": "",
-                "scores": gr.update(value="", visible=False)}
+                "scores": gr.update(value="", visible=False), "objective_plot": gr.update(visible=False)}
     state, changed = follow(ctx, run_id, state)
     path = record.run_dir(ctx.workspace, run_id)
     summary = state.summary
@@ -174,7 +197,8 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             "tail": shown("tail", record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES)),
             "error": shown("error", gr.update(value=message, visible=bool(message))),
             "trace_box": shown("trace_box", gr.update(visible=bool(trace))), "trace": shown("trace", trace),
-            "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip()}
+            "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip(),
+            "objective_plot": objective_update(summary) if fresh else gr.skip()}
 
 
 def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
@@ -187,7 +211,7 @@ def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             state.sent.clear()  # the page now shows the error: the next good tick sends everything
         return {"state": state, "progress": "", "stats": friendly(exc), "loss_plot": gr.skip(), "lr_plot": gr.skip(),
                 "tail": "", "error": gr.update(visible=False), "trace_box": gr.update(visible=False), "trace": "",
-                "scores": gr.skip()}
+                "scores": gr.skip(), "objective_plot": gr.skip()}
 
 
 def run_status(ctx: AppContext, run_id: str) -> dict:
@@ -250,6 +274,9 @@ def layout(ctx: AppContext) -> dict:
                                      x_axis_format="~g", y_axis_format=".4~r")
         c["lr_plot"] = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
                                    y_title="learning rate", x_axis_format="~g", y_axis_format=".2~e")
+    c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
+                                      title="Preference objective: implicit rewards (chosen, rejected), margin, "
+                                            "accuracy", label="Objective", x_axis_format="~g", y_axis_format=".3~r")
     c["tail"] = gr.Textbox(label="Log (the training process's output, newest lines)", lines=LOG_TAIL_LINES,
                            max_lines=LOG_TAIL_LINES, autoscroll=True, interactive=False)
     c["state"] = gr.State(None)

@@ -15,12 +15,12 @@ from tuning import export, record, runner
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, clock, guarded, keyed, number, run_picker_update, served_copy, when
 
-HEADERS = ["run", "name", "base model", "method", "status", "steps", "final loss", "eval loss", "base eval loss",
-           "task checks", "duration", "created"]
+HEADERS = ["run", "name", "base model", "method", "objective", "status", "steps", "final loss", "eval loss",
+           "base eval loss", "task checks", "duration", "created"]
 # Fixed widths, each wide enough for its header's longest word at a 1280-pixel window (a header
 # never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
 # header wraps a letter a line and the header pushes the rows out of view.
-WIDTHS = ["12%", "7%", "12%", "7%", "9%", "6%", "6%", "6%", "6%", "12%", "8%", "9%"]
+WIDTHS = ["11%", "6%", "10%", "6%", "8%", "7%", "6%", "6%", "6%", "6%", "13%", "8%", "7%"]
 QUEUE_HEADERS = ["#", "queue id", "name", "base model", "dataset", "method", "learning rate", "max steps", "added",
                  "note"]
 
@@ -39,8 +39,11 @@ def evaluation_cells(summary: record.RunSummary) -> list[str]:
     file leaves the cells empty rather than breaking the listing."""
     try:
         result = record.read_evaluation(summary.path) or {}
+        pref = result.get("preference") or {}
+        preference = (f"preference accuracy {pref['tuned_accuracy']:.0%} (base {pref['base_accuracy']:.0%})"
+                      if pref.get("kind") == "pairs" else "")
         return [number(result.get("eval_loss", summary.eval_loss)), number(result.get("base_eval_loss")),
-                record.checks_text(result)]
+                "; ".join(t for t in (record.checks_text(result), preference) if t)]
     except (KeyError, TypeError, AttributeError):
         return [number(summary.eval_loss), "", ""]
 
@@ -50,6 +53,7 @@ def table(ctx: AppContext) -> list[list]:
     for s in record.list_runs(ctx.workspace):
         cfg = s.config
         rows.append([s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
+                     cfg.get("objective", "sft") + (f" from {cfg['init_from']}" if cfg.get("init_from") else ""),
                      s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), number(s.loss),
                      *evaluation_cells(s), clock(s.duration) if s.duration is not None else "", when(s.started)])
     return rows
