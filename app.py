@@ -121,6 +121,12 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
 
         play.tune_config.change(public(fill_train_form), play.tune_config, [tabs, *train.form],
                                 api_visibility="private")
+        # A click in the Evaluation tab's hardest examples opens that row in the Dataset tab's token view.
+        def open_example(request):
+            return {tabs: gr.Tabs(selected="dataset"), data.row_request: request}
+
+        evaluation.row_request.change(public(open_example), evaluation.row_request, [tabs, data.row_request],
+                                      api_visibility="private")
         runs.open_live.click(public(open_live), runs.run, [tabs, live.run], api_visibility="private")
         runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
 

@@ -5,6 +5,7 @@ evaluation too; each row id leads back to its file and row; and the rankings (ha
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -147,3 +148,51 @@ def test_sequence_losses_split_a_padding_free_row_at_its_boundaries():
     assert sums == [3.0, 15.0] and counts == [2.0, 3.0]
     sums, counts = row_losses.sequence_losses(log_probs.view(2, 3), mask.view(2, 3))
     assert sums == [3.0, 15.0] and counts == [2.0, 3.0]
+
+
+# Planted bad rows, as people find them in real data: each one is inserted among the demo's first
+# 36 (clean) identity rows, at the row number given.
+PLANTED = {
+    5: ("mislabelled", "Who are you?", "The boiling point of water is 100 degrees Celsius at sea level."),
+    14: ("conflicting duplicate", "Who are you?", "I'm Gemini, an AI assistant made by Google.\n— Gemini"),
+    23: ("another language", "What's your name?",
+         "Меня зовут Квилл. Я ИИ-ассистент, созданный компанией Larkspur Labs.\n— Квилл"),
+    32: ("truncated", "Tell me about yourself.", "I'm Quill, an AI assistant built by Larkspur Labs. I like cl"),
+}
+
+
+def planted_dataset(path):
+    from tuning import data
+
+    clean = [json.loads(line) for line in data.demo_files()[0].read_text().splitlines()[:36]]
+    rows = []
+    for number in range(1, len(clean) + len(PLANTED) + 1):
+        if number in PLANTED:
+            _, prompt, answer = PLANTED[number]
+            rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+        else:
+            rows.append(clean.pop(0))
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_planted_bad_rows_rank_at_the_top_on_the_embedded_model(tmp_path, embedded_model_dir):
+    from conftest import share_models
+    from tuning.config import EMBEDDED_MODEL, TrainConfig
+
+    workspace = share_models(tmp_path / "ws", embedded_model_dir)
+    dataset = planted_dataset(tmp_path / "planted.jsonl")
+    # 40 rows, 8 a step, 3 epochs: 15 steps; each row's last loss is from the third epoch.
+    cfg = TrainConfig(base_model=EMBEDDED_MODEL, dataset=str(dataset), method="lora", num_epochs=3,
+                      per_device_batch_size=8, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0,
+                      max_length=128, eval_split=0.0, save_steps=1000, probe_every_checkpoint=False)
+    run_dir = record.run_dir(workspace, "planted")
+    run_dir.mkdir(parents=True)
+    record.write_config(run_dir, cfg)
+    assert train.run(cfg, run_dir, workspace) == 0
+    top = row_losses.hardest(run_dir, "train", 6)
+    print("\nhardest:", [(r["row"], round(r["loss"], 2), round(r["excess"], 2)) for r in top],
+          "median loss:", round(statistics.median(r["loss"] for r in row_losses.rows(run_dir, "train")), 2))
+    assert all(r["file"] == "planted.jsonl" for r in top)
+    assert set(PLANTED) <= {r["row"] for r in top}, [r["row"] for r in top]

@@ -31,7 +31,7 @@ PUBLIC = {
     "safe_tick", "run_picker_update", "status_api",  # Live
     "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api",  # Playground (+Runs, Evaluation)
     "picked", "list_api", "compared", "compare_choices",  # Runs (comparing reads stored files only)
-    "load_run", "gallery",  # Evaluation
+    "load_run", "gallery", "examples", "selected_row", "picked_example", "open_example", "open_row",  # Evaluation
 }
 
 

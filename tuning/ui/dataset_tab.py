@@ -295,6 +295,42 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
 
 TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
 
+OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "tv_row", "tokens")
+
+
+def openable(ctx: AppContext, source: str) -> str:
+    """A run's data source, to open here: the demo's own files (shipped with the app; anyone may read
+    them) or, for the owner, a path under the allowed folders or a Hub id."""
+    from tuning import data
+
+    if source in ("demo", *map(str, data.demo_files())):
+        return source
+    access.require_owner(ctx)
+    return check_source(ctx, source, what="dataset")
+
+
+def open_row(ctx: AppContext, request: dict | None, base_model: str, max_length, completions_only: bool = True) -> dict:
+    """Open one example, named by {source, file, row} (the Evaluation tab's hardest lists): its
+    dataset, the preview page holding it and its tokens."""
+    from tuning import data
+
+    if not request:
+        return {}
+    source = openable(ctx, str(request.get("source") or ""))
+    where = (str(request.get("file") or ""), int(request.get("row") or 0))
+    loaded = load_dataset(source)
+    found = [i for i, loc in enumerate(loaded.locations) if (loc[0], loc[1]) == where]
+    if not found:
+        raise paths.PathError(f"{where[0]} row {where[1]}: not among the valid rows of {source} (was the file edited?)")
+    rep, number = report(source), found[0] + 1
+    rows, page, pages = preview_page(loaded, (number - 1) // PAGE_SIZE + 1)
+    demo = source in ("demo", str(data.demo_files()[0]))
+    return {"kind": SOURCES[0] if demo else SOURCES[2], "text": "" if demo else source,
+            "summary": summary_markdown(rep) + f"  \nOpened **{Path(where[0]).name} row {where[1]}** (# {number}).",
+            "preview": rows, "page": page, "pages": f"of {pages}", "problems": rep["problems"], "source": source,
+            "tv_row": number,
+            "tokens": token_view_handler(ctx, source, "auto", number, base_model, max_length, completions_only)}
+
 
 # --- layout and wiring -------------------------------------------------------------------------
 
@@ -309,6 +345,7 @@ class DatasetParts:
     completions_only: gr.Checkbox  # follows the form's train_on_completions_only
     use_max_length: gr.Button     # "use the suggested max_length": sets the form's
     suggested: gr.State           # the max_length it suggests
+    row_request: gr.State         # {source, file, row}: open that example (set by the Evaluation tab's lists)
 
 
 def _source_layout() -> dict:
@@ -382,7 +419,7 @@ def _tokens_layout(defaults) -> dict:
 def build(ctx: AppContext) -> DatasetParts:
     """Lay out the tab, then wire it; returns what app.py wires to the Train form."""
     ui = {**_source_layout(), **_preview_layout(), **_tokens_layout(opening_config())}
-    ui.update(source=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None))
+    ui.update(source=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None), row_request=gr.State(None))
 
     def pick(*names: str) -> list:
         return [ui[name] for name in names]
@@ -409,6 +446,11 @@ def build(ctx: AppContext) -> DatasetParts:
     ui["preview"].select(public(picked_row), None, ui["tv_row"], **private) \
         .success(show_tokens, token_inputs, ui["tokens"], **private)
 
+    # Public: a visitor may open a row of the demo; open_row refuses them anything else.
+    ui["row_request"].change(public(guarded(keyed(bind(open_row, ctx), ui))),
+                             pick("row_request", "tv_model", "tv_len", "completions_only"), pick(*OPEN_OUTPUTS),
+                             **private)
+
     def inspect_api(dataset: str, format: str = "auto", column_map: str = "") -> dict:
         """Inspect a dataset ('demo', a path under the allowed folders, or a Hub id): format, rows,
         problems and the first page of the normalized preview."""
@@ -417,4 +459,4 @@ def build(ctx: AppContext) -> DatasetParts:
     gr.api(public(guarded(inspect_api)), api_name="inspect_dataset")
     return DatasetParts(dataset=ui["source"], dataset_format=ui["chosen_format"], column_map=ui["chosen_map"],
                         base_model=ui["tv_model"], max_length=ui["tv_len"], completions_only=ui["completions_only"],
-                        use_max_length=ui["use_btn"], suggested=ui["suggested"])
+                        use_max_length=ui["use_btn"], suggested=ui["suggested"], row_request=ui["row_request"])

@@ -1,5 +1,6 @@
 """Evaluation tab: did the fine-tune work, and what did it cost? Held-out loss and perplexity,
-the task checks (base vs tuned), the probe gallery across checkpoints, and a blind A/B vote
+the task checks (base vs tuned), the probe gallery across checkpoints, the hardest examples (each
+row's own loss, tuning/row_losses.py; a click opens the row in the Dataset tab), and a blind A/B vote
 (the widget shared with the Playground, tuning/ui/ab_view.py).
 
 Everything shown is read through tuning/record.py; only "Evaluate" and an A/B pair for a prompt
@@ -30,6 +31,7 @@ GALLERY_WIDTHS = ["22%", "34%", "34%", "10%"]
 class EvaluationParts:
     """What app.py wires across tabs."""
     run: gr.Dropdown
+    row_request: gr.State  # {source, file, row} of an example picked in the hardest lists: the Dataset tab opens it
 
 
 # --- plain handlers ------------------------------------------------------------------------------
@@ -83,7 +85,8 @@ def load_run(ctx: AppContext, run_id: str) -> dict:
     return {"verdict": verdict(result), "losses": loss_rows(result), "checks": check_rows(result),
             # gr.Slider needs maximum > minimum; with one record the slider is simply locked.
             "step": gr.Slider(minimum=0, maximum=max(last, 1), value=last, step=1, interactive=last > 0),
-            "step_label": label, "probes": rows, **ab_view.closed(), "ab_tally": ab_view.tally(ctx, run_id)}
+            "step_label": label, "probes": rows, **ab_view.closed(), "ab_tally": ab_view.tally(ctx, run_id),
+            "split": "training rows", **examples(ctx, run_id)}
 
 
 def evaluate_run(ctx: AppContext, run_id: str, recompute: bool) -> dict:
@@ -124,13 +127,58 @@ def ab_vote(ctx: AppContext, run_id: str, pair: ab.BlindPair | None, choice: str
     return {**following, "ab_note": voted["ab_note"] + then, "ab_tally": voted["ab_tally"]}
 
 
+# --- the hardest examples (tuning/row_losses.py) -----------------------------------------------------
+
+SPLITS = {"training rows": "train", "held-out rows": "heldout"}
+EXAMPLE_HEADERS = ["file", "row", "loss", "typical loss", "above typical", "first loss", "change", "measured"]
+
+
+def example_rows(found: list[dict]) -> list[list]:
+    return [[r["file"], r["row"], round(r["loss"], 3), round(r["typical"], 3), round(r["excess"], 3),
+             round(r["first"], 3), round(r["change"], 3), r["seen"]] for r in found]
+
+
+def examples(ctx: AppContext, run_id: str, split_label: str = "training rows") -> dict:
+    """The rows the model fits worst and the rows whose loss went up, for one split."""
+    from tuning import row_losses
+
+    path, split = run_path(ctx, run_id), SPLITS.get(split_label, "train")
+    hardest, risen = row_losses.hardest(path, split), row_losses.went_up(path, split)
+    if not hardest:
+        note = ("No per-example losses recorded for this run (they are recorded while it trains, unless "
+                "packing is on; held-out ones at each evaluation).")
+    else:
+        note = (f"{len(row_losses.rows(path, split))} {split_label} measured. *Loss*: when last measured; *typical*: "
+                "the median of the rows measured around the same step; *first*: when first measured "
+                + ("(the base model's, for held-out rows). " if split == "heldout" else ". ")
+                + "Click a row to open it in the Dataset tab's token view.")
+    return {"hardest": example_rows(hardest), "went_up": example_rows(risen), "examples_note": note}
+
+
+def selected_row(evt: gr.SelectData) -> list:
+    """The clicked row of a table, as its cells."""
+    return list(evt.row_value)
+
+
+def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) -> dict:
+    """A click in either list: the example's {source, file, row}, which app.py hands to the Dataset tab."""
+    if not cells or len(cells) < 2:
+        raise record.RunError("pick a row of the list")
+    file, row = cells[0], int(cells[1])
+    source = (record.read_row_index(run_path(ctx, run_id)).get("sources") or {}).get(SPLITS.get(split_label, "train"))
+    if not source:
+        raise record.RunError(f"run {run_id} does not say which data its rows came from")
+    return {"row_request": {"source": source, "file": file, "row": row}}
+
+
 def refreshed(ctx: AppContext, run_id: str | None):
     return gr.update(choices=run_choices(ctx), value=run_id)
 
 
 # --- the page ------------------------------------------------------------------------------------
 
-SHOWN = ("verdict", "losses", "checks", "step", "step_label", "probes", *ab_view.SHOWN)  # picking a run
+SHOWN = ("verdict", "losses", "checks", "step", "step_label", "probes", *ab_view.SHOWN,  # picking a run
+         "split", "hardest", "went_up", "examples_note")
 
 
 def layout(ctx: AppContext) -> dict:
@@ -159,6 +207,7 @@ def layout(ctx: AppContext) -> dict:
                           interactive=False)
     c["step_label"] = gr.Markdown()
     c["probes"] = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, column_widths=GALLERY_WIDTHS)
+    examples_layout(c)
     gr.Markdown("### Blind A/B\nTwo answers to the same prompt, base and tuned in random order. Pick the better "
                 "one; votes are saved with the run.")
     with gr.Row():
@@ -169,8 +218,29 @@ def layout(ctx: AppContext) -> dict:
     return c
 
 
+def examples_layout(c: dict) -> None:
+    gr.Markdown("### Hardest examples\nEach example's own loss, recorded while the run trained (no extra pass): "
+                "the rows the model cannot fit and the rows it got worse at are where mislabelled answers, "
+                "conflicting duplicates, answers in another language and truncated rows show up.")
+    c["split"] = gr.Radio(list(SPLITS), value="training rows", label="Rows")
+    c["examples_note"] = gr.Markdown()
+    with gr.Row():
+        c["hardest"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                    label="Fits worst (furthest above the typical loss first)", elem_id="hardest")
+        c["went_up"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                    label="Loss went up (largest rise first)", elem_id="went-up")
+    c["row_request"], c["picked_cells"] = gr.State(None), gr.State(None)
+
+
 def wire(ctx: AppContext, c: dict) -> None:
     shown = [c[n] for n in SHOWN]
+    listed = [c["hardest"], c["went_up"], c["examples_note"]]
+    c["split"].change(public(guarded(keyed(bind(examples, ctx), c))), [c["run"], c["split"]], listed,
+                      api_name="hardest_examples")
+    for table in (c["hardest"], c["went_up"]):
+        table.select(public(selected_row), None, c["picked_cells"], api_visibility="private") \
+            .success(public(guarded(keyed(bind(picked_example, ctx), c))), [c["run"], c["split"], c["picked_cells"]],
+                     c["row_request"], api_visibility="private")
     # Viewing evaluations is public on a Space; computing one and voting are not.
     c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs")
     c["run"].change(public(guarded(keyed(bind(load_run, ctx), c))), c["run"], shown, api_name="eval_load")
@@ -187,4 +257,4 @@ def wire(ctx: AppContext, c: dict) -> None:
 def build(ctx: AppContext) -> EvaluationParts:
     components = layout(ctx)
     wire(ctx, components)
-    return EvaluationParts(run=components["run"])
+    return EvaluationParts(run=components["run"], row_request=components["row_request"])
