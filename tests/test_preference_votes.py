@@ -108,3 +108,19 @@ def test_live_plots_the_objective_and_the_tables_show_preference_figures(tmp_pat
     row = dict(zip(runs_tab.HEADERS, runs_tab.table(AppContext(tmp_path, []))[0]))
     assert row["objective"] == "dpo" and "preference accuracy 75% (base 25%)" in row["task checks"]
     assert "held-out preference accuracy 75% (base 25%)" in record.headline(result)
+
+
+def test_tune_on_my_votes_fills_the_train_form_and_opens_the_train_tab(tmp_path):
+    import app
+    from tuning.ui import train_tab
+
+    demo = app.build_demo(tmp_path / "ws")
+    (fn,) = [f for f in demo.fns.values() if f.name == "fill_train_form"]
+    values = config_mod.TrainConfig(objective="dpo", init_from="run-1", dataset="/x/pairs.jsonl", beta=0.2).to_dict()
+    updates = fn.fn(values)
+    by_label = {getattr(component, "label", None): value for component, value in updates.items()}
+    assert by_label["objective"] == "dpo" and by_label["init_from"] == "run-1" and by_label["beta"] == 0.2
+    assert by_label["dataset"] == "/x/pairs.jsonl"
+    tabs = [v for c, v in updates.items() if type(c).__name__ == "Tabs"]
+    assert tabs and tabs[0].selected == "train"
+    assert len(updates) == 1 + len(train_tab.FORM_FIELDS)
