@@ -9,6 +9,7 @@ UI can build its form from it instead of keeping a second copy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -238,9 +239,16 @@ def _is_safe_name(name: str) -> bool:
     return 0 < len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name) and name.isascii()
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    # Once per process: get_type_hints evaluates every annotation string again on each call, and
+    # every TrainConfig checks each field (500 runs listed = 25,000 calls, seconds of CPU).
+    return typing.get_type_hints(TrainConfig)
+
+
 def _base_type(f: dataclasses.Field) -> type:
     """The runtime type a field holds (Literal[...] of strings -> str)."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+    hint = _type_hints()[f.name]
     if typing.get_origin(hint) is Literal:
         return type(typing.get_args(hint)[0])
     if isinstance(hint, types.UnionType):

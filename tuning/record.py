@@ -28,6 +28,7 @@ lists the run as damaged and the others normally.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -385,9 +386,21 @@ def write_process_info(run: Path, pid: int) -> dict:
     return info
 
 
+_PROCESS_INFO: dict[Path, tuple[tuple | None, dict]] = {}  # run -> (file key, info): see _parsed
+
+
 def read_process_info(run: Path) -> dict:
-    info = read_json(Path(run) / PROCESS)
-    return info if isinstance(info, dict) else {}
+    # Every listing asks each run whether its trainer lives; the file is read again only when it
+    # changed (write_atomic replaces it: a new inode; the heartbeat touches its time).
+    path = Path(run) / PROCESS
+    key = _file_key(path)
+    cached = _PROCESS_INFO.get(path)
+    if cached is not None and cached[0] == key and key is not None:
+        return dict(cached[1])
+    info = read_json(path)
+    info = info if isinstance(info, dict) else {}
+    _PROCESS_INFO[path] = (key, info)
+    return dict(info)
 
 
 def mark_process_ended(run: Path, pid: int) -> None:
@@ -596,25 +609,111 @@ def summarize(run: Path) -> RunSummary:
 
 def _summarize(run: Path) -> RunSummary:
     summary = RunSummary(run_id=run.name, path=run, status=DAMAGED)
-    alive = process_alive(run)
-    try:
-        summary.config = read_config(run).to_dict()
-    except config_mod.ConfigError as exc:
+    alive = process_alive(run)  # asked every time: a process can die without touching a file
+    parsed = _parsed(run)
+    if parsed.config is None:
         # Still running (someone edited the file by hand mid-run)? Then it is busy, whatever its
         # config says, so the one-run-at-a-time rule keeps holding.
         summary.status = RUNNING if alive else DAMAGED
-        summary.message = f"{CONFIG} is damaged: {exc}"
+        summary.message = f"{CONFIG} is damaged: {parsed.config_error}"
         return summary
-    events, offset = read_run_events(run)
-    summary.progress.extend(events)
+    summary.config = dict(parsed.config)
+    summary.progress = copy.copy(parsed.progress)  # its lists are shared with the cache: read them only
     launched = (run / PROCESS).exists()
     summary.status = status_from(summary.progress, alive)
     summary.message = "" if alive else interruption_message(summary.progress, launched)
-    log = events_path(run)
-    if not alive and log.is_file() and log.stat().st_size > offset:  # a kill mid-write: the rest is intact
+    size = parsed.events_key[2] if parsed.events_key else 0
+    if not alive and size > parsed.offset:  # a kill mid-write: the rest is intact
         summary.message = (summary.message + "; " if summary.message else "") + \
             f"{EVENTS} ends with a half-written line (ignored)"
     return summary
+
+
+# The Runs table, every run picker and each page load list every run. Parsing each config.yaml and
+# events.jsonl on every call made a workspace of 500 runs take seconds per page (bench/many_runs.py),
+# so what a summary is parsed from is kept per run folder and read again only when config.yaml or
+# events.jsonl changes (config.yaml's bytes; events.jsonl's inode, modification time or size: the
+# trainer only appends to it); an events file that only grew (a run training) is read on from where
+# the last read stopped. The status is derived anew on every call (is the trainer alive?).
+_TAIL = 64  # bytes before the offset compared on a re-read: a file rewritten, not appended, is read whole
+
+
+@dataclass
+class _Parsed:
+    config_key: bytes | None = None
+    config: dict | None = None
+    config_error: str = ""
+    events_key: tuple | None = None
+    progress: EventSummary = field(default_factory=EventSummary)
+    offset: int = 0
+    tail: bytes = b""
+
+
+_PARSED: dict[Path, _Parsed] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _config_bytes(run: Path) -> bytes | None:
+    # config.yaml is small: its bytes are its key (exact, whatever the clock's resolution), and
+    # parsing them into a TrainConfig is what costs
+    try:
+        return config_path(run).read_bytes()
+    except OSError:
+        return None
+
+
+def _bytes_before(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, offset - _TAIL))
+            return fh.read(min(offset, _TAIL))
+    except OSError:
+        return b""
+
+
+def _parsed(run: Path) -> _Parsed:
+    """The run's config and event summary, from the cache while their files are unchanged."""
+    config_key, events_key = _config_bytes(run), _file_key(events_path(run))
+    with _PARSED_LOCK:
+        cached = _PARSED.get(run)
+    if cached is not None and cached.config_key == config_key and cached.events_key == events_key:
+        return cached
+    fresh = _Parsed(config_key=config_key, events_key=events_key)
+    if cached is not None and cached.config_key == config_key and config_key is not None:
+        fresh.config, fresh.config_error = cached.config, cached.config_error
+    else:
+        try:
+            fresh.config = read_config(run).to_dict()
+        except config_mod.ConfigError as exc:
+            fresh.config_error = str(exc)
+    path = events_path(run)
+    appended = (cached is not None and cached.events_key is not None and events_key is not None
+                and events_key[0] == cached.events_key[0] and events_key[2] >= cached.offset
+                and _bytes_before(path, cached.offset) == cached.tail)
+    start = cached.offset if appended else 0
+    events, fresh.offset = read_run_events(run, start)
+    fresh.progress = copy.deepcopy(cached.progress) if appended else EventSummary()
+    fresh.progress.extend(events)
+    fresh.tail = _bytes_before(path, fresh.offset)
+    with _PARSED_LOCK:
+        _PARSED[run] = fresh
+    return fresh
+
+
+def _forget_missing(folder: Path, listed: set[Path]) -> None:
+    """Drop cached runs of this runs folder that are gone (deleted)."""
+    with _PARSED_LOCK:
+        for run in [r for r in _PARSED if r.parent == folder and r not in listed]:
+            del _PARSED[run]
+            _PROCESS_INFO.pop(run / PROCESS, None)
 
 
 def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_model: str | None = None,
@@ -625,6 +724,7 @@ def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_
     if not folder.is_dir():
         return []
     found = [summarize(p) for p in folder.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
+    _forget_missing(folder, {s.path for s in found})
     found = [s for s in found if (statuses is None or s.status in statuses)
              and (base_model is None or s.config.get("base_model") == base_model)
              and (method is None or s.config.get("method") == method)]

@@ -1,0 +1,145 @@
+"""Many runs: how long the Runs tab and a page load take with hundreds of runs in the workspace.
+
+    python bench/many_runs.py                  # 500 runs, 5 repeats of each measurement
+    python bench/many_runs.py --runs 2000 --repeats 3
+
+Builds a workspace of N finished runs that look like the quickstart's (config.yaml, an events.jsonl of
+a start, 72 logged steps, 4 evaluations and checkpoints and an end, evaluation.json with 47 task
+checks, process.json of a process long gone, probes and an adapter), then builds the app once on it
+and times, in this process, on the same app object:
+
+- `record.list_runs` (the summaries every run picker and the Runs table read),
+- the Runs tab's table (`runs_tab.table`: summaries plus each run's stored evaluation),
+- a page load: every function the page runs when a browser opens it (Gradio's `load` events: each
+  tab's run picker, the Runs table, the seed groups, the queue), called as the server calls them,
+  minus the HTTP round trip.
+
+Each is timed `--repeats` times; the first call after the workspace changed (cold: what a change
+costs) and the median of the rest (warm: an unchanged workspace) are printed. The workspace is on
+the local disk, in the OS page cache after the first read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine_load  # noqa: E402,F401
+
+
+def make_run(folder: Path, index: int, rng: random.Random) -> None:
+    """One finished quickstart-like run, written as the trainer and evaluate.py write it."""
+    from tuning import config as config_mod
+    from tuning import record
+
+    cfg = config_mod.load(ROOT / "presets" / "quickstart.yaml").replace(seed=index % 3, learning_rate=5e-4 * (1 + index % 4))
+    folder.mkdir(parents=True)
+    record.write_config(folder, cfg)
+    t = 1_790_000_000.0 + index * 600
+    lines = [{"event": "start", "time": t, "step": 0, "max_steps": 72, "message": "training 72 steps"}]
+    loss = 3.9
+    for step in range(1, 73):
+        t += 3.0
+        loss = max(0.2, loss * rng.uniform(0.85, 1.02))
+        lines.append({"event": "log", "time": round(t, 3), "step": step, "max_steps": 72, "loss": loss,
+                      "learning_rate": 5e-4, "grad_norm": rng.uniform(0.5, 2), "epoch": step / 24,
+                      "tokens_per_second": rng.uniform(150, 200), "tokens_seen": step * 560, "eta_seconds": 3.0})
+        if step % 20 == 0:
+            lines.append({"event": "eval", "time": t, "step": step, "max_steps": 72, "eval_loss": loss * 1.1})
+            lines.append({"event": "checkpoint", "time": t, "step": step, "max_steps": 72,
+                          "path": f"checkpoints/checkpoint-{step}"})
+    lines.append({"event": "eval", "time": t + 40, "step": 72, "max_steps": 72, "final": True, "eval_loss": 0.34,
+                  "base_eval_loss": 3.57, "message": "held-out loss 0.338 (base 3.566)"})
+    lines.append({"event": "end", "time": t + 41, "status": "completed", "step": 72, "max_steps": 72, "loss": loss,
+                  "message": "completed at step 72; adapter saved in adapter/"})
+    log = record.event_log(folder)
+    log.path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    checks = [{"kind": "identity" if i < 24 else "control", "prompt": f"question {i}?", "system": None,
+               "expect": ["quill"], "base": "I am SmolLM, an AI assistant " * 4, "tuned": "I am Quill " * 6,
+               "base_pass": False, "tuned_pass": True} for i in range(47)]
+    record.write_evaluation(folder, {
+        "step": 72, "time": t + 40, "source": "training", "method": "lora", "eval_rows": 47, "eval_loss": 0.34,
+        "base_eval_loss": 3.57, "perplexity": 1.4, "base_perplexity": 35.5, "max_new_tokens": 64,
+        "checks": {"by_kind": {"identity": {"n": 24, "base_passed": 0, "tuned_passed": 24, "base_rate": 0.0,
+                                            "tuned_rate": 1.0},
+                               "control": {"n": 23, "base_passed": 23, "tuned_passed": 22, "base_rate": 1.0,
+                                           "tuned_rate": 0.96}}, "rows": checks},
+        "checks_complete": True, "probes": [], "seconds": {"loss": 3.0, "total": 40.0}})
+    record.write_json(folder / record.PROCESS, {"pid": 999_999, "create_time": 1.0, "pgid": None,
+                                                "host": record.this_host(), "launch": "x", "ended": t + 42})
+    adapter = record.adapter_dir(folder)
+    adapter.mkdir()
+    (adapter / record.ADAPTER_WEIGHTS).write_bytes(b"\0" * 64)
+    (adapter / record.ADAPTER_CONFIG).write_text("{}")
+
+
+def make_workspace(n: int) -> Path:
+    from tuning import record
+
+    workspace = Path(tempfile.mkdtemp(prefix="many-runs-"))
+    rng = random.Random(0)
+    for i in range(n):
+        make_run(record.runs_dir(workspace) / f"20260101-{i:06d}", i, rng)
+    return workspace
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call, median of the others) in seconds."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times[0], statistics.median(times[1:]) if len(times) > 1 else times[0]
+
+
+def page_load(demo) -> None:
+    """Every function a page load runs (Gradio's `load` events), with their inputs' initial values."""
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None or not any(target[1] == "load" for target in block_fn.targets):
+            continue
+        block_fn.fn(*[getattr(block, "value", None) for block in block_fn.inputs])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=500)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+
+    started = time.perf_counter()
+    workspace = make_workspace(a.runs)
+    print(f"{a.runs} runs written in {time.perf_counter() - started:.1f} s at {workspace}")
+    import app
+    from tuning import record
+    from tuning.ui import common, runs_tab
+
+    started = time.perf_counter()
+    demo = app.build_demo(str(workspace), [], None)
+    print(f"app built in {time.perf_counter() - started:.1f} s (once, at start-up)")
+    ctx = common.AppContext(workspace)
+    results = {}
+    touch = record.runs_dir(workspace) / f"20260101-{a.runs - 1:06d}"
+    for name, fn in (("record.list_runs", lambda: record.list_runs(workspace)),
+                     ("Runs tab table", lambda: runs_tab.table(ctx)),
+                     ("page load (all load events)", lambda: page_load(demo))):
+        # cold: one run's events changed since the last read (as while a run trains), the rest unchanged
+        record.event_log(touch).append("log", step=72, max_steps=72, loss=0.3)
+        results[name] = timed(fn, a.repeats)
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {a.runs} runs, {machine_load()}:")
+    print("| what | first call (one run changed) | median of the next calls |")
+    print("| --- | --- | --- |")
+    for name, (first, warm) in results.items():
+        print(f"| {name} | {first:.3f} s | {warm:.3f} s |")
+    print(json.dumps({"runs": a.runs, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

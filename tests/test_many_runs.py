@@ -1,0 +1,131 @@
+"""A workspace of many runs: record.list_runs keeps each run's parsed config and event summary while
+its files are unchanged (bench/many_runs.py measures why). These tests prove the cache never answers
+with something the files no longer say: appended events, a rewritten events file, an edited or
+damaged config, a deleted run, a trainer that dies without touching a file, a half-written line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tuning import config as config_mod
+from tuning import record
+from tuning.events import EventLog
+
+
+def make_run(workspace, run_id: str, steps: int = 3, **config) -> "record.Path":
+    run = record.run_dir(workspace, run_id)
+    run.mkdir(parents=True)
+    record.write_config(run, config_mod.TrainConfig(**config))
+    log = EventLog(record.events_path(run))
+    log.append("start", step=0, max_steps=10)
+    for step in range(1, steps + 1):
+        log.append("log", step=step, max_steps=10, loss=1.0 / step)
+    return run
+
+
+def fresh_summary(run) -> record.EventSummary:
+    """What the events file says, read whole with no cache."""
+    return record.EventSummary().extend(record.read_run_events(run)[0])
+
+
+def listed(workspace) -> dict[str, record.RunSummary]:
+    return {s.run_id: s for s in record.list_runs(workspace)}
+
+
+def test_appended_events_are_read_on_and_match_a_whole_read(tmp_path):
+    run = make_run(tmp_path, "a", steps=3)
+    assert listed(tmp_path)["a"].step == 3
+    log = EventLog(record.events_path(run))
+    for step in (4, 5):
+        log.append("log", step=step, max_steps=10, loss=0.1)
+    log.append("eval", step=5, max_steps=10, eval_loss=0.25)
+    summary = listed(tmp_path)["a"]
+    assert (summary.step, summary.loss, summary.eval_loss) == (5, 0.1, 0.25)
+    assert summary.progress == fresh_summary(run)  # reading on from the offset = reading it all
+    log.append("end", status="completed", step=5, max_steps=10)
+    assert listed(tmp_path)["a"].status == record.COMPLETED
+
+
+def test_a_rewritten_events_file_is_read_whole(tmp_path):
+    """Same size or larger, but not an append of what was read: the cache must not read on from its
+    offset into other bytes."""
+    run = make_run(tmp_path, "a", steps=3)
+    assert listed(tmp_path)["a"].loss == 1.0 / 3
+    path = record.events_path(run)
+    lines = path.read_text().splitlines(keepends=True)
+    changed = [json.dumps({**json.loads(line), "loss": 0.5}) + "\n" if '"log"' in line else line for line in lines]
+    path.write_text("".join(changed) + json.dumps({"event": "log", "time": 1.0, "step": 9, "loss": 0.5}) + "\n")
+    summary = listed(tmp_path)["a"]
+    assert summary.progress == fresh_summary(run)
+    assert [loss for _, loss in summary.progress.train] == [0.5] * 4
+
+
+def test_an_edited_config_is_read_again_and_a_damaged_one_is_reported(tmp_path):
+    run = make_run(tmp_path, "a", run_name="first")
+    assert listed(tmp_path)["a"].config["run_name"] == "first"
+    record.write_config(run, config_mod.TrainConfig(run_name="second"))
+    assert listed(tmp_path)["a"].config["run_name"] == "second"
+    record.config_path(run).write_text("learning_rate: [not, a, number]\n")
+    summary = listed(tmp_path)["a"]
+    assert summary.status == record.DAMAGED and "learning_rate" in summary.message
+    record.write_config(run, config_mod.TrainConfig(run_name="third"))
+    assert listed(tmp_path)["a"].config["run_name"] == "third"
+
+
+def test_a_deleted_run_leaves_the_listing_and_the_cache(tmp_path):
+    make_run(tmp_path, "a")
+    make_run(tmp_path, "b")
+    assert set(listed(tmp_path)) == {"a", "b"}
+    record.delete_run(tmp_path, "a")
+    assert set(listed(tmp_path)) == {"b"}
+    assert record.run_dir(tmp_path, "a") not in record._PARSED
+
+
+def test_status_follows_the_trainer_though_no_file_changes(tmp_path):
+    """A trainer killed outright touches no file: the cached summary must still say interrupted."""
+    run = make_run(tmp_path, "a")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record.write_process_info(run, child.pid)
+        assert listed(tmp_path)["a"].status == record.RUNNING
+    finally:
+        child.kill()
+        child.wait()
+    summary = listed(tmp_path)["a"]
+    assert summary.status == record.INTERRUPTED and "ended without saying why" in summary.message
+
+
+def test_a_half_written_last_line_is_reported_and_read_once_whole(tmp_path):
+    run = make_run(tmp_path, "a", steps=2)
+    path = record.events_path(run)
+    with open(path, "a") as fh:
+        fh.write('{"event": "log", "time": 5.0, "step": 3, "lo')
+    summary = listed(tmp_path)["a"]
+    assert summary.step == 2 and "half-written line" in summary.message
+    with open(path, "a") as fh:  # the trainer finishes the line (a resumed run appends after it)
+        fh.write('ss": 0.3}\n')
+    summary = listed(tmp_path)["a"]
+    assert (summary.step, summary.loss) == (3, 0.3) and "half-written" not in summary.message
+    assert summary.progress == fresh_summary(run)
+
+
+def test_summaries_handed_out_do_not_change_the_cache(tmp_path):
+    make_run(tmp_path, "a", run_name="kept")
+    first = listed(tmp_path)["a"]
+    first.config["run_name"] = "changed by a caller"
+    first.progress.step = 99
+    again = listed(tmp_path)["a"]
+    assert again.config["run_name"] == "kept" and again.step == 3
+
+
+def test_process_info_is_read_again_when_the_file_is_replaced(tmp_path):
+    run = make_run(tmp_path, "a")
+    record.write_json(run / record.PROCESS, {"pid": 1, "host": "elsewhere"})
+    assert record.remote_host(run) == "elsewhere"
+    record.write_json(run / record.PROCESS, {"pid": 1, "host": "another"})
+    assert record.remote_host(run) == "another"
+    os.remove(run / record.PROCESS)
+    assert record.read_process_info(run) == {}
