@@ -65,3 +65,27 @@ def test_a_run_without_row_losses_says_why(tmp_path):
     record.run_dir(workspace, "r").mkdir(parents=True)
     out = evaluation_tab.examples(AppContext(workspace), "r")
     assert out["hardest"] == [] and "No per-example losses" in out["examples_note"]
+
+
+def test_a_chosen_checkpoint_becomes_the_final_adapter_and_is_recorded(tmp_path):
+    from tuning import export
+
+    workspace = tmp_path / "ws"
+    run = record.run_dir(workspace, "r")
+    for folder in (record.adapter_dir(run), record.checkpoint_dir(run, 2), record.checkpoint_dir(run, 4)):
+        folder.mkdir(parents=True)
+        for name in (record.ADAPTER_WEIGHTS, record.ADAPTER_CONFIG):
+            (folder / name).write_text("{}")
+    record.mark_complete(record.checkpoint_dir(run, 2))  # checkpoint-4 stays incomplete
+    ctx = AppContext(workspace)
+    assert record.current_adapter(run) == record.adapter_dir(run)
+    shown = evaluation_tab.choose_final(ctx, "r", "checkpoint-2")
+    assert shown["final_choice"]["choices"] == ["final", "checkpoint-2"] and shown["final_choice"]["value"] == "checkpoint-2"
+    assert record.current_adapter(run) == record.checkpoint_dir(run, 2) == export.finished_adapter(run)
+    events, _ = record.read_run_events(run)
+    assert events[-1]["event"] == "choice" and events[-1]["checkpoint"] == "checkpoint-2"
+    with pytest.raises(record.RunError, match="checkpoint-4 of r does not exist or is incomplete"):
+        evaluation_tab.choose_final(ctx, "r", "checkpoint-4")
+    evaluation_tab.choose_final(ctx, "r", "final")
+    assert record.current_adapter(run) == record.adapter_dir(run)
+    assert record.current_adapter(run, "checkpoint-2") == record.checkpoint_dir(run, 2)

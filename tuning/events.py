@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error")
+# "choice": after the run, a person chose a checkpoint as the final adapter (record.choose_checkpoint)
+EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error", "choice")
 
 
 def _clean(value: Any) -> Any:

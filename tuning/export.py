@@ -53,7 +53,7 @@ def finished_adapter(run_dir: Path) -> Path:
     if not record.has_final_adapter(run_dir):
         raise ExportError(f"run {Path(run_dir).name} has no final adapter yet; export a run that completed "
                           "or was stopped")
-    return record.adapter_dir(run_dir)
+    return record.current_adapter(run_dir)  # a checkpoint chosen as final in the Evaluation tab wins
 
 
 def target_path(workspace: Path, text: str | Path | None, default_name: str) -> Path:

@@ -524,10 +524,36 @@ def has_final_adapter(run: Path) -> bool:
     return all((adapter_dir(run) / name).is_file() for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
 
 
+def chosen_checkpoint(run: Path) -> str | None:
+    """The checkpoint a person chose as the run's final adapter (the newest `choice` event), or None
+    for the adapter the run saved."""
+    events, _ = read_run_events(run)
+    choices = [e for e in events if e.get("event") == "choice"]
+    name = choices[-1].get("checkpoint") if choices else None
+    return name if isinstance(name, str) and name != "final" else None
+
+
+def choose_checkpoint(run: Path, name: str) -> str:
+    """Use checkpoint-N (complete) as the run's final adapter from now on, or "final" to go back to
+    the adapter the run saved; recorded as a `choice` event. The run must not be training."""
+    if process_alive(run):
+        raise RunError(f"run {Path(run).name} is still training; choose a checkpoint after it ends")
+    if name != "final":
+        checkpoint_by_name(run, name)
+    elif not has_final_adapter(run):
+        raise RunError(f"run {Path(run).name} saved no final adapter to go back to")
+    event_log(run).append("choice", checkpoint=name, message=f"{name} chosen as the final adapter")
+    return name
+
+
 def current_adapter(run: Path, checkpoint: str | None = None) -> Path:
-    """The final adapter, or checkpoint-N; while a run trains, its newest complete checkpoint."""
+    """The final adapter (a checkpoint a person chose as final, else the one the run saved), or
+    checkpoint-N; while a run trains, its newest complete checkpoint."""
     if checkpoint and checkpoint != "final":
         return checkpoint_by_name(run, checkpoint)
+    chosen = chosen_checkpoint(run)
+    if chosen and (checkpoints_dir(run) / chosen / COMPLETE_MARKER).exists():
+        return checkpoints_dir(run) / chosen
     if (adapter_dir(run) / ADAPTER_CONFIG).is_file():
         return adapter_dir(run)
     latest = latest_checkpoint(run)
@@ -883,8 +909,8 @@ def latest_examples(run: Path, limit: int = 3) -> list[dict]:
 # --- per-example losses (tuning/row_losses.py computes and ranks them) ---------------------------
 
 def write_row_index(run: Path, index: dict) -> None:
-    """rows.json: {"dataset": ..., "train": [[file, row], ...], "heldout": [[file, row], ...]}; a row id
-    is the position in its list."""
+    """rows.json: {"sources": {"train": ..., "heldout": ...}, "train": [[file, row], ...], "heldout":
+    [[file, row], ...]}; a row id is the position in its list (tuning/row_losses.row_index)."""
     write_json(Path(run) / ROWS, index)
 
 

@@ -86,7 +86,7 @@ def load_run(ctx: AppContext, run_id: str) -> dict:
             # gr.Slider needs maximum > minimum; with one record the slider is simply locked.
             "step": gr.Slider(minimum=0, maximum=max(last, 1), value=last, step=1, interactive=last > 0),
             "step_label": label, "probes": rows, **ab_view.closed(), "ab_tally": ab_view.tally(ctx, run_id),
-            "split": "training rows", **examples(ctx, run_id)}
+            "split": "training rows", **examples(ctx, run_id), **checkpoint_options(ctx, run_id)}
 
 
 def evaluate_run(ctx: AppContext, run_id: str, recompute: bool) -> dict:
@@ -171,6 +171,23 @@ def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) 
     return {"row_request": {"source": source, "file": file, "row": row}}
 
 
+def checkpoint_options(ctx: AppContext, run_id: str) -> dict:
+    """The run's complete checkpoints and "final", the one in use selected."""
+    path = run_path(ctx, run_id)
+    names = ["final", *[c.name for c in record.complete_checkpoints(path)]]
+    chosen = record.chosen_checkpoint(path) or "final"
+    return {"final_choice": gr.update(choices=names, value=chosen if chosen in names else "final"),
+            "choice_note": f"In use as the final adapter: **{chosen}**."}
+
+
+def choose_final(ctx: AppContext, run_id: str, name: str) -> dict:
+    """Use a complete checkpoint (seen to answer better in the probe gallery) as the run's final
+    adapter: the Playground, the evaluation and the exports take it from now on; recorded in events."""
+    record.choose_checkpoint(run_path(ctx, run_id), name or "final")
+    return {**checkpoint_options(ctx, run_id),
+            "choice_note": f"**{name}** is now the final adapter of {run_id} (recorded in the run's events)."}
+
+
 def refreshed(ctx: AppContext, run_id: str | None):
     return gr.update(choices=run_choices(ctx), value=run_id)
 
@@ -178,7 +195,7 @@ def refreshed(ctx: AppContext, run_id: str | None):
 # --- the page ------------------------------------------------------------------------------------
 
 SHOWN = ("verdict", "losses", "checks", "step", "step_label", "probes", *ab_view.SHOWN,  # picking a run
-         "split", "hardest", "went_up", "examples_note")
+         "split", "hardest", "went_up", "examples_note", "final_choice", "choice_note")
 
 
 def layout(ctx: AppContext) -> dict:
@@ -207,6 +224,10 @@ def layout(ctx: AppContext) -> dict:
                           interactive=False)
     c["step_label"] = gr.Markdown()
     c["probes"] = gr.Dataframe(headers=GALLERY_HEADERS, interactive=False, wrap=True, column_widths=GALLERY_WIDTHS)
+    with gr.Row():
+        c["final_choice"] = gr.Dropdown(["final"], value="final", scale=2, label="Checkpoint to use as the final adapter")
+        c["choose"] = gr.Button("Use this checkpoint as the final adapter", scale=1)
+    c["choice_note"] = gr.Markdown()
     examples_layout(c)
     gr.Markdown("### Blind A/B\nTwo answers to the same prompt, base and tuned in random order. Pick the better "
                 "one; votes are saved with the run.")
@@ -237,6 +258,8 @@ def wire(ctx: AppContext, c: dict) -> None:
     listed = [c["hardest"], c["went_up"], c["examples_note"]]
     c["split"].change(public(guarded(keyed(bind(examples, ctx), c))), [c["run"], c["split"]], listed,
                       api_name="hardest_examples")
+    c["choose"].click(guarded(keyed(bind(choose_final, ctx), c)), [c["run"], c["final_choice"]],
+                      [c["final_choice"], c["choice_note"]], api_name="choose_checkpoint")
     for table in (c["hardest"], c["went_up"]):
         table.select(public(selected_row), None, c["picked_cells"], api_visibility="private") \
             .success(public(guarded(keyed(bind(picked_example, ctx), c))), [c["run"], c["split"], c["picked_cells"]],
