@@ -225,6 +225,25 @@ def tune_on_votes(ctx: AppContext, run_id: str | None) -> dict:
                                "DPO run that starts from this run's adapter. Check it and press Start."}
 
 
+def token_heatmap(ctx: AppContext, run_id: str | None, checkpoint: str, system: str, base_choice: str,
+                  last: Generated | None) -> dict:
+    """The last tuned answer, each token coloured by how much more likely the tuned model finds it than
+    the base (both score the same text in one batch, tuning/token_diff.py); the first token where the
+    base's answer differs is marked."""
+    from tuning import token_diff
+
+    if last is None or last.run_id != run_id or not last.tuned:
+        raise record.RunError("generate an answer with this run first; its tokens are what gets coloured")
+    with access.one_at_a_time(ctx):
+        comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
+        with comparer.lock:
+            name = comparer.attach(adapter)
+            conversation = comparer.conversations([last.prompt], system or None)[0]
+            scored = token_diff.score(comparer.peft, comparer.tokenizer, conversation, last.tuned, name)
+        at = token_diff.first_divergence(comparer.tokenizer, last.base, last.tuned)
+    return {"heatmap": token_diff.to_html(scored, at), "heatmap_note": token_diff.summary(scored, at)}
+
+
 def picked_run(ctx: AppContext, run_id: str | None) -> dict:
     """Another run: its checkpoints and probes; the last answer and any open vote were the old run's."""
     return {"checkpoint": gr.update(choices=checkpoint_choices(ctx, run_id), value="final"),
@@ -272,6 +291,10 @@ def layout(ctx: AppContext) -> dict:
         c["base_out"] = gr.Textbox(label="Base model", lines=8, interactive=False)
         c["tuned_out"] = gr.Textbox(label="Tuned", lines=8, interactive=False)
     c["last"] = gr.State(None)  # a Generated, on the server
+    with gr.Accordion("What changed, token by token", open=False):
+        c["heatmap_btn"] = gr.Button("Colour the tuned answer by how much tuning changed each token")
+        c["heatmap_note"] = gr.Markdown()
+        c["heatmap"] = gr.HTML(elem_id="token-heatmap")
     with gr.Accordion("Blind A/B: judge the two answers above without knowing which is which", open=False):
         c["blind"] = gr.Button("Vote blind on these answers (the labelled columns hide until you vote)")
         c.update(ab_view.build(lines=5).components())
@@ -309,6 +332,9 @@ def wire(ctx: AppContext, c: dict) -> None:
         trigger(public(guarded(keyed(bind(stream_side_by_side, ctx), c))), pick(ASKED), pick(STREAMED), **heavy)
     c["probe_btn"].click(public(guarded(bind(probe_table, ctx))), pick(("run", "checkpoint", "probes", *ASKED[3:])),
                          c["probe_out"], **heavy)
+    c["heatmap_btn"].click(public(guarded(keyed(bind(token_heatmap, ctx), c))),
+                           pick(("run", "checkpoint", "system", "base_choice", "last")), pick(("heatmap", "heatmap_note")),
+                           api_name="token_heatmap", concurrency_limit=1, concurrency_id="generate")
     c["blind"].click(guarded(keyed(bind(open_blind, ctx), c)), [c["run"], c["last"]], pick(OPENED), **private)
     ab_view.wire_votes(c, bind(blind_vote, ctx), OPENED)
 
