@@ -165,6 +165,10 @@ class TrainConfig:
                                       "a CPU.", "schedule")
     eval_max_new_tokens: int = _f(64, "Longest answer, in tokens, for probes and task checks (greedy).",
                                   "schedule", min=1, max=2048, advanced=True)
+    report_to: Literal["none", "tensorboard", "trackio"] = _f(
+        "none", "Also log the run to an experiment tracker (the Trainer's report_to): TensorBoard event files in "
+        "the run folder, or trackio (local, opens in a browser). Needs that package installed; the run folder "
+        "records everything either way.", "schedule", choices=("none", "tensorboard", "trackio"), advanced=True)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -16,6 +16,7 @@
       rows.json             where each training and held-out example came from (file, row), by row id
       row_losses.jsonl      each example's own loss: training rows as the trainer computed them, held-out
                             rows at every evaluation (tuning/row_losses.py)
+      tensorboard/          TensorBoard event files, only with report_to: tensorboard
 
     queue.json              (in the workspace, beside runs/) the runs waiting to start, in order
 
@@ -65,6 +66,7 @@ CORRECTIONS = "corrections.jsonl"
 PREFERENCE_PAIRS = "preference_pairs.jsonl"
 ROWS = "rows.json"
 ROW_LOSSES = "row_losses.jsonl"
+TENSORBOARD = "tensorboard"  # event files, with report_to: tensorboard (tuning/tracking.py)
 QUEUE = "queue.json"  # in the workspace, not in a run folder
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")

@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, faults, models, preference, record, row_losses
+from tuning import distributed, evaluate, faults, models, preference, record, row_losses, tracking
 from tuning.config import ConfigError, TrainConfig
 from tuning.events import EventLog
 
@@ -236,7 +236,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         # Keep the dataset's row_id column: the collator hands it to tuning/row_losses.py, which
         # takes it off the batch before the model sees it.
         remove_unused_columns=False,
-        report_to="none",
+        **tracking.trainer_kwargs(cfg, run_dir),  # report_to: none, or TensorBoard / trackio (tuning/tracking.py)
         disable_tqdm=True,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the filter shows 0.0), so the guard sees it
         dataloader_num_workers=0,
