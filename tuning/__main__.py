@@ -1,4 +1,4 @@
-"""The command line: `python -m tuning train|queue|inspect|generate|eval|compare|export ...`. Exit codes: 0
+"""The command line: `python -m tuning train|queue|inspect|generate|eval|compare|seeds|export ...`. Exit codes: 0
 success, 2 bad input (one-line message on stderr), 1 failure."""
 
 from __future__ import annotations
@@ -32,6 +32,30 @@ def _given_run_id(args) -> str | None:
     return record.check_run_id(given) if given else None
 
 
+def _made_by_runner(args, workspace: Path) -> bool:
+    """This process was spawned for a run folder the runner (the app, the queue) made: --config is
+    that folder's config.yaml, given as it is."""
+    config_path = Path(args.config).resolve() if args.config else None
+    return bool(config_path and config_path.parent.parent == record.runs_dir(workspace).resolve()
+                and not args.set and not args.run_id)
+
+
+def _seed_overrides(args, workspace: Path) -> list[list[str]]:
+    """The --set additions of each run this command trains: one run as given ([[]]), or, for a
+    config with `seeds: N` that a person asked for (not a run folder the runner made), one per seed."""
+    from tuning import seeds
+
+    if args.resume or _made_by_runner(args, workspace):
+        return [[]]
+    source = args.config or args.preset
+    cfg = config_mod.apply_overrides(config_mod.load(source) if source else config_mod.TrainConfig(), args.set or [])
+    if cfg.seeds <= 1:
+        return [[]]
+    if args.run_id or os.environ.get("TUNING_RUN_ID"):
+        raise BadInput(f"--run-id names one run; seeds: {cfg.seeds} makes {cfg.seeds} (named after their seeds)")
+    return [[f"seed={one.seed}", f"run_name={one.run_name}"] for one in seeds.seed_configs(cfg)]
+
+
 def _open_run(args, workspace: Path):
     """Create the run folder (or find it: --resume, or the config.yaml the runner wrote) and record
     this process as its trainer, under the workspace lock. Returns (run folder, config, resume, created)."""
@@ -53,8 +77,7 @@ def _open_run(args, workspace: Path):
     cfg = config_mod.apply_overrides(cfg, args.set or [])
     distributed.check(cfg)
     config_path = Path(args.config).resolve() if args.config else None
-    made_by_runner = config_path and config_path.parent.parent == record.runs_dir(workspace).resolve() \
-        and not args.set and not args.run_id
+    made_by_runner = _made_by_runner(args, workspace)
     if made_by_runner:
         runner.await_finishing_parent(workspace)
     with runner.workspace_lock(workspace):
@@ -95,13 +118,36 @@ def _train_worker(args, workspace: Path) -> int:
 
 
 def _train(args) -> int:
-    from tuning import distributed, runner, train
+    from tuning import distributed, seeds
 
     workspace = resolve_workspace(args.workspace)
     distributed.adopt_launcher_env()  # srun / mpirun ranks -> RANK, WORLD_SIZE, LOCAL_RANK
     if distributed.is_worker():
         return _train_worker(args, workspace)
     distributed.check_launch()
+    if getattr(args, "seeds", None):
+        args.set = [*(args.set or []), f"seeds={args.seeds}"]
+    per_seed = _seed_overrides(args, workspace)
+    if len(per_seed) == 1:
+        return _train_one(args, workspace)[0]
+    # One run per seed, one after another in this process; the queue waits until the last.
+    codes, run_ids = [], []
+    for extra in per_seed:
+        one = argparse.Namespace(**{**vars(args), "set": [*(args.set or []), *extra]})
+        code, run_id = _train_one(one, workspace, start_queued=extra is per_seed[-1])
+        codes.append(code)
+        run_ids.append(run_id)
+    for group in seeds.seed_groups(workspace, run_ids):
+        print(f"{group.name}: {len(group.seeds)} seeds ({', '.join(map(str, group.seeds))})", flush=True)
+        for spread in group.spreads:
+            print(f"  {spread.figure}: {spread.text()}", flush=True)
+    return max(codes)
+
+
+def _train_one(args, workspace: Path, start_queued: bool = True) -> tuple[int, str]:
+    """Train one run (this process, or the launcher of several); (exit code, run id)."""
+    from tuning import distributed, runner, train
+
     run_path, cfg, resume, _ = _open_run(args, workspace)
     print(f"run {run_path.name} in {run_path}", flush=True)
     if distributed.num_processes(cfg) > 1:  # this process becomes the launcher of N workers
@@ -109,6 +155,8 @@ def _train(args) -> int:
     else:
         code = train.run(cfg, run_path, workspace, resume=resume)
     record.mark_process_ended(run_path, os.getpid())
+    if not start_queued:
+        return code, run_path.name
     # The machine is free: the next queued run starts now (runner.start_next's lock makes this
     # the one start even if the app looks at the same moment).
     try:
@@ -118,7 +166,26 @@ def _train(args) -> int:
     else:
         if started:
             print(f"started the next queued run: {started}", flush=True)
-    return code
+    return code, run_path.name
+
+
+def _seeds(args) -> int:
+    """The seed groups of the workspace (or of the runs named), each figure as mean ± spread."""
+    from tuning import seeds
+
+    workspace = resolve_workspace(args.workspace)
+    groups = seeds.seed_groups(workspace, args.run_ids or None)
+    if args.json:
+        print(json.dumps([g.as_dict() for g in groups], indent=2, ensure_ascii=False))
+        return 0
+    for group in groups:
+        print(f"{group.name}: seeds {', '.join(map(str, group.seeds))} (runs {', '.join(group.run_ids)})")
+        for spread in group.spreads:
+            print(f"  {spread.figure}: {spread.text()}")
+    if not groups:
+        print("no seed groups: train a config with --seeds N (two or more evaluated runs that differ only "
+              "in their seed)")
+    return 0
 
 
 def _absolute_sources(cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
@@ -309,7 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
     p.add_argument("--run-id", metavar="RUN_ID", help="name the new run (default: the time and run_name; "
                    "or $TUNING_RUN_ID), e.g. slurm-$SLURM_JOB_ID")
+    p.add_argument("--seeds", type=int, metavar="N", help="train the config on N seeds (seed, seed+1, ...), "
+                   "one run after another, then print each evaluation figure as mean ± spread (--set seeds=N)")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("seeds", help="runs of one config on several seeds: each evaluation figure as mean ± spread")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="only these runs (default: the whole workspace)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of groups")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.set_defaults(handler=_seeds)
 
     p = sub.add_parser("queue", help="runs that start one after another when the machine is free")
     queue = p.add_subparsers(dest="action", required=True)

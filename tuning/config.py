@@ -97,6 +97,10 @@ class TrainConfig:
                                       "slower. Turn on when memory runs out.", "optimisation", advanced=True)
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
                    min=0, max=2**31 - 1, advanced=True)
+    seeds: int = _f(1, "Train this config on N seeds (seed, seed+1, ...): N runs, one after another (the "
+                    "first starts, the others wait in the queue). The Runs tab then gives each evaluation "
+                    "figure as mean ± spread, so you see whether a difference between two settings is "
+                    "larger than the noise between seeds.", "optimisation", min=1, max=16, advanced=True)
     num_processes: int = _f(0, "Training processes. 0: one per GPU (one on a CPU-only machine); N > 1 launches "
                             "N processes through torch.distributed.run (gloo on CPU, NCCL on GPUs). The "
                             "examples per optimizer step = per_device_batch_size x gradient_accumulation_steps "

@@ -311,12 +311,39 @@ def _normalize(rows: Rows, fmt: str, column_map: dict[str, str], source: str, co
                     problem.field = mapping[problem.field]
                 loaded.problems.append(problem)
                 continue
+            if "expect" in record:
+                try:
+                    parse_expect(record["expect"])
+                except ValueError as exc:
+                    loaded.problems.append(Problem(file, row, "expect", str(exc)))
+                    continue
             loaded.conversations.append(messages)
             loaded.locations.append((file, row))
             loaded.extras.append({k: v for k, v in record.items() if k not in consumed})
     loaded.format = ", ".join(formats) or fmt
     loaded.problems.sort(key=lambda p: (p.file, p.row))
     return loaded
+
+
+def parse_expect(value: Any) -> dict[str, list[str]]:
+    """A held-out row's `expect` (what its task check looks for) as {slot: any-of substrings}.
+
+    A list of texts is one slot, "expect": the answer passes when it contains any of them. An
+    object names slots, e.g. {"name": ["wren"], "maker": ["tidewater"]}: the answer must fill every
+    slot (contain one text of each), and the evaluation counts each slot on its own, so "named the
+    maker when asked for its name" shows as a missed name, not as a pass."""
+    def texts(v: Any, where: str) -> list[str]:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(t, str) for t in v):
+            raise ValueError(f"{where}expected a non-empty list of texts, got {_kind(v)}")
+        return [t.lower() for t in v]
+
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("expected at least one slot, e.g. {\"name\": [\"wren\"]}")
+        return {str(slot): texts(v, f"slot {slot!r}: ") for slot, v in value.items()}
+    return {"expect": texts(value, "")}
 
 
 def _rename(record: Any, mapping: dict[str, str]) -> Any:

@@ -7,7 +7,8 @@
   batches of per_device_batch_size, each batch's mean over its trained tokens), so the final
   number lines up with the eval curve.
 - Task checks: held-out rows that carry `expect` (a list of lowercase substrings) pass when the
-  greedy answer contains any of them; grouped by the row's `kind` (the demo: identity, control).
+  greedy answer contains any of them, or, for named slots ({"name": [...], "maker": [...]}), one
+  of each slot's; grouped by the row's `kind` (the demo: identity, control), each slot counted too.
 - Probe prompts: answered by base and tuned at every checkpoint (a TrainerCallback) and at the end.
 
 Base and tuned answers come from ONE generate call (generation.generate_rows: a PEFT mixed-adapter
@@ -25,7 +26,7 @@ from typing import Any
 
 from tuning import config as config_mod
 from tuning import data as data_mod
-from tuning import generation, preference
+from tuning import generation, memory, preference
 from tuning import pairs as preference_data
 from tuning import record, row_losses
 from tuning.generation import BASE
@@ -114,7 +115,6 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
     """Mean loss on the held-out conversations, tokenized and masked as in training. With `per_row`
     given, each conversation's own mean loss is put in it by its position (from the same pass)."""
     import torch
-    import torch.nn.functional as F
 
     rows = [data_mod.tokenize_conversation(tokenizer, c, cfg.max_length, cfg.train_on_completions_only)
             for c in conversations]
@@ -134,11 +134,9 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
                                       for r in chunk])
             mask = torch.tensor([r["assistant_masks"] + [0] * (width - len(r["input_ids"])) for r in chunk])
             labels = ids.masked_fill(mask == 0, -100)
-            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
-            # Token t predicts token t+1, as in the model's own loss.
-            token_losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                           labels[:, 1:].reshape(-1).to(device), ignore_index=-100,
-                                           reduction="none").view(len(chunk), -1)
+            # Token t predicts token t+1, as in the model's own loss; scored a slice of the LM head at
+            # a time, never the whole vocabulary's logits for the batch (tuning/memory.py)
+            token_losses = memory.token_losses(model, ids.to(device), attention.to(device), labels.to(device))
             counts = (labels[:, 1:] != -100).sum(1).to(device)
             loss = token_losses.sum() / counts.sum().clamp(min=1)
             batch_losses += [loss.item()] * len(chunk)  # the Trainer's eval loop weights by rows
@@ -180,26 +178,37 @@ def task_checks(model, tokenizer, rows: list[tuple[list[dict], dict]], max_new_t
                 adapter: str = TRAINING_ADAPTER) -> dict | None:
     """Pass rates, base and tuned, of every held-out row that carries `expect`; None if none does."""
     checked = [(prompt_of(conv), extra) for conv, extra in rows
-               if isinstance(extra.get("expect"), list) and extra["expect"] and prompt_of(conv)]
+               if _checkable(extra) and prompt_of(conv)]
     if not checked:
         return None
     pairs = answer_pairs(model, tokenizer, [p for p, _ in checked], max_new_tokens, adapter)
     results = []
     for (prompt, extra), (base, tuned) in zip(checked, pairs):
-        results.append({"kind": str(extra.get("kind", "check")), "prompt": _user_text(prompt),
-                        "system": next((m["content"] for m in prompt if m["role"] == "system"), None),
-                        "expect": extra["expect"], "base": base, "tuned": tuned,
-                        "base_pass": passes(base, extra["expect"]), "tuned_pass": passes(tuned, extra["expect"])})
+        expect = extra["expect"]
+        row = {"kind": str(extra.get("kind", "check")), "prompt": _user_text(prompt),
+               "system": next((m["content"] for m in prompt if m["role"] == "system"), None),
+               "expect": expect, "base": base, "tuned": tuned,
+               "base_pass": passes(base, expect), "tuned_pass": passes(tuned, expect)}
+        if isinstance(expect, dict):  # named slots: each one counted on its own
+            base_slots, tuned_slots = slot_passes(base, expect), slot_passes(tuned, expect)
+            row["slots"] = {slot: {"base": base_slots[slot], "tuned": tuned_slots[slot]} for slot in base_slots}
+        results.append(row)
     return {"by_kind": summarize_checks(results), "rows": results}
 
 
 def summarize_checks(results: list[dict]) -> dict[str, dict]:
+    """Per kind: rows, passes base and tuned, and (for rows with named slots) the same per slot."""
     summary: dict[str, dict] = {}
     for r in results:
         s = summary.setdefault(r["kind"], {"n": 0, "base_passed": 0, "tuned_passed": 0})
         s["n"] += 1
         s["base_passed"] += bool(r["base_pass"])
         s["tuned_passed"] += bool(r["tuned_pass"])
+        for slot, passed in (r.get("slots") or {}).items():
+            t = s.setdefault("slots", {}).setdefault(slot, {"n": 0, "base_passed": 0, "tuned_passed": 0})
+            t["n"] += 1
+            t["base_passed"] += bool(passed["base"])
+            t["tuned_passed"] += bool(passed["tuned"])
     for s in summary.values():
         s["base_rate"] = s["base_passed"] / s["n"]
         s["tuned_rate"] = s["tuned_passed"] / s["n"]

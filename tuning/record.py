@@ -439,7 +439,9 @@ def training_process(run: Path) -> psutil.Process | None:
     another process is ruled out by its start time; a zombie (ended, not yet reaped) counts as ended."""
     try:
         info = read_process_info(run)
-        if info.get("host") not in (None, this_host()):
+        # another host's process, or one that said it is done with this run (and may live on to
+        # train the next: `train --seeds N` trains its runs one after another in one process)
+        if info.get("host") not in (None, this_host()) or info.get("ended"):
             return None
         proc = psutil.Process(int(info["pid"]))
         if abs(proc.create_time() - float(info["create_time"])) > 1.0:

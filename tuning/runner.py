@@ -159,11 +159,17 @@ def _start_locked(workspace: Path, cfg: TrainConfig) -> Path:
 
 def start(cfg: TrainConfig, workspace: Path) -> str:
     """Start a new run in the background; returns its run id. Refused while another is active
-    (queue it instead: enqueue)."""
+    (queue it instead: enqueue). A config with `seeds: N` starts its first seed and puts the other
+    N-1 at the head of the queue, so the seeds run back to back."""
+    from tuning import seeds
+
+    first, *others = seeds.seed_configs(cfg)
     workspace = Path(workspace).resolve()
     with workspace_lock(workspace):
         refuse_if_busy(workspace)
-        path = _start_locked(workspace, cfg)
+        path = _start_locked(workspace, first)
+        if others:
+            record.write_queue(workspace, _entries(others) + record.read_queue(workspace))
     return path.name
 
 
@@ -281,11 +287,18 @@ def grid(cfg: TrainConfig, spec: str) -> list[TrainConfig]:
             for text in items]
 
 
+def _entries(configs: list[TrainConfig]) -> list[dict]:
+    return [{"id": f"q-{uuid.uuid4().hex[:8]}", "added": round(time.time(), 3), "config": cfg.to_dict()}
+            for cfg in configs]
+
+
 def enqueue(workspace: Path, configs: list[TrainConfig]) -> list[dict]:
-    """Add runs at the end of the queue; returns their entries ({id, added, config})."""
+    """Add runs at the end of the queue (a config with `seeds: N` as its N runs); returns their
+    entries ({id, added, config})."""
+    from tuning import seeds
+
     workspace = Path(workspace).resolve()
-    new = [{"id": f"q-{uuid.uuid4().hex[:8]}", "added": round(time.time(), 3), "config": cfg.to_dict()}
-           for cfg in configs]
+    new = _entries([one for cfg in configs for one in seeds.seed_configs(cfg)])
     with workspace_lock(workspace):
         record.write_queue(workspace, record.read_queue(workspace) + new)
     return new

@@ -180,10 +180,16 @@ def loss_rows(result: dict | None) -> list[list]:
 
 
 def check_rows(result: dict | None) -> list[list]:
+    """One row per kind of task check, then one per named slot of it ("identity · name")."""
+    def row(name: str, s: dict) -> list:
+        base, tuned = s["base_passed"] / s["n"], s["tuned_passed"] / s["n"]
+        return [name, s["n"], s["base_passed"], round(100 * base, 1), s["tuned_passed"], round(100 * tuned, 1),
+                round(100 * (tuned - base), 1)]
+
     rows = []
     for kind, s in (((result or {}).get("checks") or {}).get("by_kind") or {}).items():
-        rows.append([kind, s["n"], s["base_passed"], round(100 * s["base_rate"], 1), s["tuned_passed"],
-                     round(100 * s["tuned_rate"], 1), round(100 * (s["tuned_rate"] - s["base_rate"]), 1)])
+        rows.append(row(kind, s))
+        rows += [row(f"{kind} · {slot}", t) for slot, t in (s.get("slots") or {}).items()]
     return rows
 
 

@@ -2,7 +2,8 @@
 all read through tuning/record.py), open one in Live or the Playground (app.py wires those
 buttons), download its adapter (the one zip tuning/export.py builds), delete one after a
 confirmation; compare two or more runs (tuning/compare.py: loss curves overlaid by step and by
-tokens seen, the config fields that differ, evaluations side by side); and the queue of runs waiting for the machine (tuning/runner.py), where one can be
+tokens seen, the config fields that differ, evaluations side by side); the seed groups (one
+config on several seeds, each figure as mean ± spread: tuning/seeds.py); and the queue of runs waiting for the machine (tuning/runner.py), where one can be
 removed before it starts."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ HEADERS = ["run", "name", "base model", "method", "objective", "status", "steps"
 # never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
 # header wraps a letter a line and the header pushes the rows out of view.
 WIDTHS = ["11%", "6%", "10%", "6%", "8%", "7%", "6%", "6%", "6%", "6%", "13%", "8%", "7%"]
+SEED_HEADERS = ["config (its runs' name)", "seeds", "figure", "mean ± sd (min-max)"]
 QUEUE_HEADERS = ["#", "queue id", "name", "base model", "dataset", "method", "learning rate", "max steps", "added",
                  "note"]
 
@@ -164,6 +166,14 @@ def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
             f"{len(result['config_diff'])} config fields differ."}
 
 
+def seed_table(ctx: AppContext) -> list[list[str]]:
+    """Runs of one config on several seeds (tuning/seeds.py): each evaluation figure as mean ± spread."""
+    from tuning import seeds
+
+    return seeds.spread_rows(seeds.seed_groups(ctx.workspace)) or [["(none yet: train a config with seeds: N)",
+                                                                       "", "", ""]]
+
+
 def compare_choices(ctx: AppContext):
     """The compare picker learns of new runs with the table's Refresh."""
     return gr.update(choices=record.run_ids(ctx.workspace))
@@ -218,6 +228,11 @@ def layout(ctx: AppContext) -> dict:
         c["delete"] = gr.Button("Delete run", variant="stop", scale=1)
     c["message"] = gr.Markdown()
     compare_layout(ctx, c)
+    with gr.Accordion("Seeds: one config on several seeds, each figure as mean ± spread", open=False):
+        gr.Markdown("A difference between two runs means something only when it is larger than the spread "
+                    "between seeds of one config. Set `seeds` (Train tab, advanced) to train a config on N seeds.")
+        c["seed_spread"] = gr.Dataframe(value=seed_table(ctx), headers=SEED_HEADERS, interactive=False, wrap=True,
+                                        label="Seed groups", elem_id="seed-spread")
     queue_layout(ctx, c)
     return c
 
@@ -271,6 +286,8 @@ def wire(ctx: AppContext, c: dict) -> None:
     cmp_out = [c[n] for n in ("cmp_by_step", "cmp_by_tokens", "cmp_config", "cmp_evals", "cmp_note")]
     c["cmp_go"].click(public(guarded(keyed(bind(compared, ctx), c))), c["cmp_runs"], cmp_out, api_name="compare_runs")
     c["refresh"].click(public(bind(compare_choices, ctx)), None, c["cmp_runs"], **private)
+    c["refresh"].click(public(bind(seed_table, ctx)), None, c["seed_spread"], **private)
+    gr.on(None, public(bind(seed_table, ctx)), None, c["seed_spread"], **private)
     gr.api(public(guarded(list_api)), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
 
