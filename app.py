@@ -67,6 +67,15 @@ def offered(picker: dict, run_id: str | None) -> dict:
     return {**picker, "value": run_id if run_id in choices else (choices[0] if choices else None)}
 
 
+def open_examples_in_dataset(tabs, evaluation, data) -> None:
+    """A click in the Evaluation tab's hardest examples opens that row in the Dataset tab's token view."""
+    def open_example(request):
+        return {tabs: gr.Tabs(selected="dataset"), data.row_request: request}
+
+    evaluation.row_request.change(public(open_example), evaluation.row_request, [tabs, data.row_request],
+                                  api_visibility="private")
+
+
 def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> gr.Blocks:
     # From the --workspace as given (None: the default), so a Space without /data gets its banner.
     settings = settings or space.space_settings(workspace=workspace)
@@ -121,12 +130,7 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
 
         play.tune_config.change(public(fill_train_form), play.tune_config, [tabs, *train.form],
                                 api_visibility="private")
-        # A click in the Evaluation tab's hardest examples opens that row in the Dataset tab's token view.
-        def open_example(request):
-            return {tabs: gr.Tabs(selected="dataset"), data.row_request: request}
-
-        evaluation.row_request.change(public(open_example), evaluation.row_request, [tabs, data.row_request],
-                                      api_visibility="private")
+        open_examples_in_dataset(tabs, evaluation, data)
         runs.open_live.click(public(open_live), runs.run, [tabs, live.run], api_visibility="private")
         runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
 
