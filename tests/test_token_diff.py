@@ -89,7 +89,7 @@ def test_playground_heatmap_of_a_real_answer(tmp_path, real_run, embedded_model_
     for piece in html.split('class="tok" ')[1:]:
         value = float(piece.split('data-diff="')[1].split('"')[0])
         text = piece.split(">", 1)[1].split("</span>")[0]
-        diffs.setdefault(text, value)
+        diffs.setdefault(text.strip(), value)
     # "Qu" of Quill: the base would hardly say it, the tuned model says it after 6 steps.
     assert diffs["Qu"] > 3.0, diffs
     assert "diverge-mark" in html and "the greedy answers part at token" in shown["heatmap_note"]
