@@ -30,7 +30,7 @@ PUBLIC = {
     "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
     "safe_tick", "run_picker_update", "status_api",  # Live
     "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api", "token_heatmap",  # Playground (+Runs, Evaluation)
-    "picked", "list_api", "compared", "compare_choices",  # Runs (comparing reads stored files only)
+    "picked", "list_api", "compared", "compare_choices", "seed_table",  # Runs (stored files only)
     "load_run", "gallery", "examples", "selected_row", "picked_example", "open_example", "open_row",  # Evaluation
 }
 
