@@ -32,6 +32,7 @@ PUBLIC = {
     "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api", "token_heatmap",  # Playground (+Runs, Evaluation)
     "picked", "list_api", "compared", "compare_choices", "seed_table",  # Runs (stored files only)
     "load_run", "gallery", "examples", "selected_row", "picked_example", "open_example", "open_row",  # Evaluation
+    "heldout_heatmap",  # Evaluation: loads the model, as the Playground does (finished runs only for a visitor)
 }
 
 

@@ -1,10 +1,11 @@
 """Evaluation tab: did the fine-tune work, and what did it cost? Held-out loss and perplexity,
 the task checks (base vs tuned), the probe gallery across checkpoints, the hardest examples (each
-row's own loss, tuning/row_losses.py; a click opens the row in the Dataset tab), and a blind A/B vote
+row's own loss, tuning/row_losses.py; a click opens the row in the Dataset tab), a held-out row token by
+token (tuning/token_diff.py, the Playground's heatmap), and a blind A/B vote
 (the widget shared with the Playground, tuning/ui/ab_view.py).
 
-Everything shown is read through tuning/record.py; only "Evaluate" and an A/B pair for a prompt
-of your own load a model.
+Everything shown is read through tuning/record.py; only "Evaluate", a held-out row's heatmap and an
+A/B pair for a prompt of your own load a model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from tuning import ab, record
-from tuning.ui import ab_view
+from tuning.ui import ab_view, access
 from tuning.ui.ab_view import run_path
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, check_rows, guarded, keyed, loss_rows
@@ -168,7 +169,48 @@ def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) 
     source = (record.read_row_index(run_path(ctx, run_id)).get("sources") or {}).get(SPLITS.get(split_label, "train"))
     if not source:
         raise record.RunError(f"run {run_id} does not say which data its rows came from")
-    return {"row_request": {"source": source, "file": file, "row": row}}
+    out = {"row_request": {"source": source, "file": file, "row": row}}
+    if SPLITS.get(split_label) == "heldout":  # and the held-out row's number, for its token heatmap
+        held = record.read_row_index(run_path(ctx, run_id)).get("heldout") or []
+        out.update({"heat_row": held.index([file, row]) + 1} if [file, row] in held else {})
+    return out
+
+
+def heldout_heatmap(ctx: AppContext, run_id: str, number) -> dict:
+    """Held-out row `number` (1 = the first) token by token: its own answer and the tuned model's greedy
+    answer coloured by how much more likely the tuned model finds each token than the base (one batch,
+    tuning/token_diff.py), the first token where the base's greedy answer differs marked."""
+    from tuning import evaluate, playground, token_diff
+
+    path = run_path(ctx, run_id)
+    if not access.is_owner(ctx) and record.summarize(path).status in record.ACTIVE_STATUSES:
+        access.require_owner(ctx)  # as the Playground: a visitor loads a model for finished runs only
+    cfg = record.read_config(path)
+    rows = evaluate.heldout_rows(cfg)
+    if not rows:
+        raise record.RunError(f"run {run_id} has no held-out rows (eval_split is 0 and no eval_dataset)")
+    try:
+        n = int(number)
+    except (TypeError, ValueError):
+        raise record.RunError(f"held-out row: expected a number from 1 to {len(rows)}, got {number!r}") from None
+    if not 1 <= n <= len(rows):
+        raise record.RunError(f"held-out row: {n} is outside 1..{len(rows)} (run {run_id} holds out {len(rows)})")
+    conversation = rows[n - 1][0]
+    if not token_diff.split_row(conversation)[0]:
+        raise record.RunError(f"held-out row {n} has no question before its answer: nothing to generate")
+    with access.one_at_a_time(ctx):
+        comparer = playground.comparer_for_run(path, ctx.workspace)
+        with comparer.lock:
+            name = comparer.attach(record.current_adapter(path))
+            found = token_diff.heldout_row(comparer.peft, comparer.tokenizer, conversation, name,
+                                           cfg.eval_max_new_tokens)
+    where = (record.read_row_index(path).get("heldout") or [])[n - 1:n]
+    origin = f" ({where[0][0]} row {where[0][1]})" if where and where[0][0] else ""
+    question = next((m["content"] for m in reversed(found["prompt"]) if m["role"] == "user"), "")
+    return {"heat_html": token_diff.row_html(found),
+            "heat_note": f"**Held-out row {n} of {len(rows)}**{origin}: {question!r}. Its own answer: "
+                         f"{token_diff.summary(found['scored'], None, greedy=False)} The greedy "
+                         f"answers: {token_diff.summary(found['tuned_scored'], found['diverge_at'])}"}
 
 
 def checkpoint_options(ctx: AppContext, run_id: str) -> dict:
@@ -251,6 +293,15 @@ def examples_layout(c: dict) -> None:
         c["went_up"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
                                     label="Loss went up (largest rise first)", elem_id="went-up")
     c["row_request"], c["picked_cells"] = gr.State(None), gr.State(None)
+    gr.Markdown("### A held-out row, token by token\nThe row's own answer and the tuned model's greedy answer "
+                "to its prompt, each token coloured by how much more (green) or less (red) likely the tuned "
+                "model finds it than the base; ▼ marks where the base's greedy answer first differs. A click "
+                "on a held-out row in the lists above puts its number here. Loads the model.")
+    with gr.Row():
+        c["heat_row"] = gr.Number(value=1, precision=0, minimum=1, label="Held-out row (1 = the first)", scale=1)
+        c["heat_btn"] = gr.Button("Colour this held-out row token by token", scale=2)
+    c["heat_note"] = gr.Markdown()
+    c["heat_html"] = gr.HTML(elem_id="heldout-heatmap")
 
 
 def wire(ctx: AppContext, c: dict) -> None:
@@ -263,7 +314,10 @@ def wire(ctx: AppContext, c: dict) -> None:
     for table in (c["hardest"], c["went_up"]):
         table.select(public(selected_row), None, c["picked_cells"], api_visibility="private") \
             .success(public(guarded(keyed(bind(picked_example, ctx), c))), [c["run"], c["split"], c["picked_cells"]],
-                     c["row_request"], api_visibility="private")
+                     [c["row_request"], c["heat_row"]], api_visibility="private")
+    c["heat_btn"].click(public(guarded(keyed(bind(heldout_heatmap, ctx), c))), [c["run"], c["heat_row"]],
+                        [c["heat_html"], c["heat_note"]], api_name="heldout_heatmap", concurrency_limit=1,
+                        concurrency_id="generate")
     # Viewing evaluations is public on a Space; computing one and voting are not.
     c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs")
     c["run"].change(public(guarded(keyed(bind(load_run, ctx), c))), c["run"], shown, api_name="eval_load")
