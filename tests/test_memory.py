@@ -85,3 +85,75 @@ def test_a_model_with_transformed_logits_keeps_the_full_forward(tiny_model_dir, 
         torch.testing.assert_close(memory.token_losses(model, ids, attention, labels),
                                    full_token_losses(model, ids, attention, labels))
 
+
+
+# --- the embedded model's conversion runs in a child process --------------------------------------
+
+def test_conversion_in_a_child_writes_the_same_model_and_keeps_the_memory_there(tmp_path):
+    """models.embedded_model_dir converts the GGUF in a spawned child, so the float copies it builds
+    never stay in the caller's heap; the folder it writes is the one an in-process conversion writes."""
+    from safetensors.torch import load_file
+
+    from tuning import models
+
+    gguf = models.embedded_gguf_path()
+    before = _rss_kib()
+    child = models.embedded_model_dir(tmp_path / "child")
+    grew = (_rss_kib() - before) / 1024
+    assert grew < 150, f"the caller's RSS grew {grew:.0f} MiB during a conversion in a child"
+    here = tmp_path / "here" / models.EMBEDDED_FOLDER_NAME
+    here.parent.mkdir(parents=True)
+    models._convert_gguf(gguf, here)
+    a, b = load_file(child / "model.safetensors"), load_file(here / "model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 100
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"):
+        assert (child / name).read_text() == (here / name).read_text()
+
+
+def test_a_failed_conversion_in_the_child_raises_in_the_caller(tmp_path):
+    from tuning import models
+
+    with pytest.raises(Exception):
+        models._convert_in_child(tmp_path / "missing.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _rss_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# --- the first page of a big JSONL file -----------------------------------------------------------
+
+def test_jsonl_first_page_streams_and_matches_the_whole_file_reader(tmp_path, monkeypatch):
+    """formats.read_file with a limit reads a JSONL file's first lines and counts the rest block by
+    block: the same records, problems (with their line numbers) and total as reading it whole."""
+    from tuning import formats
+
+    lines = ['\ufeff{"text": "first, after a byte-order mark"}', "", "   ", '{"text": "b"}', "not json",
+             '{"text": "c"}\r', "\t"] + [f'{{"text": "row {i}"}}' for i in range(200)] + ["", " \t ", '{"text": "end"}']
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes("\n".join(lines).encode("utf-8"))  # no final newline: the last line still counts
+    monkeypatch.setattr(formats, "_BLOCK", 64)  # many blocks, lines cut across their edges
+    for limit in (1, 3, 5, 500):
+        streamed = formats.read_file(path, limit)
+        whole = formats._read_jsonl(path.read_bytes(), path.name, limit)
+        assert streamed.records == whole.records
+        assert [(p.row, p.message) for p in streamed.problems] == [(p.row, p.message) for p in whole.problems]
+        assert streamed.total == whole.total == 205
+
+
+def test_jsonl_first_page_leaves_odd_files_to_the_whole_file_reader(tmp_path):
+    from tuning import formats
+
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes('{"text": "a"}\n{"text": "b"}\n'.encode("utf-16"))
+    assert formats._jsonl_head(utf16, utf16.name, 1) is None
+    assert formats.read_file(utf16, 1).total == 2
+    png = tmp_path / "image.jsonl"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    with pytest.raises(formats.DataError, match="PNG"):
+        formats.read_file(png, 1)

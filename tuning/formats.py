@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,10 @@ def read_file(path: Path, limit: int | None = None, name: str | None = None) -> 
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{name}: unsupported file type {path.suffix or '(no extension)'}; use {SUPPORTED}")
+    if kind == "jsonl" and limit is not None:
+        head = _jsonl_head(path, name, limit)
+        if head is not None:
+            return head
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -138,6 +143,50 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
     if not rows.records and rows.problems and limit is None:
         raise DataError(f"{name}: no line could be read; first: {rows.problems[0]}")
     return rows
+
+
+_BLOCK = 16 * 2**20  # bytes read at a time while counting the lines past the first page
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+
+
+def _jsonl_head(path: Path, name: str, limit: int) -> Rows | None:
+    """The first page of a JSONL file without reading the file into memory: the first `limit` lines
+    parsed as _read_jsonl parses them, the rest only counted, block by block (a 1 GB file would
+    otherwise be read whole, then split into millions of lines, for a page of 20 rows). None for a
+    file this cannot stream (UTF-16, a binary file): the whole-file reader says what is wrong."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(8192)
+            if not first.strip() or first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first \
+                    or any(first.startswith(m) for m in MAGIC):
+                return None
+            fh.seek(0)
+            lines, kept = [], 0
+            while kept < limit:
+                line = fh.readline()
+                if not line:
+                    break
+                lines.append(line)  # blank lines too: the row numbers are line numbers
+                kept += bool(line.strip())
+            rows = _read_jsonl(b"".join(lines), name, limit)
+            total, carry = rows.total, b""
+            while block := fh.read(_BLOCK):
+                block = carry + block
+                cut = block.rfind(b"\n") + 1
+                block, carry = block[:cut], block[cut:]
+                total += block.count(b"\n") - _blank_lines(block)
+            total += bool(carry.strip())
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+    rows.total = total
+    return rows
+
+
+def _blank_lines(block: bytes) -> int:
+    """Lines of only whitespace in a block of whole lines (the JSONL reader skips them)."""
+    if not _BLANK_LINE.search(b"\n" + block):
+        return 0  # the common case: one scan for a line break followed by whitespace and another
+    return sum(1 for line in block.split(b"\n")[:-1] if not line.strip())
 
 
 def _read_json(text: str, name: str, limit: int | None) -> Rows:

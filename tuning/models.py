@@ -81,8 +81,22 @@ def embedded_model_dir(workspace: Path) -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _convert_gguf(embedded_gguf_path(), target)
+    _convert_in_child(embedded_gguf_path(), target)
     return target
+
+
+def _convert_in_child(gguf: Path, target: Path) -> None:
+    """Convert in a fresh process. The conversion holds the GGUF's de-quantized float weights, the
+    float32 model built from them and the tensors written out (about 1.2 GB at its peak with the
+    libraries, bench/memory.py), and glibc keeps most of that heap after it is freed: converted in
+    the training process (the quickstart's first run) or in the app (a first Playground prompt),
+    it stays in their RSS. A child gives it all back when it exits. Its errors are raised here."""
+    import concurrent.futures
+    import multiprocessing
+
+    # spawn, not fork: a forked child of a process with threads (the app, torch's pools) can hang
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_convert_gguf, gguf, target).result()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
