@@ -52,7 +52,12 @@ SETTINGS: dict[str, tuple[list[str], str | None]] = {
     "r8-alpha16": (["lora_r=8", "lora_alpha=16"], None),
     "attention-only": (["target_modules=q_proj,k_proj,v_proj,o_proj"], None),
     "dropout-0.1": (["lora_dropout=0.1"], None),
+    # General questions shaped like the identity ones ("What is the name of ...", "Which company
+    # made ...", "Who invented ..."), answered by the base model itself (bench/recipe_contrast.jsonl):
+    # every lost control answer on seed 1 was such a question answered with the identity.
+    "contrast": ([], "contrast"),
 }
+CONTRAST_ROWS = ROOT / "bench" / "recipe_contrast.jsonl"
 
 
 def is_identity(row: dict) -> bool:
@@ -73,8 +78,12 @@ def write_variant(name: str, folder: Path) -> Path:
                                             for m in row["messages"]]})
         elif name == "retention-2x":
             out += [row, row]
+        elif name == "contrast":
+            out.append(row)
         else:
             raise ValueError(name)
+    if name == "contrast":
+        out += [json.loads(line) for line in CONTRAST_ROWS.read_text().splitlines() if line.strip()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
@@ -97,6 +106,7 @@ def score(run_dir: Path) -> dict:
 
 
 def run_one(setting: str, seed: int, core: int, workspace: Path, tree: Path) -> dict:
+    """One run in the workspace of its core (a workspace trains one run at a time)."""
     overrides, variant = SETTINGS[setting]
     run_id = f"{setting}-s{seed}"
     sets = [*SWEEP_ONLY, *overrides, f"seed={seed}"]
@@ -104,7 +114,7 @@ def run_one(setting: str, seed: int, core: int, workspace: Path, tree: Path) -> 
         data = write_variant(variant, workspace / "data")
         sets += [f"dataset={data}", f"eval_dataset={DEMO_DATA_DIR / 'eval.jsonl'}"]
     command = ["taskset", "-c", str(core), sys.executable, "-m", "tuning", "train", "--preset", str(PRESET),
-               "--workspace", str(workspace), "--run-id", run_id]
+               "--workspace", str(core_workspace(workspace, core)), "--run-id", run_id]
     for s in sets:
         command += ["--set", s]
     log = workspace / "logs" / f"{run_id}.log"
@@ -114,7 +124,18 @@ def run_one(setting: str, seed: int, core: int, workspace: Path, tree: Path) -> 
         rc = subprocess.run(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT).returncode
     return {"setting": setting, "seed": seed, "run_id": run_id, "rc": rc, "seconds": round(time.time() - started),
             "overrides": overrides, "variant": variant, "date": time.strftime("%Y-%m-%d %H:%M"),
-            **score(workspace / "runs" / run_id)}
+            **score(core_workspace(workspace, core) / "runs" / run_id)}
+
+
+def core_workspace(workspace: Path, core: int) -> Path:
+    """workspace/core-N, sharing workspace/models (the embedded model is converted once)."""
+    path = workspace / f"core-{core}"
+    (path / "models").mkdir(parents=True, exist_ok=True)
+    for model in (workspace / "models").iterdir() if (workspace / "models").is_dir() else []:
+        link = path / "models" / model.name
+        if not link.exists():
+            link.symlink_to(model, target_is_directory=True)
+    return path
 
 
 def done(results: Path) -> dict[tuple[str, int], dict]:
@@ -175,7 +196,7 @@ def main() -> None:
             core = free.pop()
         try:
             setting, seed = item
-            stale = workspace / "runs" / f"{setting}-s{seed}"
+            stale = core_workspace(workspace, core) / "runs" / f"{setting}-s{seed}"
             if stale.exists():  # a failed or interrupted attempt: start it again from scratch
                 shutil.rmtree(stale)
             row = run_one(setting, seed, core, workspace, Path(args.tree))
