@@ -33,6 +33,8 @@ PUBLIC = {
     "picked", "list_api", "compared", "compare_choices", "seed_table",  # Runs (stored files only)
     "load_run", "gallery", "examples", "selected_row", "picked_example", "open_example", "open_row",  # Evaluation
     "heldout_heatmap",  # Evaluation: loads the model, as the Playground does (finished runs only for a visitor)
+    "show_pair", "picked_pair",  # Dataset: the pair view of what was inspected (a visitor: the demo pairs only)
+    "vote_runs",  # Dataset: the runs whose votes open as pairs (a visitor is listed none; the votes are the owner's)
 }
 
 

@@ -317,6 +317,19 @@ def side_token_view(tokenizer, row: dict, side: str, max_length: int | None = No
     return [(text, {"trained": "scored", "masked": "prompt"}.get(label, label)) for text, label in pieces]
 
 
+def pair_token_views(tokenizer, row: dict, max_length: int | None = None) -> dict[str, list[tuple[str, str | None]]]:
+    """A row's token view split for showing the sides next to each other: "prompt" (the context both
+    sides share, not scored) and each answer side from its first scored token on (scored, and what
+    max_length cuts: each side is cut on its own, prompt + that side)."""
+    out: dict[str, list] = {}
+    for side in sides(row):
+        pieces = side_token_view(tokenizer, row, side, max_length)
+        start = next((i for i, (_, label) in enumerate(pieces) if label != "prompt"), len(pieces))
+        out.setdefault("prompt", pieces[:start])
+        out[side] = pieces[start:]
+    return out
+
+
 def _lengths(tokenizer, row: dict) -> dict[str, int]:
     """Tokens of prompt + each side, of each answer alone, and of the prompt."""
     out = {}
@@ -332,9 +345,9 @@ def _lengths(tokenizer, row: dict) -> dict[str, int]:
 def _percentiles(values: list[int]) -> dict[str, int]:
     ordered = sorted(values)
     if not ordered:
-        return {"p50": 0, "p95": 0, "longest": 0}
+        return {"shortest": 0, "p50": 0, "p95": 0, "longest": 0}
     pick = lambda q: ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]  # noqa: E731
-    return {"p50": pick(0.5), "p95": pick(0.95), "longest": ordered[-1]}
+    return {"shortest": ordered[0], "p50": pick(0.5), "p95": pick(0.95), "longest": ordered[-1]}
 
 
 def statistics(loaded: PreferenceData, tokenizer, max_length: int) -> dict[str, Any]:

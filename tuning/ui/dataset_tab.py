@@ -2,6 +2,8 @@
 the row count, a paginated preview of the normalized conversations, every problem with its row
 number, the token statistics (length histogram against max_length, truncated rows, trainable
 tokens, duplicates) and the token view: one row as the model sees it, trained vs masked.
+Preference data (pairs, KTO's labelled answers) and a run's votes show as pairs instead
+(tuning/ui/dataset_pairs.py): prompt, chosen and rejected side by side, token lengths per side.
 
 Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows (the first
 page and the counts show in seconds), then the statistics step reads everything and tokenizes it
@@ -18,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import paths, space
-from tuning.ui import access
+from tuning.ui import access, dataset_pairs
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, check_source, guarded, keyed, load_dataset, opening_config
 
@@ -26,19 +28,44 @@ PAGE_SIZE = 10
 QUICK_ROWS = 200     # rows parsed before the first page shows
 SAMPLE_ROWS = 1000   # rows tokenized for the quick estimate when there are more than this
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
-SOURCES = ("demo dataset", "upload a file", "path or Hub id")
+SOURCES = ("demo dataset", "upload a file", "path or Hub id", "votes of a run")
 
 
-def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str) -> str:
+def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str, run: str | None = None) -> str:
     """The dataset string a TrainConfig takes, for what the person picked on the page."""
+    from tuning import pairs
+
     if kind == SOURCES[0]:
         return "demo"
-    access.require_owner(ctx)  # a visitor to a Space may inspect the demo only: no uploads, paths or Hub reads
+    if kind == SOURCES[2] and (text or "").strip() == pairs.DEMO_PREFERENCE:
+        return pairs.DEMO_PREFERENCE  # the bundled preference demo: shipped with the app, anyone may read it
+    access.require_owner(ctx)  # a visitor to a Space may inspect the demos only: no uploads, paths, Hub reads or votes
+    if kind == SOURCES[3]:
+        return vote_pairs_file(ctx, run)
     if kind == SOURCES[1]:
         if not upload:
             raise paths.PathError("upload: choose a file first (" + ", ".join(UPLOAD_TYPES) + ")")
         return keep_upload(ctx, Path(upload))
     return check_source(ctx, text, what="dataset", keep=("demo",))
+
+
+def vote_pairs_file(ctx: AppContext, run: str | None) -> str:
+    """A run's blind votes (and corrections) as the DPO pairs file "tune on my votes" trains on."""
+    from tuning import record
+
+    if not run:
+        raise paths.PathError("votes: pick a run first (runs with a decisive vote or a correction are listed)")
+    return str(record.write_preference_pairs(record.existing_run_dir(ctx.workspace, run)))
+
+
+def vote_runs(ctx: AppContext, kind: str) -> dict:
+    """The runs whose votes can be opened, listed when that source is picked (the owner's only)."""
+    from tuning import record
+
+    if kind != SOURCES[3]:
+        return {}
+    found = record.runs_with_preferences(ctx.workspace) if access.is_owner(ctx) else []
+    return {"run": gr.update(choices=found, value=found[0] if found else None)}
 
 
 def keep_upload(ctx: AppContext, upload: Path) -> str:
@@ -130,21 +157,35 @@ def inspect_dataset(ctx: AppContext, dataset: str, fmt: str = "auto", column_map
 
 def source_inputs(kind: str) -> dict:
     """The upload box and the path box, each shown only for its kind of source."""
-    return {"upload": gr.update(visible=kind == SOURCES[1]), "text": gr.update(visible=kind == SOURCES[2])}
+    return {"upload": gr.update(visible=kind == SOURCES[1]), "text": gr.update(visible=kind == SOURCES[2]),
+            "run": gr.update(visible=kind == SOURCES[3])}
 
 
 INSPECT_OUTPUTS = ("summary", "preview", "page", "pages", "problems", "stats", "source", "chosen_format",
-                   "chosen_map")
+                   "chosen_map", "sft_preview", "sft_tokens", "pair_box", "pair_list", "pair_row")
 
 
-def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = "") -> dict:
+def shown_as(pairs_view: bool) -> dict:
+    """The SFT preview and token view, or the pair view: one of them shows."""
+    return {"sft_preview": gr.update(visible=not pairs_view), "sft_tokens": gr.update(visible=not pairs_view),
+            "pair_box": gr.update(visible=pairs_view)}
+
+
+def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = "",
+                    run: str | None = None) -> dict:
     """The quick step: the first QUICK_ROWS rows, so a huge file shows its first page at once.
-    source, chosen_format and chosen_map are what the Train form takes (app.py wires them)."""
-    source = resolve_source(ctx, kind, upload, text)
+    source, chosen_format and chosen_map are what the Train form takes (app.py wires them).
+    Preference data (or a run's votes) shows as pairs instead."""
+    source = resolve_source(ctx, kind, upload, text, run)
+    chosen = {"source": source, "chosen_format": fmt or "auto", "chosen_map": (column_map or "").strip()}
+    if dataset_pairs.is_preference(source):
+        origin = f"votes of run {run}" if kind == SOURCES[3] else ""
+        return {**dataset_pairs.inspect(source, column_map, origin), **chosen, "chosen_format": "auto",
+                "preview": [], "page": 1, "pages": "of 1", **shown_as(True)}
     rep = report(source, fmt, column_map, limit=QUICK_ROWS)
     return {"summary": summary_markdown(rep), "preview": rep["preview"], "page": 1,
             "pages": f"of {rep['pages']}", "problems": rep["problems"], "stats": "Counting tokens…",
-            "source": source, "chosen_format": fmt or "auto", "chosen_map": (column_map or "").strip()}
+            **chosen, **shown_as(False), "pair_list": [], "pair_row": 1}
 
 
 PAGE_OUTPUTS = ("preview", "page", "pages")
@@ -257,6 +298,10 @@ def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, 
     if not source:
         raise paths.PathError("dataset: inspect a dataset first")
     limit = _max_length(max_length)
+    if dataset_pairs.is_preference(source):
+        tokenizer = tokenizer_for(ctx, base_model, progress)
+        yield dataset_pairs.statistics(source, column_map, tokenizer, limit)
+        return
     if progress is not None:
         progress(0.0, desc="reading every row")
     loaded = load_dataset(source, fmt, column_map)
@@ -269,7 +314,7 @@ def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, 
         frame, order = histogram_frame(stats)
         suggested = stats["suggested_max_length"]
         yield {**head, "stats": stats_markdown(stats, estimate=sample is not None),
-               "histogram": gr.BarPlot(value=frame, sort=order), "findings": findings_rows(stats),
+               "histogram": gr.BarPlot(value=frame, sort=order, visible=True), "findings": findings_rows(stats),
                "suggested": suggested,
                "use_btn": gr.update(value=f"Use max_length {suggested} for training", visible=suggested != limit)}
 
@@ -281,6 +326,8 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
 
     if not source:
         raise paths.PathError("dataset: inspect a dataset first")
+    if dataset_pairs.is_preference(source):
+        return []  # pairs show in the pair view (show_pair)
     loaded = load_dataset(source, fmt, column_map)
     try:
         number = int(row or 1)
@@ -293,9 +340,18 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
                            bool(completions_only))
 
 
+def show_pair(ctx: AppContext, source: str, column_map: str, number, base_model: str, max_length) -> dict:
+    """One pair of preference data side by side with each side's tokens; nothing for SFT data."""
+    if not source or not dataset_pairs.is_preference(source):
+        return {}
+    return dataset_pairs.pair_view(source, column_map, number, tokenizer_for(ctx, base_model),
+                                   _max_length(max_length))
+
+
 TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
 
-OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "tv_row", "tokens")
+OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "tv_row", "tokens",
+                "sft_preview", "sft_tokens", "pair_box")
 
 
 def openable(ctx: AppContext, source: str) -> str:
@@ -328,7 +384,7 @@ def open_row(ctx: AppContext, request: dict | None, base_model: str, max_length,
     return {"kind": SOURCES[0] if demo else SOURCES[2], "text": "" if demo else source,
             "summary": summary_markdown(rep) + f"  \nOpened **{Path(where[0]).name} row {where[1]}** (# {number}).",
             "preview": rows, "page": page, "pages": f"of {pages}", "problems": rep["problems"], "source": source,
-            "tv_row": number,
+            "tv_row": number, **shown_as(False),
             "tokens": token_view_handler(ctx, source, "auto", number, base_model, max_length, completions_only)}
 
 
@@ -360,27 +416,33 @@ def _source_layout() -> dict:
     upload = gr.File(label="Upload a file (" + " ".join(UPLOAD_TYPES) + ")", file_types=UPLOAD_TYPES,
                      type="filepath", visible=False)
     text = gr.Textbox(label="Path or Hub id", visible=False,
-                      info="A file under the workspace or a --data-dir folder, or a Hub dataset id (org/name)")
+                      info="A file under the workspace or a --data-dir folder, a Hub dataset id (org/name), or "
+                           "demo-preference (the bundled DPO pairs)")
+    run = gr.Dropdown([], label="Run whose votes to open", visible=False,
+                      info="Its blind A/B votes with a winner (and corrections) as DPO pairs")
     inspect_btn = gr.Button("Inspect dataset", variant="primary")
     summary = gr.Markdown("Pick a source and press **Inspect dataset**.")
-    return dict(kind=kind, fmt=fmt, column_map=column_map, upload=upload, text=text, inspect_btn=inspect_btn,
-                summary=summary)
+    return dict(kind=kind, fmt=fmt, column_map=column_map, upload=upload, text=text, run=run,
+                inspect_btn=inspect_btn, summary=summary)
 
 
 def _preview_layout() -> dict:
-    with gr.Row():
-        prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
-        page = gr.Number(value=1, label="Page", precision=0, minimum=1, min_width=80)
-        pages = gr.Markdown("of 1")
-        next_btn = gr.Button("Next ▶", size="sm", min_width=80)
-    preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations (click a row to see its tokens)",
-                           wrap=True, column_widths=["6%", "13%", "30%", "35%", "6%", "10%"],
-                           interactive=False, max_height=420)
+    with gr.Column() as sft_preview:
+        with gr.Row():
+            prev_btn = gr.Button("◀ Previous", size="sm", min_width=80)
+            page = gr.Number(value=1, label="Page", precision=0, minimum=1, min_width=80)
+            pages = gr.Markdown("of 1")
+            next_btn = gr.Button("Next ▶", size="sm", min_width=80)
+        preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations (click a row to see its "
+                               "tokens)", wrap=True, column_widths=["6%", "13%", "30%", "35%", "6%", "10%"],
+                               interactive=False, max_height=420)
+    pair_parts = dataset_pairs.layout()
     gr.Markdown("**Problems** — a row that cannot be read is left out of training (*drop*); fix it in the "
                 "file (the row number is the line an editor shows) and inspect again to keep it (*fix*).")
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems", interactive=False, wrap=True,
                             max_height=240)
-    return dict(prev_btn=prev_btn, page=page, pages=pages, next_btn=next_btn, preview=preview, problems=problems)
+    return dict(prev_btn=prev_btn, page=page, pages=pages, next_btn=next_btn, preview=preview, problems=problems,
+                sft_preview=sft_preview, **pair_parts)
 
 
 def _tokens_layout(defaults) -> dict:
@@ -403,17 +465,18 @@ def _tokens_layout(defaults) -> dict:
     use_btn = gr.Button("Use the suggested max_length for training", visible=False, size="sm")
     findings = gr.Dataframe(headers=FINDING_HEADERS, label="Rows to look at: truncated, nothing to learn, duplicates",
                             interactive=False, wrap=True, max_height=240)
-    gr.Markdown("**How the model sees a row** — green tokens are learned (the loss is computed on them), grey "
-                "ones are context it reads, red ones fall beyond max_length and are cut off.")
-    with gr.Row():
-        tv_row = gr.Number(value=1, label="Row (# in the preview)", precision=0, minimum=1, scale=1)
-        tv_btn = gr.Button("Show tokens", scale=1)
-    tokens = gr.HighlightedText(label="Tokens", color_map=TOKEN_COLORS, show_legend=True, combine_adjacent=False)
+    with gr.Column() as sft_tokens:
+        gr.Markdown("**How the model sees a row** — green tokens are learned (the loss is computed on them), grey "
+                    "ones are context it reads, red ones fall beyond max_length and are cut off.")
+        with gr.Row():
+            tv_row = gr.Number(value=1, label="Row (# in the preview)", precision=0, minimum=1, scale=1)
+            tv_btn = gr.Button("Show tokens", scale=1)
+        tokens = gr.HighlightedText(label="Tokens", color_map=TOKEN_COLORS, show_legend=True, combine_adjacent=False)
     gr.Markdown("Held-out data: the Train form's **eval_split** (the share of these rows kept for evaluation) "
                 "or **eval_dataset** (a separate file) decide it; both are under *Data* in the Train tab.")
     return dict(tv_model=tv_model, tv_len=tv_len, completions_only=completions_only, recount_btn=recount_btn,
                 stats=stats, histogram=histogram, use_btn=use_btn, findings=findings, tv_row=tv_row, tv_btn=tv_btn,
-                tokens=tokens, suggested=gr.State(None))
+                tokens=tokens, suggested=gr.State(None), sft_tokens=sft_tokens)
 
 
 def build(ctx: AppContext) -> DatasetParts:
@@ -430,13 +493,24 @@ def build(ctx: AppContext) -> DatasetParts:
     show_tokens = public(guarded(bind(token_view_handler, ctx)))
     count = public(guarded(keyed(bind(statistics_handler, ctx), ui)))
     private = dict(api_visibility="private")
-    ui["kind"].change(public(keyed(source_inputs, ui)), ui["kind"], pick("upload", "text"), **private)
+    pair_inputs = pick("source", "column_map", "pair_row", "tv_model", "tv_len")
+    # Public: a visitor may see the demo preference pairs; show_pair shows nothing else than what was inspected.
+    pair = public(guarded(keyed(bind(show_pair, ctx), ui)))
+    pair_outputs = pick(*dataset_pairs.VIEW_OUTPUTS)
+    ui["kind"].change(public(keyed(source_inputs, ui)), ui["kind"], pick("upload", "text", "run"), **private)
+    # Public: a visitor is listed no runs (the votes are the owner's).
+    ui["kind"].change(public(guarded(keyed(bind(vote_runs, ctx), ui))), ui["kind"], ui["run"], **private)
     # Inspect, a new format or a new column map: the quick first page, then every row with tokens.
     gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit],
-          public(guarded(keyed(bind(inspect_handler, ctx), ui))), pick("kind", "upload", "text", "fmt", "column_map"),
+          public(guarded(keyed(bind(inspect_handler, ctx), ui))),
+          pick("kind", "upload", "text", "fmt", "column_map", "run"),
           pick(*INSPECT_OUTPUTS), api_name="inspect_dataset_form", **private) \
         .success(count, stats_inputs, pick(*STATS_OUTPUTS), **private) \
-        .success(show_tokens, token_inputs, ui["tokens"], **private)
+        .success(show_tokens, token_inputs, ui["tokens"], **private) \
+        .success(pair, pair_inputs, pair_outputs, **private)
+    ui["pair_btn"].click(pair, pair_inputs, pair_outputs, **private)
+    ui["pair_list"].select(public(dataset_pairs.picked_pair), None, ui["pair_row"], **private) \
+        .success(pair, pair_inputs, pair_outputs, **private)
     ui["recount_btn"].click(count, stats_inputs, pick(*STATS_OUTPUTS), **private)
     ui["use_btn"].click(public(lambda value: value), ui["suggested"], ui["tv_len"], **private)
     for button, delta in ((ui["prev_btn"].click, -1), (ui["next_btn"].click, +1), (ui["page"].submit, 0)):
