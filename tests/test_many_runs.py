@@ -129,3 +129,29 @@ def test_process_info_is_read_again_when_the_file_is_replaced(tmp_path):
     assert record.remote_host(run) == "another"
     os.remove(run / record.PROCESS)
     assert record.read_process_info(run) == {}
+
+
+def test_a_rewritten_evaluation_is_read_again_and_each_caller_gets_its_own_copy(tmp_path):
+    run = make_run(tmp_path, "a")
+    record.write_evaluation(run, {"eval_loss": 0.5, "checks": {"by_kind": {"identity": {"n": 2}}}})
+    first = record.read_evaluation(run)
+    first["checks"]["by_kind"]["identity"]["n"] = 99  # a caller changing what it was given
+    assert record.read_evaluation(run) == {"eval_loss": 0.5, "checks": {"by_kind": {"identity": {"n": 2}}}}
+    record.write_evaluation(run, {"eval_loss": 0.25})
+    assert record.read_evaluation(run) == {"eval_loss": 0.25}
+    (run / record.EVALUATION).write_text("not json")
+    assert record.read_evaluation(run) is None
+
+
+def test_a_finished_run_is_not_asked_about_its_trainer_again(tmp_path, monkeypatch):
+    """Once no trainer is alive the summary is kept whole while its files stay as they are; a new
+    process.json (a resume) is asked about again."""
+    run = make_run(tmp_path, "a")
+    EventLog(record.events_path(run)).append("end", status="completed", step=3, max_steps=10)
+    record.write_json(run / record.PROCESS, {"pid": 999_999, "create_time": 1.0, "host": record.this_host()})
+    assert listed(tmp_path)["a"].status == record.COMPLETED
+    asked = []
+    monkeypatch.setattr(record, "process_alive", lambda r: asked.append(r) or True)
+    assert listed(tmp_path)["a"].status == record.COMPLETED and asked == []
+    record.write_json(run / record.PROCESS, {"pid": 999_998, "create_time": 2.0, "host": record.this_host()})
+    assert listed(tmp_path)["a"].status == record.RUNNING and len(asked) == 1

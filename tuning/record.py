@@ -30,7 +30,9 @@ lists the run as damaged and the others normally.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import marshal
 import math
 import os
 import re
@@ -388,13 +390,13 @@ def write_process_info(run: Path, pid: int) -> dict:
     return info
 
 
-_PROCESS_INFO: dict[Path, tuple[tuple | None, dict]] = {}  # run -> (file key, info): see _parsed
+_PROCESS_INFO: dict[str, tuple[tuple | None, dict]] = {}  # run -> (file key, info): see _parsed
 
 
 def read_process_info(run: Path) -> dict:
     # Every listing asks each run whether its trainer lives; the file is read again only when it
     # changed (write_atomic replaces it: a new inode; the heartbeat touches its time).
-    path = Path(run) / PROCESS
+    path = os.path.join(run, PROCESS)
     key = _file_key(path)
     cached = _PROCESS_INFO.get(path)
     if cached is not None and cached[0] == key and key is not None:
@@ -638,9 +640,24 @@ def summarize(run: Path) -> RunSummary:
 
 
 def _summarize(run: Path) -> RunSummary:
-    summary = RunSummary(run_id=run.name, path=run, status=DAMAGED)
-    alive = process_alive(run)  # asked every time: a process can die without touching a file
     parsed = _parsed(run)
+    process_key = _file_key(os.path.join(run, PROCESS))  # strings, not Paths: this runs 500 times a listing
+    if parsed.ended is not None and parsed.process_key == process_key:
+        # A trainer found dead stays dead (its pid and start time never come back); a new one is
+        # recorded in a new process.json. Nothing the summary is made of has changed.
+        return dataclasses.replace(parsed.ended, config=dict(parsed.ended.config),
+                                   progress=copy.copy(parsed.ended.progress))
+    summary = _summary_of(run, parsed)
+    if summary.status not in ACTIVE_STATUSES:
+        parsed.ended = dataclasses.replace(summary, config=dict(summary.config),
+                                           progress=copy.copy(summary.progress))
+        parsed.process_key = process_key
+    return summary
+
+
+def _summary_of(run: Path, parsed: "_Parsed") -> RunSummary:
+    summary = RunSummary(run_id=run.name, path=run, status=DAMAGED)
+    alive = process_alive(run)  # asked while the trainer was last seen alive: it can die without a word
     if parsed.config is None:
         # Still running (someone edited the file by hand mid-run)? Then it is busy, whatever its
         # config says, so the one-run-at-a-time rule keeps holding.
@@ -677,13 +694,15 @@ class _Parsed:
     progress: EventSummary = field(default_factory=EventSummary)
     offset: int = 0
     tail: bytes = b""
+    ended: RunSummary | None = None  # the summary once no trainer is alive, and process.json's key then
+    process_key: tuple | None = None
 
 
 _PARSED: dict[Path, _Parsed] = {}
 _PARSED_LOCK = threading.Lock()
 
 
-def _file_key(path: Path) -> tuple | None:
+def _file_key(path: str | Path) -> tuple | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -695,7 +714,8 @@ def _config_bytes(run: Path) -> bytes | None:
     # config.yaml is small: its bytes are its key (exact, whatever the clock's resolution), and
     # parsing them into a TrainConfig is what costs
     try:
-        return config_path(run).read_bytes()
+        with open(os.path.join(run, CONFIG), "rb") as fh:
+            return fh.read()
     except OSError:
         return None
 
@@ -711,7 +731,7 @@ def _bytes_before(path: Path, offset: int) -> bytes:
 
 def _parsed(run: Path) -> _Parsed:
     """The run's config and event summary, from the cache while their files are unchanged."""
-    config_key, events_key = _config_bytes(run), _file_key(events_path(run))
+    config_key, events_key = _config_bytes(run), _file_key(os.path.join(run, EVENTS))
     with _PARSED_LOCK:
         cached = _PARSED.get(run)
     if cached is not None and cached.config_key == config_key and cached.events_key == events_key:
@@ -743,7 +763,8 @@ def _forget_missing(folder: Path, listed: set[Path]) -> None:
     with _PARSED_LOCK:
         for run in [r for r in _PARSED if r.parent == folder and r not in listed]:
             del _PARSED[run]
-            _PROCESS_INFO.pop(run / PROCESS, None)
+            _PROCESS_INFO.pop(os.path.join(run, PROCESS), None)
+            _EVALUATIONS.pop(os.path.join(run, EVALUATION), None)
 
 
 def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_model: str | None = None,
@@ -798,9 +819,24 @@ def write_queue(workspace: Path, entries: list[dict]) -> None:
 
 # --- evaluation.json -----------------------------------------------------------------------------
 
+_EVALUATIONS: dict[str, tuple[tuple, bytes]] = {}  # path -> (file key, the parsed value, marshalled)
+
+
 def read_evaluation(run: Path) -> dict | None:
-    value = read_json(Path(run) / EVALUATION)
-    return value if isinstance(value, dict) else None
+    # The Runs table, the seed groups and the Evaluation tab's picker read every run's evaluation on
+    # each page load (500 runs: 1,000 JSON parses). The parsed value is kept by the file's key
+    # (write_json replaces the file: a new inode) as marshal bytes, whose loads is several times
+    # cheaper than JSON's and hands every caller its own copy.
+    path = os.path.join(run, EVALUATION)
+    key = _file_key(path)
+    cached = _EVALUATIONS.get(path)
+    if key is not None and cached is not None and cached[0] == key:
+        return marshal.loads(cached[1])
+    value = read_json(path)
+    value = value if isinstance(value, dict) else None
+    if key is not None:
+        _EVALUATIONS[path] = (key, marshal.dumps(value))
+    return value
 
 
 def write_evaluation(run: Path, result: dict) -> None:
