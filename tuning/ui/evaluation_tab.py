@@ -150,8 +150,8 @@ def examples(ctx: AppContext, run_id: str, split_label: str = "training rows") -
                 "packing is on; held-out ones at each evaluation).")
     else:
         note = (f"{len(row_losses.rows(path, split))} {split_label} measured. *Loss*: when last measured; *typical*: "
-                "the median of the rows measured around the same step; *first*: when first measured "
-                + ("(the base model's, for held-out rows). " if split == "heldout" else ". ")
+                "the median of the rows measured around the same step; *first*: when first measured"
+                + (" (the base model's, for held-out rows). " if split == "heldout" else ". ")
                 + "Click a row to open it in the Dataset tab's token view.")
     return {"hardest": example_rows(hardest), "went_up": example_rows(risen), "examples_note": note}
 
