@@ -149,7 +149,7 @@ def picked_pair(evt: gr.SelectData) -> int:
 
 def layout() -> dict:
     """The pair view (hidden until a preference source is inspected)."""
-    with gr.Column(visible=False) as pair_box:
+    with gr.Column(visible=False, elem_id="pair-view") as pair_box:
         pair_list = gr.Dataframe(headers=LIST_HEADERS, label="Pairs — click one to see it side by side", wrap=True,
                                  column_widths=["6%", "24%", "30%", "30%", "10%"], interactive=False, max_height=360)
         gr.Markdown("**One pair as the model sees it** — grey: the prompt (context, not scored); green: the answer's "
