@@ -68,6 +68,8 @@ class Stages:
     def end(self, row: dict) -> None:
         row["after"] = status_kib("VmRSS") * 1024
         row["peak"] = status_kib("VmHWM") * 1024
+        print(f"[memory] {row['stage']}: before {mib(row['before'])}, peak {mib(row['peak'])}, "
+              f"after {mib(row['after'])} MiB", flush=True)  # as it happens, should the run not finish
 
     def wrap(self, owner, attr: str, name: str) -> None:
         """Make owner.attr record a stage each time it is called."""
