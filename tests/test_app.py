@@ -232,7 +232,7 @@ def test_runs_table_delete_and_download(ctx, tmp_path, monkeypatch):
     (path / "adapter" / "adapter_config.json").write_text("{}")
     (path / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
     (row,) = runs_tab.table(ctx)
-    assert row[:5] == ["r3", "named", config_mod.EMBEDDED_MODEL, "lora", "completed"] and row[5] == "5/5"
+    assert row[:6] == ["r3", "named", config_mod.EMBEDDED_MODEL, "lora", "sft", "completed"] and row[6] == "5/5"
     zipped = runs_tab.download(ctx, "r3")  # the Export tab's zip: weights, config and the model card
     assert Path(zipped).is_relative_to(tmp_path / "gradio")
     assert gr.File().postprocess(zipped).path == zipped  # what the page's file box is given

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning import data as data_mod
-from tuning import generation, models, pairs, record
+from tuning import generation, pairs, record  # not models: it imports torch, and the page imports this
 from tuning.config import ConfigError, TrainConfig
 from tuning.generation import BASE
 
@@ -60,6 +60,8 @@ def check_init_from(cfg: TrainConfig, workspace: Path) -> Path | None:
 
 def _model(cfg: TrainConfig, model_path: str, workspace: Path):
     """The frozen base (4-bit for qlora), with the init_from adapter loaded trainable when given."""
+    from tuning import models
+
     start = check_init_from(cfg, workspace)
     model = models.load_base_for_training(cfg, model_path)
     if start is None:
@@ -78,7 +80,7 @@ def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bo
     """The TrainingArguments every objective shares with SFT (train.build_trainer's, minus packing)."""
     import torch
 
-    from tuning import distributed
+    from tuning import distributed, models
 
     dtype = models.compute_dtype(cfg, training=True)
     return dict(
