@@ -25,21 +25,23 @@ DPO_STEPS = 3  # each DPO step of the embedded model takes ~20-60 s on the 2 sha
 PROMPTS = (PROMPT, "Who made you?")  # identity questions: the tuned answer differs from the base
 
 
-def generate(page, prompt: str) -> tuple[str, str]:
-    """Both answers to `prompt`, once this generation (not the one before) is done."""
+def generate(page, prompt: str, previous: tuple[str, str] | None = None) -> tuple[str, str]:
+    """Both answers to `prompt`, once this generation is done: they differ from `previous`, the
+    answers this test last read (reading the boxes before the click is not enough: after a vote the
+    labelled columns come back a moment later, and their old text would pass for the new)."""
     from playwright.sync_api import expect
 
     boxes = (page.get_by_role("textbox", name=re.compile(r"^Base model")),
              page.get_by_role("textbox", name=re.compile(r"^Tuned — ")))
-    before = [box.input_value() if box.count() else None for box in boxes]
+    before = list(previous) if previous else [box.input_value() if box.count() else None for box in boxes]
     page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_role("button", name="Generate side by side", exact=True).click()
     done = page.get_by_text("Done: same prompt")
     deadline = time.time() + 300
     while time.time() < deadline:  # the previous answer's "Done" shows until the new one starts streaming
         expect(done).to_be_visible(timeout=300_000)
-        now = [box.input_value() for box in boxes]
-        if now != before:
+        now = [box.input_value().strip() for box in boxes]
+        if now != before and all(now):
             return now[0].strip(), now[1].strip()
         time.sleep(0.5)
     raise AssertionError(f"no new answer to {prompt!r}")
@@ -88,7 +90,7 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
             page.get_by_text("Blind A/B: judge the two answers above").click()
             answers = []
             for n, prompt in enumerate(PROMPTS, start=1):
-                base, tuned = generate(page, prompt)
+                base, tuned = generate(page, prompt, answers[-1][1:] if answers else None)
                 answers.append((prompt, base, tuned))
                 page.get_by_role("button", name=re.compile("^Vote blind on these answers")).click()
                 a_box = page.get_by_role("textbox", name="A", exact=True)
@@ -146,8 +148,9 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
             page.get_by_role("tab", name="Playground").click()
             page.get_by_role("button", name="↻ Refresh", exact=True).first.click()
             pick(page, "Run", dpo_id)
+            base, tuned = generate(page, PROMPT, answers[-1][1:])
+            # the columns are labelled by the run that answered: the DPO run's final adapter
             expect(page.get_by_role("textbox", name=re.compile(rf"^Tuned — {dpo_id}"))).to_be_visible(timeout=60_000)
-            base, tuned = generate(page, PROMPT)
             print(f"\nafter DPO: base {base!r}\n           tuned {tuned!r}")
             assert tuned and base
             shot(page, "5-playground-dpo")

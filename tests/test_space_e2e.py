@@ -206,7 +206,7 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
         assert demo["valid_rows"] > 50 and demo["problem_count"] == 0
         # The Dataset tab on the demo (public), then its token counts with another base model's
         # tokenizer: a Hub download, refused (the first input is the server-side inspected source).
-        summary, *_ = page.result("inspect_dataset_form", ["demo dataset", None, "", "auto", ""])
+        summary, *_ = page.result("inspect_dataset_form", ["demo dataset", None, "", "auto", "", None])
         assert "demo" in summary
         private = {"download_adapter": [run_id], "zip_shown": [run_id], "merge": [run_id, ""],
                    "gguf": [run_id, "", "f16"], "save_probes": [run_id, "What is 2 + 2?"],
