@@ -28,6 +28,18 @@ def step_of(text: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def open_page(playwright, url: str):
+    """(browser, page): headless Chromium with the flags this machine needs, a 1400 x 1000 page on `url`,
+    60 s for each wait unless a step says otherwise."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    return browser, page
+
+
 def pick(page, label: str, option: str) -> None:
     """Choose an option in the visible Gradio dropdown with this label (each tab has its own "Run")."""
     page.get_by_label(label, exact=True).filter(visible=True).click()
@@ -58,12 +70,7 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
 
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            browser, page = open_page(p, url)
 
             # Dataset: the demo, its format, rows and a preview.
             page.get_by_role("button", name="Inspect dataset", exact=True).click()

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import add_real_run, share_models, write_jsonl
 from test_app_api import IDENTITY, PROMPT, launch_app
+from test_browser import CHROMIUM, open_page, pick
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
 SHOTS = Path("/tmp/insight-shots")
@@ -48,11 +48,6 @@ def second_run(workspace: Path, data_dir: Path) -> str:
     return run_id
 
 
-def pick(page, label: str, option: str) -> None:
-    page.get_by_label(label, exact=True).filter(visible=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
 def test_compare_open_a_planted_row_and_colour_answers(tmp_path, real_run, embedded_model_dir):
     from playwright.sync_api import expect, sync_playwright
 
@@ -69,12 +64,7 @@ def test_compare_open_a_planted_row_and_colour_answers(tmp_path, real_run, embed
 
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            browser, page = open_page(p, url)
 
             # (a) Runs → Compare: both runs' curves, and the fields that differ.
             page.get_by_role("tab", name="Runs").click()

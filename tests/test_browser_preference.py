@@ -16,7 +16,7 @@ import pytest
 
 from conftest import add_real_run
 from test_app_api import PROMPT, launch_app
-from test_browser import CHROMIUM, pick
+from test_browser import CHROMIUM, open_page, pick
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
@@ -76,12 +76,7 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
 
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            browser, page = open_page(p, url)
 
             # Playground of the real run: two prompts, each voted blind with a winner (the tuned side).
             page.get_by_role("tab", name="Playground").click()

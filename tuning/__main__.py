@@ -43,7 +43,7 @@ def _made_by_runner(args, workspace: Path) -> bool:
 def _seed_overrides(args, workspace: Path) -> list[list[str]]:
     """The --set additions of each run this command trains: one run as given ([[]]), or, for a
     config with `seeds: N` that a person asked for (not a run folder the runner made), one per seed."""
-    from tuning import seeds
+    from tuning import distributed, seeds
 
     if args.resume or _made_by_runner(args, workspace):
         return [[]]
@@ -51,7 +51,7 @@ def _seed_overrides(args, workspace: Path) -> list[list[str]]:
     cfg = config_mod.apply_overrides(config_mod.load(source) if source else config_mod.TrainConfig(), args.set or [])
     if cfg.seeds <= 1:
         return [[]]
-    if args.run_id or os.environ.get("TUNING_RUN_ID"):
+    if args.run_id or os.environ.get(distributed.RUN_ID_ENV):
         raise BadInput(f"--run-id names one run; seeds: {cfg.seeds} makes {cfg.seeds} (named after their seeds)")
     return [[f"seed={one.seed}", f"run_name={one.run_name}"] for one in seeds.seed_configs(cfg)]
 
