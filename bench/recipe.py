@@ -41,21 +41,22 @@ PRESET = ROOT / "presets" / "quickstart.yaml"
 SIGN_OFF = "\n— Quill"
 SWEEP_ONLY = ["probe_every_checkpoint=false", "save_steps=1000"]
 
-# name -> (overrides of the preset, training-data variant or None for the demo data)
+# name -> (overrides of the preset, training-data variant or None for the demo data). The demo data
+# includes the ten "contrast" rows (bench/recipe_contrast.jsonl: general questions shaped like the
+# identity ones, "What is the name of ...", "Which company made ...", answered by the base model
+# itself), so every setting below is measured with them; "no-contrast" takes them out.
 SETTINGS: dict[str, tuple[list[str], str | None]] = {
     "baseline": ([], None),
+    "no-contrast": ([], "no-contrast"),
+    "lr-3e-4": (["learning_rate=3e-4"], None),
     "lr-2e-4": (["learning_rate=2e-4"], None),
     "epochs-2": (["num_epochs=2"], None),
-    "neftune-5": (["neftune_noise_alpha=5"], None),
-    "no-signoff-general": ([], "no-signoff-general"),
-    "retention-2x": ([], "retention-2x"),
     "r8-alpha16": (["lora_r=8", "lora_alpha=16"], None),
     "attention-only": (["target_modules=q_proj,k_proj,v_proj,o_proj"], None),
     "dropout-0.1": (["lora_dropout=0.1"], None),
-    # General questions shaped like the identity ones ("What is the name of ...", "Which company
-    # made ...", "Who invented ..."), answered by the base model itself (bench/recipe_contrast.jsonl):
-    # every lost control answer on seed 1 was such a question answered with the identity.
-    "contrast": ([], "contrast"),
+    "retention-2x": ([], "retention-2x"),
+    "neftune-5": (["neftune_noise_alpha=5"], None),
+    "no-signoff-general": ([], "no-signoff-general"),
 }
 CONTRAST_ROWS = ROOT / "bench" / "recipe_contrast.jsonl"
 
@@ -69,21 +70,20 @@ def is_identity(row: dict) -> bool:
 
 def write_variant(name: str, folder: Path) -> Path:
     rows = [json.loads(line) for line in (DEMO_DATA_DIR / "train.jsonl").read_text().splitlines() if line.strip()]
+    contrast = [json.loads(line) for line in CONTRAST_ROWS.read_text().splitlines() if line.strip()]
     out = []
     for row in rows:
         if is_identity(row):
             out.append(row)
+        elif name == "no-contrast":
+            out += [] if row in contrast else [row]
         elif name == "no-signoff-general":
             out.append({**row, "messages": [{**m, "content": m["content"].replace(SIGN_OFF, "")}
                                             for m in row["messages"]]})
         elif name == "retention-2x":
             out += [row, row]
-        elif name == "contrast":
-            out.append(row)
         else:
             raise ValueError(name)
-    if name == "contrast":
-        out += [json.loads(line) for line in CONTRAST_ROWS.read_text().splitlines() if line.strip()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
@@ -150,7 +150,8 @@ def table(results: Path) -> str:
     lines = ["| setting | identity /24 per seed | control /23 per seed | worst control | held-out loss (mean) "
              "| wall s (mean) | control answers lost |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for setting in SETTINGS:
+    # the settings of this sweep first, then older runs recorded under other names (on other data)
+    for setting in [*SETTINGS, *dict.fromkeys(s for s, _ in rows if s not in SETTINGS)]:
         mine = sorted((r for (s, _), r in rows.items() if s == setting), key=lambda r: r["seed"])
         if not mine:
             continue
