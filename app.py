@@ -135,14 +135,20 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
 
         # A fresh page (a reload, a second browser, an app restart) opens the active run, else the
-        # newest, in every tab that picks one (each picker re-reads the workspace).
-        def fresh_page():
-            run_id = record.default_run(ctx.workspace)
-            return {live.run: run_picker_update(ctx, run_id), play.run: run_picker_update(ctx, run_id),
-                    evaluation.run: offered(evaluation_tab.refreshed(ctx, None), run_id),
-                    exported.run: offered(export_tab.refreshed(ctx, None), run_id)}
+        # newest, in every tab that picks one, and lists the runs in the Runs tab: one event reading
+        # one listing of the workspace (with 500 runs, a listing per picker made a page load take
+        # seconds: bench/many_runs.py).
+        runs_listed = {name: getattr(runs, name) for name in runs_tab.REFRESHED}
 
-        demo.load(public(fresh_page), None, [live.run, play.run, evaluation.run, exported.run],
+        def fresh_page():
+            with record.one_listing():
+                run_id = record.default_run(ctx.workspace)
+                return {live.run: run_picker_update(ctx, run_id), play.run: run_picker_update(ctx, run_id),
+                        evaluation.run: offered(evaluation_tab.refreshed(ctx, None), run_id),
+                        exported.run: offered(export_tab.refreshed(ctx, None), run_id),
+                        **{runs_listed[name]: value for name, value in runs_tab.refreshed(ctx, None).items()}}
+
+        demo.load(public(fresh_page), None, [live.run, play.run, evaluation.run, exported.run, *runs_listed.values()],
                   api_visibility="private")
     # On a Space, everything above that is not public(...) is for the owner alone.
     access.deny_by_default(demo, ctx)

@@ -10,13 +10,21 @@ and times, in this process, on the same app object:
 
 - `record.list_runs` (the summaries every run picker and the Runs table read),
 - the Runs tab's table (`runs_tab.table`: summaries plus each run's stored evaluation),
+- the Runs tab's Refresh (`runs_tab.refreshed`: the table, both run pickers and the seed groups),
 - a page load: every function the page runs when a browser opens it (Gradio's `load` events: each
   tab's run picker, the Runs table, the seed groups, the queue), called as the server calls them,
-  minus the HTTP round trip.
+  minus the HTTP round trip; and how many times a page load lists the workspace.
 
 Each is timed `--repeats` times; the first call after the workspace changed (cold: what a change
 costs) and the median of the rest (warm: an unchanged workspace) are printed. The workspace is on
 the local disk, in the OS page cache after the first read.
+
+Then, unless `--no-browser` (needs Playwright and /usr/bin/chromium), the same through a launched
+`python app.py` and headless Chromium, against a workspace of 2 runs, alternating: a new run is added
+after the app started (so the page as built does not list it), the page is opened and its Runs tab
+clicked, and the time from navigation until the Runs table lists the new run is taken (the page's
+load event fills every picker and the table at once, so this is the page load as a person sees it);
+then another run is added and the Runs tab's Refresh is timed the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,10 +117,104 @@ def page_load(demo) -> None:
         block_fn.fn(*[getattr(block, "value", None) for block in block_fn.inputs])
 
 
+def counted_listings(fn) -> int:
+    """How many times fn lists the workspace (record.summarize per run, divided by the runs)."""
+    from tuning import record
+
+    calls = []
+    real = record.summarize
+    record.summarize = lambda run: calls.append(run) or real(run)
+    try:
+        fn()
+    finally:
+        record.summarize = real
+    return len(calls)
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]  # tests/test_browser.py open_page's flags
+
+
+class LaunchedApp:
+    """`python app.py` on a workspace, for a `with` block."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = workspace
+
+    def __enter__(self):
+        import httpx
+
+        from startup import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--workspace",
+                                      str(self.workspace)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                httpx.get(self.url + "config", timeout=2).raise_for_status()
+                return self
+            except Exception:  # noqa: BLE001 - still starting
+                time.sleep(0.2)
+        raise RuntimeError("the app did not start")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def new_run_listed(browser, app: LaunchedApp, serial: list) -> tuple[float, float]:
+    """(page load, Refresh) in seconds: a run added, the page opened on its Runs tab until the table
+    lists it; another run added, Refresh clicked until the table lists that one."""
+    from tuning import record
+
+    def add() -> str:
+        serial[0] += 1
+        run_id = f"29991231-{serial[0]:06d}"
+        make_run(record.runs_dir(app.workspace) / run_id, serial[0], random.Random(serial[0]))
+        return run_id
+
+    listed = "([sel, id]) => (document.querySelector(sel) || {}).textContent?.includes(id)"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        run_id = add()
+        started = time.perf_counter()
+        page.goto(app.url, wait_until="commit")
+        page.get_by_role("tab", name="Runs", exact=True).click(timeout=60_000)
+        page.wait_for_function(listed, arg=["#runs-table", run_id], polling=20, timeout=120_000)
+        loaded = time.perf_counter() - started
+        run_id = add()
+        started = time.perf_counter()
+        page.get_by_role("button", name="↻ Refresh", exact=True).click()
+        page.wait_for_function(listed, arg=["#runs-table", run_id], polling=20, timeout=120_000)
+        return loaded, time.perf_counter() - started
+    finally:
+        page.close()
+
+
+def browser_rows(big: Path, repeats: int) -> dict:
+    """Page load and Refresh through a launched app: 2 runs vs the big workspace, alternating."""
+    from playwright.sync_api import sync_playwright
+
+    small = make_workspace(2)
+    serial = [0]
+    times = {"small": [], "big": []}
+    with LaunchedApp(small) as app_small, LaunchedApp(big) as app_big, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS)
+        new_run_listed(browser, app_small, serial)  # warm-up: the browser's cache of the page's scripts
+        for _ in range(repeats):
+            for name, app in (("small", app_small), ("big", app_big)):
+                times[name].append(new_run_listed(browser, app, serial))
+        browser.close()
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-browser", action="store_true", help="in-process timings only")
     a = p.parse_args()
 
     started = time.perf_counter()
@@ -129,16 +232,30 @@ def main() -> None:
     touch = record.runs_dir(workspace) / f"20260101-{a.runs - 1:06d}"
     for name, fn in (("record.list_runs", lambda: record.list_runs(workspace)),
                      ("Runs tab table", lambda: runs_tab.table(ctx)),
+                     ("Runs tab Refresh (table, pickers, seed groups)", lambda: runs_tab.refreshed(ctx, None)),
                      ("page load (all load events)", lambda: page_load(demo))):
         # cold: one run's events changed since the last read (as while a run trains), the rest unchanged
         record.event_log(touch).append("log", step=72, max_steps=72, loss=0.3)
         results[name] = timed(fn, a.repeats)
+    listings = counted_listings(lambda: page_load(demo)) / a.runs
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {a.runs} runs, {machine_load()}:")
     print("| what | first call (one run changed) | median of the next calls |")
     print("| --- | --- | --- |")
     for name, (first, warm) in results.items():
         print(f"| {name} | {first:.3f} s | {warm:.3f} s |")
-    print(json.dumps({"runs": a.runs, "results": results}))
+    print(f"listings of the workspace per page load: {listings:g}")
+    browser = None
+    if not a.no_browser:
+        browser = browser_rows(workspace, a.repeats)
+        print(f"\nthrough the launched app and Chromium ({machine_load()}), median of {a.repeats}:")
+        print("| workspace | page load until the Runs table lists a new run | Refresh until it lists another |")
+        print("| --- | --- | --- |")
+        for name, pairs in browser.items():
+            size = 2 if name == "small" else a.runs
+            print(f"| {size} runs | {statistics.median(t[0] for t in pairs):.2f} s "
+                  f"({', '.join(f'{t[0]:.2f}' for t in pairs)}) | {statistics.median(t[1] for t in pairs):.2f} s "
+                  f"({', '.join(f'{t[1]:.2f}' for t in pairs)}) |")
+    print(json.dumps({"runs": a.runs, "results": results, "listings_per_page_load": listings, "browser": browser}))
 
 
 if __name__ == "__main__":

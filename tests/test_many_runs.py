@@ -155,3 +155,25 @@ def test_a_finished_run_is_not_asked_about_its_trainer_again(tmp_path, monkeypat
     assert listed(tmp_path)["a"].status == record.COMPLETED and asked == []
     record.write_json(run / record.PROCESS, {"pid": 999_998, "create_time": 2.0, "host": record.this_host()})
     assert listed(tmp_path)["a"].status == record.RUNNING and len(asked) == 1
+
+
+def test_one_listing_lists_once_per_block_and_anew_after_it(tmp_path, monkeypatch):
+    """A page load's handlers share one listing (filters apply to it); the next block, and every call
+    outside a block, lists the folder again, so a run that appeared or ended is seen at once."""
+    make_run(tmp_path, "a")
+    summarized = []
+    real = record.summarize
+    monkeypatch.setattr(record, "summarize", lambda run: summarized.append(run.name) or real(run))
+    with record.one_listing():
+        assert record.run_ids(tmp_path) == ["a"]
+        make_run(tmp_path, "b")  # appears mid-block: the block keeps the view it started with
+        with record.one_listing():  # a nested block shares the outer one's listing
+            assert record.default_run(tmp_path) == "a"
+        assert record.list_runs(tmp_path, statuses=(record.RUNNING,)) == []
+        assert [s.run_id for s in record.list_runs(tmp_path, method="qlora")] == ["a"]
+    assert summarized == ["a"]
+    assert record.run_ids(tmp_path) == ["b", "a"]  # after the block: listed anew
+    assert record.run_ids(tmp_path) == ["b", "a"] and len(summarized) == 5  # and anew on every call
+    with record.one_listing():
+        record.delete_run(tmp_path, "a")
+    assert record.run_ids(tmp_path) == ["b"]

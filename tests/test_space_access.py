@@ -30,7 +30,7 @@ PUBLIC = {
     "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
     "safe_tick", "run_picker_update", "status_api",  # Live
     "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api", "token_heatmap",  # Playground (+Runs, Evaluation)
-    "picked", "list_api", "compared", "compare_choices", "seed_table",  # Runs (stored files only)
+    "picked", "list_api", "compared",  # Runs (stored files only)
     "load_run", "gallery", "examples", "selected_row", "picked_example", "open_example", "open_row",  # Evaluation
     "heldout_heatmap",  # Evaluation: loads the model, as the Playground does (finished runs only for a visitor)
     "show_pair", "picked_pair",  # Dataset: the pair view of what was inspected (a visitor: the demo pairs only)

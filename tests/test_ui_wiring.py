@@ -268,8 +268,37 @@ def test_a_fresh_page_opens_the_default_run_in_every_tab(tmp_path):
     demo = app.build_demo(ws)
     (load,) = [f for f in demo.fns.values() if f.name == "fresh_page"]
     updates = load.fn()
-    assert [updates[picker]["value"] for picker in load.outputs] == ["r2", "r2", "r2", "r1"]  # Live, Playground,
-    assert [updates[picker]["choices"] for picker in load.outputs][-1] == ["r1"]  # Evaluation, Export
+    pickers = load.outputs[:4]
+    assert [updates[picker]["value"] for picker in pickers] == ["r2", "r2", "r2", "r1"]  # Live, Playground,
+    assert [updates[picker]["choices"] for picker in pickers][-1] == ["r1"]  # Evaluation, Export
+    # the same event lists the runs in the Runs tab: table, picker, compare picker, seed groups
+    listing, runs_picker, cmp_runs, seeds = load.outputs[4:]
+    assert [row[0] for row in updates[listing]] == ["r2", "r1"]
+    assert updates[runs_picker]["choices"] == updates[cmp_runs]["choices"] == ["r2", "r1"]
+    assert updates[seeds][0][0].startswith("(none yet")
+
+
+def test_a_page_load_lists_the_workspace_once_and_sees_a_new_run(tmp_path, monkeypatch):
+    """Every picker, the Runs table and the seed groups come from one listing per page load (500 runs
+    made eight listings cost seconds: bench/many_runs.py); the next load lists again, so a run that
+    appeared since shows up."""
+    ws = tmp_path / "ws"
+    ended_run(ws, "r1")
+    demo = app.build_demo(ws)
+    loads = [f for f in demo.fns.values() if f.fn is not None and any(t[1] == "load" for t in f.targets)]
+    listings = []
+    real = record.summarize
+    monkeypatch.setattr(record, "summarize", lambda run: listings.append(run) or real(run))
+    for f in loads:
+        f.fn()
+    assert len(listings) == 1  # one run, listed once
+    ended_run(ws, "r2")
+    listings.clear()
+    (load,) = [f for f in loads if f.name == "fresh_page"]
+    updates = load.fn()
+    assert len(listings) == 2  # two runs, listed once
+    assert updates[load.outputs[0]]["value"] == "r2"  # Live opens the new run
+    assert [row[0] for row in updates[load.outputs[4]]] == ["r2", "r1"]  # the Runs table lists it
 
 
 # --- probes edited in the Playground -------------------------------------------------------------

@@ -29,6 +29,8 @@ lists the run as damaged and the others normally.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import json
@@ -766,6 +768,39 @@ def _forget_missing(folder: Path, listed: set[Path]) -> None:
             _EVALUATIONS.pop(os.path.join(run, EVALUATION), None)
 
 
+# A page load fills every run picker, the Runs table and the seed groups (eight listings of every
+# run); inside `with one_listing():` the first list_runs of a runs folder is kept and the later calls
+# of the same block filter it, so one request lists the workspace once and all it shows agrees.
+# Outside such a block every call lists anew (the start lock, the queue and the CLI never see a
+# listing older than their call).
+_LISTING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("record_listing", default=None)
+
+
+@contextlib.contextmanager
+def one_listing():
+    """Within the block, list_runs lists each runs folder once (the summaries it hands out are shared
+    by the block's callers: read them only). Nested blocks share the outermost one's listing."""
+    if _LISTING.get() is not None:
+        yield
+        return
+    token = _LISTING.set({})
+    try:
+        yield
+    finally:
+        _LISTING.reset(token)
+
+
+def _listing(folder: Path) -> list[RunSummary]:
+    memo = _LISTING.get()
+    if memo is not None and folder in memo:
+        return memo[folder]
+    found = [summarize(p) for p in folder.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
+    _forget_missing(folder, {s.path for s in found})
+    if memo is not None:
+        memo[folder] = found
+    return found
+
+
 def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_model: str | None = None,
               method: str | None = None) -> list[RunSummary]:
     """Every run folder, newest first, optionally only those with one of `statuses`, a base model
@@ -773,9 +808,7 @@ def list_runs(workspace: Path, *, statuses: tuple[str, ...] | None = None, base_
     folder = runs_dir(workspace)
     if not folder.is_dir():
         return []
-    found = [summarize(p) for p in folder.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
-    _forget_missing(folder, {s.path for s in found})
-    found = [s for s in found if (statuses is None or s.status in statuses)
+    found = [s for s in _listing(folder) if (statuses is None or s.status in statuses)
              and (base_model is None or s.config.get("base_model") == base_model)
              and (method is None or s.config.get("method") == method)]
     return sorted(found, key=lambda s: s.run_id, reverse=True)

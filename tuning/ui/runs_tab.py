@@ -33,6 +33,9 @@ class RunsParts:
     run: gr.Dropdown
     open_live: gr.Button
     open_play: gr.Button
+    listing: gr.Dataframe  # with run, cmp_runs and seed_spread: what `refreshed` fills (app.py's page load)
+    cmp_runs: gr.Dropdown
+    seed_spread: gr.Dataframe
 
 
 def evaluation_cells(summary: record.RunSummary) -> list[str]:
@@ -61,9 +64,15 @@ def table(ctx: AppContext) -> list[list]:
     return rows
 
 
+REFRESHED = ("listing", "run", "cmp_runs", "seed_spread")
+
+
 def refreshed(ctx: AppContext, run_id: str | None) -> dict:
-    """The table and the run picker, re-read from the workspace."""
-    return {"listing": table(ctx), "run": run_picker_update(ctx, run_id)}
+    """Every output of REFRESHED re-read from one listing of the workspace: the table, the run
+    picker, the compare picker and the seed groups."""
+    with record.one_listing():
+        return {"listing": table(ctx), "run": run_picker_update(ctx, run_id), "cmp_runs": compare_choices(ctx),
+                "seed_spread": seed_table(ctx)}
 
 
 def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
@@ -76,7 +85,7 @@ def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
 
 
 def do_delete(ctx: AppContext, run_id: str, confirmed: bool) -> dict:
-    """The Delete button: the message, the confirmation unticked, the table and picker without the run."""
+    """The Delete button: the message, the confirmation unticked, the tab's listings without the run."""
     text = delete(ctx, run_id, confirmed)
     gr.Info(text)
     return {"message": text, "confirm": False, **refreshed(ctx, None)}
@@ -253,11 +262,11 @@ def queue_layout(ctx: AppContext, c: dict) -> None:
 
 def wire(ctx: AppContext, c: dict) -> None:
     private = {"api_visibility": "private"}
-    listed = [c["listing"], c["run"]]
-    # Browsing runs is public on a Space; deleting and downloading are not.
+    listed = [c[name] for name in REFRESHED]
+    # Browsing runs is public on a Space; deleting and downloading are not. A fresh page (a reload, a
+    # second browser, an app restart) lists the runs as they are now: app.py's page load calls
+    # `refreshed` with the other tabs' pickers, from one listing.
     c["refresh"].click(public(keyed(bind(refreshed, ctx), c)), c["run"], listed, **private)
-    # A fresh page (a reload, a second browser, an app restart) lists the runs as they are now.
-    gr.on(None, public(keyed(bind(refreshed, ctx, None), c)), None, listed, **private)
     c["listing"].select(public(picked), c["listing"], c["run"], **private)
     c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"]],
                       [c["message"], c["confirm"], *listed], **private)
@@ -285,9 +294,6 @@ def wire(ctx: AppContext, c: dict) -> None:
     # Comparing reads stored files only: public on a Space, like the table.
     cmp_out = [c[n] for n in ("cmp_by_step", "cmp_by_tokens", "cmp_config", "cmp_evals", "cmp_note")]
     c["cmp_go"].click(public(guarded(keyed(bind(compared, ctx), c))), c["cmp_runs"], cmp_out, api_name="compare_runs")
-    c["refresh"].click(public(bind(compare_choices, ctx)), None, c["cmp_runs"], **private)
-    c["refresh"].click(public(bind(seed_table, ctx)), None, c["seed_spread"], **private)
-    gr.on(None, public(bind(seed_table, ctx)), None, c["seed_spread"], **private)
     gr.api(public(guarded(list_api)), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
 
@@ -295,4 +301,6 @@ def wire(ctx: AppContext, c: dict) -> None:
 def build(ctx: AppContext) -> RunsParts:
     components = layout(ctx)
     wire(ctx, components)
-    return RunsParts(run=components["run"], open_live=components["open_live"], open_play=components["open_play"])
+    return RunsParts(run=components["run"], open_live=components["open_live"], open_play=components["open_play"],
+                     listing=components["listing"], cmp_runs=components["cmp_runs"],
+                     seed_spread=components["seed_spread"])
