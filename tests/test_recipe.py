@@ -164,6 +164,34 @@ def test_seed_groups_spread_every_figure_and_keep_other_configs_apart(tmp_path):
     assert shown["figures"]["identity"]["values"] == [24, 22, 23] and shown["seeds"] == [42, 43, 44]
 
 
+def test_compare_judges_each_difference_against_the_seed_spread(tmp_path):
+    from tuning import compare
+    from tuning.ui import runs_tab
+    from tuning.ui.common import AppContext
+
+    base = TrainConfig(run_name="quick", seeds=3)
+    for cfg, loss, ident, name in zip(seeds.seed_configs(base), (0.30, 0.34, 0.32), (24, 22, 23), (16, 14, 15)):
+        _fake_run(tmp_path, f"20261202-0000{cfg.seed}-{cfg.run_name}", cfg, loss, ident, name)
+    _fake_run(tmp_path, "20261202-000099-other", base.replace(learning_rate=1e-4, run_name="other"), 0.50, 24, 16)
+    result = compare.compare(tmp_path, ["20261202-000042-quick-seed42", "20261202-000099-other"])
+    noise = {n["figure"]: n for n in result["noise"]}
+    # held-out loss 0.30 vs 0.50: 0.2 apart, the seeds' sd is 0.02 -> a real difference
+    assert noise[seeds.LOSS]["difference"] == pytest.approx(0.2)
+    assert noise[seeds.LOSS]["seed_sd"] == pytest.approx(0.02)
+    assert noise[seeds.LOSS]["verdict"].startswith("larger than the seed spread")
+    # identity 24 vs 24, name 16 vs 16: nothing to explain; control equal on every seed (sd 0)
+    assert noise["identity"]["verdict"].startswith("within the seed spread (sd 1 over seeds 42, 43, 44)")
+    assert noise["control"]["difference"] == 0 and noise["control"]["seed_sd"] == 0
+    note = runs_tab.compared(AppContext(workspace=tmp_path), ["20261202-000042-quick-seed42",
+                                                              "20261202-000099-other"])["cmp_note"]
+    assert "held-out loss: 0.3 vs 0.5 (difference 0.2): larger than the seed spread" in note
+    # two runs no seed group holds: the comparison says only more seeds can tell
+    _fake_run(tmp_path, "20261202-000097-third", base.replace(learning_rate=3e-4, run_name="third"), 0.40, 20, 12)
+    lonely = compare.compare(tmp_path, ["20261202-000099-other", "20261202-000097-third"])["noise"]
+    assert lonely and all(n["seed_sd"] is None and "seeds: N" in n["verdict"] for n in lonely)
+    assert "against the seed noise:" in compare.text_report(result)
+
+
 def test_a_config_with_seeds_queues_its_other_seeds_next(tmp_path, monkeypatch):
     class Started:
         pid = os.getpid()  # alive: the first seed counts as training

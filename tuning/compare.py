@@ -6,7 +6,9 @@ RUN RUN ... --json` alike:
                so runs with different batch sizes or sequence lengths can share one x axis;
   config_diff  the TrainConfig fields whose values differ between the runs (the rest is the same);
   evaluations  each run's stored evaluation side by side: held-out loss base vs tuned, perplexity,
-               task checks, the blind A/B win rate, its status and steps.
+               task checks, the blind A/B win rate, its status and steps;
+  noise        each evaluation figure's difference between the runs against the spread of the seed
+               groups they belong to (tuning/seeds.py): is it larger than what the seed alone moves?
 Everything is read through tuning/record.py; nothing loads a model.
 """
 
@@ -89,6 +91,43 @@ def evaluation(summary: record.RunSummary) -> dict[str, Any]:
     }
 
 
+# A difference under twice the seeds' standard deviation is within the noise: two single runs of
+# one config differ by about 1.4 sd on average, so this rough rule calls little of that a real change.
+NOISE_SDS = 2.0
+
+
+def against_noise(workspace: Path, summaries: list[record.RunSummary]) -> list[dict]:
+    """[{figure, values: {run: value}, difference, seed_sd, seed_group, verdict}] for every figure all
+    the runs' evaluations have. seed_sd is the largest spread of that figure among the seed groups
+    that hold one of the runs (None when none does: then only more seeds can tell)."""
+    from tuning import seeds
+
+    ids = [s.run_id for s in summaries]
+    per_run = {s.run_id: seeds.figures(record.read_evaluation(s.path)) for s in summaries}
+    groups = [g for g in seeds.seed_groups(workspace) if set(g.run_ids) & set(ids)]
+    out = []
+    for figure in [f for f in per_run[ids[0]] if all(f in per_run[r] for r in ids[1:])]:
+        values = {r: per_run[r][figure][0] for r in ids}
+        difference = max(values.values()) - min(values.values())
+        spreads = [(sp.sd, g) for g in groups for sp in g.spreads if sp.figure == figure]
+        sd, group = max(spreads, key=lambda t: t[0]) if spreads else (None, None)
+        if sd is None:
+            verdict = "no seed group holds these runs: train one with seeds: N to know the noise"
+        elif difference > NOISE_SDS * sd:
+            verdict = f"larger than the seed spread (sd {sd:.3g} over seeds {', '.join(map(str, group.seeds))})"
+        else:
+            verdict = f"within the seed spread (sd {sd:.3g} over seeds {', '.join(map(str, group.seeds))})"
+        out.append({"figure": figure, "values": values, "difference": difference, "seed_sd": sd,
+                    "seed_group": group.name if group else None, "verdict": verdict})
+    return out
+
+
+def noise_lines(result: dict) -> list[str]:
+    """`control: 22 vs 21 (difference 1): within the seed spread (sd 0.577 over seeds 1, 2, 42)`."""
+    return [f"{n['figure']}: " + " vs ".join(f"{v:g}" for v in n["values"].values())
+            + f" (difference {n['difference']:.3g}): {n['verdict']}" for n in result.get("noise", [])]
+
+
 def compare(workspace: Path, run_ids: list[str]) -> dict[str, Any]:
     """Everything the comparison view and `compare --json` show, for two or more runs."""
     ids = list(dict.fromkeys(r.strip() for r in run_ids if isinstance(r, str) and r.strip()))
@@ -104,6 +143,7 @@ def compare(workspace: Path, run_ids: list[str]) -> dict[str, Any]:
         "curves": {s.run_id: curves(s.path) for s in summaries},
         "config_diff": config_diff(configs),
         "evaluations": [evaluation(s) for s in summaries],
+        "noise": against_noise(workspace, summaries),
     }
 
 
@@ -130,4 +170,6 @@ def text_report(result: dict) -> str:
         base = f" (base {e['base_eval_loss']:.3f})" if e["base_eval_loss"] is not None else ""
         lines.append(f"  {e['run']}: {e['status']}, step {e['step']}/{e['max_steps']}, held-out loss {loss}{base}"
                      + (f"; {e['checks_text']}" if e["checks_text"] else "") + f"; A/B: {e['ab_text']}")
+    if result.get("noise"):
+        lines += ["against the seed noise:", *[f"  {line}" for line in noise_lines(result)]]
     return "\n".join(lines)

@@ -171,8 +171,9 @@ def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
     from tuning import compare
 
     result = compare.compare(ctx.workspace, list(run_ids or []))
+    noise = "".join(f"\n- {line}" for line in compare.noise_lines(result))
     return {**compare_frames(result), "cmp_note": f"Comparing {', '.join(result['runs'])}: "
-            f"{len(result['config_diff'])} config fields differ."}
+            f"{len(result['config_diff'])} config fields differ." + (f"\n\nAgainst the seed noise:{noise}" if noise else "")}
 
 
 def seed_table(ctx: AppContext) -> list[list[str]]:
