@@ -177,3 +177,23 @@ def test_one_listing_lists_once_per_block_and_anew_after_it(tmp_path, monkeypatc
     with record.one_listing():
         record.delete_run(tmp_path, "a")
     assert record.run_ids(tmp_path) == ["b"]
+
+
+def test_the_listings_read_an_evaluations_figures_without_its_answers(tmp_path):
+    """What the Runs table, the seed groups and the pickers read: every figure, none of the per-row
+    answers (most of the file), from the same file version as the whole read."""
+    run = make_run(tmp_path, "a")
+    whole = {"eval_loss": 0.5, "probes": [{"prompt": "p", "tuned": "t"}], "checks_complete": True,
+             "checks": {"by_kind": {"identity": {"n": 2, "base_passed": 0, "tuned_passed": 2}},
+                        "rows": [{"prompt": "q", "tuned": "a"}] * 2}}
+    record.write_evaluation(run, whole)
+    short = record.read_evaluation(run, answers=False)
+    assert short == {"eval_loss": 0.5, "checks_complete": True, "checks": {"by_kind": whole["checks"]["by_kind"]}}
+    assert record.read_evaluation(run) == whole  # the whole file still reads whole, from the cache
+    assert record.checks_text(short) == record.checks_text(whole) == "identity 2/2 (base 0/2)"
+    short["checks"]["by_kind"]["identity"]["n"] = 99  # a caller's copy is its own
+    assert record.read_evaluation(run, answers=False)["checks"]["by_kind"]["identity"]["n"] == 2
+    record.write_evaluation(run, {"eval_loss": 0.25})
+    assert record.read_evaluation(run, answers=False) == {"eval_loss": 0.25}
+    (run / record.EVALUATION).write_text("not json")
+    assert record.read_evaluation(run, answers=False) is None

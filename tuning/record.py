@@ -528,7 +528,8 @@ def discard_incomplete_checkpoints(run: Path) -> list[Path]:
 
 
 def has_final_adapter(run: Path) -> bool:
-    return all((adapter_dir(run) / name).is_file() for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
+    # strings, not Paths: the Export and Evaluation pickers ask this of every run on each page load
+    return all(os.path.isfile(os.path.join(run, ADAPTER, name)) for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG))
 
 
 def chosen_checkpoint(run: Path) -> str | None:
@@ -851,25 +852,40 @@ def write_queue(workspace: Path, entries: list[dict]) -> None:
 
 # --- evaluation.json -----------------------------------------------------------------------------
 
-_EVALUATIONS: dict[str, tuple[tuple, str]] = {}  # path -> (file key, the file's JSON text)
+# path -> (file key, the file's JSON text, the same without the per-row answers)
+_EVALUATIONS: dict[str, tuple[tuple, str, str]] = {}
 
 
-def read_evaluation(run: Path) -> dict | None:
+def _without_answers(value: dict | None) -> dict | None:
+    """The evaluation less its per-row answers (the task checks' rows, the probes): every figure the
+    listings show, about 1 KB of a quickstart's 25 KB."""
+    if value is None:
+        return None
+    short = {k: v for k, v in value.items() if k != "probes"}
+    if isinstance(short.get("checks"), dict):
+        short["checks"] = {k: v for k, v in short["checks"].items() if k != "rows"}
+    return short
+
+
+def read_evaluation(run: Path, *, answers: bool = True) -> dict | None:
+    """The run's evaluation, or None; with answers=False without the per-row answers (the Runs
+    table, the seed groups and the pickers read only its figures)."""
     # The Runs table, the seed groups and the Evaluation tab's picker read every run's evaluation on
     # each page load (500 runs: 1,000 reads). The text is kept by the file's key (write_json replaces
     # the file: a new inode), so an unchanged file costs no disk read; parsing it again hands every
     # caller its own copy (measured: json.loads of a 25 KB evaluation as fast as marshal, faster than
-    # deepcopy; marshal is refused anyway, tests/test_security.py).
+    # deepcopy; marshal is refused anyway, tests/test_security.py). Parsing 500 whole files was
+    # most of a page load (bench/many_runs.py): the listings parse the 1 KB of figures instead.
     path = os.path.join(run, EVALUATION)
     key = _file_key(path)
     cached = _EVALUATIONS.get(path)
     if key is not None and cached is not None and cached[0] == key:
-        return json.loads(cached[1])
+        return json.loads(cached[1] if answers else cached[2])
     value = read_json(path)
     value = value if isinstance(value, dict) else None
     if key is not None:
-        _EVALUATIONS[path] = (key, json.dumps(value))
-    return value
+        _EVALUATIONS[path] = (key, json.dumps(value), json.dumps(_without_answers(value)))
+    return value if answers else _without_answers(value)
 
 
 def write_evaluation(run: Path, result: dict) -> None:

@@ -117,7 +117,7 @@ def seed_groups(workspace: Path, run_ids: list[str] | None = None) -> list[SeedG
     runs = [s for s in record.list_runs(workspace) if run_ids is None or s.run_id in run_ids]
     grouped: dict[str, list[tuple[record.RunSummary, dict]]] = {}
     for s in runs:
-        result = record.read_evaluation(s.path)
+        result = record.read_evaluation(s.path, answers=False)
         if s.config and result and result.get("eval_loss") is not None:
             grouped.setdefault(group_key(s.config), []).append((s, result))
     groups = []

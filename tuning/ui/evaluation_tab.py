@@ -41,7 +41,7 @@ def run_choices(ctx: AppContext) -> list[str]:
     """Runs that have something to evaluate: a final adapter, a complete checkpoint, or stored results."""
     return [s.run_id for s in record.list_runs(ctx.workspace)
             if record.has_final_adapter(s.path) or record.complete_checkpoints(s.path)
-            or record.read_evaluation(s.path) is not None]
+            or record.read_evaluation(s.path, answers=False) is not None]
 
 
 def verdict(result: dict | None) -> str:

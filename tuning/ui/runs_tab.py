@@ -43,7 +43,7 @@ def evaluation_cells(summary: record.RunSummary) -> list[str]:
     later one; its tuned loss, when present, was measured on the same rows as the base's). A damaged
     file leaves the cells empty rather than breaking the listing."""
     try:
-        result = record.read_evaluation(summary.path) or {}
+        result = record.read_evaluation(summary.path, answers=False) or {}
         pref = result.get("preference") or {}
         preference = (f"preference accuracy {pref['tuned_accuracy']:.0%} (base {pref['base_accuracy']:.0%})"
                       if pref.get("kind") == "pairs" else "")
