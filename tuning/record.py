@@ -279,6 +279,8 @@ class EventSummary:
     lr: list[tuple[int, float]] = field(default_factory=list)  # (step, learning rate)
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
     rates: list[float] = field(default_factory=list)  # tokens/s of every logged step
+    log_gaps: list[float] = field(default_factory=list)  # seconds between consecutive logs of a segment
+    last_log_time: float | None = None
     objective: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # DPO/KTO/ORPO figures by name
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
@@ -296,10 +298,12 @@ class EventSummary:
             self.max_steps = ev["max_steps"]
         if kind == "start":
             self.started = self.started or t
-            self.final, self.ended, self.last_step_time = None, None, t
+            self.final, self.ended, self.last_step_time, self.last_log_time = None, None, t, None
             self.message = str(ev.get("message", ""))
         elif kind == "log":
-            self.last_step_time = t
+            if t is not None and self.last_log_time is not None:
+                self.log_gaps.append(t - self.last_log_time)
+            self.last_step_time = self.last_log_time = t
             if _number(ev.get("loss")) is not None:
                 self.loss = ev["loss"]
                 self.train.append((self.step, float(ev["loss"])))

@@ -1,4 +1,4 @@
-"""Live tab: follows one run as it trains. A gr.Timer (1 Hz) reads only the events written since
+"""Live tab: follows one run as it trains. A gr.Timer reads only the events written since
 the last tick (record.read_run_events from the page's offset) into one record.EventSummary, the same
 summary the Runs table and the CLI read; status, plots, the log tail and the base-vs-tuned table all
 come from tuning/record.py. Because the run folder is the truth, a reload, a second browser or an
@@ -23,7 +23,17 @@ LOG_TAIL_BYTES = 6000
 LOG_TAIL_LINES = 14  # as many as the box shows, so the newest line is always in view
 # What one tick updates, by name (the components of the same names in the tab's layout).
 TICKED = ("state", "progress", "stats", "loss_plot", "lr_plot", "tail", "error", "trace_box", "trace", "scores",
-          "objective_plot")
+          "objective_plot", "timer")
+# How often the page asks (the timer's interval, which every tick sets). Each tick costs the CPU the
+# run trains on when both share a machine (bench/ui_overhead.py), so the page asks once a second only
+# while a step may land (it shows within about a second) and stays quiet in between: after a logged
+# step, until EARLY x the shortest of the last few intervals between logs has passed (10 s steps: about
+# 3 ticks a step instead of 10). While the browser tab is hidden Gradio's timer does not tick at all.
+POLL_S = 1.0
+MAX_POLL_S = 30.0
+SETTLED_POLL_S = 10.0  # no run, or one that has ended: nothing changes until a resume (which ticks at once)
+EARLY = 0.8
+RECENT_LOGS = 5
 # The preference objectives' own curves (TRL's names): the implicit rewards of the chosen and the
 # rejected answers, their margin, and how often chosen is rewarded above rejected; KTO's KL estimate.
 OBJECTIVE_SERIES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl")
@@ -172,6 +182,17 @@ def evaluation_markdown(path: Path, summary: record.EventSummary) -> str:
     return "\n".join(lines) + "\n\nMore in the Evaluation tab (probe answers per checkpoint, blind A/B)."
 
 
+def poll_seconds(summary: record.EventSummary, status: str, now: float | None = None) -> float:
+    """Seconds until the page's next tick (see POLL_S)."""
+    if status not in record.ACTIVE_STATUSES:
+        return SETTLED_POLL_S
+    gaps = summary.log_gaps[-RECENT_LOGS:]
+    if not gaps or summary.last_log_time is None:
+        return POLL_S  # no step time measured yet
+    quiet = summary.last_log_time + EARLY * min(gaps) - (now or time.time())
+    return round(min(max(quiet, POLL_S), MAX_POLL_S), 1)
+
+
 # --- handlers --------------------------------------------------------------------------------------
 
 def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
@@ -181,7 +202,8 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
         return {"state": state, "progress": "", "stats": "No run selected. Start one in the Train tab or pick one above.",
                 "loss_plot": gr.skip(), "lr_plot": gr.skip(), "tail": "",
                 "error": gr.update(value="", visible=False), "trace_box": gr.update(visible=False), "trace": "",
-                "scores": gr.update(value="", visible=False), "objective_plot": gr.update(visible=False)}
+                "scores": gr.update(value="", visible=False), "objective_plot": gr.update(visible=False),
+                "timer": SETTLED_POLL_S}
     state, changed = follow(ctx, run_id, state)
     path = record.run_dir(ctx.workspace, run_id)
     summary = state.summary
@@ -198,7 +220,8 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             "error": shown("error", gr.update(value=message, visible=bool(message))),
             "trace_box": shown("trace_box", gr.update(visible=bool(trace))), "trace": shown("trace", trace),
             "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip(),
-            "objective_plot": objective_update(summary) if fresh else gr.skip()}
+            "objective_plot": objective_update(summary) if fresh else gr.skip(),
+            "timer": shown("timer", poll_seconds(summary, status))}
 
 
 def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
@@ -211,7 +234,7 @@ def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             state.sent.clear()  # the page now shows the error: the next good tick sends everything
         return {"state": state, "progress": "", "stats": friendly(exc), "loss_plot": gr.skip(), "lr_plot": gr.skip(),
                 "tail": "", "error": gr.update(visible=False), "trace_box": gr.update(visible=False), "trace": "",
-                "scores": gr.skip(), "objective_plot": gr.skip()}
+                "scores": gr.skip(), "objective_plot": gr.skip(), "timer": POLL_S}
 
 
 def run_status(ctx: AppContext, run_id: str) -> dict:
@@ -280,7 +303,7 @@ def layout(ctx: AppContext) -> dict:
     c["tail"] = gr.Textbox(label="Log (the training process's output, newest lines)", lines=LOG_TAIL_LINES,
                            max_lines=LOG_TAIL_LINES, autoscroll=True, interactive=False)
     c["state"] = gr.State(None)
-    c["timer"] = gr.Timer(1.0)
+    c["timer"] = gr.Timer(POLL_S)  # each tick sets the next interval (poll_seconds)
     return c
 
 
@@ -294,7 +317,9 @@ def wire(ctx: AppContext, c: dict) -> None:
     c["run"].change(public(keyed(bind(safe_tick, ctx, state=None), c)), c["run"], ticked, show_progress="hidden", **private)
     c["refresh"].click(public(bind(run_picker_update, ctx)), c["run"], c["run"], **private)
     c["stop"].click(guarded(bind(do_stop, ctx)), c["run"], None, **private)
-    c["resume"].click(guarded(bind(do_resume, ctx)), c["run"], None, **private)
+    # A resumed run is followed at once, not at the next (slow) tick of a run that had ended.
+    c["resume"].click(guarded(bind(do_resume, ctx)), c["run"], None, **private).success(
+        public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden", **private)
 
     # Named API endpoints (typed: Gradio's API page reads the hints).
     def status_api(run_id: str) -> dict:
