@@ -1,14 +1,24 @@
-"""Big data: the Dataset tab's first page of a 1 GB JSONL file, its time and the app's memory above idle.
+"""Big data: the Dataset tab's first page of a 1 GB JSONL file, the memory of reading a big file
+whole (the page's statistics step, training's data preparation), and the sampled statistics.
 
-    python bench/big_data.py                    # a 1 GB file: the first page; the whole read on 100 MB
-    python bench/big_data.py --size-mb 1000 --full-mb 0     # the first page only
+    python bench/big_data.py                          # everything, the sizes below
+    python bench/big_data.py --size-mb 1000 --read-mb 100 1000 --tokenize-mb 10 --stats-rows 100000
+    python bench/big_data.py --only first-page        # one part: first-page, read, tokenize, stats
 
-Writes a seeded JSONL file of chat rows (~1 KB each) of --size-mb, then, in a fresh child process (so
-nothing else is in its heap), imports the Dataset tab's modules (the idle RSS), and times what the tab
-runs when a file is inspected: the first page (`dataset_tab.report(source, limit=QUICK_ROWS)`), with the
-highest RSS above idle while it runs (VmHWM reset first). The whole read that follows in the tab (every
-row parsed, for the statistics) and that training does (`data.load`) is measured on a --full-mb file:
-it holds every row as Python objects, so on a 1 GB file it would take several GB on a shared machine.
+Each measurement runs in a fresh child process (so nothing else is in its heap), which imports
+what the app or the trainer imports (the idle RSS), then runs one thing and reports its time and
+its memory above idle: the peak VmHWM (every resident page, the memory-mapped Arrow file's
+included: those pages are the page cache's, dropped under pressure) and the peak RssAnon (the
+process's own memory, sampled every 20 ms), the figure that grows with rows held as Python objects.
+
+- first page: `dataset_tab.report(source, limit=QUICK_ROWS)` on a --size-mb file, best of --repeats.
+- read: the whole file read and validated, before (`data.load`: every row a Python object) and
+  after (`arrow_data.load`: the rows in an Arrow cache in the workspace, memory-mapped), per --read-mb.
+- tokenize: `data.prepare` (read, split, tokenize: what training does before the model loads), before
+  (in memory) and after (the workspace's Arrow cache, a batched .map), on a --tokenize-mb file (a CPU
+  tokenizes a few hundred rows a second: a 1 GB file would take hours either way).
+- stats: the Dataset tab's statistics on a --stats-rows file: the time to the sampled estimate
+  (SAMPLE_ROWS rows) and to the full pass, from the same run of `statistics_handler`.
 """
 
 from __future__ import annotations
@@ -28,73 +38,163 @@ from common import ROOT, WORDS, machine_load  # noqa: E402
 MiB = 2 ** 20
 
 
-def write_rows(path: Path, size_mb: int, seed: int = 0) -> int:
+def write_rows(path: Path, size_mb: float | None = None, rows: int | None = None, seed: int = 0) -> int:
+    """Seeded chat rows of ~1 KB (60-300 words), up to size_mb MiB or `rows` rows."""
     rng = random.Random(seed)
-    target, written, rows = size_mb * MiB, 0, 0
+    target, written, count = (size_mb or 0) * MiB, 0, 0
     with open(path, "w", encoding="utf-8") as fh:
-        while written < target:
+        while (written < target) if rows is None else (count < rows):
             words = [rng.choice(WORDS) for _ in range(rng.randint(60, 300))]
             cut = len(words) // 4
             line = json.dumps({"messages": [{"role": "user", "content": " ".join(words[:cut]) + "?"},
                                             {"role": "assistant", "content": " ".join(words[cut:]) + "."}]}) + "\n"
             fh.write(line)
             written += len(line)
-            rows += 1
-    return rows
+            count += 1
+    return count
 
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, threading, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from memory import reset_peak, status_kib
-from tuning import data
+from tuning import arrow_data, data
+from tuning.config import TrainConfig
 from tuning.ui import dataset_tab
-idle = status_kib("VmRSS")
+from tuning.ui.common import AppContext
+path, what, workspace = {path!r}, {what!r}, {workspace!r}
+tokenizer = None
+if what in ("tokenize before", "tokenize after", "stats"):
+    from transformers import AutoTokenizer
+    from tuning import models
+    gguf = models.embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    dataset_tab._tokenizer = lambda *a: tokenizer
+    dataset_tab.tokenizer_for = lambda *a, **k: tokenizer
+peak = [0]
+def sample():
+    while True:
+        peak[0] = max(peak[0], status_kib("RssAnon")); time.sleep(0.02)
+idle, idle_anon = status_kib("VmRSS"), status_kib("RssAnon")
+threading.Thread(target=sample, daemon=True).start()
 reset_peak()
 started = time.perf_counter()
-if {what!r} == "first page":
-    rep = dataset_tab.report({path!r}, limit=dataset_tab.QUICK_ROWS)
-    rows = rep["rows"]
-else:
-    rows = data.load({path!r}).rows_total
-seconds = time.perf_counter() - started
-print(json.dumps({{"idle": idle * 1024, "peak_above_idle": (status_kib("VmHWM") - idle) * 1024,
-                  "seconds": seconds, "rows": rows}}))
+out = {{}}
+if what == "first page":
+    rep = dataset_tab.report(path, limit=dataset_tab.QUICK_ROWS)
+    out["rows"], out["counted"] = rep["rows"], rep["counted"]
+elif what == "read before":
+    out["rows"] = data.load(path).rows_valid
+elif what == "read after":
+    loaded = arrow_data.load(path, workspace=workspace)
+    out["rows"] = loaded.rows_valid
+    out["build_s"] = time.perf_counter() - started
+    out["cached_s"] = -1
+elif what.startswith("tokenize"):
+    cfg = TrainConfig(dataset=path, eval_split=0.05, max_length=512)
+    if what == "tokenize after":
+        arrow_data.ARROW_MIN_BYTES = 0
+    train, held, loaded = data.prepare(cfg, tokenizer, workspace if what == "tokenize after" else None)
+    out["rows"] = len(train) + len(held)
+elif what == "stats":
+    ctx = AppContext(workspace, [os.path.dirname(path)])
+    times = []
+    for step in dataset_tab.statistics_handler(ctx, path, "auto", "", "embedded", 512, True, progress=None):
+        times.append((time.perf_counter() - started, step.get("stats", "")[:90]))
+    out["steps"] = times
+out["seconds"] = time.perf_counter() - started
+out["idle"] = idle * 1024
+out["peak_above_idle"] = (status_kib("VmHWM") - idle) * 1024
+out["anon_above_idle"] = (max(peak[0], status_kib("RssAnon")) - idle_anon) * 1024
+if what == "read after":  # the same call again: from the cache
+    again = time.perf_counter(); arrow_data.load(path, workspace=workspace); out["cached_s"] = time.perf_counter() - again
+print(json.dumps(out))
 """
 
 
-def measure(path: Path, what: str) -> dict:
-    code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), path=str(path), what=what)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def measure(path: Path, what: str, workspace: Path) -> dict:
+    code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), path=str(path), what=what,
+                        workspace=str(workspace))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def mib(n: float) -> str:
+    return f"{n / MiB:,.0f} MiB"
+
+
+def first_page(folder: Path, size_mb: int, repeats: int) -> None:
+    big = folder / f"first-{size_mb}.jsonl"
+    started = time.time()
+    rows = write_rows(big, size_mb)
+    print(f"{big.name}: {big.stat().st_size / MiB:,.0f} MiB, {rows:,} rows, written in {time.time() - started:.0f} s")
+    results = [measure(big, "first page", folder / "ws") for _ in range(repeats)]
+    for r in results:
+        print(f"  first page: {r['seconds']:.2f} s, {mib(r['peak_above_idle'])} above idle ({mib(r['idle'])}), "
+              f"{'' if r['counted'] else 'at least '}{r['rows']:,} rows")
+    best = min(results, key=lambda r: r["seconds"])
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} ({machine_load()}): first page of {size_mb} MB in {best['seconds']:.2f} s "
+          f"(best of {repeats}), at most {mib(max(r['peak_above_idle'] for r in results))} above idle\n")
+    big.unlink()
+
+
+def read_whole(folder: Path, sizes: list[int], before: bool) -> None:
+    for size in sizes:
+        path = folder / f"read-{size}.jsonl"
+        rows = write_rows(path, size, seed=1)
+        file_mib = path.stat().st_size / MiB
+        for what in (["read before"] if before else []) + ["read after"]:
+            r = measure(path, what, folder / "ws")
+            extra = f"; again from the cache {r['cached_s']:.2f} s" if what == "read after" else ""
+            print(f"{time.strftime('%H:%M')} ({machine_load()}) {what} of {size} MB ({rows:,} rows): {r['seconds']:.1f} s, "
+                  f"peak {mib(r['peak_above_idle'])} above idle ({r['peak_above_idle'] / MiB / file_mib:.2f}x the "
+                  f"file), own memory {mib(r['anon_above_idle'])} ({r['anon_above_idle'] / MiB / file_mib:.2f}x){extra}")
+        path.unlink()
+
+
+def tokenize(folder: Path, size: float) -> None:
+    path = folder / f"tokenize-{size}.jsonl"
+    rows = write_rows(path, size, seed=2)
+    file_mib = path.stat().st_size / MiB
+    for what in ("tokenize before", "tokenize after"):
+        r = measure(path, what, folder / "ws")
+        print(f"{time.strftime('%H:%M')} ({machine_load()}) {what}: data.prepare of {size} MB ({rows:,} rows -> "
+              f"{r['rows']:,} examples): {r['seconds']:.0f} s, peak {mib(r['peak_above_idle'])} above idle, own memory "
+              f"{mib(r['anon_above_idle'])} ({r['anon_above_idle'] / MiB / file_mib:.1f}x the file)")
+
+
+def stats(folder: Path, rows: int) -> None:
+    path = folder / f"stats-{rows}.jsonl"
+    write_rows(path, rows=rows, seed=3)
+    r = measure(path, "stats", folder / "ws")
+    for seconds, text in r["steps"]:
+        print(f"  {seconds:7.1f} s: {text}")
+    first, last = r["steps"][0][0], r["steps"][-1][0]
+    print(f"{time.strftime('%H:%M')} ({machine_load()}) statistics of {rows:,} rows: the sample at {first:.1f} s, "
+          f"the full pass at {last:.1f} s ({first / last:.3f}x); own memory {mib(r['anon_above_idle'])} above idle")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-mb", type=int, default=1000)
-    p.add_argument("--full-mb", type=int, default=100, help="file size for the whole read (0: skip it)")
+    p.add_argument("--size-mb", type=int, default=1000, help="the first page's file")
+    p.add_argument("--read-mb", type=int, nargs="*", default=[100, 1000], help="files read whole")
+    p.add_argument("--before", action="store_true", help="also read them whole in memory (data.load; ~4.5x the file)")
+    p.add_argument("--tokenize-mb", type=float, default=10)
+    p.add_argument("--stats-rows", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=["first-page", "read", "tokenize", "stats"])
     a = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="big-data-"))
-    big = folder / "big.jsonl"
-    started = time.time()
-    rows = write_rows(big, a.size_mb)
-    print(f"{big}: {big.stat().st_size / MiB:,.0f} MiB, {rows:,} rows, written in {time.time() - started:.0f} s")
-    results = [measure(big, "first page") for _ in range(a.repeats)]
-    for r in results:
-        print(f"  first page: {r['seconds']:.2f} s, {r['peak_above_idle'] / MiB:,.0f} MiB above idle "
-              f"({r['idle'] / MiB:,.0f} MiB), {r['rows']:,} rows counted")
-    best = min(results, key=lambda r: r["seconds"])
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} ({machine_load()}): first page of {a.size_mb} MB in "
-          f"{best['seconds']:.2f} s (best of {a.repeats}), at most "
-          f"{max(r['peak_above_idle'] for r in results) / MiB:,.0f} MiB above idle")
-    if a.full_mb:
-        small = folder / "full.jsonl"
-        write_rows(small, a.full_mb, seed=1)
-        r = measure(small, "whole read")
-        print(f"whole read (data.load) of {a.full_mb} MB: {r['seconds']:.1f} s, {r['peak_above_idle'] / MiB:,.0f} MiB "
-              f"above idle ({r['peak_above_idle'] / (a.full_mb * 1e6 / MiB) / MiB:.1f} MiB per MiB of file)")
-    big.unlink()
+    if a.only in (None, "first-page"):
+        first_page(folder, a.size_mb, a.repeats)
+    if a.only in (None, "read"):
+        read_whole(folder, a.read_mb, a.before)
+    if a.only in (None, "tokenize"):
+        tokenize(folder, a.tokenize_mb)
+    if a.only in (None, "stats"):
+        stats(folder, a.stats_rows)
 
 
 if __name__ == "__main__":

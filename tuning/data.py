@@ -53,6 +53,8 @@ class LoadedData:
     locations: list[tuple[str, int]] = field(default_factory=list)  # (file, row) of each conversation
     complete: bool = True  # False when load(limit=N) read only the first N rows
     note: str = ""  # how the rows were read, when the page should say it (a streamed Hub preview)
+    arrow: Any = None  # the valid rows as a memory-mapped datasets.Dataset (tuning/arrow_data.py), if so loaded
+    rows_counted: bool = True  # False: rows_total is a lower bound (a big file's first page; count_rows ends it)
 
     @property
     def rows_valid(self) -> int:
@@ -265,15 +267,62 @@ def validate_conversation(messages: list[dict[str, str]], file: str, row: int) -
 
 # --- loading -------------------------------------------------------------------------------------
 
-def _normalize(rows: Rows, fmt: str, column_map: dict[str, str], source: str, complete: bool) -> LoadedData:
-    """Detect the format (per file, so a folder may mix them), rename mapped columns, normalize
-    and validate every row; bad rows become problems."""
+CONSUMED = {"messages", "conversations", "system", "instruction", "input", "output", "history", "prompt",
+            "completion", "text"}  # the fields a format reads; every other column is kept as an extra
+
+
+def check_format_and_map(fmt: str, column_map: dict[str, str]) -> None:
     if fmt != "auto" and fmt not in FORMATS:
         raise DataError(f"unknown dataset format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
     unknown = sorted(set(column_map) - set(MAP_TARGETS))
     if unknown:
         raise DataError(f"column_map: {unknown[0]!r} is not a field a column can map to "
                         f"(use {', '.join(MAP_TARGETS)})")
+
+
+def file_plan(file: str, head: list[Any], fmt: str, column_map: dict[str, str]) -> tuple[str, dict[str, str], set]:
+    """(format, column map, consumed columns) of one file, from its first records (up to 100)."""
+    columns = list(next((r for r in head if isinstance(r, dict)), {}))
+    mapping = dict(column_map)
+    missing = [c for c in mapping.values() if c not in columns]
+    if columns and missing:
+        raise DataError(f"{file}: column_map names {missing[0]!r}, which is not a column "
+                        f"(columns: {', '.join(columns)})")
+    file_fmt = fmt
+    if file_fmt == "auto":
+        file_fmt = next((f for f in map(detect_format, [_rename(r, mapping) for r in head[:100]]) if f), None)
+        if file_fmt is None:
+            mapping.update(_guess_columns(columns, file) if columns else {})
+            file_fmt = "prompt_completion" if mapping else None
+        if file_fmt is None:
+            raise DataError(f"{file}: rows are not objects with named fields (got {_kind(head[0])})")
+    return file_fmt, mapping, set(mapping.values()) | CONSUMED
+
+
+def normalize_record(record: Any, file: str, row: int, plan: tuple[str, dict[str, str], set]
+                     ) -> tuple[list[dict[str, str]], dict[str, Any]] | Problem:
+    """One record -> (messages, extra columns), or the Problem naming its file, row and field."""
+    file_fmt, mapping, consumed = plan
+    if not isinstance(record, dict):
+        return Problem(file, row, "", f"expected an object, got {_kind(record)}")
+    messages, problem = NORMALIZERS[file_fmt](_rename(record, mapping), file, row)
+    problem = problem or validate_conversation(messages, file, row)
+    if problem:
+        if problem.field in mapping:  # name the user's column, not our field
+            problem.field = mapping[problem.field]
+        return problem
+    if "expect" in record:
+        try:
+            parse_expect(record["expect"])
+        except ValueError as exc:
+            return Problem(file, row, "expect", str(exc))
+    return messages, {k: v for k, v in record.items() if k not in consumed}
+
+
+def _normalize(rows: Rows, fmt: str, column_map: dict[str, str], source: str, complete: bool) -> LoadedData:
+    """Detect the format (per file, so a folder may mix them), rename mapped columns, normalize
+    and validate every row; bad rows become problems."""
+    check_format_and_map(fmt, column_map)
     loaded = LoadedData(source=source, format=fmt, rows_total=rows.total, problems=list(rows.problems),
                         complete=complete)
     formats: list[str] = []
@@ -281,45 +330,17 @@ def _normalize(rows: Rows, fmt: str, column_map: dict[str, str], source: str, co
     for file, row, record in rows.records:
         by_file.setdefault(file, []).append((row, record))
     for file, records in by_file.items():
-        columns = list(next((r for _, r in records if isinstance(r, dict)), {}))
-        mapping = dict(column_map)
-        missing = [c for c in mapping.values() if c not in columns]
-        if columns and missing:
-            raise DataError(f"{file}: column_map names {missing[0]!r}, which is not a column "
-                            f"(columns: {', '.join(columns)})")
-        file_fmt = fmt
-        if file_fmt == "auto":
-            sample = [_rename(r, mapping) for _, r in records[:100]]
-            file_fmt = next((f for f in map(detect_format, sample) if f), None)
-            if file_fmt is None:
-                mapping.update(_guess_columns(columns, file) if columns else {})
-                file_fmt = "prompt_completion" if mapping else None
-            if file_fmt is None:
-                raise DataError(f"{file}: rows are not objects with named fields (got {_kind(records[0][1])})")
-        if file_fmt not in formats:
-            formats.append(file_fmt)
-        consumed = set(mapping.values()) | {"messages", "conversations", "system", "instruction", "input",
-                                            "output", "history", "prompt", "completion", "text"}
+        plan = file_plan(file, [r for _, r in records], fmt, column_map)
+        if plan[0] not in formats:
+            formats.append(plan[0])
         for row, record in records:
-            if not isinstance(record, dict):
-                loaded.problems.append(Problem(file, row, "", f"expected an object, got {_kind(record)}"))
+            done = normalize_record(record, file, row, plan)
+            if isinstance(done, Problem):
+                loaded.problems.append(done)
                 continue
-            messages, problem = NORMALIZERS[file_fmt](_rename(record, mapping), file, row)
-            problem = problem or validate_conversation(messages, file, row)
-            if problem:
-                if problem.field in mapping:  # name the user's column, not our field
-                    problem.field = mapping[problem.field]
-                loaded.problems.append(problem)
-                continue
-            if "expect" in record:
-                try:
-                    parse_expect(record["expect"])
-                except ValueError as exc:
-                    loaded.problems.append(Problem(file, row, "expect", str(exc)))
-                    continue
-            loaded.conversations.append(messages)
+            loaded.conversations.append(done[0])
             loaded.locations.append((file, row))
-            loaded.extras.append({k: v for k, v in record.items() if k not in consumed})
+            loaded.extras.append(done[1])
     loaded.format = ", ".join(formats) or fmt
     loaded.problems.sort(key=lambda p: (p.file, p.row))
     return loaded
@@ -392,7 +413,7 @@ def _load(source: str, fmt: str, column_map, split, subset, limit, preview: bool
     complete = rows.complete if rows.complete is not None else (
         limit is None or len(rows.records) + len(rows.problems) >= rows.total)
     loaded = _normalize(rows, fmt, mapping, source, complete)
-    loaded.note = rows.note
+    loaded.note, loaded.rows_counted = rows.note, rows.counted
     return loaded
 
 
@@ -503,16 +524,23 @@ def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length:
     return Dataset.from_list(rows)
 
 
+def split_positions(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded, reproducible train/eval split of n rows: (training positions, held-out positions)."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(n * fraction)))
+    held = set(order[:n_eval])
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
 def split(conversations: list, fraction: float, seed: int) -> tuple[list, list]:
     """A seeded, reproducible train/eval split."""
     if fraction <= 0 or len(conversations) < 2:
         return conversations, []
-    order = list(range(len(conversations)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(len(conversations) * fraction)))
-    held = set(order[:n_eval])
-    return ([c for i, c in enumerate(conversations) if i not in held],
-            [c for i, c in enumerate(conversations) if i in held])
+    train, held = split_positions(len(conversations), fraction, seed)
+    return [conversations[i] for i in train], [conversations[i] for i in held]
 
 
 def load_config_dataset(cfg, limit: int | None = None) -> LoadedData:
@@ -547,18 +575,44 @@ def heldout_rows(cfg) -> list[tuple[list[dict], dict]]:
     return held if held is not None else train_and_heldout(cfg, load_config_dataset(cfg))[1]
 
 
-def prepare(cfg, tokenizer):
-    """(train Dataset, eval Dataset or None, LoadedData) for a TrainConfig."""
-    loaded = load_config_dataset(cfg)
-    if not loaded.conversations:
+def prepare(cfg, tokenizer, workspace=None):
+    """(train Dataset, eval Dataset or None, LoadedData) for a TrainConfig. With a workspace, a big
+    local source (tuning/arrow_data.py) is read and tokenized through an Arrow cache in it: the same
+    rows, memory-mapped instead of held in memory."""
+    from tuning import arrow_data
+
+    big = arrow_data.wanted(cfg.dataset, workspace)
+    loaded = (arrow_data.load(cfg.dataset, getattr(cfg, "dataset_format", "auto"), getattr(cfg, "column_map", ""),
+                              workspace) if big else load_config_dataset(cfg))
+    if not loaded.rows_valid:
         raise DataError(f"{cfg.dataset}: no valid rows; first problem: {loaded.problems[0]}"
                         if loaded.problems else f"{cfg.dataset}: no rows")
+    if big:
+        return (*_prepare_arrow(cfg, tokenizer, loaded, workspace), loaded)
     train_convs, held = train_and_heldout(cfg, loaded)
     eval_convs = [conversation for conversation, _ in held]
     train_ds = to_dataset(tokenizer, train_convs, cfg.max_length, cfg.train_on_completions_only)
     eval_ds = (to_dataset(tokenizer, eval_convs, cfg.max_length, cfg.train_on_completions_only)
                if eval_convs else None)
     return train_ds, eval_ds, loaded
+
+
+def _prepare_arrow(cfg, tokenizer, loaded: LoadedData, workspace):
+    """prepare's datasets for rows in the Arrow cache: the split by positions (split's own), each
+    side tokenized by arrow_data.to_dataset; an explicit held-out file is small and loads in memory."""
+    from tuning import arrow_data
+
+    args = (cfg.max_length, cfg.train_on_completions_only)
+    held = _explicit_heldout(cfg)
+    if held is not None:
+        eval_convs = [conversation for conversation, _ in held]
+        train_pos = None
+        eval_ds = to_dataset(tokenizer, eval_convs, *args) if eval_convs else None
+    else:
+        train_pos, held_pos = split_positions(loaded.rows_valid, cfg.eval_split, cfg.seed)
+        eval_ds = arrow_data.to_dataset(tokenizer, loaded, held_pos, *args, workspace, "held-out") if held_pos else None
+        train_pos = None if not held_pos else train_pos
+    return arrow_data.to_dataset(tokenizer, loaded, train_pos, *args, workspace, "training"), eval_ds
 
 
 def token_view(tokenizer, messages: list[dict[str, str]], max_length: int | None = None,
@@ -604,12 +658,11 @@ def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only:
         indices = sorted(random.Random(0).sample(indices, sample))
     n = len(indices)
     lengths, trainable, kept, truncated, no_trained = [], 0, 0, [], []
+    counts_of = {"truncated": 0, "no_trained": 0}
     step = max(1, n // 100)
-    for done, index in enumerate(indices):
-        messages = loaded.conversations[index]
+    for done, (index, messages, (file, row)) in enumerate(_rows_at(loaded, indices)):
         if progress is not None and done % step == 0:
             progress(done / max(n, 1), f"tokenizing {done:,} / {n:,} rows")
-        file, row = loaded.locations[index] if index < len(loaded.locations) else (loaded.source, index + 1)
         full = tokenize_conversation(tokenizer, messages, None, completions_only)
         length = len(full["input_ids"])
         lengths.append(length)
@@ -621,10 +674,14 @@ def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only:
         trainable += sum(mask)
         kept += min(length, max_length)
         if length > max_length:
-            truncated.append(Problem(file, row, "", f"{length} tokens, longer than max_length {max_length}: "
-                                     f"the last {length - max_length} are cut off"))
+            counts_of["truncated"] += 1
+            if len(truncated) < KEPT_FINDINGS:
+                truncated.append(Problem(file, row, "", f"{length} tokens, longer than max_length {max_length}: "
+                                         f"the last {length - max_length} are cut off"))
         if not any(mask):
-            no_trained.append(Problem(file, row, "", "no trained token left within max_length; left out"))
+            counts_of["no_trained"] += 1
+            if len(no_trained) < KEPT_FINDINGS:
+                no_trained.append(Problem(file, row, "", "no trained token left within max_length; left out"))
     if progress is not None:
         progress(1.0, f"tokenized {n:,} rows")
     ordered = sorted(lengths)
@@ -644,23 +701,39 @@ def statistics(loaded: LoadedData, tokenizer, max_length: int, completions_only:
         "max_length": max_length, "longest": ordered[-1] if ordered else 0,
         "p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99),
         "suggested_max_length": max(64, math.ceil(percentile(0.99) / 64) * 64),
-        "truncated_count": len(truncated), "truncated_share": len(truncated) / n if n else 0.0,
+        "truncated_count": counts_of["truncated"], "truncated_share": counts_of["truncated"] / n if n else 0.0,
         "truncated": truncated, "trainable_tokens": trainable, "total_tokens": kept, "no_trained": no_trained,
+        "no_trained_count": counts_of["no_trained"],
         "duplicate_count": len(duplicates), "duplicates": duplicates,
     }
 
 
+KEPT_FINDINGS = 10_000  # truncated / no-trained rows listed at most (their counts are exact): memory stays flat
+
+
+def _rows_at(loaded: LoadedData, indices: list[int]):
+    """(index, messages, (file, row)) of the rows at `indices`: read in order when they are all of
+    them (rows kept on disk read batch by batch), one by one for a sample."""
+    if len(indices) == loaded.rows_valid:
+        where = iter(loaded.locations) if len(loaded.locations) == loaded.rows_valid else None
+        for index, messages in enumerate(loaded.conversations):
+            yield index, messages, next(where) if where is not None else (loaded.source, index + 1)
+        return
+    for index in indices:
+        yield index, loaded.conversations[index], _where(loaded, index)
+
+
 def find_duplicates(loaded: LoadedData) -> list[dict[str, Any]]:
-    """Rows whose conversation repeats an earlier one exactly: each with the first occurrence."""
-    first: dict[tuple, int] = {}
+    """Rows whose conversation repeats an earlier one exactly: each with the first occurrence. Keyed
+    by a hash of the conversation (a row's text is not kept), checked against the earlier row itself."""
+    first: dict[int, int] = {}
     found = []
     for index, messages in enumerate(loaded.conversations):
-        key = tuple((m["role"], m["content"]) for m in messages)
-        if key in first:
-            (file, row), (first_file, first_row) = _where(loaded, index), _where(loaded, first[key])
+        key = hash(tuple((m["role"], m["content"]) for m in messages))
+        earlier = first.setdefault(key, index)
+        if earlier != index and loaded.conversations[earlier] == messages:
+            (file, row), (first_file, first_row) = _where(loaded, index), _where(loaded, earlier)
             found.append({"file": file, "row": row, "first_file": first_file, "first_row": first_row})
-        else:
-            first[key] = index
     return found
 
 

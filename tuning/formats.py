@@ -58,6 +58,7 @@ class Rows:
     total: int = 0  # every row of the source, also those past a limit and those that failed
     complete: bool | None = None  # set by a reader that knows better than total (a streamed preview)
     note: str = ""  # what the user should know about how the rows were read
+    counted: bool = True  # False: total is a lower bound (a big file's first page counts only its head)
 
 
 def read_path(path: Path, limit: int | None = None) -> Rows:
@@ -128,39 +129,81 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
         rows.total += 1
         if limit is not None and len(rows.records) + len(rows.problems) >= limit:
             continue  # past the first page: count only
-        try:
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            rows.problems.append(Problem(name, number, "", f"not UTF-8 text (byte 0x{line[exc.start]:02x} at "
-                                         f"column {exc.start + 1}); save the file as UTF-8"))
-            continue
-        try:
-            rows.records.append((name, number, json.loads(text)))
-        except json.JSONDecodeError as exc:
-            rows.problems.append(Problem(name, number, "", f"not valid JSON: {exc.msg} (column {exc.colno})"))
-        except RecursionError:  # json raises this, not JSONDecodeError, on very deep nesting
-            rows.problems.append(Problem(name, number, "", "JSON nested too deeply to read"))
+        parsed = _jsonl_line(line, number, name)
+        (rows.problems if isinstance(parsed, Problem) else rows.records).append(parsed)
     if not rows.records and rows.problems and limit is None:
         raise DataError(f"{name}: no line could be read; first: {rows.problems[0]}")
     return rows
+
+
+def _jsonl_line(line: bytes, number: int, name: str) -> tuple[str, int, Any] | Problem:
+    """One non-blank JSONL line: (file, row, record), or the Problem that says why it cannot be read."""
+    try:
+        text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Problem(name, number, "", f"not UTF-8 text (byte 0x{line[exc.start]:02x} at "
+                       f"column {exc.start + 1}); save the file as UTF-8")
+    try:
+        return name, number, json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Problem(name, number, "", f"not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:  # json raises this, not JSONDecodeError, on very deep nesting
+        return Problem(name, number, "", "JSON nested too deeply to read")
+
+
+def iter_rows(path: Path):
+    """Every row of a file or folder, one at a time: (file, row, record) triples and Problems, as
+    read_path reads them. A JSONL file is read line by line (a 1 GB file is never in memory at once);
+    the other kinds, and a JSONL file this cannot stream (UTF-16), are read whole by read_path."""
+    if path.is_dir() or SUFFIXES.get(path.suffix.lower()) != "jsonl" or _not_streamable(path):
+        rows = read_path(path)
+        yield from rows.records
+        yield from rows.problems
+        return
+    name, number = path.name, 0
+    try:
+        with open(path, "rb") as fh:
+            for chunk in fh:
+                for line in chunk.splitlines():  # a lone \r ends a line too, as in _read_jsonl
+                    number += 1
+                    if line.strip():
+                        yield _jsonl_line(line, number, name)
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read ({exc.strerror})") from None
+    if not number:
+        raise DataError(f"{name}: the file is empty")
+
+
+def _not_streamable(path: Path) -> bool:
+    """A file the line-by-line readers leave to the whole-file reader, which says what is wrong
+    with it or decodes it (empty, UTF-16, binary, an image renamed .jsonl)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(8192)
+    except OSError:
+        return True
+    return (not first.strip() or first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first
+            or any(first.startswith(m) for m in MAGIC))
 
 
 _BLOCK = 16 * 2**20  # bytes read at a time while counting the lines past the first page
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 
+COUNT_BYTES = 16 * 2**20  # the first page counts the rows of at most this much of a file (~0.05 s)
+
+
 def _jsonl_head(path: Path, name: str, limit: int) -> Rows | None:
     """The first page of a JSONL file without reading the file into memory: the first `limit` lines
     parsed as _read_jsonl parses them, the rest only counted, block by block (a 1 GB file would
-    otherwise be read whole, then split into millions of lines, for a page of 20 rows). None for a
-    file this cannot stream (UTF-16, a binary file): the whole-file reader says what is wrong."""
+    otherwise be read whole, then split into millions of lines, for a page of 20 rows), and only up
+    to COUNT_BYTES: past that `counted` is False and total a lower bound (count_rows finishes it), so
+    the first page takes the same time however big the file. None for a file this cannot stream
+    (UTF-16, a binary file): the whole-file reader says what is wrong."""
+    if _not_streamable(path):
+        return None
     try:
         with open(path, "rb") as fh:
-            first = fh.read(8192)
-            if not first.strip() or first.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in first \
-                    or any(first.startswith(m) for m in MAGIC):
-                return None
-            fh.seek(0)
             lines, kept = [], 0
             while kept < limit:
                 line = fh.readline()
@@ -169,24 +212,50 @@ def _jsonl_head(path: Path, name: str, limit: int) -> Rows | None:
                 lines.append(line)  # blank lines too: the row numbers are line numbers
                 kept += bool(line.strip())
             rows = _read_jsonl(b"".join(lines), name, limit)
-            total, carry = rows.total, b""
-            while block := fh.read(_BLOCK):
-                block = carry + block
-                cut = block.rfind(b"\n") + 1
-                block, carry = block[:cut], block[cut:]
-                total += block.count(b"\n") - _blank_lines(block)
-            total += bool(carry.strip())
+            more, rows.counted = _count_lines(fh, COUNT_BYTES)
+            rows.total += more
     except OSError as exc:
         raise DataError(f"{name}: cannot read ({exc.strerror})") from None
-    rows.total = total
     return rows
 
 
-def _blank_lines(block: bytes) -> int:
-    """Lines of only whitespace in a block of whole lines (the JSONL reader skips them)."""
-    if not _BLANK_LINE.search(b"\n" + block):
+def _count_lines(fh, budget: int | None = None) -> tuple[int, bool]:
+    """(non-blank lines from the file's position on, whether that was all of them), reading at most
+    about `budget` bytes. Counts within each block by offsets (no copy of a block): the line cut at a
+    block's edge is joined from its two pieces."""
+    total, carry, read = 0, b"", 0
+    while block := fh.read(_BLOCK):
+        read += len(block)
+        first = block.find(b"\n")
+        if first < 0:
+            carry += block
+        else:
+            last = block.rfind(b"\n")
+            total += bool((carry + block[:first]).strip())  # the line the block edge cut
+            total += block.count(b"\n", first + 1, last + 1) - _blank_lines(block, first, last)
+            carry = block[last + 1:]
+        if budget is not None and read >= budget:
+            more = fh.read(1)
+            return total + (0 if more else bool(carry.strip())), not more
+    return total + bool(carry.strip()), True
+
+
+def count_rows(path: Path) -> int:
+    """The rows of a JSONL file, by a scan of its bytes (no JSON parsed): what the first page leaves
+    uncounted past COUNT_BYTES. About a second a gigabyte."""
+    try:
+        with open(path, "rb") as fh:
+            return _count_lines(fh)[0]
+    except OSError as exc:
+        raise DataError(f"{path.name}: cannot read ({exc.strerror})") from None
+
+
+def _blank_lines(block: bytes, first: int, last: int) -> int:
+    """Lines of only whitespace among the whole lines between the newlines at `first` and `last`
+    (the JSONL reader skips them)."""
+    if not _BLANK_LINE.search(block, first, last + 1):
         return 0  # the common case: one scan for a line break followed by whitespace and another
-    return sum(1 for line in block.split(b"\n")[:-1] if not line.strip())
+    return sum(1 for line in block[first + 1:last + 1].split(b"\n")[:-1] if not line.strip())
 
 
 def _read_json(text: str, name: str, limit: int | None) -> Rows:
@@ -323,6 +392,7 @@ def _read_folder(folder: Path, limit: int | None) -> Rows:
         rows.records += part.records
         rows.problems += part.problems
         rows.total += part.total
+        rows.counted = rows.counted and part.counted
     if not rows.records and not rows.total:
         first = f"; {rows.problems[0]}" if rows.problems else ""
         raise DataError(f"{folder.name}: the folder holds no readable dataset file ({SUPPORTED}){first}")

@@ -39,17 +39,16 @@ def row_index(cfg, loaded) -> dict:
     Dataset tab names it within its source: a file, a folder or a Hub id) and the row an editor shows."""
     from tuning import data as data_mod
 
-    where = {id(c): loc for c, loc in zip(loaded.conversations, loaded.locations)}
-    train, held = data_mod.train_and_heldout(cfg, loaded)
-    held_convs = [c for c, _ in held]
-    held_source = loaded.source
-    if held_convs and id(held_convs[0]) not in where:  # an explicit held-out file: its own locations
-        explicit = data_mod.load_eval(cfg)
-        held_source = explicit.source if explicit else ""
-        where.update({id(c): loc for c, loc in zip(held_convs, explicit.locations if explicit else [])})
-    return {"sources": {"train": loaded.source, "heldout": held_source},
-            "train": [list(where.get(id(c), ("", 0))) for c in train],
-            "heldout": [list(where.get(id(c), ("", 0))) for c in held_convs]}
+    # By position, as data.prepare splits (the rows may be read from an Arrow cache, one pass here).
+    locations = [list(loc) for loc in loaded.locations]
+    explicit = data_mod.load_eval(cfg)
+    if explicit is not None:  # an explicit held-out file: its own locations
+        held = [list(loc) for loc in explicit.locations] if cfg.eval_split != 0 else []
+        train, held_source = locations, explicit.source if held else loaded.source
+    else:
+        train_pos, held_pos = data_mod.split_positions(len(locations), cfg.eval_split, cfg.seed)
+        train, held, held_source = [locations[i] for i in train_pos], [locations[i] for i in held_pos], loaded.source
+    return {"sources": {"train": loaded.source, "heldout": held_source}, "train": train, "heldout": held}
 
 
 # --- the training process: record per-row losses from the loss the trainer computes ---------------------

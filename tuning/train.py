@@ -185,7 +185,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     if cfg.objective != "sft":  # dpo, orpo, kto: TRL's preference trainers on the same setup
         return _preference_trainer(cfg, run_dir, workspace, events, stop, tokenizer, model_path)
-    train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer)
+    train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer, workspace)  # a big file: an Arrow cache in it
     print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
           f"{len(loaded.problems)} problems", flush=True)
     model = models.load_base_for_training(cfg, model_path)

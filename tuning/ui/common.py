@@ -263,17 +263,22 @@ def _mtime(source: str) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None):
-    from tuning import data
+def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None, workspace: str | None):
+    from tuning import arrow_data, data
 
+    if limit is None and arrow_data.wanted(source, workspace):  # a big file: rows stay on disk, memory-mapped
+        return arrow_data.load(source, fmt, column_map or None, workspace)
     return data.load_preview(source, fmt, column_map or None, limit=limit)
 
 
-def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None):
+def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None,
+                 workspace: Path | str | None = None):
     """The dataset as the page reads it (data.load_preview: a Hub dataset streams its first rows, never
     the whole), cached per file version (the mtime), format and map: the Dataset tab's pages and
-    statistics and the Train tab's estimate share one read."""
-    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit)
+    statistics and the Train tab's estimate share one read. With the workspace, a big local file is
+    read whole through its Arrow cache there (tuning/arrow_data.py) instead of into memory."""
+    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit,
+                        None if workspace is None else str(workspace))
 
 
 # --- wiring a handler to a build function's components ---------------------------------------------

@@ -27,6 +27,7 @@ from tuning.ui.common import AppContext, bind, check_source, guarded, keyed, loa
 PAGE_SIZE = 10
 QUICK_ROWS = 200     # rows parsed before the first page shows
 SAMPLE_ROWS = 1000   # rows tokenized for the quick estimate when there are more than this
+FULL_STATS_ROWS = 200_000  # rows the last pass tokenizes at most (a CPU does a few hundred a second)
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 SOURCES = ("demo dataset", "upload a file", "path or Hub id", "votes of a run")
 
@@ -118,12 +119,12 @@ def preview_page(loaded, page: int, page_size: int = PAGE_SIZE) -> tuple[list[li
     return rows, page, pages
 
 
-def report(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None) -> dict:
+def report(source: str, fmt: str = "auto", column_map: str = "", limit: int | None = None, workspace=None) -> dict:
     """What the tab (and the inspect_dataset API) shows for a dataset before tokenizing."""
-    loaded = load_dataset(source, fmt, column_map, limit)
+    loaded = load_dataset(source, fmt, column_map, limit, workspace)
     rows, _, pages = preview_page(loaded, 1)
     return {
-        "dataset": source, "format": loaded.format, "rows": loaded.rows_total,
+        "dataset": source, "format": loaded.format, "rows": loaded.rows_total, "counted": loaded.rows_counted,
         "valid_rows": loaded.rows_valid, "complete": loaded.complete, "problem_count": len(loaded.problems),
         "problems": [[p.file, p.row, p.field, p.message] for p in loaded.problems[:200]],
         "preview": rows, "pages": pages, "note": loaded.note,
@@ -137,8 +138,10 @@ def summary_markdown(rep: dict) -> str:
                 f"{rep['rows']:,} rows valid. {rep['note']}")
     if not rep.get("complete", True):
         read = rep["valid_rows"] + problems
-        return (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['rows']:,}** rows; the first "
-                f"{read:,} are shown (**{rep['valid_rows']:,}** valid). Reading the rest and counting tokens…")
+        rows = f"**{rep['rows']:,}**" if rep.get("counted", True) else f"at least **{rep['rows']:,}**"
+        return (f"**{rep['dataset']}** — format **{rep['format']}**, {rows} rows"
+                f"{'' if rep.get('counted', True) else ' (counting…)'}; the first {read:,} are shown "
+                f"(**{rep['valid_rows']:,}** valid). Reading the rest and counting tokens…")
     head = (f"**{rep['dataset']}** — format **{rep['format']}**, **{rep['valid_rows']:,}** of "
             f"{rep['rows']:,} rows valid")
     if problems:
@@ -152,7 +155,7 @@ def inspect_dataset(ctx: AppContext, dataset: str, fmt: str = "auto", column_map
     """The inspect_dataset API: the report of a dataset named by a client."""
     if (dataset or "").strip() != "demo":
         access.require_owner(ctx)
-    return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), fmt, column_map)
+    return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), fmt, column_map, workspace=ctx.workspace)
 
 
 def source_inputs(kind: str) -> dict:
@@ -191,11 +194,13 @@ def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, col
 PAGE_OUTPUTS = ("preview", "page", "pages")
 
 
-def page_handler(source: str, fmt: str, page, column_map: str = "", delta: int = 0) -> dict:
+def page_handler(source: str, fmt: str, page, column_map: str = "", delta: int = 0,
+                 ctx: AppContext | None = None) -> dict:
     """The preview page `delta` pages from `page` (clamped to the pages there are)."""
     if not source:
         return {"preview": [], "page": 1, "pages": "of 1"}
-    rows, page, pages = preview_page(load_dataset(source, fmt, column_map), int(page or 1) + delta)
+    loaded = load_dataset(source, fmt, column_map, workspace=ctx.workspace if ctx else None)
+    rows, page, pages = preview_page(loaded, int(page or 1) + delta)
     return {"preview": rows, "page": page, "pages": f"of {pages}"}
 
 
@@ -258,10 +263,11 @@ def histogram_frame(stats: dict):
     return frame, list(frame["tokens"])
 
 
-def stats_markdown(stats: dict, estimate: bool) -> str:
+def stats_markdown(stats: dict, estimate: bool, more: bool = True) -> str:
+    """The statistics as text; `estimate`: from a sample (saying how many rows), `more`: a pass follows."""
     n, share = stats["rows"], stats["truncated_share"]
-    scope = (f"estimate from {n:,} sampled rows of {stats['sampled_from']:,}; the full count follows"
-             if estimate else f"all {n:,} valid rows")
+    scope = (f"estimate from {n:,} sampled rows of {stats['sampled_from']:,}"
+             + ("; the full count follows" if more else "") if estimate else f"all {n:,} valid rows")
     lines = [
         f"**Token statistics** ({scope}, max_length **{stats['max_length']}**)",
         f"- length: median **{stats['p50']}**, p95 {stats['p95']}, p99 {stats['p99']}, longest {stats['longest']}",
@@ -273,7 +279,8 @@ def stats_markdown(stats: dict, estimate: bool) -> str:
         f"- suggested max_length (p99, a multiple of 64): **{stats['suggested_max_length']}**",
     ]
     if stats["no_trained"]:
-        lines.append(f"- **{len(stats['no_trained'])}** rows keep no trained token within max_length; "
+        count = stats.get("no_trained_count", len(stats["no_trained"]))
+        lines.append(f"- **{count:,}** rows keep no trained token within max_length; "
                      "training leaves them out")
     return "\n".join(lines)
 
@@ -289,6 +296,26 @@ def findings_rows(stats: dict, limit: int = 200) -> list[list]:
 STATS_OUTPUTS = ("summary", "problems", "pages", "stats", "histogram", "findings", "suggested", "use_btn")
 
 
+def stats_passes(rows: int) -> list[int | None]:
+    """The statistics' passes: all rows; a sample of SAMPLE_ROWS first when there are more; and at
+    most FULL_STATS_ROWS sampled rows in the last pass (a million rows would tokenize for an hour)."""
+    if rows <= SAMPLE_ROWS:
+        return [None]
+    return [SAMPLE_ROWS, None if rows <= FULL_STATS_ROWS else FULL_STATS_ROWS]
+
+
+def count_rest(source: str, fmt: str, column_map: str) -> dict:
+    """The summary with the exact row count, for a JSONL file whose first page counted only its head
+    (formats.COUNT_BYTES): a scan of its bytes, about a second a gigabyte. {} when there is nothing to add."""
+    from tuning import formats
+
+    quick = load_dataset(source, fmt, column_map, QUICK_ROWS)  # the first page's read (cached)
+    if quick.rows_counted or not Path(source).is_file():
+        return {}
+    rep = report(source, fmt, column_map, QUICK_ROWS)
+    return {"summary": summary_markdown({**rep, "rows": formats.count_rows(Path(source)), "counted": True})}
+
+
 def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, base_model: str, max_length,
                        completions_only: bool = True, progress=gr.Progress()):
     """The slow step, after the first page shows: read every row, then tokenize (a sampled estimate
@@ -302,18 +329,21 @@ def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, 
         tokenizer = tokenizer_for(ctx, base_model, progress)
         yield dataset_pairs.statistics(source, column_map, tokenizer, limit)
         return
+    counted = count_rest(source, fmt, column_map)
+    if counted:
+        yield counted
     if progress is not None:
         progress(0.0, desc="reading every row")
-    loaded = load_dataset(source, fmt, column_map)
-    rep = report(source, fmt, column_map)
+    loaded = load_dataset(source, fmt, column_map, workspace=ctx.workspace)
+    rep = report(source, fmt, column_map, workspace=ctx.workspace)
     head = {"summary": summary_markdown(rep), "problems": rep["problems"], "pages": f"of {rep['pages']}"}
     tokenizer = tokenizer_for(ctx, base_model, progress)
-    passes = [SAMPLE_ROWS, None] if loaded.rows_valid > SAMPLE_ROWS else [None]
-    for sample in passes:
+    passes = stats_passes(loaded.rows_valid)
+    for done, sample in enumerate(passes, start=1):
         stats = data.statistics(loaded, tokenizer, limit, bool(completions_only), progress, sample=sample)
         frame, order = histogram_frame(stats)
         suggested = stats["suggested_max_length"]
-        yield {**head, "stats": stats_markdown(stats, estimate=sample is not None),
+        yield {**head, "stats": stats_markdown(stats, estimate=sample is not None, more=done < len(passes)),
                "histogram": gr.BarPlot(value=frame, sort=order, visible=True), "findings": findings_rows(stats),
                "suggested": suggested,
                "use_btn": gr.update(value=f"Use max_length {suggested} for training", visible=suggested != limit)}
@@ -328,7 +358,7 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
         raise paths.PathError("dataset: inspect a dataset first")
     if dataset_pairs.is_preference(source):
         return []  # pairs show in the pair view (show_pair)
-    loaded = load_dataset(source, fmt, column_map)
+    loaded = load_dataset(source, fmt, column_map, workspace=ctx.workspace)
     try:
         number = int(row or 1)
     except (TypeError, ValueError):
@@ -374,11 +404,11 @@ def open_row(ctx: AppContext, request: dict | None, base_model: str, max_length,
         return {}
     source = openable(ctx, str(request.get("source") or ""))
     where = (str(request.get("file") or ""), int(request.get("row") or 0))
-    loaded = load_dataset(source)
+    loaded = load_dataset(source, workspace=ctx.workspace)
     found = [i for i, loc in enumerate(loaded.locations) if (loc[0], loc[1]) == where]
     if not found:
         raise paths.PathError(f"{where[0]} row {where[1]}: not among the valid rows of {source} (was the file edited?)")
-    rep, number = report(source), found[0] + 1
+    rep, number = report(source, workspace=ctx.workspace), found[0] + 1
     rows, page, pages = preview_page(loaded, (number - 1) // PAGE_SIZE + 1)
     demo = source in ("demo", str(data.demo_files()[0]))
     return {"kind": SOURCES[0] if demo else SOURCES[2], "text": "" if demo else source,
@@ -514,7 +544,8 @@ def build(ctx: AppContext) -> DatasetParts:
     ui["recount_btn"].click(count, stats_inputs, pick(*STATS_OUTPUTS), **private)
     ui["use_btn"].click(public(lambda value: value), ui["suggested"], ui["tv_len"], **private)
     for button, delta in ((ui["prev_btn"].click, -1), (ui["next_btn"].click, +1), (ui["page"].submit, 0)):
-        button(public(guarded(keyed(bind(page_handler, delta=delta), ui))), pick("source", "fmt", "page", "column_map"),
+        button(public(guarded(keyed(bind(page_handler, delta=delta, ctx=ctx), ui))),
+               pick("source", "fmt", "page", "column_map"),
                pick(*PAGE_OUTPUTS), **private)
     ui["tv_btn"].click(show_tokens, token_inputs, ui["tokens"], **private)
     ui["preview"].select(public(picked_row), None, ui["tv_row"], **private) \

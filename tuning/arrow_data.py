@@ -1,0 +1,259 @@
+"""Big local datasets on disk instead of in memory: the normalized rows of a file or folder in a
+memory-mapped Arrow cache (`datasets`), and the tokenized training rows written to it by a batched
+`.map`, so a 1 GB JSONL file is never held as millions of Python objects.
+
+The rows are read by tuning/formats.py (a JSONL file line by line) and normalized and validated by
+tuning/data.py's own per-record functions, so every problem names the same file, row and field as
+the in-memory loader does. They go through `datasets.Dataset.from_generator`, which writes them to
+an Arrow file in batches and opens it memory-mapped; bad rows are kept in the same table (their
+`problem` column set, no messages), so a cached build knows its problems without reading the file.
+Why a generator and not load_dataset("json"): pyarrow's JSON reader fails the whole file on one
+bad line, fills a missing field with null (so "missing" and "got null" read the same) and drops
+blank lines (so row numbers would no longer be the editor's line numbers).
+
+The cache lives in the workspace (cache_dir), keyed by each file's path, size and modification
+time, the format, the column map and this code's own source: an unchanged file is never read
+twice; an edited one, or a changed validator, builds anew. Used for sources of at least
+ARROW_MIN_BYTES; smaller ones load in memory, where they are quicker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuning import data, formats
+from tuning.formats import DataError, Problem
+
+ARROW_MIN_BYTES = 32 * 2**20  # below this a source loads in memory (quicker, and a few MB at most)
+HEAD_ROWS = 100  # records of a file read before its format is decided (as data._normalize does)
+BATCH_ROWS = 1000  # rows a batched .map and a sequential read take at a time
+
+
+def cache_dir(workspace: str | Path) -> Path:
+    """Where the Arrow caches of a workspace's datasets live."""
+    return Path(workspace) / "cache" / "datasets"
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return [path]
+
+
+def source_bytes(source: str) -> int:
+    """The size of a local file or folder; 0 for the demo, a Hub id or a missing path."""
+    path = Path(source).expanduser()
+    if source == "demo" or not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in _files(path))
+
+
+def wanted(source: str, workspace: str | Path | None, min_bytes: int | None = None) -> bool:
+    """Whether `source` goes through the Arrow cache: a local file or folder of at least
+    min_bytes (default ARROW_MIN_BYTES), when there is a workspace to keep the cache in."""
+    if workspace is None or source == "demo" or data.is_hub_id(source):
+        return False
+    return source_bytes(source) >= (ARROW_MIN_BYTES if min_bytes is None else min_bytes)
+
+
+def _fingerprint(path: Path, fmt: str, mapping: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for module in (formats, data, __import__(__name__, fromlist=["_"])):
+        h.update(Path(module.__file__).read_bytes())  # a changed reader or validator builds anew
+    h.update(json.dumps([str(path.resolve()), fmt, sorted(mapping.items())]).encode())
+    for file in _files(path):
+        stat = file.stat()
+        h.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _features():
+    from datasets import Features, Value
+
+    return Features({"messages": [{"role": Value("string"), "content": Value("string")}],
+                     "file": Value("string"), "row": Value("int64"), "format": Value("string"),
+                     "extras": Value("string"), "field": Value("string"), "problem": Value("string")})
+
+
+def _problem_row(p: Problem) -> dict:
+    return {"messages": [], "file": p.file, "row": p.row, "format": "", "extras": "{}", "field": p.field,
+            "problem": p.message}
+
+
+def _generate(path: str, fmt: str, mapping_json: str):
+    """Every row of the source as one Arrow row: a valid one with its messages, format and extra
+    columns (JSON text: any column a file has), a bad one with its problem."""
+    mapping = json.loads(mapping_json)
+    head: list[tuple[str, int, Any]] = []
+    plan: tuple | None = None
+    current = None
+
+    def flush():
+        nonlocal plan
+        if head:
+            plan = data.file_plan(head[0][0], [r for _, _, r in head], fmt, mapping)
+        for file, row, record in head:
+            yield _row(file, row, record, plan)
+        head.clear()
+
+    for item in formats.iter_rows(Path(path)):
+        if isinstance(item, Problem):
+            yield _problem_row(item)
+            continue
+        if item[0] != current:  # a folder's next file: decide its format from its own head
+            yield from flush()
+            current, plan = item[0], None
+        if plan is None:
+            head.append(item)
+            if len(head) >= HEAD_ROWS:
+                yield from flush()
+            continue
+        yield _row(*item, plan)
+    yield from flush()
+
+
+def _row(file: str, row: int, record: Any, plan: tuple) -> dict:
+    done = data.normalize_record(record, file, row, plan)
+    if isinstance(done, Problem):
+        return _problem_row(done)
+    messages, extras = done
+    return {"messages": messages, "file": file, "row": row, "format": plan[0],
+            "extras": json.dumps(extras, ensure_ascii=False, default=str), "field": None, "problem": None}
+
+
+def build(source: str, fmt: str, mapping: dict[str, str], workspace: str | Path):
+    """The source's rows as a memory-mapped datasets.Dataset (built once per file version)."""
+    import datasets
+
+    path = Path(source).expanduser()
+    data.check_format_and_map(fmt, mapping)
+    try:
+        return datasets.Dataset.from_generator(
+            _generate, features=_features(), cache_dir=str(cache_dir(workspace)),
+            gen_kwargs={"path": str(path), "fmt": fmt, "mapping_json": json.dumps(mapping)},
+            fingerprint=_fingerprint(path, fmt, mapping))
+    except datasets.exceptions.DatasetGenerationError as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None  # a file whose format or column map does not fit: its own message
+        raise
+
+
+class Column(Sequence):
+    """One column of the valid rows, read from the memory-mapped table on demand: indexing reads
+    one row, iterating reads BATCH_ROWS at a time. Stands in for LoadedData's lists."""
+
+    def __init__(self, ds, names: tuple[str, ...], convert):
+        self.ds, self.names, self.convert = ds.select_columns(list(names)), names, convert
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = self.ds[int(index)]
+        return self.convert(*(row[n] for n in self.names))
+
+    def __iter__(self):
+        for batch in self.ds.iter(batch_size=BATCH_ROWS):
+            yield from map(self.convert, *(batch[n] for n in self.names))
+
+
+def _interned():
+    names: dict[str, str] = {}
+    return lambda file, row: (names.setdefault(file, file), row)  # one string per file, not per row
+
+
+def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None = None,
+         workspace: str | Path | None = None) -> data.LoadedData:
+    """data.load for a big local file or folder: the same LoadedData (format, counts, problems in
+    file and row order), with conversations, locations and extras read from the Arrow cache on
+    demand; `loaded.arrow` is the table of valid rows (for prepare_datasets)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset: {source!r} does not exist")
+    mapping = data.parse_column_map(column_map)
+    table_ds = build(source, fmt, mapping, workspace)
+    table = table_ds.data.table
+    bad = table.column("problem").is_valid()
+    problems_table = table.filter(bad).select(["file", "row", "field", "problem"]).to_pylist()
+    problems = sorted((Problem(p["file"], p["row"], p["field"] or "", p["problem"]) for p in problems_table),
+                      key=lambda p: (p.file, p.row))
+    valid = np.flatnonzero(~np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
+    rows = table_ds.select(valid)
+    kinds = [k for k in pc.unique(table.column("format")).to_pylist() if k]
+    loaded = data.LoadedData(source=source, format=", ".join(sorted(kinds, key=_first_seen(table))) or fmt,
+                             rows_total=len(table_ds) - sum(p.row == 0 for p in problems), problems=problems)
+    loaded.conversations = Column(rows, ("messages",), lambda m: m)
+    loaded.locations = Column(rows, ("file", "row"), _interned())
+    loaded.extras = Column(rows, ("extras",), json.loads)
+    loaded.arrow = rows
+    return loaded
+
+
+def _first_seen(table):
+    """Sort key: the formats in the order their first row appears (as data._normalize lists them)."""
+    import pyarrow.compute as pc
+
+    column = table.column("format")
+    return lambda kind: pc.index(column, kind).as_py()
+
+
+# --- training: tokenized rows written to the cache by a batched .map ----------------------------
+
+def _tokenizer_key(tokenizer) -> str:
+    h = hashlib.sha256(f"{getattr(tokenizer, 'name_or_path', '')}\0{len(tokenizer)}\0"
+                       f"{getattr(tokenizer, 'chat_template', '')}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    return h.hexdigest()[:16]
+
+
+def to_dataset(tokenizer, loaded: data.LoadedData, positions: list[int] | None, max_length: int,
+               completions_only: bool, workspace: str | Path, name: str):
+    """data.to_dataset over the rows of `loaded.arrow` at `positions` (all when None), tokenized in
+    batches by .map into a cache file beside the rows: the same input_ids, assistant_masks and
+    row_id (the position among `positions`) as data.to_dataset, row for row."""
+    import numpy as np
+
+    rows = loaded.arrow if positions is None else loaded.arrow.select(positions)
+    key = hashlib.sha256(json.dumps([loaded.arrow._fingerprint, name, len(rows), _tokenizer_key(tokenizer),
+                                     max_length, bool(completions_only)]).encode())
+    if positions is not None:
+        key.update(np.asarray(positions, dtype=np.int64).tobytes())
+    fingerprint = key.hexdigest()[:32]
+
+    def tokenize(batch, indices):
+        out = {"input_ids": [], "assistant_masks": [], "row_id": []}
+        for messages, i in zip(batch["messages"], indices):
+            for piece in data._tokenize_rows(tokenizer, messages, max_length, completions_only):
+                if any(piece["assistant_masks"]):  # a row with no trained token is dropped, as in data.to_dataset
+                    out["input_ids"].append(piece["input_ids"])
+                    out["assistant_masks"].append(piece["assistant_masks"])
+                    out["row_id"].append(i)
+        return out
+
+    folder = cache_dir(workspace) / "tokenized"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = rows.map(tokenize, batched=True, batch_size=BATCH_ROWS, with_indices=True,
+                  remove_columns=rows.column_names, new_fingerprint=fingerprint,
+                  cache_file_name=str(folder / f"{fingerprint}.arrow"), desc=f"tokenizing {name} rows")
+    if not len(ds):
+        raise DataError("no example has a trained token left (is max_length too small?)")
+    return ds
