@@ -1,6 +1,7 @@
 """The CPU training levers of tuning/cpu_speed.py change the time, not what is computed:
-FastDropout is dropout (distribution, scaling, gradient, eval mode, seeding), and scoring only the
-trained tokens gives TRL's fused LM head the same loss and gradients from fewer rows."""
+FastDropout is dropout (distribution, scaling, gradient, eval mode, seeding), scoring only the
+trained tokens gives TRL's fused LM head the same loss and gradients from fewer rows, and the lean
+LoRA forward gives PEFT's loss and gradients (bit for bit under bf16 autocast)."""
 
 import pytest
 import torch
@@ -103,6 +104,7 @@ def test_build_trainer_applies_the_cpu_levers(tmp_path, tiny_config, monkeypatch
     layers = [m for m in trainer.model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
     assert len(layers) == 14
     assert all(isinstance(layer.lora_dropout["default"], cpu_speed.FastDropout) for layer in layers)
+    assert all(layer.forward.__func__ is cpu_speed._lean_lora_forward for layer in layers)
     assert trl_utils._use_triton(torch.device("cpu")) is True
 
 
@@ -128,3 +130,79 @@ def test_few_rows_linear_computes_what_linear_computes(tiny_model_dir):
     comparer = playground.Comparer(str(tiny_model_dir), "lora", torch.float32)
     linears = [m for m in comparer.model.modules() if type(m) is torch.nn.Linear]
     assert linears and all(m.forward.__func__ is cpu_speed._few_rows_linear for m in linears)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    torch.manual_seed(3)  # the same dropout masks on both sides
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _tiny_batch(model):
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    return {"input_ids": ids, "labels": ids}
+
+
+@pytest.mark.parametrize("dropout, alpha", [(0.0, 6), (0.2, 8)], ids=["no-dropout-scale-1.5", "dropout-scale-2"])
+def test_lean_lora_forward_gives_the_same_loss_and_gradients(tiny_model_dir, dropout, alpha):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                                            task_type="CAUSAL_LM")).train()
+    cpu_speed.use_fast_dropout(model)
+    for name, p in model.named_parameters():  # lora_B starts at zero: give it values so every path counts
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _tiny_batch(model)
+    peft_loss, peft_grads = _loss_and_grads(model, batch)
+    assert cpu_speed.use_lean_lora_forward(model) == 14
+    assert cpu_speed.use_lean_lora_forward(model) == 0  # once per layer
+    lean_loss, lean_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(lean_loss, peft_loss)
+    assert lean_grads.keys() == peft_grads.keys() and len(lean_grads) == 28
+    for name in peft_grads:
+        torch.testing.assert_close(lean_grads[name], peft_grads[name], rtol=1e-5, atol=1e-7)
+    assert (lean_loss != _loss_and_grads(model.eval(), batch)[0]) == (dropout > 0)  # eval turns dropout off
+
+
+def test_lean_lora_forward_under_bf16_autocast_matches_peft_bit_for_bit(tiny_model_dir):
+    """The training setup on a CPU with avx512_bf16: a bf16 base, fp32 adapters, bf16 autocast.
+    PEFT's fp32 round trip of the input changes no value, and alpha / r = 2 scales exactly."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear",
+                                            task_type="CAUSAL_LM")).train()
+    cpu_speed.use_fast_dropout(model)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _tiny_batch(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        peft = _loss_and_grads(model, batch)
+        cpu_speed.use_lean_lora_forward(model)
+        lean = _loss_and_grads(model, batch)
+    assert torch.equal(lean[0], peft[0])
+    for name in peft[1]:
+        assert torch.equal(lean[1][name], peft[1][name]), name
+
+
+def test_lean_lora_forward_leaves_other_cases_to_peft(tiny_model_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = _tiny_batch(model)
+    expected = model(**batch).loss
+    assert cpu_speed.use_lean_lora_forward(model) == 14
+    layer = next(m for m in model.modules() if hasattr(m, "_peft_forward"))
+    calls = []
+    peft_forward = layer._peft_forward
+    layer._peft_forward = lambda *args, **kwargs: calls.append(1) or peft_forward(*args, **kwargs)
+    torch.testing.assert_close(model(**batch).loss, expected)  # DoRA: PEFT's own forward, call by call
+    assert calls == [1]
+    with model.disable_adapter():  # PEFT's forward too (adapters off)
+        model(**batch)
+    assert calls == [1, 1]

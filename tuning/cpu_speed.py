@@ -19,6 +19,13 @@ on a GPU, PEFT's, TRL's and torch's own paths are already fast and stay as they 
    37 ms over a decoding step's 30 layers); W @ x.T reads the weight once and took 21 ms for 2 rows.
    That is what lets one batch for both columns cost less than two calls (bench/side_by_side.py).
    playground.Comparer applies it on a CPU.
+4. A lean LoRA forward for training. PEFT's Linear casts its input to the adapter's dtype (fp32)
+   before the dropout and lora_A, so under bf16 autocast every adapted layer copies its bf16 input
+   to fp32 and autocast copies it back to bf16 for the product (forward and backward), and it
+   multiplies the full-width output by the scaling. The lean forward keeps the input's dtype
+   (autocast still computes lora_A/lora_B in bf16, as before) and scales the rank-r product
+   instead: the same values (bit for bit when alpha / r is a power of two), fewer passes over
+   the activations. train.build_trainer applies it on a CPU; bench/RESULTS.md has the effect.
 """
 
 from __future__ import annotations
@@ -112,5 +119,34 @@ def use_few_rows_linear(model) -> int:
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 \
                 and module.weight.device.type == "cpu":
             module.forward = types.MethodType(_few_rows_linear, module)
+            patched += 1
+    return patched
+
+
+def _lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapters = self.active_adapters
+    name = adapters[0] if len(adapters) == 1 else None
+    if (args or kwargs or self.disable_adapters or self.merged or name not in self.lora_A
+            or name in self.lora_variant
+            or (x.dtype != self.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type))):
+        return self._peft_forward(x, *args, **kwargs)  # anything but plain LoRA: PEFT's own forward
+    result = self.base_layer(x)
+    rank_r = self.lora_A[name](self.lora_dropout[name](x)) * self.scaling[name]
+    return result + self.lora_B[name](rank_r)
+
+
+def use_lean_lora_forward(model) -> int:
+    """Give every PEFT LoRA Linear (the plain, full-precision kind) the lean forward; returns how
+    many. Layers with a variant (DoRA), several adapters, merged weights or extra arguments fall
+    back to PEFT's forward call by call; 4-bit layers (a different class) keep theirs."""
+    import types
+
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    patched = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and not hasattr(module, "_peft_forward"):
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(_lean_lora_forward, module)
             patched += 1
     return patched

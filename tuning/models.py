@@ -380,6 +380,9 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only."""
     from transformers import AutoModelForCausalLM
 
+    from tuning import memory
+
+    memory.tune_allocator()  # every process that trains or generates loads its model here (tuning/memory.py)
     started = time.time()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -429,16 +432,20 @@ def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, 
     block-diagonal mask over the whole row and compute every block of it: for 8 rows of ~200
     tokens that is (8 x 200)^2 = 2.6M scores against 8 x 200^2 = 0.3M that matter. Slicing keeps
     it to the diagonal blocks with is_causal=True, like flash-attention's varlen kernel on a GPU.
+    The sequences are cut with torch.split, not slicing: the backward of each slice writes its
+    gradient into a zeroed tensor of the whole row and those are summed (8 sequences: 8 full-size
+    zero-fills and additions per tensor per layer, a quarter of a CPU step), while split's
+    backward is one concatenation.
     Anything else (padded batches, generation with a cache) goes to the ordinary SDPA path."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if cu_seq_lens_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    bounds = [] if cu_seq_lens_q is None else cu_seq_lens_q.tolist()
+    if query.shape[0] != 1 or query.shape[2] != key.shape[2] or bounds[:1] != [0] or bounds[-1] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    bounds = cu_seq_lens_q.tolist()
-    pieces = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
-                                     is_causal=True, **kwargs)[0]
-              for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    pieces = [sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+              for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value))) if q.shape[2]]
     return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
 
 

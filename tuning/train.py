@@ -267,12 +267,14 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     if not torch.cuda.is_available():
         from tuning import cpu_speed  # imports torch: not at module level (the UI imports train)
 
-        # Same computation, less time on a CPU: cheaper LoRA dropout masks and no vocabulary-wide
-        # scores for prompt tokens (tuning/cpu_speed.py has the measurements).
+        # Same computation, less time on a CPU: cheaper LoRA dropout masks, no vocabulary-wide
+        # scores for prompt tokens, no fp32 round trip of each adapter's input (tuning/cpu_speed.py
+        # has the measurements).
         swapped = cpu_speed.use_fast_dropout(trainer.model)
         compact = cpu_speed.score_trained_tokens_only()
-        print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}",
-              flush=True)
+        lean = cpu_speed.use_lean_lora_forward(trainer.model)
+        print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}; "
+              f"lean LoRA forward in {lean} layers", flush=True)
     return trainer, tokenizer
 
 
