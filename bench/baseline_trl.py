@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--precision", choices=("default", "fp32", "bf16"), default="default",
                    help="default: TRL's own default on a GPU (bf16 autocast), fp32 on a CPU, where TRL's "
@@ -69,7 +70,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(a.model, quantization_config=quant,
                                                  device_map="cuda" if torch.cuda.is_available() else "cpu")
     dataset = load_dataset("json", data_files=a.data, split="train")
-    peft_config = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, target_modules="all-linear",
+    peft_config = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=a.lora_dropout, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     args = SFTConfig(output_dir=a.output, per_device_train_batch_size=a.batch,
                      gradient_accumulation_steps=a.grad_accum, max_steps=a.steps, max_length=a.max_length,

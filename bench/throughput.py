@@ -4,6 +4,12 @@ SFTTrainer + PEFT script), side by side, on a seeded mixed-length dataset (20-40
     python bench/throughput.py                       # qlora, 3 pairs x 4 steps of 8 rows (a few minutes)
     python bench/throughput.py --method lora --pairs 5 --steps 8
     python bench/throughput.py --methods-only        # ours: lora vs qlora (tokens/s and peak RSS)
+    python bench/throughput.py --matrix              # lora: LoRA dropout 0 / 0.05 x batch 4 / 8 x short / long rows
+
+The matrix runs eight cells, each one pair (ours, then TRL's script, the order flipped from cell to
+cell so a drifting load hits both sides alike) and a matmul peak measured right after the pair, so
+each cell's MFU is against the peak of its own minute. Short rows are 20-400 tokens, long rows
+200-600 (both seeded: the same rows on every run); max_length 1024 on both sides so nothing is cut.
 
 Both sides train the same base model on the same rows (exactly one epoch: steps x batch rows), with
 the same LoRA config (r=16, alpha=32, all-linear), effective batch, max_length and number of steps,
@@ -49,8 +55,12 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
+ROWS = {"short": (20, 400), "long": (200, 600)}  # token ranges of the benchmark's seeded rows
+
+
 def ours(model: str, data: Path, a, workspace: Path, method: str, extra: list[str]) -> dict:
     sets = {"base_model": model, "dataset": str(data), "method": method, "per_device_batch_size": a.batch,
+            "lora_dropout": a.dropout,
             "gradient_accumulation_steps": 1, "max_steps": a.steps, "max_length": a.max_length,
             "lora_r": 16, "lora_alpha": 32, "learning_rate": 2e-4, "warmup_ratio": 0.0, "eval_split": 0.0,
             "save_steps": 100000, "eval_steps": 100000, "logging_steps": 1, "probe_every_checkpoint": False}
@@ -72,7 +82,8 @@ def ours(model: str, data: Path, a, workspace: Path, method: str, extra: list[st
 def baseline(model: str, data: Path, a, method: str) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "baseline_trl.py"), "--model", model, "--data", str(data),
            "--method", method, "--batch", str(a.batch), "--max-length", str(a.max_length),
-           "--steps", str(a.steps), "--threads", str(a.threads), "--output", tempfile.mkdtemp(prefix="bl-")]
+           "--steps", str(a.steps), "--threads", str(a.threads), "--lora-dropout", str(a.dropout),
+           "--output", tempfile.mkdtemp(prefix="bl-")]
     out, peak, wall = run_child(cmd, env={"OMP_NUM_THREADS": str(a.threads)})
     result = last_json_line(out, "tokens_per_second")
     result.update(peak_rss=peak, wall=wall, gpu_peak=run_child.gpu_peak)
@@ -94,13 +105,80 @@ def _count_params(model_dir: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def bench_rows(tokenizer, a, path: Path) -> tuple[Path, list[int]]:
+    """Exactly one epoch of seeded rows (a.rows: short or long) in a JSONL file; sets a.tokens."""
+    from tuning import data as data_mod
+
+    lo, hi = ROWS[a.rows]
+    rows = mixed_length_rows(tokenizer, a.steps * a.batch, lo=lo, hi=hi, seed=0)
+    data = write_jsonl(path, rows)
+    lengths = [len(data_mod.tokenize_conversation(tokenizer, r["messages"], a.max_length)["input_ids"])
+               for r in rows]
+    a.tokens = sum(lengths)
+    return data, lengths
+
+
+def matrix(a) -> None:
+    """Every cell of dropout x batch x rows, ours and TRL's side by side, one table at the end."""
+    import copy
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from tuning import models
+
+    workspace = Path(a.workspace)
+    model = a.model or str(models.embedded_model_dir(workspace))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    flops_per_token = 4 * _count_params(model)
+    steps = a.steps if a.steps != 4 else 2  # --steps left at its default: 2 per cell keeps the matrix short
+    print(f"matrix: lora, {steps} steps per cell, {a.pairs} pair(s), max_length 1024, {a.threads} threads, "
+          f"torch {torch.__version__}; {machine_load()}", flush=True)
+    cells, flip = [], False
+    for dropout in (0.0, 0.05):
+        for batch in (4, 8):
+            for rows in ("short", "long"):
+                c = copy.copy(a)
+                c.dropout, c.batch, c.rows, c.steps, c.max_length = dropout, batch, rows, steps, 1024
+                data, lengths = bench_rows(tokenizer, c, workspace / f"bench-{rows}-{batch}.jsonl")
+                results = []
+                for _ in range(a.pairs):
+                    sides = [lambda: ours(model, data, c, workspace, "lora", a.set), lambda: baseline(model, data, c, "lora")]
+                    done = [side() for side in (sides[::-1] if flip else sides)]
+                    results.append(done[::-1] if flip else done)  # (ours, TRL) whichever ran first
+                    flip = not flip
+                peak16 = matmul_peak(torch.bfloat16, a.threads)
+                cell = {"dropout": dropout, "batch": batch, "rows": rows, "lengths": (min(lengths), max(lengths)),
+                        "tokens": c.tokens, "ours": statistics.median(r["tokens_per_second"] for r, _ in results),
+                        "trl": statistics.median(r["tokens_per_second"] for _, r in results),
+                        "ratio": median_ratio([(r["tokens_per_second"], b["tokens_per_second"]) for r, b in results]),
+                        "peak16": peak16, "load": machine_load()}
+                cell["mfu"] = cell["ours"] * flops_per_token / peak16
+                cells.append(cell)
+                print(f"  dropout {dropout} batch {batch} {rows} rows ({cell['lengths'][0]}-{cell['lengths'][1]} "
+                      f"tokens, {c.tokens} in {steps} steps): ours {cell['ours']:.0f} tok/s | TRL {cell['trl']:.0f} "
+                      f"tok/s | {cell['ratio']:.2f}x | MFU {cell['mfu']:.0%} of {peak16 / 1e9:.0f} GFLOP/s bf16 "
+                      f"({cell['load']})", flush=True)
+    print("\n| LoRA dropout | batch | rows (tokens) | ours tok/s | TRL tok/s | ours / TRL | ours MFU (bf16 peak then) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for cell in cells:
+        lo, hi = cell["lengths"]
+        print(f"| {cell['dropout']} | {cell['batch']} | {cell['rows']} ({lo}-{hi}) | {cell['ours']:.0f} | "
+              f"{cell['trl']:.0f} | **{cell['ratio']:.2f}x** | {cell['mfu']:.0%} ({cell['peak16'] / 1e9:.0f} GFLOP/s) |")
+    print(f"\n{machine_load()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=("lora", "qlora"), default="qlora")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pairs", type=int, help="pairs (default 3; 1 per cell with --matrix)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout, both sides")
+    p.add_argument("--rows", choices=tuple(ROWS), default="short", help="short: 20-400 tokens, long: 200-600")
+    p.add_argument("--matrix", action="store_true", help="lora, dropout 0/0.05 x batch 4/8 x short/long rows, "
+                   "one pair per cell (--pairs), --steps steps each (default 2), max_length 1024")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for ours")
     p.add_argument("--methods-only", action="store_true", help="compare ours lora (A) vs ours qlora (B)")
@@ -109,23 +187,22 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=0, help="the card's bf16 peak, for MFU on a GPU "
                    "(default: an H100's 989)")
     a = p.parse_args()
+    if a.matrix:
+        a.pairs = a.pairs or 1
+        return matrix(a)
+    a.pairs = a.pairs or 3
 
     import torch
     from transformers import AutoTokenizer
 
-    from tuning import data as data_mod
     from tuning import models
 
     workspace = Path(a.workspace)
     model = a.model or str(models.embedded_model_dir(workspace))
     tokenizer = AutoTokenizer.from_pretrained(model)
-    rows = mixed_length_rows(tokenizer, a.steps * a.batch, seed=0)  # exactly one epoch
-    data = write_jsonl(workspace / "bench-data.jsonl", rows)
-    lengths = [len(data_mod.tokenize_conversation(tokenizer, r["messages"], a.max_length)["input_ids"])
-               for r in rows]
-    a.tokens = sum(lengths)
+    data, lengths = bench_rows(tokenizer, a, workspace / "bench-data.jsonl")
     padded = sum(a.batch * max(lengths[i:i + a.batch]) for i in range(0, len(lengths), a.batch))
-    print(f"data: {len(rows)} rows, {min(lengths)}-{max(lengths)} tokens (mean {a.tokens / len(rows):.0f}), "
+    print(f"data: {len(lengths)} rows, {min(lengths)}-{max(lengths)} tokens (mean {a.tokens / len(lengths):.0f}), "
           f"{a.tokens} tokens; padded to the longest of each batch of {a.batch} in file order it would be "
           f"{padded} ({padded / a.tokens:.2f}x)")
     print(f"machine: {machine_load()}, torch {torch.__version__}, {a.threads} threads")
