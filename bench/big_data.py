@@ -2,7 +2,7 @@
 whole (the page's statistics step, training's data preparation), and the sampled statistics.
 
     python bench/big_data.py                          # everything, the sizes below
-    python bench/big_data.py --size-mb 1000 --read-mb 100 1000 --tokenize-mb 10 --stats-rows 100000
+    python bench/big_data.py --size-mb 1000 --read-mb 100 1000 --before-mb 100 --tokenize-mb 10 --stats-rows 100000
     python bench/big_data.py --only first-page        # one part: first-page, read, tokenize, stats
 
 Each measurement runs in a fresh child process (so nothing else is in its heap), which imports
@@ -39,15 +39,20 @@ MiB = 2 ** 20
 
 
 def write_rows(path: Path, size_mb: float | None = None, rows: int | None = None, seed: int = 0) -> int:
-    """Seeded chat rows of ~1 KB (60-300 words), up to size_mb MiB or `rows` rows."""
+    """Seeded chat rows of ~1 KB (60-300 words), up to size_mb MiB or `rows` rows: texts drawn from a
+    pool (drawing every word is minutes a GB), each row made unique by its number."""
     rng = random.Random(seed)
+    pool = []
+    for _ in range(4096):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(60, 300))]
+        cut = len(words) // 4
+        pool.append((" ".join(words[:cut]) + "?", " ".join(words[cut:]) + "."))
     target, written, count = (size_mb or 0) * MiB, 0, 0
     with open(path, "w", encoding="utf-8") as fh:
         while (written < target) if rows is None else (count < rows):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(60, 300))]
-            cut = len(words) // 4
-            line = json.dumps({"messages": [{"role": "user", "content": " ".join(words[:cut]) + "?"},
-                                            {"role": "assistant", "content": " ".join(words[cut:]) + "."}]}) + "\n"
+            user, answer = pool[rng.randrange(len(pool))]
+            line = json.dumps({"messages": [{"role": "user", "content": f"#{count} {user}"},
+                                            {"role": "assistant", "content": answer}]}) + "\n"
             fh.write(line)
             written += len(line)
             count += 1
@@ -140,12 +145,12 @@ def first_page(folder: Path, size_mb: int, repeats: int) -> None:
     big.unlink()
 
 
-def read_whole(folder: Path, sizes: list[int], before: bool) -> None:
+def read_whole(folder: Path, sizes: list[int], before: list[int]) -> None:
     for size in sizes:
         path = folder / f"read-{size}.jsonl"
         rows = write_rows(path, size, seed=1)
         file_mib = path.stat().st_size / MiB
-        for what in (["read before"] if before else []) + ["read after"]:
+        for what in (["read before"] if size in before else []) + ["read after"]:
             r = measure(path, what, folder / "ws")
             extra = f"; again from the cache {r['cached_s']:.2f} s" if what == "read after" else ""
             print(f"{time.strftime('%H:%M')} ({machine_load()}) {what} of {size} MB ({rows:,} rows): {r['seconds']:.1f} s, "
@@ -171,7 +176,8 @@ def stats(folder: Path, rows: int) -> None:
     r = measure(path, "stats", folder / "ws")
     for seconds, text in r["steps"]:
         print(f"  {seconds:7.1f} s: {text}")
-    first, last = r["steps"][0][0], r["steps"][-1][0]
+    first = next(seconds for seconds, text in r["steps"] if "sampled" in text)
+    last = r["steps"][-1][0]
     print(f"{time.strftime('%H:%M')} ({machine_load()}) statistics of {rows:,} rows: the sample at {first:.1f} s, "
           f"the full pass at {last:.1f} s ({first / last:.3f}x); own memory {mib(r['anon_above_idle'])} above idle")
 
@@ -180,7 +186,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mb", type=int, default=1000, help="the first page's file")
     p.add_argument("--read-mb", type=int, nargs="*", default=[100, 1000], help="files read whole")
-    p.add_argument("--before", action="store_true", help="also read them whole in memory (data.load; ~4.5x the file)")
+    p.add_argument("--before-mb", type=int, nargs="*", default=[100],
+                   help="of those, the ones also read whole in memory (data.load: ~4.5x the file)")
     p.add_argument("--tokenize-mb", type=float, default=10)
     p.add_argument("--stats-rows", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=3)
@@ -190,7 +197,7 @@ def main() -> None:
     if a.only in (None, "first-page"):
         first_page(folder, a.size_mb, a.repeats)
     if a.only in (None, "read"):
-        read_whole(folder, a.read_mb, a.before)
+        read_whole(folder, a.read_mb, a.before_mb)
     if a.only in (None, "tokenize"):
         tokenize(folder, a.tokenize_mb)
     if a.only in (None, "stats"):

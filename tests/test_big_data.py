@@ -203,3 +203,13 @@ def test_stats_passes():
     assert dataset_tab.stats_passes(dataset_tab.SAMPLE_ROWS) == [None]
     assert dataset_tab.stats_passes(100_000) == [dataset_tab.SAMPLE_ROWS, None]
     assert dataset_tab.stats_passes(1_100_000) == [dataset_tab.SAMPLE_ROWS, dataset_tab.FULL_STATS_ROWS]
+
+
+def test_the_held_out_rows_of_a_big_split_come_from_the_cache(embedded_tokenizer, demo_copy, tmp_path, monkeypatch):
+    cfg = TrainConfig(dataset=str(demo_copy), eval_split=0.2, seed=5, max_length=96)
+    in_memory = data.heldout_rows(cfg)
+    monkeypatch.setattr(arrow_data, "ARROW_MIN_BYTES", 0)
+    monkeypatch.setattr(data, "_ARROW_WORKSPACE", {})
+    data.prepare(cfg, embedded_tokenizer, tmp_path / "ws")
+    monkeypatch.setattr(data, "load_config_dataset", lambda *a, **k: pytest.fail("read into memory"))
+    assert data.heldout_rows(cfg) == in_memory and len(in_memory) > 1

@@ -268,7 +268,12 @@ def _inspect(args) -> int:
     if args.format in (*pairs.PREFERENCE_FORMATS, "preference") or (args.format == "auto"
                                                                       and pairs.looks_like_preference(args.path)):
         return _inspect_preference(args)
-    loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
+    from tuning import arrow_data
+
+    if arrow_data.wanted(args.path, resolve_workspace(args.workspace)):  # a big file: read through an Arrow cache
+        loaded = arrow_data.load(args.path, args.format, args.column_map, resolve_workspace(args.workspace))
+    else:
+        loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
     stats = None
     if not args.no_tokens and loaded.conversations:
         tokenizer = models.load_base_tokenizer(args.base_model, resolve_workspace(args.workspace))

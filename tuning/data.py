@@ -569,10 +569,25 @@ def train_and_heldout(cfg, loaded: LoadedData) -> tuple[list, list[tuple[list[di
     return train, [(conversation, {}) for conversation in held_convs]
 
 
+# The workspace whose Arrow cache prepare() read a big source from, so the end-of-run evaluation in
+# the same process takes its held-out split from there too rather than reading the file into memory.
+_ARROW_WORKSPACE: dict[str, Any] = {}
+
+
 def heldout_rows(cfg) -> list[tuple[list[dict], dict]]:
     """The held-out rows alone; the training data is read only when they are a split of it."""
+    from tuning import arrow_data
+
     held = _explicit_heldout(cfg)
-    return held if held is not None else train_and_heldout(cfg, load_config_dataset(cfg))[1]
+    if held is not None:
+        return held
+    workspace = _ARROW_WORKSPACE.get(cfg.dataset)
+    if not arrow_data.wanted(cfg.dataset, workspace):
+        return train_and_heldout(cfg, load_config_dataset(cfg))[1]
+    loaded = arrow_data.load(cfg.dataset, getattr(cfg, "dataset_format", "auto"), getattr(cfg, "column_map", ""),
+                             workspace)
+    _, positions = split_positions(loaded.rows_valid, cfg.eval_split, cfg.seed)
+    return [(loaded.conversations[i], loaded.extras[i]) for i in positions]
 
 
 def prepare(cfg, tokenizer, workspace=None):
@@ -588,6 +603,7 @@ def prepare(cfg, tokenizer, workspace=None):
         raise DataError(f"{cfg.dataset}: no valid rows; first problem: {loaded.problems[0]}"
                         if loaded.problems else f"{cfg.dataset}: no rows")
     if big:
+        _ARROW_WORKSPACE[cfg.dataset] = workspace
         return (*_prepare_arrow(cfg, tokenizer, loaded, workspace), loaded)
     train_convs, held = train_and_heldout(cfg, loaded)
     eval_convs = [conversation for conversation, _ in held]

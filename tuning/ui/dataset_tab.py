@@ -5,9 +5,11 @@ tokens, duplicates) and the token view: one row as the model sees it, trained vs
 Preference data (pairs, KTO's labelled answers) and a run's votes show as pairs instead
 (tuning/ui/dataset_pairs.py): prompt, chosen and rejected side by side, token lengths per side.
 
-Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows (the first
-page and the counts show in seconds), then the statistics step reads everything and tokenizes it
-with a progress bar (a sampled estimate first when there are many rows)."""
+Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows and counts the
+rows of the file's first 16 MB (the first page shows in a second however big the file: "at least N
+rows"), then the statistics step counts the rest by a byte scan, reads every row (a big file into an
+Arrow cache in the workspace, tuning/arrow_data.py, never into memory) and tokenizes with a progress
+bar: a sample first, saying so, then the full pass (at most FULL_STATS_ROWS rows)."""
 
 from __future__ import annotations
 

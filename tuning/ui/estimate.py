@@ -88,11 +88,12 @@ def _parameters(shape: dict, cfg: config_mod.TrainConfig) -> tuple[int, int]:
     return base, lora
 
 
-def dataset_size(cfg: config_mod.TrainConfig) -> tuple[int | None, float | None]:
+def dataset_size(cfg: config_mod.TrainConfig, workspace: Path | None = None) -> tuple[int | None, float | None]:
     """(valid rows, rough tokens a row) of the config's dataset, read as the Dataset tab reads it (one
-    cached read); (None, None) when it cannot be read here, e.g. a Hub dataset the run downloads."""
+    cached read; a big file through its Arrow cache in the workspace); (None, None) when it cannot be
+    read here, e.g. a Hub dataset the run downloads."""
     try:
-        loaded = load_dataset(cfg.dataset, cfg.dataset_format, cfg.column_map)
+        loaded = load_dataset(cfg.dataset, cfg.dataset_format, cfg.column_map, workspace=workspace)
     except Exception:  # noqa: BLE001 - the estimate goes on without the dataset's size
         return None, None
     chars = [sum(len(m["content"]) for m in conv) for conv in loaded.conversations[:500]]

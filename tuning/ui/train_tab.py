@@ -168,7 +168,7 @@ def warn_if_trusting(cfg: config_mod.TrainConfig) -> str | None:
 def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
     from tuning.ui import estimate
 
-    return estimate.estimate(cfg, ctx.workspace, *estimate.dataset_size(cfg)).markdown()
+    return estimate.estimate(cfg, ctx.workspace, *estimate.dataset_size(cfg, ctx.workspace)).markdown()
 
 
 def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
