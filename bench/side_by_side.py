@@ -1,20 +1,31 @@
 """Side-by-side generation: base and tuned answers in ONE PEFT mixed-adapter batch (A) against two
-separate generate calls, base then tuned (B), on the embedded model, greedy.
+separate calls, base then tuned (B), on the embedded model, greedy; and the Playground's time to
+the first token with the model loaded.
 
-    python bench/side_by_side.py                    # lora base (as the quickstart trains), 3 pairs
-    python bench/side_by_side.py --method qlora --pairs 5 --max-new-tokens 64
+    python bench/side_by_side.py                                  # fp32, bf16 and 4-bit bases, 3 rounds
+    python bench/side_by_side.py --bases fp32,4bit --rounds 5 --max-new-tokens 64 --generate
 
-Target: A / B <= 0.6 (median of pairwise ratios), with identical outputs (checked every pair).
-Printed twice: with natural lengths (each side stops at its end token, so one batch decodes as
-many steps as the longer answer while two calls decode the sum) and with fixed lengths (both sides
-exactly --max-new-tokens: the like-for-like cost of one batched pass against two).
-The adapter is a LoRA with random non-zero B matrices (r=16, all-linear), saved once: the timing
-does not depend on what the adapter learned, and the answers differ from the base's.
+Target: A / B <= 0.5 (median of per-round ratios) for each base, with identical outputs (checked
+every round), including when the two answers differ a lot in length; time to first token in the
+Playground <= 0.5 s with the model loaded.
+
+Every round measures, for every base, A then B (and with --generate the same two through
+transformers' own `generate`, which keeps finished rows decoding padding: the "before"), so all
+ratios come from one run with the load shared alike. Two prompts: PROMPTS["skewed"], whose base
+answer runs to the token limit while the tuned one stops early (the case where a batch that keeps
+finished rows loses most), and PROMPTS["even"] (short answers of similar length). With --fixed,
+also both sides exactly --max-new-tokens long (min_new_tokens): the like-for-like per-step cost.
+
+The adapter is a LoRA with random non-zero B matrices (r=16, all-linear), saved once (or --adapter
+PATH, e.g. a trained run's adapter/): the timing does not depend on what it learned.
+Load: print(machine_load()) next to every figure; the cores are shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,7 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_load, median_ratio  # noqa: E402
 
-PROMPT = "What is the capital of France?"
+PROMPTS = {"skewed": "Write a long story about a dragon who learns to bake bread.",
+           "even": "What is the capital of France?"}
+BASES = {"fp32": ("lora", "fp32"), "bf16": ("lora", "bf16"), "4bit": ("qlora", "fp32")}  # -> (method, precision)
 
 
 def make_adapter(model_dir: str, folder: Path) -> Path:
@@ -42,63 +55,148 @@ def make_adapter(model_dir: str, folder: Path) -> Path:
     return folder
 
 
-def measure(comparer, adapter, settings, pairs: int) -> list[tuple[float, float]]:
-    """Alternating pairs: one mixed batch (A) then two calls (B); outputs checked every pair."""
-    comparer.generate([PROMPT], adapter, settings=settings)  # warm-up: attach the adapter, first-call costs
-    results = []
-    for i in range(pairs):
-        started = time.perf_counter()
-        [(base_mixed, tuned_mixed)] = comparer.generate([PROMPT], adapter, settings=settings)
-        one = time.perf_counter() - started
-        started = time.perf_counter()
-        [base_alone] = comparer.generate_one([PROMPT], None, settings=settings)
-        [tuned_alone] = comparer.generate_one([PROMPT], adapter, settings=settings)
-        two = time.perf_counter() - started
-        same = base_mixed == base_alone and tuned_mixed == tuned_alone
-        print(f"  pair {i + 1}/{pairs}: one mixed batch {one:.2f} s, two calls {two:.2f} s, "
-              f"ratio {one / two:.2f}, identical outputs: {same}  ({machine_load()})", flush=True)
-        if not same:
-            raise SystemExit(f"outputs differ:\n mixed {base_mixed!r} / {tuned_mixed!r}\n "
-                             f"alone {base_alone!r} / {tuned_alone!r}")
-        results.append((one, two))
-    n_base, n_tuned = (len(comparer.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (base_mixed, tuned_mixed))
-    print(f"  base ({n_base} tokens):  {base_mixed[:70]!r}\n  tuned ({n_tuned} tokens): {tuned_mixed[:70]!r}")
-    print(f"  one mixed batch: median {statistics.median(o for o, _ in results):.2f} s; two calls: median "
-          f"{statistics.median(t for _, t in results):.2f} s")
-    bound = max(n_base, n_tuned) / max(1, n_base + n_tuned)
-    print(f"  ratio (one batch / two calls, median of {len(results)} pairs): {median_ratio(results):.2f}x "
-          f"(target <= 0.6; a batch that decodes max(base, tuned) steps for the two calls' sum cannot go "
-          f"below ~{bound:.2f} here); outputs identical in every pair", flush=True)
-    return results
+def make_run(workspace: Path, model_dir: str, adapter: Path, base: str) -> str:
+    """A finished-looking run folder whose config names the base as the Playground loads it."""
+    from tuning import record
+    from tuning.config import TrainConfig
+
+    method, precision = BASES[base]
+    run_id = f"bench-{base}"
+    run = record.run_dir(workspace, run_id)
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    record.write_config(run, TrainConfig(base_model=model_dir, method=method, precision=precision))
+    shutil.copytree(adapter, record.adapter_dir(run))
+    return run_id
+
+
+@contextlib.contextmanager
+def library_generate():
+    """generation.generate_rows through transformers' generate (the loop in tuning/decoding.py off)."""
+    from tuning import decoding
+
+    plan = decoding.plan
+    decoding.plan = lambda model, kwargs: None
+    try:
+        yield
+    finally:
+        decoding.plan = plan
+
+
+def tokens(comparer, text: str) -> int:
+    return len(comparer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def one_round(comparer, adapter, prompt, settings, with_generate: bool) -> dict:
+    """A: one mixed batch; B: base alone, then tuned alone (and the same through generate)."""
+    times, answers = {}, {}
+    variants = [("A", False), ("B", False)] + ([("A generate", True), ("B generate", True)] if with_generate else [])
+    for label, library in variants:
+        with library_generate() if library else contextlib.nullcontext():
+            started = time.perf_counter()
+            if label.startswith("A"):
+                [answers[label]] = comparer.generate([prompt], adapter, settings=settings)
+            else:
+                answers[label] = (comparer.generate_one([prompt], None, settings=settings)[0],
+                                  comparer.generate_one([prompt], adapter, settings=settings)[0])
+            times[label] = time.perf_counter() - started
+    reference = answers["B"]
+    different = {k: v for k, v in answers.items() if v != reference}
+    if different:
+        raise SystemExit(f"outputs differ from two separate calls {reference!r}: {different!r}")
+    return {"times": times, "answer": reference}
+
+
+def first_token_seconds(ctx, run_id: str, prompt: str, max_new_tokens: int) -> float:
+    """From calling the Playground's streaming handler to its first update holding answer text; the
+    answer is then read to its end (an abandoned stream would hold the model for the next call)."""
+    from tuning.ui import playground_tab
+
+    started, first = time.perf_counter(), None
+    for update in playground_tab.stream_side_by_side(ctx, run_id, "final", prompt, "", "as trained",
+                                                     max_new_tokens, 0, 1, 1, 0):
+        if first is None and any(isinstance(update.get(k), str) and update[k] for k in ("base_out", "tuned_out")):
+            first = time.perf_counter() - started
+    if first is None:
+        raise SystemExit("the Playground streamed no answer text")
+    return first
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=("lora", "qlora"), default="lora")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--bases", default="fp32,bf16,4bit", help="comma-separated: " + ", ".join(BASES))
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--lengths", choices=("natural", "fixed", "both"), default="both",
-                   help="natural: each side stops at its end token; fixed: both sides generate exactly "
-                        "--max-new-tokens (min_new_tokens), the like-for-like case")
+    p.add_argument("--prompts", default="skewed,even", help="comma-separated: " + ", ".join(PROMPTS))
+    p.add_argument("--fixed", action="store_true", help="also both sides exactly --max-new-tokens long")
+    p.add_argument("--generate", action="store_true", help="also time the same calls through transformers' "
+                                                            "generate (finished rows decode padding)")
+    p.add_argument("--ttft", type=int, default=5, help="Playground time-to-first-token samples per base")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapter", default="", help="an adapter folder (default: a random LoRA)")
     p.add_argument("--workspace", default=str(Path(tempfile.gettempdir()) / "tuning-bench"))
     a = p.parse_args()
 
     import torch
 
-    from tuning import models, playground
+    from tuning import models, playground, record
+    from tuning.ui.common import AppContext
 
     torch.set_num_threads(a.threads)
     workspace = Path(a.workspace)
     model_dir = str(models.embedded_model_dir(workspace))
-    adapter = make_adapter(model_dir, workspace / "bench-adapter")
-    comparer = playground.Comparer(model_dir, a.method, torch.float32)
-    print(f"{a.method} base, up to {a.max_new_tokens} new tokens, {a.threads} threads; {machine_load()}")
-    for mode in (("natural", "fixed") if a.lengths == "both" else (a.lengths,)):
-        fixed = a.max_new_tokens if mode == "fixed" else 0
-        print(f"{mode} lengths:")
-        measure(comparer, adapter, playground.GenerationSettings(max_new_tokens=a.max_new_tokens, temperature=0.0,
-                                                                 min_new_tokens=fixed), a.pairs)
+    adapter = Path(a.adapter) if a.adapter else make_adapter(model_dir, workspace / "bench-adapter")
+    ctx = AppContext(workspace)
+    bases = a.bases.split(",")
+    print(f"bases {bases}, up to {a.max_new_tokens} new tokens, {a.threads} threads; {machine_load()}", flush=True)
+
+    comparers, adapters = {}, {}
+    for base in bases:  # the Playground's own path: the first prompt loads the base, later ones reuse it
+        run_id = make_run(workspace, model_dir, adapter, base)
+        started = time.perf_counter()
+        first = first_token_seconds(ctx, run_id, PROMPTS["even"], 16)
+        print(f"{base}: first Playground prompt (loads the base, attaches the adapter): first token after "
+              f"{first:.2f} s, answer done after {time.perf_counter() - started:.2f} s; {machine_load()}", flush=True)
+        comparers[base] = playground.comparer_for_run(workspace / "runs" / run_id, workspace)
+        adapters[base] = record.adapter_dir(workspace / "runs" / run_id)
+        samples = sorted(first_token_seconds(ctx, run_id, PROMPTS["even"], 16) for _ in range(a.ttft))
+        print(f"{base}: Playground time to first token, model loaded: median {statistics.median(samples):.3f} s "
+              f"(min {samples[0]:.3f}, max {samples[-1]:.3f}, {len(samples)} prompts; target <= 0.5 s); "
+              f"{machine_load()}", flush=True)
+
+    cases = [(name, 0) for name in a.prompts.split(",")] + ([("even", a.max_new_tokens)] if a.fixed else [])
+    for base in bases:  # warm-up: adapter attached, first-call costs paid
+        comparers[base].generate([PROMPTS["even"]], adapters[base],
+                                 settings=playground.GenerationSettings(max_new_tokens=4, temperature=0.0))
+    results: dict[tuple, list[dict]] = {}
+    for r in range(a.rounds):
+        for base in bases:
+            for name, fixed in cases:
+                settings = playground.GenerationSettings(max_new_tokens=a.max_new_tokens, temperature=0.0,
+                                                         min_new_tokens=fixed)
+                got = one_round(comparers[base], adapters[base], PROMPTS[name], settings, a.generate)
+                results.setdefault((base, name, fixed), []).append(got)
+                t = got["times"]
+                print(f"  round {r + 1}/{a.rounds} {base} {name}{' fixed' if fixed else ''}: "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
+                      + f", A/B {t['A'] / t['B']:.2f}; identical outputs; {machine_load()}", flush=True)
+    report(comparers, results)
+
+
+def report(comparers: dict, results: dict) -> None:
+    print("\nSummary (median of per-round ratios; outputs identical to two separate calls in every round):")
+    for (base, name, fixed), rounds in results.items():
+        base_text, tuned_text = rounds[0]["answer"]
+        n_base, n_tuned = tokens(comparers[base], base_text), tokens(comparers[base], tuned_text)
+        line = (f"  {base:5} {name}{' fixed' if fixed else '':6} tokens base/tuned {n_base}/{n_tuned}: "
+                f"A {statistics.median(x['times']['A'] for x in rounds):.2f} s, "
+                f"B {statistics.median(x['times']['B'] for x in rounds):.2f} s, "
+                f"A/B {median_ratio([(x['times']['A'], x['times']['B']) for x in rounds]):.2f}x")
+        if "A generate" in rounds[0]["times"]:
+            line += (f"; through generate: A/B {median_ratio([(x['times']['A generate'], x['times']['B generate']) for x in rounds]):.2f}x, "
+                     f"A / generate's A {median_ratio([(x['times']['A'], x['times']['A generate']) for x in rounds]):.2f}x")
+        print(line + f"  (a batch whose 2-row step costs a 1-row step: {max(n_base, n_tuned) / max(1, n_base + n_tuned):.2f}x)")
+    print(f"  {machine_load()}")
 
 
 if __name__ == "__main__":

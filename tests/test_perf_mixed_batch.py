@@ -6,7 +6,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning import generation, playground
+from tuning import decoding, generation, playground
+from tuning.generation import BASE
 
 PROMPTS = ["Who are you?", "Name three colors, please, and say why you like them."]  # different lengths: padding
 
@@ -89,3 +90,80 @@ def test_models_load_lazily_once_and_stay_cached(tmp_path, tiny_config, monkeypa
     full = playground.comparer_for_run(run_dir, tmp_path, full_precision_base=True)
     assert full is not first and loads == ["qlora", "lora"]  # the full-precision base is a second copy
     assert playground.comparer_for_run(run_dir, tmp_path) is first and len(loads) == 2
+
+
+# --- finished rows leave the batch (tuning/decoding.py) ------------------------------------------
+
+def _new_tokens(comparer, names, settings, library: bool):
+    """Each row's new token ids, from tuning/decoding.py's loop or from transformers' generate
+    (cut after the row's first end token: generate pads finished rows to the longest)."""
+    batch = generation.encode(comparer.tokenizer, comparer.conversations(PROMPTS + PROMPTS))
+    kwargs = dict(pad_token_id=comparer.tokenizer.pad_token_id, **comparer._generate_kwargs(settings))
+    stops = {comparer.model.generation_config.eos_token_id}
+    with torch.no_grad(), generation.inference(comparer.peft):
+        if not library:
+            return decoding.greedy(comparer.peft, batch["input_ids"], batch["attention_mask"], names,
+                                   decoding.plan(comparer.peft, kwargs))
+        out = comparer.peft.generate(**batch, adapter_names=names, **kwargs)[:, batch["input_ids"].shape[1]:]
+    rows = []
+    for row in out.tolist():
+        end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
+        rows.append(row[: end + 1])
+    return rows
+
+
+@pytest.fixture
+def comparer_with_early_stop(tiny_model_dir, adapter_dir, request):
+    """A Comparer whose end token is one the tuned rows write a few tokens in, so the rows of a
+    batch finish at different steps (a random model never writes the real one)."""
+    comparer = playground.Comparer(str(tiny_model_dir), request.param, torch.float32)
+    name = comparer.attach(adapter_dir)
+    names = [BASE, BASE, name, name]
+    comparer.model.generation_config.eos_token_id = -1  # never written: the full rows
+    full = _new_tokens(comparer, names, playground.GenerationSettings(max_new_tokens=12, temperature=0.0), False)
+    comparer.model.generation_config.eos_token_id = full[2][3]
+    return comparer, names
+
+
+@pytest.mark.parametrize("comparer_with_early_stop", ["lora", "qlora"], indirect=True)
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3), dict(min_new_tokens=6)],
+                         ids=["greedy", "repetition_penalty", "min_new_tokens"])
+def test_finished_rows_leave_the_batch_with_the_tokens_generate_gives(comparer_with_early_stop, adapter_dir,
+                                                                      settings):
+    comparer, names = comparer_with_early_stop
+    settings = playground.GenerationSettings(max_new_tokens=12, temperature=0.0, **settings)
+    rows_per_step = []
+    hook = comparer.model.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: rows_per_step.append(args[0].shape[0]))
+    try:
+        ours = _new_tokens(comparer, names, settings, library=False)
+    finally:
+        hook.remove()
+    assert ours == _new_tokens(comparer, names, settings, library=True)
+    lengths = [len(r) for r in ours]
+    assert min(lengths) < max(lengths), "the end token must cut some rows short, or nothing is tested"
+    # Each step decodes only the rows still writing: the batch shrinks as rows finish.
+    assert rows_per_step[0] == 4 and rows_per_step[-1] < 4 and sum(rows_per_step[1:]) == sum(lengths) - 4
+    # And the answers are those of two separate calls and of the stream.
+    mixed = comparer.generate(PROMPTS, adapter_dir, settings=settings)
+    assert [b for b, _ in mixed] == comparer.generate_one(PROMPTS, None, settings=settings)
+    assert [t for _, t in mixed] == comparer.generate_one(PROMPTS, adapter_dir, settings=settings)
+    assert list(comparer.stream(PROMPTS[0], adapter_dir, settings=settings))[-1] == mixed[0]
+
+
+def test_settings_the_loop_does_not_apply_go_to_generate(tiny_model_dir):
+    comparer = playground.Comparer(str(tiny_model_dir), "lora", torch.float32)
+    greedy = dict(max_new_tokens=8, pad_token_id=0, **generation.GREEDY)
+    assert decoding.plan(comparer.model, greedy) is not None
+    assert decoding.plan(comparer.model, {**greedy, "do_sample": True, "temperature": 0.7}) is None
+    assert decoding.plan(comparer.model, {**greedy, "no_repeat_ngram_size": 2}) is None
+    assert decoding.plan(comparer.model, {**greedy, "num_beams": 2}) is None
+    comparer.model.generation_config.no_repeat_ngram_size = 2  # set by the model's own generation config
+    assert decoding.plan(comparer.model, greedy) is None
+    settings = playground.GenerationSettings(max_new_tokens=8, temperature=0.0)
+    [answer] = comparer.generate_one(PROMPTS[:1], None, settings=settings)  # through generate, which applies it
+    batch = generation.encode(comparer.tokenizer, comparer.conversations(PROMPTS[:1]))
+    with torch.no_grad():
+        out = comparer.model.generate(**batch, max_new_tokens=8, pad_token_id=comparer.tokenizer.pad_token_id,
+                                      **generation.GREEDY)
+    assert answer == comparer.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -71,6 +71,8 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     RowStreamer over all rows. Seeding is the caller's business (torch.manual_seed before)."""
     import torch
 
+    from tuning import decoding
+
     if uses_dora(model) and len(set(names)) > 1:
         answers: list[str] = [""] * len(conversations)
         for name in dict.fromkeys(names):
@@ -84,9 +86,13 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     kwargs = dict(pad_token_id=tokenizer.pad_token_id, use_cache=True, **generate_kwargs)
+    greedy = decoding.plan(model, kwargs)
     if streamer is not None:
         kwargs["streamer"] = streamer
     with torch.no_grad(), inference(model):
+        if greedy is not None:  # finished rows leave the batch and the KV cache (tuning/decoding.py)
+            new = decoding.greedy(model, batch["input_ids"], batch["attention_mask"], names, greedy, streamer)
+            return [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
         if not hasattr(model, "peft_config"):  # a plain model: only the base can answer
             assert set(names) == {BASE}, "a model without adapters can only answer as the base"
             out = model.generate(**batch, **kwargs)
