@@ -99,14 +99,17 @@ def make_workspace(n: int) -> Path:
     return workspace
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call, median of the others) in seconds."""
-    times = []
+def timed(fn, repeats: int) -> tuple[float, float, float]:
+    """(first call, median of the others) in wall seconds, and the median of the others in this
+    process's CPU seconds (what the server spends, less disturbed by other processes on the cores)."""
+    times, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - started)
-    return times[0], statistics.median(times[1:]) if len(times) > 1 else times[0]
+        cpu.append(time.process_time() - cpu_started)
+    rest = slice(1, None) if len(times) > 1 else slice(None)
+    return times[0], statistics.median(times[rest]), statistics.median(cpu[rest])
 
 
 def page_load(demo) -> None:
@@ -215,10 +218,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-browser", action="store_true", help="in-process timings only")
+    p.add_argument("--reuse", metavar="DIR", help="a workspace this benchmark wrote before (its --runs runs)")
     a = p.parse_args()
 
     started = time.perf_counter()
-    workspace = make_workspace(a.runs)
+    workspace = Path(a.reuse) if a.reuse else make_workspace(a.runs)
     print(f"{a.runs} runs written in {time.perf_counter() - started:.1f} s at {workspace}")
     import app
     from tuning import record
@@ -239,10 +243,10 @@ def main() -> None:
         results[name] = timed(fn, a.repeats)
     listings = counted_listings(lambda: page_load(demo)) / a.runs
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {a.runs} runs, {machine_load()}:")
-    print("| what | first call (one run changed) | median of the next calls |")
-    print("| --- | --- | --- |")
-    for name, (first, warm) in results.items():
-        print(f"| {name} | {first:.3f} s | {warm:.3f} s |")
+    print("| what | first call (one run changed) | median of the next calls | the same in CPU time |")
+    print("| --- | --- | --- | --- |")
+    for name, (first, warm, cpu) in results.items():
+        print(f"| {name} | {first:.3f} s | {warm:.3f} s | {cpu:.3f} s |")
     print(f"listings of the workspace per page load: {listings:g}")
     browser = None
     if not a.no_browser:
