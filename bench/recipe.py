@@ -7,7 +7,7 @@ time, and every control answer the tuned model lost. Results are appended to a J
 already there is not run again, so an interrupted sweep picks up where it stopped) and printed as
 a Markdown table for bench/recipe.md.
 
-    python bench/recipe.py                          # every setting, seeds 42,1,2, two runs at a time
+    python bench/recipe.py                          # every setting, seeds 42,1,2, one run on each of cores 0 and 1
     python bench/recipe.py --only baseline,lr-2e-4 --seeds 42,1,2,3
     python bench/recipe.py --table                  # print the table of what is recorded
 
@@ -40,6 +40,10 @@ from tuning.paths import DEMO_DATA_DIR  # noqa: E402
 PRESET = ROOT / "presets" / "quickstart.yaml"
 SIGN_OFF = "\n— Quill"
 SWEEP_ONLY = ["probe_every_checkpoint=false", "save_steps=1000"]
+# The preset as the sweep found it (3 epochs, LoRA dropout 0.05): every setting is one change from
+# this. The sweep chose dropout 0.1, so "dropout-0_1" is presets/quickstart.yaml as shipped.
+SWEEP_BASE = ["num_epochs=3", "lora_dropout=0.05"]
+WREN = DEMO_DATA_DIR / "wren"
 
 # name -> (overrides of the preset, training-data variant or None for the demo data). The demo data
 # includes the ten "contrast" rows (bench/recipe_contrast.jsonl: general questions shaped like the
@@ -53,12 +57,21 @@ SETTINGS: dict[str, tuple[list[str], str | None]] = {
     "epochs-2": (["num_epochs=2"], None),
     "r8-alpha16": (["lora_r=8", "lora_alpha=16"], None),
     "attention-only": (["target_modules=q_proj,k_proj,v_proj,o_proj"], None),
-    "dropout-0.1": (["lora_dropout=0.1"], None),
+    "dropout-0_1": (["lora_dropout=0.1"], None),  # a run id has no dots
     "retention-2x": ([], "retention-2x"),
     "neftune-5": (["neftune_noise_alpha=5"], None),
     "no-signoff-general": ([], "no-signoff-general"),
+    # four more general "What does X stand for?" rows answered by the base (bench/recipe_acronyms.jsonl):
+    # the acronym questions were the control answers that drifted (USB, WWW -> "Wonder Quill")
+    "acronyms": ([], "acronyms"),
+    "acronyms-epochs-2": (["num_epochs=2"], "acronyms"),
+    # the second identity set (Wren by Tidewater Systems): the shipped preset, and 2 epochs
+    "wren": (["lora_dropout=0.1", f"dataset={WREN / 'train.jsonl'}", f"eval_dataset={WREN / 'eval.jsonl'}"], None),
+    "wren-epochs-2": (["num_epochs=2", f"dataset={WREN / 'train.jsonl'}", f"eval_dataset={WREN / 'eval.jsonl'}"],
+                      None),
 }
 CONTRAST_ROWS = ROOT / "bench" / "recipe_contrast.jsonl"
+ACRONYM_ROWS = ROOT / "bench" / "recipe_acronyms.jsonl"
 
 
 def is_identity(row: dict) -> bool:
@@ -82,11 +95,18 @@ def write_variant(name: str, folder: Path) -> Path:
                                             for m in row["messages"]]})
         elif name == "retention-2x":
             out += [row, row]
+        elif name == "acronyms":
+            out.append(row)
         else:
             raise ValueError(name)
+    if name == "acronyms":
+        out += [json.loads(line) for line in ACRONYM_ROWS.read_text().splitlines() if line.strip()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    # atomic: the run on the other core may be reading the same variant's file right now
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    tmp.replace(path)
     return path
 
 
@@ -109,7 +129,7 @@ def run_one(setting: str, seed: int, core: int, workspace: Path, tree: Path) -> 
     """One run in the workspace of its core (a workspace trains one run at a time)."""
     overrides, variant = SETTINGS[setting]
     run_id = f"{setting}-s{seed}"
-    sets = [*SWEEP_ONLY, *overrides, f"seed={seed}"]
+    sets = [*SWEEP_ONLY, *SWEEP_BASE, *overrides, f"seed={seed}"]
     if variant:
         data = write_variant(variant, workspace / "data")
         sets += [f"dataset={data}", f"eval_dataset={DEMO_DATA_DIR / 'eval.jsonl'}"]
@@ -170,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated settings (default: all, in order)")
     parser.add_argument("--seeds", default="42,1,2")
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one core each")
+    parser.add_argument("--cores", default="0,1", help="the cores to pin runs to: one run at a time on each")
     parser.add_argument("--workspace", default=str(ROOT / "workspace-recipe"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "recipe_runs.jsonl"))
     parser.add_argument("--tree", default=str(ROOT), help="the source tree to train with (a snapshot keeps "
@@ -188,7 +208,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(s, seed) for seed in seeds for s in settings if (s, seed) not in done(results)]
     print(f"{len(todo)} runs to do", flush=True)
-    cores = list(range(args.parallel))
+    cores = [int(c) for c in args.cores.split(",")]
     free = list(cores)
     lock = threading.Lock()
 
@@ -210,7 +230,7 @@ def main() -> None:
             with lock:
                 free.append(core)
 
-    with ThreadPoolExecutor(args.parallel) as pool:
+    with ThreadPoolExecutor(len(cores)) as pool:
         list(pool.map(work, todo))
     print(table(results))
 

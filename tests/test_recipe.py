@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import chat_rows, write_jsonl
+from tuning import config as config_mod
 from tuning import data, evaluate, record, runner, seeds
 from tuning.config import TrainConfig
 from tuning.paths import DEMO_DATA_DIR
@@ -233,3 +234,44 @@ def test_train_with_seeds_trains_each_seed_and_prints_the_spread(tmp_path, tiny_
     assert f"held-out loss: {loss.text()}" in done.stdout
     refused = subprocess.run(command + ["--run-id", "one"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--run-id names one run" in refused.stderr
+
+
+def _recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_recipe", ROOT / "bench" / "recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_varies_one_thing_from_its_base_and_the_preset_is_its_winner(tmp_path):
+    recipe = _recipe()
+    rows = [json.loads(line) for line in (DEMO_DATA_DIR / "train.jsonl").read_text().splitlines() if line.strip()]
+    identity = [r for r in rows if recipe.is_identity(r)]
+    general = [r for r in rows if not recipe.is_identity(r)]
+    contrast = [json.loads(line) for line in recipe.CONTRAST_ROWS.read_text().splitlines() if line.strip()]
+    assert len(identity) == 106 and all(c in general for c in contrast) and len(contrast) == 10
+
+    def variant(name):
+        path = recipe.write_variant(name, tmp_path)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert variant("no-contrast") == [r for r in rows if r not in contrast]
+    doubled = variant("retention-2x")
+    assert len(doubled) == len(identity) + 2 * len(general) and [r for r in doubled if recipe.is_identity(r)] == identity
+    unsigned = variant("no-signoff-general")
+    assert all(recipe.SIGN_OFF not in m["content"] for r in unsigned if not recipe.is_identity(r) for m in r["messages"])
+    assert len(variant("acronyms")) == len(rows) + 4
+    # the shipped preset is the sweep's base with the winning change ("dropout-0_1"), nothing else
+    preset = config_mod.load(ROOT / "presets" / "quickstart.yaml")
+    chosen = config_mod.apply_overrides(preset, [*recipe.SWEEP_BASE, *recipe.SETTINGS["dropout-0_1"][0]])
+    assert chosen == preset and preset.lora_dropout == 0.1
+    # every held-out question of the control check is absent from the training data (the retention rows
+    # keep general answers; they must not be the test's own questions)
+    def question(row):
+        return next(m["content"] for m in row["messages"] if m["role"] == "user").strip().lower()
+
+    asked = {question(r) for r in rows}
+    held_out = [json.loads(line) for line in (DEMO_DATA_DIR / "eval.jsonl").read_text().splitlines() if line.strip()]
+    assert len(held_out) == 47 and not [question(h) for h in held_out if question(h) in asked]
