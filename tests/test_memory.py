@@ -157,3 +157,266 @@ def test_jsonl_first_page_leaves_odd_files_to_the_whole_file_reader(tmp_path):
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
     with pytest.raises(formats.DataError, match="PNG"):
         formats.read_file(png, 1)
+
+
+# --- padding-free batches rounded up to a bucket of tokens ----------------------------------------
+
+def _padding_free_batch(vocab: int, lengths=(7, 19, 3, 12), seed: int = 0):
+    """TRL's padding-free collation of examples whose first half is prompt (label -100)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    gen = torch.Generator().manual_seed(seed)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(5, vocab, (n,), generator=gen).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
+    return DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+
+
+def test_bucket_batch_adds_one_unlabelled_sequence_up_to_the_multiple():
+    batch = _padding_free_batch(100)  # 41 tokens in 4 sequences
+    out, extra = memory.bucket_batch(batch, 16, pad_token_id=2)
+    assert extra == 7 and out["input_ids"].shape == (1, 48)
+    assert torch.equal(out["input_ids"][:, :41], batch["input_ids"]) and (out["input_ids"][0, 41:] == 2).all()
+    assert torch.equal(out["labels"][:, :41], batch["labels"]) and (out["labels"][0, 41:] == -100).all()
+    assert out["position_ids"][0, 41:].tolist() == list(range(7))  # one sequence, not seven
+    assert out["cu_seq_lens_q"].tolist() == [0, 7, 26, 29, 41, 48] and out["cu_seq_lens_k"] is out["cu_seq_lens_q"]
+    assert out["cu_seq_lens_q"].dtype == batch["cu_seq_lens_q"].dtype
+    assert out["max_length_q"] == out["max_length_k"] == 19
+    assert out["seq_idx"][0, 41:].tolist() == [4] * 7 and torch.equal(out["seq_idx"][:, :41], batch["seq_idx"])
+    same, none = memory.bucket_batch(out, 16, pad_token_id=2)  # already a multiple
+    assert none == 0 and same is out
+    padded = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5)}
+    assert memory.bucket_batch(padded, 16, 2) == (padded, 0)  # an ordinary padded batch: untouched
+
+
+@pytest.fixture(scope="module")
+def varlen_lora(tiny_model_dir):
+    from tuning import models
+
+    torch.manual_seed(0)
+    model = models.load_model(str(tiny_model_dir), "lora", torch.float32)
+    assert models.use_varlen_sdpa(model)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return peft.train()
+
+
+@pytest.mark.parametrize("multiple", [8, 64])
+def test_bucketed_batch_gives_the_same_loss_gradients_and_logits(varlen_lora, multiple):
+    batch = _padding_free_batch(varlen_lora.config.vocab_size)
+    bucketed, extra = memory.bucket_batch(batch, multiple, pad_token_id=0)
+    assert extra > 0 and bucketed["input_ids"].shape[1] % multiple == 0
+    results = []
+    for b in (batch, bucketed):
+        varlen_lora.zero_grad()
+        out = varlen_lora(**b)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in varlen_lora.named_parameters() if p.requires_grad}
+        results.append((out.loss.detach(), out.logits.detach()[:, :41], grads))
+    (loss, logits, grads), (b_loss, b_logits, b_grads) = results
+    torch.testing.assert_close(b_loss, loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(b_logits, logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == b_grads.keys() and len(grads) > 10
+    for name in grads:
+        torch.testing.assert_close(b_grads[name], grads[name], rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_row_losses_ignore_the_bucket_sequence():
+    """tuning/row_losses.py splits a padding-free row by cu_seq_lens: the extra sequence is last and
+    carries no labelled token, so each real row keeps its loss and token count."""
+    from tuning import row_losses
+
+    batch = _padding_free_batch(100)
+    bucketed, extra = memory.bucket_batch(batch, 16, pad_token_id=0)
+    gen = torch.Generator().manual_seed(1)
+    log_probs = -torch.rand(bucketed["input_ids"].shape, generator=gen)
+    mask = (bucketed["labels"] != -100).roll(-1, dims=1)  # a label on token t+1 scores position t
+    sums, counts = row_losses.sequence_losses(log_probs[:, :41] * mask[:, :41], mask[:, :41],
+                                              batch["cu_seq_lens_q"])
+    b_sums, b_counts = row_losses.sequence_losses(log_probs * mask, mask, bucketed["cu_seq_lens_q"])
+    assert b_sums[:4] == pytest.approx(sums) and b_counts[:4] == counts and b_counts[4:] == [0]
+
+
+def test_trainer_batches_are_bucketed_and_tokens_seen_stay_the_real_ones(tmp_path, tiny_config):
+    from tuning import train
+
+    cfg = tiny_config.replace(eval_split=0.0, max_steps=2, save_steps=100)
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "events.jsonl"),
+                                     train.StopRequested())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[1] % memory.TOKEN_BUCKET == 0
+    real = int(batch["cu_seq_lens_q"][-2])
+    assert batch[memory.PADDING_KEY] == batch["input_ids"].shape[1] - real > 0
+    assert len(batch["cu_seq_lens_q"]) == cfg.per_device_batch_size + 2  # 4 examples + the bucket's padding
+    forwarded = []  # the real tokens of every batch the model trains on
+    trainer.model.register_forward_pre_hook(
+        lambda module, args, kwargs: forwarded.append(int(kwargs["cu_seq_lens_q"][-2])
+                                                      if memory.PADDING_KEY not in kwargs else None),
+        with_kwargs=True)
+    trainer.train()
+    assert len(forwarded) == 2 and None not in forwarded  # the key never reaches the model
+    assert trainer.state.num_input_tokens_seen == sum(forwarded)
+
+
+# --- LoRA's dropout and A matrix keep only the layer's input --------------------------------------
+
+def _lora_pair(tiny_model_dir, dtype):
+    """Two copies of one LoRA model (dropout 0.1, non-zero B) with FastDropout, as training on a CPU
+    has it; the second also gets share_lora_inputs."""
+    from tuning import cpu_speed, models
+
+    pair = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = models.load_model(str(tiny_model_dir), "lora", dtype)
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        assert cpu_speed.use_fast_dropout(peft) == 14  # 7 linear layers x 2 decoder layers
+        assert cpu_speed.use_lean_lora_forward(peft) == 14
+        pair.append(peft.train())
+    assert memory.share_lora_inputs(pair[1]) == 14
+    return pair
+
+
+def _step(model, batch, autocast: bool):
+    """Loss, trainable gradients and the bytes autograd keeps for the backward inside the decoder
+    layers (parameters and the vocabulary-wide logits aside)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    vocab = model.config.vocab_size
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and t.shape[-1:] != (vocab,):
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad()
+    torch.manual_seed(123)  # the same dropout masks on both sides
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, sum(kept.values())
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.bfloat16, True), (torch.float32, False)],
+                         ids=["bf16-autocast", "fp32"])
+def test_shared_lora_inputs_give_the_same_loss_and_gradients_from_less_memory(tiny_model_dir, dtype, autocast):
+    plain, shared = _lora_pair(tiny_model_dir, dtype)
+    batch = _padding_free_batch(plain.config.vocab_size, lengths=(37, 60, 21, 50))
+    loss, grads, kept = _step(plain, batch, autocast)
+    s_loss, s_grads, s_kept = _step(shared, batch, autocast)
+    assert torch.equal(s_loss, loss)
+    assert grads.keys() == s_grads.keys() and len(grads) == 28
+    for name in grads:
+        assert torch.equal(s_grads[name], grads[name]), name
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    assert s_kept < 0.8 * kept, (s_kept, kept)
+    # a different seed draws other masks: the equality above is not dropout doing nothing
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        other = shared(**batch).loss.detach()
+    assert not torch.equal(other, loss)
+
+
+def test_shared_lora_inputs_change_nothing_outside_training(tiny_model_dir):
+    plain, shared = _lora_pair(tiny_model_dir, torch.float32)
+    ids = torch.randint(5, plain.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain.eval(), shared.eval()
+        torch.testing.assert_close(shared(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+        out = shared.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+        assert torch.equal(out, plain.generate(input_ids=ids, max_new_tokens=4, do_sample=False))
+    assert shared.state_dict().keys() == plain.state_dict().keys()
+
+
+# --- the allocator of a process that trains or generates ------------------------------------------
+
+_HEAP_PROBE = """
+import ctypes, ctypes.util, sys
+sys.path.insert(0, {root!r})
+from tuning import memory
+if {tune}:
+    assert memory.tune_allocator()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+big = libc.malloc(8 << 20); ctypes.memset(big, 1, 8 << 20); libc.free(big)  # glibc then raises its threshold
+blocks, pins = [], []
+for _ in range(8):  # each 2 MiB block followed by a live 100 KiB one: freed, they cannot merge or be the top
+    blocks.append(libc.malloc(2 << 20))
+    ctypes.memset(blocks[-1], 1, 2 << 20)
+    pins.append(libc.malloc(100 << 10))
+before = rss()
+for b in blocks:
+    libc.free(b)
+print((before - rss()) >> 20)
+"""
+
+
+@pytest.mark.parametrize("tune", [False, True], ids=["glibc-default", "tuned"])
+def test_tuned_allocator_gives_freed_blocks_back(tune):
+    """With glibc's defaults, 2 MiB blocks freed between live ones stay in the process (its mmap
+    threshold rose to 8 MiB after the first big free); with tune_allocator they are their own
+    mappings and go back to the OS when freed. The control (defaults) shows the probe can fail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if memory._glibc() is None:
+        pytest.skip("not glibc")
+    code = _HEAP_PROBE.format(root=str(Path(memory.__file__).resolve().parents[1]), tune=tune)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    returned = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  env=env).stdout)
+    assert returned >= 15 if tune else returned <= 1, returned
+
+
+def test_environment_settings_of_the_allocator_win(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.tune_allocator()
+    assert dict(calls) == {memory.M_MMAP_THRESHOLD: 128 * 1024, memory.M_TRIM_THRESHOLD: 128 * 1024}
+
+
+def test_onednn_reads_its_cache_capacity_when_first_used():
+    """ONEDNN_PRIMITIVE_CACHE_CAPACITY set from Python after `import torch` still counts, as long as
+    no oneDNN primitive was made before (bench/memory.py measured it as a lever)."""
+    import subprocess
+    import sys
+
+    code = ("import os, torch\nos.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'] = '0'\n"
+            "w = torch.randn(64, 32, dtype=torch.bfloat16)\n"
+            "for _ in range(2):\n    torch.nn.functional.linear(torch.randn(5, 32, dtype=torch.bfloat16), w)\n")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "ONEDNN_VERBOSE": "all"}).stdout
+    creations = [line.split(",")[3] for line in out.splitlines() if ",primitive,create:" in line]
+    if not creations:
+        pytest.skip("this CPU's bf16 product does not go through oneDNN")
+    assert creations == ["create:cache_miss", "create:cache_miss"]  # with the default, the second is a hit

@@ -10,6 +10,19 @@ and what each lever saves; tests/test_memory.py proves each one computes what it
 - release_freed_memory: glibc keeps freed heap pages for reuse instead of giving them back, so a
   process's RSS stays at its highest point after a big temporary (the GGUF conversion, a training
   step's activations before the evaluation). malloc_trim(0) hands the free pages back to the OS.
+- BucketCollator: a padding-free batch (one row, every step another token count) padded up to a
+  multiple of TOKEN_BUCKET tokens by one extra sequence that has no labels. On a CPU every new
+  token count is a new shape for every matrix product, and the math libraries keep state per shape
+  (oneDNN's primitives, glibc's heap pieces of those sizes): with a different count at every step a
+  run's RSS kept growing by 80-300 MB a step. Rounded up, the few shapes repeat. The loss, its
+  gradients and each row's loss are the same (the extra sequence attends only to itself and has no
+  labels; tests/test_memory.py); the padding costs ~TOKEN_BUCKET / 2 tokens of compute a step.
+- share_lora_inputs: the activations a LoRA step keeps for its backward, less. PEFT computes
+  lora_A(dropout(x)) on an fp32 copy of x, so autograd keeps, for every adapter, the dropped-out copy
+  (in bf16 under autocast) and the dropout's mask: q, k and v each keep their own although x is
+  the same. Here lora_A draws its dropout mask itself and keeps only x (one tensor for q, k and v)
+  and the random generator's state; the backward draws the same mask again. Same forward, same
+  gradients (tests/test_memory.py); measured: 538 -> see bench/RESULTS.md (Memory).
 """
 
 from __future__ import annotations
@@ -65,11 +78,275 @@ def token_losses(model, input_ids, attention_mask, labels, chunk_bytes: int = CH
     return out
 
 
-def release_freed_memory() -> bool:
-    """Give the heap's free pages back to the OS (glibc's malloc_trim). False where there is no glibc."""
+def _glibc():
+    """The C library if it is glibc (it has mallopt and malloc_trim), else None (musl, macOS, Windows)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return bool(libc.malloc_trim(0)) if libc is not None and hasattr(libc, "malloc_trim") else False
     except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim). False where there is no glibc."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+# glibc's mallopt parameters (malloc.h) and the values a training or generating process runs with.
+# By default glibc raises its mmap threshold up to 32 MiB as big blocks are freed, so a tensor of a
+# few MiB comes from the heap and its pages stay with the process after it is freed, held for a
+# tensor of the same size that may never come again; and each thread gets its own heap (arena).
+# Measured on a quickstart run (bench/RESULTS.md, Memory): RSS after the first training step 930 MiB
+# with these against 1,581 without, and no growth from step to step.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+ALLOCATOR = {  # parameter: (value, the environment variable that sets it at process start)
+    M_MMAP_THRESHOLD: (128 * 1024, "MALLOC_MMAP_THRESHOLD_"),  # blocks from 128 KiB: own mapping, unmapped on free
+    M_TRIM_THRESHOLD: (128 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # give the heap's free top back from 128 KiB
+    M_ARENA_MAX: (2, "MALLOC_ARENA_MAX"),  # the main thread's heap and one for the math threads
+}
+
+
+def tune_allocator() -> bool:
+    """Set glibc's allocator for a process that trains or generates (ALLOCATOR), where the
+    environment does not already set a parameter. Call it before the model is loaded: blocks
+    allocated before keep their old placement. False (nothing changed) where there is no glibc."""
+    import os
+
+    libc = _glibc()
+    if libc is None:
         return False
+    for param, (value, env) in ALLOCATOR.items():
+        if env not in os.environ:
+            libc.mallopt(param, value)
+    return True
+
+
+# --- bucketed token counts for padding-free batches ---------------------------------------------------
+
+TOKEN_BUCKET = 64  # a padding-free batch's token count is rounded up to a multiple of this
+
+
+def bucket_batch(batch: dict, multiple: int, pad_token_id: int) -> tuple[dict, int]:
+    """(batch, tokens added): a padding-free batch (TRL's collator with padding_free: one row,
+    position ids restarting at each example, cu_seq_lens) grown to a multiple of `multiple` tokens
+    by one more sequence of pad tokens: positions 0..k-1, labels -100, its own cu_seq_lens entry and
+    seq_idx. TRL's own pad_to_multiple_of pads positions with 0, which makes every pad token a
+    sequence of its own (one attention call each). Any other batch comes back unchanged."""
+    import torch
+
+    ids = batch.get("input_ids")
+    cu = batch.get("cu_seq_lens_q")
+    if multiple <= 1 or ids is None or cu is None or "position_ids" not in batch or ids.shape[0] != 1:
+        return batch, 0
+    length = ids.shape[1]
+    extra = -length % multiple
+    if extra == 0:
+        return batch, 0
+    out = dict(batch)
+    out["input_ids"] = torch.cat([ids, ids.new_full((1, extra), pad_token_id)], dim=1)
+    if "labels" in batch:
+        out["labels"] = torch.cat([batch["labels"], batch["labels"].new_full((1, extra), -100)], dim=1)
+    positions = batch["position_ids"]
+    out["position_ids"] = torch.cat([positions, torch.arange(extra, dtype=positions.dtype)[None]], dim=1)
+    bounds = torch.cat([cu, torch.tensor([length + extra], dtype=cu.dtype)])
+    out["cu_seq_lens_q"] = bounds
+    if "cu_seq_lens_k" in batch:
+        out["cu_seq_lens_k"] = bounds
+    for key in ("max_length_q", "max_length_k"):
+        if key in batch:
+            out[key] = max(int(batch[key]), extra)
+    if "seq_idx" in batch:
+        seq_idx = batch["seq_idx"]
+        out["seq_idx"] = torch.cat([seq_idx, seq_idx.new_full((1, extra), len(cu) - 1)], dim=1)
+    return out, extra
+
+
+PADDING_KEY = "bucket_padding"  # the batch key saying how many pad tokens bucket_batch added
+
+
+class BucketCollator:
+    """A padding-free collator whose batches are bucket_batch'ed; a padded batch carries the count
+    of pad tokens under PADDING_KEY, which BucketTokens takes off the batch before the model sees it."""
+
+    def __init__(self, inner, pad_token_id: int, multiple: int = TOKEN_BUCKET):
+        self.inner, self.pad_token_id, self.multiple = inner, pad_token_id, multiple
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch, extra = bucket_batch(self.inner(examples), self.multiple, self.pad_token_id)
+        if extra:
+            batch[PADDING_KEY] = extra
+        return batch
+
+
+def bucket_tokens(trainer, multiple: int = TOKEN_BUCKET) -> int:
+    """Bucket the trainer's padding-free batches (BucketCollator) and keep its count of tokens seen
+    (tokens/s in the events) to the real tokens: the Trainer counts every input id it is given, so a
+    forward pre-hook takes each training batch's padding count off the batch and a callback takes it
+    off state.num_input_tokens_seen at the end of the step. Returns the multiple."""
+    from transformers import TrainerCallback
+
+    pad = trainer.processing_class.pad_token_id
+    trainer.data_collator = BucketCollator(trainer.data_collator, pad if pad is not None else 0, multiple)
+
+    class BucketTokens(TrainerCallback):
+        def __init__(self):
+            self.pending = 0
+
+        def pre_hook(self, module, args, kwargs):
+            extra = kwargs.pop(PADDING_KEY, 0)
+            if module.training:
+                self.pending += extra
+            return args, kwargs
+
+        def on_step_end(self, args, state, control, **kwargs):
+            state.num_input_tokens_seen -= self.pending
+            self.pending = 0
+
+    callback = BucketTokens()
+    trainer.model.register_forward_pre_hook(callback.pre_hook, with_kwargs=True)
+    trainer.add_callback(callback)
+    return multiple
+
+
+def trim_callback():
+    """A TrainerCallback that gives the heap's free pages back (release_freed_memory) after every
+    step and every evaluation: what a step freed in the middle of the heap stays otherwise counted."""
+    from transformers import TrainerCallback
+
+    class ReleaseFreedMemory(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            release_freed_memory()
+
+    return ReleaseFreedMemory()
+
+
+# --- LoRA's dropout and A matrix in one step that keeps only its input ---------------------------------
+
+_KEEP_BITS = 16  # random bits per element of the dropout mask, as tuning/cpu_speed.FastDropout draws them
+
+
+def _draw_keep(x, threshold: int, generator=None):
+    """The dropout mask FastDropout (tuning/cpu_speed.py) draws for x: 16 random bits per element
+    (four per 64-bit draw), kept where they are >= threshold. From `generator`, or torch's default."""
+    import torch
+
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None,
+                                                                                 generator=generator)
+    return words.view(torch.int16)[:n].view(x.shape) >= threshold
+
+
+class _DropoutLoraA:
+    """lora_A(dropout(x)) as one autograd function (built lazily: torch is imported on first use)."""
+
+    fn = None
+
+    @classmethod
+    def get(cls):
+        if cls.fn is None:
+            cls.fn = cls._build()
+        return cls.fn
+
+    @staticmethod
+    def _build():
+        import torch
+
+        class DropoutLoraA(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, weight, threshold, scale, dtype):
+                state = torch.get_rng_state() if scale is not None else None
+                keep = _draw_keep(x, threshold) if scale is not None else None
+                out = torch.nn.functional.linear(_dropped(x, keep, scale, dtype), weight.to(dtype))
+                ctx.save_for_backward(x, weight)  # x: the tensor the layer's other adapters see too
+                ctx.state, ctx.threshold, ctx.scale, ctx.dtype = state, threshold, scale, dtype
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):
+                x, weight = ctx.saved_tensors
+                keep = None
+                if ctx.scale is not None:  # the forward's mask, drawn again from the generator's state then
+                    generator = torch.Generator()
+                    generator.set_state(ctx.state)
+                    keep = _draw_keep(x, ctx.threshold, generator)
+                flat_grad = grad.reshape(-1, grad.shape[-1])
+                grad_x = grad_w = None
+                if ctx.needs_input_grad[1]:  # as autograd's mm backward computes it for a transposed weight
+                    dropped = _dropped(x, keep, ctx.scale, ctx.dtype)
+                    grad_w = flat_grad.t().mm(dropped.reshape(-1, dropped.shape[-1])).to(weight.dtype)
+                if ctx.needs_input_grad[0]:
+                    grad_x = flat_grad.mm(weight.to(ctx.dtype)).view(*x.shape[:-1], weight.shape[1])
+                    if keep is not None:  # the dropout's backward, in fp32 like PEFT's path
+                        grad_x = torch.where(keep, grad_x.float(), 0.0) * ctx.scale
+                    grad_x = grad_x.to(x.dtype)
+                return grad_x, grad_w, None, None, None
+
+        return DropoutLoraA
+
+
+def _dropped(x, keep, scale, dtype):
+    """dropout(x) in dtype, computed as PEFT's path computes it: on x in fp32, then cast."""
+    import torch
+
+    if keep is None:
+        return x.to(dtype)
+    return torch.where(keep, x.float() * scale, 0.0).to(dtype)
+
+
+def _lora_a_forward(self, x):
+    """lora_A's forward after share_lora_inputs: while training, the dropout (moved here from the
+    layer's lora_dropout) and the product in one autograd function; otherwise the plain product."""
+    import torch
+
+    if not self.training:  # eval: the dropout is an identity
+        return torch.nn.functional.linear(x, self.weight)
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.weight.dtype
+    threshold, scale = self.shared_dropout
+    return _DropoutLoraA.get().apply(x, self.weight, threshold, scale, dtype)
+
+
+def _cast_unless_autocast(self, x, dtype):
+    """PEFT casts a layer's input to the adapter's dtype (fp32) before the adapter: a copy of x per
+    adapter. Under autocast the product casts anyway, so the adapters get x itself."""
+    import torch
+
+    if x is not None and self.training and torch.is_autocast_enabled(x.device.type):
+        return x
+    return type(self)._cast_input_dtype(self, x, dtype)
+
+
+def share_lora_inputs(model) -> int:
+    """Give every plain LoRA adapter of a PeftModel the combined dropout + A step (_lora_a_forward):
+    its lora_dropout becomes an identity and lora_A draws the same mask (FastDropout's 16-bit draw,
+    p rounded to a multiple of 1/65536) itself. Adapters with a variant (DoRA) keep PEFT's path.
+    Returns how many adapters changed."""
+    import types
+
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        dropouts, lora_a = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict) or not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        for name, dropout in list(dropouts.items()):
+            a = lora_a[name] if name in lora_a else None
+            if type(a) is not torch.nn.Linear or a.bias is not None or name in getattr(module, "lora_variant", {}):
+                continue
+            p = getattr(dropout, "p", 0.0) if isinstance(dropout, torch.nn.Module) else 0.0
+            steps = round(p * 2 ** _KEEP_BITS)
+            if steps:
+                a.shared_dropout = (steps - 2 ** (_KEEP_BITS - 1), 1.0 / (1.0 - steps / 2 ** _KEEP_BITS))
+            else:
+                a.shared_dropout = (0, None)
+            a.forward = types.MethodType(_lora_a_forward, a)
+            dropouts[name] = torch.nn.Identity()
+            module._cast_input_dtype = types.MethodType(_cast_unless_autocast, module)
+            changed += 1
+    return changed

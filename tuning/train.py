@@ -275,6 +275,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         lean = cpu_speed.use_lean_lora_forward(trainer.model)
         print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}; "
               f"lean LoRA forward in {lean} layers", flush=True)
+        from tuning import memory
+
+        # A few token counts instead of a new one every step: the math libraries' per-shape state
+        # stops growing the RSS (tuning/memory.py)
+        print(f"cpu: batches padded to a multiple of {memory.bucket_tokens(trainer)} tokens", flush=True)
+        trainer.add_callback(memory.trim_callback())
+        # each LoRA adapter keeps its layer's input for the backward, not a dropped-out copy and a mask
+        print(f"cpu: LoRA dropout redrawn in the backward in {memory.share_lora_inputs(trainer.model)} adapters",
+              flush=True)
     return trainer, tokenizer
 
 
