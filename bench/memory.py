@@ -5,6 +5,7 @@
     python bench/memory.py cli                       # the whole quickstart, as shipped
     python bench/memory.py imports                   # RSS of `import torch` and of the libraries alone
     python bench/memory.py cli --set gradient_checkpointing=true --steps 10   # one lever at a time
+    python bench/memory.py saved                     # what autograd keeps for one step's backward, by module
 
 `breakdown` runs the real CLI path (`python -m tuning train --preset presets/quickstart.yaml`) inside
 this process with probes around each stage: the libraries' import, the data (load, tokenize), the base
@@ -237,15 +238,73 @@ def imports(a) -> None:
         print(f"| `{what}` | {mib(peak)} MiB |")
 
 
+# --- what autograd keeps for the backward -----------------------------------------------------------
+
+def saved(a) -> None:
+    """The bytes autograd keeps for the backward of one training forward on the quickstart's first
+    batch (under the run's autocast), by the module that saved them, parameters aside: with the
+    trainer as it is built, then with memory.share_lora_inputs left out (LoRA's dropout as PEFT does
+    it: each adapter keeps a dropped-out copy of its input and the mask)."""
+    import collections
+
+    import torch
+
+    from tuning import config, memory, train
+
+    cfg = config.load(PRESET)
+    results = {}
+    original = memory.share_lora_inputs
+    for label, share in (("as built (share_lora_inputs)", original), ("without share_lora_inputs", lambda m: 0)):
+        memory.share_lora_inputs = share
+        workspace = fresh_workspace()
+        run_dir = workspace / "runs" / "saved"
+        run_dir.mkdir(parents=True)
+        trainer, _ = train.build_trainer(cfg, run_dir, workspace, train.EventLog(run_dir / "events.jsonl"),
+                                         train.StopRequested())
+        memory.share_lora_inputs = original
+        model = trainer.model.train()
+        where = ["?"]
+        for module in model.modules():
+            module.register_forward_pre_hook(lambda m, *_: where.append(type(m).__name__))
+            module.register_forward_hook(lambda m, *_: where.pop())
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        kept, by = {}, collections.Counter()
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params and ptr not in kept:
+                kept[ptr] = t.untyped_storage().nbytes()
+                by[(where[-1], str(t.dtype).removeprefix("torch."))] += kept[ptr]
+            return t
+
+        batch = next(iter(trainer.get_train_dataloader()))
+        inputs = {k: v for k, v in trainer._prepare_inputs(batch).items()
+                  if k not in (memory.PADDING_KEY, "row_ids")}
+        torch.manual_seed(cfg.seed)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
+            trainer.compute_loss(model, inputs)
+        tokens = batch["input_ids"].shape[1]
+        total = sum(kept.values())
+        results[label] = total
+        print(f"\n{label}: {tokens} tokens, kept for the backward {mib(total)} MiB "
+              f"({total / tokens / 1024:,.0f} KiB per token)")
+        for (name, dtype), size in by.most_common(12):
+            print(f"  {name} {dtype}: {mib(size)} MiB")
+        del trainer, model
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} ({machine_load()}): " + ", ".join(
+        f"{k} {mib(v)} MiB" for k, v in results.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("breakdown", "cli", "imports"))
+    p.add_argument("what", choices=("breakdown", "cli", "imports", "saved"))
     p.add_argument("--steps", type=int, default=0, help="max_steps (0: the preset's own, the whole quickstart)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config for the run")
     a = p.parse_args()
     if a.what == "breakdown":
         a.steps = a.steps or 10
-    {"breakdown": breakdown, "cli": cli, "imports": imports}[a.what](a)
+    {"breakdown": breakdown, "cli": cli, "imports": imports, "saved": saved}[a.what](a)
 
 
 if __name__ == "__main__":
