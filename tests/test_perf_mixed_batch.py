@@ -126,7 +126,7 @@ def comparer_with_early_stop(tiny_model_dir, adapter_dir, request):
 
 
 @pytest.mark.parametrize("comparer_with_early_stop", ["lora", "qlora"], indirect=True)
-@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3), dict(min_new_tokens=6)],
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3), dict(min_new_tokens=2)],
                          ids=["greedy", "repetition_penalty", "min_new_tokens"])
 def test_finished_rows_leave_the_batch_with_the_tokens_generate_gives(comparer_with_early_stop, adapter_dir,
                                                                       settings):
