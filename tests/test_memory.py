@@ -420,3 +420,22 @@ def test_onednn_reads_its_cache_capacity_when_first_used():
     if not creations:
         pytest.skip("this CPU's bf16 product does not go through oneDNN")
     assert creations == ["create:cache_miss", "create:cache_miss"]  # with the default, the second is a hit
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.bfloat16, True), (torch.float32, False)],
+                         ids=["bf16-autocast", "fp32"])
+def test_shared_mlp_activation_gives_the_same_loss_and_gradients_from_less_memory(tiny_model_dir, dtype,
+                                                                                   autocast):
+    plain, shared = _lora_pair(tiny_model_dir, dtype)  # shared: LoRA inputs shared too
+    batch = _padding_free_batch(plain.config.vocab_size, lengths=(37, 60, 21, 50))
+    _, _, lora_only = _step(shared, batch, autocast)
+    assert memory.share_mlp_activation(shared) == 2  # the tiny model's two decoder layers
+    loss, grads, kept = _step(plain, batch, autocast)
+    s_loss, s_grads, s_kept = _step(shared, batch, autocast)
+    assert torch.equal(s_loss, loss)
+    for name in grads:
+        assert torch.equal(s_grads[name], grads[name]), name
+    assert s_kept < lora_only < kept, (s_kept, lora_only, kept)
+    with torch.no_grad():
+        shared.eval(), plain.eval()
+        torch.testing.assert_close(shared(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
