@@ -6,7 +6,7 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from tuning import models, train
+from tuning import models, train, memory
 from tuning.train import StopRequested
 
 
@@ -86,4 +86,10 @@ def test_trainer_uses_padding_free_varlen_batches(tmp_path, tiny_config):
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, nothing padded
     assert (batch["input_ids"] != trainer.processing_class.pad_token_id).any()
-    assert len(batch["cu_seq_lens_q"]) == cfg.per_device_batch_size + 1  # 4 examples -> 5 boundaries
+    # 4 examples, plus one unlabelled filler sequence that rounds the row up to a multiple of
+    # memory.TOKEN_BUCKET tokens (repeated shapes keep the allocator's caches from growing)
+    bounds = batch["cu_seq_lens_q"].tolist()
+    assert batch["input_ids"].shape[1] % memory.TOKEN_BUCKET == 0 and bounds[-1] == batch["input_ids"].shape[1]
+    assert len(bounds) - 1 in (cfg.per_device_batch_size, cfg.per_device_batch_size + 1)
+    if len(bounds) - 1 > cfg.per_device_batch_size:
+        assert (batch["labels"][0, bounds[-2]:] == -100).all()
