@@ -98,17 +98,14 @@ def release_freed_memory() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
-# glibc's mallopt parameters (malloc.h) and the values a training or generating process runs with.
-# By default glibc raises its mmap threshold up to 32 MiB as big blocks are freed, so a tensor of a
-# few MiB comes from the heap and its pages stay with the process after it is freed, held for a
-# tensor of the same size that may never come again; and each thread gets its own heap (arena).
-# Measured on a quickstart run (bench/RESULTS.md, Memory): RSS after the first training step 930 MiB
-# with these against 1,581 without, and no growth from step to step.
+# glibc's mallopt parameters (malloc.h) and the values a training or generating process runs with:
+# one heap for the main thread and one for the math threads, instead of one per thread. Not set: a low
+# mmap threshold (128 KiB) cut a quickstart step's RSS growth but halved the training speed (every big
+# tensor became a fresh zero-filled mapping: 95 vs 200 tokens/s, side by side, bench/RESULTS.md,
+# Memory); the trainer instead gives freed heap pages back after every step (trim_callback).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 ALLOCATOR = {  # parameter: (value, the environment variable that sets it at process start)
-    M_MMAP_THRESHOLD: (128 * 1024, "MALLOC_MMAP_THRESHOLD_"),  # blocks from 128 KiB: own mapping, unmapped on free
-    M_TRIM_THRESHOLD: (128 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # give the heap's free top back from 128 KiB
-    M_ARENA_MAX: (2, "MALLOC_ARENA_MAX"),  # the main thread's heap and one for the math threads
+    M_ARENA_MAX: (2, "MALLOC_ARENA_MAX"),
 }
 
 
