@@ -179,7 +179,7 @@ def table(results: Path) -> str:
         ctrl = ", ".join(f"{r['control']}" for r in mine)
         loss = statistics.mean(r["eval_loss"] for r in mine)
         wall = statistics.mean(r["seconds"] for r in mine)
-        lost = "; ".join(f"s{r['seed']}: {a['prompt']} -> {a['tuned'][:60]!r}" for r in mine for a in r["lost_control"])
+        lost = "; ".join(f"s{r['seed']}: {a['prompt']} -> {a['tuned'][:45]!r}" for r in mine for a in r["lost_control"])
         seeds = ",".join(str(r["seed"]) for r in mine)
         lines.append(f"| {setting} (seeds {seeds}) | {ident} | {ctrl} | {min(r['control'] for r in mine)} | "
                      f"{loss:.3f} | {wall:.0f} | {lost or '-'} |")
