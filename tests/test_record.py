@@ -165,3 +165,12 @@ def test_a_rewritten_adapter_is_reloaded_not_served_from_the_cache(tiny_model_di
     assert second != first
     assert not torch.equal(lora_b(second), old)
     assert first not in comparer.adapters and len(comparer.adapters) == 1  # the stale copy is dropped
+
+
+def test_headline_of_an_evaluation_without_some_figures():
+    """An evaluation.json written by hand or by an older version may lack the perplexity or the base's
+    figures: the headline shows what is there instead of failing the page that reads it."""
+    full = {"eval_loss": 0.335, "base_eval_loss": 3.566, "perplexity": 1.4, "base_perplexity": 35.4}
+    assert record.headline(full).startswith("held-out loss 0.335 (base 3.566), perplexity 1.4 (base 35.4)")
+    assert record.headline({"eval_loss": 0.335, "base_eval_loss": 3.566}).startswith("held-out loss 0.335 (base 3.566)")
+    assert "perplexity" not in record.headline({"eval_loss": 0.335})

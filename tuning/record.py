@@ -921,8 +921,14 @@ def headline(result: dict) -> str:
     """One line for the Live tab's log and the CLI."""
     parts = []
     if result.get("eval_loss") is not None:
-        parts.append(f"held-out loss {result['eval_loss']:.3f} (base {result['base_eval_loss']:.3f}), "
-                     f"perplexity {result['perplexity']:.1f} (base {result['base_perplexity']:.1f})")
+        # each figure only when the file has it: an evaluation written by hand or by an older version
+        # may lack the base's figures or the perplexity, and must not break the page that shows it
+        def pair(name: str, key: str, digits: int) -> str:
+            base = result.get(f"base_{key}")
+            value = result.get(key)
+            return "" if value is None else (f"{name} {value:.{digits}f}"
+                                             + (f" (base {base:.{digits}f})" if base is not None else ""))
+        parts.append(", ".join(p for p in (pair("held-out loss", "eval_loss", 3), pair("perplexity", "perplexity", 1)) if p))
     checks = checks_text(result)
     if checks:
         parts.append(checks)
