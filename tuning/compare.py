@@ -113,10 +113,9 @@ def against_noise(workspace: Path, summaries: list[record.RunSummary]) -> list[d
         sd, group = max(spreads, key=lambda t: t[0]) if spreads else (None, None)
         if sd is None:
             verdict = "no seed group holds these runs: train one with seeds: N to know the noise"
-        elif difference > NOISE_SDS * sd:
-            verdict = f"larger than the seed spread (sd {sd:.3g} over seeds {', '.join(map(str, group.seeds))})"
         else:
-            verdict = f"within the seed spread (sd {sd:.3g} over seeds {', '.join(map(str, group.seeds))})"
+            side = "larger than" if difference > NOISE_SDS * sd else "within"
+            verdict = f"{side} the seed spread (sd {sd:.3g} over seeds {', '.join(map(str, group.seeds))})"
         out.append({"figure": figure, "values": values, "difference": difference, "seed_sd": sd,
                     "seed_group": group.name if group else None, "verdict": verdict})
     return out
