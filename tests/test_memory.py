@@ -445,3 +445,42 @@ def test_shared_mlp_activation_gives_the_same_loss_and_gradients_from_less_memor
     with torch.no_grad():
         shared.eval(), plain.eval()
         torch.testing.assert_close(shared(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
+
+
+# --- the LM head's input, contiguous ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_lm_head_gets_a_contiguous_input_and_the_same_logits(tiny_model_dir, dtype):
+    """Generation's prompt pass asks for the last position's logits (logits_to_keep=1): the head's input
+    is then a strided view, which torch's CPU bf16 linear turns into one copy of the head per row.
+    Every model the product loads gets the hook (models.load_model); its logits are those of the same
+    model without it (to fp32 rounding: the strided path is another matmul kernel)."""
+    from tuning import models
+
+    model = models.load_model(str(tiny_model_dir), "lora", dtype)
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hooked = model(input_ids=ids, logits_to_keep=1).logits
+        hidden = model.model(input_ids=ids).last_hidden_state[:, -1:, :]
+        plain = torch.nn.functional.linear(hidden, head.weight)  # the strided view, straight to the matmul
+    assert seen == [True]  # the hooks run in order: ours copied the strided view first
+    assert not hidden.is_contiguous()
+    torch.testing.assert_close(hooked, plain, rtol=1e-5 if dtype == torch.float32 else 0, atol=1e-5 if
+                               dtype == torch.float32 else 0)
+    assert memory.contiguous_head_input(model) is False  # once per model
+
+
+def test_a_strided_input_reaches_a_plain_head_strided():
+    """The control: without the hook the head does see the strided view the docstring is about."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 64, (3, 9)), logits_to_keep=1)
+    assert seen == [False]

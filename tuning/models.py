@@ -398,6 +398,7 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     if is_embedded_hub_copy(model_path):
         match_conversion(model)
     model.config.use_cache = False
+    memory.contiguous_head_input(model)  # generation's last-position logits: 1.7 GiB less on 32 rows
     model._load_seconds = time.time() - started  # reported in the start event
     return model
 
