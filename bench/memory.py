@@ -266,7 +266,7 @@ def saved(a) -> None:
         where = ["?"]
         for module in model.modules():
             module.register_forward_pre_hook(lambda m, *_: where.append(type(m).__name__))
-            module.register_forward_hook(lambda m, *_: where.pop())
+            module.register_forward_hook(lambda m, *_: where.pop() and None)  # a hook's non-None return replaces the output
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         kept, by = {}, collections.Counter()
 

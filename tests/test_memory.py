@@ -484,3 +484,98 @@ def test_a_strided_input_reaches_a_plain_head_strided():
     with torch.no_grad():
         model(input_ids=torch.randint(0, 64, (3, 9)), logits_to_keep=1)
     assert seen == [False]
+
+
+# --- attention on a CPU in bf16: few shapes ------------------------------------------------------------
+
+def _attention_inputs(length: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 4, length, 16, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3)]
+
+
+class _Heads(torch.nn.Module):  # what sdpa_attention_forward reads off the attention module
+    num_key_value_groups = 1
+    is_causal = True
+    training = True
+
+
+@pytest.mark.parametrize("length", [7, 100, 128, 129, 200])
+def test_cpu_bf16_attention_matches_fp32_attention(length):
+    """Each sequence of a padding-free batch on a CPU in bf16: the math backend up to SDPA_MATH_MAX
+    tokens, flash attention with the length padded to a multiple of SDPA_BUCKET above. Output and
+    gradients are causal attention's, to bf16 rounding: against fp32 attention of the same inputs."""
+    from tuning import models
+
+    q, k, v = _attention_inputs(length, seed=length)
+    out = models._cpu_half_attention(_Heads(), q, k, v)
+    assert out.shape == (1, length, 4, 16) and out.dtype == torch.bfloat16
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.float().backward(grad)
+    reference_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    reference = torch.nn.functional.scaled_dot_product_attention(*reference_in, is_causal=True).transpose(1, 2)
+    reference.backward(grad)
+    torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
+    for mine, theirs in zip((q, k, v), reference_in):
+        torch.testing.assert_close(mine.grad.float(), theirs.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_bf16_attention_meets_a_few_lengths(monkeypatch):
+    """torch's CPU flash attention keeps a kernel per length it meets (~8 MiB each, never freed): up to
+    SDPA_MATH_MAX tokens the math backend runs instead, and above it flash sees bucketed lengths only."""
+    from transformers.integrations import sdpa_attention
+
+    from tuning import models
+
+    seen = []
+    original = sdpa_attention.sdpa_attention_forward
+
+    def recording(module, query, *args, **kwargs):
+        seen.append((query.shape[2], torch.backends.cuda.flash_sdp_enabled()))
+        return original(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", recording)
+    with torch.no_grad():
+        for length in range(1, 300, 7):
+            models._cpu_half_attention(_Heads(), *(t.detach() for t in _attention_inputs(length, seed=0)))
+    short = [(n, flash) for n, flash in seen if n <= models.SDPA_MATH_MAX]
+    long = [n for n, flash in seen if n > models.SDPA_MATH_MAX]
+    assert short and not any(flash for _, flash in short)  # math backend
+    assert long and all(n % models.SDPA_BUCKET == 0 for n in long)
+    assert sorted(set(long)) == [192, 256, 320]
+    assert torch.backends.cuda.flash_sdp_enabled()  # the backend choice does not leak out
+
+
+# --- TRL's fused LM head in narrower vocabulary tiles ---------------------------------------------------
+
+def test_narrow_lm_head_tiles_give_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    tiles = []
+    original_tile = chunked_logprob._forward_tile
+    monkeypatch.setattr(chunked_logprob, "_forward_tile", lambda *a, **k: tiles.append(1) or original_tile(*a, **k))
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)  # TRL's own (a trainer built earlier
+    # in this process on a CPU narrowed it)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(3))
+    labels = ids.clone()
+    labels[:, :10] = -100  # a prompt: only the completion is scored
+    results = []
+    for narrow in (False, True):
+        if narrow:
+            assert memory.narrow_lm_head_chunks() == memory.LM_HEAD_VOCAB_CHUNK
+        tiles.clear()
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        results.append((out.loss.detach(), out.entropy.detach(), [p.grad.clone() for p in model.model.parameters()],
+                        len(tiles)))
+    (loss, entropy, grads, wide_tiles), (narrow_loss, narrow_entropy, narrow_grads, narrow_tiles) = results
+    vocab = model.config.vocab_size
+    assert (wide_tiles, narrow_tiles) == (-(-vocab // 32768), -(-vocab // memory.LM_HEAD_VOCAB_CHUNK))
+    torch.testing.assert_close(narrow_loss, loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(narrow_entropy, entropy, rtol=1e-5, atol=1e-5)
+    for narrow_grad, grad in zip(narrow_grads, grads):
+        torch.testing.assert_close(narrow_grad, grad, rtol=1e-5, atol=1e-7)

@@ -33,6 +33,12 @@ and what each lever saves; tests/test_memory.py proves each one computes what it
   rows copies of the 49,152 x 576 head): for the end-of-run checks' 32 rows that is +1.7 GiB and 1.3 s
   per prompt pass, against 8 MiB and 5 ms on a contiguous copy of the same 32 x 576 numbers (fp32: 122
   ms against a few). Same logits, bit for bit (tests/test_memory.py).
+- narrow_lm_head_chunks: TRL's fused LM head scores 32,768 vocabulary columns at a time; on a CPU each
+  such tile of the trained tokens is copied to fp32 several times in its forward and backward (the
+  softmax terms, the gradient, the weight chunk for the fp32 product): ~250 MiB above the step's
+  activations for ~300 trained tokens. 4,096 columns at a time: the same numbers up to the order of
+  fp32 additions, a quickstart step's peak ~250 MiB lower and no slower (2.39 vs 2.63 s a step,
+  interleaved on the same batches; bench/RESULTS.md, Memory).
 """
 
 from __future__ import annotations
@@ -443,3 +449,19 @@ def contiguous_head_input(model) -> bool:
     head.register_forward_pre_hook(_contiguous_input)
     head._contiguous_input = True
     return True
+
+
+# --- TRL's fused LM head, a narrower vocabulary tile --------------------------------------------------
+
+LM_HEAD_VOCAB_CHUNK = 4096  # vocabulary columns per tile of TRL's fused LM head, on a CPU
+
+
+def narrow_lm_head_chunks(columns: int = LM_HEAD_VOCAB_CHUNK) -> int | None:
+    """Make TRL's fused LM head (read at each call from trl.trainer.utils) score `columns` vocabulary
+    columns per tile. Returns the width set, or None when this TRL has no such setting."""
+    from trl.trainer import utils as trl_utils
+
+    if not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):
+        return None
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = columns
+    return columns

@@ -437,7 +437,10 @@ def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, 
     gradient into a zeroed tensor of the whole row and those are summed (8 sequences: 8 full-size
     zero-fills and additions per tensor per layer: 18% of a profiled CPU step), while split's
     backward is one concatenation.
-    Anything else (padded batches, generation with a cache) goes to the ordinary SDPA path."""
+    Anything else (padded batches, generation with a cache) goes to the ordinary SDPA path.
+
+    On a CPU in bf16/fp16 each sequence goes through _cpu_half_attention, which keeps the number of
+    attention shapes small (see there)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = [] if cu_seq_lens_q is None else cu_seq_lens_q.tolist()
@@ -445,9 +448,38 @@ def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    pieces = [sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+    attend = _cpu_half_attention if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) \
+        else (lambda *args, **kw: sdpa_attention_forward(*args, None, is_causal=True, **kw)[0])
+    pieces = [attend(module, q, k, v, **kwargs)
               for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value))) if q.shape[2]]
     return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
+
+
+# torch 2.13's CPU flash attention in bf16 builds and keeps (per thread, never freed) a kernel for every
+# sequence length it meets: ~8 MiB each, so a run whose batches hold ever new lengths grew its RSS by
+# 15-50 MiB a step (100 lengths: +800 MiB; bench/RESULTS.md, Memory). The math backend keeps nothing
+# per shape and, up to SDPA_MATH_MAX tokens, is also faster on a CPU (fwd+bwd, 9 heads of 64, 2 cores:
+# 64 tokens 0.64 vs 1.06 ms, 128: 1.44 vs 1.98; 256: 5.9 vs 4.2, 1024: 118 vs 35) and keeps only
+# length^2 probabilities per head for the backward. Longer sequences keep flash attention, with their
+# length padded up to a multiple of SDPA_BUCKET at the end: under a causal mask no real query sees the
+# padded keys, and the lengths flash meets are a few.
+SDPA_MATH_MAX = 128
+SDPA_BUCKET = 64
+
+
+def _cpu_half_attention(module, query, key, value, **kwargs):
+    """Causal SDPA of one sequence, (1, heads, length, dim) in, (1, length, heads, dim) out."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if length <= SDPA_MATH_MAX:
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
+    pad = -length % SDPA_BUCKET
+    if pad:
+        query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0][:, :length]
 
 
 def use_varlen_sdpa(model) -> bool:

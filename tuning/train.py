@@ -281,6 +281,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         # stops growing the RSS (tuning/memory.py)
         print(f"cpu: batches padded to a multiple of {memory.bucket_tokens(trainer)} tokens", flush=True)
         trainer.add_callback(memory.trim_callback())
+        print(f"cpu: LM head tiles of {memory.narrow_lm_head_chunks()} vocabulary columns", flush=True)
         # each LoRA adapter keeps its layer's input for the backward, not a dropped-out copy and a mask
         print(f"cpu: LoRA dropout redrawn in the backward in {memory.share_lora_inputs(trainer.model)} adapters; "
               f"SiLU recomputed in the backward in {memory.share_mlp_activation(trainer.model)} MLPs", flush=True)
