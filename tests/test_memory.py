@@ -447,6 +447,29 @@ def test_shared_mlp_activation_gives_the_same_loss_and_gradients_from_less_memor
         torch.testing.assert_close(shared(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype,autocast", [(torch.bfloat16, True), (torch.float32, False)],
+                         ids=["bf16-autocast", "fp32"])
+def test_recomputed_norms_give_the_same_loss_and_gradients_from_less_memory(tiny_model_dir, dtype, autocast):
+    plain, shared = _lora_pair(tiny_model_dir, dtype)
+    memory.share_lora_inputs(plain)  # both as training has them but for the norms
+    for model in (plain, shared):
+        memory.share_mlp_activation(model)
+    batch = _padding_free_batch(plain.config.vocab_size, lengths=(37, 60, 21, 50))
+    assert memory.recompute_norms(shared) == 5  # two per decoder layer and the final one
+    assert memory.recompute_norms(shared) == 0  # once
+    loss, grads, kept = _step(plain, batch, autocast)
+    n_loss, n_grads, n_kept = _step(shared, batch, autocast)
+    assert torch.equal(n_loss, loss)
+    for name in grads:
+        assert torch.equal(n_grads[name], grads[name]), name
+    # in bf16 the norm's fp32 copy (4 bytes a value) gives way to its bf16 input (2 bytes); an fp32 model's
+    # norms keep their own forward (the input is the fp32 copy)
+    assert n_kept < kept if autocast else n_kept == kept, (n_kept, kept)
+    with torch.no_grad():
+        shared.eval(), plain.eval()
+        torch.testing.assert_close(shared(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
+
+
 # --- the LM head's input, contiguous ------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])

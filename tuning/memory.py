@@ -39,6 +39,11 @@ and what each lever saves; tests/test_memory.py proves each one computes what it
   activations for ~300 trained tokens. 4,096 columns at a time: the same numbers up to the order of
   fp32 additions, a quickstart step's peak ~250 MiB lower and no slower (2.39 vs 2.63 s a step,
   interleaved on the same batches; bench/RESULTS.md, Memory).
+- recompute_norms: an RMSNorm computes in fp32 and autograd keeps that fp32 copy of its input for the
+  backward (2 norms a layer: 76 of the 345 MiB a 576-token step keeps). Run through torch's own
+  activation checkpointing, a norm keeps only its bf16 input and computes itself again in the
+  backward (a few element-wise passes over one hidden-state tensor). Same ops: the same loss and
+  gradients, bit for bit (tests/test_memory.py).
 """
 
 from __future__ import annotations
@@ -465,3 +470,32 @@ def narrow_lm_head_chunks(columns: int = LM_HEAD_VOCAB_CHUNK) -> int | None:
         return None
     trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = columns
     return columns
+
+
+# --- RMSNorm: keep the bf16 input, not the fp32 copy ------------------------------------------------
+
+def _checkpointed_norm_forward(self, hidden_states):
+    import torch
+
+    if not (self.training and torch.is_grad_enabled()) or hidden_states.dtype == torch.float32:
+        return self._memory_forward(hidden_states)  # an fp32 input is the copy autograd would keep anyway
+    # no random numbers in a norm: nothing to preserve between the two runs
+    return torch.utils.checkpoint.checkpoint(self._memory_forward, hidden_states, use_reentrant=False,
+                                             preserve_rng_state=False)
+
+
+def recompute_norms(model) -> int:
+    """Give every RMSNorm of the model (a module whose class name ends in RMSNorm and that has a weight
+    and an epsilon) the checkpointed forward while training. Returns how many."""
+    import types
+
+    changed = 0
+    for module in model.modules():
+        if not type(module).__name__.endswith("RMSNorm") or hasattr(module, "_memory_forward"):
+            continue
+        if not hasattr(module, "weight") or not any(hasattr(module, n) for n in ("variance_epsilon", "eps")):
+            continue
+        module._memory_forward = module.forward
+        module.forward = types.MethodType(_checkpointed_norm_forward, module)
+        changed += 1
+    return changed

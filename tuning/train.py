@@ -284,7 +284,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         print(f"cpu: LM head tiles of {memory.narrow_lm_head_chunks()} vocabulary columns", flush=True)
         # each LoRA adapter keeps its layer's input for the backward, not a dropped-out copy and a mask
         print(f"cpu: LoRA dropout redrawn in the backward in {memory.share_lora_inputs(trainer.model)} adapters; "
-              f"SiLU recomputed in the backward in {memory.share_mlp_activation(trainer.model)} MLPs", flush=True)
+              f"SiLU recomputed in the backward in {memory.share_mlp_activation(trainer.model)} MLPs; "
+              f"{memory.recompute_norms(trainer.model)} RMSNorms recomputed in the backward", flush=True)
     return trainer, tokenizer
 
 
