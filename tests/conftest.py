@@ -57,7 +57,7 @@ def embedded_model_dir(model_cache) -> Path:
 # probes at the checkpoint; the one checkpoint (save_steps=6) gives the Playground a
 # "checkpoint-6" to offer besides "final".
 REAL_RUN_SETTINGS = {"max_steps": 6, "learning_rate": 3e-3, "lr_scheduler": "constant", "warmup_ratio": 0,
-                     "per_device_batch_size": 4, "max_length": 128, "eval_split": 0,
+                     "per_device_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 128, "eval_split": 0,
                      "probe_every_checkpoint": False, "save_steps": 6, "run_name": "quill"}
 
 

@@ -69,7 +69,7 @@ def launch_app(workspace: Path, data_dirs: list[Path], log: Path,
 
 def tiny_overrides(model_dir: Path, data_file: Path, **extra) -> str:
     return yaml.safe_dump({"base_model": str(model_dir), "dataset": str(data_file), "method": "lora",
-                           "max_steps": 6, "per_device_batch_size": 4, "max_length": 64, "learning_rate": 1e-2,
+                           "max_steps": 6, "per_device_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 64, "learning_rate": 1e-2,
                            "save_steps": 3, "eval_steps": 3, "eval_split": 0.2, "warmup_ratio": 0.0,
                            "probe_every_checkpoint": False, "run_name": "api", **extra})
 

@@ -82,7 +82,7 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
             page.get_by_role("tab", name="Train").click()
             page.get_by_role("textbox", name=re.compile(r"^base_model\b")).fill(str(tiny_model_dir))
             page.get_by_role("textbox", name=re.compile(r"^dataset\b")).fill(str(data_file))
-            for label, value in [("max_steps", "40"), ("max_length", "64"), ("per_device_batch_size", "4"),
+            for label, value in [("max_steps", "40"), ("max_length", "64"), ("per_device_batch_size", "4"), ("gradient_accumulation_steps", "1"),
                                  ("learning_rate", "0.01"), ("save_steps", "20"), ("eval_steps", "10"),
                                  ("warmup_ratio", "0")]:
                 box = page.get_by_role("spinbutton", name=label, exact=True)

@@ -77,7 +77,7 @@ def test_end_to_end_real_model_three_steps(tmp_path, model_cache, embedded_model
     # reuse the session's converted copy instead of converting again
     (workspace / "models" / embedded_model_dir.name).symlink_to(embedded_model_dir)
     proc = subprocess.run([sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml",
-                           "--set", "max_steps=3", "--set", "max_length=96", "--set", "per_device_batch_size=2",
+                           "--set", "max_steps=3", "--set", "max_length=96", "--set", "per_device_batch_size=2", "--set", "gradient_accumulation_steps=1",
                            "--set", "save_steps=3", "--set", "eval_split=0", "--workspace", str(workspace)],
                           capture_output=True, text=True, cwd=PROJECT_DIR, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -144,7 +144,7 @@ def test_quickstart_trains_on_the_hub_copy_offline_without_the_package(tmp_path,
     workspace = tmp_path / "ws"
     started = time.time()
     proc = _cli(["train", "--preset", "presets/quickstart.yaml", "--set", "max_steps=2", "--set", "max_length=96",
-                 "--set", "per_device_batch_size=2", "--set", "save_steps=2", "--set", "eval_split=0",
+                 "--set", "per_device_batch_size=2", "--set", "gradient_accumulation_steps=1", "--set", "save_steps=2", "--set", "eval_split=0",
                  "--set", "probe_every_checkpoint=false", "--set", "eval_max_new_tokens=4",
                  "--workspace", str(workspace)], tmp_path / "hf")
     seconds = time.time() - started

@@ -237,6 +237,9 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     tuned_loss = heldout_loss(model, tokenizer, conversations, cfg, adapter, per_row=tuned_rows)
     base_loss = heldout_loss(model, tokenizer, conversations, cfg, BASE, per_row=base_rows)
     loss_seconds = time.time() - started
+    # each stage's freed activations go back to the OS before the next one allocates its own, so the
+    # stages' peaks do not stack (tuning/memory.py, release_freed_memory)
+    memory.release_freed_memory()
     if getattr(cfg, "objective", "sft") == "sft":  # its row ids are those of rows.json (tuning/row_losses.py)
         row_losses.record_heldout(run_dir, step, tuned_rows, base_rows)
     result: dict[str, Any] = {
@@ -258,11 +261,13 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
         probes = probe_record(model, tokenizer, prompts, step, "final", cfg.eval_max_new_tokens, adapter,
                               record.cached_base_answers(run_dir, prompts))
         record.append_probe_answers(run_dir, probes)
+        memory.release_freed_memory()
         result["probes"] = probes["answers"]
         result["seconds"]["probes"] = round(time.time() - t0, 1)
     if checks:
         t0 = time.time()
         result["checks"] = task_checks(model, tokenizer, rows, cfg.eval_max_new_tokens, adapter)
+        memory.release_freed_memory()
         result["seconds"]["checks"] = round(time.time() - t0, 1)
     result["seconds"]["total"] = round(time.time() - started, 1)
     record.write_evaluation(run_dir, result)
