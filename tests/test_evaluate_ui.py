@@ -53,6 +53,19 @@ def test_load_run_shows_losses_checks_gallery_and_votes(ctx):
     assert shown["pair"] is None, "picking a run closes any open vote"
 
 
+def test_refresh_reads_the_picked_run_again(ctx, tmp_path):
+    """A run picked while it trained shows "no evaluation yet"; once its evaluation is written, Refresh
+    list shows it (picking the same run again fires no change event in the page)."""
+    run = record.run_dir(tmp_path, "r2")
+    run.mkdir(parents=True)
+    record.write_config(run, TrainConfig())
+    assert "No evaluation yet" in tab.load_run(ctx, "r2")["verdict"]
+    record.write_evaluation(run, {**record.read_evaluation(record.run_dir(tmp_path, "r1")), "eval_loss": 0.25})
+    again = tab.reload_shown(ctx, "r2")
+    assert "No evaluation yet" not in again["verdict"] and again["losses"][0][2] == 0.25
+    assert tab.reload_shown(ctx, None) == {} and tab.reload_shown(ctx, "") == {}
+
+
 def test_run_choices_come_from_the_record(ctx):
     """An adapter, a complete checkpoint or an evaluation makes a run worth offering; an incomplete
     checkpoint does not."""

@@ -234,6 +234,13 @@ def refreshed(ctx: AppContext, run_id: str | None):
     return gr.update(choices=run_choices(ctx), value=run_id)
 
 
+def reload_shown(ctx: AppContext, run_id: str | None) -> dict:
+    """What "Refresh list" shows after the list: the picked run read again. Picking the run that is
+    already picked fires no change, so without this a run picked while it trained kept saying "no
+    evaluation yet" after its evaluation was written. Nothing picked: nothing changes."""
+    return load_run(ctx, run_id) if run_id else {}
+
+
 # --- the page ------------------------------------------------------------------------------------
 
 SHOWN = ("verdict", "losses", "checks", "step", "step_label", "probes", *ab_view.SHOWN,  # picking a run
@@ -319,7 +326,8 @@ def wire(ctx: AppContext, c: dict) -> None:
                         [c["heat_html"], c["heat_note"]], api_name="heldout_heatmap", concurrency_limit=1,
                         concurrency_id="generate")
     # Viewing evaluations is public on a Space; computing one and voting are not.
-    c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs")
+    c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs") \
+        .then(public(guarded(keyed(bind(reload_shown, ctx), c))), c["run"], shown, api_visibility="private")
     c["run"].change(public(guarded(keyed(bind(load_run, ctx), c))), c["run"], shown, api_name="eval_load")
     c["go"].click(guarded(keyed(bind(evaluate_run, ctx), c)), [c["run"], c["recompute"]], shown,
                   api_name="evaluate_run")
