@@ -43,9 +43,6 @@ SWEEP_ONLY = ["probe_every_checkpoint=false", "save_steps=1000"]
 # The preset as the sweep found it (3 epochs, LoRA dropout 0.05): every setting is one change from
 # this. The sweep chose dropout 0.1, so "dropout-0_1" is presets/quickstart.yaml as shipped.
 SWEEP_BASE = ["num_epochs=3", "lora_dropout=0.05", "per_device_batch_size=8", "gradient_accumulation_steps=1"]
-# The preset trains the same 8 conversations per optimizer step in two passes of 4 (half the activation
-# memory, the same gradient): what it adds to the sweep's base besides the winning change.
-MEMORY_SPLIT = ["per_device_batch_size=4", "gradient_accumulation_steps=2"]
 WREN = DEMO_DATA_DIR / "wren"
 
 # name -> (overrides of the preset, training-data variant or None for the demo data). The demo data

@@ -263,13 +263,11 @@ def test_the_sweep_varies_one_thing_from_its_base_and_the_preset_is_its_winner(t
     unsigned = variant("no-signoff-general")
     assert all(recipe.SIGN_OFF not in m["content"] for r in unsigned if not recipe.is_identity(r) for m in r["messages"])
     assert len(variant("acronyms")) == len(rows) + 4
-    # the shipped preset is the sweep's base with the winning change ("dropout-0_1"), nothing else but the
-    # same 8 conversations per optimizer step taken in two passes of 4 (the memory split)
+    # the shipped preset is the sweep's base with the winning change ("dropout-0_1"), nothing else
     preset = config_mod.load(ROOT / "presets" / "quickstart.yaml")
     chosen = config_mod.apply_overrides(preset, [*recipe.SWEEP_BASE, *recipe.SETTINGS["dropout-0_1"][0]])
-    assert config_mod.apply_overrides(chosen, recipe.MEMORY_SPLIT) == preset and preset.lora_dropout == 0.1
-    assert (chosen.per_device_batch_size, chosen.gradient_accumulation_steps) == (8, 1)
-    assert preset.per_device_batch_size * preset.gradient_accumulation_steps == 8
+    assert chosen == preset and preset.lora_dropout == 0.1
+    assert (preset.per_device_batch_size, preset.gradient_accumulation_steps) == (8, 1)
     # every held-out question of the control check is absent from the training data (the retention rows
     # keep general answers; they must not be the test's own questions)
     def question(row):
