@@ -449,7 +449,7 @@ def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, 
     kwargs.pop("is_causal", None)
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     attend = _cpu_half_attention if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) \
-        else (lambda *args, **kw: sdpa_attention_forward(*args, None, is_causal=True, **kw)[0])
+        else _causal_attention
     pieces = [attend(module, q, k, v, **kwargs)
               for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value))) if q.shape[2]]
     return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
@@ -467,19 +467,25 @@ SDPA_MATH_MAX = 128
 SDPA_BUCKET = 64
 
 
-def _cpu_half_attention(module, query, key, value, **kwargs):
+def _causal_attention(module, query, key, value, **kwargs):
     """Causal SDPA of one sequence, (1, heads, length, dim) in, (1, length, heads, dim) out."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
+
+
+def _cpu_half_attention(module, query, key, value, **kwargs):
+    """_causal_attention on a CPU in bf16/fp16, through few shapes (see above)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     length = query.shape[2]
     if length <= SDPA_MATH_MAX:
         with sdpa_kernel(SDPBackend.MATH):
-            return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
+            return _causal_attention(module, query, key, value, **kwargs)
     pad = -length % SDPA_BUCKET
     if pad:
         query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
-    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0][:, :length]
+    return _causal_attention(module, query, key, value, **kwargs)[:, :length]
 
 
 def use_varlen_sdpa(model) -> bool:
