@@ -158,6 +158,14 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
             expect(row).to_contain_text("completed", timeout=60_000)
             expect(page.locator("#runs-table")).to_contain_text("base eval loss")
             shot(page, "8-runs")
+            # The filter keeps the runs holding every typed word, typed key by key as a person does
+            # (a key pressed while the table is on its way still counts).
+            runs_filter = page.locator("#runs-filter").get_by_role("textbox")
+            runs_filter.press_sequentially(run_id, delay=15)
+            expect(page.locator("#runs-table")).to_contain_text(f"Runs matching '{run_id}': 1 (of 2 in the workspace)")
+            expect(page.locator("#runs-table").get_by_role("row").filter(has_text=real_id)).to_have_count(0)
+            runs_filter.fill("")
+            expect(page.locator("#runs-table").get_by_role("row").filter(has_text=real_id)).to_have_count(1)
 
             # Evaluation: the stored end-of-run result, base vs tuned (nothing is recomputed).
             page.get_by_role("tab", name="Evaluation").click()

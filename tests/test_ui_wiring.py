@@ -247,6 +247,35 @@ def test_runs_table_has_base_and_tuned_evaluation(tmp_path):
     assert dict(zip(runs_tab.HEADERS, row))["task checks"] == ""
 
 
+def test_runs_table_shows_the_newest_runs_and_the_filter_finds_the_others(tmp_path):
+    """The browser draws every row it is sent (500 rows took seconds on the page), so the table holds
+    the newest TABLE_ROWS runs, says so, and the filter reaches any run; Refresh and Delete keep it."""
+    ctx = AppContext(tmp_path / "ws")
+    for index in range(runs_tab.TABLE_ROWS + 5):
+        path = ended_run(ctx.workspace, f"r{index:03d}", evaluation=None)
+        if index == 2:  # one run of another base model and name, far below the newest 100
+            cfg = config_mod.TrainConfig(base_model="Qwen/Qwen2.5-0.5B-Instruct", run_name="old-qwen")
+            (path / "config.yaml").write_text(cfg.to_yaml())
+    rows = runs_tab.table(ctx)
+    assert len(rows) == runs_tab.TABLE_ROWS and rows[0][0] == "r104" and rows[-1][0] == "r005"
+    assert runs_tab.table_label(ctx) == ("Runs in the workspace: the newest 100 of 105 "
+                                         "(type in the filter to find the others)")
+    found = runs_tab.filtered(ctx, "  QWEN old ")["listing"]  # every word, any case
+    assert [r[0] for r in found["value"]] == ["r002"]
+    assert found["label"] == "Runs matching 'QWEN old': 1 (of 105 in the workspace)"
+    assert runs_tab.filtered(ctx, "completed")["listing"]["label"] == (
+        "Runs matching 'completed': the newest 100 of 105 (of 105 in the workspace)")
+    assert runs_tab.filtered(ctx, "no such run")["listing"]["value"] == []
+    refreshed = runs_tab.refreshed(ctx, None, "qwen")
+    assert [r[0] for r in refreshed["listing"]["value"]] == ["r002"] and len(refreshed["run"]["choices"]) == 105
+    deleted = runs_tab.do_delete(ctx, "r104", True, "r10")
+    assert [r[0] for r in deleted["listing"]["value"]] == ["r103", "r102", "r101", "r100"]
+    assert runs_tab.table_label(ctx).startswith("Runs in the workspace: the newest 100 of 104 ")
+    for index in range(5, 104):
+        record.delete_run(ctx.workspace, f"r{index:03d}")
+    assert runs_tab.table_label(ctx) == "Runs in the workspace" and len(runs_tab.table(ctx)) == 5
+
+
 def test_runs_table_headers_never_break_inside_a_word():
     """At a 1280-pixel window the table is about 1216 px wide; a header letter takes 8.7 px and a
     cell 17 px of padding (measured in a screenshot: at 5% "method" breaks as "metho d")."""
@@ -254,6 +283,8 @@ def test_runs_table_headers_never_break_inside_a_word():
     for header, width in zip(runs_tab.HEADERS, runs_tab.WIDTHS):
         longest = max(len(word) for word in header.split())
         assert float(width.rstrip("%")) / 100 * 1216 >= longest * 8.7 + 17, header
+    status = runs_tab.WIDTHS[runs_tab.HEADERS.index("status")]  # and "completed" stays one word
+    assert float(status.rstrip("%")) / 100 * 1216 >= len("completed") * 8.7 + 17
 
 
 def test_a_fresh_page_opens_the_default_run_in_every_tab(tmp_path):
@@ -273,7 +304,7 @@ def test_a_fresh_page_opens_the_default_run_in_every_tab(tmp_path):
     assert [updates[picker]["choices"] for picker in pickers][-1] == ["r1"]  # Evaluation, Export
     # the same event lists the runs in the Runs tab: table, picker, compare picker, seed groups
     listing, runs_picker, cmp_runs, seeds = load.outputs[4:]
-    assert [row[0] for row in updates[listing]] == ["r2", "r1"]
+    assert [row[0] for row in updates[listing]["value"]] == ["r2", "r1"]
     assert updates[runs_picker]["choices"] == updates[cmp_runs]["choices"] == ["r2", "r1"]
     assert updates[seeds][0][0].startswith("(none yet")
 
@@ -298,7 +329,7 @@ def test_a_page_load_lists_the_workspace_once_and_sees_a_new_run(tmp_path, monke
     updates = load.fn()
     assert len(listings) == 2  # two runs, listed once
     assert updates[load.outputs[0]]["value"] == "r2"  # Live opens the new run
-    assert [row[0] for row in updates[load.outputs[4]]] == ["r2", "r1"]  # the Runs table lists it
+    assert [row[0] for row in updates[load.outputs[4]]["value"]] == ["r2", "r1"]  # the Runs table lists it
 
 
 # --- probes edited in the Playground -------------------------------------------------------------

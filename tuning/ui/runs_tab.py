@@ -20,8 +20,13 @@ HEADERS = ["run", "name", "base model", "method", "objective", "status", "steps"
            "base eval loss", "task checks", "duration", "created"]
 # Fixed widths, each wide enough for its header's longest word at a 1280-pixel window (a header
 # never breaks inside a word): an empty column (no task checks yet) otherwise shrinks until its
-# header wraps a letter a line and the header pushes the rows out of view.
-WIDTHS = ["11%", "6%", "10%", "6%", "8%", "7%", "6%", "6%", "6%", "6%", "13%", "8%", "7%"]
+# header wraps a letter a line and the header pushes the rows out of view. The status column also
+# holds "completed" on one line.
+WIDTHS = ["11%", "6%", "10%", "6%", "8%", "8%", "6%", "6%", "6%", "6%", "12%", "8%", "7%"]
+# The newest runs the table shows. The browser draws every row it is sent: 500 wrapped rows made the
+# Runs tab's Refresh take seconds on the page while its handler took 0.13 s (bench/many_runs.py);
+# the filter reaches the others.
+TABLE_ROWS = 100
 SEED_HEADERS = ["config (its runs' name)", "seeds", "figure", "mean ± sd (min-max)"]
 QUEUE_HEADERS = ["#", "queue id", "name", "base model", "dataset", "method", "learning rate", "max steps", "added",
                  "note"]
@@ -53,25 +58,65 @@ def evaluation_cells(summary: record.RunSummary) -> list[str]:
         return [number(summary.eval_loss), "", ""]
 
 
-def table(ctx: AppContext) -> list[list]:
-    rows = []
-    for s in record.list_runs(ctx.workspace):
+def matching(summaries: list[record.RunSummary], text: str) -> list[record.RunSummary]:
+    """The runs whose id, name, base model, method, objective or status hold every word of `text`
+    (any case); all of them for an empty filter."""
+    words = text.lower().split()
+    if not words:
+        return summaries
+
+    def searched(s: record.RunSummary) -> str:
         cfg = s.config
-        rows.append([s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
-                     cfg.get("objective", "sft") + (f" from {cfg['init_from']}" if cfg.get("init_from") else ""),
-                     s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), number(s.loss),
-                     *evaluation_cells(s), clock(s.duration) if s.duration is not None else "", when(s.started)])
-    return rows
+        return " ".join(str(v) for v in (s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""),
+                                         cfg.get("method", ""), cfg.get("objective", "sft"), s.status)).lower()
+
+    return [s for s in summaries if all(word in searched(s) for word in words)]
+
+
+def row(s: record.RunSummary) -> list:
+    cfg = s.config
+    return [s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
+            cfg.get("objective", "sft") + (f" from {cfg['init_from']}" if cfg.get("init_from") else ""),
+            s.status, f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step), number(s.loss),
+            *evaluation_cells(s), clock(s.duration) if s.duration is not None else "", when(s.started)]
+
+
+def table(ctx: AppContext, text: str = "", limit: int = TABLE_ROWS) -> list[list]:
+    """The table's rows: the newest `limit` runs that match the filter, newest first."""
+    return [row(s) for s in matching(record.list_runs(ctx.workspace), text or "")[:limit]]
+
+
+def table_label(ctx: AppContext, text: str = "", limit: int = TABLE_ROWS) -> str:
+    """Says how many runs the table shows of how many, and how to reach the others."""
+    summaries = record.list_runs(ctx.workspace)
+    found = len(matching(summaries, text or ""))
+    if text and text.strip():
+        shown = f"the newest {limit} of {found}" if found > limit else str(found)
+        return f"Runs matching '{text.strip()}': {shown} (of {len(summaries)} in the workspace)"
+    if found > limit:
+        return f"Runs in the workspace: the newest {limit} of {found} (type in the filter to find the others)"
+    return "Runs in the workspace"
+
+
+def listing(ctx: AppContext, text: str = "") -> dict:
+    """The table and its label for the filter `text`, from one listing of the workspace."""
+    with record.one_listing():
+        return gr.update(value=table(ctx, text), label=table_label(ctx, text))
+
+
+def filtered(ctx: AppContext, text: str) -> dict:
+    """Typing in the filter: the table shows the newest matching runs."""
+    return {"listing": listing(ctx, text)}
 
 
 REFRESHED = ("listing", "run", "cmp_runs", "seed_spread")
 
 
-def refreshed(ctx: AppContext, run_id: str | None) -> dict:
-    """Every output of REFRESHED re-read from one listing of the workspace: the table, the run
-    picker, the compare picker and the seed groups."""
+def refreshed(ctx: AppContext, run_id: str | None, text: str = "") -> dict:
+    """Every output of REFRESHED re-read from one listing of the workspace: the table (filtered by
+    `text`), the run picker, the compare picker and the seed groups."""
     with record.one_listing():
-        return {"listing": table(ctx), "run": run_picker_update(ctx, run_id), "cmp_runs": compare_choices(ctx),
+        return {"listing": listing(ctx, text), "run": run_picker_update(ctx, run_id), "cmp_runs": compare_choices(ctx),
                 "seed_spread": seed_table(ctx)}
 
 
@@ -84,11 +129,12 @@ def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
     return f"Deleted {run_id}."
 
 
-def do_delete(ctx: AppContext, run_id: str, confirmed: bool) -> dict:
-    """The Delete button: the message, the confirmation unticked, the tab's listings without the run."""
-    text = delete(ctx, run_id, confirmed)
-    gr.Info(text)
-    return {"message": text, "confirm": False, **refreshed(ctx, None)}
+def do_delete(ctx: AppContext, run_id: str, confirmed: bool, text: str = "") -> dict:
+    """The Delete button: the message, the confirmation unticked, the tab's listings without the run
+    (the table still filtered by `text`)."""
+    message = delete(ctx, run_id, confirmed)
+    gr.Info(message)
+    return {"message": message, "confirm": False, **refreshed(ctx, None, text)}
 
 
 def download(ctx: AppContext, run_id: str) -> str:
@@ -224,9 +270,12 @@ def layout(ctx: AppContext) -> dict:
     """The tab's components by name (the names its handlers return)."""
     c = {}
     with gr.Row():
+        c["filter"] = gr.Textbox(placeholder="Filter: words of a run's id, name, base model, method or status",
+                                 show_label=False, container=False, scale=4, elem_id="runs-filter")
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
-    c["listing"] = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True, column_widths=WIDTHS,
-                                label="Runs in the workspace", elem_id="runs-table")
+    with record.one_listing():
+        c["listing"] = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True,
+                                    column_widths=WIDTHS, label=table_label(ctx), elem_id="runs-table")
     with gr.Row():
         c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
         c["open_live"] = gr.Button("Open in Live", scale=1)
@@ -267,9 +316,14 @@ def wire(ctx: AppContext, c: dict) -> None:
     # Browsing runs is public on a Space; deleting and downloading are not. A fresh page (a reload, a
     # second browser, an app restart) lists the runs as they are now: app.py's page load calls
     # `refreshed` with the other tabs' pickers, from one listing.
-    c["refresh"].click(public(keyed(bind(refreshed, ctx), c)), c["run"], listed, **private)
+    c["refresh"].click(public(keyed(bind(refreshed, ctx), c)), [c["run"], c["filter"]], listed, **private)
+    # .change, not .input: Gradio 6.31 sends no input event for an emptied box. always_last: keys typed
+    # while a filtering is on its way run once it is back (with "once" the table would stay filtered by
+    # a prefix of what the box says).
+    c["filter"].change(public(keyed(bind(filtered, ctx), c)), c["filter"], c["listing"], trigger_mode="always_last",
+                       **private)
     c["listing"].select(public(picked), c["listing"], c["run"], **private)
-    c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"]],
+    c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"], c["filter"]],
                       [c["message"], c["confirm"], *listed], **private)
 
     def zip_shown(run_id):  # the file box stays hidden until there is a file in it
