@@ -17,7 +17,7 @@ import gradio as gr
 
 from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
-from tuning.ui import access
+from tuning.ui import access, frame_guard
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, run_picker_update
 
@@ -218,7 +218,7 @@ def main(argv=None) -> None:
     demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
     calm_queue(demo)
     follow_queue(args.workspace)
-    demo.launch(**kwargs)
+    demo.launch(app_kwargs=frame_guard.app_kwargs(), **kwargs)  # an idle page draws no frames
 
 
 if __name__ == "__main__":
