@@ -11,7 +11,8 @@ for them, and the Live tab's tick handler timed in this process on the finished 
 --cpu-only measures what the page costs without training anything (for a machine too loaded to time
 training): a stand-in trainer logs a step every --step-seconds, and the app with Chromium on its Live
 tab follows it for --seconds, in rounds of: the Live tab polling once a second (as before the
-step-time rule), polling by the step time (as shipped), and the same with the page hidden. Printed:
+step-time rule), polling by the step time (as shipped), the same served without the frame guard
+(tuning/ui/frame_guard.py), and the same with the page hidden. Printed:
 CPU of the app and of each kind of Chromium process, ticks sent, step-to-page latency.
 
 Both sides run the throughput benchmark's "ours" command (bench/throughput.py) on the same data,
@@ -41,16 +42,18 @@ class LiveTabOpen:
     """app.py on the workspace + Chromium on its Live tab, for the duration of a `with` block.
     Records when each step number first appears on the page (for the event-to-page latency)."""
 
-    def __init__(self, workspace: Path, every_second: bool = False):
+    def __init__(self, workspace: Path, every_second: bool = False, frame_guard: bool = True):
         self.workspace = workspace
         self.every_second = every_second  # the Live tab as before its step-time rule: a tick each second
+        self.frame_guard = frame_guard  # False: the page as Gradio serves it (tuning/ui/frame_guard.py off)
 
     def __enter__(self):
         from playwright.sync_api import sync_playwright
 
         port = free_port()
-        launch = ["app.py"] if not self.every_second else [
-            "-c", "import sys; from tuning.ui import live_tab; live_tab.EARLY = 0.0; import app; app.main(sys.argv[1:])"]
+        before = ("from tuning.ui import live_tab; live_tab.EARLY = 0.0; " if self.every_second else "") + (
+            "" if self.frame_guard else "from tuning.ui import frame_guard; frame_guard.app_kwargs = lambda: None; ")
+        launch = ["-c", f"import sys; {before}import app; app.main(sys.argv[1:])"] if before else ["app.py"]
         self.app = subprocess.Popen([sys.executable, *launch, "--port", str(port), "--workspace",
                                      str(self.workspace)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
@@ -197,7 +200,8 @@ def page_cost(workspace: Path, variant: str, seconds: float, step_seconds: float
 
     run_id = f"29990101-{serial:06d}"
     steps = int((seconds + 300) / step_seconds)  # outlasts the page's start on a loaded machine (killed after)
-    with LiveTabOpen(workspace, every_second=variant == "every second") as ui:
+    with LiveTabOpen(workspace, every_second=variant == "every second",
+                     frame_guard=variant != "no frame guard") as ui:
         trainer = subprocess.Popen([sys.executable, "-c", STAND_IN, str(workspace), run_id, str(steps),
                                     str(step_seconds)], cwd=ROOT)
         try:
@@ -225,7 +229,7 @@ def page_cost(workspace: Path, variant: str, seconds: float, step_seconds: float
 
 def cpu_only(a) -> None:
     workspace = Path(a.workspace)
-    results: dict[str, list[dict]] = {"every second": [], "by step time": [], "hidden": []}
+    results: dict[str, list[dict]] = {"every second": [], "by step time": [], "no frame guard": [], "hidden": []}
     serial = 0
     for r in range(a.rounds):
         for variant in results:

@@ -24,7 +24,8 @@ COUNT_FRAMES = """
 window.__frames = {tracker: 0, other: 0};
 const nativeFrame = window.requestAnimationFrame.bind(window);
 window.requestAnimationFrame = (callback) => {
-    const callers = (new Error().stack || '').split('\\n').slice(2).filter(l => !l.includes('at window.requestAnimationFrame'));
+    const callers = (new Error().stack || '').split('\\n').slice(2)
+        .filter(l => !l.includes('at window.requestAnimationFrame'));
     window.__frames[/statustracker-/.test(callers[0] || '') ? 'tracker' : 'other'] += 1;
     return nativeFrame(callback);
 };
