@@ -258,6 +258,9 @@ def test_the_queue_survives_a_restart_and_runs_in_order(workspace, tiny_config, 
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         first = wait_for(lambda: run_named(workspace, "-learning_rate-1e-3"), "the app to start the first run")
+        # The run folder appears inside runner.start_next, before the app prints what it started.
+        wait_for(lambda: f"started queued run {first.name}" in (tmp_path / "app.log").read_text(),
+                 "the app to say which run it started")
     finally:
         os.killpg(app.pid, signal.SIGTERM)  # the app goes; the run it started lives on (its own session)
         app.wait(timeout=60)
