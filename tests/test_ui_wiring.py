@@ -258,8 +258,8 @@ def test_runs_table_shows_the_newest_runs_and_the_filter_finds_the_others(tmp_pa
             (path / "config.yaml").write_text(cfg.to_yaml())
     rows = runs_tab.table(ctx)
     assert len(rows) == runs_tab.TABLE_ROWS and rows[0][0] == "r104" and rows[-1][0] == "r005"
-    assert runs_tab.table_label(ctx) == ("Runs in the workspace: the newest 100 of 105 "
-                                         "(type in the filter to find the others)")
+    assert runs_tab.listing(ctx)["label"] == ("Runs in the workspace: the newest 100 of 105 "
+                                             "(type in the filter to find the others)")
     found = runs_tab.filtered(ctx, "  QWEN old ")["listing"]  # every word, any case
     assert [r[0] for r in found["value"]] == ["r002"]
     assert found["label"] == "Runs matching 'QWEN old': 1 (of 105 in the workspace)"
@@ -270,10 +270,10 @@ def test_runs_table_shows_the_newest_runs_and_the_filter_finds_the_others(tmp_pa
     assert [r[0] for r in refreshed["listing"]["value"]] == ["r002"] and len(refreshed["run"]["choices"]) == 105
     deleted = runs_tab.do_delete(ctx, "r104", True, "r10")
     assert [r[0] for r in deleted["listing"]["value"]] == ["r103", "r102", "r101", "r100"]
-    assert runs_tab.table_label(ctx).startswith("Runs in the workspace: the newest 100 of 104 ")
+    assert runs_tab.listing(ctx)["label"].startswith("Runs in the workspace: the newest 100 of 104 ")
     for index in range(5, 104):
         record.delete_run(ctx.workspace, f"r{index:03d}")
-    assert runs_tab.table_label(ctx) == "Runs in the workspace" and len(runs_tab.table(ctx)) == 5
+    assert runs_tab.listing(ctx)["label"] == "Runs in the workspace" and len(runs_tab.table(ctx)) == 5
 
 
 def test_runs_table_headers_never_break_inside_a_word():

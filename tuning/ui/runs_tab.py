@@ -65,12 +65,13 @@ def matching(summaries: list[record.RunSummary], text: str) -> list[record.RunSu
     if not words:
         return summaries
 
-    def searched(s: record.RunSummary) -> str:
+    def holds_every_word(s: record.RunSummary) -> bool:
         cfg = s.config
-        return " ".join(str(v) for v in (s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""),
-                                         cfg.get("method", ""), cfg.get("objective", "sft"), s.status)).lower()
+        searched = " ".join(str(v) for v in (s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""),
+                                             cfg.get("method", ""), cfg.get("objective", "sft"), s.status)).lower()
+        return all(word in searched for word in words)
 
-    return [s for s in summaries if all(word in searched(s) for word in words)]
+    return [s for s in summaries if holds_every_word(s)]
 
 
 def row(s: record.RunSummary) -> list:
@@ -81,27 +82,29 @@ def row(s: record.RunSummary) -> list:
             *evaluation_cells(s), clock(s.duration) if s.duration is not None else "", when(s.started)]
 
 
-def table(ctx: AppContext, text: str = "", limit: int = TABLE_ROWS) -> list[list]:
-    """The table's rows: the newest `limit` runs that match the filter, newest first."""
-    return [row(s) for s in matching(record.list_runs(ctx.workspace), text or "")[:limit]]
-
-
-def table_label(ctx: AppContext, text: str = "", limit: int = TABLE_ROWS) -> str:
-    """Says how many runs the table shows of how many, and how to reach the others."""
-    summaries = record.list_runs(ctx.workspace)
-    found = len(matching(summaries, text or ""))
-    if text and text.strip():
-        shown = f"the newest {limit} of {found}" if found > limit else str(found)
-        return f"Runs matching '{text.strip()}': {shown} (of {len(summaries)} in the workspace)"
-    if found > limit:
-        return f"Runs in the workspace: the newest {limit} of {found} (type in the filter to find the others)"
+def table_label(text: str, found: int, total: int) -> str:
+    """Says how many runs the table shows (`found` match the filter `text`, of `total`), and how to
+    reach the others."""
+    if text.strip():
+        shown = f"the newest {TABLE_ROWS} of {found}" if found > TABLE_ROWS else str(found)
+        return f"Runs matching '{text.strip()}': {shown} (of {total} in the workspace)"
+    if found > TABLE_ROWS:
+        return f"Runs in the workspace: the newest {TABLE_ROWS} of {found} (type in the filter to find the others)"
     return "Runs in the workspace"
 
 
 def listing(ctx: AppContext, text: str = "") -> dict:
-    """The table and its label for the filter `text`, from one listing of the workspace."""
-    with record.one_listing():
-        return gr.update(value=table(ctx, text), label=table_label(ctx, text))
+    """The table, the newest TABLE_ROWS runs that match the filter `text` (newest first), and its
+    label, from one listing of the workspace."""
+    summaries = record.list_runs(ctx.workspace)
+    found = matching(summaries, text or "")
+    return gr.update(value=[row(s) for s in found[:TABLE_ROWS]],
+                     label=table_label(text or "", len(found), len(summaries)))
+
+
+def table(ctx: AppContext) -> list[list]:
+    """The table's rows without a filter."""
+    return listing(ctx)["value"]
 
 
 def filtered(ctx: AppContext, text: str) -> dict:
@@ -274,9 +277,9 @@ def layout(ctx: AppContext) -> dict:
                                              "status", show_label=False, container=False, scale=4,
                                  elem_id="runs-filter")
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
-    with record.one_listing():
-        c["listing"] = gr.Dataframe(value=table(ctx), headers=HEADERS, interactive=False, wrap=True,
-                                    column_widths=WIDTHS, label=table_label(ctx), elem_id="runs-table")
+    shown = listing(ctx)
+    c["listing"] = gr.Dataframe(value=shown["value"], headers=HEADERS, interactive=False, wrap=True,
+                                column_widths=WIDTHS, label=shown["label"], elem_id="runs-table")
     with gr.Row():
         c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
         c["open_live"] = gr.Button("Open in Live", scale=1)
