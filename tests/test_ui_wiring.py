@@ -266,6 +266,8 @@ def test_runs_table_shows_the_newest_runs_and_the_filter_finds_the_others(tmp_pa
     assert runs_tab.filtered(ctx, "completed")["listing"]["label"] == (
         "Runs matching 'completed': the newest 100 of 105 (of 105 in the workspace)")
     assert runs_tab.filtered(ctx, "no such run")["listing"]["value"] == []
+    pasted = runs_tab.filtered(ctx, "x" * 100_000)["listing"]  # the label repeats the first 60 characters
+    assert pasted["value"] == [] and pasted["label"] == f"Runs matching '{'x' * 60}…': 0 (of 105 in the workspace)"
     refreshed = runs_tab.refreshed(ctx, None, "qwen")
     assert [r[0] for r in refreshed["listing"]["value"]] == ["r002"] and len(refreshed["run"]["choices"]) == 105
     deleted = runs_tab.do_delete(ctx, "r104", True, "r10")

@@ -27,6 +27,7 @@ WIDTHS = ["11%", "6%", "10%", "6%", "8%", "8%", "6%", "6%", "6%", "6%", "12%", "
 # Refresh of 500 wrapped rows took 2.3 s on the page (0.6 s with 2 runs) while its handler took 0.13 s
 # (bench/many_runs.py); the filter reaches the others.
 TABLE_ROWS = 100
+FILTER_SHOWN = 60  # characters of the filter its label repeats (a pasted page of text stays one line)
 SEED_HEADERS = ["config (its runs' name)", "seeds", "figure", "mean ± sd (min-max)"]
 QUEUE_HEADERS = ["#", "queue id", "name", "base model", "dataset", "method", "learning rate", "max steps", "added",
                  "note"]
@@ -87,7 +88,8 @@ def table_label(text: str, found: int, total: int) -> str:
     reach the others."""
     if text.strip():
         shown = f"the newest {TABLE_ROWS} of {found}" if found > TABLE_ROWS else str(found)
-        return f"Runs matching '{text.strip()}': {shown} (of {total} in the workspace)"
+        said = text.strip() if len(text.strip()) <= FILTER_SHOWN else text.strip()[:FILTER_SHOWN] + "…"
+        return f"Runs matching '{said}': {shown} (of {total} in the workspace)"
     if found > TABLE_ROWS:
         return f"Runs in the workspace: the newest {TABLE_ROWS} of {found} (type in the filter to find the others)"
     return "Runs in the workspace"
@@ -275,7 +277,7 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         c["filter"] = gr.Textbox(placeholder="Filter: words of a run's id, name, base model, method, objective or "
                                              "status", show_label=False, container=False, scale=4,
-                                 elem_id="runs-filter")
+                                 max_lines=1, max_length=200, elem_id="runs-filter")  # one line, whatever is pasted
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
     shown = listing(ctx)
     c["listing"] = gr.Dataframe(value=shown["value"], headers=HEADERS, interactive=False, wrap=True,
