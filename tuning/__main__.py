@@ -274,6 +274,8 @@ def _inspect(args) -> int:
         loaded = arrow_data.load(args.path, args.format, args.column_map, resolve_workspace(args.workspace))
     else:
         loaded = data.load(args.path, args.format, column_map=args.column_map, split=args.split, subset=args.subset)
+    if not loaded.rows_valid and loaded.problems:  # nothing to train on: bad input, like train says
+        raise BadInput(f"{args.path}: no valid rows; first problem: {loaded.problems[0]}")
     stats = None
     if not args.no_tokens and loaded.conversations:
         tokenizer = models.load_base_tokenizer(args.base_model, resolve_workspace(args.workspace))

@@ -34,6 +34,14 @@ MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a
          b"\x1f\x8b": "a gzip archive", b"PAR1": "a Parquet file", b"SQLite format 3": "an SQLite database"}
 
 
+# Bounds every reader keeps, so a hostile or broken file costs seconds and bounded memory, never a
+# hang: the longest context any preset trains is 131,072 tokens (~0.5 MB of text), so a row of 2 MB is
+# four times anything a model can learn from; no chat, alpaca or preference format has more than a
+# few dozen columns.
+MAX_ROW_BYTES = 2 * 2**20
+MAX_COLUMNS = 1000
+
+
 class DataError(ValueError):
     """The dataset as a whole cannot be used (missing, empty, unreadable)."""
 
@@ -138,6 +146,8 @@ def _read_jsonl(raw: bytes, name: str, limit: int | None) -> Rows:
 
 def _jsonl_line(line: bytes, number: int, name: str) -> tuple[str, int, Any] | Problem:
     """One non-blank JSONL line: (file, row, record), or the Problem that says why it cannot be read."""
+    if len(line) > MAX_ROW_BYTES:
+        return Problem(name, number, "", too_long(len(line)))
     try:
         text = line.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as exc:
@@ -149,6 +159,12 @@ def _jsonl_line(line: bytes, number: int, name: str) -> tuple[str, int, Any] | P
         return Problem(name, number, "", f"not valid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:  # json raises this, not JSONDecodeError, on very deep nesting
         return Problem(name, number, "", "JSON nested too deeply to read")
+
+
+def too_long(size: int | None) -> str:
+    what = f"the row is {size / 2**20:.1f} MB" if size is not None else "a field is longer than that"
+    return (f"{what}; rows are limited to {MAX_ROW_BYTES // 2**20} MB (about 500,000 tokens, more than any "
+            "model's context)")
 
 
 def iter_rows(path: Path):
@@ -285,20 +301,39 @@ def _read_json(text: str, name: str, limit: int | None) -> Rows:
     if not data:
         raise DataError(f"{name}: the list of rows is empty")
     shown = data if limit is None else data[:limit]
-    return Rows([(name, i, r) for i, r in enumerate(shown, start=1)], [], len(data))
+    return _bounded([(name, i, r) for i, r in enumerate(shown, start=1)], len(data), len(text))
+
+
+def _bounded(records: list[tuple[str, int, Any]], total: int, file_bytes: int) -> Rows:
+    """Rows of an already parsed file, with each row over MAX_ROW_BYTES turned into a Problem. Sizes
+    are measured only in a file big enough to hold such a row (one pass, linear in the file)."""
+    if file_bytes <= MAX_ROW_BYTES:
+        return Rows(records, [], total)
+    rows = Rows(total=total)
+    for item in records:
+        size = len(json.dumps(item[2], ensure_ascii=False, default=str))
+        if size > MAX_ROW_BYTES:
+            rows.problems.append(Problem(item[0], item[1], "", too_long(size)))
+        else:
+            rows.records.append(item)
+    return rows
 
 
 def _read_csv(text: str, name: str, delimiter: str, limit: int | None) -> Rows:
-    csv.field_size_limit(2**31 - 1)  # long answers are normal in training data
+    csv.field_size_limit(MAX_ROW_BYTES)  # a longer field is a csv.Error: a Problem for its row
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as exc:
         raise DataError(f"{name}: cannot read the header line ({exc})") from None
+    if len(header) > MAX_COLUMNS:
+        raise DataError(f"{name}: the header has {len(header):,} columns; at most {MAX_COLUMNS:,} are read "
+                        "(a training file needs a few)")
     header = [h.strip() for h in header]
     if not any(header):
         raise DataError(f"{name}: the first line must name the columns")
-    repeated = sorted({h for h in header if header.count(h) > 1})
+    seen: set[str] = set()
+    repeated = sorted({h for h in header if h in seen or seen.add(h)})
     if repeated:
         raise DataError(f"{name}: column {repeated[0]!r} appears more than once in the header")
     rows = Rows()
@@ -310,11 +345,16 @@ def _read_csv(text: str, name: str, delimiter: str, limit: int | None) -> Rows:
             break
         except csv.Error as exc:
             rows.total += 1
-            rows.problems.append(Problem(name, start, "", f"cannot parse this line ({exc})"))
+            field_too_long = "field larger than field limit" in str(exc)
+            rows.problems.append(Problem(name, start, "", too_long(None) if field_too_long
+                                         else f"cannot parse this line ({exc})"))
             continue
         if not values or not any(v.strip() for v in values):
             continue
         rows.total += 1
+        if sum(map(len, values)) > MAX_ROW_BYTES:
+            rows.problems.append(Problem(name, start, "", too_long(sum(map(len, values)))))
+            continue
         if limit is not None and len(rows.records) + len(rows.problems) >= limit:
             continue
         if len(values) < len(header):
@@ -349,7 +389,7 @@ def _read_parquet(path: Path, name: str, limit: int | None) -> Rows:
         raise DataError(f"{name}: not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
     if total == 0:
         raise DataError(f"{name}: the Parquet file has no rows")
-    return Rows([(name, i, r) for i, r in enumerate(records, start=1)], [], total)
+    return _bounded([(name, i, r) for i, r in enumerate(records, start=1)], total, path.stat().st_size)
 
 
 def _read_txt(text: str, name: str, limit: int | None) -> Rows:
@@ -365,8 +405,11 @@ def _read_txt(text: str, name: str, limit: int | None) -> Rows:
             continue
         if lines:
             rows.total += 1
-            if limit is None or len(rows.records) < limit:
-                rows.records.append((name, start, {"text": "\n".join(lines)}))
+            paragraph = "\n".join(lines)
+            if len(paragraph) > MAX_ROW_BYTES:
+                rows.problems.append(Problem(name, start, "", too_long(len(paragraph))))
+            elif limit is None or len(rows.records) < limit:
+                rows.records.append((name, start, {"text": paragraph}))
             lines = []
     return rows
 
