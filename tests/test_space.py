@@ -82,6 +82,16 @@ def test_space_without_any_auth_refuses_training(tmp_path):
     assert "disabled" in space.refusal_message(None, s)
 
 
+def test_a_space_password_under_12_characters_is_refused_at_start_up(tmp_path):
+    short = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "elevenchars"}, data_dir=tmp_path / "no")
+    with pytest.raises(space.LaunchRefused, match="11 characters; a public Space needs at least 12"):
+        space.launch_kwargs(flags(), short)
+    long_enough = space.space_settings({"SPACE_ID": "a/b", "TUNING_AUTH": "twelve-chars"}, data_dir=tmp_path / "no")
+    assert space.launch_kwargs(flags(), long_enough)["server_name"] == "0.0.0.0"
+    # locally the password is --auth's (Gradio's login), not a Space's in-page unlock: no such rule
+    assert space.launch_kwargs(flags(), space.space_settings({"TUNING_AUTH": "a:b"}, data_dir=tmp_path / "no"))
+
+
 def test_share_needs_auth(tmp_path):
     local = space.space_settings({}, data_dir=tmp_path / "no")
     with pytest.raises(space.LaunchRefused, match="--auth"):
@@ -95,13 +105,16 @@ def test_share_needs_auth(tmp_path):
 
 
 def test_app_hooks(tmp_path):
-    ephemeral = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "u:pw"}, data_dir=tmp_path / "no")
+    ephemeral = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "user:long-password"},
+                                     data_dir=tmp_path / "no")
     assert "lost" in space.banner(ephemeral)
     assert space.launch_kwargs(flags(share=True), ephemeral) == {
         "server_name": "0.0.0.0", "server_port": 7860, "share": False, "auth": None, "ssr_mode": False,
         "max_file_size": "100mb"}  # a Space's disk is shared by every visitor's uploads
-    assert ephemeral.password_matches("u:pw") and ephemeral.password_matches("pw")
-    assert not ephemeral.password_matches("u")
+    # the whole secret, exactly: never its part after a colon, nor a prefix
+    assert ephemeral.password_matches("user:long-password")
+    assert not ephemeral.password_matches("long-password") and not ephemeral.password_matches("user")
+    assert not ephemeral.password_matches("user:long-passwor")
     local = space.space_settings({}, data_dir=tmp_path / "no")
     assert space.banner(local) == ""
     assert space.launch_kwargs(flags(port=7861), local) == {

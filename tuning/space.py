@@ -49,12 +49,16 @@ class SpaceSettings:
     _environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def password_matches(self, attempt: str | None) -> bool:
-        """Constant-time check of a typed password against the secret."""
+        """Constant-time check of a typed password against the whole secret: exactly, never a part
+        of it (a secret "user:pass" is matched by "user:pass" alone)."""
         secret = _password(self._environ)
         if not secret or not attempt:
             return False
-        candidates = [secret] + ([secret.partition(":")[2]] if ":" in secret else [])  # USER:PASS form too
-        return any(c and hmac.compare_digest(str(attempt).encode(), c.encode()) for c in candidates)
+        return hmac.compare_digest(str(attempt).encode(), secret.encode())
+
+    @property
+    def password_length(self) -> int:
+        return len(_password(self._environ))
 
 
 def _password(environ: Mapping[str, str]) -> str:
@@ -134,6 +138,10 @@ class LaunchRefused(ValueError):
     `error: ...` line and exits with status 2)."""
 
 
+# A Space's password is the one thing between the open internet and training on the owner's hardware:
+# with guesses limited to a handful a minute (tuning/ui/access.py), 12 characters put it out of reach.
+MIN_PASSWORD_CHARS = 12
+
 MAX_FILE_SIZE = "500mb"  # the largest upload the page accepts
 # On a Space the disk is shared by every visitor's uploads (Gradio's upload route takes a file before
 # any handler sees it): a smaller cap per file, and a quota on the datasets the owner keeps.
@@ -183,6 +191,10 @@ def launch_kwargs(args: Any, settings: SpaceSettings | None = None) -> dict:
     common = {"ssr_mode": False, "max_file_size": SPACE_MAX_FILE_SIZE if settings.on_space else MAX_FILE_SIZE}
     if settings.on_space:
         parse_auth(args.auth)  # a malformed --auth is still an error, though a Space ignores it
+        if settings.password_set and settings.password_length < MIN_PASSWORD_CHARS:
+            raise LaunchRefused(f"the Space's password ({' or '.join(PASSWORD_SECRETS)}) has "
+                                f"{settings.password_length} characters; a public Space needs at least "
+                                f"{MIN_PASSWORD_CHARS}: set a longer secret in the Space settings")
         return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None,
                 **common}
     env_auth = settings._environ.get("TUNING_AUTH")
