@@ -105,11 +105,3 @@ def test_cli_refuses_bad_set_with_exit_2(tmp_path, args, fragment):
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-
-
-def test_readme_config_table_names_every_field():
-    """The README's config table is the user's map of TrainConfig: a new field must appear there."""
-    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("<!-- section: config -->"):readme.index("<!-- end section: config -->")]
-    missing = [name for name in config.FIELDS if f"`{name}`" not in section]
-    assert not missing, f"README config table lacks {missing}"
