@@ -94,10 +94,12 @@ def test_blind_ab_round_trip_persists(ctx):
     assert {shown["answer_a"], shown["answer_b"]} in ({"I am SmolLM.", "I am Quill.\n— Quill"},
                                                       {"Paris.", "Paris.\n— Quill"})
     tuned_side = "A" if pair.a_is == "tuned" else "B"
-    voted = tab.ab_vote(ctx, "r1", pair, tuned_side, rng)
+    voted = tab.ab_vote(ctx, "r1", pair, tuned_side)
     assert voted["ab_tally"] == "Votes so far: tuned wins 1 of 1 (100%); base wins 0, ties 0."
-    assert f"A was the **{pair.a_is}** model" in voted["ab_note"]
-    assert voted["pair"].prompt != pair.prompt, "the next pair prefers a prompt not voted on yet"
+    # The vote reveals which was which; the voted answers stay on screen until Next pair.
+    assert f"A was the **{pair.a_is}** model" in voted["ab_note"] and voted["pair"] is None
+    assert "answer_a" not in voted and "answer_b" not in voted
+    assert tab.ab_next(ctx, "r1", "", rng)["pair"].prompt != pair.prompt, "the next pair prefers an unvoted prompt"
     # A fresh page (an app restart) reads the votes back from the run folder.
     assert tab.load_run(ctx, "r1")["ab_tally"] == voted["ab_tally"]
     (vote,) = record.read_votes(record.run_dir(ctx.workspace, "r1"))

@@ -29,7 +29,8 @@ PUBLIC = {
     "source_inputs", "inspect_handler", "statistics_handler", "token_view_handler", "page_handler",
     "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
     "safe_tick", "run_picker_update", "status_api",  # Live
-    "picked_run", "refreshed", "stream_side_by_side", "probe_table", "generate_api", "token_heatmap",  # Playground (+Runs, Evaluation)
+    "picked_run", "refreshed", "chat_turn", "stopped", "cleared", "probe_table", "generate_api",
+    "token_heatmap",  # Playground (+Runs, Evaluation)
     "picked", "filtered", "list_api", "compared",  # Runs (stored files only)
     "load_run", "reload_shown", "gallery", "examples", "selected_row", "picked_example", "open_example",
     "open_row",  # Evaluation (stored files only; reload_shown is load_run again after Refresh list)

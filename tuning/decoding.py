@@ -101,10 +101,12 @@ def _processors(p: Plan, prompt_length: int, padding: torch.Tensor):
 
 
 def greedy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, names: list[str], p: Plan,
-           streamer=None) -> list[list[int]]:
+           streamer=None, stopping=None) -> list[list[int]]:
     """The new tokens of each row (its end token included, as `generate` returns them). `streamer`
     gets what `generate` gives one: the prompt, then one token per row per step (the pad token for
-    rows that have left). Call under torch.no_grad() with the model in eval mode."""
+    rows that have left). `stopping` (a StoppingCriteriaList) is asked after every step, as
+    `generate` asks it: when it says stop for every row still in the batch, decoding ends there.
+    Call under torch.no_grad() with the model in eval mode."""
     rows, prompt_length = input_ids.shape
     alive = list(range(rows))  # the original row of each row still in the batch
     out: list[list[int]] = [[] for _ in range(rows)]
@@ -139,8 +141,13 @@ def greedy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, names: 
                 position_ids = position_ids[:, -1:] + 1
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+                if stopping is not None and bool(stopping(ids, logits).all()):
+                    alive, done = [], []
+                    break
                 if done:
                     break
+        if not alive:
+            break
         keep = [j for j in range(len(alive)) if j not in done]
         alive = [alive[j] for j in keep]
         if alive and len(keep) < len(chosen):

@@ -68,7 +68,9 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     """The answer of each conversation, row i generated with adapter names[i] (BASE = none).
 
     `model` is a PeftModel (or a plain model when every name is BASE); `streamer`, if given, is a
-    RowStreamer over all rows. Seeding is the caller's business (torch.manual_seed before)."""
+    RowStreamer over all rows; `stopping_criteria` (transformers' StoppingCriteriaList) may end the
+    whole batch early, in the greedy loop as in `generate` (the Playground stops a stream nobody reads
+    any more). Seeding is the caller's business (torch.manual_seed before)."""
     import torch
 
     from tuning import decoding
@@ -82,6 +84,7 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
                                                       [name] * len(index), part, **generate_kwargs)):
                 answers[i] = answer
         return answers
+    stopping = generate_kwargs.pop("stopping_criteria", None)
     batch = encode(tokenizer, conversations)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -89,9 +92,12 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     greedy = decoding.plan(model, kwargs)
     if streamer is not None:
         kwargs["streamer"] = streamer
+    if stopping is not None:
+        kwargs["stopping_criteria"] = stopping
     with torch.no_grad(), inference(model):
         if greedy is not None:  # finished rows leave the batch and the KV cache (tuning/decoding.py)
-            new = decoding.greedy(model, batch["input_ids"], batch["attention_mask"], names, greedy, streamer)
+            new = decoding.greedy(model, batch["input_ids"], batch["attention_mask"], names, greedy, streamer,
+                                  stopping)
             return [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
         if not hasattr(model, "peft_config"):  # a plain model: only the base can answer
             assert set(names) == {BASE}, "a model without adapters can only answer as the base"

@@ -7,11 +7,13 @@ adapters (final or any checkpoint) are attached to it by name and cached.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuning import config as config_mod
 from tuning import generation, models, record
@@ -109,9 +111,24 @@ class Comparer:
                                             [name] * len(prompts), **self._generate_kwargs(settings))
 
     def stream(self, prompt: str, adapter: Path, system: str | None = None,
-               settings: GenerationSettings = GenerationSettings()) -> Iterator[tuple[str, str]]:
+               settings: GenerationSettings = GenerationSettings(), time_limit_s: float | None = None
+               ) -> Iterator[tuple[str, str]]:
+        """(base so far, tuned so far) after each new token, for one prompt: `stream_chat` with no history."""
+        conversation = self.conversations([prompt], system)[0]
+        yield from self.stream_chat(conversation, conversation, adapter, settings, time_limit_s)
+
+    def stream_chat(self, base_conversation: list[dict], tuned_conversation: list[dict], adapter: Path,
+                    settings: GenerationSettings = GenerationSettings(), time_limit_s: float | None = None
+                    ) -> Iterator[tuple[str, str]]:
         """(base so far, tuned so far) after each new token: the same one mixed-adapter batch as
-        `generate` (rows: base, tuned), run in a thread that feeds a per-row streamer."""
+        `generate` (rows: the base answering its conversation, the tuned model answering its own),
+        run in a thread that feeds a per-row streamer.
+
+        The thread stops within one decoding step once this generator is closed (Gradio closes it
+        when the stream is cancelled, its page goes away or it is stopped: GeneratorExit at the
+        yield) or `time_limit_s` has passed: it then frees the model lock for the next one."""
+        stop = threading.Event()
+        deadline = time.monotonic() + time_limit_s if time_limit_s else None
         streamer = generation.RowStreamer(rows=2, stop_ids={self.tokenizer.eos_token_id,
                                                             self.tokenizer.pad_token_id})
         failure: list[BaseException] = []
@@ -119,10 +136,14 @@ class Comparer:
         def work():
             try:
                 with self.lock:
+                    if stop.is_set():  # the reader left while another generation held the model
+                        return
                     name = self.attach(adapter)
                     torch.manual_seed(settings.seed)
-                    generation.generate_rows(self.peft, self.tokenizer, self.conversations([prompt, prompt], system),
-                                             [BASE, name], streamer, **self._generate_kwargs(settings))
+                    generation.generate_rows(self.peft, self.tokenizer, [base_conversation, tuned_conversation],
+                                             [BASE, name], streamer,
+                                             stopping_criteria=StoppingCriteriaList([Cancelled(stop, deadline)]),
+                                             **self._generate_kwargs(settings))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
             finally:
@@ -130,13 +151,28 @@ class Comparer:
 
         thread = threading.Thread(target=work, name="playground-stream", daemon=True)
         thread.start()
-        texts = ("", "")
-        for rows in streamer:
-            texts = tuple(self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows)
-            yield texts
+        try:
+            for rows in streamer:
+                yield tuple(self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows)
+        finally:
+            stop.set()  # a no-op after a whole answer; after a close, the thread's last step
         thread.join()
         if failure:
             raise failure[0]
+
+
+class Cancelled(StoppingCriteria):
+    """transformers' stopping criterion for "nobody reads this any more": true for every row once
+    `event` is set or `deadline` (time.monotonic()) has passed. Asked after each decoding step, by
+    `generate` and by the greedy loop alike (tuning/decoding.py)."""
+
+    def __init__(self, event: threading.Event, deadline: float | None = None):
+        self.event, self.deadline = event, deadline
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.event.set()
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 _CACHE: dict[tuple, Comparer] = {}

@@ -54,6 +54,8 @@ def build(lines: int = 6) -> ABParts:
 
 
 def run_path(ctx: AppContext, run_id: str | None) -> Path:
+    """The picked run's folder, for handlers a person triggers (a button); handlers that fire on page
+    load or on picker change check `run_id` first and show an empty state instead."""
     if not run_id:
         raise record.RunError("pick a run first")
     return record.existing_run_dir(ctx.workspace, run_id)
@@ -86,9 +88,14 @@ def cast(ctx: AppContext, run_id: str | None, pair: ab.BlindPair | None, choice:
     """Record `choice` ("A", "B" or "tie") on the pair the server holds, then say which was which.
     The answers come from that pair; nothing from the page but the choice is used."""
     summary = ab.vote(run_path(ctx, run_id), pair, choice)
+    return {"pair": None, "ab_note": reveal(pair, choice), "ab_tally": _tally_text(summary)}
+
+
+def reveal(pair: ab.BlindPair, choice: str) -> str:
+    """After the vote, and only then: which answer was which (the two texts stay on screen)."""
     other = "base" if pair.a_is == "tuned" else "tuned"
-    note = f"Saved: {choice}. In that pair A was the **{pair.a_is}** model, B the {other}."
-    return {"pair": None, "ab_note": note, "ab_tally": _tally_text(summary)}
+    picked = {"A": f"A (the {pair.a_is} model)", "B": f"B (the {other} model)", "tie": "a tie"}[choice]
+    return f"Saved: you chose {picked}. In that pair A was the **{pair.a_is}** model, B the {other}."
 
 
 def wire_votes(components: dict, handler, names, api_names: bool = False) -> None:

@@ -112,20 +112,20 @@ def fresh_pair(ctx: AppContext, run_id: str, prompt: str) -> ab.BlindPair:
 
 
 def ab_next(ctx: AppContext, run_id: str, prompt: str = "", rng=None) -> dict:
-    """A blind pair: a fresh one for your own prompt, else a stored one (unvoted prompts first)."""
+    """A blind pair: a fresh one for your own prompt, else a stored one (unvoted prompts first), shown
+    as A and B with nothing saying which is which until the vote."""
+    if not run_id:
+        return ab_view.closed("Pick a run above first; its stored answers (or your own prompt) make the pairs.")
     path = run_path(ctx, run_id)
     prompt = (prompt or "").strip()
     return ab_view.show(fresh_pair(ctx, run_id, prompt) if prompt else ab.next_stored_pair(path, rng))
 
 
-def ab_vote(ctx: AppContext, run_id: str, pair: ab.BlindPair | None, choice: str, rng=None) -> dict:
-    """Save the vote and say which was which, then offer the next stored pair (if any)."""
+def ab_vote(ctx: AppContext, run_id: str, pair: ab.BlindPair | None, choice: str) -> dict:
+    """Save the vote and reveal which answer was which; the voted pair stays on screen (Next pair
+    brings another, unvoted prompts first)."""
     voted = ab_view.cast(ctx, run_id, pair, choice)
-    try:
-        following, then = ab_view.show(ab.next_stored_pair(run_path(ctx, run_id), rng)), " Here is the next pair."
-    except record.RunError:
-        following, then = ab_view.closed(), ""
-    return {**following, "ab_note": voted["ab_note"] + then, "ab_tally": voted["ab_tally"]}
+    return {**voted, "ab_note": voted["ab_note"] + " **Next pair** brings another."}
 
 
 # --- the hardest examples (tuning/row_losses.py) -----------------------------------------------------

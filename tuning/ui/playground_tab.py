@@ -1,15 +1,23 @@
-"""Playground tab: the base and the tuned model answer the same prompt side by side, streamed,
-with the same seed and settings, from one mixed-adapter batch (tuning/playground.py). The base
-column runs exactly as the run loaded it (4-bit for QLoRA) unless full precision is chosen.
+"""Playground tab: chat with the base and the tuned model side by side. Each column is a gr.Chatbot
+holding its own conversation (the base's history has the base's answers, the tuned's the tuned's);
+every turn both answer in ONE mixed-adapter batch (tuning/playground.py), streamed token by token,
+with the same seed and settings. The base column runs exactly as the run loaded it (4-bit for
+QLoRA) unless full precision is chosen.
 
-The last answer the server generated is kept server-side (a gr.State), so a blind A/B vote
-(tuning/ui/ab_view.py) judges exactly those answers: while the vote is open the labelled columns
-are hidden, and after it they come back, with which was which said.
+One turn is one generator event (`chat_turn`): it appends the prompt to both chats, streams the
+answers under it and re-enables Send, so an answer can only ever land under the prompt its own
+event appended. While it runs, Send is off and Enter waits (trigger_mode="always_last": the
+waiting prompt is sent when the answer ends, read from the box then); Stop cancels the event, and
+Gradio's closing of the generator stops the generation thread (playground.Comparer.stream_chat).
+
+The blind A/B generates both answers to a prompt of its own, shows them as A and B in random order
+with nothing saying which is which, takes the vote (tuning/ui/ab_view.py), then reveals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -17,12 +25,23 @@ import gradio as gr
 from tuning import ab, record
 from tuning.ui import ab_view, access
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, bind, guarded, keyed, run_picker_update
+from tuning.ui.common import AppContext, bind, friendly, guarded, keyed, run_picker_update
 
 BASE_CHOICES = ("as trained", "full precision")
 # Server-side limits (the page's controls have the same ranges; an API caller is held to them too).
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 1024
+# The conversation sent back with each turn: the newest turns that fit (both columns' histories come
+# from the page, so a visitor's are clamped here). 12,000 characters is ~3,000 tokens.
+MAX_HISTORY_CHARS = 12_000
+MAX_HISTORY_MESSAGES = 40
+# A visitor's generation on a Space ends after this long (the owner's never does): 1,024 tokens
+# of the 135M model take ~60 s on 2 CPU cores.
+VISITOR_TIME_LIMIT_S = 180.0
+EMPTY = "**No finished run yet:** train one in **Train**, then come back."
+PICK = "**Pick a run** above to chat with its base and tuned model."
+LOADING = "Loading the model… (the first time takes a while; it then stays loaded)"
+COUNTER_JS = f"(text) => `${{(text || '').length}} / {MAX_PROMPT_CHARS} characters`"
 
 
 @dataclass(frozen=True)
@@ -36,14 +55,28 @@ class PlaygroundParts:
 
 @dataclass(frozen=True)
 class Generated:
-    """The side-by-side answer the server last generated (kept in a server-side gr.State)."""
+    """The side-by-side answer the server last generated (kept in a server-side gr.State): the
+    prompt, both answers, and the tuned column's conversation before the prompt."""
     run_id: str
     prompt: str
     base: str
     tuned: str
+    context: tuple = field(default=())
 
 
 # --- plain handlers ------------------------------------------------------------------------------
+
+def notice(ctx: AppContext, run_id: str | None) -> str:
+    """What the tab says before there is anything to chat with (never an error)."""
+    if run_id:
+        return ""
+    return PICK if record.run_ids(ctx.workspace) else EMPTY
+
+
+def counter_text(text: str | None) -> str:
+    """The prompt's length against the limit (the page updates it in the browser: COUNTER_JS)."""
+    return f"{len(text or '')} / {MAX_PROMPT_CHARS} characters"
+
 
 def checkpoint_choices(ctx: AppContext, run_id: str | None) -> list[str]:
     if not run_id:
@@ -104,15 +137,24 @@ def _prompts(*texts: str) -> None:
             raise record.RunError(f"prompt: at most {MAX_PROMPT_CHARS} characters (this one has {len(text)})")
 
 
-def _comparer(ctx: AppContext, run_id: str, checkpoint: str, full_precision: bool):
-    from tuning import playground
-
+def _adapter(ctx: AppContext, run_id: str | None, checkpoint: str | None) -> tuple[Path, Path]:
+    """The run folder and the adapter that answers, checked before any model loads."""
     path = ab_view.run_path(ctx, run_id)
     if not access.is_owner(ctx) and record.summarize(path).status in record.ACTIVE_STATUSES:
         access.require_owner(ctx)  # a visitor's Playground is for finished runs: no model loads mid-training
-    adapter = record.current_adapter(path, checkpoint or "final")
-    comparer = playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
-    return comparer, adapter, path
+    return path, record.current_adapter(path, checkpoint or "final")
+
+
+def _load(ctx: AppContext, path: Path, full_precision: bool):
+    """The run's base model, loaded once and cached (the slow step of a first answer)."""
+    from tuning import playground
+
+    return playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
+
+
+def _comparer(ctx: AppContext, run_id: str, checkpoint: str, full_precision: bool):
+    path, adapter = _adapter(ctx, run_id, checkpoint)
+    return _load(ctx, path, full_precision), adapter, path
 
 
 def labels(comparer, adapter: Path, run: Path) -> tuple[str, str]:
@@ -139,29 +181,132 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
             else str(adapter)}
 
 
-def _columns(visible: bool) -> dict:
-    return {"base_out": gr.update(visible=visible), "tuned_out": gr.update(visible=visible)}
+# --- the conversation ----------------------------------------------------------------------------
+
+def _text(content) -> str:
+    """A Chatbot message's text (Gradio hands content over as a list of {"type": "text", "text"} parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(part) for part in content)
+    return ""
 
 
-def stream_side_by_side(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, *settings):
-    """Yields updates as the tokens arrive. A new answer closes any open blind vote; the finished
-    answer is kept server-side ("last") for the next one."""
-    if not (prompt or "").strip():
-        raise record.RunError("prompt: type a prompt first")
-    _prompts(prompt, system)
-    chosen = _settings(*settings)
-    with access.one_at_a_time(ctx):
-        yield {"status": "Loading the model (the first time takes a while; it stays loaded)…", "last": None,
-               **ab_view.closed(), **_columns(True)}
-        comparer, adapter, path = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
-        base_label, tuned_label = labels(comparer, adapter, path)
-        yield {"status": "Generating…", "base_out": gr.update(value="", label=base_label),
-               "tuned_out": gr.update(value="", label=tuned_label)}
-        base = tuned = ""
-        for base, tuned in comparer.stream(prompt, adapter, system or None, chosen):
-            yield {"base_out": base, "tuned_out": tuned}
-    yield {"status": "Done: same prompt, same seed, same settings for both.",
-           "last": Generated(run_id, prompt, base, tuned)}
+def history(chat) -> list[dict]:
+    """A Chatbot's value as plain {"role", "content"} messages (user and assistant only), clamped:
+    it comes from the page, so a visitor's is held to the newest MAX_HISTORY_MESSAGES, each at most
+    MAX_HISTORY_CHARS long."""
+    messages = [{"role": m["role"], "content": _text(m.get("content"))[:MAX_HISTORY_CHARS]}
+                for m in (chat if isinstance(chat, list) else []) if isinstance(m, dict)
+                and m.get("role") in ("user", "assistant")]
+    return messages[-MAX_HISTORY_MESSAGES:]
+
+
+def prompt_context(messages: list[dict]) -> list[dict]:
+    """What of a column's history goes into the next prompt: whole (prompt, answer) turns, the newest
+    that fit in MAX_HISTORY_CHARS. A turn with no answer (stopped before its first token) is left out:
+    chat templates expect user and assistant to alternate."""
+    turns, asked = [], None
+    for message in messages:
+        if message["role"] == "user":
+            asked = message
+        elif asked is not None and message["content"].strip():
+            turns.append((asked, message))
+            asked = None
+    kept, size = [], 0
+    for asked, answer in reversed(turns):
+        size += len(asked["content"]) + len(answer["content"])
+        if size > MAX_HISTORY_CHARS:
+            break
+        kept[:0] = [asked, answer]
+    return kept
+
+
+def turn_conversations(base_history: list[dict], tuned_history: list[dict], prompt: str,
+                       system: str = "") -> tuple[list[dict], list[dict]]:
+    """The two conversations one turn answers: the system prompt, each column's own history (the base
+    sees the base's answers, the tuned model its own), then the new prompt."""
+    head = [{"role": "system", "content": system}] if system else []
+    asked = [{"role": "user", "content": prompt}]
+    return head + prompt_context(base_history) + asked, head + prompt_context(tuned_history) + asked
+
+
+def _ready() -> dict:
+    """Send on, Stop off: the state after every turn, however it ended."""
+    return {"generate": gr.update(interactive=True), "stop": gr.update(interactive=False)}
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, gr.Error) else friendly(exc)
+
+
+def settings_text(settings) -> str:
+    how = "greedy" if settings.temperature <= 0 else f"temperature {settings.temperature:g}, top-p {settings.top_p:g}"
+    return (f"{how} · up to {settings.max_new_tokens} new tokens · repetition penalty "
+            f"{settings.repetition_penalty:g} · seed {settings.seed}")
+
+
+def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, base_chat, tuned_chat, *settings):
+    """One turn: the prompt goes under both columns' histories, both answers stream in under it (one
+    batch), Send comes back on. Every failure ends in the status line, with Send on again: nothing
+    here raises to the page. The answers land under the prompt this call appended, whatever else
+    the page does meanwhile (the chats are this event's outputs only)."""
+    prompt, system = prompt or "", system or ""
+    try:
+        if not run_id:
+            raise record.RunError(notice(ctx, None).replace("**", ""))
+        if not prompt.strip():
+            raise record.RunError("type a prompt first")
+        _prompts(prompt, system)
+        chosen = _settings(*settings)
+        path, adapter = _adapter(ctx, run_id, checkpoint)
+    except Exception as exc:  # noqa: BLE001 - shown in the status line
+        yield {**_ready(), "status": f"**Not sent:** {_message(exc)}"}
+        return
+    before_base, before_tuned = history(base_chat), history(tuned_chat)
+    base_conversation, tuned_conversation = turn_conversations(before_base, before_tuned, prompt, system)
+    asked = {"role": "user", "content": prompt}
+
+    def chats(base: str, tuned: str) -> dict:
+        return {"base_chat": [*before_base, asked, {"role": "assistant", "content": base}],
+                "tuned_chat": [*before_tuned, asked, {"role": "assistant", "content": tuned}]}
+
+    base = tuned = ""
+    try:
+        with access.one_at_a_time(ctx):
+            yield {**chats("", ""), "prompt": "", "counter": counter_text(""), "status": LOADING, "last": None,
+                   "generate": gr.update(interactive=False), "stop": gr.update(interactive=True), **ab_view.closed()}
+            comparer = _load(ctx, path, base_choice == BASE_CHOICES[1])
+            base_label, tuned_label = labels(comparer, adapter, path)
+            yield {"status": "Generating…", "base_chat": gr.update(label=base_label),
+                   "tuned_chat": gr.update(label=tuned_label)}
+            limit = None if access.is_owner(ctx) else VISITOR_TIME_LIMIT_S
+            # closing(): the stream's own `finally` (which stops its thread) runs the moment this
+            # generator is closed, not whenever the stream object is collected.
+            with contextlib.closing(comparer.stream_chat(base_conversation, tuned_conversation, adapter, chosen,
+                                                         limit)) as answers:
+                for base, tuned in answers:
+                    yield chats(base, tuned)
+    except Exception as exc:  # noqa: BLE001 - shown in the status line
+        undo = {} if (base or tuned) else {"base_chat": before_base, "tuned_chat": before_tuned, "prompt": prompt,
+                                           "counter": counter_text(prompt)}  # nothing answered: as before
+        yield {**undo, **_ready(), "status": f"**Stopped:** {_message(exc)}"}
+        return
+    yield {**_ready(), "status": f"Done: same prompt, same seed, same settings for both ({settings_text(chosen)}).",
+           "last": Generated(run_id, prompt, base, tuned, tuple(tuned_conversation[:-1]))}
+
+
+def stopped() -> dict:
+    """Stop pressed: Gradio cancels the turn (its generator is closed, which stops the generation)."""
+    return {**_ready(), "status": "Stopped: the answers end where you stopped them; Send continues the conversation."}
+
+
+def cleared() -> dict:
+    """A new conversation (a turn still streaming is cancelled by the same click)."""
+    return {**_ready(), "base_chat": [], "tuned_chat": [], "last": None, "status": "New conversation.",
+            **ab_view.closed()}
 
 
 def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_choice, *settings):
@@ -174,20 +319,26 @@ def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_
     return [[p, b, t] for p, (b, t) in zip(prompts, pairs)]
 
 
-def open_blind(ctx: AppContext, run_id: str | None, last: Generated | None) -> dict:
-    """A blind vote on the answer the server generated last (never on text from the page): A and B
-    in random order, the labelled columns hidden until the vote."""
-    path = ab_view.run_path(ctx, run_id)
-    if last is None or last.run_id != run_id or not (last.base.strip() or last.tuned.strip()):
-        raise record.RunError("blind A/B: generate side by side first")
-    if last.base.strip() == last.tuned.strip():
-        raise record.RunError("blind A/B: both answers are the same; there is nothing to judge")
-    return {**ab_view.show(ab.blind(path, last.prompt, last.base, last.tuned)), **_columns(False)}
+def open_blind(ctx: AppContext, run_id: str | None, checkpoint, prompt, system, base_choice, *settings) -> dict:
+    """A blind pair: both models answer `prompt` now (one batch, the shared settings), and the page gets
+    the two answers as A and B in random order, nothing saying which is which; the server keeps the
+    pair. The vote then reveals it."""
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise record.RunError("blind A/B: type the prompt both models should answer")
+    _prompts(prompt, system)
+    chosen = _settings(*settings)
+    with access.one_at_a_time(ctx):
+        comparer, adapter, path = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
+        (base, tuned), = comparer.generate([prompt], adapter, system or None, chosen)
+    if base.strip() == tuned.strip():
+        return ab_view.closed("Both models gave the same answer: nothing to judge. Try another prompt.")
+    return ab_view.show(ab.blind(path, prompt, base, tuned))
 
 
 def blind_vote(ctx: AppContext, run_id: str | None, pair: ab.BlindPair | None, choice: str) -> dict:
-    """Save the vote (the page sends only the choice), then show the labelled answers again."""
-    return {**ab_view.cast(ctx, run_id, pair, choice), **_columns(True)}
+    """Save the vote (the page sends only the choice), then reveal which answer was which."""
+    return ab_view.cast(ctx, run_id, pair, choice)
 
 
 def save_correction(ctx: AppContext, run_id: str | None, last: Generated | None, corrected: str,
@@ -228,8 +379,8 @@ def tune_on_votes(ctx: AppContext, run_id: str | None) -> dict:
 def token_heatmap(ctx: AppContext, run_id: str | None, checkpoint: str, system: str, base_choice: str,
                   last: Generated | None) -> dict:
     """The last tuned answer, each token coloured by how much more likely the tuned model finds it than
-    the base (both score the same text in one batch, tuning/token_diff.py); the first token where the
-    base's answer differs is marked."""
+    the base (both score the same text, in the conversation it answered, in one batch,
+    tuning/token_diff.py); the first token where the base's answer differs is marked."""
     from tuning import token_diff
 
     if last is None or last.run_id != run_id or not last.tuned:
@@ -238,65 +389,83 @@ def token_heatmap(ctx: AppContext, run_id: str | None, checkpoint: str, system: 
         comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
         with comparer.lock:
             name = comparer.attach(adapter)
-            conversation = comparer.conversations([last.prompt], system or None)[0]
+            conversation = ([*last.context, {"role": "user", "content": last.prompt}] if last.context
+                            else comparer.conversations([last.prompt], system or None)[0])
             scored = token_diff.score(comparer.peft, comparer.tokenizer, conversation, last.tuned, name)
         at = token_diff.first_divergence(comparer.tokenizer, last.base, last.tuned)
     return {"heatmap": token_diff.to_html(scored, at), "heatmap_note": token_diff.summary(scored, at)}
 
 
 def picked_run(ctx: AppContext, run_id: str | None) -> dict:
-    """Another run: its checkpoints and probes; the last answer and any open vote were the old run's."""
+    """Another run (or none yet): its checkpoints and probes, a new conversation; the last answer and
+    any open vote were the old run's. Fires on page load: with no run it shows what to do, never an error."""
     return {"checkpoint": gr.update(choices=checkpoint_choices(ctx, run_id), value="final"),
             "probes": run_probes(ctx, run_id), "probes_note": "", "last": None, **ab_view.closed(),
-            "ab_tally": ab_view.tally(ctx, run_id), **_columns(True)}
+            "ab_tally": ab_view.tally(ctx, run_id), "notice": notice(ctx, run_id), "base_chat": [], "tuned_chat": [],
+            "status": ""}
 
 
 def refreshed(ctx: AppContext, run_id: str | None) -> dict:
-    return {"run": run_picker_update(ctx, run_id), "checkpoint": gr.update(choices=checkpoint_choices(ctx, run_id))}
+    return {"run": run_picker_update(ctx, run_id), "checkpoint": gr.update(choices=checkpoint_choices(ctx, run_id)),
+            "notice": notice(ctx, run_id)}
 
 
 # --- the page ------------------------------------------------------------------------------------
 
-OPENED = (*ab_view.SHOWN, "base_out", "tuned_out")  # what opening and casting a blind vote update
-STREAMED = ("status", "base_out", "tuned_out", "last", *ab_view.SHOWN)
-PICKED = ("checkpoint", "probes", "probes_note", "last", *OPENED)
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")  # as _settings takes them
 ASKED = ("run", "checkpoint", "prompt", "system", "base_choice", *SETTINGS)
+TURN_INPUTS = ("run", "checkpoint", "prompt", "system", "base_choice", "base_chat", "tuned_chat", *SETTINGS)
+TURNED = ("status", "base_chat", "tuned_chat", "prompt", "counter", "generate", "stop", "last", *ab_view.SHOWN)
+CLEARED = ("status", "base_chat", "tuned_chat", "generate", "stop", "last", *ab_view.SHOWN)
+PICKED = ("checkpoint", "probes", "probes_note", "last", "notice", "base_chat", "tuned_chat", "status",
+          *ab_view.SHOWN)
+BLIND_ASKED = ("run", "checkpoint", "blind_prompt", "system", "base_choice", *SETTINGS)
 
 
 def layout(ctx: AppContext) -> dict:
     """The tab's components by name (the names its handlers return)."""
-    gr.Markdown("Both columns come from **one batch**: the same prompt, seed and settings; the base column runs "
+    gr.Markdown("Chat with the base and the tuned model side by side. Both columns come from **one batch**: the "
+                "same prompt, seed and settings, each model continuing its own conversation; the base column runs "
                 "the base exactly as the run loaded it (4-bit NF4 for QLoRA, sharing one copy of the weights), "
                 "or in full precision if you choose it (more memory).")
     c = {}
+    c["notice"] = gr.Markdown(notice(ctx, None))
     with gr.Row():
         c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
         c["checkpoint"] = gr.Dropdown(["final"], value="final", label="Checkpoint", scale=2,
                                       info="final = the saved adapter, or the newest checkpoint while training")
         c["base_choice"] = gr.Radio(list(BASE_CHOICES), value=BASE_CHOICES[0], label="Base column", scale=2)
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
-    c["system"] = gr.Textbox(label="System prompt (optional)", lines=1)
-    c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="Who are you?")
-    with gr.Accordion("Generation settings (shared by both columns)", open=False):
+    c["system"] = gr.Textbox(label="System prompt (optional)", lines=1, max_length=MAX_PROMPT_CHARS)
+    with gr.Row():
+        c["base_chat"] = gr.Chatbot(label="Base model", elem_id="base-chat", height=420, buttons=["copy"])
+        c["tuned_chat"] = gr.Chatbot(label="Tuned", elem_id="tuned-chat", height=420, buttons=["copy"])
+    c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="Who are you?", max_length=MAX_PROMPT_CHARS,
+                             info="Enter sends. While an answer streams, Send is off and Enter waits: the prompt "
+                                  "in the box is sent when the answer ends.")
+    with gr.Row():
+        c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter")
+        c["generate"] = gr.Button("Send", variant="primary", scale=0, min_width=120)
+        c["stop"] = gr.Button("Stop", variant="stop", interactive=False, scale=0, min_width=120)
+        c["clear"] = gr.Button("Clear (new conversation)", scale=0, min_width=200)
+    c["status"] = gr.Markdown()
+    c["last"] = gr.State(None)  # a Generated, on the server
+    with gr.Accordion("Generation settings (shared by both columns) — the probe table uses them too", open=False):
         with gr.Row():
             c["temperature"] = gr.Slider(0, 2, value=0, step=0.05, label="temperature", info="0 = greedy")
             c["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
             c["max_new_tokens"] = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="max new tokens")
             c["repetition_penalty"] = gr.Slider(1, 2, value=1.1, step=0.05, label="repetition penalty")
             c["seed"] = gr.Number(value=0, precision=0, minimum=0, label="seed")
-    c["generate"] = gr.Button("Generate side by side", variant="primary")
-    c["status"] = gr.Markdown()
-    with gr.Row():
-        c["base_out"] = gr.Textbox(label="Base model", lines=8, interactive=False)
-        c["tuned_out"] = gr.Textbox(label="Tuned", lines=8, interactive=False)
-    c["last"] = gr.State(None)  # a Generated, on the server
     with gr.Accordion("What changed, token by token", open=False):
         c["heatmap_btn"] = gr.Button("Colour the tuned answer by how much tuning changed each token")
         c["heatmap_note"] = gr.Markdown()
         c["heatmap"] = gr.HTML(elem_id="token-heatmap")
-    with gr.Accordion("Blind A/B: judge the two answers above without knowing which is which", open=False):
-        c["blind"] = gr.Button("Vote blind on these answers (the labelled columns hide until you vote)")
+    with gr.Accordion("Blind A/B: both models answer a prompt unlabelled; vote, then see which was which",
+                      open=False):
+        with gr.Row():
+            c["blind_prompt"] = gr.Textbox(label="Prompt for the blind pair", scale=4, max_length=MAX_PROMPT_CHARS)
+            c["blind"] = gr.Button("Generate a blind pair", scale=1)
         c.update(ab_view.build(lines=5).components())
     with gr.Accordion("Probe prompts", open=False):
         c["probes"] = gr.Textbox(value="\n".join(default_probes()), lines=5, label="Probe prompts, one per line",
@@ -309,7 +478,7 @@ def layout(ctx: AppContext) -> dict:
         c["probe_out"] = gr.Dataframe(headers=["prompt", "base", "tuned"], wrap=True, interactive=False,
                                       label="Probe answers")
     with gr.Accordion("Teach it: correct the tuned answer, or tune on your votes (DPO)", open=False):
-        c["corrected"] = gr.Textbox(label="Your corrected answer to the prompt above", lines=4,
+        c["corrected"] = gr.Textbox(label="Your corrected answer to the last prompt", lines=4,
                                     info="saved as an SFT example, and with the tuned answer as a preference pair")
         with gr.Row():
             c["edit_tuned"] = gr.Button("Start from the tuned answer")
@@ -326,17 +495,21 @@ def wire(ctx: AppContext, c: dict) -> None:
     pick = lambda names: [c[n] for n in names]  # noqa: E731 - components by handler output name
     # Public on a Space (finished runs only, within the limits above); voting and saving probes are not.
     c["run"].change(public(guarded(keyed(bind(picked_run, ctx), c))), c["run"], pick(PICKED), **private)
-    c["refresh"].click(public(guarded(keyed(bind(refreshed, ctx), c))), c["run"], pick(("run", "checkpoint")),
+    c["refresh"].click(public(guarded(keyed(bind(refreshed, ctx), c))), c["run"], pick(("run", "checkpoint", "notice")),
                        **private)
-    for trigger in (c["generate"].click, c["prompt"].submit):
-        trigger(public(guarded(keyed(bind(stream_side_by_side, ctx), c))), pick(ASKED), pick(STREAMED), **heavy)
+    # One event for Send and Enter; "always_last": a prompt sent while a turn streams waits for it.
+    turn = gr.on([c["generate"].click, c["prompt"].submit], public(guarded(keyed(bind(chat_turn, ctx), c))),
+                 pick(TURN_INPUTS), pick(TURNED), trigger_mode="always_last", **heavy)
+    c["stop"].click(public(keyed(stopped, c)), None, pick(("generate", "stop", "status")), cancels=[turn], **private)
+    c["clear"].click(public(keyed(cleared, c)), None, pick(CLEARED), cancels=[turn], **private)
+    c["prompt"].input(None, c["prompt"], c["counter"], js=COUNTER_JS, **private)  # in the browser only
     c["probe_btn"].click(public(guarded(bind(probe_table, ctx))), pick(("run", "checkpoint", "probes", *ASKED[3:])),
                          c["probe_out"], **heavy)
     c["heatmap_btn"].click(public(guarded(keyed(bind(token_heatmap, ctx), c))),
                            pick(("run", "checkpoint", "system", "base_choice", "last")), pick(("heatmap", "heatmap_note")),
                            api_name="token_heatmap", concurrency_limit=1, concurrency_id="generate")
-    c["blind"].click(guarded(keyed(bind(open_blind, ctx), c)), [c["run"], c["last"]], pick(OPENED), **private)
-    ab_view.wire_votes(c, bind(blind_vote, ctx), OPENED)
+    c["blind"].click(guarded(keyed(bind(open_blind, ctx), c)), pick(BLIND_ASKED), pick(ab_view.SHOWN), **heavy)
+    ab_view.wire_votes(c, bind(blind_vote, ctx), ab_view.SHOWN)
 
     c["save_probes"].click(guarded(bind(save_probes, ctx)), [c["run"], c["probes"]], c["probes_note"], **private)
     # Owner-only on a Space: they write into the run folder.
