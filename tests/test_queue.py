@@ -162,15 +162,16 @@ def test_a_start_refused_by_a_busy_machine_offers_queue_it(ctx, tiny_config, fak
             "later-learning_rate-1e-4", "later-learning_rate-2e-4", "later-learning_rate-5e-4"]
         assert [r[6] for r in rows][1:] == ["0.0001", "0.0002", "0.0005"]
         out = runs_tab.do_unqueue(ctx, rows[2][1])
-        assert rows[2][1] not in out["queued"]["choices"] and len(out["queue"]) == 3
+        assert rows[2][1] not in out["queued"]["choices"] and len(out["queue"]["value"]) == 3
+        assert out["queue"]["label"] == "Queued runs: 3 (1 starts next)"
         with pytest.raises(record.RunError, match="pick a queued run"):
             runs_tab.do_unqueue(ctx, "")
-        assert runs_tab.queue_refreshed(ctx)["queue"] == runs_tab.queue_table(ctx)  # still busy: nothing starts
+        assert runs_tab.queue_refreshed(ctx)["queue"]["value"] == runs_tab.queue_table(ctx)  # still busy: nothing starts
     finally:
         end(busy)
     out = runs_tab.queue_refreshed(ctx)  # free: a refresh starts the next
     assert out["message"].startswith("Started queued run") and out["message"].endswith("-later.")
-    assert len(out["queue"]) == 2
+    assert len(out["queue"]["value"]) == 2
 
 
 def test_queueing_on_a_free_machine_starts_at_once(ctx, tiny_config, fake_trainers):

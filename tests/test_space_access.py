@@ -32,7 +32,8 @@ PUBLIC = {
     "picked_run", "refreshed", "chat_turn", "stopped", "cleared", "probe_table", "generate_api",
     "token_heatmap",  # Playground (+Runs, Evaluation)
     "picked", "filtered", "list_api", "compared",  # Runs (stored files only)
-    "load_run", "reload_shown", "gallery", "examples", "selected_row", "picked_example", "open_example",
+    "picked_for_owner",  # Runs, Export: a pick hands the run to the owner-only download (a visitor's stops there)
+    "load_run", "reload_shown", "gallery_shown", "examples", "selected_row", "picked_example", "open_example",
     "open_row",  # Evaluation (stored files only; reload_shown is load_run again after Refresh list)
     "heldout_heatmap",  # Evaluation: loads the model, as the Playground does (finished runs only for a visitor)
     "show_pair", "picked_pair",  # Dataset: the pair view of what was inspected (a visitor: the demo pairs only)

@@ -149,6 +149,89 @@ def guarded(fn):
     return wrapper
 
 
+# --- empty states and the tab's error box ------------------------------------------------------------
+#
+# An output whose input does not exist yet (no run picked, nothing inspected) shows what to do next;
+# that is not an error. An error the person did cause (a bad upload, a bad path, a refused delete) goes
+# to the tab's one persistent box, and the results it no longer describes are emptied.
+
+NO_RUNS = "No runs yet: start one in **Train**."
+
+
+def no_run_text(ctx: AppContext, pick: str = "Pick a run above.") -> str:
+    """What an output about a run says while none is picked: start one, or pick one."""
+    from tuning import record
+
+    return pick if record.run_ids(ctx.workspace) else NO_RUNS
+
+
+def error_box():
+    """The tab's one error box: hidden until something the person did fails, then it stays (a toast
+    fades) until their next good action hides it."""
+    import gradio as gr
+
+    return gr.Markdown(visible=False, elem_classes=["error-box"])
+
+
+def error_text(exc: BaseException) -> str:
+    """The readable line of a user error (or of a gr.Error a handler raised), else friendly()'s."""
+    import gradio as gr
+
+    return exc.message if isinstance(exc, gr.Error) else friendly(exc)
+
+
+def box_shown(text: str) -> dict:
+    import gradio as gr
+
+    return gr.update(value=f"**Could not do that:** {text}", visible=True)
+
+
+def box_hidden() -> dict:
+    import gradio as gr
+
+    return gr.update(value="", visible=False)
+
+
+def boxed(fn, clears=None, *, box: str = "error", hides: bool = True):
+    """`fn` (returning or yielding a dict keyed by output name) with the tab's error box named `box`:
+    an exception shows its message in the box (and as a passing warning, for a page scrolled away
+    from it) and sets each output of `clears` to its empty state, so nothing on screen describes what
+    failed; a result hides the box unless `hides` is False (a later step of one action must not hide
+    what its first step showed). `clears` is a dict or a function returning one (read when it fails).
+    The event's outputs must include the box and every key of `clears`."""
+    import inspect
+
+    clears = clears or {}
+
+    def failed(exc: BaseException) -> dict:
+        import gradio as gr
+
+        text = error_text(exc)
+        gr.Warning(text)
+        return {**(clears() if callable(clears) else clears), box: box_shown(text)}
+
+    def done(values: dict) -> dict:
+        return {**values, box: box_hidden()} if hides else values
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                for values in fn(*args, **kwargs):
+                    yield done(values)
+            except Exception as exc:  # noqa: BLE001 - the box shows the message, the log the traceback
+                yield failed(exc)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return done(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - the box shows the message, the log the traceback
+            return failed(exc)
+    return wrapper
+
+
 # --- what several tabs show ------------------------------------------------------------------------
 
 def run_picker_update(ctx: AppContext, run_id: str | None = None):
@@ -194,16 +277,29 @@ def check_rows(result: dict | None) -> list[list]:
 
 
 
+DOWNLOAD_TTL_S = 3600.0  # a served copy lives this long (a download button readied at a pick waits for its click)
+
+
 def served_copy(path: Path) -> str:
     """A copy of `path` in a folder Gradio serves downloads from (its upload/temp folder), so a
     download works whatever the workspace: Gradio refuses files outside the working directory, the
-    temp folder and allowed_paths, and /data/tuning on a Space is outside all three."""
+    temp folder and allowed_paths, and /data/tuning on a Space is outside all three. Each copy has a
+    folder of its own (an unguessable name: only the page it was sent to knows it); copies older than
+    DOWNLOAD_TTL_S are removed here, so readying a download at every pick fills no disk."""
     import shutil
     import tempfile
 
     from gradio.utils import get_upload_folder
 
-    folder = Path(tempfile.mkdtemp(prefix="download-", dir=get_upload_folder()))
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("download-*"):
+        try:
+            if old.is_dir() and time.time() - old.stat().st_mtime > DOWNLOAD_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    folder = Path(tempfile.mkdtemp(prefix="download-", dir=root))
     return str(shutil.copy2(path, folder / Path(path).name))  # gr.File takes a str, not a Path
 
 
@@ -289,6 +385,15 @@ def bind(fn, *args, **kwargs):
     bound = functools.partial(fn, *args, **kwargs)
     bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__
     return bound
+
+
+def into(name: str, fn):
+    """`fn` (returning one output's value) as a handler returning {name: value}, under fn's own name:
+    what boxed and keyed take."""
+    @functools.wraps(fn)
+    def one(*args, **kwargs):
+        return {name: fn(*args, **kwargs)}
+    return one
 
 
 def keyed(fn, components: dict):

@@ -24,7 +24,8 @@ import gradio as gr
 from tuning import paths, space
 from tuning.ui import access, dataset_pairs
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, bind, check_source, guarded, keyed, load_dataset, opening_config
+from tuning.ui.common import (AppContext, bind, boxed, check_source, error_box, guarded, into, keyed, load_dataset,
+                              opening_config)
 
 PAGE_SIZE = 10
 QUICK_ROWS = 200     # rows parsed before the first page shows
@@ -166,8 +167,24 @@ def source_inputs(kind: str) -> dict:
             "run": gr.update(visible=kind == SOURCES[3])}
 
 
-INSPECT_OUTPUTS = ("summary", "preview", "page", "pages", "problems", "stats", "source", "chosen_format",
+INSPECT_OUTPUTS = ("summary", "preview", "page", "pages", "problems", "stats", "source", "chosen", "chosen_format",
                    "chosen_map", "sft_preview", "sft_tokens", "pair_box", "pair_list", "pair_row")
+NOTHING_INSPECTED = "Pick a source and press **Inspect dataset**."
+NO_STATISTICS = "Token statistics appear after **Inspect dataset**."
+
+
+def nothing_inspected() -> dict:
+    """What the tab shows with no dataset inspected (also after an inspect that failed: nothing on
+    screen describes a dataset that could not be read). `source` empty: the steps that follow an
+    inspect show their own empty states. The Train form keeps the last dataset read (`chosen`)."""
+    return {"summary": NOTHING_INSPECTED, "preview": [], "page": 1, "pages": "of 1", "problems": [],
+            "stats": NO_STATISTICS, "source": "", **shown_as(False), "pair_list": [], "pair_row": 1}
+
+
+def nothing_counted() -> dict:
+    """The statistics' outputs with nothing to count."""
+    return {"stats": NO_STATISTICS, "histogram": gr.update(value=None), "findings": [], "suggested": None,
+            "use_btn": gr.update(visible=False)}
 
 
 def shown_as(pairs_view: bool) -> dict:
@@ -182,7 +199,8 @@ def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, col
     source, chosen_format and chosen_map are what the Train form takes (app.py wires them).
     Preference data (or a run's votes) shows as pairs instead."""
     source = resolve_source(ctx, kind, upload, text, run)
-    chosen = {"source": source, "chosen_format": fmt or "auto", "chosen_map": (column_map or "").strip()}
+    chosen = {"source": source, "chosen": source, "chosen_format": fmt or "auto",
+              "chosen_map": (column_map or "").strip()}
     if dataset_pairs.is_preference(source):
         origin = f"votes of run {run}" if kind == SOURCES[3] else ""
         return {**dataset_pairs.inspect(source, column_map, origin), **chosen, "chosen_format": "auto",
@@ -325,7 +343,8 @@ def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, 
     from tuning import data
 
     if not source:
-        raise paths.PathError("dataset: inspect a dataset first")
+        yield nothing_counted()
+        return
     limit = _max_length(max_length)
     if dataset_pairs.is_preference(source):
         tokenizer = tokenizer_for(ctx, base_model, progress)
@@ -356,10 +375,8 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
     """One row as the model sees it: (text, trained / masked / truncated) pieces."""
     from tuning import data
 
-    if not source:
-        raise paths.PathError("dataset: inspect a dataset first")
-    if dataset_pairs.is_preference(source):
-        return []  # pairs show in the pair view (show_pair)
+    if not source or dataset_pairs.is_preference(source):
+        return []  # nothing inspected yet; pairs show in the pair view (show_pair)
     loaded = load_dataset(source, fmt, column_map, workspace=ctx.workspace)
     try:
         number = int(row or 1)
@@ -382,8 +399,8 @@ def show_pair(ctx: AppContext, source: str, column_map: str, number, base_model:
 
 TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
 
-OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "tv_row", "tokens",
-                "sft_preview", "sft_tokens", "pair_box")
+OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "chosen", "tv_row",
+                "tokens", "sft_preview", "sft_tokens", "pair_box")
 
 
 def openable(ctx: AppContext, source: str) -> str:
@@ -416,7 +433,7 @@ def open_row(ctx: AppContext, request: dict | None, base_model: str, max_length,
     return {"kind": SOURCES[0] if demo else SOURCES[2], "text": "" if demo else source,
             "summary": summary_markdown(rep) + f"  \nOpened **{Path(where[0]).name} row {where[1]}** (# {number}).",
             "preview": rows, "page": page, "pages": f"of {pages}", "problems": rep["problems"], "source": source,
-            "tv_row": number, **shown_as(False),
+            "chosen": source, "tv_row": number, **shown_as(False),
             "tokens": token_view_handler(ctx, source, "auto", number, base_model, max_length, completions_only)}
 
 
@@ -453,9 +470,10 @@ def _source_layout() -> dict:
     run = gr.Dropdown([], label="Run whose votes to open", visible=False,
                       info="Its blind A/B votes with a winner (and corrections) as DPO pairs")
     inspect_btn = gr.Button("Inspect dataset", variant="primary")
-    summary = gr.Markdown("Pick a source and press **Inspect dataset**.")
+    error = error_box()
+    summary = gr.Markdown(NOTHING_INSPECTED)
     return dict(kind=kind, fmt=fmt, column_map=column_map, upload=upload, text=text, run=run,
-                inspect_btn=inspect_btn, summary=summary)
+                inspect_btn=inspect_btn, error=error, summary=summary)
 
 
 def _preview_layout() -> dict:
@@ -488,7 +506,7 @@ def _tokens_layout(defaults) -> dict:
                                        scale=1)
         recount_btn = gr.Button("Count tokens again", scale=1)
     with gr.Row():
-        stats = gr.Markdown("Token statistics appear after **Inspect dataset**.")
+        stats = gr.Markdown(NO_STATISTICS)
         histogram = gr.BarPlot(x="tokens", y="rows", color="where", x_title="tokens per row", y_title="rows",
                                color_map={"within max_length": "#3b82f6",
                                           "longer than max_length (truncated)": "#ef4444"},
@@ -514,49 +532,64 @@ def _tokens_layout(defaults) -> dict:
 def build(ctx: AppContext) -> DatasetParts:
     """Lay out the tab, then wire it; returns what app.py wires to the Train form."""
     ui = {**_source_layout(), **_preview_layout(), **_tokens_layout(opening_config())}
-    ui.update(source=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None), row_request=gr.State(None))
+    # source: what the tab's views describe ("" after a failed inspect); chosen: the last dataset read,
+    # which the Train form takes (a failed upload does not empty the form).
+    ui.update(source=gr.State(""), chosen=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None),
+              row_request=gr.State(None))
 
     def pick(*names: str) -> list:
         return [ui[name] for name in names]
 
+    box = ui["error"]
+
+    def event(fn, clears=None, **kwargs):  # through the tab's error box (common.boxed)
+        return keyed(boxed(fn, clears, **kwargs), ui)
+
     stats_inputs = pick("source", "fmt", "column_map", "tv_model", "tv_len", "completions_only")
     token_inputs = pick("source", "fmt", "tv_row", "tv_model", "tv_len", "completions_only", "column_map")
-    # Public on a Space: a visitor may inspect the demo; the handlers refuse them anything else.
-    show_tokens = public(guarded(bind(token_view_handler, ctx)))
-    count = public(guarded(keyed(bind(statistics_handler, ctx), ui)))
+    # Public on a Space: a visitor may inspect the demo; the handlers refuse them anything else. The
+    # steps that follow an inspect keep its box (hides=False): their own failure shows there too.
+    tokens = into("tokens", bind(token_view_handler, ctx))
+    show_tokens = public(event(tokens, {"tokens": []}))
+    then_tokens = public(event(tokens, {"tokens": []}, hides=False))
+    count = public(event(bind(statistics_handler, ctx), nothing_counted, hides=False))
+    recount = public(event(bind(statistics_handler, ctx), nothing_counted))
     private = dict(api_visibility="private")
     pair_inputs = pick("source", "column_map", "pair_row", "tv_model", "tv_len")
     # Public: a visitor may see the demo preference pairs; show_pair shows nothing else than what was inspected.
-    pair = public(guarded(keyed(bind(show_pair, ctx), ui)))
-    pair_outputs = pick(*dataset_pairs.VIEW_OUTPUTS)
+    pair = public(event(bind(show_pair, ctx)))
+    then_pair = public(event(bind(show_pair, ctx), hides=False))
+    pair_outputs = [*pick(*dataset_pairs.VIEW_OUTPUTS), box]
+    stats_outputs = [*pick(*STATS_OUTPUTS), box]
     ui["kind"].change(public(keyed(source_inputs, ui)), ui["kind"], pick("upload", "text", "run"), **private)
     # Public: a visitor is listed no runs (the votes are the owner's).
     ui["kind"].change(public(guarded(keyed(bind(vote_runs, ctx), ui))), ui["kind"], ui["run"], **private)
-    # Inspect, a new format or a new column map: the quick first page, then every row with tokens.
+    # Inspect, a new format or a new column map: the quick first page, then every row with tokens. A
+    # source that cannot be read says why in the box and empties every view of the previous dataset.
     gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit],
-          public(guarded(keyed(bind(inspect_handler, ctx), ui))),
+          public(event(bind(inspect_handler, ctx), nothing_inspected)),
           pick("kind", "upload", "text", "fmt", "column_map", "run"),
-          pick(*INSPECT_OUTPUTS), api_name="inspect_dataset_form", **private) \
-        .success(count, stats_inputs, pick(*STATS_OUTPUTS), **private) \
-        .success(show_tokens, token_inputs, ui["tokens"], **private) \
-        .success(pair, pair_inputs, pair_outputs, **private)
+          [*pick(*INSPECT_OUTPUTS), box], api_name="inspect_dataset_form", **private) \
+        .success(count, stats_inputs, stats_outputs, **private) \
+        .success(then_tokens, token_inputs, [ui["tokens"], box], **private) \
+        .success(then_pair, pair_inputs, pair_outputs, **private)
     ui["pair_btn"].click(pair, pair_inputs, pair_outputs, **private)
     ui["pair_list"].select(public(dataset_pairs.picked_pair), None, ui["pair_row"], **private) \
         .success(pair, pair_inputs, pair_outputs, **private)
-    ui["recount_btn"].click(count, stats_inputs, pick(*STATS_OUTPUTS), **private)
+    ui["recount_btn"].click(recount, stats_inputs, stats_outputs, **private)
     ui["use_btn"].click(public(lambda value: value), ui["suggested"], ui["tv_len"], **private)
     for button, delta in ((ui["prev_btn"].click, -1), (ui["next_btn"].click, +1), (ui["page"].submit, 0)):
-        button(public(guarded(keyed(bind(page_handler, delta=delta, ctx=ctx), ui))),
+        button(public(event(bind(page_handler, delta=delta, ctx=ctx))),
                pick("source", "fmt", "page", "column_map"),
-               pick(*PAGE_OUTPUTS), **private)
-    ui["tv_btn"].click(show_tokens, token_inputs, ui["tokens"], **private)
+               [*pick(*PAGE_OUTPUTS), box], **private)
+    ui["tv_btn"].click(show_tokens, token_inputs, [ui["tokens"], box], **private)
     ui["preview"].select(public(picked_row), None, ui["tv_row"], **private) \
-        .success(show_tokens, token_inputs, ui["tokens"], **private)
+        .success(show_tokens, token_inputs, [ui["tokens"], box], **private)
 
     # Public: a visitor may open a row of the demo; open_row refuses them anything else.
-    ui["row_request"].change(public(guarded(keyed(bind(open_row, ctx), ui))),
-                             pick("row_request", "tv_model", "tv_len", "completions_only"), pick(*OPEN_OUTPUTS),
-                             **private)
+    ui["row_request"].change(public(event(bind(open_row, ctx))),
+                             pick("row_request", "tv_model", "tv_len", "completions_only"),
+                             [*pick(*OPEN_OUTPUTS), box], **private)
 
     def inspect_api(dataset: str, format: str = "auto", column_map: str = "") -> dict:
         """Inspect a dataset ('demo', a path under the allowed folders, or a Hub id): format, rows,
@@ -564,6 +597,6 @@ def build(ctx: AppContext) -> DatasetParts:
         return inspect_dataset(ctx, dataset, format, column_map)
 
     gr.api(public(guarded(inspect_api)), api_name="inspect_dataset")
-    return DatasetParts(dataset=ui["source"], dataset_format=ui["chosen_format"], column_map=ui["chosen_map"],
+    return DatasetParts(dataset=ui["chosen"], dataset_format=ui["chosen_format"], column_map=ui["chosen_map"],
                         base_model=ui["tv_model"], max_length=ui["tv_len"], completions_only=ui["completions_only"],
                         use_max_length=ui["use_btn"], suggested=ui["suggested"], row_request=ui["row_request"])

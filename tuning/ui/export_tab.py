@@ -3,9 +3,10 @@ full-precision base and save it under <workspace>/exports/, preview the model ca
 file (llama family), push the adapter or the merged model to the Hub.
 
 Handlers are plain functions of (ctx, ...) returning text or a file path; a failure raises, and
-`guarded` puts its one readable line on the page. Downloads are served from a copy in Gradio's
-temp folder (common.served_copy), so they work wherever the workspace is. On a Space, everything
-but the card preview needs the same auth as training (tuning/space.py).
+the tab's error box (common.boxed) shows its one readable line. Picking a run readies its adapter zip
+on a gr.DownloadButton (one click downloads it), served from a copy in Gradio's temp folder
+(common.served_copy), so it works wherever the workspace is. On a Space, everything needs the same
+auth as training (tuning/space.py): a visitor's pick reaches no export handler (`picked_for_owner`).
 (No `from __future__ import annotations` here: Gradio reads the OAuthProfile type hint at runtime.)
 """
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import export, record
-from tuning.ui.common import AppContext, bind, guarded, keyed, served_copy
+from tuning.ui import access
+from tuning.ui.access import public
+from tuning.ui.common import AppContext, bind, boxed, error_box, guarded, into, keyed, served_copy
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,40 @@ def card_markdown(card: str) -> str:
     return f"Hub metadata (the card's front matter):\n\n```yaml\n{front}\n```\n\n{body.lstrip()}"
 
 
+NO_FINISHED_RUN = "No finished run yet: a run that completes (or is stopped) in **Train** is listed here."
+
+
 def card_preview(ctx: AppContext, run_id: str) -> str:
     if not run_id:
-        return "Pick a finished run to see its model card."
+        return "Pick a finished run to see its model card." if export_choices(ctx) else NO_FINISHED_RUN
     return card_markdown(export.model_card(_run(ctx, run_id), "adapter"))
 
 
-def download_adapter(ctx: AppContext, run_id: str) -> dict:
-    """A served copy of the adapter zip, and a note."""
+ZIP_LABEL = "Download adapter (.zip)"
+
+
+def zip_button(path: str | None = None, label: str = ZIP_LABEL):
+    """The adapter's download button: one click downloads `path`; without one it waits, disabled."""
+    return gr.DownloadButton(label=label, value=path, interactive=path is not None)
+
+
+def download_adapter(ctx: AppContext, run_id: str | None) -> dict:
+    """The picked run's adapter zip readied on the download button (a served copy), and a note; no
+    run picked: the button waits."""
+    if not run_id:
+        return {"zip_file": zip_button(), "status": ""}
     path = export.adapter_zip(_run(ctx, run_id), ctx.workspace)
-    return {"zip_file": served_copy(path),
-            "status": f"Adapter zip ready: `{path.name}` (the adapter's weights and config, and its model card)."}
+    return {"zip_file": zip_button(served_copy(path)),
+            "status": f"Adapter zip ready: `{path.name}` (the adapter's weights and config, and its model card). "
+                      "**Download adapter** saves it."}
+
+
+def picked_for_owner(ctx: AppContext, run_id: str | None) -> dict:
+    """A pick in the run picker: for an owner the run goes on to the export handlers (owner-only, wired
+    on `owner_run`); a visitor to a Space gets a note, and no handler of theirs is refused."""
+    if access.is_owner(ctx):
+        return {"owner_run": run_id}
+    return {"owner_run": None, "card": "Exports are for the Space's owner: " + (access.refusal(ctx) or "")}
 
 
 def merge(ctx: AppContext, run_id: str, name: str) -> str:
@@ -69,13 +95,17 @@ def merge(ctx: AppContext, run_id: str, name: str) -> str:
             f"`AutoModelForCausalLM.from_pretrained(\"{path}\")`.")
 
 
+GGUF_LABEL = "Download the GGUF file"
+
+
 def gguf(ctx: AppContext, run_id: str, name: str, outtype: str) -> dict:
     """A served copy of the GGUF file, and a note; reuses exports/<run>-merged when it exists."""
     run_dir = _run(ctx, run_id)
     merged = export.exports_dir(ctx.workspace) / f"{run_id}-merged"
     path = export.export_gguf(run_dir, ctx.workspace, name or None, outtype or "f16",
                               merged_dir=merged if merged.is_dir() else None)
-    return {"gguf_file": served_copy(path), "status": f"GGUF written: `{path}` ({path.stat().st_size / 1e6:.0f} MB)."}
+    return {"gguf_file": zip_button(served_copy(path), GGUF_LABEL),
+            "status": f"GGUF written: `{path}` ({path.stat().st_size / 1e6:.0f} MB). **{GGUF_LABEL}** saves it."}
 
 
 def push(ctx: AppContext, run_id: str, what: str, repo_id: str, token: str, private: bool) -> str:
@@ -93,7 +123,9 @@ def push(ctx: AppContext, run_id: str, what: str, repo_id: str, token: str, priv
 
 
 def refreshed(ctx: AppContext, run_id: str | None):
-    return gr.update(choices=export_choices(ctx), value=run_id)
+    """The picker re-listed, `run_id` kept; with none picked, the newest finished run."""
+    choices = export_choices(ctx)
+    return gr.update(choices=choices, value=run_id or (choices[0] if choices else None))
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -106,11 +138,12 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         c["run"] = gr.Dropdown(label="Finished run", choices=export_choices(ctx), value=None, scale=4)
         c["refresh"] = gr.Button("Refresh", scale=1)
+    c["owner_run"] = gr.State(None)  # the picked run, for an owner only (picked_for_owner)
+    c["error"] = error_box()
     c["status"] = gr.Markdown()
     with gr.Row():
         with gr.Column():
-            c["zip_button"] = gr.Button("Download adapter (.zip)")
-            c["zip_file"] = gr.File(label="Adapter zip", interactive=False)
+            c["zip_file"] = zip_button()
         with gr.Column():
             c["merged_name"] = gr.Textbox(label="Merged folder name (under exports/)", placeholder="RUN-merged")
             c["merge_button"] = gr.Button("Merge into a full-precision base and save")
@@ -118,7 +151,7 @@ def layout(ctx: AppContext) -> dict:
             c["gguf_name"] = gr.Textbox(label="GGUF file name (under exports/)", placeholder="RUN-f16.gguf")
             c["gguf_type"] = gr.Radio(["f16", "f32"], value="f16", label="GGUF weights")
             c["gguf_button"] = gr.Button("Write GGUF (llama family)")
-            c["gguf_file"] = gr.File(label="GGUF file", interactive=False)
+            c["gguf_file"] = zip_button(label=GGUF_LABEL)
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
             c["repo"] = gr.Textbox(label="Repo id", placeholder="your-name/model-name")
@@ -128,22 +161,34 @@ def layout(ctx: AppContext) -> dict:
                                 type="password")
         c["push_button"] = gr.Button("Push")
     with gr.Accordion("Model card preview", open=True):
-        c["card"] = gr.Markdown()
+        c["card"] = gr.Markdown(card_preview(ctx, None))
     return c
 
 
 def wire(ctx: AppContext, c: dict) -> None:
-    # Nothing here is public on a Space: exports read the run's files and write or upload them.
+    # Nothing here is public on a Space (exports read the run's files and write or upload them) but
+    # the pick itself, which hands the run on to them for an owner only.
     private = {"api_visibility": "private"}
-    run, status = c["run"], c["status"]
+    run, status, box = c["run"], c["status"], c["error"]
+
+    def event(fn, clears: dict | None = None):
+        return keyed(boxed(bind(fn, ctx), clears), c)
+
+    def gguf_waits():  # a GGUF written for the previous run is not this one's
+        return zip_button(label=GGUF_LABEL)
+
     c["refresh"].click(guarded(bind(refreshed, ctx)), run, run, **private)
-    c["run"].change(guarded(bind(card_preview, ctx)), run, c["card"], **private)
-    c["zip_button"].click(guarded(keyed(bind(download_adapter, ctx), c)), run, [c["zip_file"], status], **private)
-    c["merge_button"].click(guarded(bind(merge, ctx)), [run, c["merged_name"]], status, **private)
-    c["gguf_button"].click(guarded(keyed(bind(gguf, ctx), c)), [run, c["gguf_name"], c["gguf_type"]],
-                           [c["gguf_file"], status], **private)
-    c["push_button"].click(guarded(bind(push, ctx)), [run, c["what"], c["repo"], c["token"], c["private"]], status,
-                           **private)
+    run.change(public(keyed(bind(picked_for_owner, ctx), c)), run, [c["owner_run"], c["card"]], **private)
+    # A new run empties what described the last one: its download, its GGUF and the status line.
+    gone = {"zip_file": zip_button(), "status": ""}
+    c["owner_run"].change(event(download_adapter, gone), c["owner_run"], [c["zip_file"], status, box], **private)
+    c["owner_run"].change(event(into("card", card_preview), {"card": ""}), c["owner_run"], [c["card"], box], **private)
+    c["owner_run"].change(gguf_waits, None, c["gguf_file"], **private)
+    c["merge_button"].click(event(into("status", merge), {"status": ""}), [run, c["merged_name"]], [status, box], **private)
+    c["gguf_button"].click(event(gguf, {"gguf_file": zip_button(label=GGUF_LABEL)}),
+                           [run, c["gguf_name"], c["gguf_type"]], [c["gguf_file"], status, box], **private)
+    c["push_button"].click(event(into("status", push), {"status": ""}), [run, c["what"], c["repo"], c["token"], c["private"]],
+                           [status, box], **private)
 
 
 def build(ctx: AppContext) -> ExportParts:

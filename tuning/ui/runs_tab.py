@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from tuning import export, record, runner
+from tuning.ui import access
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, bind, clock, guarded, keyed, number, run_picker_update, served_copy, when
+from tuning.ui.common import (AppContext, bind, boxed, clock, error_box, guarded, keyed, number, run_picker_update,
+                              served_copy, when)
 
 HEADERS = ["run", "name", "base model", "method", "objective", "status", "steps", "final loss", "eval loss",
            "base eval loss", "task checks", "duration", "created"]
@@ -92,7 +94,7 @@ def table_label(text: str, found: int, total: int) -> str:
         return f"Runs matching '{said}': {shown} (of {total} in the workspace)"
     if found > TABLE_ROWS:
         return f"Runs in the workspace: the newest {TABLE_ROWS} of {found} (type in the filter to find the others)"
-    return "Runs in the workspace"
+    return "Runs in the workspace" if total else "No runs yet: start one in the Train tab"
 
 
 def listing(ctx: AppContext, text: str = "") -> dict:
@@ -150,6 +152,25 @@ def download(ctx: AppContext, run_id: str) -> str:
     return served_copy(export.adapter_zip(record.existing_run_dir(ctx.workspace, run_id), ctx.workspace))
 
 
+ZIP_LABEL = "Download adapter"
+
+
+def zip_shown(ctx: AppContext, run_id: str | None) -> dict:
+    """The download button readied for the picked run (one click saves its adapter zip); disabled,
+    saying why, while no run or a run without a final adapter is picked."""
+    if not run_id:
+        return {"zip": gr.DownloadButton(ZIP_LABEL, value=None, interactive=False)}
+    if not record.has_final_adapter(record.existing_run_dir(ctx.workspace, run_id)):
+        return {"zip": gr.DownloadButton(f"{ZIP_LABEL} (none yet)", value=None, interactive=False)}
+    return {"zip": gr.DownloadButton(ZIP_LABEL, value=download(ctx, run_id), interactive=True)}
+
+
+def picked_for_owner(ctx: AppContext, run_id: str | None) -> dict:
+    """A pick: for an owner the run goes on to the download (owner-only, wired on `owner_run`); a
+    visitor to a Space is refused nothing they did not ask for."""
+    return {"owner_run": run_id if access.is_owner(ctx) else None}
+
+
 def queue_table(ctx: AppContext) -> list[list]:
     """The queued runs, the next to start first."""
     rows = []
@@ -161,13 +182,48 @@ def queue_table(ctx: AppContext) -> list[list]:
     return rows
 
 
+def queue_label(rows: int) -> str:
+    """The queue table's label: who starts next, only when someone is waiting."""
+    if not rows:
+        return "Queued runs: none (Queue it in the Train tab starts a run here when the machine is free)"
+    return f"Queued runs: {rows} (1 starts next)"
+
+
+def queue_shown(ctx: AppContext, queue_id: str | None = None) -> dict:
+    """The queue table, its label and the queued-run picker (`queue_id` kept while it waits)."""
+    rows = queue_table(ctx)
+    ids = [r[1] for r in rows]
+    return {"queue": gr.update(value=rows, label=queue_label(len(rows))),
+            "queued": gr.update(choices=ids, value=queue_id if queue_id in ids else None)}
+
+
 def queue_refreshed(ctx: AppContext, queue_id: str | None = None) -> dict:
     """The queue re-read, after starting its next run if the machine is free (so a queue left behind
     by a trainer that was killed outright moves on)."""
     started = runner.start_next(ctx.workspace)
-    ids = [e["id"] for e in runner.queued(ctx.workspace)]
-    out = {"queue": queue_table(ctx), "queued": gr.update(choices=ids, value=queue_id if queue_id in ids else None)}
+    out = queue_shown(ctx, queue_id)
     return {**out, "message": f"Started queued run {started}."} if started else out
+
+
+QUEUE_TICK_S = 3.0  # how often an open page looks at the queue file (a stat; the table is sent when it changed)
+
+
+def queue_version(ctx: AppContext) -> tuple:
+    """What changes when the queue file is replaced (runner writes it whole)."""
+    try:
+        found = record.queue_path(ctx.workspace).stat()
+    except OSError:
+        return ()
+    return found.st_mtime_ns, found.st_size
+
+
+def queue_ticked(ctx: AppContext, seen: tuple | None, queue_id: str | None = None) -> dict:
+    """A timer tick: the queue as it is now when its file changed since this page last showed it (a
+    run queued in the Train tab, a queued run started by the trainer that finished); else nothing."""
+    version = list(queue_version(ctx))
+    if seen is not None and list(seen) == version:
+        return {}
+    return {**queue_shown(ctx, queue_id), "queue_seen": version}
 
 
 def do_unqueue(ctx: AppContext, queue_id: str) -> dict:
@@ -279,6 +335,7 @@ def layout(ctx: AppContext) -> dict:
                                              "status", show_label=False, container=False, scale=4,
                                  max_lines=1, max_length=200, elem_id="runs-filter")  # one line, whatever is pasted
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
+    c["error"] = error_box()
     shown = listing(ctx)
     c["listing"] = gr.Dataframe(value=shown["value"], headers=HEADERS, interactive=False, wrap=True,
                                 column_widths=WIDTHS, label=shown["label"], elem_id="runs-table")
@@ -286,8 +343,8 @@ def layout(ctx: AppContext) -> dict:
         c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
         c["open_live"] = gr.Button("Open in Live", scale=1)
         c["open_play"] = gr.Button("Open in Playground", scale=1)
-        c["download"] = gr.Button("Download adapter", scale=1)
-    c["zip"] = gr.File(label="Adapter (zip)", visible=False)
+        c["zip"] = gr.DownloadButton(ZIP_LABEL, value=None, interactive=False, scale=1)
+    c["owner_run"] = gr.State(None)  # the picked run, for an owner only (picked_for_owner)
     with gr.Row():
         c["confirm"] = gr.Checkbox(label="yes, delete this run and all its files", value=False, scale=3)
         c["delete"] = gr.Button("Delete run", variant="stop", scale=1)
@@ -306,18 +363,25 @@ def queue_layout(ctx: AppContext, c: dict) -> None:
     # On a Space the page as built is every visitor's: the owner's queue arrives with its Refresh.
     owner_only = ctx.settings.train_requires_auth
     with gr.Accordion("Queue: runs that start one after another when the machine is free", open=True):
-        c["queue"] = gr.Dataframe(value=[] if owner_only else queue_table(ctx), headers=QUEUE_HEADERS,
-                                  interactive=False, wrap=True, label="Queued runs (1 starts next)",
-                                  elem_id="queue-table")
+        rows = [] if owner_only else queue_table(ctx)
+        c["queue"] = gr.Dataframe(value=rows, headers=QUEUE_HEADERS, interactive=False, wrap=True,
+                                  label=queue_label(len(rows)), elem_id="queue-table")
         with gr.Row():
             c["queued"] = gr.Dropdown([] if owner_only else [e["id"] for e in runner.queued(ctx.workspace)],
                                       value=None, label="Queued run", scale=3)
             c["queue_refresh"] = gr.Button("↻ Refresh queue", scale=1)
             c["unqueue"] = gr.Button("Remove from queue", variant="stop", scale=1)
+        c["queue_seen"] = gr.State(None)  # the queue file's version the table shows (queue_ticked)
+        c["queue_timer"] = gr.Timer(QUEUE_TICK_S, active=not owner_only)
 
 
 def wire(ctx: AppContext, c: dict) -> None:
     private = {"api_visibility": "private"}
+    box = c["error"]
+
+    def event(fn, clears: dict | None = None):  # through the tab's error box (common.boxed)
+        return keyed(boxed(bind(fn, ctx), clears), c)
+
     listed = [c[name] for name in REFRESHED]
     # Browsing runs is public on a Space; deleting and downloading are not. A fresh page (a reload, a
     # second browser, an app restart) lists the runs as they are now: app.py's page load calls
@@ -329,20 +393,21 @@ def wire(ctx: AppContext, c: dict) -> None:
     c["filter"].change(public(keyed(bind(filtered, ctx), c)), c["filter"], c["listing"], trigger_mode="always_last",
                        **private)
     c["listing"].select(public(picked), c["listing"], c["run"], **private)
-    c["delete"].click(guarded(keyed(bind(do_delete, ctx), c)), [c["run"], c["confirm"], c["filter"]],
-                      [c["message"], c["confirm"], *listed], **private)
-
-    def zip_shown(run_id):  # the file box stays hidden until there is a file in it
-        return gr.update(value=download(ctx, run_id), visible=True)
-
-    c["download"].click(guarded(zip_shown), c["run"], c["zip"], **private)
+    c["delete"].click(event(do_delete), [c["run"], c["confirm"], c["filter"]],
+                      [c["message"], c["confirm"], *listed, box], **private)
+    # A pick readies the adapter's download button (an owner's only: a visitor's pick stops at the gate).
+    c["run"].change(public(keyed(bind(picked_for_owner, ctx), c)), c["run"], c["owner_run"], **private)
+    c["owner_run"].change(event(zip_shown, lambda: zip_shown(ctx, None)), c["owner_run"], [c["zip"], box], **private)
     # The queue is the owner's (nothing here is public on a Space); locally, where everyone is the
-    # owner, a fresh page also shows it as it is now (on a Space a page load is every visitor's).
-    queue_outputs = [c["queue"], c["queued"], c["message"]]
-    c["queue_refresh"].click(guarded(keyed(bind(queue_refreshed, ctx), c)), c["queued"], queue_outputs, **private)
-    c["unqueue"].click(guarded(keyed(bind(do_unqueue, ctx), c)), c["queued"], queue_outputs, **private)
+    # owner, a fresh page also shows it as it is now, and an open page follows its file (a run queued
+    # in the Train tab shows up without a Refresh). On a Space a page load is every visitor's.
+    queue_outputs = [c["queue"], c["queued"], c["message"], box]
+    c["queue_refresh"].click(event(queue_refreshed), c["queued"], queue_outputs, **private)
+    c["unqueue"].click(event(do_unqueue), c["queued"], queue_outputs, **private)
     if not ctx.settings.train_requires_auth:
-        gr.on(None, guarded(keyed(bind(queue_refreshed, ctx, None), c)), None, queue_outputs, **private)
+        gr.on(None, guarded(keyed(bind(queue_refreshed, ctx, None), c)), None, queue_outputs[:3], **private)
+        c["queue_timer"].tick(keyed(bind(queue_ticked, ctx), c), [c["queue_seen"], c["queued"]],
+                              [c["queue"], c["queued"], c["queue_seen"]], show_progress="hidden", **private)
 
     def list_api() -> list[dict]:
         """Every run in the workspace, newest first."""
@@ -353,8 +418,10 @@ def wire(ctx: AppContext, c: dict) -> None:
         return delete(ctx, run_id, True)
 
     # Comparing reads stored files only: public on a Space, like the table.
-    cmp_out = [c[n] for n in ("cmp_by_step", "cmp_by_tokens", "cmp_config", "cmp_evals", "cmp_note")]
-    c["cmp_go"].click(public(guarded(keyed(bind(compared, ctx), c))), c["cmp_runs"], cmp_out, api_name="compare_runs")
+    cmp_names = ("cmp_by_step", "cmp_by_tokens", "cmp_config", "cmp_evals", "cmp_note")
+    cleared = {"cmp_by_step": None, "cmp_by_tokens": None, "cmp_config": [], "cmp_evals": [], "cmp_note": ""}
+    c["cmp_go"].click(public(event(compared, cleared)), c["cmp_runs"], [*[c[n] for n in cmp_names], box],
+                      api_name="compare_runs")
     gr.api(public(guarded(list_api)), api_name="list_runs")
     gr.api(guarded(delete_api), api_name="delete_run")
 
