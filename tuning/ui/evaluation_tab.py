@@ -18,7 +18,7 @@ from tuning import ab, record
 from tuning.ui import ab_view, access
 from tuning.ui.ab_view import run_path
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, bind, check_rows, guarded, keyed, loss_rows
+from tuning.ui.common import AppContext, bind, boxed, check_rows, error_box, guarded, keyed, loss_rows, no_run_text
 
 LOSS_HEADERS = ["metric", "base", "tuned", "change"]
 CHECK_HEADERS = ["check", "questions", "base passed", "base %", "tuned passed", "tuned %", "change (points)"]
@@ -44,10 +44,24 @@ def run_choices(ctx: AppContext) -> list[str]:
             or record.read_evaluation(s.path, answers=False) is not None]
 
 
+def newest_evaluated(ctx: AppContext, choices: list[str]) -> str | None:
+    """The run the tab opens on: the newest with a stored evaluation (a newer run still training has
+    none to show yet), else the newest it offers."""
+    found = [r for r in choices if record.read_evaluation(record.runs_dir(ctx.workspace) / r, answers=False)
+             is not None]
+    return (found or choices or [None])[0]
+
+
+PICK_RUN = ("Pick a run above: runs are listed here once they have an adapter, a checkpoint or an evaluation "
+            "(a run in training gets its first at its first checkpoint; press **Refresh list**).")
+NO_EVALUATION = ("No evaluation yet for this run: it is written at the end of training, or press **Evaluate** "
+                 "to compute it now (loads the model).")
+
+
 def verdict(result: dict | None) -> str:
     """A few lines of Markdown: the answer to "did it work, and what did it cost?"."""
     if not result:
-        return "No evaluation yet for this run. Press **Evaluate** to compute it (loads the model)."
+        return NO_EVALUATION
     lines = [f"**Step {result.get('step')}**, {result.get('eval_rows')} held-out examples: "
              f"{record.headline(result)}."]
     if not record.checks_done(result):
@@ -64,6 +78,8 @@ def verdict(result: dict | None) -> str:
 def gallery(ctx: AppContext, run_id: str, index) -> tuple[str, list[list]]:
     """(label, rows): the probe answers at the index-th recorded checkpoint (0 = the first), with a
     mark where the tuned answer changed since the checkpoint before."""
+    if not run_id:
+        return "", []
     history = record.probe_history(run_path(ctx, run_id))
     if not history:
         return "No probe answers recorded for this run yet (they appear at each checkpoint).", []
@@ -77,8 +93,25 @@ def gallery(ctx: AppContext, run_id: str, index) -> tuple[str, list[list]]:
     return f"**{i + 1} of {len(history)}**: step {entry['step']} ({entry.get('checkpoint')})", rows
 
 
-def load_run(ctx: AppContext, run_id: str) -> dict:
-    """Stored results only (no model): verdict, tables, the gallery at its newest record, the votes."""
+def gallery_shown(ctx: AppContext, run_id: str | None, index) -> dict:
+    """The slider let go: the gallery at that checkpoint, by output name."""
+    label, rows = gallery(ctx, run_id, index)
+    return {"step_label": label, "probes": rows}
+
+
+def nothing_shown(ctx: AppContext) -> dict:
+    """Every output of SHOWN with no run picked: what to do next, and empty tables."""
+    return {"verdict": no_run_text(ctx, PICK_RUN), "losses": [], "checks": [],
+            "step": gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False), "step_label": "",
+            "probes": [], **ab_view.closed(), "ab_tally": "", "split": "training rows", "hardest": [], "went_up": [],
+            "examples_note": "", "final_choice": gr.update(choices=["final"], value="final"), "choice_note": ""}
+
+
+def load_run(ctx: AppContext, run_id: str | None) -> dict:
+    """Stored results only (no model): verdict, tables, the gallery at its newest record, the votes.
+    No run picked: the empty state of each."""
+    if not run_id:
+        return nothing_shown(ctx)
     path = run_path(ctx, run_id)
     result = record.read_evaluation(path)
     last = max(len(record.probe_history(path)) - 1, 0)
@@ -143,6 +176,8 @@ def examples(ctx: AppContext, run_id: str, split_label: str = "training rows") -
     """The rows the model fits worst and the rows whose loss went up, for one split."""
     from tuning import row_losses
 
+    if not run_id:
+        return {"hardest": [], "went_up": [], "examples_note": ""}
     path, split = run_path(ctx, run_id), SPLITS.get(split_label, "train")
     hardest, risen = row_losses.hardest(path, split), row_losses.went_up(path, split)
     if not hardest:
@@ -215,6 +250,8 @@ def heldout_heatmap(ctx: AppContext, run_id: str, number) -> dict:
 
 def checkpoint_options(ctx: AppContext, run_id: str) -> dict:
     """The run's complete checkpoints and "final", the one in use selected."""
+    if not run_id:
+        return {"final_choice": gr.update(choices=["final"], value="final"), "choice_note": ""}
     path = run_path(ctx, run_id)
     names = ["final", *[c.name for c in record.complete_checkpoints(path)]]
     chosen = record.chosen_checkpoint(path) or "final"
@@ -231,7 +268,9 @@ def choose_final(ctx: AppContext, run_id: str, name: str) -> dict:
 
 
 def refreshed(ctx: AppContext, run_id: str | None):
-    return gr.update(choices=run_choices(ctx), value=run_id)
+    """The picker re-listed, `run_id` kept; with none picked, the newest evaluated run."""
+    choices = run_choices(ctx)
+    return gr.update(choices=choices, value=run_id or newest_evaluated(ctx, choices))
 
 
 def reload_shown(ctx: AppContext, run_id: str | None) -> dict:
@@ -262,7 +301,8 @@ def layout(ctx: AppContext) -> dict:
         c["recompute"] = gr.Checkbox(label="Recompute", value=False, scale=1,
                                      info="compute again even if results are stored")
         c["go"] = gr.Button("Evaluate", variant="primary", scale=1)
-    c["verdict"] = gr.Markdown()
+    c["error"] = error_box()
+    c["verdict"] = gr.Markdown(no_run_text(ctx, PICK_RUN))
     with gr.Row():
         c["losses"] = gr.Dataframe(headers=LOSS_HEADERS, label="Held-out loss and perplexity (lower is better)",
                                    interactive=False)
@@ -312,26 +352,33 @@ def examples_layout(c: dict) -> None:
 
 
 def wire(ctx: AppContext, c: dict) -> None:
+    """Each handler through the tab's error box (common.boxed): what a person asked for and could not
+    get is said there; an output nobody asked for yet shows its empty state, never an error."""
+    def event(fn, clears: dict | None = None):
+        return keyed(boxed(bind(fn, ctx), clears), c)
+
+    box = c["error"]
     shown = [c[n] for n in SHOWN]
     listed = [c["hardest"], c["went_up"], c["examples_note"]]
-    c["split"].change(public(guarded(keyed(bind(examples, ctx), c))), [c["run"], c["split"]], listed,
-                      api_name="hardest_examples")
-    c["choose"].click(guarded(keyed(bind(choose_final, ctx), c)), [c["run"], c["final_choice"]],
-                      [c["final_choice"], c["choice_note"]], api_name="choose_checkpoint")
+    c["split"].change(public(event(examples, {"hardest": [], "went_up": [], "examples_note": ""})),
+                      [c["run"], c["split"]], [*listed, box], api_name="hardest_examples")
+    c["choose"].click(event(choose_final), [c["run"], c["final_choice"]],
+                      [c["final_choice"], c["choice_note"], box], api_name="choose_checkpoint")
     for table in (c["hardest"], c["went_up"]):
         table.select(public(selected_row), None, c["picked_cells"], api_visibility="private") \
-            .success(public(guarded(keyed(bind(picked_example, ctx), c))), [c["run"], c["split"], c["picked_cells"]],
-                     [c["row_request"], c["heat_row"]], api_visibility="private")
-    c["heat_btn"].click(public(guarded(keyed(bind(heldout_heatmap, ctx), c))), [c["run"], c["heat_row"]],
-                        [c["heat_html"], c["heat_note"]], api_name="heldout_heatmap", concurrency_limit=1,
+            .success(public(event(picked_example)), [c["run"], c["split"], c["picked_cells"]],
+                     [c["row_request"], c["heat_row"], box], api_visibility="private")
+    c["heat_btn"].click(public(event(heldout_heatmap, {"heat_html": "", "heat_note": ""})), [c["run"], c["heat_row"]],
+                        [c["heat_html"], c["heat_note"], box], api_name="heldout_heatmap", concurrency_limit=1,
                         concurrency_id="generate")
-    # Viewing evaluations is public on a Space; computing one and voting are not.
+    # Viewing evaluations is public on a Space; computing one and voting are not. A run that cannot be
+    # read (a custom id, a deleted folder) empties everything the previous run left on screen.
     c["refresh"].click(public(guarded(bind(refreshed, ctx))), c["run"], c["run"], api_name="eval_runs") \
-        .then(public(guarded(keyed(bind(reload_shown, ctx), c))), c["run"], shown, api_visibility="private")
-    c["run"].change(public(guarded(keyed(bind(load_run, ctx), c))), c["run"], shown, api_name="eval_load")
-    c["go"].click(guarded(keyed(bind(evaluate_run, ctx), c)), [c["run"], c["recompute"]], shown,
-                  api_name="evaluate_run")
-    c["step"].release(public(guarded(bind(gallery, ctx))), [c["run"], c["step"]], [c["step_label"], c["probes"]],
+        .then(public(event(reload_shown, lambda: nothing_shown(ctx))), c["run"], [*shown, box],
+              api_visibility="private")
+    c["run"].change(public(event(load_run, lambda: nothing_shown(ctx))), c["run"], [*shown, box], api_name="eval_load")
+    c["go"].click(event(evaluate_run), [c["run"], c["recompute"]], [*shown, box], api_name="evaluate_run")
+    c["step"].release(public(event(gallery_shown)), [c["run"], c["step"]], [c["step_label"], c["probes"], box],
                       api_name="probe_gallery")
     pair_shown = [c[n] for n in ab_view.SHOWN]
     c["next_pair"].click(guarded(keyed(bind(ab_next, ctx), c)), [c["run"], c["own_prompt"]], pair_shown,
