@@ -25,7 +25,7 @@ CHECK_HEADERS = ["check", "questions", "base passed", "base %", "tuned passed", 
 GALLERY_HEADERS = ["prompt", "base", "tuned at this checkpoint", "changed since the previous one"]
 # Fixed widths, as in the Runs table: the last column is empty at the first checkpoint, and an empty
 # column shrinks until its header wraps a letter a line and pushes every row out of view.
-GALLERY_WIDTHS = ["22%", "34%", "34%", "10%"]
+GALLERY_WIDTHS = ["20%", "33%", "33%", "14%"]
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,7 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         c["losses"] = gr.Dataframe(headers=LOSS_HEADERS, label="Held-out loss and perplexity (lower is better)",
                                    interactive=False)
-        c["checks"] = gr.Dataframe(headers=CHECK_HEADERS, interactive=False,
+        c["checks"] = gr.Dataframe(headers=CHECK_HEADERS, interactive=False, elem_id="eval-checks",
                                    label="Task checks (the answer contains the expected words)")
     gr.Markdown("### Probe gallery\nThe run's probe prompts, answered at every checkpoint and at the end.")
     c["step"] = gr.Slider(minimum=0, maximum=1, value=0, step=1, label="Checkpoint (slide to step through)",

@@ -1,0 +1,75 @@
+"""A fresh workspace in headless Chromium: Dataset, Runs, Evaluation and Export at 1400 and 800
+pixels show empty states that say what to do next, never an error toast or an "Error" badge; an
+error the person causes (a path that does not exist) is said in the tab's error box, not as badges
+over the outputs. Screenshots go to /tmp/shots/empty_<tab>_<width>.png."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from test_app_api import launch_app
+from test_browser import open_page
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
+SHOTS = Path("/tmp/shots")
+TABS = ("Dataset", "Runs", "Evaluation", "Export")
+# What says "something failed" in Gradio 6.31's page: a toast of the error kind, and the status
+# tracker's "Error" badge over each output of an event that raised.
+ERROR_TOAST = ".toast-body.error"
+ERROR_BADGE = "[data-testid='status-tracker'] .error"
+EMPTY_TEXT = {"Dataset": "Pick a source and press Inspect dataset.", "Runs": "No runs yet: start one in the Train tab",
+              "Evaluation": "No runs yet: start one in Train.", "Export": "No finished run yet"}
+
+
+def no_errors_shown(page, where: str) -> None:
+    toasts = [t.inner_text() for t in page.locator(ERROR_TOAST).all()]
+    assert not toasts, f"{where}: error toast {toasts}"
+    badges = page.locator(ERROR_BADGE).filter(visible=True).count()
+    assert badges == 0, f"{where}: {badges} Error badges"
+
+
+def test_a_fresh_workspace_shows_no_error_in_any_tab(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log")
+    try:
+        with sync_playwright() as p:
+            browser, page = open_page(p, url)
+            for width in (1400, 800):
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.goto(url)
+                page.get_by_role("tab", name="Dataset", exact=True).wait_for()
+                page.wait_for_timeout(2000)  # the page-load events (pickers, listings, queue) have answered
+                for tab in TABS:
+                    page.get_by_role("tab", name=tab, exact=True).click()
+                    expect(page.get_by_text(EMPTY_TEXT[tab]).filter(visible=True).first).to_be_visible()
+                    page.wait_for_timeout(500)
+                    no_errors_shown(page, f"{tab} at {width} px")
+                    page.screenshot(path=str(SHOTS / f"empty_{tab.lower()}_{width}.png"), full_page=True)
+
+            # An error the person causes: said once, in the tab's box, with no badge over the outputs.
+            page.set_viewport_size({"width": 1400, "height": 1000})
+            page.get_by_role("tab", name="Dataset", exact=True).click()
+            page.get_by_label("path or Hub id").check()
+            page.get_by_role("textbox", name=re.compile(r"^Path or Hub id")).fill("missing.jsonl")
+            page.get_by_role("button", name="Inspect dataset", exact=True).click()
+            box = page.locator(".block.error-box").filter(visible=True)
+            expect(box).to_contain_text(re.compile(r"missing\.jsonl.*does not exist"), timeout=60_000)
+            page.wait_for_timeout(1000)  # the steps that follow a failed inspect have answered
+            assert page.locator(ERROR_BADGE).filter(visible=True).count() == 0
+            page.screenshot(path=str(SHOTS / "empty_dataset_error_box_1400.png"), full_page=True)
+            # The next good action hides it.
+            page.get_by_label("demo dataset").check()
+            page.get_by_role("button", name="Inspect dataset", exact=True).click()
+            expect(page.get_by_text("no problems found")).to_be_visible(timeout=60_000)
+            expect(box).to_be_hidden()
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

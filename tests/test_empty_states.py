@@ -1,0 +1,188 @@
+"""Outputs before their input exists, and errors a person caused, without a browser.
+
+Every handler the Dataset, Runs, Evaluation and Export tabs run on a page load or a picker change,
+called as plain Python with nothing picked, returns an empty state saying what to do next and
+raises nothing. An error the person did cause goes to the tab's one error box (common.boxed), and
+the results it no longer describes are emptied: a failed upload leaves no table of the previous
+dataset on screen. tests/test_browser_empty.py sees the same in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from tuning import record
+from tuning.ui import common, dataset_tab, evaluation_tab, export_tab, runs_tab
+from tuning.ui.common import AppContext
+
+from test_many_runs import make_run
+
+
+@pytest.fixture
+def ctx(tmp_path) -> AppContext:
+    return AppContext(tmp_path / "ws")
+
+
+def with_adapter(run: Path) -> Path:
+    (run / "adapter").mkdir()
+    (run / "adapter" / record.ADAPTER_WEIGHTS).write_bytes(b"weights")
+    (run / "adapter" / record.ADAPTER_CONFIG).write_text("{}")
+    return run
+
+
+# --- the Evaluation tab ----------------------------------------------------------------------------
+
+def test_evaluation_with_no_run_picked_shows_what_to_do(ctx):
+    shown = evaluation_tab.load_run(ctx, None)
+    assert set(shown) == set(evaluation_tab.SHOWN)  # every output the picker's change updates
+    assert shown["verdict"] == common.NO_RUNS and "Train" in shown["verdict"]  # a fresh workspace
+    assert shown["losses"] == [] and shown["checks"] == [] and shown["probes"] == []
+    assert shown["hardest"] == [] and shown["went_up"] == [] and shown["pair"] is None
+    assert shown["final_choice"]["value"] == "final" and shown["final_choice"]["choices"] == ["final"]
+    assert evaluation_tab.load_run(ctx, "")["verdict"] == shown["verdict"]
+    assert shown["step"].interactive is False  # the checkpoint slider waits for a run
+    assert evaluation_tab.gallery(ctx, None, 0) == ("", [])
+    assert evaluation_tab.gallery_shown(ctx, "", None) == {"step_label": "", "probes": []}
+    assert evaluation_tab.examples(ctx, None) == {"hardest": [], "went_up": [], "examples_note": ""}
+    assert evaluation_tab.checkpoint_options(ctx, None)["choice_note"] == ""
+    assert evaluation_tab.reload_shown(ctx, None) == {}
+    assert evaluation_tab.refreshed(ctx, None)["value"] is None
+    # With runs in the workspace, the empty state says to pick one instead.
+    make_run(ctx.workspace, "20260101-000000-a")
+    assert evaluation_tab.load_run(ctx, None)["verdict"].startswith("Pick a run above")
+
+
+def test_evaluation_without_results_says_when_they_come(ctx):
+    with_adapter(make_run(ctx.workspace, "20260101-000000-a"))
+    text = evaluation_tab.load_run(ctx, "20260101-000000-a")["verdict"]
+    assert text == evaluation_tab.NO_EVALUATION and "end of training" in text and "**Evaluate**" in text
+
+
+def test_the_evaluation_picker_opens_on_the_newest_evaluated_run(ctx):
+    old = with_adapter(make_run(ctx.workspace, "20260101-000000-old"))
+    record.write_evaluation(old, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
+    with_adapter(make_run(ctx.workspace, "20260102-000000-evaluated-later"))  # newer, not evaluated
+    picker = evaluation_tab.refreshed(ctx, None)
+    assert picker["choices"][0] == "20260102-000000-evaluated-later" and picker["value"] == "20260101-000000-old"
+    assert evaluation_tab.refreshed(ctx, "20260102-000000-evaluated-later")["value"] == "20260102-000000-evaluated-later"
+
+
+# --- the Export tab --------------------------------------------------------------------------------
+
+def test_export_with_no_run_picked_waits(ctx):
+    assert export_tab.card_preview(ctx, None) == export_tab.NO_FINISHED_RUN and "Train" in export_tab.NO_FINISHED_RUN
+    ready = export_tab.download_adapter(ctx, None)
+    assert ready["status"] == "" and ready["zip_file"].value is None and ready["zip_file"].interactive is False
+    assert export_tab.refreshed(ctx, None)["value"] is None
+    assert export_tab.picked_for_owner(ctx, None) == {"owner_run": None}
+    with_adapter(make_run(ctx.workspace, "20260101-000000-a"))
+    assert export_tab.card_preview(ctx, "").startswith("Pick a finished run")
+    assert export_tab.refreshed(ctx, None)["value"] == "20260101-000000-a"  # opens on the newest finished run
+
+
+# --- the Runs tab ----------------------------------------------------------------------------------
+
+def test_runs_with_no_runs_and_no_queue(ctx):
+    empty = runs_tab.listing(ctx)
+    assert empty["value"] == [] and empty["label"] == "No runs yet: start one in the Train tab"
+    assert runs_tab.zip_shown(ctx, None)["zip"].interactive is False
+    assert runs_tab.picked_for_owner(ctx, None) == {"owner_run": None}
+    shown = runs_tab.queue_refreshed(ctx, None)
+    assert shown["queue"]["value"] == [] and "starts next" not in shown["queue"]["label"]
+    assert runs_tab.queue_label(2) == "Queued runs: 2 (1 starts next)"
+    make_run(ctx.workspace, "20260101-000000-a")  # no final adapter: the button says so
+    assert runs_tab.zip_shown(ctx, "20260101-000000-a")["zip"].label == "Download adapter (none yet)"
+    assert runs_tab.listing(ctx)["label"] == "Runs in the workspace"
+
+
+def test_the_queue_table_follows_its_file(ctx, tiny_config):
+    from tuning import runner
+
+    first = runs_tab.queue_ticked(ctx, None)
+    assert first["queue"]["value"] == [] and first["queue_seen"] == []
+    assert runs_tab.queue_ticked(ctx, first["queue_seen"]) == {}  # nothing changed: nothing sent
+    ctx.workspace.mkdir(parents=True, exist_ok=True)
+    (entry,) = runner.enqueue(ctx.workspace, [tiny_config])  # as Queue it in the Train tab does
+    ticked = runs_tab.queue_ticked(ctx, first["queue_seen"])
+    assert [r[1] for r in ticked["queue"]["value"]] == [entry["id"]]
+    assert ticked["queue"]["label"] == "Queued runs: 1 (1 starts next)"
+    assert runs_tab.queue_ticked(ctx, ticked["queue_seen"], entry["id"]) == {}
+
+
+# --- the Dataset tab -------------------------------------------------------------------------------
+
+def test_dataset_steps_before_an_inspect_show_empty_states(ctx):
+    (counted,) = list(dataset_tab.statistics_handler(ctx, "", "auto", "", "", 512, True))
+    assert counted["stats"] == dataset_tab.NO_STATISTICS and counted["findings"] == []
+    assert dataset_tab.token_view_handler(ctx, "", "auto", 1, "", 512) == []
+    assert dataset_tab.page_handler("", "auto", 1) == {"preview": [], "page": 1, "pages": "of 1"}
+    assert dataset_tab.show_pair(ctx, "", "", 1, "", 512) == {}
+    assert dataset_tab.open_row(ctx, None, "", 512) == {}
+
+
+# --- the error box ---------------------------------------------------------------------------------
+
+def test_boxed_shows_the_message_and_clears_what_it_no_longer_describes():
+    def fails(name):
+        raise record.RunError(f"no run {name!r}")
+
+    out = common.boxed(fails, {"table": []})("x")
+    assert out["table"] == [] and out["error"]["visible"] is True and "no run 'x'" in out["error"]["value"]
+    assert common.boxed(lambda: {"table": [[1]]})() == {"table": [[1]], "error": common.box_hidden()}
+    assert common.boxed(lambda: {"table": [[1]]}, hides=False)() == {"table": [[1]]}  # a later step keeps the box
+    # Something unexpected: one readable line (the traceback goes to the log), never a stack trace.
+    broken = common.boxed(lambda: {}[0])()
+    assert broken["error"]["value"].startswith("**Could not do that:** Something went wrong (KeyError")
+
+
+def _by_name(demo, outputs: dict) -> dict:
+    """An event's outputs keyed by what tests can name: 'box', or a component's label."""
+    named = {}
+    for block, value in outputs.items():
+        key = "box" if "error-box" in (block.elem_classes or []) else getattr(block, "label", None) or block._id
+        named[key] = value
+    return named
+
+
+def test_a_failed_upload_shows_the_box_and_clears_the_previous_dataset(tmp_path, monkeypatch):
+    """The Dataset tab as wired: a good inspect, then an upload that cannot be read. The box names the
+    file and the columns; the preview, problems and summary of the previous dataset are emptied and
+    the statistics that follow show their empty state; the Train form keeps the last good dataset.
+    The next good inspect hides the box."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setattr("gradio.utils.get_upload_folder", lambda: str(uploads))
+    ctx = AppContext(tmp_path / "ws")
+    with gr.Blocks() as demo:
+        parts = dataset_tab.build(ctx)
+    inspect = next(f.fn for f in demo.fns.values() if f.api_name == "inspect_dataset_form")
+    preview_label = "Normalized conversations (click a row to see its tokens)"
+
+    good = _by_name(demo, inspect(dataset_tab.SOURCES[0], None, "", "auto", "", None))
+    assert good["box"]["visible"] is False and len(good[preview_label]) == dataset_tab.PAGE_SIZE
+    assert "demo" in [v for v in good.values() if isinstance(v, str)]  # the source the views describe
+
+    odd = uploads / "odd.csv"
+    with odd.open("w", newline="") as f:
+        csv.writer(f).writerows([["q", "a"], ["Who are you?", "Quill."]])
+    outputs = inspect(dataset_tab.SOURCES[1], str(odd), "", "auto", "", None)
+    bad = _by_name(demo, outputs)
+    assert bad["box"]["visible"] is True and "odd.csv" in bad["box"]["value"] and "q" in bad["box"]["value"]
+    assert bad[preview_label] == [] and bad["Validation problems"] == []
+    assert dataset_tab.NOTHING_INSPECTED in bad.values()  # the summary of the previous dataset is gone
+    assert outputs.get(parts.dataset, "untouched") == "untouched"  # the Train form keeps the demo
+    source = [block for block in outputs if isinstance(block, gr.State) and outputs[block] == ""]
+    assert source, "the views' source is emptied, so the steps that follow show empty states"
+
+    count = next(f.fn for f in demo.fns.values() if f.name == "statistics_handler")
+    (stats,) = [_by_name(demo, step) for step in count("", "auto", "", "", 512, True)]
+    assert "box" not in stats  # a step after the failed inspect leaves its box on screen
+    assert dataset_tab.NO_STATISTICS in stats.values()
+
+    again = _by_name(demo, inspect(dataset_tab.SOURCES[0], None, "", "auto", "", None))
+    assert again["box"]["visible"] is False and len(again[preview_label]) == dataset_tab.PAGE_SIZE
+    json.dumps(str(again))  # plain values only
