@@ -44,7 +44,7 @@ def finished_run(tmp_path_factory, tiny_model_dir, embedded_tokenizer):
     cfg = TrainConfig(base_model=str(tiny_model_dir), dataset=str(write_jsonl(ws / "chat.jsonl", chat_rows(24))),
                       eval_dataset=str(_eval_file(ws)), method="lora", max_steps=4, per_device_batch_size=4,
                       max_length=64, learning_rate=1e-2, save_steps=2, eval_steps=2, logging_steps=1,
-                      warmup_ratio=0.0, eval_max_new_tokens=8)
+                      warmup_ratio=0.0, eval_max_new_tokens=8, final_evaluation="full")  # (auto: quick for 4 steps)
     run_dir = ws / "runs" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -252,7 +252,7 @@ def test_task_checks_pass_on_the_expected_text_and_fail_without_it(monkeypatch):
     }
     asked = []
 
-    def fake_generate(model, tokenizer, prompts, names, max_new_tokens):
+    def fake_generate(model, tokenizer, prompts, names, max_new_tokens, stopped=None):
         asked.extend((p[-1]["content"], n) for p, n in zip(prompts, names))
         return [answers[(p[-1]["content"], n)] for p, n in zip(prompts, names)]
 

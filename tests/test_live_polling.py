@@ -80,7 +80,7 @@ def test_each_tick_sets_the_next_interval(tmp_path, trainer):
     now = time.time()
     run = live_run(ctx.workspace, [now - 31, now - 21, now - 11, now - 1], trainer.pid)  # 10 s steps
     first = live_tab.tick(ctx, "r1", None)
-    assert "running" in first["progress"]
+    assert "training" in first["progress"]  # an active run shows its phase
     assert 6.0 <= first["timer"] <= 7.0  # the next step is due in ~9 s: quiet until ~7 s from now
     trainer.kill()
     trainer.wait()

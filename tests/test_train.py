@@ -54,7 +54,8 @@ def test_run_writes_events_checkpoints_and_reloadable_adapter(tmp_path, tiny_con
 
     events, _ = read_events(run_dir / "events.jsonl")
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds[0] == "phase" and events[0]["phase"] == "loading" and kinds[-1] == "end"
+    assert [k for k in kinds if k != "phase"][0] == "start"
     assert set(kinds) <= set(EVENT_KINDS) and {"log", "eval", "checkpoint"} <= set(kinds)
     for e in events:
         assert isinstance(e["time"], float)

@@ -21,6 +21,9 @@ from typing import Any, Literal
 import yaml
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+AUTO_STEPS = 0  # save_steps / eval_steps: "auto", about a quarter of the run (AUTO_INTERVAL_RATIO)
+AUTO_INTERVAL_RATIO = 0.25  # the Trainer reads a float < 1 as a share of the total steps
+SHORT_RUN_STEPS = 100  # final_evaluation auto: quick up to here, full above
 DEMO_DATASET = "demo"
 
 
@@ -29,9 +32,11 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, help: str, group: str, *, choices: tuple | None = None,
-       min: float | None = None, max: float | None = None, advanced: bool = False) -> Any:
-    """A dataclass field with the metadata the form and the validator read."""
-    meta = {"help": help, "group": group, "advanced": advanced}
+       min: float | None = None, max: float | None = None, advanced: bool = False,
+       label: str | None = None, simple: bool = False) -> Any:
+    """A dataclass field with the metadata the form and the validator read: `label` is the form's
+    human name for it (with its unit), `simple` puts it in the Train tab's Simple view (at most 8)."""
+    meta = {"help": help, "group": group, "advanced": advanced, "label": label, "simple": simple}
     if choices is not None:
         meta["choices"] = choices
     if min is not None:
@@ -45,91 +50,100 @@ def _f(default: Any, help: str, group: str, *, choices: tuple | None = None,
 class TrainConfig:
     # --- model -------------------------------------------------------------------
     base_model: str = _f(EMBEDDED_MODEL, "Base model: the embedded default, a local folder, or a Hub id "
-                         "(e.g. Qwen/Qwen2.5-0.5B-Instruct; needs network).", "model")
+                         "(e.g. Qwen/Qwen2.5-0.5B-Instruct; needs network).", "model", label="Base model", simple=True)
     trust_remote_code: bool = _f(False, "Run Python code shipped with a Hub model. Only for models you trust.",
-                                 "model", advanced=True)
+                                 "model", advanced=True, label="Trust the model's own code")
     run_name: str = _f("", "A short name for the run (letters, digits, - and _). Empty: derived from the time.",
-                       "model")
+                       "model", label="Run name")
 
     # --- method ------------------------------------------------------------------
     method: Literal["qlora", "lora"] = _f("qlora", "qlora: 4-bit NF4 frozen base (double quantization) + LoRA. "
                                           "lora: full-precision frozen base + LoRA.", "method",
-                                          choices=("qlora", "lora"))
+                                          choices=("qlora", "lora"), label="Method (QLoRA / LoRA)", simple=True)
     precision: Literal["auto", "bf16", "fp32"] = _f(
         "auto", "Compute dtype for training. auto: bf16 where the device supports it fast, else fp32.",
-        "method", choices=("auto", "bf16", "fp32"))
+        "method", choices=("auto", "bf16", "fp32"), label="Precision")
 
     # --- LoRA --------------------------------------------------------------------
-    lora_r: int = _f(16, "LoRA rank: the adapter's capacity. 8-64 is typical.", "lora", min=1, max=1024)
-    lora_alpha: int = _f(32, "LoRA scaling numerator; usually 2 x r.", "lora", min=1, max=4096)
-    lora_dropout: float = _f(0.05, "Dropout on the adapter's input.", "lora", min=0.0, max=0.9)
+    lora_r: int = _f(16, "LoRA rank: the adapter's capacity. 8-64 is typical.", "lora", min=1, max=1024,
+                     label="LoRA rank (r)", simple=True)
+    lora_alpha: int = _f(32, "LoRA scaling numerator; usually 2 x r.", "lora", min=1, max=4096, label="LoRA alpha")
+    lora_dropout: float = _f(0.05, "Dropout on the adapter's input.", "lora", min=0.0, max=0.9, label="LoRA dropout")
     target_modules: str = _f("all-linear", "Which linear layers get adapters: all-linear, or a comma-separated "
-                             "list such as q_proj,v_proj.", "lora")
-    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA. Slightly better, slower.", "lora", advanced=True)
+                             "list such as q_proj,v_proj.", "lora", label="Target layers")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA. Slightly better, slower.", "lora", advanced=True,
+                        label="DoRA")
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r; helps at large r.", "lora",
-                          advanced=True)
+                          advanced=True, label="rsLoRA")
 
     # --- optimisation ------------------------------------------------------------
     learning_rate: float = _f(2e-4, "Peak learning rate. 1e-4 to 3e-4 is typical for LoRA.", "optimisation",
-                              min=1e-8, max=1.0)
+                              min=1e-8, max=1.0, label="Learning rate", simple=True)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f(
         "cosine", "Learning-rate schedule after warmup.", "optimisation",
-        choices=("cosine", "linear", "constant", "constant_with_warmup"))
+        choices=("cosine", "linear", "constant", "constant_with_warmup"), label="Learning-rate schedule")
     warmup_ratio: float = _f(0.05, "Share of the steps spent warming the learning rate up from 0.", "optimisation",
-                             min=0.0, max=0.5)
+                             min=0.0, max=0.5, label="Warmup (share of steps)")
     num_epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).", "optimisation",
-                           min=0.01, max=100.0)
+                           min=0.01, max=100.0, label="Epochs")
     max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 means use num_epochs.", "optimisation",
-                        min=-1, max=1_000_000)
-    per_device_batch_size: int = _f(4, "Examples per forward pass on each device.", "optimisation", min=1, max=1024)
+                        min=-1, max=1_000_000, label="Steps", simple=True)
+    per_device_batch_size: int = _f(4, "Examples per forward pass on each device.", "optimisation", min=1, max=1024,
+                                    label="Batch size (examples per pass)")
     gradient_accumulation_steps: int = _f(1, "Forward passes per optimizer step; effective batch = batch x this.",
-                                          "optimisation", min=1, max=1024)
+                                          "optimisation", min=1, max=1024,
+                                          label="Gradient accumulation (passes per step)")
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", "optimisation", min=0.0, max=1.0,
-                             advanced=True)
+                             advanced=True, label="Weight decay")
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 disables clipping.", "optimisation",
-                              min=0.0, max=1000.0, advanced=True)
+                              min=0.0, max=1000.0, advanced=True, label="Gradient clipping (max norm)")
     neftune_noise_alpha: float = _f(0.0, "NEFTune: uniform noise of this scale added to the input embeddings "
                                     "while training (5 is the paper's usual value; 0 = off). Regularises a "
                                     "small dataset. In a padding-free batch the noise is scaled by the whole "
                                     "batch's length, so each example gets about 1/sqrt(batch size) of it.",
-                                    "optimisation", min=0.0, max=100.0, advanced=True)
+                                    "optimisation", min=0.0, max=100.0, advanced=True, label="NEFTune noise")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
-                                      "slower. Turn on when memory runs out.", "optimisation", advanced=True)
+                                      "slower. Turn on when memory runs out.", "optimisation", advanced=True,
+                                      label="Gradient checkpointing")
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
-                   min=0, max=2**31 - 1, advanced=True)
+                   min=0, max=2**31 - 1, advanced=True, label="Random seed")
     seeds: int = _f(1, "Train this config on N seeds (seed, seed+1, ...): N runs, one after another (the "
                     "first starts, the others wait in the queue). The Runs tab then gives each evaluation "
                     "figure as mean ± spread, so you see whether a difference between two settings is "
-                    "larger than the noise between seeds.", "optimisation", min=1, max=16, advanced=True)
+                    "larger than the noise between seeds.", "optimisation", min=1, max=16, advanced=True,
+                    label="Seeds (one run each)")
     num_processes: int = _f(0, "Training processes. 0: one per GPU (one on a CPU-only machine); N > 1 launches "
                             "N processes through torch.distributed.run (gloo on CPU, NCCL on GPUs). The "
                             "examples per optimizer step = per_device_batch_size x gradient_accumulation_steps "
-                            "x processes.", "optimisation", min=0, max=64, advanced=True)
+                            "x processes.", "optimisation", min=0, max=64, advanced=True, label="Processes")
     distributed: Literal["ddp", "fsdp", "deepspeed-zero2"] = _f(
         "ddp", "How processes share the work when num_processes > 1. ddp: each holds a full copy (default, "
         "simplest); fsdp: shards parameters and optimizer state (larger models); deepspeed-zero2: shards "
         "optimizer state and gradients (needs the deepspeed package).", "optimisation",
-        choices=("ddp", "fsdp", "deepspeed-zero2"), advanced=True)
+        choices=("ddp", "fsdp", "deepspeed-zero2"), advanced=True, label="Multi-process strategy")
 
     # --- data --------------------------------------------------------------------
     dataset: str = _f(DEMO_DATASET, "Training data: 'demo' (bundled), a file or folder, or a Hub dataset id.",
-                      "data")
+                      "data", label="Dataset", simple=True)
     eval_dataset: str = _f("", "Held-out data file. Empty: split eval_split off the training data "
-                           "('demo' has its own held-out file).", "data")
+                           "('demo' has its own held-out file).", "data", label="Held-out dataset")
     eval_split: float = _f(0.1, "Share of the training rows held out for evaluation when no eval_dataset is "
-                           "given; 0 disables evaluation.", "data", min=0.0, max=0.5)
-    max_length: int = _f(512, "Longest example in tokens; longer ones are truncated.", "data", min=16, max=131072)
+                           "given; 0 disables evaluation.", "data", min=0.0, max=0.5, label="Held-out share")
+    max_length: int = _f(512, "Longest example in tokens; longer ones are truncated.", "data", min=16, max=131072,
+                         label="Max length (tokens)", simple=True)
     packing: bool = _f(False, "Pack several examples into one sequence without cross-attention (faster on "
-                       "mixed lengths).", "data")
-    train_on_completions_only: bool = _f(True, "Compute the loss only on assistant tokens (recommended).", "data")
+                       "mixed lengths).", "data", label="Packing")
+    train_on_completions_only: bool = _f(True, "Compute the loss only on assistant tokens (recommended).", "data",
+                                         label="Loss on answers only")
     dataset_format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = _f(
         "auto", "How to read the rows. auto: detected per file from the column names.", "data",
-        choices=("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"))
+        choices=("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"), label="Dataset format")
     column_map: str = _f("", "Map your columns onto the format's fields, e.g. prompt=question,completion=answer. "
-                         "Empty: common names are detected when unambiguous.", "data")
-    dataset_split: str = _f("train", "Split of a Hub dataset to train on.", "data", advanced=True)
+                         "Empty: common names are detected when unambiguous.", "data", label="Column map")
+    dataset_split: str = _f("train", "Split of a Hub dataset to train on.", "data", advanced=True,
+                            label="Hub dataset split")
     dataset_subset: str = _f("", "Subset (configuration) of a Hub dataset; empty for the default.", "data",
-                             advanced=True)
+                             advanced=True, label="Hub dataset subset")
 
     # --- preference tuning (tuning/preference.py builds TRL's trainers from these) ---
     objective: Literal["sft", "dpo", "orpo", "kto"] = _f(
@@ -137,42 +151,55 @@ class TrainConfig:
         "chosen answer over the rejected one of each pair, against a frozen reference (the starting adapter, or "
         "the base with the adapter off). orpo: SFT on the chosen answer plus an odds-ratio penalty on the "
         "rejected one, no reference. kto: single answers labelled good or bad (prompt/completion/label).",
-        "preference", choices=("sft", "dpo", "orpo", "kto"))
+        "preference", choices=("sft", "dpo", "orpo", "kto"), label="Objective", simple=True)
     init_from: str = _f("", "Start from a finished run's adapter (its run id) instead of a fresh one: the usual "
                         "recipe is SFT first, then DPO from it. That run must have the same base model. Empty: "
-                        "a fresh adapter.", "preference")
+                        "a fresh adapter.", "preference", label="Start from run")
     beta: float = _f(0.1, "dpo/kto: how far the tuned model may move from the reference (higher stays closer; "
                      "TRL's default 0.1). orpo: the weight of the odds-ratio term against the SFT loss (the "
-                     "paper's lambda; TRL's default 0.1).", "preference", min=1e-4, max=100.0)
+                     "paper's lambda; TRL's default 0.1).", "preference", min=1e-4, max=100.0, label="Beta")
     dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero"] = _f(
         "sigmoid", "dpo: the loss. sigmoid: the DPO paper's (TRL's default). ipo: a squared loss that does not "
         "drive the margin to infinity (good for near-deterministic preferences). hinge: SLiC's margin loss. "
         "robust: tolerates some flipped labels. apo_zero: pushes chosen up and rejected down in absolute terms.",
-        "preference", choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero"), advanced=True)
+        "preference", choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero"), advanced=True, label="DPO loss")
     kto_desirable_weight: float = _f(1.0, "kto: weight of the loss on good (label true) answers. With unequal "
                                      "counts, TRL recommends desirable x good ≈ undesirable x bad (within 1 "
-                                     "to 4/3).", "preference", min=0.01, max=100.0, advanced=True)
+                                     "to 4/3).", "preference", min=0.01, max=100.0, advanced=True,
+                                     label="KTO weight of good answers")
     kto_undesirable_weight: float = _f(1.0, "kto: weight of the loss on bad (label false) answers.",
-                                       "preference", min=0.01, max=100.0, advanced=True)
+                                       "preference", min=0.01, max=100.0, advanced=True,
+                                       label="KTO weight of bad answers")
 
     # --- schedule (saving, evaluation, logging, early stopping) ---------------------
-    save_steps: int = _f(50, "Save a checkpoint every N steps (a resume loses at most N steps).", "schedule",
-                         min=1, max=1_000_000)
-    eval_steps: int = _f(50, "Evaluate on the held-out split every N steps.", "schedule", min=1, max=1_000_000)
-    logging_steps: int = _f(1, "Write a log event every N steps.", "schedule", min=1, max=10_000)
+    save_steps: int = _f(AUTO_STEPS, "Save a checkpoint every N steps (a resume loses at most N steps). auto (0): "
+                         "about a quarter of the run, so even a short run gets checkpoints.", "schedule",
+                         min=0, max=1_000_000, label="Checkpoint every (steps)")
+    eval_steps: int = _f(AUTO_STEPS, "Evaluate on the held-out split every N steps. auto (0): about a quarter of "
+                         "the run, so even a short run gets an eval curve.", "schedule", min=0, max=1_000_000,
+                         label="Evaluate every (steps)")
+    logging_steps: int = _f(1, "Write a log event every N steps.", "schedule", min=1, max=10_000,
+                            label="Log every (steps)")
     early_stopping_patience: int = _f(0, "Stop when eval loss has not improved for N evaluations; 0 = off.",
-                                      "schedule", min=0, max=1000)
+                                      "schedule", min=0, max=1000, label="Early stopping (evaluations)")
     save_total_limit: int = _f(3, "Keep at most N checkpoints on disk (the best one is always kept).", "schedule",
-                               min=1, max=1000, advanced=True)
+                               min=1, max=1000, advanced=True, label="Checkpoints kept")
     probe_every_checkpoint: bool = _f(True, "Answer the probe prompts (base and tuned) at every checkpoint, for "
                                       "the gallery in the Evaluation tab. Costs a few seconds per checkpoint on "
-                                      "a CPU.", "schedule")
+                                      "a CPU.", "schedule", label="Probes at every checkpoint")
+    final_evaluation: Literal["auto", "quick", "full", "none"] = _f(
+        "auto", "What the run checks after its last step. quick: held-out loss base vs tuned and a few probes "
+        "(seconds to a minute on a CPU). full: also every probe and the task checks (can take as long as a "
+        "short training). none: nothing (run `python -m tuning eval` later). auto: quick for a run of at most "
+        f"{SHORT_RUN_STEPS} steps, else full.", "schedule", choices=("auto", "quick", "full", "none"),
+        label="Evaluation after the run")
     eval_max_new_tokens: int = _f(64, "Longest answer, in tokens, for probes and task checks (greedy).",
-                                  "schedule", min=1, max=2048, advanced=True)
+                                  "schedule", min=1, max=2048, advanced=True, label="Answer length in checks (tokens)")
     report_to: Literal["none", "tensorboard", "trackio"] = _f(
         "none", "Also log the run to an experiment tracker (the Trainer's report_to): TensorBoard event files in "
         "the run folder, or trackio (local, opens in a browser). Needs that package installed; the run folder "
-        "records everything either way.", "schedule", choices=("none", "tensorboard", "trackio"), advanced=True)
+        "records everything either way.", "schedule", choices=("none", "tensorboard", "trackio"), advanced=True,
+        label="Experiment tracker")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -202,7 +229,11 @@ class TrainConfig:
             raise ConfigError("base_model: must not be empty")
         if not self.dataset.strip():
             raise ConfigError("dataset: must not be empty")
-        if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps != 0:
+        if self.early_stopping_patience > 0 and (self.save_steps == AUTO_STEPS) != (self.eval_steps == AUTO_STEPS):
+            raise ConfigError("early_stopping_patience: set save_steps and eval_steps both to auto or both to "
+                              "numbers, so the best checkpoint is on disk")
+        if (self.early_stopping_patience > 0 and self.eval_steps != AUTO_STEPS
+                and self.save_steps % self.eval_steps != 0):
             raise ConfigError("early_stopping_patience: needs save_steps to be a multiple of eval_steps, so the "
                               "best checkpoint is on disk")
         if self.max_steps == 0:
@@ -232,6 +263,18 @@ class TrainConfig:
         if self.target_modules.strip() == "all-linear":
             return "all-linear"
         return [name.strip() for name in self.target_modules.split(",") if name.strip()]
+
+    def step_interval(self, name: str) -> int | float:
+        """save_steps / eval_steps as the Trainer takes them: a number of steps, or for auto a share
+        of the run (a float < 1, which the Trainer turns into steps once it knows the total)."""
+        value = getattr(self, name)
+        return AUTO_INTERVAL_RATIO if value == AUTO_STEPS else value
+
+    def final_evaluation_for(self, total_steps: int) -> str:
+        """quick, full or none: auto is quick for a short run, full for a long one."""
+        if self.final_evaluation != "auto":
+            return self.final_evaluation
+        return "quick" if total_steps <= SHORT_RUN_STEPS else "full"
 
     @property
     def effective_batch_size(self) -> int:
@@ -271,10 +314,15 @@ def field_type(name: str) -> type:
     return _base_type(FIELDS[name])
 
 
+AUTO_FIELDS = ("save_steps", "eval_steps")  # int fields that also take "auto" (stored as AUTO_STEPS)
+
+
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config from a mapping (a preset, a form, a saved run), refusing unknown keys."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of key: value, got {type(values).__name__}")
+    values = {k: AUTO_STEPS if k in AUTO_FIELDS and isinstance(v, str) and v.strip().lower() == "auto" else v
+              for k, v in values.items()}
     unknown = sorted(str(k) for k in values if k not in FIELDS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown config key" + (f" (also: {', '.join(unknown[1:])})"
@@ -317,6 +365,8 @@ def parse_value(key: str, raw: str) -> Any:
             return False
         raise ConfigError(f"{key}: expected true or false, got {raw!r}")
     if kind is int:
+        if key in AUTO_FIELDS and text.lower() == "auto":
+            return AUTO_STEPS
         try:
             return int(text)
         except ValueError:

@@ -10,6 +10,9 @@
   greedy answer contains any of them, or, for named slots ({"name": [...], "maker": [...]}), one
   of each slot's; grouped by the row's `kind` (the demo: identity, control), each slot counted too.
 - Probe prompts: answered by base and tuned at every checkpoint (a TrainerCallback) and at the end.
+- The end-of-run evaluation fits the run (config final_evaluation): quick = held-out loss and the
+  first probes, full = everything. It runs as a list of checks (plan); between two checks, and at
+  every generated token, a Stop ends it, and evaluation.json then says it is partial.
 
 Base and tuned answers come from ONE generate call (generation.generate_rows: a PEFT mixed-adapter
 batch, rows tagged "__base__" skip the adapter; DoRA gets one call per side). What is computed
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,25 +150,51 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
     return sum(batch_losses) / len(batch_losses)
 
 
-def _generate(model, tokenizer, prompts: list[list[dict]], names: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers, row i with adapter names[i] (BASE = no adapter)."""
+class EvaluationStopped(Exception):
+    """A Stop arrived in the middle of a check: its half-made answers are dropped, what the checks
+    before it computed is kept."""
+
+
+class _StopWatch:
+    """A generate() streamer that reads no tokens, only the Stop flag: at the first token after a
+    Stop it ends the batch (a batch of answers takes minutes on a busy CPU; a Stop should not)."""
+
+    def __init__(self, stopped):
+        self.stopped = stopped
+
+    def put(self, value) -> None:
+        if self.stopped():
+            raise EvaluationStopped()
+
+    def end(self) -> None:
+        pass
+
+    def part(self, index: list[int]) -> "_StopWatch":  # generation.generate_rows splits DoRA batches
+        return self
+
+
+def _generate(model, tokenizer, prompts: list[list[dict]], names: list[str], max_new_tokens: int,
+              stopped=None) -> list[str]:
+    """Greedy answers, row i with adapter names[i] (BASE = no adapter); EvaluationStopped as soon as
+    `stopped()` says so."""
     return generation.generate_rows(model, tokenizer, prompts, names, max_new_tokens=max_new_tokens,
-                                    **generation.GREEDY)
+                                    streamer=_StopWatch(stopped) if stopped else None, **generation.GREEDY)
 
 
 def answer_pairs(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-                 adapter: str = TRAINING_ADAPTER, base_answers: list[str] | None = None) -> list[tuple[str, str]]:
+                 adapter: str = TRAINING_ADAPTER, base_answers: list[str] | None = None,
+                 stopped=None) -> list[tuple[str, str]]:
     """(base, tuned) answers; base and tuned rows share each generate call. With base_answers
     given (greedy base answers do not change between checkpoints), only the tuned side runs."""
     pairs = []
     for i in range(0, len(prompts), GENERATION_BATCH):
         chunk = prompts[i:i + GENERATION_BATCH]
         if base_answers is not None:
-            tuned = _generate(model, tokenizer, chunk, [adapter] * len(chunk), max_new_tokens)
+            tuned = _generate(model, tokenizer, chunk, [adapter] * len(chunk), max_new_tokens, stopped)
             pairs += list(zip(base_answers[i:i + GENERATION_BATCH], tuned))
         else:
             both = _generate(model, tokenizer, chunk + chunk, [BASE] * len(chunk) + [adapter] * len(chunk),
-                             max_new_tokens)
+                             max_new_tokens, stopped)
             pairs += list(zip(both[:len(chunk)], both[len(chunk):]))
     return pairs
 
@@ -174,14 +204,22 @@ def _user_text(prompt: list[dict]) -> str:
     return users[-1] if users else ""
 
 
+def checked_rows(rows: list[tuple[list[dict], dict]]) -> list[tuple[list[dict], dict]]:
+    """(prompt, extra) of every held-out row a task check can score (it carries `expect`)."""
+    return [(prompt_of(conv), extra) for conv, extra in rows if _checkable(extra) and prompt_of(conv)]
+
+
 def task_checks(model, tokenizer, rows: list[tuple[list[dict], dict]], max_new_tokens: int,
                 adapter: str = TRAINING_ADAPTER) -> dict | None:
     """Pass rates, base and tuned, of every held-out row that carries `expect`; None if none does."""
-    checked = [(prompt_of(conv), extra) for conv, extra in rows
-               if _checkable(extra) and prompt_of(conv)]
+    checked = checked_rows(rows)
     if not checked:
         return None
-    pairs = answer_pairs(model, tokenizer, [p for p, _ in checked], max_new_tokens, adapter)
+    return check_results(checked, answer_pairs(model, tokenizer, [p for p, _ in checked], max_new_tokens, adapter))
+
+
+def check_results(checked: list[tuple[list[dict], dict]], pairs: list[tuple[str, str]]) -> dict:
+    """{by_kind, rows} of the checked rows that have their (base, tuned) answers."""
     results = []
     for (prompt, extra), (base, tuned) in zip(checked, pairs):
         expect = extra["expect"]
@@ -216,70 +254,164 @@ def summarize_checks(results: list[dict]) -> dict[str, dict]:
 
 
 def probe_record(model, tokenizer, prompts: list[str], step: int, checkpoint: str, max_new_tokens: int,
-                 adapter: str = TRAINING_ADAPTER, base_answers: list[str] | None = None) -> dict:
+                 adapter: str = TRAINING_ADAPTER, base_answers: list[str] | None = None, stopped=None) -> dict:
     messages = [[{"role": "user", "content": p}] for p in prompts]
-    pairs = answer_pairs(model, tokenizer, messages, max_new_tokens, adapter, base_answers)
+    pairs = answer_pairs(model, tokenizer, messages, max_new_tokens, adapter, base_answers, stopped)
     return {"step": step, "checkpoint": checkpoint, "time": round(time.time(), 3),
             "answers": [{"prompt": p, "base": b, "tuned": t} for p, (b, t) in zip(prompts, pairs)]}
 
 
+# What the end-of-run evaluation runs (config final_evaluation): quick = held-out loss base vs tuned
+# and the first QUICK_PROBES probes; full = also every probe and every task check.
+QUICK, FULL, NONE = "quick", "full", "none"
+QUICK_PROBES = 3
+# What a check costs, in training steps of the same run: the Live tab's ETA before the evaluation
+# starts and the estimate before Start multiply these by the step time. Measured on the quickstart
+# (bench/RESULTS.md, "End-of-run evaluation"): a pass over the 47 held-out rows took about as long as
+# LOSS_ROW_STEPS x 47 / 8 steps; one probe or task check (base and tuned, 64 new tokens) ANSWER_STEPS.
+LOSS_ROW_STEPS = 0.3  # per held-out row, per row of the step's effective batch
+ANSWER_STEPS = 0.55  # per prompt answered by base and tuned, per 64 new tokens
+
+
+@dataclass(frozen=True)
+class Check:
+    """One piece of the evaluation, between two looks at the Stop flag."""
+    label: str  # what the page shows: "held-out loss (tuned)", "probes 1-3 of 3", "task checks 17-32 of 47"
+    part: str  # loss_tuned, loss_base, preference, probes, checks
+    work: float  # its cost in training steps (LOSS_ROW_STEPS, ANSWER_STEPS)
+    start: int = 0  # the prompts [start, end) of a probes or checks batch
+    end: int = 0
+
+
+def plan(cfg: config_mod.TrainConfig, kind: str, rows: list[tuple[list[dict], dict]], prompts: list[str]) -> list[Check]:
+    """The checks of a quick or full evaluation of `rows` (the held-out rows) and `prompts` (the probes),
+    in the order they run: the cheap, telling ones first, so a Stop keeps the most."""
+    if kind == NONE or not rows:
+        return []
+    loss = LOSS_ROW_STEPS * len(rows) / max(1, cfg.effective_batch_size)
+    checks = [Check("held-out loss (tuned)", "loss_tuned", loss), Check("held-out loss (base)", "loss_base", loss)]
+    if cfg.objective != "sft":
+        checks.append(Check("held-out preference figures", "preference", 4 * loss))  # chosen and rejected, both sides
+    answer = ANSWER_STEPS * cfg.eval_max_new_tokens / 64
+    prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts
+    batches = [("probes", len(prompts))] + ([("task checks", len(checked_rows(rows)))] if kind == FULL else [])
+    for name, count in batches:
+        for i in range(0, count, GENERATION_BATCH):
+            end = min(count, i + GENERATION_BATCH)
+            checks.append(Check(f"{name} {i + 1}-{end} of {count}", name.split()[-1], answer * (end - i), i, end))
+    return checks
+
+
+def planned_checks(cfg: config_mod.TrainConfig, run_dir: Path, kind: str) -> list[Check]:
+    """plan() for this run's own held-out rows and probes (its probes.json, made on first use)."""
+    rows = heldout_rows(cfg) if kind != NONE else []
+    return plan(cfg, kind, rows, probes_for_run(run_dir, cfg) if rows else [])
+
+
 def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path, step: int,
-                   adapter: str = TRAINING_ADAPTER, checks: bool = True, source: str = "training") -> dict | None:
-    """Everything for evaluation.json from a PeftModel holding the tuned adapter. None when the
-    run has no held-out split (nothing to evaluate on)."""
+                   adapter: str = TRAINING_ADAPTER, kind: str = FULL, source: str = "training",
+                   progress=None, stopped=None) -> dict | None:
+    """Everything for evaluation.json from a PeftModel holding the tuned adapter, check by check (plan).
+    None when the run has no held-out split (nothing to evaluate on). `progress(done, total, check,
+    work_done, work_total)` is called before each check (the one about to run) and at the end (None); `stopped()` is asked between checks and at
+    every generated token: after a Stop, evaluation.json holds what the finished checks computed, with
+    `partial: true` and `stopped_at` (the first check not done). Nothing is written when no check
+    finished (an earlier evaluation.json stays)."""
     rows = heldout_rows(cfg)
     if not rows:
         return None
-    started = time.time()
+    stopped = stopped or (lambda: False)
+    prompts = probes_for_run(run_dir, cfg)
+    checks = plan(cfg, kind, rows, prompts)
+    base_answers = record.cached_base_answers(run_dir, prompts)  # the checkpoints answered the whole list
+    prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    checked = checked_rows(rows)
     conversations = [conv for conv, _ in rows]
     tuned_rows: dict[int, float] = {}
     base_rows: dict[int, float] = {}
-    tuned_loss = heldout_loss(model, tokenizer, conversations, cfg, adapter, per_row=tuned_rows)
-    base_loss = heldout_loss(model, tokenizer, conversations, cfg, BASE, per_row=base_rows)
-    loss_seconds = time.time() - started
-    # each stage's freed activations go back to the OS before the next one allocates its own, so the
-    # stages' peaks do not stack (tuning/memory.py, release_freed_memory)
-    memory.release_freed_memory()
+    figures: dict[str, Any] = {}
+    probe_pairs: list[tuple[str, str]] = []
+    check_pairs: list[tuple[str, str]] = []
+    seconds: dict[str, float] = {}
+    started, done, stopped_at = time.time(), 0, None
+    work_total, work_done = sum(c.work for c in checks), 0.0
+    for check in checks:
+        if stopped():
+            stopped_at = check.label
+            break
+        if progress is not None:
+            progress(done, len(checks), check, work_done, work_total)
+        t0 = time.time()
+        try:
+            if check.part == "loss_tuned":
+                figures["eval_loss"] = heldout_loss(model, tokenizer, conversations, cfg, adapter, per_row=tuned_rows)
+            elif check.part == "loss_base":
+                figures["base_eval_loss"] = heldout_loss(model, tokenizer, conversations, cfg, BASE, per_row=base_rows)
+            elif check.part == "preference":  # held-out preference accuracy and margin, base vs tuned
+                figures["preference"] = preference.heldout_figures(model, tokenizer, cfg,
+                                                                   preference_data.heldout_rows(cfg), adapter)
+            elif check.part == "probes":
+                cached = base_answers[check.start:check.end] if base_answers else None
+                probe_pairs += answer_pairs(model, tokenizer, messages[check.start:check.end],
+                                            cfg.eval_max_new_tokens, adapter, cached, stopped)
+            else:
+                check_pairs += answer_pairs(model, tokenizer, [p for p, _ in checked[check.start:check.end]],
+                                            cfg.eval_max_new_tokens, adapter, stopped=stopped)
+        except EvaluationStopped:
+            stopped_at = check.label
+            break
+        # each check's freed activations go back to the OS before the next one allocates its own, so
+        # their peaks do not stack (tuning/memory.py, release_freed_memory)
+        memory.release_freed_memory()
+        name = "loss" if check.part.startswith("loss") else check.part
+        seconds[name] = round(seconds.get(name, 0.0) + time.time() - t0, 1)
+        done, work_done = done + 1, work_done + check.work
+    if progress is not None and stopped_at is None and checks:
+        progress(done, len(checks), None, work_done, work_total)
+    if done == 0 and stopped_at is not None:
+        return {"partial": True, "stopped_at": stopped_at, "kind": kind, "completed_checks": 0,
+                "total_checks": len(checks)}
     if getattr(cfg, "objective", "sft") == "sft":  # its row ids are those of rows.json (tuning/row_losses.py)
         row_losses.record_heldout(run_dir, step, tuned_rows, base_rows)
+    tuned_loss, base_loss = figures.get("eval_loss"), figures.get("base_eval_loss")
     result: dict[str, Any] = {
-        "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method,
+        "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method, "kind": kind,
         "eval_rows": len(rows), "eval_loss": tuned_loss, "base_eval_loss": base_loss,
         "perplexity": record.perplexity(tuned_loss), "base_perplexity": record.perplexity(base_loss),
-        "max_new_tokens": cfg.eval_max_new_tokens, "checks": None, "checks_complete": checks, "probes": [],
-        "seconds": {"loss": round(loss_seconds, 1)},
+        "max_new_tokens": cfg.eval_max_new_tokens, "checks": None,
+        # quick leaves the task checks out and a Stop cuts them short: `eval` computes them later
+        "checks_complete": kind == FULL and stopped_at is None, "probes": [],
+        "partial": stopped_at is not None, "completed_checks": done, "total_checks": len(checks),
     }
-    if cfg.objective != "sft":  # held-out preference accuracy and margin, base vs tuned
-        t0 = time.time()
-        result["objective"] = cfg.objective
-        result["preference"] = preference.heldout_figures(model, tokenizer, cfg, preference_data.heldout_rows(cfg),
-                                                           adapter)
-        result["seconds"]["preference"] = round(time.time() - t0, 1)
-    prompts = probes_for_run(run_dir, cfg)
-    if prompts:
-        t0 = time.time()
-        probes = probe_record(model, tokenizer, prompts, step, "final", cfg.eval_max_new_tokens, adapter,
-                              record.cached_base_answers(run_dir, prompts))
-        record.append_probe_answers(run_dir, probes)
-        memory.release_freed_memory()
-        result["probes"] = probes["answers"]
-        result["seconds"]["probes"] = round(time.time() - t0, 1)
-    if checks:
-        t0 = time.time()
-        result["checks"] = task_checks(model, tokenizer, rows, cfg.eval_max_new_tokens, adapter)
-        memory.release_freed_memory()
-        result["seconds"]["checks"] = round(time.time() - t0, 1)
-    result["seconds"]["total"] = round(time.time() - started, 1)
+    if stopped_at is not None:
+        result["stopped_at"] = stopped_at
+    if "preference" in figures:
+        result["objective"], result["preference"] = cfg.objective, figures["preference"]
+    if probe_pairs:
+        answers = [{"prompt": p, "base": b, "tuned": t} for p, (b, t) in zip(prompts, probe_pairs)]
+        if len(answers) == len(prompts):  # the gallery's record of the final adapter: only a whole one
+            record.append_probe_answers(run_dir, {"step": step, "checkpoint": "final", "time": round(time.time(), 3),
+                                                  "answers": answers})
+        result["probes"] = answers
+    if check_pairs:
+        result["checks"] = check_results(checked[:len(check_pairs)], check_pairs)
+    result["seconds"] = {**seconds, "total": round(time.time() - started, 1)}
     record.write_evaluation(run_dir, result)
     return result
 
 
 # --- hooks for the training process --------------------------------------------------------------
 
-def make_callback(cfg: config_mod.TrainConfig, run_dir: Path):
+def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=None):
     """A TrainerCallback that answers the probe prompts at every checkpoint. bind(trainer,
-    tokenizer) after the Trainer is built: the callback needs the model in its PEFT form."""
+    tokenizer) after the Trainer is built: the callback needs the model in its PEFT form. `stop`
+    (its `requested` flag) skips or cuts short the answers after a Stop; `phase(name, **fields)`
+    reports the work (tuning/train.py writes it as a phase event)."""
     from transformers import TrainerCallback
+
+    def stop_requested() -> bool:
+        return bool(stop is not None and stop.requested)
 
     class ProbeCallback(TrainerCallback):
         def __init__(self):
@@ -294,16 +426,24 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path):
             if not cfg.probe_every_checkpoint or self.trainer is None or not ckpt.is_dir() \
                     or not state.is_world_process_zero or getattr(self.trainer, "is_fsdp_enabled", False):
                 return  # (under FSDP rank 0 alone cannot run the sharded model)
-            if control.should_training_stop:
+            if control.should_training_stop or stop_requested():
                 return  # the last save of a run (stop, early stop, the end): the final probes cover it
             prompts = probes_for_run(run_dir, cfg)
             if not prompts:
                 return
+            if phase is not None:
+                phase("saving", step=state.global_step, max_steps=state.max_steps,
+                      message=f"answering {len(prompts)} probes at {ckpt.name}")
             if self.base_answers is None or len(self.base_answers) != len(prompts):
                 self.base_answers = record.cached_base_answers(run_dir, prompts)
             started = time.time()
-            answers = probe_record(self.trainer.model, self.tokenizer, prompts, state.global_step, ckpt.name,
-                                   cfg.eval_max_new_tokens, base_answers=self.base_answers)
+            try:
+                answers = probe_record(self.trainer.model, self.tokenizer, prompts, state.global_step, ckpt.name,
+                                       cfg.eval_max_new_tokens, base_answers=self.base_answers,
+                                       stopped=stop_requested)
+            except EvaluationStopped:
+                print(f"probes at step {state.global_step}: left out, a stop was requested", flush=True)
+                return
             self.base_answers = [a["base"] for a in answers["answers"]]
             record.append_probe_answers(run_dir, answers)
             print(f"probes at step {state.global_step}: {len(prompts)} prompts in {time.time() - started:.1f}s",
@@ -312,28 +452,31 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path):
     return ProbeCallback()
 
 
-def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path, events,
-                    completed: bool) -> dict | None:
-    """After the final adapter is saved: held-out loss base vs tuned, the final probes and (for a
-    completed run; a stopped one should stop quickly) the task checks. Appends an `eval` event
-    and writes evaluation.json. A failure here is reported, never fatal: the adapter is saved."""
+def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path, events, kind: str = FULL,
+                    progress=None, stopped=None) -> dict | None:
+    """After the final adapter is saved: the quick or full evaluation (evaluate_model), its `eval`
+    event and evaluation.json. A failure here is reported, never fatal: the adapter is saved."""
     import traceback
 
+    if kind == NONE:
+        return None
     try:
-        result = evaluate_model(trainer.model, tokenizer, cfg, run_dir, trainer.state.global_step,
-                                checks=completed)
+        result = evaluate_model(trainer.model, tokenizer, cfg, run_dir, trainer.state.global_step, kind=kind,
+                                progress=progress, stopped=stopped)
     except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what failed and go on
         traceback.print_exc()
         print(f"evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    if result is None:
-        return None
+    if result is None or "step" not in result:
+        return result  # no held-out data, or stopped before its first check
+    partial = f" (partial: stopped before {result['stopped_at']})" if result.get("partial") else ""
     by_kind = (result.get("checks") or {}).get("by_kind")
-    events.append("eval", step=result["step"], max_steps=trainer.state.max_steps, final=True,
-                  eval_loss=result["eval_loss"], base_eval_loss=result["base_eval_loss"],
-                  perplexity=result["perplexity"], base_perplexity=result["base_perplexity"],
-                  checks=by_kind, preference=result.get("preference"), message=record.headline(result))
-    print(f"evaluation ({result['seconds']['total']:.0f}s): {record.headline(result)}", flush=True)
+    events.append("eval", step=result["step"], max_steps=trainer.state.max_steps, final=True, kind=kind,
+                  partial=result["partial"] or None, eval_loss=result["eval_loss"],
+                  base_eval_loss=result["base_eval_loss"], perplexity=result["perplexity"],
+                  base_perplexity=result["base_perplexity"], checks=by_kind, preference=result.get("preference"),
+                  message=record.headline(result) + partial)
+    print(f"{kind} evaluation ({result['seconds']['total']:.0f}s): {record.headline(result)}{partial}", flush=True)
     return result
 
 

@@ -1,9 +1,11 @@
 """The format of a run's event log (tuning/record.py names the file and hands out the log): the
 trainer appends, everyone else reads.
 
-One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error), `time`
-(unix seconds) and, where it applies, step, max_steps, loss, eval_loss, learning_rate,
-tokens_per_second, message. The file is the truth about a run: a page reload or an app
+One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error, choice, phase),
+`time` (unix seconds) and, where it applies, step, max_steps, loss, eval_loss, learning_rate,
+tokens_per_second, message. A `phase` event says what the run is doing from then on (`phase`, one
+of PHASES) and, for a phase with countable work, how far it is (`done` of `total`; the evaluation
+writes one after each of its checks). The file is the truth about a run: a page reload or an app
 restart rebuilds everything from it, so readers tolerate a half-written last line.
 """
 
@@ -17,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 # "choice": after the run, a person chose a checkpoint as the final adapter (record.choose_checkpoint)
-EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error", "choice")
+# "phase": what the run does from now on (PHASES), written at each change and as an evaluation progresses
+EVENT_KINDS = ("start", "log", "eval", "checkpoint", "end", "error", "choice", "phase")
+# In order: loading the model, preparing the data, training (step n of N, from the `log` events),
+# evaluating (check k of K), saving (the adapter, a checkpoint); stopping when a Stop arrived. The
+# `end` or `error` event closes the run (completed, stopped, failed).
+LOADING, PREPARING, TRAINING, EVALUATING, SAVING, STOPPING = (
+    "loading", "preparing", "training", "evaluating", "saving", "stopping")
+PHASES = (LOADING, PREPARING, TRAINING, EVALUATING, SAVING, STOPPING)
 
 
 def _clean(value: Any) -> Any:

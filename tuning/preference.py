@@ -92,9 +92,9 @@ def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bo
         # TRL's preference configs default to checkpointing and bf16: the form's values win
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.step_interval("save_steps"),
         save_total_limit=max(2, cfg.save_total_limit),  # see train.build_trainer: the marker comes after
-        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps,
+        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.step_interval("eval_steps"),
         load_best_model_at_end=early_stop, metric_for_best_model="eval_loss" if early_stop else None,
         greater_is_better=False if early_stop else None,
         max_length=cfg.max_length, report_to="none", disable_tqdm=True, logging_nan_inf_filter=False,

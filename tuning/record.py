@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -50,6 +51,7 @@ from typing import Any
 import psutil
 
 from tuning import config as config_mod
+from tuning import events as events_mod
 from tuning.events import EventLog, read_events
 
 CONFIG = "config.yaml"
@@ -79,6 +81,10 @@ MAX_PROBES = 20
 STARTING, RUNNING, COMPLETED, STOPPED, FAILED, INTERRUPTED, DAMAGED = (
     "starting", "running", "completed", "stopped", "failed", "interrupted", "damaged")
 ACTIVE_STATUSES = (STARTING, RUNNING)
+# A training run is stalled after STALL_STEPS x its median step time without a step, and never
+# sooner than STALL_MIN_S (the first steps, a slow checkpoint); only while it trains (an evaluation
+# or a save reports its own progress).
+STALL_STEPS, STALL_MIN_S = 3.0, 60.0
 
 
 class RunError(ValueError):
@@ -272,7 +278,7 @@ class EventSummary:
     started: float | None = None
     ended: float | None = None
     last_event_time: float | None = None
-    last_step_time: float | None = None
+    last_step_time: float | None = None  # the newest step of the current segment; None before its first
     loss: float | None = None
     eval_loss: float | None = None
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
@@ -280,13 +286,29 @@ class EventSummary:
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
     rates: list[float] = field(default_factory=list)  # tokens/s of every logged step
     log_gaps: list[float] = field(default_factory=list)  # seconds between consecutive logs of a segment
+    step_seconds: list[float] = field(default_factory=list)  # seconds a step took, from consecutive logs
     last_log_time: float | None = None
+    last_log_step: int | None = None
     objective: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # DPO/KTO/ORPO figures by name
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     eta_time: float | None = None
     final: dict | None = None  # the end or error event closing the current segment
     message: str = ""
+    # The phase (events.PHASES) and its progress, from the `phase` events; a run written before they
+    # existed reads as training from its `start` on.
+    phase: str | None = None
+    phase_started: float | None = None  # when the current phase began (its progress events do not move it)
+    phase_time: float | None = None  # the newest phase event's time
+    phase_message: str = ""
+    phase_done: int | None = None
+    phase_total: int | None = None
+    phase_final: bool = False  # after the last step: the adapter's save, the end-of-run evaluation
+    work_done: float | None = None  # the evaluation's work, in training steps (tuning/evaluate.py plan)
+    work_total: float | None = None
+    eval_work: float | None = None  # the end-of-run evaluation's planned work, announced as training begins
+    final_evaluation: str | None = None  # quick, full or none
+    stop_requested: bool = False
 
     def add(self, ev: dict) -> None:
         kind, t = ev.get("event"), _number(ev.get("time"))
@@ -298,12 +320,19 @@ class EventSummary:
             self.max_steps = ev["max_steps"]
         if kind == "start":
             self.started = self.started or t
-            self.final, self.ended, self.last_step_time, self.last_log_time = None, None, t, None
+            self.final, self.ended, self.last_step_time, self.last_log_time = None, None, None, None
+            self.last_log_step, self.stop_requested = None, False
+            self._enter(events_mod.TRAINING, t)
             self.message = str(ev.get("message", ""))
+        elif kind == "phase":
+            self._phase(ev, t)
         elif kind == "log":
             if t is not None and self.last_log_time is not None:
                 self.log_gaps.append(t - self.last_log_time)
+                if self.last_log_step is not None and self.step > self.last_log_step:
+                    self.step_seconds.append((t - self.last_log_time) / (self.step - self.last_log_step))
             self.last_step_time = self.last_log_time = t
+            self.last_log_step = self.step
             if _number(ev.get("loss")) is not None:
                 self.loss = ev["loss"]
                 self.train.append((self.step, float(ev["loss"])))
@@ -323,6 +352,33 @@ class EventSummary:
         elif kind in ("end", "error"):
             self.final, self.ended = ev, t
             self.message = str(ev.get("message", ""))
+            self._enter(None, t)
+
+    def _enter(self, phase: str | None, t: float | None) -> None:
+        if phase != self.phase:
+            self.phase, self.phase_started, self.phase_message = phase, t, ""
+            self.phase_done = self.phase_total = self.work_done = self.work_total = None
+            self.phase_final = False
+        self.phase_time = t
+
+    def _phase(self, ev: dict, t: float | None) -> None:
+        phase = ev.get("phase")
+        if phase not in events_mod.PHASES:
+            return
+        if phase == events_mod.STOPPING:
+            self.stop_requested = True
+            if self.phase in (events_mod.SAVING, events_mod.EVALUATING) and self.phase_final:
+                return  # the trainer is already past training: its own phases say what it does
+        self._enter(phase, t)
+        self.phase_message = str(ev.get("message") or "")
+        self.phase_final = bool(ev.get("final"))
+        done, total = ev.get("done"), ev.get("total")
+        self.phase_done = done if isinstance(done, int) else None
+        self.phase_total = total if isinstance(total, int) else None
+        self.work_done, self.work_total = _number(ev.get("work_done")), _number(ev.get("work_total"))
+        if phase == events_mod.TRAINING and _number(ev.get("eval_work")) is not None:
+            self.eval_work = float(ev["eval_work"])
+            self.final_evaluation = str(ev.get("final_evaluation") or "") or None
 
     def extend(self, events: list[dict]) -> "EventSummary":
         for ev in events:
@@ -342,6 +398,84 @@ class EventSummary:
             return FAILED
         return self.final.get("status") if self.final.get("status") in (COMPLETED, STOPPED) else COMPLETED
 
+    @property
+    def current_phase(self) -> str | None:
+        """The phase a run that has not ended is in: stopping from the moment a Stop was requested
+        (until it ends), else the trainer's latest phase; None before its first event and after its end."""
+        if self.final is not None:
+            return None
+        if self.stop_requested:
+            return events_mod.STOPPING
+        return self.phase or (events_mod.TRAINING if self.count else None)
+
+    @property
+    def step_time(self) -> float | None:
+        """The median seconds a step takes (the newest 20 steps)."""
+        recent = self.step_seconds[-20:]
+        return statistics.median(recent) if recent else None
+
+    def phase_progress(self) -> tuple[int, int] | None:
+        """(done, total) of the current phase where it counts: steps while training (also during an
+        evaluation or save between steps), checks during the end-of-run evaluation."""
+        phase = self.current_phase
+        if phase == events_mod.EVALUATING and self.phase_final and self.phase_total:
+            return self.phase_done or 0, self.phase_total
+        if phase in (events_mod.TRAINING, events_mod.EVALUATING, events_mod.SAVING) and self.max_steps:
+            return self.step, self.max_steps
+        return None
+
+    def evaluation_seconds(self) -> float | None:
+        """The end-of-run evaluation's expected length before it starts: its planned work (in steps)
+        at the measured step time; 0 when none is planned."""
+        if self.eval_work is None:
+            return None
+        if self.eval_work == 0:
+            return 0.0
+        return self.eval_work * self.step_time if self.step_time else None
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until the run ends, the end-of-run evaluation included; None when it cannot be told
+        (loading, no step measured yet, stopping, ended)."""
+        now = now or time.time()
+        phase = self.current_phase
+        if phase is None or phase in (events_mod.LOADING, events_mod.PREPARING, events_mod.STOPPING):
+            return None
+        if phase == events_mod.EVALUATING and self.phase_final:
+            return self._evaluation_left(now)
+        evaluation = self.evaluation_seconds()
+        if phase == events_mod.SAVING and self.phase_final:
+            return evaluation
+        if self.eta_seconds is not None and self.eta_time is not None:
+            training = max(0.0, self.eta_seconds - (now - self.eta_time))
+        elif self.step_time and self.max_steps:
+            training = self.step_time * max(0, self.max_steps - self.step)
+        else:
+            return None
+        return training + (evaluation or 0.0)
+
+    def _evaluation_left(self, now: float) -> float | None:
+        if not self.work_total or self.work_done is None:
+            return None
+        left = self.work_total - self.work_done
+        if self.work_done > 0 and self.phase_started is not None and self.phase_time is not None:
+            # its own pace so far: the time its finished checks took, per unit of work
+            per_work = (self.phase_time - self.phase_started) / self.work_done
+            return max(0.0, per_work * left - (now - self.phase_time))
+        if self.step_time:
+            return max(0.0, self.step_time * left - (now - (self.phase_time or now)))
+        return None
+
+    def stalled_for(self, now: float | None = None) -> float | None:
+        """Seconds since the last step when a training run looks stalled (more than max(STALL_STEPS x
+        the median step time, STALL_MIN_S) without a step), else None. Only in the training phase,
+        only after its first step: loading, an evaluation, a save or a stop report their own progress."""
+        now = now or time.time()
+        if self.current_phase != events_mod.TRAINING or self.last_step_time is None:
+            return None
+        since = now - max(self.last_step_time, self.phase_started or 0.0)
+        limit = max(STALL_STEPS * (self.step_time or 0.0), STALL_MIN_S)
+        return since if since > limit else None
+
 
 def decimate(points: list, limit: int) -> list:
     """At most `limit` points, evenly spaced, always keeping the first and the newest."""
@@ -357,12 +491,17 @@ def status_from(summary: EventSummary, alive: bool) -> str:
     run that never closed was interrupted."""
     if alive:
         return RUNNING if summary.count else STARTING
-    return summary.final_status or INTERRUPTED
+    # a trainer that a Stop ended before it could say so (still importing its libraries, or killed
+    # when it did not stop in time) was stopped, not interrupted
+    return summary.final_status or (STOPPED if summary.stop_requested else INTERRUPTED)
 
 
 def interruption_message(summary: EventSummary, launched: bool) -> str:
     if summary.final is not None:
         return summary.message
+    if summary.stop_requested:
+        return ("stopped before it trained a step" if summary.last_log_step is None and not summary.train
+                else "stopped; resume it from its newest complete checkpoint")
     if summary.count or launched:
         return summary.message or "the training process ended without saying why; resume it"
     return "never started"
@@ -469,8 +608,28 @@ def process_alive(run: Path) -> bool:
     return training_process(run) is not None
 
 
-def log_tail(run: Path, limit_bytes: int, lines: int) -> str:
-    """The last `lines` whole lines of train.log, reading at most `limit_bytes`."""
+# Library warnings a person cannot act on, kept in train.log and out of the Live tab's tail: Python's
+# deprecation warnings (with the source line printed under them) and bitsandbytes' note that an
+# optional CPU kernel package is missing (printed by every run that imports it, LoRA ones too).
+LIBRARY_WARNINGS = re.compile(r"(?:Future|Deprecation|PendingDeprecation)Warning: "
+                              r"|Failed to load CPU gemm_4bit_forward")
+
+
+def without_library_warnings(lines: list[str]) -> list[str]:
+    """The lines less each LIBRARY_WARNINGS line and the indented lines that continue it."""
+    kept, hiding = [], False
+    for line in lines:
+        if LIBRARY_WARNINGS.search(line):
+            hiding = True
+        elif not (hiding and line[:1].isspace()):
+            hiding = False
+            kept.append(line)
+    return kept
+
+
+def log_tail(run: Path, limit_bytes: int, lines: int, hide_library_warnings: bool = False) -> str:
+    """The last `lines` whole lines of train.log, reading at most `limit_bytes` (less the library
+    warnings, when asked)."""
     try:
         with open(log_path(run), "rb") as fh:
             fh.seek(0, 2)
@@ -481,6 +640,8 @@ def log_tail(run: Path, limit_bytes: int, lines: int) -> str:
         return ""
     kept = text.splitlines()
     kept = kept[1:] if size > limit_bytes else kept  # the first may be cut
+    if hide_library_warnings:
+        kept = without_library_warnings(kept)
     return "\n".join(kept[-lines:])
 
 
@@ -611,6 +772,21 @@ class RunSummary:
     error = property(lambda self: self.progress.error)
 
     @property
+    def phase(self) -> str | None:
+        """What an active run is doing (events.PHASES: loading, preparing, training, evaluating, saving,
+        stopping); None once it has ended."""
+        return self.progress.current_phase if self.status in ACTIVE_STATUSES else None
+
+    @property
+    def activity(self) -> str:
+        """The status as a person reads it: "training 12/72", "evaluating 3/7", "stopping", else the status."""
+        phase = self.phase
+        if phase is None:
+            return self.status
+        done = self.progress.phase_progress()
+        return f"{phase} {done[0]}/{done[1]}" if done and phase != events_mod.STOPPING else phase
+
+    @property
     def ended(self) -> float | None:
         return None if self.status in ACTIVE_STATUSES else self.progress.ended
 
@@ -630,7 +806,7 @@ class RunSummary:
             "objective": self.config.get("objective", "sft"),
             "step": self.step, "max_steps": self.max_steps, "loss": self.loss, "eval_loss": self.eval_loss,
             "duration_s": round(self.duration, 1) if self.duration is not None else None,
-            "created": self.started, "message": self.message,
+            "created": self.started, "message": self.message, "phase": self.phase,
         }
 
 

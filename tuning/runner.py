@@ -45,6 +45,12 @@ QUEUE_ID_PATTERN = re.compile(r"^q-[0-9a-f]{8}$")
 MAX_GRID = 16  # runs one grid may queue
 QUEUE_POLL_S = 15.0  # how often the app looks for a free machine while runs are queued
 
+# The trainers this process started. Each is waited for once it has exited (reap: the queue's watch
+# calls it every QUEUE_POLL_S, Stop and each start too), so a finished trainer never stays a
+# <defunct> child of the app.
+_CHILDREN: list[subprocess.Popen] = []
+_CHILDREN_LOCK = threading.Lock()
+
 
 class StartRefused(record.RunError):
     """Another run is active, or the workspace cannot take a new run."""
@@ -133,16 +139,28 @@ def build_command(workspace: Path, extra: list[str]) -> list[str]:
 
 
 def _spawn(run_path: Path, workspace: Path, extra: list[str]) -> subprocess.Popen:
+    reap()
     log = open(record.log_path(run_path), "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         # start_new_session: the trainer leads its own process group and session, so a closed
         # terminal or a killed UI does not take it down, and Stop can signal the whole group.
-        return subprocess.Popen(build_command(workspace, extra), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(build_command(workspace, extra), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parent.parent),
                                 env=env, start_new_session=True)
     finally:
         log.close()
+    with _CHILDREN_LOCK:
+        _CHILDREN.append(proc)
+    return proc
+
+
+def reap() -> int:
+    """Wait for every trainer this process started that has exited (poll never blocks); returns how
+    many are still running."""
+    with _CHILDREN_LOCK:
+        _CHILDREN[:] = [proc for proc in _CHILDREN if proc.poll() is None]
+        return len(_CHILDREN)
 
 
 def _start_locked(workspace: Path, cfg: TrainConfig) -> Path:
@@ -232,9 +250,10 @@ def _signal(proc: psutil.Process, pgid: int | None, sig: int) -> None:
 
 
 def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
-    """Ask the run to stop gracefully (SIGTERM to its process group: it finishes the current step,
-    saves a checkpoint and the adapter, and ends as "stopped"). With timeout > 0, wait for it,
-    then SIGKILL whatever is left of the group, so no orphan keeps memory."""
+    """Ask the run to stop gracefully (SIGTERM to its process group: it finishes the current step or
+    check, saves a checkpoint and the adapter, and ends as "stopped"). The request is recorded as a
+    "stopping" phase at once, so every page says so before the trainer has reacted. With timeout > 0,
+    wait for it, then SIGKILL whatever is left of the group, so no orphan keeps memory."""
     path = record.existing_run_dir(workspace, run_id)
     host = record.remote_host(path)
     if host and record.process_alive(path):
@@ -245,6 +264,10 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
         return False
     pgid = _own_group(path, proc)
     _signal(proc, pgid, signal.SIGTERM)
+    try:
+        record.event_log(path).append("phase", phase="stopping", source="stop", message="stop requested")
+    except OSError:
+        pass  # a full disk: the trainer still stops and says so in its end event
     if timeout > 0:
         deadline = time.time() + timeout
         while time.time() < deadline and record.process_alive(path):
@@ -257,6 +280,7 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
                     leftover.kill()
                 except psutil.Error:
                     pass
+        reap()
     return True
 
 
@@ -359,9 +383,11 @@ def await_finishing_parent(workspace: Path, timeout: float = 300.0) -> None:
 
 
 def watch_queue(workspace: Path, every: float = QUEUE_POLL_S, stop_event: threading.Event | None = None) -> None:
-    """Call start_next every `every` seconds until `stop_event` is set (the app's daemon thread)."""
+    """Reap finished trainers and call start_next every `every` seconds until `stop_event` is set (the
+    app's daemon thread)."""
     stop_event = stop_event or threading.Event()
     while not stop_event.wait(every):
+        reap()
         try:
             started = start_next(workspace)
         except Exception:  # noqa: BLE001 - a bad moment (a full disk) must not end the watch

@@ -11,13 +11,18 @@ What it does, and the trade-off of each feature:
   dashboard tails; progress is also printed to stdout.
 - Checkpoints every save_steps with optimizer and scheduler state; each gets a COMPLETE
   marker written last, so a resume skips a checkpoint half-written by a crash.
-- SIGTERM (the Stop button) ends training after the current step, saves a checkpoint and
-  the adapter, and ends the run as "stopped".
+- Phases: a `phase` event at each change (loading the model, preparing the data, training, evaluating
+  check k of K, saving), so every view can say what the run is doing; events.PHASES.
+- SIGTERM (the Stop button) is honoured in every phase: while loading or preparing the run ends at
+  the next stage; in training after the current step (a checkpoint and the adapter are saved); at a
+  checkpoint's probes or in the end-of-run evaluation at the next generated token, the evaluation
+  then recorded as partial. A "stopping" phase event is written at once; the run ends as "stopped".
 - Early stopping on eval loss when early_stopping_patience > 0.
 - Evaluation (tuning/evaluate.py): the probe prompts are answered by base and tuned at every
-  checkpoint (a few seconds each on a CPU; probe_every_checkpoint turns it off); at the end,
-  held-out loss base vs tuned, the task checks and the final probes go to evaluation.json and an
-  `eval` event. A stopped run skips the task checks, so a Stop stays quick.
+  checkpoint (a few seconds each on a CPU; probe_every_checkpoint turns it off); after the adapter
+  is saved, the end-of-run evaluation that fits the run (final_evaluation: quick for a short run,
+  full for a long one, or none) goes to evaluation.json and an `eval` event. A run stopped during
+  training skips it, so a Stop stays quick (`python -m tuning eval` computes it later).
 - A non-finite loss or gradient norm for 3 logged steps in a row stops the run with an error
   naming the last good checkpoint; no checkpoint is saved while the loss is non-finite, and a
   checkpoint whose adapter weights are not finite never gets its COMPLETE marker.
@@ -29,6 +34,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,7 +42,7 @@ from pathlib import Path
 from tuning import data as data_mod
 from tuning import distributed, evaluate, faults, models, preference, record, row_losses, tracking
 from tuning.config import ConfigError, TrainConfig
-from tuning.events import EventLog
+from tuning.events import EVALUATING, LOADING, PREPARING, SAVING, STOPPING, TRAINING, EventLog
 
 BAD_INPUT_ERRORS = (ConfigError, data_mod.DataError, models.ModelError)
 NON_FINITE_LIMIT = 3  # consecutive logged steps with a NaN/inf loss or gradient norm before we stop
@@ -47,24 +53,68 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StopRequested:
-    """Set by SIGTERM/SIGINT; checked by the trainer after every step."""
+    """Set by SIGTERM/SIGINT; checked by the trainer after every step, between the stages of loading
+    and at every check (and generated token) of an evaluation. With `announce` given, a "stopping"
+    phase is written within ANNOUNCE_S of the signal by a small thread: the handler itself only sets
+    the flag (no file I/O in a signal handler, which can interrupt the main thread's own write)."""
 
-    def __init__(self) -> None:
+    ANNOUNCE_S = 0.25
+
+    def __init__(self, announce=None) -> None:
         self.requested = False
+        self.announce = announce  # called once, from a thread, after the first signal
+        self._closed = threading.Event()
 
     def install(self) -> dict:
         """Install the handlers; returns the previous ones (restore() puts them back)."""
         def handler(signum, frame):
             self.requested = True
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        if self.announce is not None:
+            threading.Thread(target=self._announce_when_set, name="stop announcer", daemon=True).start()
+        return previous
 
-    @staticmethod
-    def restore(previous: dict) -> None:
+    def _announce_when_set(self) -> None:
+        while not self._closed.wait(self.ANNOUNCE_S):
+            if self.requested:
+                try:
+                    self.announce()
+                except OSError:
+                    pass  # a full disk: the run still stops, the page learns it from the end event
+                return
+
+    def check(self, where: str) -> None:
+        """Raise RunStopped when a Stop arrived (between the stages of loading and preparing)."""
+        if self.requested:
+            raise RunStopped(f"stopped while {where}; nothing was trained")
+
+    def restore(self, previous: dict) -> None:
+        self._closed.set()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
-def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
+class RunStopped(Exception):
+    """A Stop arrived before training began: the run ends as stopped, with nothing to save."""
+
+
+class Phases:
+    """Writes a `phase` event when the run's phase changes (enter) or its progress moves (call)."""
+
+    def __init__(self, events: EventLog) -> None:
+        self.events = events
+        self.current: str | None = None
+
+    def __call__(self, phase: str, **fields) -> None:
+        self.current = phase
+        self.events.append("phase", phase=phase, **fields)
+
+    def enter(self, phase: str, **fields) -> None:
+        if phase != self.current:
+            self(phase, **fields)
+
+
+def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequested, phases: Phases):
     from transformers import TrainerCallback
 
     class EventsCallback(TrainerCallback):
@@ -82,7 +132,18 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
             events.append("start", step=state.global_step, max_steps=state.max_steps,
                           message=f"training {state.max_steps - state.global_step} steps"
                                   + (f" (resumed at step {state.global_step})" if state.global_step else ""))
+            # what the end-of-run evaluation will cost, so the page's ETA includes it from the start
+            kind = cfg.final_evaluation_for(state.max_steps)
+            try:
+                checks = evaluate.planned_checks(cfg, run_dir, kind) if distributed.is_main_process() else []
+            except Exception:  # noqa: BLE001 - an estimate must never stop a run; the evaluation says why later
+                checks = []
+            phases(TRAINING, step=state.global_step, max_steps=state.max_steps, final_evaluation=kind,
+                   eval_checks=len(checks), eval_work=round(sum(c.work for c in checks), 2))
             print(f"start: {state.max_steps} steps", flush=True)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            phases.enter(TRAINING, step=state.global_step, max_steps=state.max_steps)  # after an eval or a save
 
         def on_step_end(self, args, state, control, **kwargs):
             # With several processes every rank must stop after the same step, wherever the
@@ -91,6 +152,15 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
                 stop.requested = True
                 control.should_training_stop = True
                 control.should_save = True  # a resumable checkpoint at the stop
+                control.should_evaluate = False  # the stop should be quick; `eval` computes it later
+            # The Trainer evaluates, then saves, right after this step: say so, so the page does not
+            # count the time as a stalled step
+            if control.should_evaluate and args.eval_strategy != "no":
+                phases.enter(EVALUATING, step=state.global_step, max_steps=state.max_steps,
+                             message=f"held-out loss at step {state.global_step}")
+            elif control.should_save:
+                phases.enter(SAVING, step=state.global_step, max_steps=state.max_steps,
+                             message=f"checkpoint-{state.global_step}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -119,6 +189,9 @@ def _callbacks(events: EventLog, run_dir: Path, stop: StopRequested):
                               eval_loss=metrics["eval_loss"], objective=preference.objective_metrics(
                                   {k.removeprefix("eval_"): v for k, v in metrics.items()}))
                 print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
+            if control.should_save:
+                phases.enter(SAVING, step=state.global_step, max_steps=state.max_steps,
+                             message=f"checkpoint-{state.global_step}")
 
         def on_save(self, args, state, control, model=None, **kwargs):
             if not state.is_world_process_zero:
@@ -169,8 +242,9 @@ def _trainable_weights_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested):
-    """Setup: model path, tokenizer, data, 4-bit (or full) base, LoRA, SFTTrainer."""
+def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
+                  phases: Phases | None = None):
+    """Setup: model path, tokenizer, 4-bit (or full) base, data, LoRA, SFTTrainer."""
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -180,15 +254,21 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         # the cores this process may run on (taskset, a container's cpuset), not the machine's:
         # more threads than cores makes every matmul wait on the slowest
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    phases = phases or Phases(events)
+    phases.enter(LOADING, message=f"loading {cfg.base_model}")
     with distributed.main_process_first():  # several processes must not convert the embedded model at once
         model_path = models.resolve_base_model(cfg.base_model, workspace)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
+    stop.check("loading the model")
     if cfg.objective != "sft":  # dpo, orpo, kto: TRL's preference trainers on the same setup
-        return _preference_trainer(cfg, run_dir, workspace, events, stop, tokenizer, model_path)
+        return _preference_trainer(cfg, run_dir, workspace, events, stop, phases, tokenizer, model_path)
+    model = models.load_base_for_training(cfg, model_path)
+    stop.check("loading the model")
+    phases.enter(PREPARING, message=f"preparing {cfg.dataset}")
     train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer, workspace)  # a big file: an Arrow cache in it
     print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
           f"{len(loaded.problems)} problems", flush=True)
-    model = models.load_base_for_training(cfg, model_path)
+    stop.check("preparing the data")
     dtype = models.compute_dtype(cfg, training=True)  # bf16 -> the Trainer's autocast (CPU too)
     has_eval = eval_ds is not None
     early_stop = cfg.early_stopping_patience > 0 and has_eval
@@ -212,12 +292,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 without a GPU unless told
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=cfg.step_interval("save_steps"),
         # at least 2: the Trainer rotates old checkpoints before the new one gets its COMPLETE
         # marker, so with 1 a kill in that window would leave no complete checkpoint at all
         save_total_limit=max(2, cfg.save_total_limit),
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.eval_steps,
+        eval_steps=cfg.step_interval("eval_steps"),
         load_best_model_at_end=early_stop,
         metric_for_best_model="eval_loss" if early_stop else None,
         greater_is_better=False if early_stop else None,
@@ -242,10 +322,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         dataloader_num_workers=0,
         **distributed.trainer_kwargs(cfg),  # ddp/fsdp/deepspeed settings when launched by torchrun
     )
-    callbacks = _callbacks(events, run_dir, stop)
+    callbacks = _callbacks(cfg, events, run_dir, stop, phases)
     if early_stop:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    probes = evaluate.make_callback(cfg, run_dir)  # probe answers at every checkpoint, after its marker
+    # probe answers at every checkpoint, after its marker
+    probes = evaluate.make_callback(cfg, run_dir, stop, phases)
     callbacks.append(probes)
     trainer = SFTTrainer(
         model=model,
@@ -290,13 +371,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
 
 
 def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
-                        tokenizer, model_path: str):
+                        phases: Phases, tokenizer, model_path: str):
     """DPO, ORPO or KTO (tuning/preference.py) with SFT's callbacks: events, the NaN guard, probes."""
     from transformers import PrinterCallback
 
-    probes = evaluate.make_callback(cfg, run_dir)
-    trainer = preference.build_trainer(cfg, run_dir, workspace, [*_callbacks(events, run_dir, stop), probes],
-                                       tokenizer, model_path)
+    probes = evaluate.make_callback(cfg, run_dir, stop, phases)
+    # (the preference trainer reads its pairs, then loads the model: one "preparing" phase for both)
+    phases.enter(PREPARING, message=f"preparing {cfg.dataset} and loading the model")
+    trainer = preference.build_trainer(cfg, run_dir, workspace,
+                                       [*_callbacks(cfg, events, run_dir, stop, phases), probes], tokenizer, model_path)
     trainer.remove_callback(PrinterCallback)  # one readable line a step, as for SFT
     probes.bind(trainer, tokenizer)
     return trainer, tokenizer
@@ -306,18 +389,23 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
     """Train one run in `run_dir`. Returns the process exit code (0 ok, 2 bad input, 1 failure)."""
     # With several processes only rank 0 writes events: one events.jsonl, no duplicated steps.
     events = record.event_log(run_dir) if distributed.is_main_process() else distributed.NullEventLog()
-    stop = StopRequested()
+    phases = Phases(events)
+    stop = StopRequested(announce=lambda: events.append("phase", phase=STOPPING, message="stop requested"))
     previous_handlers = stop.install()
     try:
-        trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop)
+        trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop, phases)
         if resume and distributed.is_main_process():  # one rank tidies the shared folder
             for leftover in record.discard_incomplete_checkpoints(run_dir):
                 print(f"removed {leftover.name}: half-written when the run was interrupted", flush=True)
         checkpoint = record.latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             print("no complete checkpoint to resume from; starting from step 0", flush=True)
+        stop.check("preparing the data")
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        # Save: the final adapter (the best one when early stopping loaded it back).
+        state = trainer.state
+        # Save: the final adapter (the best one when early stopping loaded it back), before the
+        # evaluation, so a Stop or a failure there never costs the adapter.
+        phases(SAVING, step=state.global_step, max_steps=state.max_steps, final=True, message="saving the adapter")
         adapter_dir = record.adapter_dir(run_dir)
         # FSDP holds a shard of the adapter on each rank: gathering it takes every rank (the Trainer's
         # save_model, rank 0 writes). Otherwise every rank holds the same adapter: rank 0 saves it.
@@ -328,24 +416,34 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
             trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
         if distributed.is_main_process():
             tokenizer.save_pretrained(adapter_dir)
-        state = trainer.state
-        status = record.STOPPED if stop.requested else record.COMPLETED
         losses = [h["loss"] for h in state.log_history if "loss" in h]
-        # Held-out loss base vs tuned, final probes, task checks (skipped after a Stop: it should
-        # be quick; `python -m tuning eval` computes them later). Appends an `eval` event.
-        # (Not under FSDP: rank 0 alone cannot run the sharded model; `eval` loads the adapter whole.)
-        evaluation = (evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events,
-                                               completed=status == record.COMPLETED)
-                      if distributed.is_main_process() and not sharded else None) or {}
+        # The evaluation that fits the run (quick, full, none); none after a Stop in training, which
+        # should be quick. (Not under FSDP: rank 0 alone cannot run the sharded model; `eval` loads
+        # the adapter whole.)
+        kind = cfg.final_evaluation_for(state.max_steps)
+        if stop.requested or sharded or not distributed.is_main_process():
+            kind = evaluate.NONE
+        evaluation = evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events, kind,
+                                              progress=_evaluation_progress(phases, state, kind),
+                                              stopped=lambda: stop.requested) or {}
+        status = record.STOPPED if stop.requested else record.COMPLETED
+        later = f"python -m tuning eval --run {run_dir.name}"
+        note = ("; evaluation not run: " + later if kind == evaluate.NONE and not evaluation else
+                f"; evaluation partial (stopped before {evaluation['stopped_at']}): {later} completes it"
+                if evaluation.get("partial") else "")
         events.append("end", status=status, step=state.global_step, max_steps=state.max_steps,
                       loss=losses[-1] if losses else None, train_loss=result.training_loss,
                       eval_loss=evaluation.get("eval_loss"), base_eval_loss=evaluation.get("base_eval_loss"),
-                      evaluation_error=evaluation.get("error"),
+                      evaluation_error=evaluation.get("error"), evaluation=kind,
+                      evaluation_partial=evaluation.get("partial") or None,
                       best_checkpoint=_relative(state.best_model_checkpoint, run_dir),
-                      message=f"{status} at step {state.global_step}; adapter saved in adapter/")
+                      message=f"{status} at step {state.global_step}; adapter saved in adapter/{note}")
         if distributed.is_main_process():
-            print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}"
-                  + (f"; evaluate it with python -m tuning eval --run {run_dir.name}" if sharded else ""), flush=True)
+            print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}{note}", flush=True)
+        return 0
+    except RunStopped as exc:
+        events.append("end", status=record.STOPPED, step=0, message=str(exc))
+        print(str(exc), flush=True)
         return 0
     except BAD_INPUT_ERRORS as exc:
         events.append("error", message=str(exc), kind="bad_input")
@@ -358,7 +456,17 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
     finally:
-        StopRequested.restore(previous_handlers)
+        stop.restore(previous_handlers)
+
+
+def _evaluation_progress(phases: Phases, state, kind: str):
+    """The end-of-run evaluation's progress as phase events: before each check (done of total checks
+    so far, and the work in training steps, from which the page estimates the rest) and at its end."""
+    def progress(done: int, total: int, running, work_done: float, work_total: float) -> None:
+        phases(EVALUATING, step=state.global_step, max_steps=state.max_steps, final=True, kind=kind, done=done,
+               total=total, work_done=round(work_done, 2), work_total=round(work_total, 2),
+               message=f"{kind} evaluation: {running.label}" if running else f"{kind} evaluation done")
+    return progress
 
 
 def _relative(path: str | None, run_dir: Path) -> str | None:

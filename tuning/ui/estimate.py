@@ -1,9 +1,11 @@
 """A rough memory and time estimate for a config on this machine, shown before Start.
 
 Rough on purpose: weights + adapter + optimizer + activations + logits, from the model's
-config.json; time from the tokens/s an earlier run of the same base and method measured in
-this workspace, else from a FLOP count at a guessed device speed. It is there to catch
-"this will not fit" and "this will take a day", not to be exact to the minute.
+config.json (on a CPU, from the trainer's measured footprint: bench/RESULTS.md, Memory); time
+from the tokens/s an earlier run of the same base and method measured in this workspace, else
+from the quickstart's measured speed scaled by model size, plus the start-up and the end-of-run
+evaluation (its planned checks, tuning/evaluate.py plan, at the same step time). It is there to
+catch "this will not fit" and "this will take a day", not to be exact to the minute.
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ EMBEDDED_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_lay
                   "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}
 CPU_FLOPS_PER_CORE = 15e9  # sustained fp32 matmul on a laptop-class core, a cautious guess
 RUNTIME_OVERHEAD = 0.6 * GB  # torch, transformers and the Python process itself
+# The CPU trainer, measured on the quickstart (135M, lora, 8 conversations of ~90 tokens a step; bench/
+# RESULTS.md, Memory): ~0.5 GiB of libraries, the base's weights, and a training step's activations at
+# ~1.4 MiB per token (bf16; LoRA inputs shared, the LM head scored in tiles) for its 576 x 30 shape.
+# Peak 1.87 GiB; the formula below gives 1.9 GiB for it.
+CPU_LIBRARIES = 0.5 * GB
+CPU_ACTIVATION_PER_TOKEN = 1.4 * 2**20
+CPU_ACTIVATION_SHAPE = 576 * 30  # hidden x layers the per-token figure was measured at
+# Training speed on a 2-core CPU (bench/RESULTS.md, the quickstart's lora on a quiet machine: ~160-245
+# tokens/s), for a 135M model; a first run on another model scales it by parameters. Busy cores make
+# it several times slower: the first run's own measured speed then replaces this.
+CPU_TOKENS_PER_SECOND_135M = 180.0
+CPU_CORES_MEASURED = 2
+# Start-up before the first step (a fresh process importing torch and transformers, loading the base and
+# the data) and the end after the last (saving, exiting): ~15-20 s on 2 cores. The first use of the
+# embedded model also converts it once (~20 s more), not counted.
+STARTUP_SECONDS = 20.0
 
 
 @dataclass
@@ -39,13 +57,17 @@ class Estimate:
     seconds: float | None
     rate_source: str
     fits: bool | None
+    evaluation: str | None = None  # the end-of-run evaluation the run will get: quick, full or none
+    evaluation_seconds: float | None = None
 
     def markdown(self) -> str:
         if self.memory_bytes is None:
             return ("**Estimate:** unknown — the base model's config.json is not on this machine yet "
                     "(a Hub model is downloaded when the run starts).")
         mem = f"~{self.memory_bytes / GB:.1f} GB of {self.available_bytes / GB:.1f} GB free {self.device}"
-        when = (f"~{ago(self.seconds)} for {self.steps} steps ({self.rate_source})"
+        evaluation = (f", with the {self.evaluation} evaluation at the end" if self.evaluation not in (None, "none")
+                      else ", no evaluation at the end" if self.evaluation == "none" else "")
+        when = (f"~{ago(self.seconds)} for {self.steps} steps{evaluation} ({self.rate_source})"
                 if self.seconds is not None else "unknown time")
         text = f"**Estimate:** {self.params / 1e6:.0f}M-parameter base; memory {mem}; {when}."
         if self.fits is False:
@@ -100,6 +122,37 @@ def dataset_size(cfg: config_mod.TrainConfig, workspace: Path | None = None) -> 
     return loaded.rows_valid, (sum(chars) / len(chars) / 3.5 + 20) if chars else None  # ~3.5 chars a token + template
 
 
+def _cpu_has_fast_bf16() -> bool:
+    """As models.cpu_has_fast_bf16 (precision auto trains in bf16 there), without importing torch."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | None) -> tuple[str, float]:
+    """(kind, planned work in training steps) of the run's end-of-run evaluation (tuning/evaluate.py
+    plan): its own held-out rows and probes when the dataset is small enough to read here, else an
+    approximation from the split (no task checks counted)."""
+    from tuning import evaluate
+
+    kind = cfg.final_evaluation_for(steps or 0) if steps else cfg.final_evaluation
+    kind = "full" if kind == "auto" else kind
+    if kind == evaluate.NONE:
+        return kind, 0.0
+    try:
+        if rows is not None and rows > 20_000:
+            raise ValueError("too big to read for an estimate")
+        heldout = evaluate.heldout_rows(cfg)
+        prompts = evaluate.default_probes(cfg)
+    except Exception:  # noqa: BLE001 - a Hub dataset, a big file: the split's size and 5 probes
+        count = round((rows or 0) * cfg.eval_split) if not cfg.eval_dataset else 0
+        heldout = [([], {})] * count
+        prompts = ["?"] * 5
+    return kind, sum(c.work for c in evaluate.plan(cfg, kind, heldout, prompts))
+
+
 def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
     """Median tokens/s logged by earlier runs of the same base and method in this workspace."""
     rates = [rate for summary in record.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]
@@ -116,28 +169,51 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
     if shape is None or "hidden_size" not in shape:
         return Estimate(None, None, available, device, None, None, "", None)
     base, lora = _parameters(shape, cfg)
-    wide = 2 if (gpu is not None and cfg.precision != "fp32") else 4  # bf16 on a GPU, fp32 on a CPU
-    weights = base * (0.56 if cfg.method == "qlora" else wide)  # NF4 + double-quantized scales
     adapter = lora * 4 * 4  # fp32 weights, grads and two Adam moments
-    tokens = cfg.per_device_batch_size * cfg.max_length
     layers, h = shape["num_hidden_layers"], shape["hidden_size"]
-    per_layer = tokens * (h * 18 + shape["intermediate_size"] * 4) * wide  # saved activations per layer
-    activations = per_layer * (math.sqrt(layers) if cfg.gradient_checkpointing else layers)
-    logits = tokens * shape.get("vocab_size", 32000) * 4 * 3  # logits, softmax and its grad in fp32
-    memory = weights + adapter + activations + logits + RUNTIME_OVERHEAD
+    if gpu is None:
+        memory = _cpu_memory(cfg, base, adapter, h * layers, avg_tokens)
+    else:
+        wide = 2 if cfg.precision != "fp32" else 4
+        weights = base * (0.56 if cfg.method == "qlora" else wide)  # NF4 + double-quantized scales
+        tokens = cfg.per_device_batch_size * cfg.max_length
+        per_layer = tokens * (h * 18 + shape["intermediate_size"] * 4) * wide  # saved activations per layer
+        activations = per_layer * (math.sqrt(layers) if cfg.gradient_checkpointing else layers)
+        logits = tokens * shape.get("vocab_size", 32000) * 4 * 3  # logits, softmax and its grad in fp32
+        memory = weights + adapter + activations + logits + RUNTIME_OVERHEAD
 
     steps = cfg.max_steps if cfg.max_steps > 0 else (
         math.ceil((rows or 0) / cfg.effective_batch_size * cfg.num_epochs) if rows else None)
     per_step_tokens = cfg.effective_batch_size * min(cfg.max_length, avg_tokens or cfg.max_length)
     rate = measured_rate(workspace, cfg)
     source = "rate measured by an earlier run here"
-    if rate is None:
+    if rate is None and gpu is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        rate = CPU_TOKENS_PER_SECOND_135M * (135e6 / (base + lora)) * (cores / CPU_CORES_MEASURED) \
+            / (1.5 if cfg.method == "qlora" else 1.0)
+        source = "the quickstart's measured speed, scaled to this model; an earlier run's speed replaces it"
+    elif rate is None:
         flops = (base + lora) * 4 * (1.5 if cfg.method == "qlora" else 1.0)  # fwd + bwd through a frozen base
-        rate = (CPU_FLOPS_PER_CORE * cores if gpu is None else 5e13) / flops
+        rate = 5e13 / flops
         source = "a guess from the model size; an earlier run's measured speed replaces it"
-    seconds = steps * per_step_tokens / rate if steps else None
-    return Estimate(base, memory, available, device, steps, seconds, source, memory < available)
+    step_seconds = per_step_tokens / rate
+    kind, work = evaluation_work(cfg, steps, rows)
+    evaluation = work * step_seconds
+    seconds = steps * step_seconds + evaluation + STARTUP_SECONDS if steps else None
+    return Estimate(base, memory, available, device, steps, seconds, source, memory < available, kind, evaluation)
+
+
+def _cpu_memory(cfg: config_mod.TrainConfig, base: int, adapter: float, shape: int, avg_tokens: float | None) -> float:
+    """The CPU trainer's peak RSS from its measured parts (CPU_* above): libraries, the base (bf16 where
+    the CPU trains in bf16, fp32 elsewhere; 4-bit for qlora), the adapter's optimizer state and one
+    step's activations for its real tokens (padding-free batches: no padding to max_length)."""
+    wide = 4 if cfg.precision == "fp32" or (cfg.precision == "auto" and not _cpu_has_fast_bf16()) else 2
+    weights = base * (0.56 if cfg.method == "qlora" else wide)
+    tokens = cfg.per_device_batch_size * min(cfg.max_length, avg_tokens or cfg.max_length)
+    activations = tokens * CPU_ACTIVATION_PER_TOKEN * shape / CPU_ACTIVATION_SHAPE * (wide / 2)
+    if cfg.gradient_checkpointing:
+        activations /= 3  # one layer's inputs kept of each, the rest recomputed
+    return CPU_LIBRARIES + weights + adapter + activations
 
 
 def _gpu_free_bytes() -> float | None:

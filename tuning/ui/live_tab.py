@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import record
+from tuning import events, record
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, ago, bind, check_rows, clock, friendly, guarded, keyed, loss_rows, number,
                               run_picker_update)
@@ -32,6 +32,7 @@ TICKED = ("state", "progress", "stats", "loss_plot", "lr_plot", "tail", "error",
 POLL_S = 1.0
 MAX_POLL_S = 30.0
 SETTLED_POLL_S = 10.0  # no run, or one that has ended: nothing changes until a resume (which ticks at once)
+PHASE_POLL_S = 2.0  # loading, evaluating, saving, stopping: progress comes a check at a time
 EARLY = 0.8
 RECENT_LOGS = 5
 # The preference objectives' own curves (TRL's names): the implicit rewards of the chosen and the
@@ -85,15 +86,24 @@ def loss_frame(summary: record.EventSummary):
     first = min([s for s, _ in train[:1] + evals[:1]], default=0)
     rows = [(s, v, "train loss") for s, v in train] or [(first, None, "train loss")]
     rows += [(s, v, "eval loss") for s, v in evals] or [(first, None, "eval loss")]
+    rows += _to_the_end(summary, rows, "train loss")
     # float, even when every value is still missing: an all-None column would be typed as categories,
     # and the browser keeps the axis type of the first frame it draws.
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"loss": float})
+
+
+def _to_the_end(summary: record.EventSummary, rows: list[tuple], *series: str) -> list[tuple]:
+    """A blank point at the run's last step, so the step axis spans the whole run from its first tick:
+    the curve grows across a fixed axis, and even a short run's axis is wide enough for whole-step ticks."""
+    last = max((r[0] for r in rows), default=0)
+    return [(summary.max_steps, None, *series)] if summary.max_steps > last else []
 
 
 def lr_frame(summary: record.EventSummary):
     import pandas as pd
 
     points = record.decimate(summary.lr, MAX_PLOT_POINTS) or [(0, None)]
+    points += _to_the_end(summary, points)
     return pd.DataFrame(points, columns=["step", "learning_rate"]).astype({"learning_rate": float})  # see loss_frame
 
 
@@ -118,14 +128,62 @@ def objective_update(summary: record.EventSummary):
 
 # --- text --------------------------------------------------------------------------------------------
 
+# What each phase is called on the page, and its bar's colour.
+PHASE_TEXT = {events.LOADING: "loading the model", events.PREPARING: "preparing the data", events.TRAINING: "training",
+              events.EVALUATING: "evaluating", events.SAVING: "saving", events.STOPPING: "stopping…"}
+PHASE_COLOR = {events.EVALUATING: "#8b5cf6", events.SAVING: "#14b8a6", events.STOPPING: "#e0a030"}
+STATUS_COLOR = {"failed": "#d9534f", "interrupted": "#e0a030", "stopped": "#e0a030"}
+
+
+def phase_label(summary: record.EventSummary, status: str) -> str:
+    """What the run does now ("training", "evaluating (quick): probes 1-3 of 3", "stopping…"), or its
+    status once it has ended."""
+    phase = summary.current_phase if status in record.ACTIVE_STATUSES else None
+    if phase is None:
+        return status
+    text = PHASE_TEXT[phase]
+    detail = summary.phase_message if summary.phase == phase or phase == events.STOPPING else ""
+    if phase == events.STOPPING and summary.phase not in (None, events.STOPPING, events.TRAINING):
+        detail = f"{PHASE_TEXT[summary.phase]}: {summary.phase_message}" if summary.phase_message else ""
+    elif phase == events.TRAINING or detail.startswith(("loading", "preparing")):
+        detail = ""  # the step count says it; "loading the model: loading X" says it twice
+    return f"{text}: {detail}" if detail else text
+
+
 def progress_html(summary: record.EventSummary, status: str) -> str:
-    share = summary.step / summary.max_steps if summary.max_steps else 0.0
-    color = {"failed": "#d9534f", "interrupted": "#e0a030", "stopped": "#e0a030"}.get(status, "#3b82f6")
-    label = f"step {summary.step} / {summary.max_steps or '?'} — {status}"
-    return (f'<div class="run-progress" style="border:1px solid #ccc;border-radius:6px;height:26px;'
+    """One bar for the phase the run is in: steps while it trains, checks while it evaluates; a bar
+    without a share while it loads, prepares or stops; steps of the whole run once it has ended."""
+    active = status in record.ACTIVE_STATUSES
+    done = summary.phase_progress() if active else ((summary.step, summary.max_steps) if summary.max_steps else None)
+    share = done[0] / done[1] if done and done[1] else 0.0
+    unit = "check" if active and summary.current_phase == events.EVALUATING and summary.phase_final else "step"
+    counted = f"{unit} {done[0]} / {done[1]} ({share * 100:.0f}%)" if done else ""
+    label = " — ".join(part for part in (phase_label(summary, status), counted) if part) if active else \
+        f"step {summary.step} / {summary.max_steps or '?'} — {status} ({share * 100:.0f}%)"
+    color = PHASE_COLOR.get(summary.current_phase, "#3b82f6") if active else STATUS_COLOR.get(status, "#3b82f6")
+    return (f'<div class="run-progress" data-phase="{html.escape(str(summary.current_phase or status))}" '
+            f'style="border:1px solid #ccc;border-radius:6px;height:26px;'
             f'position:relative;overflow:hidden"><div style="background:{color};width:{share * 100:.1f}%;'
-            f'height:100%"></div><div style="position:absolute;top:3px;left:10px;font-weight:600">'
-            f'{html.escape(label)} ({share * 100:.0f}%)</div></div>')
+            f'height:100%"></div><div style="position:absolute;top:3px;left:10px;font-weight:600;white-space:nowrap;'
+            f'overflow:hidden;text-overflow:ellipsis;right:10px">{html.escape(label)}</div></div>')
+
+
+def heartbeat(summary: record.EventSummary, now: float) -> str:
+    """What the run has done lately, truthfully: the last step (training), how long the current
+    phase has run (the others); a stall warning only while training, from the measured step time."""
+    phase = summary.current_phase
+    since_phase = now - summary.phase_started if summary.phase_started else None
+    if phase == events.TRAINING:
+        if summary.last_step_time is None:
+            return "waiting for the first step" + (f" ({ago(since_phase)})" if since_phase is not None else "")
+        stalled = summary.stalled_for(now)
+        if stalled is not None:
+            usual = f"a step takes about {ago(summary.step_time)}; " if summary.step_time else ""
+            return f"⚠️ no step for {ago(stalled)} — the run may be stalled ({usual}see the log below)"
+        return f"last step {ago(now - summary.last_step_time)} ago"
+    if phase == events.STOPPING:
+        return "finishing the current step or check, then it saves and ends"
+    return f"{PHASE_TEXT.get(phase, 'starting')} for {ago(since_phase)}" if since_phase is not None else ""
 
 
 def stats_markdown(summary: record.EventSummary, status: str, now: float | None = None) -> str:
@@ -133,18 +191,17 @@ def stats_markdown(summary: record.EventSummary, status: str, now: float | None 
     active = status in record.ACTIVE_STATUSES
     until = now if active else (summary.ended or summary.last_event_time)
     elapsed = until - summary.started if summary.started and until else None
-    eta = None
-    if active and summary.eta_seconds is not None and summary.eta_time:
-        eta = max(0.0, summary.eta_seconds - (now - summary.eta_time))
+    eta = summary.eta(now) if active else None
     rate = f"{summary.tokens_per_second:,.0f} tokens/s" if summary.tokens_per_second else "— tokens/s"
-    parts = [f"**{status}**", f"step **{summary.step}** / {summary.max_steps or '?'}",
-             f"elapsed {clock(elapsed)}", f"ETA {clock(eta) if active else '—'}", rate]
+    evaluation = (f" (with the {summary.final_evaluation} evaluation)" if active and eta is not None
+                  and summary.final_evaluation not in (None, "none") else "")
+    parts = [f"**{phase_label(summary, status)}**" if active else f"**{status}**",
+             f"step **{summary.step}** / {summary.max_steps or '?'}",
+             f"elapsed {clock(elapsed)}", f"ETA {clock(eta) if active else '—'}{evaluation}", rate]
     if active:
-        since = now - summary.last_step_time if summary.last_step_time else None
-        heart = f"last step {ago(since)} ago" if summary.last_step_time else "waiting for the first step"
-        if since is not None and since > 120:
-            heart = f"⚠️ {heart} — the run may be stalled (see the log below)"
-        parts.append(heart)
+        beat = heartbeat(summary, now)
+        if beat:
+            parts.append(beat)
     line = " · ".join(parts)
     return line + (f"\n\n{summary.message}" if summary.message and summary.error is None else "")
 
@@ -186,6 +243,8 @@ def poll_seconds(summary: record.EventSummary, status: str, now: float | None = 
     """Seconds until the page's next tick (see POLL_S)."""
     if status not in record.ACTIVE_STATUSES:
         return SETTLED_POLL_S
+    if summary.current_phase not in (None, events.TRAINING):
+        return PHASE_POLL_S  # loading, an evaluation, a save: no step to catch the moment of
     gaps = summary.log_gaps[-RECENT_LOGS:]
     if not gaps or summary.last_log_time is None:
         return POLL_S  # no step time measured yet
@@ -216,7 +275,7 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             "stats": shown("stats", stats_markdown(summary, status)),
             "loss_plot": loss_frame(summary) if fresh else gr.skip(),
             "lr_plot": lr_frame(summary) if fresh else gr.skip(),
-            "tail": shown("tail", record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES)),
+            "tail": shown("tail", record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES, hide_library_warnings=True)),
             "error": shown("error", gr.update(value=message, visible=bool(message))),
             "trace_box": shown("trace_box", gr.update(visible=bool(trace))), "trace": shown("trace", trace),
             "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip(),
@@ -238,10 +297,17 @@ def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
 
 
 def run_status(ctx: AppContext, run_id: str) -> dict:
-    """A run's status: step, max_steps, loss, eval_loss, status, active, error message."""
+    """A run's status: step, max_steps, loss, eval_loss, status, active, error message; while it is
+    active, its phase (loading, preparing, training, evaluating, saving, stopping), the phase's
+    progress (phase_done of phase_total: steps, or checks of the end-of-run evaluation) and the
+    seconds left (eta_seconds, the evaluation included; None when unknown)."""
     summary = record.summarize(record.existing_run_dir(ctx.workspace, run_id))
-    return {**summary.as_row(), "active": summary.status in record.ACTIVE_STATUSES,
-            "error": (summary.error or {}).get("message")}
+    active = summary.status in record.ACTIVE_STATUSES
+    done = summary.progress.phase_progress() if active else None
+    eta = summary.progress.eta() if active else None
+    return {**summary.as_row(), "active": active, "error": (summary.error or {}).get("message"),
+            "phase_done": done[0] if done else None, "phase_total": done[1] if done else None,
+            "eta_seconds": round(eta, 1) if eta is not None else None}
 
 
 def do_stop(ctx: AppContext, run_id: str) -> None:
@@ -251,7 +317,7 @@ def do_stop(ctx: AppContext, run_id: str) -> None:
     if not run_id:
         raise record.RunError("pick a run first")
     if runner.stop(ctx.workspace, run_id):
-        gr.Info(f"Stopping {run_id}: it finishes the current step and saves the adapter")
+        gr.Info(f"Stopping {run_id}: it finishes the current step (or evaluation check) and keeps the adapter")
     else:
         gr.Warning(f"{run_id} is not running")
 
@@ -292,14 +358,17 @@ def layout(ctx: AppContext) -> dict:
         # "12"): a long one ("3.930307" for a single point, "5.0e-4") is cut at the plot's left edge.
         # No x_lim/y_lim updates: Gradio 6.31 redraws a plot whose limits changed with the data it had
         # before, so a picked run's curves would show the previous run's (seen in a screenshot).
-        c["loss_plot"] = gr.LinePlot(x="step", y="loss", color="series", title="Loss (train and eval)", label="Loss",
-                                     color_map={"train loss": "#3b82f6", "eval loss": "#f97316"},
-                                     x_axis_format="~g", y_axis_format=".4~r")
+        # Points, not lines: Gradio's LinePlot draws no marker, so a series of one point (the first eval,
+        # a short run's only one) would not show at all. Steps as whole numbers ("d"; the axis spans the
+        # whole run, see _to_the_end, so its ticks fall on whole steps).
+        c["loss_plot"] = gr.ScatterPlot(x="step", y="loss", color="series", title="Loss (train and eval)",
+                                        label="Loss", color_map={"train loss": "#3b82f6", "eval loss": "#f97316"},
+                                        x_axis_format="d", y_axis_format=".4~r")
         c["lr_plot"] = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
-                                   y_title="learning rate", x_axis_format="~g", y_axis_format=".2~e")
+                                   y_title="learning rate", x_axis_format="d", y_axis_format=".2~e")
     c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
                                       title="Preference objective: implicit rewards (chosen, rejected), margin, "
-                                            "accuracy", label="Objective", x_axis_format="~g", y_axis_format=".3~r")
+                                            "accuracy", label="Objective", x_axis_format="d", y_axis_format=".3~r")
     c["tail"] = gr.Textbox(label="Log (the training process's output, newest lines)", lines=LOG_TAIL_LINES,
                            max_lines=LOG_TAIL_LINES, autoscroll=True, interactive=False)
     c["state"] = gr.State(None)
@@ -316,7 +385,9 @@ def wire(ctx: AppContext, c: dict) -> None:
     # Another run picked: follow it from its first event.
     c["run"].change(public(keyed(bind(safe_tick, ctx, state=None), c)), c["run"], ticked, show_progress="hidden", **private)
     c["refresh"].click(public(bind(run_picker_update, ctx)), c["run"], c["run"], **private)
-    c["stop"].click(guarded(bind(do_stop, ctx)), c["run"], None, **private)
+    # "stopping…" shows at once, not at the next (maybe slow) tick
+    c["stop"].click(guarded(bind(do_stop, ctx)), c["run"], None, **private).success(
+        public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden", **private)
     # A resumed run is followed at once, not at the next (slow) tick of a run that had ended.
     c["resume"].click(guarded(bind(do_resume, ctx)), c["run"], None, **private).success(
         public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden", **private)

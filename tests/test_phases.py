@@ -1,0 +1,267 @@
+"""A run's phases: loading -> preparing -> training -> evaluating -> saving -> end, or stopping. The
+summary every view reads (record.EventSummary) from synthetic events: the phase and its progress, a
+total ETA that includes the end-of-run evaluation, the stall warning only while training; the Live
+tab's text and bar; the runner's Stop request and reaping; `auto` intervals and final_evaluation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuning import config as config_mod
+from tuning import evaluate, record, runner
+from tuning.events import EVENT_KINDS, PHASES, EventLog
+from tuning.ui import live_tab
+
+
+def phase(t, name, **fields):
+    return {"event": "phase", "time": t, "phase": name, **fields}
+
+
+def log(t, step, max_steps=12, eta=None):
+    return {"event": "log", "time": t, "step": step, "max_steps": max_steps, "loss": 2.0 - step / 10,
+            "tokens_per_second": 300.0, "eta_seconds": eta}
+
+
+def training_run(steps: int = 4, step_s: float = 2.0, eval_work: float = 6.0) -> tuple[list[dict], float]:
+    """Loading at 0, preparing at 5, training from 10, `steps` steps of step_s seconds each."""
+    evs = [phase(0.0, "loading", message="loading embedded:SmolLM2-135M-Instruct"),
+           phase(5.0, "preparing", message="preparing demo"),
+           {"event": "start", "time": 10.0, "step": 0, "max_steps": 12},
+           phase(10.0, "training", step=0, max_steps=12, final_evaluation="quick", eval_checks=3, eval_work=eval_work)]
+    t = 10.0
+    for step in range(1, steps + 1):
+        t += step_s
+        evs.append(log(t, step, eta=step_s * (12 - step)))
+    return evs, t
+
+
+def test_phase_is_a_known_event_kind():
+    assert "phase" in EVENT_KINDS
+    assert PHASES == ("loading", "preparing", "training", "evaluating", "saving", "stopping")
+
+
+def test_phases_in_order_with_their_progress():
+    seen = []
+    summary = record.EventSummary()
+    evs, t = training_run(steps=12)
+    evs += [phase(t, "saving", step=12, max_steps=12, final=True, message="saving the adapter"),
+            phase(t + 1, "evaluating", final=True, kind="quick", done=0, total=3, work_done=0.0, work_total=6.0,
+                  message="quick evaluation: held-out loss (tuned)"),
+            phase(t + 3, "evaluating", final=True, kind="quick", done=2, total=3, work_done=2.0, work_total=6.0,
+                  message="quick evaluation: probes 1-3 of 3"),
+            {"event": "end", "time": t + 9, "status": "completed", "step": 12, "max_steps": 12}]
+    for ev in evs:
+        summary.add(ev)
+        seen.append(summary.current_phase)
+    order = [p for i, p in enumerate(seen) if p is not None and (i == 0 or seen[i - 1] != p)]
+    assert order == ["loading", "preparing", "training", "saving", "evaluating"]
+    assert seen[-1] is None and summary.final_status == record.COMPLETED
+    # mid-evaluation: check 2 of 3, shown as such on the bar and on /run_status
+    mid = record.EventSummary().extend(evs[:-1])
+    assert mid.phase_progress() == (2, 3)
+    bar = live_tab.progress_html(mid, record.RUNNING)
+    assert "evaluating" in bar and "check 2 / 3" in bar and 'width:66.7%' in bar
+    # while training: steps
+    training = record.EventSummary().extend(training_run(steps=5)[0])
+    assert training.phase_progress() == (5, 12)
+    assert "training" in live_tab.progress_html(training, record.RUNNING) and "step 5 / 12" in \
+        live_tab.progress_html(training, record.RUNNING)
+
+
+def test_the_eta_includes_the_end_of_run_evaluation():
+    evs, t = training_run(steps=4, step_s=2.0, eval_work=6.0)
+    summary = record.EventSummary().extend(evs)
+    assert summary.step_time == pytest.approx(2.0)
+    assert summary.evaluation_seconds() == pytest.approx(12.0)  # 6 steps of work at 2 s a step
+    # 8 steps left at 2 s (the log's own ETA: 16 s) + the evaluation's 12 s
+    assert summary.eta(now=t) == pytest.approx(16.0 + 12.0)
+    assert summary.eta(now=t + 4) == pytest.approx(12.0 + 12.0)
+    assert "ETA 0:28 (with the quick evaluation)" in live_tab.stats_markdown(summary, record.RUNNING, now=t)
+    # the evaluation as it runs: its own pace (2 units of work in 10 s), not the step time any more
+    summary.extend([phase(t + 20, "saving", final=True, step=12, max_steps=12),
+                    phase(t + 21, "evaluating", final=True, done=0, total=3, work_done=0.0, work_total=6.0)])
+    assert summary.eta(now=t + 21) == pytest.approx(12.0)  # before its first check: the plan x step time
+    summary.add(phase(t + 31, "evaluating", final=True, done=1, total=3, work_done=2.0, work_total=6.0))
+    assert summary.eta(now=t + 31) == pytest.approx(20.0)  # 5 s per unit of work, 4 units left
+    assert summary.eta(now=t + 36) == pytest.approx(15.0)
+    # no evaluation planned (final_evaluation none): the ETA is the training's
+    plain = record.EventSummary().extend(training_run(steps=4, eval_work=0.0)[0])
+    assert plain.eta(now=18.0) == pytest.approx(16.0)
+
+
+def test_the_stall_warning_is_for_training_only_and_follows_the_step_time():
+    quick, t = training_run(steps=4, step_s=2.0)
+    summary = record.EventSummary().extend(quick)
+    assert summary.stalled_for(now=t + 59) is None  # never under STALL_MIN_S
+    assert summary.stalled_for(now=t + 61) == pytest.approx(61)
+    text = live_tab.stats_markdown(summary, record.RUNNING, now=t + 61)
+    assert "may be stalled" in text and "a step takes about 2 s" in text
+    slow, t = training_run(steps=4, step_s=30.0)
+    summary = record.EventSummary().extend(slow)
+    assert summary.stalled_for(now=t + 80) is None  # 3 x a 30 s step: not stalled yet
+    assert summary.stalled_for(now=t + 91) is not None
+    # an evaluation between steps, the end-of-run evaluation, loading: no stall, whatever the time
+    summary.add(phase(t + 1, "evaluating", step=4, max_steps=12, message="held-out loss at step 4"))
+    assert summary.stalled_for(now=t + 1000) is None
+    assert "may be stalled" not in live_tab.stats_markdown(summary, record.RUNNING, now=t + 1000)
+    summary.add(phase(t + 1001, "training", step=4, max_steps=12))  # back to training: counted from here
+    assert summary.stalled_for(now=t + 1050) is None and summary.stalled_for(now=t + 1100) is not None
+
+
+def test_before_the_first_step_it_says_what_it_waits_for():
+    loading = record.EventSummary().extend([phase(100.0, "loading", message="loading embedded:X")])
+    text = live_tab.stats_markdown(loading, record.RUNNING, now=160.0)
+    assert "**loading the model**" in text and "loading the model for 60 s" in text and "last step" not in text
+    assert loading.eta(now=160.0) is None and loading.stalled_for(now=1e6) is None
+    started = record.EventSummary().extend(training_run(steps=0)[0])
+    text = live_tab.stats_markdown(started, record.RUNNING, now=10.0 + 300)
+    assert "waiting for the first step" in text and "last step" not in text and "stalled" not in text
+    assert started.stalled_for(now=1e6) is None
+
+
+def test_a_stop_request_shows_stopping_at_once_and_ends_as_stopped():
+    evs, t = training_run(steps=3)
+    summary = record.EventSummary().extend(evs + [phase(t + 1, "stopping", source="stop", message="stop requested")])
+    assert summary.current_phase == "stopping" and summary.eta(now=t + 2) is None
+    assert "**stopping…" in live_tab.stats_markdown(summary, record.RUNNING, now=t + 2)
+    assert "stalled" not in live_tab.stats_markdown(summary, record.RUNNING, now=t + 1000)
+    # the trainer then saves: still "stopping", with what it is doing
+    summary.add(phase(t + 3, "saving", final=True, step=4, max_steps=12, message="saving the adapter"))
+    assert summary.current_phase == "stopping"
+    assert live_tab.phase_label(summary, record.RUNNING) == "stopping…: saving: saving the adapter"
+    # a trainer that a Stop ended before it could write its end reads as stopped, not interrupted
+    assert record.status_from(summary, alive=False) == record.STOPPED
+    summary.add({"event": "end", "time": t + 5, "status": "stopped", "step": 4, "max_steps": 12})
+    assert summary.current_phase is None and record.status_from(summary, alive=False) == record.STOPPED
+    # a resume opens a new segment: the old stop request is over
+    summary.add({"event": "start", "time": t + 100, "step": 4, "max_steps": 12})
+    assert summary.current_phase == "training" and not summary.stop_requested
+
+
+def test_a_run_written_before_phases_existed_reads_as_training():
+    summary = record.EventSummary().extend([{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
+                                            log(3.0, 1, max_steps=4, eta=6.0)])
+    assert summary.current_phase == "training" and summary.phase_progress() == (1, 4)
+    assert summary.eta(now=3.0) == pytest.approx(6.0)  # no evaluation announced: none added
+
+
+def test_run_status_and_runs_row_carry_the_phase(tmp_path):
+    from tuning.ui.common import AppContext
+
+    ctx = AppContext(tmp_path / "ws")
+    run = record.run_dir(ctx.workspace, "r1")
+    run.mkdir(parents=True)
+    record.write_config(run, config_mod.TrainConfig())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record.write_process_info(run, sleeper.pid)
+        log_ = EventLog(run / "events.jsonl")
+        now = time.time()
+        for ev in training_run(steps=2)[0]:
+            log_.append(ev.pop("event"), **{**ev, "time": None})
+        log_.append("phase", phase="evaluating", final=True, kind="quick", done=1, total=3, work_done=2.0,
+                    work_total=6.0)
+        status = live_tab.run_status(ctx, "r1")
+        assert status["active"] and status["phase"] == "evaluating"
+        assert (status["phase_done"], status["phase_total"]) == (1, 3)
+        assert status["eta_seconds"] is not None and status["eta_seconds"] >= 0
+        summary = record.summarize(run)
+        assert summary.phase == "evaluating" and summary.activity == "evaluating 1/3"
+        assert summary.as_row()["phase"] == "evaluating"
+        assert now - 5 < summary.progress.phase_started <= time.time()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    ended = record.summarize(run)
+    assert ended.phase is None and live_tab.run_status(ctx, "r1")["eta_seconds"] is None
+
+
+def test_library_warnings_stay_in_train_log_but_out_of_the_tail(tmp_path):
+    lines = ["step 1/4  loss 2.6", "/x/transformers/trainer.py:12: FutureWarning: `foo` is deprecated",
+             "  warnings.warn(", "Failed to load CPU gemm_4bit_forward from kernels-community: No module named "
+             "'kernels'. Please make sure you already `pip install kernels` and the kernels >= 0.11.1",
+             "step 2/4  loss 2.5", "Traceback (most recent call last):", "  File \"x.py\", line 1"]
+    (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
+    tail = record.log_tail(tmp_path, 6000, 20, hide_library_warnings=True)
+    assert tail.splitlines() == ["step 1/4  loss 2.6", "step 2/4  loss 2.5", "Traceback (most recent call last):",
+                                 "  File \"x.py\", line 1"]
+    assert "FutureWarning" in record.log_tail(tmp_path, 6000, 20)  # the file itself keeps them
+
+
+def test_one_eval_point_is_in_the_frame_and_drawn_as_a_marker():
+    summary = record.EventSummary().extend(training_run(steps=3)[0] + [
+        {"event": "eval", "time": 20.0, "step": 3, "max_steps": 12, "eval_loss": 1.5}])
+    frame = live_tab.loss_frame(summary)
+    evals = frame[(frame.series == "eval loss") & frame.loss.notna()]
+    assert evals.step.tolist() == [3] and evals.loss.tolist() == [1.5]
+    import gradio as gr
+
+    with gr.Blocks():
+        c = live_tab.layout(live_tab.AppContext(config_mod.Path("/tmp/unused-ws")))
+    assert isinstance(c["loss_plot"], gr.ScatterPlot)  # points: a one-point series is a visible marker
+
+
+# --- the runner: Stop recorded at once; finished trainers reaped -----------------------------------
+
+def test_stop_records_the_request_and_children_are_reaped(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    run = record.run_dir(ws, "r1")
+    run.mkdir(parents=True)
+    record.write_config(run, config_mod.TrainConfig())
+    # a stand-in trainer started the way the runner starts one: it exits on SIGTERM
+    monkeypatch.setattr(runner, "build_command", lambda workspace, extra: [
+        sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+        "time.sleep(60)"])
+    proc = runner._spawn(run, ws, [])
+    record.write_process_info(run, proc.pid)
+    time.sleep(0.5)
+    assert runner.stop(ws, "r1") is True
+    summary = record.summarize(run)
+    assert summary.progress.current_phase == "stopping"  # before the child has reacted
+    deadline = time.time() + 20
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert runner.reap() == 0 and proc.returncode == 0
+    assert record.summarize(run).status == record.STOPPED  # ended by the Stop, before writing an end event
+
+
+# --- config: auto intervals, final_evaluation ------------------------------------------------------
+
+def test_auto_intervals_parse_from_set_and_yaml(tmp_path):
+    cfg = config_mod.apply_overrides(config_mod.TrainConfig(), ["save_steps=auto", "eval_steps=7"])
+    assert cfg.save_steps == config_mod.AUTO_STEPS and cfg.eval_steps == 7
+    assert cfg.step_interval("save_steps") == config_mod.AUTO_INTERVAL_RATIO and cfg.step_interval("eval_steps") == 7
+    path = tmp_path / "c.yaml"
+    path.write_text("save_steps: auto\neval_steps: AUTO\n")
+    loaded = config_mod.load(path)
+    assert (loaded.save_steps, loaded.eval_steps) == (config_mod.AUTO_STEPS, config_mod.AUTO_STEPS)
+    with pytest.raises(config_mod.ConfigError, match="save_steps"):
+        config_mod.apply_overrides(config_mod.TrainConfig(), ["save_steps=soon"])
+    for preset in ("quickstart", "quickstart-qlora", "quickstart-dpo"):
+        shipped = config_mod.load(f"presets/{preset}.yaml")
+        assert shipped.save_steps == shipped.eval_steps == config_mod.AUTO_STEPS, preset
+
+
+def test_final_evaluation_fits_the_run():
+    cfg = config_mod.TrainConfig()
+    assert cfg.final_evaluation_for(12) == "quick" and cfg.final_evaluation_for(config_mod.SHORT_RUN_STEPS) == "quick"
+    assert cfg.final_evaluation_for(config_mod.SHORT_RUN_STEPS + 1) == "full"
+    assert cfg.replace(final_evaluation="none").final_evaluation_for(5000) == "none"
+    assert cfg.replace(final_evaluation="full").final_evaluation_for(4) == "full"
+
+
+def test_quick_checks_less_than_full():
+    cfg = config_mod.TrainConfig(eval_max_new_tokens=64)
+    rows = [([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+             {"expect": ["a"], "kind": "k"}) for i in range(20)]
+    prompts = [f"p{i}" for i in range(5)]
+    quick = evaluate.plan(cfg, "quick", rows, prompts)
+    full = evaluate.plan(cfg, "full", rows, prompts)
+    assert [c.label for c in quick] == ["held-out loss (tuned)", "held-out loss (base)", "probes 1-3 of 3"]
+    assert [c.label for c in full][2:] == ["probes 1-5 of 5", "task checks 1-16 of 20", "task checks 17-20 of 20"]
+    assert sum(c.work for c in full) > sum(c.work for c in quick) > 0
+    assert evaluate.plan(cfg, "none", rows, prompts) == [] and evaluate.plan(cfg, "full", [], prompts) == []
