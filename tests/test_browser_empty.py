@@ -73,3 +73,47 @@ def test_a_fresh_workspace_shows_no_error_in_any_tab(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_one_click_downloads_in_runs_and_export(tmp_path):
+    """A finished run: picking it readies its adapter zip on a download button, in the Runs tab and in
+    the Export tab; one click saves the zip (no second click on a file link)."""
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_empty_states import with_adapter
+    from test_many_runs import make_run
+    from tuning import record
+
+    workspace = tmp_path / "ws"
+    run_id = "20260101-000000-finished"
+    run = with_adapter(make_run(workspace, run_id))
+    record.write_evaluation(run, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
+    proc, url = launch_app(workspace, [], tmp_path / "app.log")
+    try:
+        with sync_playwright() as p:
+            browser, page = open_page(p, url)
+            page.get_by_role("tab", name="Runs", exact=True).click()
+            page.locator("#runs-table").get_by_test_id("cell-0-0").click()  # a row click picks the run
+            button = page.get_by_role("button", name="Download adapter", exact=True).filter(visible=True)
+            expect(button).to_be_enabled(timeout=60_000)
+            with page.expect_download() as got:
+                button.click()
+            saved = got.value.path()
+            assert got.value.suggested_filename == f"{run_id}-adapter.zip"
+            with zipfile.ZipFile(saved) as zf:
+                assert record.ADAPTER_WEIGHTS in zf.namelist()
+
+            page.get_by_role("tab", name="Export", exact=True).click()  # the page opened it on the finished run
+            button = page.get_by_role("button", name="Download adapter (.zip)", exact=True)
+            expect(button).to_be_enabled(timeout=60_000)
+            with page.expect_download() as got:
+                button.click()
+            assert got.value.suggested_filename == f"{run_id}-adapter.zip"
+            no_errors_shown(page, "Export with a finished run")
+            page.screenshot(path=str(SHOTS / "download_export_1400.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

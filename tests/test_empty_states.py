@@ -67,7 +67,8 @@ def test_the_evaluation_picker_opens_on_the_newest_evaluated_run(ctx):
     record.write_evaluation(old, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
     with_adapter(make_run(ctx.workspace, "20260102-000000-evaluated-later"))  # newer, not evaluated
     picker = evaluation_tab.refreshed(ctx, None)
-    assert picker["choices"][0] == "20260102-000000-evaluated-later" and picker["value"] == "20260101-000000-old"
+    assert picker["choices"][0] == "20260102-000000-evaluated-later"
+    assert picker["value"] == "20260101-000000-old"
     assert evaluation_tab.refreshed(ctx, "20260102-000000-evaluated-later")["value"] == "20260102-000000-evaluated-later"
 
 
@@ -76,7 +77,7 @@ def test_the_evaluation_picker_opens_on_the_newest_evaluated_run(ctx):
 def test_export_with_no_run_picked_waits(ctx):
     assert export_tab.card_preview(ctx, None) == export_tab.NO_FINISHED_RUN and "Train" in export_tab.NO_FINISHED_RUN
     ready = export_tab.download_adapter(ctx, None)
-    assert ready["status"] == "" and ready["zip_file"].value is None and ready["zip_file"].interactive is False
+    assert ready["status"] == "" and ready["zip_file"]["value"] is None and ready["zip_file"]["interactive"] is False
     assert export_tab.refreshed(ctx, None)["value"] is None
     assert export_tab.picked_for_owner(ctx, None) == {"owner_run": None}
     with_adapter(make_run(ctx.workspace, "20260101-000000-a"))
@@ -89,13 +90,13 @@ def test_export_with_no_run_picked_waits(ctx):
 def test_runs_with_no_runs_and_no_queue(ctx):
     empty = runs_tab.listing(ctx)
     assert empty["value"] == [] and empty["label"] == "No runs yet: start one in the Train tab"
-    assert runs_tab.zip_shown(ctx, None)["zip"].interactive is False
+    assert runs_tab.zip_shown(ctx, None)["zip"]["interactive"] is False
     assert runs_tab.picked_for_owner(ctx, None) == {"owner_run": None}
     shown = runs_tab.queue_refreshed(ctx, None)
     assert shown["queue"]["value"] == [] and "starts next" not in shown["queue"]["label"]
     assert runs_tab.queue_label(2) == "Queued runs: 2 (1 starts next)"
     make_run(ctx.workspace, "20260101-000000-a")  # no final adapter: the button says so
-    assert runs_tab.zip_shown(ctx, "20260101-000000-a")["zip"].label == "Download adapter (none yet)"
+    assert runs_tab.zip_shown(ctx, "20260101-000000-a")["zip"]["label"] == "Download adapter (none yet)"
     assert runs_tab.listing(ctx)["label"] == "Runs in the workspace"
 
 

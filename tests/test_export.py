@@ -115,10 +115,15 @@ def test_merged_model_loads_plainly_and_agrees_with_adapter(trained, tiny_model_
 
 
 def test_gguf_refuses_other_architectures(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    assert "llama" in export.gguf_supported(tmp_path)
+    """Families llama.cpp runs are written (tests/test_gguf_families.py); another is refused with
+    its name, the supported list and where to go instead."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    reason = export.gguf_supported(tmp_path)
+    assert "'gpt_neox'" in reason and "llama" in reason and "qwen2" in reason and "phi3" in reason
     with pytest.raises(export.ExportError, match="convert_hf_to_gguf"):
         export.write_gguf(tmp_path, tmp_path / "x.gguf")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert export.gguf_supported(tmp_path) is None
 
 
 def test_push_offline_is_clear_and_token_never_written(trained, monkeypatch):
@@ -165,15 +170,16 @@ def test_export_tab_handlers(trained, monkeypatch):
     preview = export_tab.card_preview(ctx, "r1")
     assert "# r1" in preview
     assert export_tab.card_preview(ctx, "").startswith("Pick a finished run")
+    assert export_tab.download_adapter(ctx, "")["zip_file"]["interactive"] is False  # no run picked: it waits
     shown = export_tab.download_adapter(ctx, "r1")
-    assert Path(shown["zip_file"]).name == "r1-adapter.zip" and "ready" in shown["status"]
+    served = Path(shown["zip_file"]["value"])  # readied on the download button: one click saves it
+    assert served.name == "r1-adapter.zip" and "ready" in shown["status"] and shown["zip_file"]["interactive"]
     # What is served is a copy in Gradio's temp folder: it downloads wherever the workspace is.
-    assert not Path(shown["zip_file"]).is_relative_to(ws)
-    assert Path(shown["zip_file"]).read_bytes() == (export.exports_dir(ws) / "r1-adapter.zip").read_bytes()
+    assert not served.is_relative_to(ws)
+    assert served.read_bytes() == (export.exports_dir(ws) / "r1-adapter.zip").read_bytes()
     # Every failure reaches the page as its one readable line (through guarded), never a bare "Error".
     for handler, args, reason in (
             (export_tab.download_adapter, (ctx, "../etc"), "not valid"),
-            (export_tab.download_adapter, (ctx, ""), "pick a finished run first"),
             (export_tab.gguf, (ctx, "nope", "", "f16"), "no run 'nope'"),
             (export_tab.merge, (ctx, "r1", "../../elsewhere"), "outside the folders"),
             (export_tab.push, (ctx, "r1", "adapter", "me/m", "", True), "needs a Hugging Face token")):

@@ -236,10 +236,10 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
 
         # --- 4. the owner downloads the adapter zip and merges ---------------------------------------------
         owner_page = Session(url, config, owner.session_hash).open()  # the owner's unlocked session
-        served, note = owner_page.result("download_adapter", [run_id])
+        served, note, _box = owner_page.result("download_adapter", [run_id])  # the button, the note, the error box
         assert "Adapter zip ready" in note
         timings["zipped"] = time.time() - started
-        fetched = httpx.get(served["url"], timeout=60)
+        fetched = httpx.get(served["value"]["url"], timeout=60)  # the download button's file
         assert fetched.status_code == 200, fetched.text[:300]
         with zipfile.ZipFile(io.BytesIO(fetched.content)) as zf:
             assert sorted(zf.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
@@ -253,7 +253,7 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
                 assert local not in text, local
             assert not re.search(r"(?<![\w.:/-])/(?:[\w.-]+/)+[\w.-]+", text), re.findall(r"/(?:[\w.-]+/)+\S*", text)
 
-        (message,) = owner_page.result("merge", [run_id, ""])
+        message, _box = owner_page.result("merge", [run_id, ""])  # the status line, the error box
         merged = workspace / "exports" / f"{run_id}-merged"
         assert str(merged) in message
         assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()

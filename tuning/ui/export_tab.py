@@ -65,9 +65,9 @@ def card_preview(ctx: AppContext, run_id: str) -> str:
 ZIP_LABEL = "Download adapter (.zip)"
 
 
-def zip_button(path: str | None = None, label: str = ZIP_LABEL):
-    """The adapter's download button: one click downloads `path`; without one it waits, disabled."""
-    return gr.DownloadButton(label=label, value=path, interactive=path is not None)
+def zip_button(path: str | None = None, label: str = ZIP_LABEL) -> dict:
+    """A download button's update: one click downloads `path`; without one it waits, disabled."""
+    return gr.update(label=label, value=path, interactive=path is not None)
 
 
 def download_adapter(ctx: AppContext, run_id: str | None) -> dict:
@@ -143,7 +143,7 @@ def layout(ctx: AppContext) -> dict:
     c["status"] = gr.Markdown()
     with gr.Row():
         with gr.Column():
-            c["zip_file"] = zip_button()
+            c["zip_file"] = gr.DownloadButton(ZIP_LABEL, value=None, interactive=False)
         with gr.Column():
             c["merged_name"] = gr.Textbox(label="Merged folder name (under exports/)", placeholder="RUN-merged")
             c["merge_button"] = gr.Button("Merge into a full-precision base and save")
@@ -151,7 +151,7 @@ def layout(ctx: AppContext) -> dict:
             c["gguf_name"] = gr.Textbox(label="GGUF file name (under exports/)", placeholder="RUN-f16.gguf")
             c["gguf_type"] = gr.Radio(["f16", "f32"], value="f16", label="GGUF weights")
             c["gguf_button"] = gr.Button("Write GGUF (llama family)")
-            c["gguf_file"] = zip_button(label=GGUF_LABEL)
+            c["gguf_file"] = gr.DownloadButton(GGUF_LABEL, value=None, interactive=False)
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
             c["repo"] = gr.Textbox(label="Repo id", placeholder="your-name/model-name")
@@ -182,13 +182,14 @@ def wire(ctx: AppContext, c: dict) -> None:
     # A new run empties what described the last one: its download, its GGUF and the status line.
     gone = {"zip_file": zip_button(), "status": ""}
     c["owner_run"].change(event(download_adapter, gone), c["owner_run"], [c["zip_file"], status, box], **private)
-    c["owner_run"].change(event(into("card", card_preview), {"card": ""}), c["owner_run"], [c["card"], box], **private)
+    card, merged, pushed = (event(into(name, fn), {name: ""})
+                            for name, fn in (("card", card_preview), ("status", merge), ("status", push)))
+    c["owner_run"].change(card, c["owner_run"], [c["card"], box], **private)
     c["owner_run"].change(gguf_waits, None, c["gguf_file"], **private)
-    c["merge_button"].click(event(into("status", merge), {"status": ""}), [run, c["merged_name"]], [status, box], **private)
+    c["merge_button"].click(merged, [run, c["merged_name"]], [status, box], **private)
     c["gguf_button"].click(event(gguf, {"gguf_file": zip_button(label=GGUF_LABEL)}),
                            [run, c["gguf_name"], c["gguf_type"]], [c["gguf_file"], status, box], **private)
-    c["push_button"].click(event(into("status", push), {"status": ""}), [run, c["what"], c["repo"], c["token"], c["private"]],
-                           [status, box], **private)
+    c["push_button"].click(pushed, [run, c["what"], c["repo"], c["token"], c["private"]], [status, box], **private)
 
 
 def build(ctx: AppContext) -> ExportParts:

@@ -159,10 +159,10 @@ def zip_shown(ctx: AppContext, run_id: str | None) -> dict:
     """The download button readied for the picked run (one click saves its adapter zip); disabled,
     saying why, while no run or a run without a final adapter is picked."""
     if not run_id:
-        return {"zip": gr.DownloadButton(ZIP_LABEL, value=None, interactive=False)}
+        return {"zip": gr.update(label=ZIP_LABEL, value=None, interactive=False)}
     if not record.has_final_adapter(record.existing_run_dir(ctx.workspace, run_id)):
-        return {"zip": gr.DownloadButton(f"{ZIP_LABEL} (none yet)", value=None, interactive=False)}
-    return {"zip": gr.DownloadButton(ZIP_LABEL, value=download(ctx, run_id), interactive=True)}
+        return {"zip": gr.update(label=f"{ZIP_LABEL} (none yet)", value=None, interactive=False)}
+    return {"zip": gr.update(label=ZIP_LABEL, value=download(ctx, run_id), interactive=True)}
 
 
 def picked_for_owner(ctx: AppContext, run_id: str | None) -> dict:
