@@ -19,7 +19,7 @@ from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
 from tuning.ui import access, frame_guard
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, run_picker_update
+from tuning.ui.common import AppContext, bind, run_picker_update
 
 def oauth_installed() -> bool:
     """gr.LoginButton needs gradio's `oauth` extra (authlib, itsdangerous)."""
@@ -58,6 +58,14 @@ def access_row(ctx: AppContext) -> None:
 TABS = (("dataset", "Dataset", dataset_tab), ("train", "Train", train_tab), ("live", "Live", live_tab),
         ("playground", "Playground", playground_tab), ("runs", "Runs", runs_tab),
         ("evaluation", "Evaluation", evaluation_tab), ("export", "Export", export_tab))
+
+
+def remember_pick(tab: str, kept, run_id):
+    """The runs this browser picked, by tab, with `run_id` now picked in `tab` (gr.BrowserState)."""
+    kept = dict(kept) if isinstance(kept, dict) else {}
+    if isinstance(run_id, str) and run_id:
+        kept[tab] = run_id
+    return kept
 
 
 def offered(picker: dict, run_id: str | None) -> dict:
@@ -109,15 +117,31 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
                     play.run: run_picker_update(ctx, played)}
 
-        train.started_run.change(follow_started, [train.started_run, play.run], [tabs, live.run, play.run],
-                                 api_visibility="private")
+        # The browser keeps the run a person picked in each tab (picking one, starting one, opening one
+        # from the Runs tab), and a fresh page opens it again while it exists.
+        pickers = {"live": live.run, "playground": play.run, "evaluation": evaluation.run,
+                   "export": exported.run, "runs": runs.run}
+        picked = gr.BrowserState({}, storage_key=train_tab.storage_key(ctx, "picked-runs"),
+                                 secret=train_tab.storage_key(ctx, "picked-runs"))
+        for tab, picker in pickers.items():
+            picker.input(public(bind(remember_pick, tab)), [picked, picker], picked,
+                         show_progress="hidden", api_visibility="private")
+
+        def follow_started(run_id, played, kept):
+            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
+                    play.run: run_picker_update(ctx, played), picked: remember_pick("live", kept, run_id)}
+
+        train.started_run.change(follow_started, [train.started_run, play.run, picked],
+                                 [tabs, live.run, play.run, picked], api_visibility="private")
 
         # The Runs tab opens its picked run in Live or in the Playground.
-        def open_live(run_id):
-            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id)}
+        def open_live(run_id, kept):
+            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
+                    picked: remember_pick("live", kept, run_id)}
 
-        def open_playground(run_id):
-            return {tabs: gr.Tabs(selected="playground"), play.run: run_picker_update(ctx, run_id)}
+        def open_playground(run_id, kept):
+            return {tabs: gr.Tabs(selected="playground"), play.run: run_picker_update(ctx, run_id),
+                    picked: remember_pick("playground", kept, run_id)}
 
         # "Tune on my votes" in the Playground fills the Train form with a DPO run from that run's adapter
         # (the Playground wrote the pairs and made the config) and opens the Train tab; nothing starts.
@@ -131,25 +155,34 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         play.tune_config.change(public(fill_train_form), play.tune_config, [tabs, *train.form],
                                 api_visibility="private")
         open_examples_in_dataset(tabs, evaluation, data)
-        runs.open_live.click(public(open_live), runs.run, [tabs, live.run], api_visibility="private")
-        runs.open_play.click(public(open_playground), runs.run, [tabs, play.run], api_visibility="private")
+        runs.open_live.click(public(open_live), [runs.run, picked], [tabs, live.run, picked],
+                             api_visibility="private")
+        runs.open_play.click(public(open_playground), [runs.run, picked], [tabs, play.run, picked],
+                             api_visibility="private")
 
-        # A fresh page (a reload, a second browser, an app restart) opens the active run, else the
-        # newest, in every tab that picks one, and lists the runs in the Runs tab: one event reading
-        # one listing of the workspace (with 500 runs, a listing per picker made a page load take
-        # seconds: bench/many_runs.py).
+        # A fresh page (a reload, a second browser, an app restart) opens in every tab that picks a run
+        # the one this browser picked there, while it exists, else the active run, else the newest; and
+        # lists the runs in the Runs tab: one event reading one listing of the workspace (with 500 runs,
+        # a listing per picker made a page load take seconds: bench/many_runs.py).
         runs_listed = {name: getattr(runs, name) for name in runs_tab.REFRESHED}
 
-        def fresh_page():
+        def fresh_page(kept=None):
             with record.one_listing():
                 run_id = record.default_run(ctx.workspace)
-                return {live.run: run_picker_update(ctx, run_id), play.run: run_picker_update(ctx, run_id),
-                        evaluation.run: offered(evaluation_tab.refreshed(ctx, None), run_id),
-                        exported.run: offered(export_tab.refreshed(ctx, None), run_id),
-                        **{runs_listed[name]: value for name, value in runs_tab.refreshed(ctx, None).items()}}
+                ids = record.run_ids(ctx.workspace)
+                mine = {tab: run for tab, run in (kept if isinstance(kept, dict) else {}).items() if run in ids}
+                evaluated, finished = evaluation_tab.refreshed(ctx, None), export_tab.refreshed(ctx, None)
+                return {live.run: run_picker_update(ctx, mine.get("live", run_id)),
+                        play.run: run_picker_update(ctx, mine.get("playground", run_id)),
+                        # Evaluation's own default is its newest evaluated run
+                        evaluation.run: offered(evaluated, mine.get("evaluation", evaluated.get("value") or run_id)),
+                        exported.run: offered(finished, mine.get("export", run_id)),
+                        **{runs_listed[name]: value
+                           for name, value in runs_tab.refreshed(ctx, mine.get("runs")).items()}}
 
-        demo.load(public(fresh_page), None, [live.run, play.run, evaluation.run, exported.run, *runs_listed.values()],
-                  api_visibility="private")
+        demo.load(public(fresh_page), picked, [live.run, play.run, evaluation.run, exported.run,
+                                               *runs_listed.values()], api_visibility="private")
+        train_tab.restore_on_load(demo, train)
     # On a Space, everything above that is not public(...) is for the owner alone.
     access.deny_by_default(demo, ctx)
     return demo
@@ -175,6 +208,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 # (bench/ui_overhead.py prints the app's share). Every 20 ms / 100 ms is still instant for a person.
 QUEUE_IDLE_POLL_S = 0.02
 PROGRESS_IDLE_POLL_S = 0.1
+
+
+# Gradio 6.31's status tracker announces a finished event as i18n("common.complete"), a key its English
+# strings lack, so the page said "common.complete" after Start or Queue it. The words it means:
+I18N = gr.I18n(en={"common.complete": "Complete"})
 
 
 def calm_queue(demo: gr.Blocks) -> bool:
@@ -218,7 +256,7 @@ def main(argv=None) -> None:
     demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
     calm_queue(demo)
     follow_queue(args.workspace)
-    demo.launch(app_kwargs=frame_guard.app_kwargs(), **kwargs)  # an idle page draws no frames
+    demo.launch(app_kwargs=frame_guard.app_kwargs(), i18n=I18N, **kwargs)  # an idle page draws no frames
 
 
 if __name__ == "__main__":

@@ -80,15 +80,16 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
 
             # Train: the form, the command, the estimate, then Start.
             page.get_by_role("tab", name="Train").click()
-            page.get_by_role("textbox", name=re.compile(r"^base_model\b")).fill(str(tiny_model_dir))
-            page.get_by_role("textbox", name=re.compile(r"^dataset\b")).fill(str(data_file))
-            for label, value in [("max_steps", "40"), ("max_length", "64"), ("per_device_batch_size", "4"), ("gradient_accumulation_steps", "1"),
-                                 ("learning_rate", "0.01"), ("save_steps", "20"), ("eval_steps", "10"),
-                                 ("warmup_ratio", "0")]:
-                box = page.get_by_role("spinbutton", name=label, exact=True)
+            page.get_by_label("Advanced", exact=True).check()  # every field; each field's elem_id is cfg-<key>
+            page.locator("#cfg-base_model").get_by_role("textbox").fill(str(tiny_model_dir))
+            page.locator("#cfg-dataset").get_by_role("textbox").fill(str(data_file))
+            for key, value in [("max_steps", "40"), ("max_length", "64"), ("per_device_batch_size", "4"), ("gradient_accumulation_steps", "1"),
+                               ("learning_rate", "0.01"), ("save_steps", "20"), ("eval_steps", "10"),
+                               ("warmup_ratio", "0")]:
+                box = page.locator(f"#cfg-{key}").get_by_role("spinbutton")
                 box.fill(value)
                 box.press("Tab")
-            page.get_by_role("checkbox", name=re.compile("^probe_every_checkpoint")).uncheck()
+            page.locator("#cfg-probe_every_checkpoint").get_by_role("checkbox").uncheck()
             page.get_by_role("button", name="Show command", exact=True).click()
             expect(page.get_by_text("--set max_steps=40")).to_be_visible()
             page.get_by_role("button", name="Estimate memory and time", exact=True).click()

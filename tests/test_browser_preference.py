@@ -116,7 +116,8 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
             page.get_by_role("tab", name="Playground").click()
             page.get_by_text("Teach it: correct the tuned answer, or tune on your votes (DPO)").click()
             page.get_by_role("button", name="Tune on my votes", exact=True).click()
-            steps = page.get_by_role("spinbutton", name="max_steps", exact=True)
+            page.get_by_label("Advanced", exact=True).check()  # every field; each field's elem_id is cfg-<key>
+            steps = page.locator("#cfg-max_steps").get_by_role("spinbutton")
             expect(steps).to_be_visible(timeout=60_000)
             steps.fill(str(DPO_STEPS))
             steps.press("Tab")

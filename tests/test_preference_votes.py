@@ -118,9 +118,11 @@ def test_tune_on_my_votes_fills_the_train_form_and_opens_the_train_tab(tmp_path)
     (fn,) = [f for f in demo.fns.values() if f.name == "fill_train_form"]
     values = config_mod.TrainConfig(objective="dpo", init_from="run-1", dataset="/x/pairs.jsonl", beta=0.2).to_dict()
     updates = fn.fn(values)
-    by_label = {getattr(component, "label", None): value for component, value in updates.items()}
-    assert by_label["objective"] == "dpo" and by_label["init_from"] == "run-1" and by_label["beta"] == 0.2
-    assert by_label["dataset"] == "/x/pairs.jsonl"
+    # the form's fields are labelled for people; their elem_id carries the config key
+    by_key = {(getattr(component, "elem_id", None) or "").removeprefix("cfg-"): value
+              for component, value in updates.items()}
+    assert by_key["objective"] == "dpo" and by_key["init_from"] == "run-1" and by_key["beta"] == 0.2
+    assert by_key["dataset"] == "/x/pairs.jsonl"
     tabs = [v for c, v in updates.items() if type(c).__name__ == "Tabs"]
     assert tabs and tabs[0].selected == "train"
     assert len(updates) == 1 + len(train_tab.FORM_FIELDS)

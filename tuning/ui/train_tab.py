@@ -1,9 +1,12 @@
-"""Train tab: a form built from TrainConfig's fields (grouped, advanced ones folded), presets,
-"save as preset", "show command", an estimate before start, Start, and the queue: "Queue it" when a
-start is refused because another run trains, and a grid that queues one run per value.
+"""Train tab: a Simple view (preset cards with the time and memory measured for each, and the few
+fields that matter most) and an Advanced view (every field, grouped), "save as preset", "show command",
+an estimate before start, Start, and the queue: "Queue it" when a start is refused because another run
+trains, and a grid that queues one run per value. The browser keeps the form across a reload.
 
-The form is generated from config.FIELDS: each field's metadata gives its widget, help text and
-valid range, so a new config field shows up here without touching this file."""
+The form is generated from config.FIELDS: each field's metadata gives its widget, human label, help
+text, valid range and whether it is in the Simple view, so a new config field shows up here without
+touching this file. The Simple fields are twins of their Advanced fields (kept equal in the browser);
+the config is read from the Advanced fields, which hold every value."""
 
 from __future__ import annotations
 
@@ -20,11 +23,10 @@ import yaml
 from tuning import config as config_mod
 from tuning import paths
 from tuning.pairs import DEMO_PREFERENCE
+from tuning.ui.access import public
 from tuning.ui.common import (OPENING_PRESET, AppContext, bind, check_source, guarded, keyed, opening_config,
                               opening_preset)
 
-GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
-          ("data", "Data"), ("preference", "Objective (SFT or preference tuning)"), ("schedule", "Schedule"))
 FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
 
 
@@ -261,12 +263,190 @@ def config_from_api(ctx: AppContext, preset: str, overrides_yaml: str) -> config
     return cfg.replace(**overrides)
 
 
+# --- how numbers, ranges and fields read on the page ---------------------------------------------
+
+def human_number(value: float) -> str:
+    """A number as people write it: whole numbers with thousands separators (2,147,483,647), small
+    ones with a short exponent (1e-8), never Python's 2.14748e+09 or 1e-08."""
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if abs(value) < 1e-4:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    whole, _, fraction = f"{value:.6f}".rstrip("0").partition(".")
+    return f"{int(whole):,}.{fraction}" if fraction else f"{int(whole):,}"
+
+
+def human_range(name: str) -> str:
+    """A number field's valid range, "1 to 1,024"; "" for a field without one."""
+    meta = config_mod.FIELDS[name].metadata
+    lo, hi = meta.get("min"), meta.get("max")
+    return "" if lo is None or hi is None else f"{human_number(lo)} to {human_number(hi)}"
+
+
+def field_info(name: str, with_key: bool = True) -> str:
+    """The small text under a field: its config key (the name in presets and --set), its help and
+    its range."""
+    meta = config_mod.FIELDS[name].metadata
+    text = meta["help"]
+    if name in config_mod.AUTO_FIELDS:
+        text += " 0 = auto."
+    if human_range(name):
+        text += f" Range {human_range(name)}."
+    return f"{name} · {text}" if with_key else text
+
+
+def _widget(name: str, default: Any, simple: bool = False):
+    """The field's input, labelled for people (Advanced also shows the config key); the Simple view's
+    twin gets its own elem_id."""
+    meta = config_mod.FIELDS[name].metadata
+    kind = config_mod.field_type(name)
+    common = dict(label=meta["label"], info=field_info(name, with_key=not simple),
+                  elem_id=f"{'simple' if simple else 'cfg'}-{name}")
+    if "choices" in meta:
+        return gr.Dropdown(list(meta["choices"]), value=default, **common)
+    if kind is bool:
+        return gr.Checkbox(value=default, **common)
+    if kind in (int, float):
+        lo, hi = meta.get("min"), meta.get("max")
+        return gr.Number(value=default, minimum=lo, maximum=hi, precision=0 if kind is int else None,
+                         step=1 if kind is int else (0.01 if (hi or 1) <= 1 else 0.1), **common)
+    return gr.Textbox(value=default, **common)
+
+
+# --- presets as cards, with what they cost on this machine ------------------------------------------
+
+MEASURED_TABLE = paths.PRESETS_DIR / "measured.json"  # written by bench/preset_table.py
+
+
+def measured_table(path: Path | None = None) -> dict:
+    """{preset name: its row} from the table the bench writes; {} when it is missing or unreadable."""
+    import json
+
+    try:
+        rows = json.loads(Path(path or MEASURED_TABLE).read_text(encoding="utf-8")).get("presets", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return rows if isinstance(rows, dict) else {}
+
+
+def preset_purpose(path: Path) -> str:
+    """What a preset is for: the first sentence of its header comment."""
+    import re
+
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#") or not line.strip("# "):
+            break
+        lines.append(line.lstrip("#").strip())
+    return re.split(r"(?<!e\.g\.)(?<=\.)\s+(?=[A-Z])", " ".join(lines))[0]
+
+
+def minutes(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def card_text(name: str, path: Path, row: dict | None) -> str:
+    """A preset card: its name, what it is for, and the time and peak memory measured for it."""
+    if row and row.get("wall_s") and row.get("peak_rss_gib"):
+        cost = (f"Measured on {row.get('machine', 'this machine')}: **{minutes(row['wall_s'])}** from start to "
+                f"evaluated, peak memory **{row['peak_rss_gib']:.2f} GiB**.")
+    else:
+        cost = "Not measured here."
+    return f"**{name}**  \n{preset_purpose(path)}  \n{cost}"
+
+
+def preset_cards(ctx: AppContext) -> list[tuple[str, str]]:
+    """(name, card text) for every bundled preset (the saved ones are in the preset list)."""
+    table = measured_table()
+    return [(p["name"], card_text(p["name"], Path(p["path"]), table.get(p["name"])))
+            for p in list_presets(ctx) if Path(p["path"]).parent == paths.PRESETS_DIR]
+
+
+FIRST_RUN_PRESET = "first-run"  # a first look on a CPU: the Simple view opens on it
+
+
+def simple_opening_preset() -> str:
+    """The preset the tab opens on: on a CPU the first run, on a GPU the preset sized for the card."""
+    chosen = opening_preset()
+    if chosen == OPENING_PRESET and (paths.PRESETS_DIR / f"{FIRST_RUN_PRESET}.yaml").is_file():
+        return FIRST_RUN_PRESET
+    return chosen
+
+
+def use_preset(ctx: AppContext, name: str) -> dict:
+    """A card's button: the preset in the preset list and in the form."""
+    return {"preset": name, **fill_form(ctx, name)}
+
+
+# --- the form in the browser: what a reload keeps ---------------------------------------------------
+
+VIEWS = ("Simple", "Advanced")
+SIMPLE_FIELDS = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["simple"]]
+
+
+def remember_form(view: str, preset: str | None, *values) -> dict:
+    """What the browser keeps of the form (gr.BrowserState): the view, the preset and every field's
+    value by name, as typed (a value that does not validate yet is kept too)."""
+    return {"view": view, "preset": preset, "values": dict(zip(FORM_FIELDS, values))}
+
+
+def _acceptable(name: str, value: Any) -> bool:
+    """A stored value the field's widget can show: the field's kind, one of its choices, in its range."""
+    meta = config_mod.FIELDS[name].metadata
+    kind = config_mod.field_type(name)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        return meta.get("min", -math.inf) <= value <= meta.get("max", math.inf)
+    if not isinstance(value, str):
+        return False
+    return value in meta["choices"] if "choices" in meta else len(value) <= 4096
+
+
+def restore_form(stored: Any = None) -> dict:
+    """The form as the browser kept it, on page load: every stored value its field still takes (a key
+    no longer in the config, or a value out of range, is left at the page's default), the view and
+    the preset. Nothing stored: nothing changes."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("values"), dict):
+        return {}
+    restored = {name: value for name, value in stored["values"].items()
+                if name in config_mod.FIELDS and _acceptable(name, value)}
+    if stored.get("view") in VIEWS:
+        restored["view"] = stored["view"]
+    if isinstance(stored.get("preset"), str):
+        restored["preset"] = stored["preset"]
+    return restored
+
+
+def show_view(view: str) -> dict:
+    """Simple: preset cards and a few fields; Advanced: every field, grouped."""
+    advanced = view == "Advanced"
+    return {"simple_view": gr.update(visible=not advanced), "advanced_view": gr.update(visible=advanced)}
+
+
+def storage_key(ctx: AppContext, what: str) -> str:
+    """A browser storage key per workspace: two dashboards on one host keep separate forms."""
+    import hashlib
+
+    return f"tuning-{what}-" + hashlib.sha256(str(ctx.workspace).encode()).hexdigest()[:12]
+
+
 # --- layout and wiring -------------------------------------------------------------------------
+
+GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
+          ("data", "Data"), ("preference", "Objective (SFT or preference tuning)"), ("schedule", "Schedule"))
+PER_ROW = 2  # fields side by side: at 800 px a third column cuts labels and squeezes checkboxes
+
 
 @dataclass(frozen=True)
 class TrainParts:
     """What app.py wires across tabs: the run a Start began, and the form fields the Dataset tab fills
-    (dataset, format, column map) or follows (base model, max_length, completions only)."""
+    (dataset, format, column map) or follows (base model, max_length, completions only); the form's
+    browser state and its restore, which app.py runs on page load (`restore_on_load`)."""
     started_run: gr.Textbox
     dataset: gr.Textbox
     dataset_format: gr.Dropdown
@@ -275,46 +455,44 @@ class TrainParts:
     max_length: gr.Number
     completions_only: gr.Checkbox
     form: tuple = ()  # every form widget, in FORM_FIELDS order (the Playground's "tune on my votes" fills them)
+    saved: gr.BrowserState | None = None
+    ui: dict | None = None
 
 
-def _widget(name: str, default: Any):
-    meta = config_mod.FIELDS[name].metadata
-    kind = config_mod.field_type(name)
-    label = name
-    info = meta["help"]
-    if "choices" in meta:
-        return gr.Dropdown(list(meta["choices"]), value=default, label=label, info=info)
-    if kind is bool:
-        return gr.Checkbox(value=default, label=label, info=info)
-    if kind in (int, float):
-        lo, hi = meta.get("min"), meta.get("max")
-        return gr.Number(value=default, label=label, info=f"{info} Range {lo:g} to {hi:g}.", minimum=lo,
-                         maximum=hi, precision=0 if kind is int else None,
-                         step=1 if kind is int else (0.01 if (hi or 1) <= 1 else 0.1))
-    return gr.Textbox(value=default, label=label, info=info)
+def _rows(names: list[str], make) -> dict:
+    """Widgets PER_ROW to a row, each with room for its label."""
+    made = {}
+    for i in range(0, len(names), PER_ROW):
+        with gr.Row(equal_height=True):
+            for name in names[i:i + PER_ROW]:
+                made[name] = make(name)
+    return made
 
 
-def _form_layout(defaults: config_mod.TrainConfig) -> dict:
-    """A group per GROUPS entry, advanced fields folded; the widgets by field name, and the
-    trust_remote_code warning (under its box) as "trust_md"."""
+def _advanced_layout(defaults: config_mod.TrainConfig) -> dict:
+    """Every field once, in its group; the trust_remote_code warning (under its box) as "trust_md"."""
     ui: dict[str, Any] = {}
     for group, title in GROUPS:
         names = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["group"] == group]
-        basic = [n for n in names if not config_mod.FIELDS[n].metadata["advanced"]]
-        advanced = [n for n in names if config_mod.FIELDS[n].metadata["advanced"]]
         with gr.Group():
-            gr.Markdown(f"#### {title}")
-            with gr.Row(equal_height=True):
-                for n in basic:
-                    ui[n] = _widget(n, getattr(defaults, n))
-            if advanced:
-                with gr.Accordion(f"{title}: advanced", open=False):
-                    with gr.Row(equal_height=True):
-                        for n in advanced:
-                            ui[n] = _widget(n, getattr(defaults, n))
+            gr.Markdown(f"#### {title}", padding=True)
+            ui.update(_rows(names, lambda n: _widget(n, getattr(defaults, n))))
             if "trust_remote_code" in names:  # the warning sits right under the box it is about
                 ui["trust_md"] = gr.Markdown(TRUST_WARNING, visible=bool(defaults.trust_remote_code))
     return ui
+
+
+def _simple_layout(ctx: AppContext, defaults: config_mod.TrainConfig) -> tuple[dict, list]:
+    """Preset cards, then the Simple fields; returns the twins by field name and the cards' buttons
+    as (button, preset name)."""
+    cards = []
+    with gr.Row(equal_height=True):
+        for name, text in preset_cards(ctx):
+            with gr.Column(min_width=260, variant="panel"):
+                gr.Markdown(text)
+                cards.append((gr.Button(f"Use {name}", size="sm"), name))
+    twins = _rows(SIMPLE_FIELDS, lambda n: _widget(n, getattr(defaults, n), simple=True))
+    return twins, cards
 
 
 def _grid_layout(ui: dict) -> gr.Button:
@@ -328,44 +506,87 @@ def _grid_layout(ui: dict) -> gr.Button:
     return button
 
 
+def _mirror(twins: dict, ui: dict) -> None:
+    """The Simple fields and their Advanced twins hold one value: an edit in Simple is copied to the
+    twin, and any change of the twin (typed, a preset, a restore, the Dataset tab) back to Simple.
+    In the browser, so a Start right after typing reads the new value."""
+    for name, twin in twins.items():
+        twin.input(None, twin, ui[name], js="(value) => value", **PRIVATE)
+        ui[name].change(None, ui[name], twin, js="(value) => value", **PRIVATE)
+
+
+PRIVATE = dict(api_visibility="private")
+
+
 def build(ctx: AppContext) -> TrainParts:
-    """Lay out the tab (the form opens on the preset the dropdown shows), then wire it."""
+    """Lay out the tab (the form opens on the preset for this machine, in the Simple view), then wire it."""
     preset_names = [p["name"] for p in list_presets(ctx)]
-    with gr.Row():
-        opening = opening_preset()
-        preset = gr.Dropdown(preset_names, value=opening if opening in preset_names else None,
-                             label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
-                             scale=3)
-        preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
-        save_btn = gr.Button("Save as preset", scale=1)
-    ui = _form_layout(opening_config())
+    opening = simple_opening_preset()
+    defaults = config_mod.load(paths.PRESETS_DIR / f"{opening}.yaml") if opening in preset_names else \
+        opening_config()
+    ui: dict[str, Any] = {}
+    with gr.Row(equal_height=True):
+        ui["view"] = gr.Radio(list(VIEWS), value="Simple", label="View", scale=1,
+                              info="Simple: a preset and the few settings that matter most. Advanced: every setting.")
+        ui["preset"] = gr.Dropdown(preset_names, value=opening if opening in preset_names else None,
+                                   label="Preset", info="Fills the form from presets/*.yaml (and presets you saved)",
+                                   scale=2)
+    with gr.Column(visible=True) as ui["simple_view"]:
+        twins, cards = _simple_layout(ctx, defaults)
+    with gr.Column(visible=False) as ui["advanced_view"]:
+        with gr.Row():
+            preset_name = gr.Textbox(label="Save the form as preset named", placeholder="my-preset", scale=2)
+            save_btn = gr.Button("Save as preset", scale=1)
+        ui.update(_advanced_layout(defaults))
+        grid_btn = _grid_layout(ui)
     form = [ui[n] for n in FORM_FIELDS]
     with gr.Row():
         estimate_btn = gr.Button("Estimate memory and time")
         command_btn = gr.Button("Show command")
         start_btn = gr.Button("Start training", variant="primary")
         ui["queue_it"] = gr.Button("Queue it", visible=False)  # shown when a start meets a busy machine
-    grid_btn = _grid_layout(ui)
     ui["estimate"] = gr.Markdown()
     command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
     ui["message"] = gr.Markdown()
     ui["started_run"] = gr.Textbox(visible=False)
+    # Rendered at the page's root by restore_on_load: inside a tab it would read the browser's storage
+    # only when the tab is first opened, after the page-load restore has run.
+    ui["saved"] = gr.BrowserState(None, storage_key=storage_key(ctx, "train-form"),
+                                  secret=storage_key(ctx, "train-form"), render=False)
 
-    private = dict(api_visibility="private")
-    preset.change(guarded(keyed(bind(fill_form, ctx), ui)), preset, form, **private)
-    ui["trust_remote_code"].change(trust_warning, ui["trust_remote_code"], ui["trust_md"], **private)
-    save_btn.click(guarded(bind(do_save, ctx)), [preset_name, *form], preset, **private)
-    command_btn.click(guarded(bind(do_command, ctx)), [preset, *form], command, **private)
-    estimate_btn.click(guarded(bind(do_estimate, ctx)), form, ui["estimate"], **private)
+    _mirror(twins, ui)
+    # The preset list fills the form when a person picks one (.input): a restored or card-set value
+    # of the list must not overwrite the form it came with.
+    ui["preset"].input(guarded(keyed(bind(fill_form, ctx), ui)), ui["preset"], form, **PRIVATE)
+    for button, name in cards:
+        button.click(guarded(keyed(bind(use_preset, ctx, name), ui)), None, [ui["preset"], *form], **PRIVATE)
+    ui["view"].change(public(keyed(show_view, ui)), ui["view"], [ui["simple_view"], ui["advanced_view"]],
+                      show_progress="hidden", **PRIVATE)
+    gr.on([c.change for c in (ui["view"], ui["preset"], *form)], public(remember_form),
+          [ui["view"], ui["preset"], *form], ui["saved"], trigger_mode="always_last", show_progress="hidden",
+          **PRIVATE)
+    ui["trust_remote_code"].change(trust_warning, ui["trust_remote_code"], ui["trust_md"], **PRIVATE)
+    save_btn.click(guarded(bind(do_save, ctx)), [preset_name, *form], ui["preset"], **PRIVATE)
+    command_btn.click(guarded(bind(do_command, ctx)), [ui["preset"], *form], command, **PRIVATE)
+    estimate_btn.click(guarded(bind(do_estimate, ctx)), form, ui["estimate"], **PRIVATE)
     start_btn.click(guarded(keyed(bind(do_start, ctx), ui)), form,
-                    [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"]], **private)
+                    [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"]], **PRIVATE)
     queued = [ui["message"], ui["queue_it"], ui["started_run"]]
-    ui["queue_it"].click(guarded(keyed(bind(do_queue, ctx), ui)), form, queued, **private)
-    grid_btn.click(guarded(keyed(bind(do_queue_grid, ctx), ui)), [ui["grid"], *form], queued, **private)
+    ui["queue_it"].click(guarded(keyed(bind(do_queue, ctx), ui)), form, queued, **PRIVATE)
+    grid_btn.click(guarded(keyed(bind(do_queue_grid, ctx), ui)), [ui["grid"], *form], queued, **PRIVATE)
     _named_api(ctx)
     return TrainParts(started_run=ui["started_run"], dataset=ui["dataset"], dataset_format=ui["dataset_format"],
                       column_map=ui["column_map"], base_model=ui["base_model"], max_length=ui["max_length"],
-                      completions_only=ui["train_on_completions_only"], form=tuple(form))
+                      completions_only=ui["train_on_completions_only"], form=tuple(form), saved=ui["saved"], ui=ui)
+
+
+def restore_on_load(demo: gr.Blocks, parts: TrainParts) -> None:
+    """On page load, the form as this browser left it (app.py calls this at the page's root, outside
+    the tabs, once the page is built)."""
+    ui = parts.ui
+    parts.saved.render()
+    demo.load(public(keyed(restore_form, ui)), parts.saved, [ui["view"], ui["preset"], *parts.form],
+              show_progress="hidden", **PRIVATE)
 
 
 def _named_api(ctx: AppContext) -> None:
