@@ -448,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--merged", metavar="DIR", help="also merge into a full-precision base, saved in "
                    "<workspace>/exports/DIR")
-    p.add_argument("--gguf", metavar="FILE", help="also write a GGUF file in <workspace>/exports/ (llama family)")
-    p.add_argument("--gguf-type", default="f16", choices=("f16", "f32"))
+    p.add_argument("--gguf", metavar="FILE", help="also write a GGUF file in <workspace>/exports/ (Llama, Mistral, "
+                   "Qwen2, Qwen3, Gemma 2, Gemma 3 text, Phi-3)")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "f32", "q8_0"))  # export.GGUF_TYPES
     p.add_argument("--push", metavar="REPO_ID", help="push the merged model (with --merged) or the adapter to "
                    "this Hub repo; the token comes from HF_TOKEN")
     p.set_defaults(handler=_export)
