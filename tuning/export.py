@@ -317,8 +317,9 @@ def _model_config(model_dir: Path):
 
 
 def _rope(config, layer_type: str = "full_attention") -> dict:
+    """The RoPE parameters of one layer type (Gemma 3 keeps one set per type, the others one in all)."""
     params = getattr(config, "rope_parameters", None) or {}
-    return params.get(layer_type, params) if layer_type in params else params
+    return params.get(layer_type, params)
 
 
 def _head_dim(config) -> int:
