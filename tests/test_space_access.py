@@ -26,6 +26,7 @@ REFUSED = "enter the Space's password"
 PUBLIC = {
     "fresh_page", "open_live", "open_playground", "do_unlock", "<lambda>",  # the page's map (copies between tabs)
     "fill_train_form",  # the page's map: "tune on my votes" copies the Playground's config into the Train form
+    "remember_form", "restore_form", "show_view", "remember_pick",  # what the browser keeps across a reload
     "source_inputs", "inspect_handler", "statistics_handler", "token_view_handler", "page_handler",
     "picked_row", "inspect_api",  # Dataset: the demo only (the handlers refuse anything else)
     "safe_tick", "run_picker_update", "status_api",  # Live
