@@ -484,8 +484,8 @@ def _preview_layout() -> dict:
             pages = gr.Markdown("of 1")
             next_btn = gr.Button("Next ▶", size="sm", min_width=80)
         preview = gr.Dataframe(headers=PREVIEW_HEADERS, label="Normalized conversations (click a row to see its "
-                               "tokens)", wrap=True, column_widths=["6%", "13%", "30%", "35%", "6%", "10%"],
-                               interactive=False, max_height=420)
+                               "tokens)", wrap=True, column_widths=["6%", "13%", "29%", "34%", "8%", "10%"],
+                               interactive=False, max_height=420, elem_id="dataset-preview")
     pair_parts = dataset_pairs.layout()
     gr.Markdown("**Problems** — a row that cannot be read is left out of training (*drop*); fix it in the "
                 "file (the row number is the line an editor shows) and inspect again to keep it (*fix*).")

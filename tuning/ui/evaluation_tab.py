@@ -165,6 +165,8 @@ def ab_vote(ctx: AppContext, run_id: str, pair: ab.BlindPair | None, choice: str
 
 SPLITS = {"training rows": "train", "held-out rows": "heldout"}
 EXAMPLE_HEADERS = ["file", "row", "loss", "typical loss", "above typical", "first loss", "change", "measured"]
+EXAMPLE_WIDTHS = ["17%", "8%", "10%", "12%", "13%", "11%", "13%", "16%"]
+EXAMPLES_MIN_PX = 600
 
 
 def example_rows(found: list[dict]) -> list[list]:
@@ -306,7 +308,7 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         c["losses"] = gr.Dataframe(headers=LOSS_HEADERS, label="Held-out loss and perplexity (lower is better)",
                                    interactive=False)
-        c["checks"] = gr.Dataframe(headers=CHECK_HEADERS, interactive=False, elem_id="eval-checks",
+        c["checks"] = gr.Dataframe(headers=CHECK_HEADERS, interactive=False, min_width=560,
                                    label="Task checks (the answer contains the expected words)")
     gr.Markdown("### Probe gallery\nThe run's probe prompts, answered at every checkpoint and at the end.")
     c["step"] = gr.Slider(minimum=0, maximum=1, value=0, step=1, label="Checkpoint (slide to step through)",
@@ -335,9 +337,13 @@ def examples_layout(c: dict) -> None:
     c["split"] = gr.Radio(list(SPLITS), value="training rows", label="Rows")
     c["examples_note"] = gr.Markdown()
     with gr.Row():
+        # Side by side while each is at least EXAMPLES_MIN_PX wide, one above the other in a narrower
+        # window: eight columns in half of 800 pixels broke "file" and "row" a letter a line.
         c["hardest"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                    column_widths=EXAMPLE_WIDTHS, min_width=EXAMPLES_MIN_PX,
                                     label="Fits worst (furthest above the typical loss first)", elem_id="hardest")
         c["went_up"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                    column_widths=EXAMPLE_WIDTHS, min_width=EXAMPLES_MIN_PX,
                                     label="Loss went up (largest rise first)", elem_id="went-up")
     c["row_request"], c["picked_cells"] = gr.State(None), gr.State(None)
     gr.Markdown("### A held-out row, token by token\nThe row's own answer and the tuned model's greedy answer "

@@ -185,7 +185,7 @@ def queue_table(ctx: AppContext) -> list[list]:
 def queue_label(rows: int) -> str:
     """The queue table's label: who starts next, only when someone is waiting."""
     if not rows:
-        return "Queued runs: none (Queue it in the Train tab starts a run here when the machine is free)"
+        return "Queued runs: none (the Train tab's Queue it adds a run that starts when the machine is free)"
     return f"Queued runs: {rows} (1 starts next)"
 
 
