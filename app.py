@@ -182,7 +182,7 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
 
         demo.load(public(fresh_page), picked, [live.run, play.run, evaluation.run, exported.run,
                                                *runs_listed.values()], api_visibility="private")
-        train_tab.restore_on_load(demo, train)
+        train_tab.restore_on_load(demo, train, ctx)
     # On a Space, everything above that is not public(...) is for the owner alone.
     access.deny_by_default(demo, ctx)
     return demo

@@ -119,6 +119,10 @@ def test_restore_ignores_unknown_stale_and_bad_values():
     assert restored == {"max_steps": 17, "dataset": "my.jsonl", "preset": "quickstart"}
     assert train_tab.restore_form(None) == {} and train_tab.restore_form("junk") == {}
     assert train_tab.restore_form({"values": [1, 2]}) == {}
+    # with the page's context, a preset that is no longer listed (a saved one deleted) is left out
+    ctx = AppContext(Path("/nonexistent-ws"))
+    assert train_tab.restore_form({"preset": "saved: gone", "values": {}}, ctx) == {}
+    assert train_tab.restore_form({"preset": "quickstart", "values": {}}, ctx) == {"preset": "quickstart"}
 
 
 def test_the_form_is_restored_on_page_load_from_the_browser_state(tmp_path):

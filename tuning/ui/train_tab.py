@@ -407,18 +407,19 @@ def _acceptable(name: str, value: Any) -> bool:
     return value in meta["choices"] if "choices" in meta else len(value) <= 4096
 
 
-def restore_form(stored: Any = None) -> dict:
+def restore_form(stored: Any = None, ctx: AppContext | None = None) -> dict:
     """The form as the browser kept it, on page load: every stored value its field still takes (a key
     no longer in the config, or a value out of range, is left at the page's default), the view and
-    the preset. Nothing stored: nothing changes."""
+    the preset (with `ctx`, only while it is still listed). Nothing stored: nothing changes."""
     if not isinstance(stored, dict) or not isinstance(stored.get("values"), dict):
         return {}
     restored = {name: value for name, value in stored["values"].items()
                 if name in config_mod.FIELDS and _acceptable(name, value)}
     if stored.get("view") in VIEWS:
         restored["view"] = stored["view"]
-    if isinstance(stored.get("preset"), str):
-        restored["preset"] = stored["preset"]
+    preset = stored.get("preset")
+    if isinstance(preset, str) and (ctx is None or preset in [p["name"] for p in list_presets(ctx)]):
+        restored["preset"] = preset
     return restored
 
 
@@ -580,12 +581,12 @@ def build(ctx: AppContext) -> TrainParts:
                       completions_only=ui["train_on_completions_only"], form=tuple(form), saved=ui["saved"], ui=ui)
 
 
-def restore_on_load(demo: gr.Blocks, parts: TrainParts) -> None:
+def restore_on_load(demo: gr.Blocks, parts: TrainParts, ctx: AppContext) -> None:
     """On page load, the form as this browser left it (app.py calls this at the page's root, outside
     the tabs, once the page is built)."""
     ui = parts.ui
     parts.saved.render()
-    demo.load(public(keyed(restore_form, ui)), parts.saved, [ui["view"], ui["preset"], *parts.form],
+    demo.load(public(keyed(bind(restore_form, ctx=ctx), ui)), parts.saved, [ui["view"], ui["preset"], *parts.form],
               show_progress="hidden", **PRIVATE)
 
 
