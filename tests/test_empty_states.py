@@ -183,6 +183,7 @@ def test_a_failed_upload_shows_the_box_and_clears_the_previous_dataset(tmp_path,
     (stats,) = [_by_name(demo, step) for step in count("", "auto", "", "", 512, True)]
     assert "box" not in stats  # a step after the failed inspect leaves its box on screen
     assert dataset_tab.NO_STATISTICS in stats.values()
+    assert stats["Token lengths (red: longer than max_length, cut)"]["visible"] is False  # no histogram left over
 
     again = _by_name(demo, inspect(dataset_tab.SOURCES[0], None, "", "auto", "", None))
     assert again["box"]["visible"] is False and len(again[preview_label]) == dataset_tab.PAGE_SIZE

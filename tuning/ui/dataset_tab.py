@@ -183,8 +183,8 @@ def nothing_inspected() -> dict:
 
 def nothing_counted() -> dict:
     """The statistics' outputs with nothing to count."""
-    return {"stats": NO_STATISTICS, "histogram": gr.update(value=None), "findings": [], "suggested": None,
-            "use_btn": gr.update(visible=False)}
+    return {"stats": NO_STATISTICS, "histogram": gr.update(value=None, visible=False), "findings": [],
+            "suggested": None, "use_btn": gr.update(visible=False)}
 
 
 def shown_as(pairs_view: bool) -> dict:
@@ -511,7 +511,7 @@ def _tokens_layout(defaults) -> dict:
                                color_map={"within max_length": "#3b82f6",
                                           "longer than max_length (truncated)": "#ef4444"},
                                color_title="", label="Token lengths (red: longer than max_length, cut)",
-                               x_label_angle=-45, height=300)
+                               x_label_angle=-45, height=300, visible=False)  # shown with the first counts
     use_btn = gr.Button("Use the suggested max_length for training", visible=False, size="sm")
     findings = gr.Dataframe(headers=FINDING_HEADERS, label="Rows to look at: truncated, nothing to learn, duplicates",
                             interactive=False, wrap=True, max_height=240)

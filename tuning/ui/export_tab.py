@@ -140,7 +140,7 @@ def layout(ctx: AppContext) -> dict:
         c["refresh"] = gr.Button("Refresh", scale=1)
     c["owner_run"] = gr.State(None)  # the picked run, for an owner only (picked_for_owner)
     c["error"] = error_box()
-    c["status"] = gr.Markdown()
+    c["status"] = gr.Markdown("" if export_choices(ctx) else NO_FINISHED_RUN)
     with gr.Row():
         with gr.Column():
             c["zip_file"] = gr.DownloadButton(ZIP_LABEL, value=None, interactive=False)
