@@ -188,3 +188,36 @@ def test_a_failed_upload_shows_the_box_and_clears_the_previous_dataset(tmp_path,
     again = _by_name(demo, inspect(dataset_tab.SOURCES[0], None, "", "auto", "", None))
     assert again["box"]["visible"] is False and len(again[preview_label]) == dataset_tab.PAGE_SIZE
     json.dumps(str(again))  # plain values only
+
+
+# --- the page as wired -----------------------------------------------------------------------------
+
+def test_nothing_a_fresh_page_runs_by_itself_fails(tmp_path):
+    """Every event the page runs without a click (a page load, a timer tick, a change of a picker or a
+    state in the four tabs), called as the page calls it with nothing picked on a fresh workspace:
+    none raises (Gradio would put "Error" badges on its outputs) and none opens an error box."""
+    import app
+
+    demo = app.build_demo(tmp_path / "ws")
+
+    def tab_of(block):
+        while block is not None and not isinstance(block, gr.Tab):
+            block = block.parent
+        return block.label if block is not None else None
+
+    called = set()
+    for fn in demo.fns.values():
+        triggers = [(demo.blocks.get(i) if i is not None else None, event) for i, event in fn.targets]
+        if not any(event in ("load", "tick") or (event == "change" and tab_of(block) in TAB_NAMES)
+                   for block, event in triggers):
+            continue
+        out = fn.fn(*[None] * len(fn.inputs))
+        boxes = [value for block, value in (out.items() if isinstance(out, dict) else ())
+                 if "error-box" in (getattr(block, "elem_classes", None) or [])]
+        assert all(not (isinstance(v, dict) and v.get("visible")) for v in boxes), (fn.name, boxes)
+        called.add(fn.name)
+    assert {"load_run", "examples", "picked_for_owner", "zip_shown", "download_adapter", "card_preview",
+            "queue_refreshed", "queue_ticked", "open_row", "fresh_page"} <= called
+
+
+TAB_NAMES = ("Dataset", "Runs", "Evaluation", "Export")
