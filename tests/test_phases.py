@@ -265,3 +265,165 @@ def test_quick_checks_less_than_full():
     assert [c.label for c in full][2:] == ["probes 1-5 of 5", "task checks 1-16 of 20", "task checks 17-20 of 20"]
     assert sum(c.work for c in full) > sum(c.work for c in quick) > 0
     assert evaluate.plan(cfg, "none", rows, prompts) == [] and evaluate.plan(cfg, "full", [], prompts) == []
+
+
+# --- real runs --------------------------------------------------------------------------------------
+
+def _phase_order(events: list[dict]) -> list[str]:
+    """The phases as the page shows them, each change once ("training" again after a mid-run save)."""
+    order = []
+    for ev in events:
+        name = ev.get("phase") if ev["event"] == "phase" else "end" if ev["event"] == "end" else None
+        if name and (not order or order[-1] != name):
+            order.append(name)
+    return order
+
+
+def test_a_short_run_gets_an_eval_curve_checkpoints_and_its_phases_in_order(tmp_path, tiny_config):
+    """auto intervals (a quarter of the run) on a 12-step run: evals and checkpoints at 3, 6, 9, 12;
+    the phases in order; the quick evaluation recorded as such."""
+    from tuning import train
+    from tuning.events import read_events
+
+    cfg = tiny_config.replace(max_steps=12, save_steps=config_mod.AUTO_STEPS, eval_steps=config_mod.AUTO_STEPS,
+                              probe_every_checkpoint=False)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    assert train.run(cfg, run_dir, tmp_path) == 0
+    events, _ = read_events(run_dir / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "eval" and not e.get("final")] == [3, 6, 9, 12]
+    assert record.latest_checkpoint(run_dir).name == "checkpoint-12"  # (older ones rotated: save_total_limit)
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [3, 6, 9, 12]
+    order = _phase_order(events)
+    assert order[:3] == ["loading", "preparing", "training"] and order[-3:] == ["saving", "evaluating", "end"]
+    assert {"evaluating", "saving"} <= set(order[2:-3])  # the evaluations and saves between steps say so
+    training = next(e for e in events if e["event"] == "phase" and e["phase"] == "training")
+    assert training["final_evaluation"] == "quick" and training["eval_checks"] == 3 and training["eval_work"] > 0
+    final = [e for e in events if e["event"] == "phase" and e["phase"] == "evaluating" and e.get("final")]
+    assert [(e["done"], e["total"]) for e in final] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    result = record.read_evaluation(run_dir)
+    assert result["kind"] == "quick" and result["partial"] is False and len(result["probes"]) == 3
+    assert result["checks"] is None and not record.checks_done(result)  # quick: `eval` computes the checks later
+    assert events[-1]["status"] == "completed" and events[-1]["evaluation"] == "quick"
+
+
+def test_sigterm_during_the_evaluation_keeps_the_adapter_and_a_partial_evaluation(tmp_path, tiny_config,
+                                                                                 monkeypatch):
+    """A real SIGTERM while the end-of-run evaluation scores the base: the check in flight finishes,
+    no other starts; the adapter (saved before) stays, evaluation.json is partial, the run is stopped."""
+    import os
+    import signal
+
+    from tuning import train
+    from tuning.events import read_events
+
+    cfg = tiny_config.replace(final_evaluation="full", probe_every_checkpoint=False)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    real_loss = evaluate.heldout_loss
+
+    def loss_then_stop(model, tokenizer, conversations, cfg, adapter=evaluate.TRAINING_ADAPTER, per_row=None):
+        if adapter == evaluate.BASE:
+            os.kill(os.getpid(), signal.SIGTERM)  # the Stop button, as the runner sends it
+        return real_loss(model, tokenizer, conversations, cfg, adapter, per_row)
+
+    monkeypatch.setattr(evaluate, "heldout_loss", loss_then_stop)
+    assert train.run(cfg, run_dir, tmp_path) == 0
+    events, _ = read_events(run_dir / "events.jsonl")
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "stopped"
+    assert events[-1]["evaluation_partial"] is True and "partial" in events[-1]["message"]
+    assert record.has_final_adapter(run_dir)
+    result = record.read_evaluation(run_dir)
+    assert result["partial"] is True and result["stopped_at"] == "probes 1-5 of 5"
+    assert result["completed_checks"] == 2 and result["eval_loss"] is not None and result["base_eval_loss"] is not None
+    assert result["probes"] == [] and result["checks"] is None and not record.checks_done(result)
+    phases = [e["phase"] for e in events if e["event"] == "phase"]
+    assert "stopping" in phases and phases.index("stopping") > phases.index("evaluating")
+    assert record.summarize(run_dir).status == record.STOPPED
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_during_the_evaluation_of_the_embedded_model(tmp_path, embedded_model_dir):
+    """The real thing: `python -m tuning train` on the embedded model (2 steps, the full evaluation),
+    SIGTERM once the evaluation answers the probes: the answers in flight are cut at the next token,
+    the run ends as stopped with its adapter and a partial evaluation, promptly."""
+    import json
+    import signal
+
+    from conftest import share_models
+    from tuning import paths
+    from tuning.events import read_events
+
+    workspace = share_models(tmp_path / "ws", embedded_model_dir)
+    command = [sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml", "--workspace",
+               str(workspace)]
+    for setting in ("max_steps=2", "per_device_batch_size=4", "max_length=128", "final_evaluation=full",
+                    "probe_every_checkpoint=false", "run_name=stopme"):
+        command += ["--set", setting]
+    proc = subprocess.Popen(command, cwd=paths.PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, events_file, sent = time.time() + 1200, None, None
+        while proc.poll() is None and time.time() < deadline and sent is None:
+            time.sleep(0.5)
+            found = list((workspace / "runs").glob("*/events.jsonl"))
+            if not found:
+                continue
+            events, _ = read_events(found[0])
+            if any(e["event"] == "phase" and e.get("final") and (e.get("message") or "").endswith("probes 1-5 of 5")
+                   for e in events):
+                time.sleep(1.0)  # a token or two into the answers
+                proc.send_signal(signal.SIGTERM)
+                sent, events_file = time.time(), found[0]
+        assert sent is not None, "the run never reached the evaluation's probes"
+        proc.wait(timeout=600)
+        took = time.time() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.stdout.read().decode(errors="replace")
+    assert proc.returncode == 0, output[-3000:]
+    events, _ = read_events(events_file)
+    run_dir = events_file.parent
+    assert _phase_order(events)[:3] == ["loading", "preparing", "training"]
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "stopped", events[-1]
+    assert record.has_final_adapter(run_dir)
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    assert result["partial"] is True and result["stopped_at"] == "probes 1-5 of 5" and result["kind"] == "full"
+    assert result["eval_loss"] < result["base_eval_loss"] + 1.0 and result["probes"] == []
+    print(f"\nstopped {took:.1f} s after SIGTERM", file=sys.stderr)
+    assert took < 120, f"the stop took {took:.0f} s"
+
+
+def test_the_checkpoints_probes_calibrate_the_evaluation_estimate():
+    """Greedy answers slow down far more than training steps on busy cores: once a checkpoint's probes
+    were timed, the evaluation's answers are estimated at that pace."""
+    evs, t = training_run(steps=3, step_s=2.0, eval_work=6.0)
+    evs[3].update(eval_answers=3, eval_answer_work=5.0)  # 1 step of loss work, 3 answers
+    summary = record.EventSummary().extend(evs)
+    assert summary.evaluation_seconds() == pytest.approx(12.0)  # all of it at the step time
+    summary.extend([phase(t, "saving", step=3, max_steps=12, message="checkpoint-3"),
+                    phase(t + 1, "saving", step=3, max_steps=12, answers=5, message="answering 5 probes"),
+                    phase(t + 51, "training", step=3, max_steps=12)])  # 10 s an answer
+    assert summary.answer_seconds == [pytest.approx(10.0)]
+    assert summary.evaluation_seconds() == pytest.approx(1 * 2.0 + 3 * 10.0)
+
+
+def test_the_estimate_counts_the_evaluation_and_measured_cpu_memory(tmp_path, monkeypatch):
+    from tuning.ui import estimate
+
+    monkeypatch.setattr(estimate, "_gpu_free_bytes", lambda: None)  # a CPU machine
+    cfg = config_mod.load("presets/quickstart.yaml")
+    rows, avg = estimate.dataset_size(cfg, tmp_path)
+    quick = estimate.estimate(cfg, tmp_path, rows, avg)
+    # the trainer's measured peak on the quickstart: 1.1-1.9 GiB (bench/RESULTS.md), not the 6 GB of a
+    # formula for padded fp32 batches
+    assert 1.1 * estimate.GB <= quick.memory_bytes <= 2.0 * estimate.GB
+    assert quick.steps == 75 and quick.evaluation == "quick" and quick.evaluation_seconds > 0
+    assert "with the quick evaluation at the end" in quick.markdown()
+    full = estimate.estimate(cfg.replace(final_evaluation="full"), tmp_path, rows, avg)
+    none = estimate.estimate(cfg.replace(final_evaluation="none"), tmp_path, rows, avg)
+    assert full.evaluation_seconds > quick.evaluation_seconds > none.evaluation_seconds == 0
+    assert full.seconds - none.seconds == pytest.approx(full.evaluation_seconds)
+    assert "no evaluation at the end" in none.markdown()

@@ -266,11 +266,14 @@ def probe_record(model, tokenizer, prompts: list[str], step: int, checkpoint: st
 QUICK, FULL, NONE = "quick", "full", "none"
 QUICK_PROBES = 3
 # What a check costs, in training steps of the same run: the Live tab's ETA before the evaluation
-# starts and the estimate before Start multiply these by the step time. Measured on the quickstart
-# (bench/RESULTS.md, "End-of-run evaluation"): a pass over the 47 held-out rows took about as long as
-# LOSS_ROW_STEPS x 47 / 8 steps; one probe or task check (base and tuned, 64 new tokens) ANSWER_STEPS.
+# starts and the estimate before Start multiply these by the step time. From the quickstart on a quiet
+# 2-core CPU (bench/RESULTS.md: ~3 s a step; the 47 task checks, base and tuned, 64 new tokens, 17 s): a
+# pass over the held-out rows (forward only) costs about LOSS_ROW_STEPS x rows / batch steps, an answer
+# ANSWER_STEPS. On busy cores greedy generation slows down far more than training (measured: ~137 s an
+# answer against ~70 s a step): the pages then use the time the checkpoints' probes or an earlier
+# evaluation took per answer instead (record.EventSummary.evaluation_seconds, ui/estimate.py).
 LOSS_ROW_STEPS = 0.3  # per held-out row, per row of the step's effective batch
-ANSWER_STEPS = 0.55  # per prompt answered by base and tuned, per 64 new tokens
+ANSWER_STEPS = 0.15  # per prompt answered by base and tuned, per 64 new tokens
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,11 @@ class Check:
     work: float  # its cost in training steps (LOSS_ROW_STEPS, ANSWER_STEPS)
     start: int = 0  # the prompts [start, end) of a probes or checks batch
     end: int = 0
+
+    @property
+    def answers(self) -> int:
+        """Prompts it answers (base and tuned): 0 for a loss pass."""
+        return self.end - self.start
 
 
 def plan(cfg: config_mod.TrainConfig, kind: str, rows: list[tuple[list[dict], dict]], prompts: list[str]) -> list[Check]:
@@ -432,7 +440,7 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=N
             if not prompts:
                 return
             if phase is not None:
-                phase("saving", step=state.global_step, max_steps=state.max_steps,
+                phase("saving", step=state.global_step, max_steps=state.max_steps, answers=len(prompts),
                       message=f"answering {len(prompts)} probes at {ckpt.name}")
             if self.base_answers is None or len(self.base_answers) != len(prompts):
                 self.base_answers = record.cached_base_answers(run_dir, prompts)

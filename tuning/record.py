@@ -307,6 +307,10 @@ class EventSummary:
     work_done: float | None = None  # the evaluation's work, in training steps (tuning/evaluate.py plan)
     work_total: float | None = None
     eval_work: float | None = None  # the end-of-run evaluation's planned work, announced as training begins
+    eval_answers: int = 0  # of which: prompts answered (base and tuned), eval_answer_work steps of its work
+    eval_answer_work: float = 0.0
+    answer_seconds: list[float] = field(default_factory=list)  # seconds per prompt of the checkpoints' probes
+    answering: int = 0  # prompts the current phase answers (a checkpoint's probes)
     final_evaluation: str | None = None  # quick, full or none
     stop_requested: bool = False
 
@@ -355,6 +359,11 @@ class EventSummary:
             self._enter(None, t)
 
     def _enter(self, phase: str | None, t: float | None) -> None:
+        if self.answering and t is not None and self.phase_time is not None:
+            # a checkpoint's probes just ended: how long an answer takes on this machine now (greedy
+            # generation slows down far more than training on busy cores)
+            self.answer_seconds.append((t - self.phase_time) / self.answering)
+            self.answering = 0
         if phase != self.phase:
             self.phase, self.phase_started, self.phase_message = phase, t, ""
             self.phase_done = self.phase_total = self.work_done = self.work_total = None
@@ -370,6 +379,7 @@ class EventSummary:
             if self.phase in (events_mod.SAVING, events_mod.EVALUATING) and self.phase_final:
                 return  # the trainer is already past training: its own phases say what it does
         self._enter(phase, t)
+        self.answering = ev["answers"] if isinstance(ev.get("answers"), int) else 0
         self.phase_message = str(ev.get("message") or "")
         self.phase_final = bool(ev.get("final"))
         done, total = ev.get("done"), ev.get("total")
@@ -378,6 +388,8 @@ class EventSummary:
         self.work_done, self.work_total = _number(ev.get("work_done")), _number(ev.get("work_total"))
         if phase == events_mod.TRAINING and _number(ev.get("eval_work")) is not None:
             self.eval_work = float(ev["eval_work"])
+            self.eval_answers = ev["eval_answers"] if isinstance(ev.get("eval_answers"), int) else 0
+            self.eval_answer_work = float(_number(ev.get("eval_answer_work")) or 0.0)
             self.final_evaluation = str(ev.get("final_evaluation") or "") or None
 
     def extend(self, events: list[dict]) -> "EventSummary":
@@ -426,12 +438,18 @@ class EventSummary:
 
     def evaluation_seconds(self) -> float | None:
         """The end-of-run evaluation's expected length before it starts: its planned work (in steps)
-        at the measured step time; 0 when none is planned."""
+        at the measured step time, its answers at the time the checkpoints' probes took per answer
+        when measured; 0 when none is planned."""
         if self.eval_work is None:
             return None
         if self.eval_work == 0:
             return 0.0
-        return self.eval_work * self.step_time if self.step_time else None
+        if not self.step_time:
+            return None
+        if self.answer_seconds and self.eval_answers:
+            return ((self.eval_work - self.eval_answer_work) * self.step_time
+                    + self.eval_answers * statistics.median(self.answer_seconds[-3:]))
+        return self.eval_work * self.step_time
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds until the run ends, the end-of-run evaluation included; None when it cannot be told

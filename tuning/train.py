@@ -138,8 +138,11 @@ def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequ
                 checks = evaluate.planned_checks(cfg, run_dir, kind) if distributed.is_main_process() else []
             except Exception:  # noqa: BLE001 - an estimate must never stop a run; the evaluation says why later
                 checks = []
+            answers = [c for c in checks if c.answers]
             phases(TRAINING, step=state.global_step, max_steps=state.max_steps, final_evaluation=kind,
-                   eval_checks=len(checks), eval_work=round(sum(c.work for c in checks), 2))
+                   eval_checks=len(checks), eval_work=round(sum(c.work for c in checks), 2),
+                   eval_answers=sum(c.answers for c in answers),
+                   eval_answer_work=round(sum(c.work for c in answers), 2))
             print(f"start: {state.max_steps} steps", flush=True)
 
         def on_step_begin(self, args, state, control, **kwargs):

@@ -131,16 +131,16 @@ def _cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | None) -> tuple[str, float]:
-    """(kind, planned work in training steps) of the run's end-of-run evaluation (tuning/evaluate.py
-    plan): its own held-out rows and probes when the dataset is small enough to read here, else an
-    approximation from the split (no task checks counted)."""
+def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | None) -> tuple[str, float, int, float]:
+    """(kind, planned work in training steps, prompts answered, the answers' share of the work) of the
+    run's end-of-run evaluation (tuning/evaluate.py plan): its own held-out rows and probes when the
+    dataset is small enough to read here, else an approximation from the split (no task checks)."""
     from tuning import evaluate
 
     kind = cfg.final_evaluation_for(steps or 0) if steps else cfg.final_evaluation
     kind = "full" if kind == "auto" else kind
     if kind == evaluate.NONE:
-        return kind, 0.0
+        return kind, 0.0, 0, 0.0
     try:
         if rows is not None and rows > 20_000:
             raise ValueError("too big to read for an estimate")
@@ -150,7 +150,23 @@ def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | 
         count = round((rows or 0) * cfg.eval_split) if not cfg.eval_dataset else 0
         heldout = [([], {})] * count
         prompts = ["?"] * 5
-    return kind, sum(c.work for c in evaluate.plan(cfg, kind, heldout, prompts))
+    checks = evaluate.plan(cfg, kind, heldout, prompts)
+    answering = [c for c in checks if c.answers]
+    return kind, sum(c.work for c in checks), sum(c.answers for c in answering), sum(c.work for c in answering)
+
+
+def measured_answer_seconds(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
+    """Median seconds per answered prompt (base and tuned) of the end-of-run evaluations of earlier
+    runs of the same base and method here (their evaluation.json's own timings), per 64 new tokens."""
+    per_answer = []
+    for summary in record.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]:
+        result = record.read_evaluation(summary.path) or {}
+        seconds = result.get("seconds") or {}
+        answers = len(result.get("probes") or []) + len(((result.get("checks") or {}).get("rows")) or [])
+        spent = (seconds.get("probes") or 0) + (seconds.get("checks") or 0)
+        if answers and spent and result.get("max_new_tokens"):
+            per_answer.append(spent / answers * 64 / result["max_new_tokens"])
+    return statistics.median(per_answer) if per_answer else None
 
 
 def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
@@ -182,8 +198,7 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
         logits = tokens * shape.get("vocab_size", 32000) * 4 * 3  # logits, softmax and its grad in fp32
         memory = weights + adapter + activations + logits + RUNTIME_OVERHEAD
 
-    steps = cfg.max_steps if cfg.max_steps > 0 else (
-        math.ceil((rows or 0) / cfg.effective_batch_size * cfg.num_epochs) if rows else None)
+    steps = cfg.max_steps if cfg.max_steps > 0 else (training_steps(cfg, rows) if rows else None)
     per_step_tokens = cfg.effective_batch_size * min(cfg.max_length, avg_tokens or cfg.max_length)
     rate = measured_rate(workspace, cfg)
     source = "rate measured by an earlier run here"
@@ -197,10 +212,22 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
         rate = 5e13 / flops
         source = "a guess from the model size; an earlier run's measured speed replaces it"
     step_seconds = per_step_tokens / rate
-    kind, work = evaluation_work(cfg, steps, rows)
+    kind, work, answers, answer_work = evaluation_work(cfg, steps, rows)
     evaluation = work * step_seconds
+    answer_seconds = measured_answer_seconds(workspace, cfg)
+    if answer_seconds is not None and answers:  # generation's own measured pace here
+        evaluation = (work - answer_work) * step_seconds + answers * answer_seconds * cfg.eval_max_new_tokens / 64
     seconds = steps * step_seconds + evaluation + STARTUP_SECONDS if steps else None
     return Estimate(base, memory, available, device, steps, seconds, source, memory < available, kind, evaluation)
+
+
+def training_steps(cfg: config_mod.TrainConfig, rows: int) -> int:
+    """The Trainer's own count: whole batches an epoch (the last one partial), grouped by accumulation,
+    times the epochs. The held-out share comes off a dataset without its own held-out file."""
+    if not cfg.eval_dataset and cfg.dataset != config_mod.DEMO_DATASET:
+        rows -= round(rows * cfg.eval_split)
+    per_epoch = max(1, math.ceil(rows / cfg.per_device_batch_size) // cfg.gradient_accumulation_steps)
+    return math.ceil(cfg.num_epochs * per_epoch)
 
 
 def _cpu_memory(cfg: config_mod.TrainConfig, base: int, adapter: float, shape: int, avg_tokens: float | None) -> float:
