@@ -258,10 +258,15 @@ def test_steps_and_the_view_survive_a_reload_in_the_browser(tmp_path):
                     page.get_by_label(view, exact=True).check()
                     page.wait_for_timeout(500)
                     page.screenshot(path=str(shots / f"train_{view.lower()}_{width}.png"), full_page=True)
-                    # no label cut off: each label's text fits its box
-                    cut = page.evaluate("""() => [...document.querySelectorAll('[data-testid="block-info"]')]
-                        .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
-                    assert not cut, (width, view, cut)
+                    # no label cut off: each label's text fits its box, and each field is wide enough
+                    # that a label wraps between words, never a word a line
+                    labels = page.evaluate("""() => [...document.querySelectorAll('[data-testid="block-info"]')]
+                        .filter(e => e.offsetParent).map(e => [e.textContent, e.scrollWidth - e.clientWidth])""")
+                    assert len(labels) >= len(train_tab.SIMPLE_FIELDS), (width, view, labels)
+                    assert not [text for text, over in labels if over > 1], (width, view, labels)
+                    narrow = page.evaluate("""() => [...document.querySelectorAll('[id^="cfg-"], [id^="simple-"]')]
+                        .filter(e => e.offsetParent && e.offsetWidth < 250).map(e => [e.id, e.offsetWidth])""")
+                    assert not narrow, (width, view, narrow)
             browser.close()
     finally:
         proc.terminate()
