@@ -145,7 +145,9 @@ def test_a_preset_card_reads_the_measured_table(tmp_path, monkeypatch):
     table.write_text(json.dumps({"presets": {"first-run": {"wall_s": 161.4, "peak_rss_gib": 1.62,
                                                            "machine": "2 CPU cores, no GPU"}}}))
     monkeypatch.setattr(train_tab, "MEASURED_TABLE", table)
-    cards = dict(train_tab.preset_cards(AppContext(tmp_path / "ws")))
+    listed = train_tab.preset_cards(AppContext(tmp_path / "ws"))
+    assert listed[0][0] == "first-run"  # measured here: first
+    cards = dict(listed)
     assert "2 min 41 s" in cards["first-run"] and "1.62 GiB" in cards["first-run"]
     assert "2 CPU cores, no GPU" in cards["first-run"]
     assert "Not measured here." in cards["quickstart"]  # no row for it

@@ -358,10 +358,12 @@ def card_text(name: str, path: Path, row: dict | None) -> str:
 
 
 def preset_cards(ctx: AppContext) -> list[tuple[str, str]]:
-    """(name, card text) for every bundled preset (the saved ones are in the preset list)."""
+    """(name, card text) for every bundled preset (the saved ones are in the preset list), the ones
+    measured on this machine first."""
     table = measured_table()
-    return [(p["name"], card_text(p["name"], Path(p["path"]), table.get(p["name"])))
-            for p in list_presets(ctx) if Path(p["path"]).parent == paths.PRESETS_DIR]
+    bundled = [p for p in list_presets(ctx) if Path(p["path"]).parent == paths.PRESETS_DIR]
+    bundled.sort(key=lambda p: p["name"] not in table)  # stable: by name within each
+    return [(p["name"], card_text(p["name"], Path(p["path"]), table.get(p["name"]))) for p in bundled]
 
 
 FIRST_RUN_PRESET = "first-run"  # a first look on a CPU: the Simple view opens on it
@@ -487,7 +489,7 @@ def _simple_layout(ctx: AppContext, defaults: config_mod.TrainConfig) -> tuple[d
     """Preset cards, then the Simple fields; returns the twins by field name and the cards' buttons
     as (button, preset name)."""
     cards = []
-    with gr.Row(equal_height=True):
+    with gr.Row():  # not equal_height: a short card's button would stretch to the tallest card
         for name, text in preset_cards(ctx):
             with gr.Column(min_width=260, variant="panel"):
                 gr.Markdown(text)
