@@ -221,3 +221,20 @@ def test_nothing_a_fresh_page_runs_by_itself_fails(tmp_path):
 
 
 TAB_NAMES = ("Dataset", "Runs", "Evaluation", "Export")
+
+
+def test_served_copies_expire(tmp_path, monkeypatch):
+    """A download readied at every pick fills no disk: copies older than DOWNLOAD_TTL_S go."""
+    import os
+    import time
+
+    served = tmp_path / "served"
+    monkeypatch.setattr("gradio.utils.get_upload_folder", lambda: str(served))
+    source = tmp_path / "adapter.zip"
+    source.write_bytes(b"zip")
+    first = Path(common.served_copy(source))
+    old = time.time() - common.DOWNLOAD_TTL_S - 60
+    os.utime(first.parent, (old, old))
+    second = Path(common.served_copy(source))
+    assert second.read_bytes() == b"zip" and second.parent != first.parent
+    assert not first.parent.exists() and [p.name for p in served.iterdir()] == [second.parent.name]

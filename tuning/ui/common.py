@@ -122,7 +122,9 @@ def number(value: float | None, digits: int = 3) -> str:
 
 def guarded(fn):
     """Wrap a handler so any exception reaches the page as a short gr.Error message (an API
-    client gets the same message), never as a traceback."""
+    client gets the same message), never as a traceback. For the API-only endpoints (gr.api) and
+    events whose tab has no box: a page's own events go through `boxed`, since a gr.Error puts an
+    "Error" badge on every output of its event, over results that no longer describe anything."""
     import inspect
 
     if inspect.isgeneratorfunction(fn):
