@@ -33,7 +33,6 @@ FAMILIES = {
 # Tolerance on the largest logit difference, relative to the largest logit: f32 is the same
 # arithmetic; f16 rounds each weight to 11 significant bits; Q8_0 to 8 bits per 32-value block.
 TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 5e-2}
-ROUND_TRIP_FIGURES: dict = {}  # (family, dtype) -> max |logit difference|, printed at the end
 
 
 def build_tiny(model_type: str, tokenizer, folder: Path) -> Path:
@@ -103,38 +102,11 @@ def originals(family_dirs, embedded_tokenizer):
 ROUND_TRIPS = [(f, t) for f in FAMILIES for t in ("f32", "f16")] + [("llama", "q8_0"), ("gemma3_text", "q8_0")]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model_type,outtype", ROUND_TRIPS)
-def test_round_trip(model_type, outtype, family_dirs, originals, tmp_path):
-    import gguf
-    from transformers import AutoModelForCausalLM
-
-    original, ids, logits, tokens = originals(model_type)
-    started = time.time()
-    path = export.write_gguf(family_dirs[model_type], tmp_path / f"{model_type}-{outtype}.gguf", outtype)
-    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
-    # Mistral is written as llama.cpp writes it (architecture "llama") and so reads back as Llama.
-    assert type(back).__name__ == ("LlamaForCausalLM" if model_type == "mistral" else type(original).__name__)
-    with torch.no_grad():
-        diff = (back(ids).logits - logits).abs().max().item()
-    ROUND_TRIP_FIGURES[(model_type, outtype)] = (diff, time.time() - started)
-    assert diff <= TOLERANCE[outtype] * logits.abs().max().item(), f"{model_type} {outtype}: max diff {diff}"
-    if outtype == "q8_0":
-        qtypes = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
-        assert qtypes["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
-        assert qtypes["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-    else:  # 8-bit weights may flip a near tie in a random model's flat distribution; f16 may not here
-        assert _greedy(back, ids) == tokens, f"{model_type} {outtype}: greedy tokens differ"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("model_type", list(FAMILIES))
-def test_file_holds_tokenizer_template_and_family_keys(model_type, family_dirs, embedded_tokenizer, tmp_path):
+def _check_file_holds_tokenizer_template_and_family_keys(path, model_type, folder, embedded_tokenizer):
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
-    folder = family_dirs[model_type]
-    reader = gguf.GGUFReader(export.write_gguf(folder, tmp_path / "m.gguf", "f16"))
+    reader = gguf.GGUFReader(path)
     arch = export.GGUF_ARCHS[model_type]
     assert _field(reader, "general.architecture") == arch
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
@@ -165,6 +137,34 @@ def test_file_holds_tokenizer_template_and_family_keys(model_type, family_dirs, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model_type,outtype", ROUND_TRIPS)
+def test_round_trip(model_type, outtype, family_dirs, originals, embedded_tokenizer, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    original, ids, logits, tokens = originals(model_type)
+    started = time.time()
+    path = export.write_gguf(family_dirs[model_type], tmp_path / f"{model_type}-{outtype}.gguf", outtype)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+    # Mistral is written as llama.cpp writes it (architecture "llama") and so reads back as Llama.
+    assert type(back).__name__ == ("LlamaForCausalLM" if model_type == "mistral" else type(original).__name__)
+    with torch.no_grad():
+        diff = (back(ids).logits - logits).abs().max().item()
+    print(f"\n{model_type} {outtype}: max |logit diff| {diff:.2e} (largest logit {logits.abs().max().item():.2f}), "
+          f"write + read {time.time() - started:.1f} s")
+    assert diff <= TOLERANCE[outtype] * logits.abs().max().item(), f"{model_type} {outtype}: max diff {diff}"
+    if outtype == "q8_0":
+        qtypes = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+        assert qtypes["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
+        assert qtypes["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    else:  # 8-bit weights may flip a near tie in a random model's flat distribution; f16 may not here
+        assert _greedy(back, ids) == tokens, f"{model_type} {outtype}: greedy tokens differ"
+    if outtype == "f16":
+        _check_file_holds_tokenizer_template_and_family_keys(path, model_type, family_dirs[model_type],
+                                                             embedded_tokenizer)
+
+
+@pytest.mark.slow
 def test_gguf_tokenizer_reads_back_the_same(family_dirs, embedded_tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
@@ -176,7 +176,7 @@ def test_gguf_tokenizer_reads_back_the_same(family_dirs, embedded_tokenizer, tmp
 
 
 @pytest.mark.slow
-def test_lora_run_on_gemma2_exports_as_gguf(family_dirs, tmp_path, capsys):
+def test_lora_run_on_gemma2_exports_as_gguf(family_dirs, tmp_path):
     """The end-to-end path for a family other than Llama: a LoRA run on the tiny Gemma 2 (norm
     offset, softcaps, tied head), export_gguf merging the adapter itself, read back: the tuned
     answer, not the base's; and the CLI writes Q8_0."""
@@ -216,12 +216,6 @@ def test_lora_run_on_gemma2_exports_as_gguf(family_dirs, tmp_path, capsys):
     import gguf
     qtypes = {t.name: t.tensor_type for t in gguf.GGUFReader(ws / "exports" / "gemma2-q8.gguf").tensors}
     assert qtypes["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
-
-
-def test_round_trip_figures_report():
-    """Prints the figures the slow tests measured (nothing when they did not run)."""
-    for (family, outtype), (diff, seconds) in sorted(ROUND_TRIP_FIGURES.items()):
-        print(f"{family:12s} {outtype:5s} max |logit diff| {diff:.2e}  write+read {seconds:.1f} s")
 
 
 # --- refusals and pieces (fast) ---------------------------------------------------------------
@@ -281,6 +275,40 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
     factors = export._llama3_rope_factors(config)
     assert factors.shape == (dim // 2,) and factors.min() == 1.0 and factors.max() == 32.0
     np.testing.assert_allclose(plain.numpy() / factors, scaled.numpy(), rtol=1e-5)
+
+
+class _Recorder:
+    """Stands in for GGUFWriter: records each add_* call as {method name: argument}."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def __getattr__(self, name):
+        return lambda value: self.calls.__setitem__(name, value)
+
+
+@pytest.mark.parametrize("model_type,rope,expected", [
+    ("qwen2", {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768},
+     {"add_rope_scaling_type": "YARN", "add_rope_scaling_factor": 4.0, "add_rope_scaling_orig_ctx_len": 32768,
+      "add_rope_freq_base": 1e6}),
+    ("llama", {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+     {"add_rope_scaling_type": "LINEAR", "add_rope_scaling_factor": 2.0, "add_rope_dimension_count": 16}),
+    ("gemma3_text", {"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+     {"add_rope_scaling_type": "LINEAR", "add_rope_scaling_factor": 8.0, "add_rope_freq_base": 1e6,
+      "add_rope_freq_base_swa": 1e4, "add_key_length": 256}),
+])
+def test_rope_scaling_keys(model_type, rope, expected):
+    """RoPE scaling that transformers' GGUF reader does not read back (so no round trip shows it)
+    is written with the keys llama.cpp's converter writes."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, rope_parameters=rope)
+    writer = _Recorder()
+    export._write_hyperparameters(writer, config, export.GGUF_ARCHS[model_type])
+    shown = {k: getattr(v, "name", v) for k, v in writer.calls.items() if k in expected}
+    assert shown == pytest.approx(expected)
 
 
 def test_q8_0_where_rows_divide_into_blocks_else_f16():

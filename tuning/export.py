@@ -421,7 +421,9 @@ def _write_hyperparameters(writer, config, arch: str) -> None:
     elif rope.get("rope_type") == "yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(rope["factor"])
-        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        # the context the model was trained at; transformers' YaRN takes the same fallback
+        writer.add_rope_scaling_orig_ctx_len(rope.get("original_max_position_embeddings")
+                                             or config.max_position_embeddings)
     if arch == "llama":
         writer.add_rope_dimension_count(head_dim)
     elif arch == "phi3":
