@@ -7,8 +7,9 @@ QLoRA) unless full precision is chosen.
 One turn is one generator event (`chat_turn`): it appends the prompt to both chats, streams the
 answers under it and re-enables Send, so an answer can only ever land under the prompt its own
 event appended. While it runs, Send is off and Enter waits (trigger_mode="always_last": the
-waiting prompt is sent when the answer ends, read from the box then); Stop cancels the event, and
-Gradio's closing of the generator stops the generation thread (playground.Comparer.stream_chat).
+waiting prompt is read from the box when the answer ends, then sent); the box is emptied in the
+browser as a turn starts (CLEAR_PROMPT_JS). Stop cancels the event, and Gradio's closing of the
+generator stops the generation thread (playground.Comparer.stream_chat).
 
 The blind A/B generates both answers to a prompt of its own, shows them as A and B in random order
 with nothing saying which is which, takes the vote (tuning/ui/ab_view.py), then reveals.
@@ -42,6 +43,14 @@ EMPTY = "**No finished run yet:** train one in **Train**, then come back."
 PICK = "**Pick a run** above to chat with its base and tuned model."
 LOADING = "Loading the model… (the first time takes a while; it then stays loaded)"
 COUNTER_JS = f"(text) => `${{(text || '').length}} / {MAX_PROMPT_CHARS} characters`"
+# Run by the page as a turn starts, after Gradio has read the event's inputs: the prompt box is
+# emptied then, in the browser, so a prompt typed meanwhile is never wiped by a late server update,
+# and one waiting for the running turn (trigger_mode="always_last") is read before it is emptied.
+CLEAR_PROMPT_JS = """(...inputs) => {
+    const box = document.querySelector('#chat-prompt textarea');
+    if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
+    return inputs;
+}"""
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,7 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
     base = tuned = ""
     try:
         with access.one_at_a_time(ctx):
-            yield {**chats("", ""), "prompt": "", "counter": counter_text(""), "status": LOADING, "last": None,
+            yield {**chats("", ""), "counter": counter_text(""), "status": LOADING, "last": None,
                    "generate": gr.update(interactive=False), "stop": gr.update(interactive=True), **ab_view.closed()}
             comparer = _load(ctx, path, base_choice == BASE_CHOICES[1])
             base_label, tuned_label = labels(comparer, adapter, path)
@@ -438,13 +447,16 @@ def layout(ctx: AppContext) -> dict:
         c["refresh"] = gr.Button("↻ Refresh", scale=1)
     c["system"] = gr.Textbox(label="System prompt (optional)", lines=1, max_length=MAX_PROMPT_CHARS)
     with gr.Row():
-        c["base_chat"] = gr.Chatbot(label="Base model", elem_id="base-chat", height=420, buttons=["copy"])
-        c["tuned_chat"] = gr.Chatbot(label="Tuned", elem_id="tuned-chat", height=420, buttons=["copy"])
-    c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="Who are you?", max_length=MAX_PROMPT_CHARS,
-                             info="Enter sends. While an answer streams, Send is off and Enter waits: the prompt "
-                                  "in the box is sent when the answer ends.")
+        c["base_chat"] = gr.Chatbot(label="Base model", elem_id="base-chat", height=420, buttons=["copy"],
+                                    placeholder="The base model's answers appear here.")
+        c["tuned_chat"] = gr.Chatbot(label="Tuned", elem_id="tuned-chat", height=420, buttons=["copy"],
+                                     placeholder="The tuned model's answers appear here.")
+    c["prompt"] = gr.Textbox(label="Prompt", lines=1, max_lines=8, placeholder="Who are you?", max_length=MAX_PROMPT_CHARS,
+                             elem_id="chat-prompt")
     with gr.Row():
         c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter")
+        gr.Markdown("Enter sends (Shift+Enter: a new line). While an answer streams, Send is off and Enter waits: "
+                    "the prompt in the box is sent when the answer ends.")
         c["generate"] = gr.Button("Send", variant="primary", scale=0, min_width=120)
         c["stop"] = gr.Button("Stop", variant="stop", interactive=False, scale=0, min_width=120)
         c["clear"] = gr.Button("Clear (new conversation)", scale=0, min_width=200)
@@ -499,7 +511,8 @@ def wire(ctx: AppContext, c: dict) -> None:
                        **private)
     # One event for Send and Enter; "always_last": a prompt sent while a turn streams waits for it.
     turn = gr.on([c["generate"].click, c["prompt"].submit], public(guarded(keyed(bind(chat_turn, ctx), c))),
-                 pick(TURN_INPUTS), pick(TURNED), trigger_mode="always_last", **heavy)
+                 pick(TURN_INPUTS), pick(TURNED), trigger_mode="always_last", js=CLEAR_PROMPT_JS,
+                 show_progress_on=c["status"], **heavy)
     c["stop"].click(public(keyed(stopped, c)), None, pick(("generate", "stop", "status")), cancels=[turn], **private)
     c["clear"].click(public(keyed(cleared, c)), None, pick(CLEARED), cancels=[turn], **private)
     c["prompt"].input(None, c["prompt"], c["counter"], js=COUNTER_JS, **private)  # in the browser only
