@@ -220,9 +220,10 @@ def test_lora_run_on_gemma2_exports_as_gguf(family_dirs, tmp_path):
 
 # --- refusals and pieces (fast) ---------------------------------------------------------------
 
-def _folder(tmp_path, **config):
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
+def _folder(path, **config):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
 
 
 def test_unsupported_family_names_itself_and_what_is_supported(tmp_path):
@@ -234,6 +235,23 @@ def test_unsupported_family_names_itself_and_what_is_supported(tmp_path):
         export.write_gguf(folder, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
     assert "vision" in export.gguf_supported(_folder(tmp_path, model_type="gemma3"))
+
+
+def test_export_refuses_before_merging(tmp_path, chat_file, monkeypatch):
+    """A run on a family GGUF export does not cover is refused from the base's folder, before the
+    minutes of loading and merging; so is an unknown type."""
+    from tuning.config import TrainConfig
+
+    base = _folder(tmp_path / "base", model_type="gpt_neox")
+    run_dir = tmp_path / "ws" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(TrainConfig(base_model=str(base), dataset=str(chat_file)).to_yaml())
+    monkeypatch.setattr(export, "load_merged", lambda *a: pytest.fail("merged before refusing"))
+    with pytest.raises(export.ExportError, match="'gpt_neox'"):
+        export.export_gguf(run_dir, tmp_path / "ws")
+    with pytest.raises(export.ExportError, match="'q4_k'"):
+        export.export_gguf(run_dir, tmp_path / "ws", outtype="q4_k")
+    assert not list((tmp_path / "ws" / "exports").glob("*"))
 
 
 def test_config_problems_are_named(tmp_path):

@@ -364,7 +364,18 @@ def gguf_supported(model_dir: Path) -> str | None:
         config = _model_config(model_dir)
     except (OSError, ValueError) as exc:
         return f"GGUF export: cannot read {Path(model_dir).name}/config.json ({str(exc).splitlines()[0][:200]})"
-    return _config_problem(config, GGUF_ARCHS[model_type])
+    return _config_problem(config, GGUF_ARCHS[model_type]) or _tokenizer_problem(Path(model_dir))
+
+
+def _tokenizer_problem(model_dir: Path) -> str | None:
+    import gguf
+
+    try:
+        gguf.BpeVocab(model_dir)  # gguf's own check that tokenizer.json is byte-level BPE
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        return ("GGUF export here writes byte-level BPE tokenizers (Llama 3, Qwen, SmolLM and the like); this "
+                f"model's tokenizer is not one ({str(exc)[:120] or type(exc).__name__}): {CONVERTER_HINT}")
+    return None
 
 
 def _permute(weight, n_head: int):
@@ -454,13 +465,7 @@ def _write_vocab(writer, model_dir: Path, size: int) -> None:
     import gguf
     from transformers import AutoTokenizer
 
-    try:
-        gguf.BpeVocab(model_dir)  # gguf's own check that tokenizer.json is byte-level BPE
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise ExportError("GGUF export here writes byte-level BPE tokenizers (Llama 3, Qwen, SmolLM and the like); "
-                          f"this model's tokenizer is not one ({str(exc)[:120] or type(exc).__name__}): "
-                          f"{CONVERTER_HINT}") from None
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # write_gguf checked it is byte-level BPE
     vocab = tokenizer.get_vocab()
     size = max(size, max(vocab.values()) + 1)
     by_id = {i: t for t, i in vocab.items()}
@@ -573,12 +578,24 @@ def write_gguf(model_dir: Path, target: Path, outtype: str = "f16") -> Path:
 def export_gguf(run_dir: Path, workspace: Path, name: str | None = None, outtype: str = "f16",
                 merged_dir: Path | None = None) -> Path:
     """exports/<name>.gguf from the merged model (merged first, into a temporary folder, if needed)."""
+    if outtype not in GGUF_TYPES:
+        raise ExportError(f"gguf type: {outtype!r} is not one of {', '.join(GGUF_TYPES)}")
     target = target_path(workspace, name, f"{Path(run_dir).name}-{outtype}.gguf")
     if target.suffix != ".gguf":
         target = target.with_name(target.name + ".gguf")
     _refuse_existing(target)
     if merged_dir is not None:
         return write_gguf(merged_dir, target, outtype)
+    from tuning import models
+
+    # The merged model has the base's family and tokenizer: refuse before minutes of merging.
+    try:
+        base = Path(models.resolve_base_model(_run_config(run_dir).base_model, workspace))
+    except models.ModelError as exc:
+        raise ExportError(str(exc)) from None
+    reason = gguf_supported(base) if (base / "config.json").is_file() else None
+    if reason:
+        raise ExportError(reason)
     model, tokenizer = load_merged(run_dir, workspace)
     with tempfile.TemporaryDirectory(prefix=".gguf-src-", dir=target.parent) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
