@@ -184,10 +184,11 @@ def test_live_follows_incrementally_and_rebuilds_after_a_reload(ctx):
     state, _ = live_tab.follow(ctx, "r1", state)
     assert state.summary.step == 1201 and len(state.summary.train) == 1201
     frame = live_tab.loss_frame(state.summary)
-    # the points, a blank eval point, and a blank one at max_steps (the step axis spans the whole run)
-    assert len(frame) <= live_tab.MAX_PLOT_POINTS + 1 + 1 and set(frame["series"]) == {"train loss", "eval loss"}
-    assert frame[(frame.series == "train loss") & frame.loss.notna()].step.max() == 1201  # the newest point is kept
-    assert frame.step.max() == state.summary.max_steps
+    # the points, a blank eval point, and two unseen ones that stretch the step axis over the whole run
+    assert len(frame) <= live_tab.MAX_PLOT_POINTS + 1 + 2
+    assert set(frame["series"]) - {live_tab.END_SERIES} == {"train loss", "eval loss"}
+    assert frame[frame.series == "train loss"].step.max() == 1201  # the newest point is always kept
+    assert frame.step.max() == state.summary.max_steps + 0.5
     # A reload starts from offset 0 and gets the same history.
     fresh, _ = live_tab.follow(ctx, "r1", None)
     assert fresh.summary.train == state.summary.train and fresh.summary.step == state.summary.step

@@ -202,7 +202,7 @@ def test_live_falls_back_to_the_end_event_and_hides_while_running(tmp_path):
 
 def test_loss_plot_always_carries_both_series_as_numbers():
     frame = live_tab.loss_frame(record.EventSummary(train=[(1, 2.0)]))
-    assert set(frame["series"]) == {"train loss", "eval loss"}
+    assert set(frame["series"]) - {live_tab.END_SERIES} == {"train loss", "eval loss"}  # (+ the unseen axis ends)
     assert frame[frame.series == "eval loss"]["loss"].isna().all()
     # Before the first step both plots still get numeric y columns (the browser fixes the axis type then).
     plot = gr.LinePlot(x="step", y="loss", color="series")
@@ -216,7 +216,9 @@ def test_plot_axes_come_from_the_data(tmp_path):
     at 0), and the tick labels stay short enough for the plot's left edge."""
     early = record.EventSummary(max_steps=6, train=[(1, 3.930307)], lr=[(1, 0.0), (2, 5e-4)])
     frame = live_tab.loss_frame(early)
-    assert frame.step.min() == 1 and frame.loss.dropna().tolist() == [3.930307]  # only real values
+    shown = frame[frame.series != live_tab.END_SERIES]  # (the unseen points only stretch the axis: 0.5 to 6.5)
+    assert shown.step.min() == 1 and shown.loss.dropna().tolist() == [3.930307]  # only real values
+    assert frame.step.tolist()[-2:] == [0.5, 6.5]
     assert live_tab.lr_frame(early).step.min() == 1
     with gr.Blocks():
         c = live_tab.layout(AppContext(tmp_path / "ws"))

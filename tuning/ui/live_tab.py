@@ -37,6 +37,7 @@ EARLY = 0.8
 RECENT_LOGS = 5
 # The preference objectives' own curves (TRL's names): the implicit rewards of the chosen and the
 # rejected answers, their margin, and how often chosen is rewarded above rejected; KTO's KL estimate.
+END_SERIES = "end of run"  # the loss plot's unseen point at the last step (loss_frame)
 OBJECTIVE_SERIES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl")
 
 
@@ -86,17 +87,23 @@ def loss_frame(summary: record.EventSummary):
     first = min([s for s, _ in train[:1] + evals[:1]], default=0)
     rows = [(s, v, "train loss") for s, v in train] or [(first, None, "train loss")]
     rows += [(s, v, "eval loss") for s, v in evals] or [(first, None, "eval loss")]
-    rows += _to_the_end(summary, rows, "train loss")
+    # The point plot drops a blank point, so the step axis is stretched by unseen ones (a transparent
+    # series, left out of the legend, at the newest loss): half a step before the first point and after
+    # the run's last step, so no point sits half-cut on the plot's edge and the axis spans the run.
+    last = next((v for _, v in reversed(train + evals) if v is not None), None)
+    if last is not None:
+        end = max(summary.max_steps, max(s for s, _, _ in rows))
+        rows += [(max(0.0, first - 0.5), last, END_SERIES), (end + 0.5, last, END_SERIES)]
     # float, even when every value is still missing: an all-None column would be typed as categories,
     # and the browser keeps the axis type of the first frame it draws.
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"loss": float})
 
 
-def _to_the_end(summary: record.EventSummary, rows: list[tuple], *series: str) -> list[tuple]:
+def _to_the_end(summary: record.EventSummary, rows: list[tuple]) -> list[tuple]:
     """A blank point at the run's last step, so the step axis spans the whole run from its first tick:
     the curve grows across a fixed axis, and even a short run's axis is wide enough for whole-step ticks."""
     last = max((r[0] for r in rows), default=0)
-    return [(summary.max_steps, None, *series)] if summary.max_steps > last else []
+    return [(summary.max_steps, None)] if summary.max_steps > last else []
 
 
 def lr_frame(summary: record.EventSummary):
@@ -362,8 +369,10 @@ def layout(ctx: AppContext) -> dict:
         # a short run's only one) would not show at all. Steps as whole numbers ("d"; the axis spans the
         # whole run, see _to_the_end, so its ticks fall on whole steps).
         c["loss_plot"] = gr.ScatterPlot(x="step", y="loss", color="series", title="Loss (train and eval)",
-                                        label="Loss", color_map={"train loss": "#3b82f6", "eval loss": "#f97316"},
-                                        x_axis_format="d", y_axis_format=".4~r")
+                                        label="Loss", color_map={"train loss": "#3b82f6", "eval loss": "#f97316",
+                                                                 END_SERIES: "transparent"},
+                                        colors_in_legend=["train loss", "eval loss"], x_axis_format="d",
+                                        y_axis_format=".4~r")
         c["lr_plot"] = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
                                    y_title="learning rate", x_axis_format="d", y_axis_format=".2~e")
     c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
