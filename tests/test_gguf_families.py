@@ -329,6 +329,28 @@ def test_rope_scaling_keys(model_type, rope, expected):
     assert shown == pytest.approx(expected)
 
 
+@pytest.mark.slow
+def test_llama3_rope_scaling_goes_in_as_rope_freqs(embedded_tokenizer, tmp_path):
+    """A Llama 3.x-style model (RoPE scaling "llama3") gets llama.cpp's rope_freqs tensor, F32 in any
+    type; transformers' reader ignores it, so this checks the file itself."""
+    import gguf
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(embedded_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
+    embedded_tokenizer.save_pretrained(tmp_path / "m")
+    reader = gguf.GGUFReader(export.write_gguf(tmp_path / "m", tmp_path / "m.gguf", "q8_0"))
+    (freqs,) = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
+    assert freqs.tensor_type == gguf.GGMLQuantizationType.F32
+    np.testing.assert_array_equal(np.asarray(freqs.data), export._llama3_rope_factors(config))
+    assert _field(reader, "llama.rope.freq_base") == 5e5 and _field(reader, "llama.context_length") == 131072
+
+
 def test_q8_0_where_rows_divide_into_blocks_else_f16():
     import gguf
 
