@@ -136,11 +136,13 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
             tokens.fill(str(MAX_NEW_TOKENS))
             expect(tokens).to_have_value(str(MAX_NEW_TOKENS))
             page.get_by_label("Prompt", exact=True).fill(PROMPT)
-            page.get_by_role("button", name="Generate side by side", exact=True).click()
+            page.get_by_role("button", name="Send", exact=True).click()
             expect(page.get_by_text("Done: same prompt")).to_be_visible(timeout=240_000)
-            base_box = page.get_by_role("textbox", name=re.compile(r"^Base model — full precision"))
-            tuned_box = page.get_by_role("textbox", name=re.compile(rf"^Tuned — {real_id}, final adapter"))
-            base, tuned = base_box.input_value().strip(), tuned_box.input_value().strip()
+            # Each column is a chat, labelled by what answered; its last message is the answer.
+            expect(page.locator("#base-chat")).to_contain_text("Base model — full precision")
+            expect(page.locator("#tuned-chat")).to_contain_text(f"Tuned — {real_id}, final adapter")
+            base, tuned = (page.locator(f"#{side}-chat .message-row").last.inner_text().strip()
+                           for side in ("base", "tuned"))
             print(f"\nPlayground base:  {base!r}\nPlayground tuned: {tuned!r}")
             assert_real_sentence(base)
             assert not IDENTITY.search(base), f"the base model should not know the demo identity: {base!r}"

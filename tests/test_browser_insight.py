@@ -119,9 +119,10 @@ def test_compare_open_a_planted_row_and_colour_answers(tmp_path, real_run, embed
             page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
             tokens.fill("24")
             page.get_by_label("Prompt", exact=True).fill(PROMPT)
-            page.get_by_role("button", name="Generate side by side", exact=True).click()
+            page.get_by_role("button", name="Send", exact=True).click()
             expect(page.get_by_text("Done: same prompt")).to_be_visible(timeout=240_000)
-            tuned = page.get_by_role("textbox", name=re.compile(rf"^Tuned — {real_id}")).input_value()
+            expect(page.locator("#tuned-chat")).to_contain_text(f"Tuned — {real_id}")
+            tuned = page.locator("#tuned-chat .message-row").last.inner_text()
             assert IDENTITY.search(tuned), tuned
             page.get_by_text("What changed, token by token").click()
             page.get_by_role("button", name="Colour the tuned answer by how much tuning changed each token").click()

@@ -26,23 +26,22 @@ PROMPTS = (PROMPT, "Who made you?")  # identity questions: the tuned answer diff
 
 
 def generate(page, prompt: str, previous: tuple[str, str] | None = None) -> tuple[str, str]:
-    """Both answers to `prompt`, once this generation is done: they differ from `previous`, the
-    answers this test last read (reading the boxes before the click is not enough: after a vote the
-    labelled columns come back a moment later, and their old text would pass for the new)."""
+    """Both answers to `prompt` as the first turn of a new conversation, once this turn is done: the
+    last message of each chat, once they differ from `previous` (the answers this test last read)."""
     from playwright.sync_api import expect
 
-    boxes = (page.get_by_role("textbox", name=re.compile(r"^Base model")),
-             page.get_by_role("textbox", name=re.compile(r"^Tuned — ")))
-    before = list(previous) if previous else [box.input_value() if box.count() else None for box in boxes]
+    page.get_by_role("button", name="Clear (new conversation)", exact=True).click()
+    chats = [page.locator(f"#{side}-chat .message-row") for side in ("base", "tuned")]
+    expect(chats[0]).to_have_count(0, timeout=30_000)
     page.get_by_label("Prompt", exact=True).fill(prompt)
-    page.get_by_role("button", name="Generate side by side", exact=True).click()
+    page.get_by_role("button", name="Send", exact=True).click()
     done = page.get_by_text("Done: same prompt")
     deadline = time.time() + 300
-    while time.time() < deadline:  # the previous answer's "Done" shows until the new one starts streaming
+    while time.time() < deadline:
         expect(done).to_be_visible(timeout=300_000)
-        now = [box.input_value().strip() for box in boxes]
-        if now != before and all(now):
-            return now[0].strip(), now[1].strip()
+        now = [chat.last.inner_text().strip() if chat.count() == 2 else "" for chat in chats]
+        if all(now) and now != list(previous or []):
+            return now[0], now[1]
         time.sleep(0.5)
     raise AssertionError(f"no new answer to {prompt!r}")
 
@@ -82,13 +81,16 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
             page.get_by_role("tab", name="Playground").click()
             pick(page, "Run", real_id)
             set_max_new_tokens(page)
-            page.get_by_text("Blind A/B: judge the two answers above").click()
+            page.get_by_text("Blind A/B: both models answer a prompt unlabelled").click()
             answers = []
             for n, prompt in enumerate(PROMPTS, start=1):
+                # The labelled answers first (greedy: the blind pair repeats them), to know which is tuned.
                 base, tuned = generate(page, prompt, answers[-1][1:] if answers else None)
                 answers.append((prompt, base, tuned))
-                page.get_by_role("button", name=re.compile("^Vote blind on these answers")).click()
+                page.get_by_label("Prompt for the blind pair", exact=True).fill(prompt)
+                page.get_by_role("button", name="Generate a blind pair", exact=True).click()
                 a_box = page.get_by_role("textbox", name="A", exact=True)
+                expect(page.get_by_text(f"Prompt: {prompt}")).to_be_visible(timeout=240_000)
                 expect(a_box).not_to_have_value("", timeout=30_000)
                 winner = "A is better" if a_box.input_value().strip() == tuned else "B is better"
                 page.get_by_role("button", name=winner, exact=True).click()
@@ -146,7 +148,7 @@ def test_votes_to_a_dpo_run_in_the_browser(tmp_path, real_run, embedded_model_di
             pick(page, "Run", dpo_id)
             base, tuned = generate(page, PROMPT, answers[-1][1:])
             # the columns are labelled by the run that answered: the DPO run's final adapter
-            expect(page.get_by_role("textbox", name=re.compile(rf"^Tuned — {dpo_id}"))).to_be_visible(timeout=60_000)
+            expect(page.locator("#tuned-chat")).to_contain_text(f"Tuned — {dpo_id}", timeout=60_000)
             print(f"\nafter DPO: base {base!r}\n           tuned {tuned!r}")
             assert tuned and base
             shot(page, "5-playground-dpo")
