@@ -81,13 +81,16 @@ def measure(name: str, overrides: list[str]) -> dict:
     command = [sys.executable, "-m", "tuning", "train", "--preset", f"presets/{name}.yaml", "--workspace",
                str(workspace), *[a for o in overrides for a in ("--set", o)]]
     print(f"{name}: {machine_load()}", flush=True)
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: the run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     wall, rss = parse_time(proc.stderr)
     print(f"{name}: {wall:.0f} s, peak RSS {rss:,} KiB; {machine_load()}; workspace {workspace}", flush=True)
+    # The busier of the two 1-minute load averages, so a card can say its figure is a busy machine's.
+    load = round(max(load_before, os.getloadavg()[0]), 1)
     return {"wall_s": round(wall, 1), "peak_rss_kib": rss, "peak_rss_gib": round(rss / 2**20, 2),
-            "machine": machine(),
+            "machine": machine(), "cores": os.cpu_count(), "load": load,
             "command": f"/usr/bin/time -v python -m tuning train --preset presets/{name}.yaml"
                        + "".join(f" --set {o}" for o in overrides)}
 

@@ -153,6 +153,9 @@ def test_a_preset_card_reads_the_measured_table(tmp_path, monkeypatch):
     assert "Not measured here." in cards["quickstart"]  # no row for it
     assert "learns the demo identity" in cards["quickstart"]  # what it is for, from its header
     assert set(cards) == {p.stem for p in paths.PRESETS_DIR.glob("*.yaml")}
+    busy = {"wall_s": 400, "peak_rss_gib": 1.9, "machine": "2 CPU cores, no GPU", "cores": 2, "load": 6.5}
+    table.write_text(json.dumps({"presets": {"quickstart": busy}}))
+    assert "busy then: load 6.5 on 2 cores" in dict(train_tab.preset_cards(AppContext(tmp_path / "ws")))["quickstart"]
     table.write_text("{not json")
     assert train_tab.measured_table() == {}
 

@@ -352,6 +352,8 @@ def card_text(name: str, path: Path, row: dict | None) -> str:
     if row and row.get("wall_s") and row.get("peak_rss_gib"):
         cost = (f"Measured on {row.get('machine', 'this machine')}: **{minutes(row['wall_s'])}** from start to "
                 f"evaluated, peak memory **{row['peak_rss_gib']:.2f} GiB**.")
+        if row.get("load", 0) > row.get("cores", math.inf):  # other work shared the cores: slower than yours
+            cost += f" (The machine was busy then: load {row['load']:g} on {row['cores']} cores.)"
     else:
         cost = "Not measured here."
     return f"**{name}**  \n{preset_purpose(path)}  \n{cost}"
