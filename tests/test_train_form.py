@@ -88,6 +88,7 @@ def test_numbers_and_ranges_read_as_people_write_them():
     assert train_tab.human_number(100.0) == "100"
     assert train_tab.human_number(0.0) == "0"
     assert train_tab.human_number(-1) == "-1"
+    assert train_tab.human_number(-0.5) == "-0.5"
     assert train_tab.human_number(1234.5) == "1,234.5"
     assert train_tab.human_range("seed") == "0 to 2,147,483,647"
     assert train_tab.human_range("lora_r") == "1 to 1,024"

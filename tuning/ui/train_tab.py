@@ -268,9 +268,11 @@ def config_from_api(ctx: AppContext, preset: str, overrides_yaml: str) -> config
 def human_number(value: float) -> str:
     """A number as people write it: whole numbers with thousands separators (2,147,483,647), small
     ones with a short exponent (1e-8), never Python's 2.14748e+09 or 1e-08."""
-    if value == int(value) and abs(value) < 1e15:
+    if value < 0:
+        return "-" + human_number(-value)
+    if value == int(value) and value < 1e15:
         return f"{int(value):,}"
-    if abs(value) < 1e-4:
+    if value < 1e-4:
         mantissa, exponent = f"{value:e}".split("e")
         return f"{float(mantissa):g}e{int(exponent)}"
     whole, _, fraction = f"{value:.6f}".rstrip("0").partition(".")
@@ -289,8 +291,6 @@ def field_info(name: str, with_key: bool = True) -> str:
     its range."""
     meta = config_mod.FIELDS[name].metadata
     text = meta["help"]
-    if name in config_mod.AUTO_FIELDS:
-        text += " 0 = auto."
     if human_range(name):
         text += f" Range {human_range(name)}."
     return f"{name} · {text}" if with_key else text
