@@ -181,3 +181,66 @@ def test_a_time_limit_ends_a_stream_on_its_own(chat_run):
     assert time.monotonic() - started < 10
     assert 0 < len(comparer.tokenizer(answers[-1][1])["input_ids"]) < 400, "it stopped well before 512 tokens"
     assert not stream_threads()
+
+
+def test_a_job_cancelled_through_the_server_stops_and_the_next_starts_at_once(chat_run, monkeypatch):
+    """Against a launched app, as any client can: join the queue for a 512-token turn, read two
+    streamed updates, POST /gradio_api/cancel (what Stop and a client's cancel send); the generation
+    thread ends within 2 s and the next turn gets its answer at once, not after the first's 512 tokens."""
+    import json
+    import uuid
+
+    import httpx
+
+    ctx = chat_run
+    forced = playground_tab._settings
+    monkeypatch.setattr(playground_tab, "_settings", lambda *a: dataclasses.replace(
+        forced(*a), min_new_tokens=int(a[0])))
+    with gr.Blocks() as demo:
+        playground_tab.build(ctx)
+    (dep,) = [d for d, fn in zip(demo.config["dependencies"], demo.fns.values()) if fn.name == "chat_turn"]
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    base = demo.local_url.rstrip("/") + "/gradio_api"
+
+    def join(client, session, tokens):
+        body = {"data": ["r1", "final", "Count to a thousand.", "", "as trained", [], [], tokens, 0, 1, 1, 0],
+                "fn_index": dep["id"], "session_hash": session, "event_data": None, "trigger_id": None}
+        joined = client.post(f"{base}/queue/join", json=body)
+        assert joined.status_code == 200, joined.text
+        return joined.json()["event_id"]
+
+    def messages(client, session):
+        with client.stream("GET", f"{base}/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    yield json.loads(line[5:])
+
+    try:
+        with httpx.Client(timeout=120) as client:
+            session = uuid.uuid4().hex
+            event_id = join(client, session, 512)
+            streamed = 0
+            for message in messages(client, session):
+                if message.get("msg") == "process_generating":
+                    streamed += 1
+                    if streamed == 4:  # the chats, the model loaded, then two tokens
+                        break
+                assert message.get("msg") != "process_completed", message
+            assert stream_threads(), "the generation is running"
+            cancelled = client.post(f"{base}/cancel", json={"session_hash": session, "fn_index": dep["id"],
+                                                          "event_id": event_id})
+            assert cancelled.status_code == 200, cancelled.text
+            took = wait_gone(5.0)
+            assert not stream_threads() and took < 2.0, f"the generation thread ran on {took:.1f} s after the cancel"
+            assert not ctx.busy
+
+            session = uuid.uuid4().hex
+            started = time.monotonic()
+            join(client, session, 4)
+            for message in messages(client, session):
+                if message.get("msg") == "process_completed":
+                    assert message.get("success"), message
+                    break
+            assert time.monotonic() - started < 60
+    finally:
+        demo.close()
