@@ -161,9 +161,19 @@ def test_a_preset_card_reads_the_measured_table(tmp_path, monkeypatch):
     assert train_tab.measured_table() == {}
 
 
-def test_the_bundled_table_has_a_row_for_the_first_run():
-    row = train_tab.measured_table().get("first-run")
-    assert row and row["wall_s"] > 0 and row["peak_rss_gib"] > 0 and "python -m tuning train" in row["command"]
+def test_the_bench_reads_what_usr_bin_time_reports():
+    """bench/preset_table.py's rows come from /usr/bin/time -v (lines of a real report)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("preset_table", paths.PROJECT_DIR / "bench" / "preset_table.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = ("\tCommand being timed: \"python -m tuning train --preset presets/first-run.yaml\"\n"
+              "\tElapsed (wall clock) time (h:mm:ss or m:ss): 51:54.06\n"
+              "\tMaximum resident set size (kbytes): 1936124\n")
+    assert bench.parse_time(report) == (3114.06, 1936124)
+    assert bench.parse_time(report.replace("51:54.06", "1:02:03.5"))[0] == 3723.5
+    assert bench.TABLE == train_tab.MEASURED_TABLE  # the bench writes the table the cards read
 
 
 def test_the_simple_view_opens_on_the_first_run_on_a_cpu(monkeypatch):
