@@ -90,14 +90,19 @@ class Comparer:
         return kwargs
 
     def generate(self, prompts: list[str], adapter: Path, system: str | None = None,
-                 settings: GenerationSettings = GenerationSettings()) -> list[tuple[str, str]]:
-        """(base answer, tuned answer) for each prompt, from one mixed-adapter batch."""
+                 settings: GenerationSettings = GenerationSettings(), time_limit_s: float | None = None
+                 ) -> list[tuple[str, str]]:
+        """(base answer, tuned answer) for each prompt, from one mixed-adapter batch; cut short (as
+        far as it got) after `time_limit_s` of generating, when given."""
+        kwargs = self._generate_kwargs(settings)
+        if time_limit_s:
+            deadline = time.monotonic() + time_limit_s
+            kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled(threading.Event(), deadline)])
         with self.lock:
             name = self.attach(adapter)
             torch.manual_seed(settings.seed)
             texts = generation.generate_rows(self.peft, self.tokenizer, self.conversations(prompts + prompts, system),
-                                             [BASE] * len(prompts) + [name] * len(prompts),
-                                             **self._generate_kwargs(settings))
+                                             [BASE] * len(prompts) + [name] * len(prompts), **kwargs)
         return list(zip(texts[: len(prompts)], texts[len(prompts):]))
 
     def generate_one(self, prompts: list[str], adapter: Path | None, system: str | None = None,

@@ -161,6 +161,12 @@ def _load(ctx: AppContext, path: Path, full_precision: bool):
     return playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
 
 
+def _time_limit(ctx: AppContext) -> float | None:
+    """A visitor's share of the model: each generation of theirs ends after VISITOR_TIME_LIMIT_S (the
+    owner's, and everyone's off a Space, never do)."""
+    return None if access.is_owner(ctx) else VISITOR_TIME_LIMIT_S
+
+
 def _comparer(ctx: AppContext, run_id: str, checkpoint: str, full_precision: bool):
     path, adapter = _adapter(ctx, run_id, checkpoint)
     return _load(ctx, path, full_precision), adapter, path
@@ -183,7 +189,7 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
     settings = settings or _settings(128, 0, 1, 1, 0)
     with access.one_at_a_time(ctx):
         comparer, adapter, path = _comparer(ctx, run_id, checkpoint, full_precision)
-        (base, tuned), = comparer.generate([prompt], adapter, system or None, settings)
+        (base, tuned), = comparer.generate([prompt], adapter, system or None, settings, _time_limit(ctx))
     base_label, tuned_label = labels(comparer, adapter, path)
     return {"base": base, "tuned": tuned, "base_label": base_label, "tuned_label": tuned_label,
             "adapter": str(adapter.relative_to(ctx.workspace)) if adapter.is_relative_to(ctx.workspace)
@@ -291,7 +297,7 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
             base_label, tuned_label = labels(comparer, adapter, path)
             yield {"status": "Generating…", "base_chat": gr.update(label=base_label),
                    "tuned_chat": gr.update(label=tuned_label)}
-            limit = None if access.is_owner(ctx) else VISITOR_TIME_LIMIT_S
+            limit = _time_limit(ctx)
             # closing(): the stream's own `finally` (which stops its thread) runs the moment this
             # generator is closed, not whenever the stream object is collected.
             with contextlib.closing(comparer.stream_chat(base_conversation, tuned_conversation, adapter, chosen,
@@ -324,7 +330,7 @@ def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_
     chosen = _settings(*settings)
     with access.one_at_a_time(ctx):
         comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
-        pairs = comparer.generate(prompts, adapter, system or None, chosen)
+        pairs = comparer.generate(prompts, adapter, system or None, chosen, _time_limit(ctx))
     return [[p, b, t] for p, (b, t) in zip(prompts, pairs)]
 
 
