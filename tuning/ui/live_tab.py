@@ -149,9 +149,10 @@ def phase_label(summary: record.EventSummary, status: str) -> str:
     if phase is None:
         return status
     text = PHASE_TEXT[phase]
-    detail = summary.phase_message if summary.phase == phase or phase == events.STOPPING else ""
-    if phase == events.STOPPING and summary.phase not in (None, events.STOPPING, events.TRAINING):
-        detail = f"{PHASE_TEXT[summary.phase]}: {summary.phase_message}" if summary.phase_message else ""
+    detail = summary.phase_message if summary.phase == phase else ""
+    if phase == events.STOPPING:  # what the trainer does on its way out (saving, the evaluation's check)
+        detail = (f"{PHASE_TEXT[summary.phase]}: {summary.phase_message}" if summary.phase_message
+                  and summary.phase not in (None, events.STOPPING, events.TRAINING) else "")
     elif phase == events.TRAINING or detail.startswith(("loading", "preparing")):
         detail = ""  # the step count says it; "loading the model: loading X" says it twice
     return f"{text}: {detail}" if detail else text
