@@ -404,7 +404,8 @@ def wire(ctx: AppContext, c: dict) -> None:
 
     # Named API endpoints (typed: Gradio's API page reads the hints).
     def status_api(run_id: str) -> dict:
-        """A run's status: step, max_steps, loss, eval_loss, status, active, error message."""
+        """A run's status: step, max_steps, loss, eval_loss, status, active, error message; while active,
+        phase, phase_done, phase_total and eta_seconds (the end-of-run evaluation included)."""
         return run_status(ctx, run_id)
 
     def stop_api(run_id: str) -> bool:
