@@ -268,6 +268,14 @@ def test_steps_and_the_view_survive_a_reload_in_the_browser(tmp_path):
             expect(page.locator("#simple-max_steps input")).to_be_hidden()  # still in the Advanced view
             page.get_by_label("Simple", exact=True).check()
             expect(page.locator("#simple-max_steps input")).to_have_value("17")
+            # a finished event is announced in words (Gradio 6.31 alone says "common.complete")
+            page.get_by_role("button", name="Show command", exact=True).click()
+            announced = set()
+            for _ in range(80):
+                announced |= set(page.evaluate(
+                    "() => [...document.querySelectorAll('[role=status]')].map(e => e.textContent.trim())"))
+                page.wait_for_timeout(100)
+            assert "Complete" in announced and "common.complete" not in announced, announced
             for width in (1400, 800):
                 page.set_viewport_size({"width": width, "height": 1000})
                 for view in train_tab.VIEWS:
