@@ -105,3 +105,15 @@ def test_cli_refuses_bad_set_with_exit_2(tmp_path, args, fragment):
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_every_field_has_a_human_label_and_at_most_8_are_simple():
+    """The form reads each field's label (its unit in words) and whether the Simple view shows it."""
+    for name, f in config.FIELDS.items():
+        label = f.metadata["label"]
+        assert isinstance(label, str) and label.strip() and label != name, name
+    labels = [f.metadata["label"] for f in config.FIELDS.values()]
+    assert len(set(labels)) == len(labels)  # two fields never read the same on the page
+    simple = [name for name, f in config.FIELDS.items() if f.metadata["simple"]]
+    assert 0 < len(simple) <= 8
+    assert config.FIELDS["max_length"].metadata["label"] == "Max length (tokens)"
