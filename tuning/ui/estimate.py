@@ -3,8 +3,9 @@
 Rough on purpose: weights + adapter + optimizer + activations + logits, from the model's
 config.json (on a CPU, from the trainer's measured footprint: bench/RESULTS.md, Memory); time
 from the tokens/s an earlier run of the same base and method measured in this workspace, else
-from the quickstart's measured speed scaled by model size, plus the start-up and the end-of-run
-evaluation (its planned checks, tuning/evaluate.py plan, at the same step time). It is there to
+from the quickstart's measured speed scaled by model size, plus the start-up, the evaluations and
+probes between steps, and the end-of-run evaluation (its planned checks, tuning/evaluate.py plan, at
+the same step time, or at an earlier evaluation's measured time per answer). It is there to
 catch "this will not fit" and "this will take a day", not to be exact to the minute.
 """
 
@@ -155,6 +156,28 @@ def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | 
     return kind, sum(c.work for c in checks), sum(c.answers for c in answering), sum(c.work for c in answering)
 
 
+def checkpoint_work(cfg: config_mod.TrainConfig, steps: int, rows: int | None) -> float:
+    """The work between steps, in training steps: the Trainer's held-out loss every eval_steps (the
+    tuned side only) and the probes at every checkpoint but the last (tuning/evaluate.py's costs)."""
+    import math as _math
+
+    from tuning import evaluate
+
+    def every(name: str) -> int:
+        value = cfg.step_interval(name)
+        return max(1, _math.ceil(steps * value) if isinstance(value, float) else value)
+
+    try:
+        heldout = len(evaluate.heldout_rows(cfg)) if rows is None or rows <= 20_000 else round(rows * cfg.eval_split)
+        probes = len(evaluate.default_probes(cfg)) if cfg.probe_every_checkpoint else 0
+    except Exception:  # noqa: BLE001 - not readable here: the split's share and 5 probes
+        heldout, probes = round((rows or 0) * cfg.eval_split), 5 if cfg.probe_every_checkpoint else 0
+    evals = steps // every("eval_steps") if heldout else 0
+    saves = max(0, steps // every("save_steps") - 1)
+    return (evals * evaluate.LOSS_ROW_STEPS * heldout / max(1, cfg.effective_batch_size)
+            + saves * probes * evaluate.ANSWER_STEPS * cfg.eval_max_new_tokens / 64)
+
+
 def measured_answer_seconds(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
     """Median seconds per answered prompt (base and tuned) of the end-of-run evaluations of earlier
     runs of the same base and method here (their evaluation.json's own timings), per 64 new tokens."""
@@ -217,7 +240,8 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
     answer_seconds = measured_answer_seconds(workspace, cfg)
     if answer_seconds is not None and answers:  # generation's own measured pace here
         evaluation = (work - answer_work) * step_seconds + answers * answer_seconds * cfg.eval_max_new_tokens / 64
-    seconds = steps * step_seconds + evaluation + STARTUP_SECONDS if steps else None
+    between = checkpoint_work(cfg, steps, rows) * step_seconds if steps else 0.0
+    seconds = steps * step_seconds + between + evaluation + STARTUP_SECONDS if steps else None
     return Estimate(base, memory, available, device, steps, seconds, source, memory < available, kind, evaluation)
 
 
