@@ -149,8 +149,9 @@ def layout(ctx: AppContext) -> dict:
             c["merge_button"] = gr.Button("Merge into a full-precision base and save")
         with gr.Column():
             c["gguf_name"] = gr.Textbox(label="GGUF file name (under exports/)", placeholder="RUN-f16.gguf")
-            c["gguf_type"] = gr.Radio(["f16", "f32"], value="f16", label="GGUF weights")
-            c["gguf_button"] = gr.Button("Write GGUF (llama family)")
+            c["gguf_type"] = gr.Radio(list(export.GGUF_TYPES), value="f16", label="GGUF weights",
+                                      info="f16: half the size of f32, same answers; q8_0: a quarter, close answers")
+            c["gguf_button"] = gr.Button("Write GGUF (for llama.cpp, Ollama, LM Studio)")
             c["gguf_file"] = gr.DownloadButton(GGUF_LABEL, value=None, interactive=False)
     with gr.Accordion("Push to the Hugging Face Hub", open=False):
         with gr.Row():
