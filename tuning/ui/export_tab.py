@@ -1,6 +1,6 @@
 """Export tab: take a finished run elsewhere. Download the adapter (zip), merge it into a
 full-precision base and save it under <workspace>/exports/, preview the model card, write a GGUF
-file (llama family), push the adapter or the merged model to the Hub.
+file (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3), push the adapter or the merged model to the Hub.
 
 Handlers are plain functions of (ctx, ...) returning text or a file path; a failure raises, and
 the tab's error box (common.boxed) shows its one readable line. Picking a run readies its adapter zip
