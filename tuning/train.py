@@ -468,7 +468,7 @@ def _evaluation_progress(phases: Phases, state, kind: str):
     def progress(done: int, total: int, running, work_done: float, work_total: float) -> None:
         phases(EVALUATING, step=state.global_step, max_steps=state.max_steps, final=True, kind=kind, done=done,
                total=total, work_done=round(work_done, 2), work_total=round(work_total, 2),
-               message=f"{kind} evaluation: {running.label}" if running else f"{kind} evaluation done")
+               message=running.label if running else "done")
     return progress
 
 

@@ -149,6 +149,8 @@ def phase_label(summary: record.EventSummary, status: str) -> str:
     if phase is None:
         return status
     text = PHASE_TEXT[phase]
+    if phase == events.EVALUATING and summary.phase_final and summary.final_evaluation:
+        text = f"evaluating ({summary.final_evaluation})"  # the end-of-run evaluation: quick or full
     detail = summary.phase_message if summary.phase == phase else ""
     if phase == events.STOPPING:  # what the trainer does on its way out (saving, the evaluation's check)
         detail = (f"{PHASE_TEXT[summary.phase]}: {summary.phase_message}" if summary.phase_message
