@@ -168,25 +168,23 @@ def test_a_closed_stream_stops_its_generation_and_frees_the_model(chat_run, monk
 
 
 def test_a_time_limit_ends_a_generation_on_its_own(chat_run):
-    """A visitor's generation ends after VISITOR_TIME_LIMIT_S even if the page keeps reading: the same stop."""
+    """A visitor's generation ends after VISITOR_TIME_LIMIT_S even if the page keeps reading: the same stop.
+    Measured in tokens, not seconds (a busy machine is slow, not wrong): 512 are forced, a 1 s limit
+    leaves far fewer."""
     ctx = chat_run
     path = record.run_dir(ctx.workspace, "r1")
     comparer = playground_tab._load(ctx, path, False)
     settings = playground_tab._settings(512, 0, 1, 1, 0)
     settings = dataclasses.replace(settings, min_new_tokens=512)
     conversation = [{"role": "user", "content": "Count to a thousand."}]
-    started = time.monotonic()
     answers = list(comparer.stream_chat(conversation, conversation, record.adapter_dir(path), settings,
                                         time_limit_s=1.0))
-    assert time.monotonic() - started < 10
-    assert 0 < len(comparer.tokenizer(answers[-1][1])["input_ids"]) < 400, "it stopped well before 512 tokens"
+    assert len(comparer.tokenizer(answers[-1][1])["input_ids"]) < 400, "it stopped well before 512 tokens"
     assert not stream_threads()
     # The same limit holds for the whole-answer calls (the /generate API, the probe table).
-    started = time.monotonic()
     (base, tuned), = comparer.generate(["Count to a thousand."], record.adapter_dir(path), None, settings,
                                        time_limit_s=1.0)
-    assert time.monotonic() - started < 10
-    assert 0 < len(comparer.tokenizer(tuned)["input_ids"]) < 400
+    assert len(comparer.tokenizer(tuned)["input_ids"]) < 400
 
 
 def test_a_job_cancelled_through_the_server_stops_and_the_next_starts_at_once(chat_run, monkeypatch):
