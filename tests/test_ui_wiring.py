@@ -153,12 +153,12 @@ def test_space_unlock_through_the_api(tmp_path):
     from test_app_api import launch_app
 
     proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log",
-                           {"SPACE_ID": "owner/space", "TUNING_AUTH": "s3cret"})
+                           {"SPACE_ID": "owner/space", "TUNING_AUTH": "s3cret-space-pass"})
     try:
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="enter the Space's password"):
             client.predict("missing-run", api_name="/delete_run")
-        message, box = client.predict("s3cret", api_name="/unlock")
+        message, box = client.predict("s3cret-space-pass", api_name="/unlock")
         assert message.startswith("Unlocked") and box == ""
         assert "unlock" not in str(client.view_api(print_info=False, return_format="dict"))  # listed nowhere
         with pytest.raises(Exception) as err:  # past the gate: the run itself is missing
