@@ -166,31 +166,59 @@ def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everyth
         end_every_run(tmp_path / "ws")  # nothing this test called may go on training after it
 
 
-def test_password_attempts_are_limited_and_an_unlock_expires(tmp_path, monkeypatch):
+def test_password_guesses_are_limited_for_the_whole_space_and_an_unlock_expires(tmp_path, monkeypatch):
+    """20 sessions from 20 forged addresses (client host and X-Forwarded-For) get the same few guesses
+    as one; the owner signed in with Hugging Face is never locked out; after the wait the right
+    password unlocks; an unlock expires."""
     from types import SimpleNamespace
 
     from tuning.ui.common import AppContext
 
-    settings = space.space_settings({"SPACE_ID": "owner/space", "TUNING_AUTH": PASSWORD},
-                                    data_dir=tmp_path / "no", workspace=tmp_path / "ws")
+    settings = space.space_settings({"SPACE_ID": "owner/space", "SPACE_AUTHOR_NAME": "owner", "OAUTH_CLIENT_ID": "x",
+                                     "TUNING_AUTH": PASSWORD}, data_dir=tmp_path / "no", workspace=tmp_path / "ws")
     ctx = AppContext(tmp_path / "ws", settings=settings)
-    guesser = SimpleNamespace(session_hash="guesser", client=SimpleNamespace(host="10.9.8.7"), request=None)
-    for _ in range(access.MAX_ATTEMPTS):
-        assert access.unlock(ctx, guesser, "wrong").startswith("**Not unlocked:** Training")
-    # Now even the right password is refused for this session and this address, with the wait said.
-    assert "too many wrong passwords" in access.unlock(ctx, guesser, PASSWORD)
-    same_address = SimpleNamespace(session_hash="new-tab", client=SimpleNamespace(host="10.9.8.7"), request=None)
-    assert "too many wrong passwords" in access.unlock(ctx, same_address, PASSWORD)
-    elsewhere = SimpleNamespace(session_hash="other", client=SimpleNamespace(host="10.1.1.1"), request=None)
-    assert access.unlock(ctx, elsewhere, PASSWORD).startswith("Unlocked")
-    assert access.is_owner(ctx, elsewhere)
-    assert PASSWORD not in repr(ctx.unlocked) and PASSWORD not in repr(ctx.attempts)  # only an expiry is kept
-    real_time = access.time.time
-    monkeypatch.setattr(access.time, "time", lambda: real_time() + access.UNLOCK_TTL_S + 1)
-    assert not access.is_owner(ctx, elsewhere)  # expired
-    # And the window passes for the guesser too.
-    monkeypatch.setattr(access.time, "time", lambda: real_time() + access.ATTEMPT_WINDOW_S + 1)
-    assert access.unlock(ctx, guesser, PASSWORD).startswith("Unlocked")
+    clock = [1_000_000.0]
+    monkeypatch.setattr(access.time, "time", lambda: clock[0])
+
+    def visitor(i):
+        return SimpleNamespace(session_hash=f"s{i}", client=SimpleNamespace(host=f"10.0.0.{i}"), request=None,
+                               headers={"x-forwarded-for": f"203.0.113.{i}"})
+
+    answers = []
+    for i in range(20):  # 20 guesses within 10 seconds, each from a new session and address
+        answers.append(access.unlock(ctx, visitor(i), f"guess-{i}"))
+        clock[0] += 0.5
+    refused = [a for a in answers if "too many wrong passwords on this Space" in a]
+    assert len(refused) >= 16, answers  # 3 free guesses, then one after 5 s: 4 tried, 16 refused
+    assert all("sign in with Hugging Face" in a for a in refused)
+    # The right password now is refused too (it is not even checked), from anywhere.
+    assert "too many wrong passwords" in access.unlock(ctx, visitor(99), PASSWORD)
+    # The owner signed in with Hugging Face is an owner all along.
+    assert access.owner_refusal(ctx, "owner", "owner-session") is None
+    # Each later guess waits twice as long, at most MAX_DELAY_S.
+    assert access.next_guess_wait(ctx.guesses, clock[0]) <= access.MAX_DELAY_S
+    clock[0] += access.MAX_DELAY_S
+    assert access.unlock(ctx, visitor(50), PASSWORD).startswith("Unlocked")
+    assert access.is_owner(ctx, visitor(50))
+    assert PASSWORD not in repr(ctx.unlocked) and PASSWORD not in repr(ctx.guesses)  # only times are kept
+    assert len(ctx.guesses) <= access.FREE_GUESSES + 8  # the record stays small however many try
+    clock[0] += access.UNLOCK_TTL_S + 1
+    assert not access.is_owner(ctx, visitor(50))  # expired
+
+
+def test_guesses_over_hours_stay_a_handful_a_minute(tmp_path):
+    from collections import deque
+
+    guesses, now, taken = deque(maxlen=256), 0.0, []
+    while now < 3600:  # a client that guesses every second for an hour, whenever it is let
+        if access.next_guess_wait(guesses, now) == 0:
+            guesses.append(now)
+            taken.append(now)
+        now += 1.0
+    first_minute = sum(t < 60 for t in taken)
+    assert first_minute <= 6, taken[:10]
+    assert len(taken) <= 3 + 60, len(taken)  # about one a minute after the first few
+    assert len(guesses) < 20
 
 
 @pytest.mark.parametrize("kind", ["plain", "generator"])

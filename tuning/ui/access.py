@@ -13,8 +13,8 @@ hides an endpoint from the API page without locking it: so the gate sits on the 
 
 Public handlers still get server-side limits (prompt length, new tokens, probes, one generation at a
 time per session) and may ask `is_owner` to refuse part of their work to visitors (a non-demo
-dataset, a run still training). Password attempts are limited per browser session and per address,
-and an unlocked session expires.
+dataset, a run still training). Wrong passwords are limited for the whole Space at once, with a
+growing delay (no session, address or forged header buys more guesses), and an unlocked session expires.
 """
 
 from __future__ import annotations
@@ -30,8 +30,16 @@ from tuning import record, space
 
 PUBLIC = "_public_on_a_space"
 UNLOCK_TTL_S = 8 * 3600  # an unlocked browser session stays unlocked this long
-MAX_ATTEMPTS = 5  # wrong passwords per session, and per address, within ATTEMPT_WINDOW_S
+# Wrong passwords, counted for the whole Space (every session and address together: a client picks
+# its session hash, and an address comes from X-Forwarded-For, which a client can forge through a
+# local proxy). The first FREE_GUESSES in ATTEMPT_WINDOW_S go at once; after that each waits twice as
+# long as the one before (5, 10, 20, ... s, at most MAX_DELAY_S): at most ~6 guesses in the first
+# minute and ~1 a minute after. A 12-character password (space.MIN_PASSWORD_CHARS) is then out of
+# reach. The owner signed in with Hugging Face never needs the password, so is never locked out.
 ATTEMPT_WINDOW_S = 600.0
+FREE_GUESSES = 3
+FIRST_DELAY_S = 5.0
+MAX_DELAY_S = 120.0
 
 
 def _run_first(fn, check):
@@ -149,39 +157,35 @@ def require_owner(ctx, request=None) -> None:
 
 # --- the password ------------------------------------------------------------------------------
 
-def _address(request) -> str:
-    client = getattr(request, "client", None)
-    return str(getattr(client, "host", "") or "")
-
-
-def _too_many(ctx, keys: list[str], now: float) -> float | None:
-    """Seconds until another attempt is allowed, or None."""
-    waits = []
-    for key in keys:
-        recent = ctx.attempts.setdefault(key, deque())
-        while recent and recent[0] < now - ATTEMPT_WINDOW_S:
-            recent.popleft()
-        if len(recent) >= MAX_ATTEMPTS:
-            waits.append(recent[0] + ATTEMPT_WINDOW_S - now)
-    return max(waits) if waits else None
+def next_guess_wait(guesses: deque, now: float) -> float:
+    """Seconds until the Space takes another password (0: now), from the recent wrong ones."""
+    while guesses and guesses[0] < now - ATTEMPT_WINDOW_S:
+        guesses.popleft()
+    over = len(guesses) - FREE_GUESSES
+    if over < 0:
+        return 0.0
+    delay = min(FIRST_DELAY_S * 2 ** over, MAX_DELAY_S)
+    return max(0.0, guesses[-1] + delay - now)
 
 
 def unlock(ctx, request, password: str | None) -> str:
     """The Space's password typed into the page: this browser session is unlocked for UNLOCK_TTL_S
-    if it matches. Only the expiry is kept, never the password."""
+    if it matches. Only the expiry is kept, never the password. The wait is checked before the
+    password, so a guess made too early tells nothing."""
     session, now = _session(request), time.time()
-    keys = [f"session:{session}"] + ([f"address:{_address(request)}"] if _address(request) else [])
+    if not password or not isinstance(password, str):  # an empty box is no guess: nothing to count
+        return "**Not unlocked:** type the Space's password first."
     with ctx.lock:
-        wait = _too_many(ctx, keys, now)
-        if wait is not None:
-            return f"**Not unlocked:** too many wrong passwords; try again in {wait / 60:.0f} min."
-        if password and session and ctx.settings.password_matches(password):
+        wait = next_guess_wait(ctx.guesses, now)
+        if wait > 0:
+            instead = " (or sign in with Hugging Face)" if ctx.settings.oauth else ""
+            return (f"**Not unlocked:** too many wrong passwords on this Space; try again in {wait:.0f} s"
+                    f"{instead}.")
+        if session and ctx.settings.password_matches(password):
             ctx.unlocked[session] = now + UNLOCK_TTL_S
-            ctx.attempts.pop(f"session:{session}", None)
         else:
             ctx.unlocked.pop(session, None)
-            for key in keys:
-                ctx.attempts[key].append(now)
+            ctx.guesses.append(now)
     message = refusal(ctx, request)
     return f"**Not unlocked:** {message}" if message else "Unlocked: you may train from this page."
 

@@ -42,7 +42,7 @@ class AppContext:
     data_dirs: list[Path] = field(default_factory=list)
     settings: space.SpaceSettings | None = None
     unlocked: dict[str, float] = field(default_factory=dict, repr=False)
-    attempts: dict[str, deque] = field(default_factory=dict, repr=False)
+    guesses: deque = field(default_factory=lambda: deque(maxlen=256), repr=False)  # wrong passwords' times
     busy: set = field(default_factory=set, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
