@@ -295,3 +295,12 @@ def test_steps_and_the_view_survive_a_reload_in_the_browser(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_bundled_table_has_what_a_card_reads():
+    rows = train_tab.measured_table()
+    assert "first-run" in rows  # measured with bench/preset_table.py
+    for name, row in rows.items():
+        assert (paths.PRESETS_DIR / f"{name}.yaml").is_file(), name
+        assert row["wall_s"] > 0 and row["peak_rss_gib"] > 0 and row["machine"], name
+        assert row["command"].startswith("/usr/bin/time -v python -m tuning train --preset presets/"), name
