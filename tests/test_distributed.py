@@ -47,7 +47,7 @@ def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     events, _ = read_events(run_path / "events.jsonl")
     kinds = Counter(e["event"] for e in events)
     assert kinds["start"] == 1 and kinds["end"] == 1 and kinds["error"] == 0
-    assert events[0]["max_steps"] == 3
+    assert next(e for e in events if e["event"] == "start")["max_steps"] == 3
     log_steps = [e["step"] for e in events if e["event"] == "log"]
     assert log_steps == [1, 2, 3]  # no step twice
     ckpt_steps = [e["step"] for e in events if e["event"] == "checkpoint"]
@@ -60,4 +60,5 @@ def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     assert train.run(cfg, single_dir, tmp_path) == 0
     single = load_file(single_dir / "adapter" / "adapter_model.safetensors")
     assert {k: v.shape for k, v in multi.items()} == {k: v.shape for k, v in single.items()}
-    assert read_events(single_dir / "events.jsonl")[0][0]["max_steps"] == 6
+    single_events, _ = read_events(single_dir / "events.jsonl")
+    assert next(e for e in single_events if e["event"] == "start")["max_steps"] == 6

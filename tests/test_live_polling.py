@@ -113,7 +113,7 @@ def test_a_hidden_page_does_not_poll(tmp_path, trainer):
             page.get_by_role("tab", name="Live", exact=True).click()
             page.wait_for_selector("#live-progress")
             # following the live run (1 s ticks) before counting; the first page load may take long
-            page.wait_for_function("() => /running/.test(document.querySelector('#live-progress').innerText)",
+            page.wait_for_function("() => /training/.test(document.querySelector('#live-progress').innerText)",
                                    timeout=180_000)
 
             def ticks_within(seconds: float) -> int:
