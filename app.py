@@ -17,7 +17,7 @@ import gradio as gr
 
 from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
-from tuning.ui import access, frame_guard
+from tuning.ui import access, frame_guard, theme
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, run_picker_update
 
@@ -112,11 +112,6 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             source.change(public(lambda value: value), source, target, api_visibility="private")
         data.use_max_length.click(public(lambda value: value), data.suggested, train.max_length,
                                   api_visibility="private")
-        # A started run is followed in Live at once; the Playground's picker learns of it.
-        def follow_started(run_id, played):
-            return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
-                    play.run: run_picker_update(ctx, played)}
-
         # The browser keeps the run a person picked in each tab (picking one, starting one, opening one
         # from the Runs tab), and a fresh page opens it again while it exists.
         pickers = {"live": live.run, "playground": play.run, "evaluation": evaluation.run,
@@ -127,9 +122,11 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             picker.input(public(bind(remember_pick, tab)), [picked, picker], picked,
                          show_progress="hidden", api_visibility="private")
 
+        # A started run is followed in Live at once; the Playground's picker learns of it, and opens on
+        # it when nothing was picked there (a first run is then the one to talk to).
         def follow_started(run_id, played, kept):
             return {tabs: gr.Tabs(selected="live"), live.run: run_picker_update(ctx, run_id),
-                    play.run: run_picker_update(ctx, played), picked: remember_pick("live", kept, run_id)}
+                    play.run: run_picker_update(ctx, played or run_id), picked: remember_pick("live", kept, run_id)}
 
         train.started_run.change(follow_started, [train.started_run, play.run, picked],
                                  [tabs, live.run, play.run, picked], api_visibility="private")
@@ -256,7 +253,8 @@ def main(argv=None) -> None:
     demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
     calm_queue(demo)
     follow_queue(args.workspace)
-    demo.launch(app_kwargs=frame_guard.app_kwargs(), i18n=I18N, **kwargs)  # an idle page draws no frames
+    demo.launch(app_kwargs=frame_guard.app_kwargs(), i18n=I18N, css=theme.CSS,  # an idle page draws no frames
+                **kwargs)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ def test_a_fresh_workspace_shows_no_error_in_any_tab(tmp_path):
             page.get_by_role("button", name="Inspect dataset", exact=True).click()
             box = page.locator(".block.error-box").filter(visible=True)
             expect(box).to_contain_text(re.compile(r"missing\.jsonl.*does not exist"), timeout=60_000)
+            # The page's own CSS (tuning/ui/theme.py) is served: the box has its red border.
+            red, green, blue = map(int, re.findall(r"\d+", box.first.evaluate(
+                "e => getComputedStyle(e).borderTopColor"))[:3])
+            assert red > green + 60 and red > blue + 60, (red, green, blue)
             page.wait_for_timeout(1000)  # the steps that follow a failed inspect have answered
             assert page.locator(ERROR_BADGE).filter(visible=True).count() == 0
             page.screenshot(path=str(SHOTS / "empty_dataset_error_box_1400.png"), full_page=True)

@@ -192,6 +192,11 @@ def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequ
                               eval_loss=metrics["eval_loss"], objective=preference.objective_metrics(
                                   {k.removeprefix("eval_"): v for k, v in metrics.items()}))
                 print(f"eval at step {state.global_step}: eval_loss {metrics['eval_loss']:.4f}", flush=True)
+            # A Stop during this evaluation ends the run here rather than after one more step. With
+            # several processes only on_step_end may decide (every rank must stop after the same step).
+            if stop.requested and distributed.world_size() == 1:
+                control.should_training_stop = True
+                control.should_save = True
             if control.should_save:
                 phases.enter(SAVING, step=state.global_step, max_steps=state.max_steps,
                              message=f"checkpoint-{state.global_step}")

@@ -446,7 +446,7 @@ def layout(ctx: AppContext) -> dict:
     c = {}
     c["notice"] = gr.Markdown(notice(ctx, None))
     with gr.Row():
-        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
+        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3, elem_id="play-run")
         c["checkpoint"] = gr.Dropdown(["final"], value="final", label="Checkpoint", scale=2,
                                       info="final = the saved adapter, or the newest checkpoint while training")
         c["base_choice"] = gr.Radio(list(BASE_CHOICES), value=BASE_CHOICES[0], label="Base column", scale=2)
@@ -460,9 +460,10 @@ def layout(ctx: AppContext) -> dict:
     c["prompt"] = gr.Textbox(label="Prompt", lines=1, max_lines=8, placeholder="Who are you?", max_length=MAX_PROMPT_CHARS,
                              elem_id="chat-prompt")
     with gr.Row():
-        c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter")
+        c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter", min_width=110)
+        # wide enough to read as a sentence; in a narrow window the buttons go to the next line
         gr.Markdown("Enter sends (Shift+Enter: a new line). While an answer streams, Send is off and Enter waits: "
-                    "the prompt in the box is sent when the answer ends.")
+                    "the prompt in the box is sent when the answer ends.", min_width=360)
         c["generate"] = gr.Button("Send", variant="primary", scale=0, min_width=120)
         c["stop"] = gr.Button("Stop", variant="stop", interactive=False, scale=0, min_width=120)
         c["clear"] = gr.Button("Clear (new conversation)", scale=0, min_width=200)
