@@ -429,3 +429,21 @@ def test_the_estimate_counts_the_evaluation_and_measured_cpu_memory(tmp_path, mo
     assert full.evaluation_seconds > quick.evaluation_seconds > none.evaluation_seconds == 0
     assert full.seconds - none.seconds == pytest.approx(full.evaluation_seconds)
     assert "no evaluation at the end" in none.markdown()
+
+
+@pytest.mark.parametrize("preset", ["first-run", "quickstart"])
+def test_the_estimate_of_a_fresh_workspace_is_within_30_percent_of_the_measured_run(tmp_path, monkeypatch, preset):
+    """Before any run here, the Train tab's estimate (evaluation included) against the wall time that
+    bench/preset_table.py measured for the preset, command to end of evaluation (presets/measured.json)."""
+    import json
+
+    from tuning.ui import estimate
+
+    monkeypatch.setattr(estimate, "_gpu_free_bytes", lambda: None)  # a CPU machine
+    monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)  # as measured
+    measured = json.loads(open("presets/measured.json").read())["presets"][preset]
+    assert measured["cores"] == estimate.CPU_CORES_MEASURED
+    cfg = config_mod.load(f"presets/{preset}.yaml")
+    guess = estimate.estimate(cfg, tmp_path, *estimate.dataset_size(cfg, tmp_path))
+    assert 0.7 <= guess.seconds / measured["wall_s"] <= 1.3, (guess.seconds, measured)
+    assert 0.7 <= guess.memory_bytes / (measured["peak_rss_kib"] * 1024) <= 1.3, (guess.memory_bytes, measured)

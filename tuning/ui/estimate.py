@@ -37,10 +37,12 @@ RUNTIME_OVERHEAD = 0.6 * GB  # torch, transformers and the Python process itself
 CPU_LIBRARIES = 0.5 * GB
 CPU_ACTIVATION_PER_TOKEN = 1.4 * 2**20
 CPU_ACTIVATION_SHAPE = 576 * 30  # hidden x layers the per-token figure was measured at
-# Training speed on a 2-core CPU (bench/RESULTS.md, the quickstart's lora on a quiet machine: ~160-245
-# tokens/s), for a 135M model; a first run on another model scales it by parameters. Busy cores make
-# it several times slower: the first run's own measured speed then replaces this.
-CPU_TOKENS_PER_SECOND_135M = 180.0
+# Training speed on a 2-core CPU for a 135M model: the median logged tokens/s of the quickstart (294)
+# and first-run (308) presets on a quiet machine (python bench/preset_table.py --only
+# first-run,quickstart). With it the estimate of a fresh workspace is +6% (quickstart, 181 s for 170 s
+# measured) and +20% (first-run, 108 s for 90 s). A first run on another model scales it by parameters.
+# Busy cores make it several times slower: the first run's own measured speed then replaces this.
+CPU_TOKENS_PER_SECOND_135M = 290.0
 CPU_CORES_MEASURED = 2
 # Start-up before the first step (a fresh process importing torch and transformers, loading the base and
 # the data) and the end after the last (saving, exiting): ~15-20 s on 2 cores. The first use of the
