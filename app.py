@@ -14,10 +14,11 @@ import os
 import sys
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
-from tuning.ui import access, frame_guard, theme
+from tuning.ui import access, frame_guard, theme, upload_gate
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, run_picker_update
 
@@ -43,15 +44,21 @@ def access_row(ctx: AppContext) -> None:
             password = gr.Textbox(label="Space password (to train)", type="password", scale=2)
             unlock_btn = gr.Button("Unlock training", scale=1)
 
+            owner_pass = gr.Textbox(visible=False)  # the upload pass, handed to this browser's cookie
+
             def do_unlock(text: str, request: gr.Request):
                 """Unlock this session with the Space's password (an API client calls this first). The box
-                is emptied at once: the password stays in no output, history or API listing."""
-                return access.unlock(ctx, request, text), ""
+                is emptied at once: the password stays in no output, history or API listing. An unlocked
+                browser also gets the pass that lets it upload (tuning/ui/upload_gate.py)."""
+                message = access.unlock(ctx, request, text)
+                passed = upload_gate.issue_pass(ctx, access.UNLOCK_TTL_S) if access.is_owner(ctx, request) else ""
+                return message, "", passed
 
             # Undocumented: callable by name (API clients unlock first), listed nowhere.
-            unlock_btn.click(public(do_unlock), password, [note, password], api_name="unlock",
-                             api_visibility="undocumented")
-            password.submit(public(do_unlock), password, [note, password], api_visibility="private")
+            for trigger, named in ((unlock_btn.click, dict(api_name="unlock", api_visibility="undocumented")),
+                                   (password.submit, dict(api_visibility="private"))):
+                trigger(public(do_unlock), password, [note, password, owner_pass], **named) \
+                    .then(None, owner_pass, None, js=upload_gate.owner_pass_js(access.UNLOCK_TTL_S))
 
 
 # The tabs, in the order a person works through them: (id, label, module with build(ctx) -> Parts).
@@ -84,11 +91,22 @@ def open_examples_in_dataset(tabs, evaluation, data) -> None:
                                   api_visibility="private")
 
 
-def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> gr.Blocks:
+# The files Gradio keeps for this page (uploads, the copies it serves for downloads): every 30 min the
+# ones older than an hour are removed, and all of them at a restart. Nothing is lost: an inspected
+# upload is copied into <workspace>/datasets, and a download is readied again at each pick.
+CACHE_EXPIRY = (1800, 3600)
+
+
+def app_context(workspace, data_dirs=(), settings: space.SpaceSettings | None = None) -> AppContext:
     # From the --workspace as given (None: the default), so a Space without /data gets its banner.
     settings = settings or space.space_settings(workspace=workspace)
-    ctx = AppContext(paths.resolve_workspace(workspace), list(data_dirs), settings)
-    with gr.Blocks(title="QLoRA fine-tuning dashboard") as demo:
+    return AppContext(paths.resolve_workspace(workspace), list(data_dirs), settings)
+
+
+def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = None,
+               context: AppContext | None = None) -> gr.Blocks:
+    ctx = context or app_context(workspace, data_dirs, settings)
+    with gr.Blocks(title="QLoRA fine-tuning dashboard", delete_cache=CACHE_EXPIRY) as demo:
         gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground → Evaluation → Export. "
                     f"Workspace: `{ctx.workspace}`")
         if space.banner(ctx.settings):
@@ -210,6 +228,9 @@ PROGRESS_IDLE_POLL_S = 0.1
 # Gradio 6.31's status tracker announces a finished event as i18n("common.complete"), a key its English
 # strings lack, so the page said "common.complete" after Start or Queue it. The words it means:
 I18N = gr.I18n(en={"common.complete": "Complete"})
+# Requests waiting in Gradio's queue, all visitors together: one more is answered "queue is full"
+# (held in memory, a flood of joins would grow without bound).
+QUEUE_MAX_SIZE = 64
 
 
 def calm_queue(demo: gr.Blocks) -> bool:
@@ -250,11 +271,14 @@ def main(argv=None) -> None:
     except space.LaunchRefused as refused:
         print(f"error: {refused}", file=sys.stderr)
         raise SystemExit(2) from None
-    demo = build_demo(args.workspace, args.data_dir, settings).queue(default_concurrency_limit=4)
+    ctx = app_context(args.workspace, args.data_dir, settings)
+    # A full queue answers "busy, try again" instead of holding every waiting request in memory.
+    demo = build_demo(args.workspace, context=ctx).queue(default_concurrency_limit=4, max_size=QUEUE_MAX_SIZE)
     calm_queue(demo)
     follow_queue(args.workspace)
-    demo.launch(app_kwargs=frame_guard.app_kwargs(), i18n=I18N, css=theme.CSS,  # an idle page draws no frames
-                **kwargs)
+    app_kwargs = frame_guard.app_kwargs()  # an idle page draws no frames
+    app_kwargs["middleware"].append(Middleware(upload_gate.UploadGate, ctx=ctx))  # a Space's uploads: owner only
+    demo.launch(app_kwargs=app_kwargs, i18n=I18N, css=theme.CSS, **kwargs)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def test_app_hooks(tmp_path):
     assert "lost" in space.banner(ephemeral)
     assert space.launch_kwargs(flags(share=True), ephemeral) == {
         "server_name": "0.0.0.0", "server_port": 7860, "share": False, "auth": None, "ssr_mode": False,
-        "max_file_size": "100mb"}  # a Space's disk is shared by every visitor's uploads
+        "max_file_size": "100mb",  # a Space's disk is shared by every visitor's uploads
+        "state_session_capacity": 100}  # and its memory by every visitor's sessions
     # the whole secret, exactly: never its part after a colon, nor a prefix
     assert ephemeral.password_matches("user:long-password")
     assert not ephemeral.password_matches("long-password") and not ephemeral.password_matches("user")

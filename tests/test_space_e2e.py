@@ -40,6 +40,7 @@ import pytest
 
 from tuning import models, record, runner
 from tuning.paths import PROJECT_DIR
+from tuning.ui import upload_gate
 from tuning.ui.playground_tab import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 
 from test_app_api import launch_app
@@ -172,8 +173,18 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
 
         # --- 2. the owner unlocks, then starts the quickstart preset in the same client session ----------
         owner = Client(url, verbose=False)
-        note, password_box = owner.predict(PASSWORD, api_name="/unlock")
+        note, password_box, upload_pass = owner.predict(PASSWORD, api_name="/unlock")
         assert note.startswith("Unlocked") and password_box == "" and PASSWORD not in note
+
+        # Uploads: refused to a visitor (no pass, or a made-up one); the owner's browser, holding the
+        # pass unlocking set as its cookie, may upload.
+        upload = url.rstrip("/") + "/gradio_api/upload"
+        files = {"files": ("rows.jsonl", b'{"text": "hello"}\n', "application/octet-stream")}
+        for cookies in ({}, {upload_gate.COOKIE: "made-up"}):
+            refused_upload = httpx.post(upload, files=files, cookies=cookies, timeout=30)
+            assert refused_upload.status_code == 403 and "for its owner" in refused_upload.text, refused_upload.text
+        uploaded = httpx.post(upload, files=files, cookies={upload_gate.COOKIE: upload_pass}, timeout=30)
+        assert uploaded.status_code == 200 and uploaded.json()[0].endswith("rows.jsonl"), uploaded.text
         run_id = owner.predict("quickstart", OVERRIDES, api_name="/start_run")
         run_dir = workspace / "runs" / run_id
         timings["started"] = time.time() - started

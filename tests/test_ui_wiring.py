@@ -95,9 +95,11 @@ def test_on_a_space_training_needs_the_password_and_the_playground_does_not(tmp_
             fns["generate_api"]("", "Who are you?")
         # A wrong password unlocks nothing; the right one unlocks this session only. Either way the
         # password box is emptied, so the password stays in no output.
-        assert fns["do_unlock"]("wrong", visitor)[0].startswith("**Not unlocked")
-        message, box = fns["do_unlock"]("s3cret", visitor)
-        assert message.startswith("Unlocked") and box == ""
+        # Only an unlocked browser gets the upload pass (tuning/ui/upload_gate.py).
+        message, box, upload_pass = fns["do_unlock"]("wrong", visitor)
+        assert message.startswith("**Not unlocked") and box == "" and upload_pass == ""
+        message, box, upload_pass = fns["do_unlock"]("s3cret", visitor)
+        assert message.startswith("Unlocked") and box == "" and len(upload_pass) >= 40
         with pytest.raises(gr.Error, match="pick a run first"):  # past the gate: the handler itself answers
             fns["do_stop"]("")
         with pytest.raises(gr.Error, match="no run 'missing-run'"):
@@ -158,8 +160,8 @@ def test_space_unlock_through_the_api(tmp_path):
         client = Client(url, verbose=False)
         with pytest.raises(Exception, match="enter the Space's password"):
             client.predict("missing-run", api_name="/delete_run")
-        message, box = client.predict("s3cret-space-pass", api_name="/unlock")
-        assert message.startswith("Unlocked") and box == ""
+        message, box, upload_pass = client.predict("s3cret-space-pass", api_name="/unlock")
+        assert message.startswith("Unlocked") and box == "" and len(upload_pass) >= 40
         assert "unlock" not in str(client.view_api(print_info=False, return_format="dict"))  # listed nowhere
         with pytest.raises(Exception) as err:  # past the gate: the run itself is missing
             client.predict("missing-run", api_name="/delete_run")
@@ -342,7 +344,9 @@ def test_playground_loads_and_saves_the_runs_probes(tmp_path):
     ctx = AppContext(tmp_path / "ws")
     path = ended_run(ctx.workspace)
     first = playground_tab.run_probes(ctx, "r1").splitlines()
-    assert first and record.read_probes(path) == first  # created from the demo's list
+    # the demo's list, shown without writing anything (a visitor to a Space may pick a run)
+    assert first == evaluate.default_probes(config_mod.load(path / "config.yaml"))
+    assert record.read_probes(path) is None
     note = playground_tab.save_probes(ctx, "r1", "  Who made you?\n\nName a color.\n")
     assert "Saved 2" in note
     cfg = config_mod.load(path / "config.yaml")

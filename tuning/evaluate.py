@@ -102,12 +102,13 @@ def default_probes(cfg: config_mod.TrainConfig, n: int = 5) -> list[str]:
     return prompts
 
 
-def probes_for_run(run_dir: Path, cfg: config_mod.TrainConfig) -> list[str]:
-    """The run's probes.json, created from the dataset's default list the first time."""
+def probes_for_run(run_dir: Path, cfg: config_mod.TrainConfig, keep: bool = True) -> list[str]:
+    """The run's probes.json, created from the dataset's default list the first time (`keep`: a
+    reader the public may trigger, the Playground's pick, passes False and writes nothing)."""
     probes = record.read_probes(run_dir)
     if probes is None:
         probes = default_probes(cfg)
-        if probes:
+        if probes and keep:
             record.write_json(Path(run_dir) / record.PROBES, probes)
     return probes
 

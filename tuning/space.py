@@ -146,6 +146,10 @@ MAX_FILE_SIZE = "500mb"  # the largest upload the page accepts
 # On a Space the disk is shared by every visitor's uploads (Gradio's upload route takes a file before
 # any handler sees it): a smaller cap per file, and a quota on the datasets the owner keeps.
 SPACE_MAX_FILE_SIZE = "100mb"
+# Gradio keeps each browser session's state (~0.7 MB here: the tabs' gr.State values) for its 10,000
+# newest sessions by default, ~7 GB on a Space where anyone can open sessions. The newest 100 are
+# kept (~70 MB); an older session's page state is dropped (its unlock lives in AppContext, not there).
+SPACE_SESSION_CAPACITY = 100
 SPACE_UPLOAD_BYTES = 100 * 1024 * 1024
 SPACE_DATASETS_QUOTA_BYTES = 2 * 1024**3
 
@@ -196,7 +200,7 @@ def launch_kwargs(args: Any, settings: SpaceSettings | None = None) -> dict:
                                 f"{settings.password_length} characters; a public Space needs at least "
                                 f"{MIN_PASSWORD_CHARS}: set a longer secret in the Space settings")
         return {"server_name": settings.host, "server_port": settings.port, "share": False, "auth": None,
-                **common}
+                "state_session_capacity": SPACE_SESSION_CAPACITY, **common}
     env_auth = settings._environ.get("TUNING_AUTH")
     auth = parse_auth(args.auth) or parse_auth(env_auth, source="TUNING_AUTH")
     if (args.share or not is_loopback(args.host)) and auth is None:

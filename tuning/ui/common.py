@@ -36,12 +36,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 class AppContext:
     """What the page may touch: the workspace and the folders paths may be read from; and, on a
     Space, who may act (tuning/space.py decides; tuning/ui/access.py keeps, in memory only, until
-    when each unlocked browser session stays unlocked, recent password attempts and the
-    generations in flight)."""
+    when each unlocked browser session stays unlocked and its upload pass, recent password attempts
+    and the generations in flight)."""
     workspace: Path
     data_dirs: list[Path] = field(default_factory=list)
     settings: space.SpaceSettings | None = None
     unlocked: dict[str, float] = field(default_factory=dict, repr=False)
+    owner_passes: dict[str, float] = field(default_factory=dict, repr=False)  # upload cookie -> expiry (upload_gate)
     guesses: deque = field(default_factory=lambda: deque(maxlen=256), repr=False)  # wrong passwords' times
     busy: set = field(default_factory=set, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

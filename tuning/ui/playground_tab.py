@@ -103,14 +103,14 @@ def default_probes() -> list[str]:
 
 
 def run_probes(ctx: AppContext, run_id: str | None) -> str:
-    """The run's probe prompts (made from the dataset's list the first time), one a line; the
+    """The run's probe prompts (the dataset's list when it has none of its own yet), one a line; the
     demo's list when no run is picked."""
     from tuning import evaluate
 
     if not run_id:
         return "\n".join(default_probes())
     path = record.existing_run_dir(ctx.workspace, run_id)
-    return "\n".join(evaluate.probes_for_run(path, record.read_config(path)))
+    return "\n".join(evaluate.probes_for_run(path, record.read_config(path), keep=False))  # a public read
 
 
 def save_probes(ctx: AppContext, run_id: str | None, text: str) -> str:
