@@ -390,6 +390,38 @@ def test_two_threads_starting_at_once_start_exactly_one_run(workspace, tiny_conf
     assert [s.run_id for s in record.list_runs(workspace)] == started
 
 
+def test_a_delete_during_a_resumes_start_waits_for_it_and_is_refused(workspace, tiny_config):
+    """A resume holds the workspace lock from its checks until its trainer is on record; a delete asked
+    for meanwhile waits for the lock, then finds the run training and is refused: the folder stays."""
+    run = record.run_dir(workspace, "resumed")
+    run.mkdir(parents=True)
+    record.write_config(run, tiny_config)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    outcome: list = []
+    try:
+        with runner.workspace_lock(workspace):  # what resume holds between its spawn and its record
+            deleting = threading.Thread(target=lambda: outcome.append(_refusal(runner.delete, workspace, "resumed")))
+            deleting.start()
+            time.sleep(0.5)
+            assert outcome == [] and run.is_dir()  # the delete waits
+            record.write_process_info(run, trainer.pid)
+        deleting.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], record.RunError), outcome
+        assert "still training" in str(outcome[0]) and run.is_dir()
+    finally:
+        trainer.kill()
+        trainer.wait()
+    runner.delete(workspace, "resumed")  # once the trainer is gone, the delete goes through
+    assert not run.exists()
+
+
+def _refusal(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test looks at what was raised
+        return exc
+
+
 START_SCRIPT = textwrap.dedent("""
     import sys, time
     from tuning import config, runner

@@ -271,3 +271,99 @@ def test_uploads_on_a_space_have_a_cap_a_quota_and_are_streamed(tmp_path, monkey
     monkeypatch.setattr(space, "SPACE_DATASETS_QUOTA_BYTES", kept.stat().st_size + 10)
     with pytest.raises(paths.PathError, match="datasets folder holds .* delete old uploads first"):
         dataset_tab.keep_upload(ctx, small)
+
+
+def test_public_handlers_refuse_oversized_inputs_before_running():
+    """Every public handler's inputs are bounded on the server, however they are nested: one text of
+    1 MB, a list of 20,000 values, or 2.7 MB spread over a chat history are refused before the handler
+    runs; a long real conversation (40 messages of 4,000 characters) passes."""
+    import gradio as gr
+
+    from tuning.ui import access
+
+    ran = []
+    handler = access.public(lambda text, history=None: ran.append(text) or "ran")
+    assert handler("hi", [{"role": "user", "content": "x" * 4000}] * 40) == "ran"
+    for text, history in (("x" * 1_048_576, None), ("a", [["x"] * 20_000]), ("a", [{"content": "y" * 90_000}] * 30)):
+        with pytest.raises(gr.Error, match="input too long"):
+            handler(text, history)
+    assert ran == ["hi"]
+
+
+def test_the_upload_gate_lets_only_an_owner_upload_on_a_space(tmp_path):
+    """Gradio's upload route behind tuning/ui/upload_gate.py: on a Space a POST without the owner pass
+    (or with a made-up or expired one) gets 403 and never reaches the route; the pass unlocking issued
+    gets through; everything else, and every request off a Space, passes untouched."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from tuning.ui import upload_gate
+    from tuning.ui.common import AppContext
+
+    reached = []
+
+    async def route(request):
+        reached.append(request.url.path)
+        return PlainTextResponse("stored")
+
+    def client(settings) -> tuple[TestClient, AppContext]:
+        ctx = AppContext(tmp_path / "ws", settings=settings)
+        inner = Starlette(routes=[Route("/gradio_api/upload", route, methods=["POST"]),
+                                  Route("/gradio_api/info", route, methods=["GET", "POST"])])
+        return TestClient(upload_gate.UploadGate(inner, ctx)), ctx
+
+    on_space = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "a-long-space-password"},
+                                    data_dir=tmp_path / "no")
+    gate, ctx = client(on_space)
+    files = {"files": ("x.jsonl", b"{}\n")}
+    for cookies in ({}, {upload_gate.COOKIE: "made-up"}):
+        gate.cookies.clear()
+        answer = gate.post("/gradio_api/upload", files=files, cookies=cookies)
+        assert answer.status_code == 403 and "for its owner" in answer.json()["detail"]
+    assert reached == []
+    assert gate.post("/gradio_api/info").text == "stored"  # not an upload: untouched
+    good = upload_gate.issue_pass(ctx, ttl_s=60)
+    expired = upload_gate.issue_pass(ctx, ttl_s=-1)
+    gate.cookies.clear()
+    assert gate.post("/gradio_api/upload", files=files, cookies={upload_gate.COOKIE: expired}).status_code == 403
+    assert gate.post("/gradio_api/upload", files=files, cookies={upload_gate.COOKIE: good}).text == "stored"
+    assert upload_gate.issue_pass(ctx, ttl_s=60) and expired not in ctx.owner_passes  # expired ones pruned
+
+    local, _ = client(space.space_settings({}, data_dir=tmp_path / "no"))
+    assert local.post("/gradio_api/upload", files=files).text == "stored"  # off a Space anyone reaching the page
+
+
+def test_a_visitor_following_a_failed_run_sees_no_traceback_and_no_local_path(tmp_path):
+    """Live on a Space: the owner sees the failed run's traceback and the log as written; a visitor
+    the message and the log without the traceback's frames and with every local path cut to its name."""
+    import json as json_mod
+
+    from tuning import config as config_mod
+    from tuning import record
+    from tuning.ui import live_tab
+    from tuning.ui.common import AppContext
+
+    workspace = tmp_path / "ws"
+    run = record.run_dir(workspace, "r1")
+    run.mkdir(parents=True)
+    record.write_config(run, config_mod.TrainConfig())
+    data = f"{workspace}/datasets/rows.jsonl"
+    trace = f'Traceback (most recent call last):\n  File "{tmp_path}/tuning/train.py", line 9, in run\n    boom()\n' \
+            f"ValueError: row 3 of {data} has no messages"
+    events = [{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
+              {"event": "error", "time": 2.0, "message": f"row 3 of {data} has no messages", "traceback": trace}]
+    record.events_path(run).write_text("".join(json_mod.dumps(e) + "\n" for e in events))
+    record.log_path(run).write_text(f"loading {data}\n{trace}\nthe run failed\n")
+
+    owner = live_tab.tick(AppContext(workspace), "r1", None)
+    assert "Traceback" in owner["tail"] and data in owner["tail"] and owner["trace"] == trace
+
+    settings = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "a-long-space-password"},
+                                    data_dir=tmp_path / "no")
+    seen = live_tab.tick(AppContext(workspace, settings=settings), "r1", None)
+    shown = " ".join(str(seen[name]) for name in ("tail", "stats", "error", "trace"))
+    assert "Traceback" not in shown and 'File "' not in shown and str(tmp_path) not in shown
+    assert "ValueError: row 3 of …/rows.jsonl has no messages" in seen["tail"] and "the run failed" in seen["tail"]
+    assert "…/rows.jsonl" in str(seen["error"]) and seen["trace"] == ""

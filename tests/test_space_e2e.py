@@ -247,6 +247,10 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
             visitor.predict(run_id, "x" * (MAX_PROMPT_CHARS + 1), "", "final", 16, 0.0, 1.0, 1.0, 0, False,
                             api_name="/generate")
 
+        # A hand-made request with a 1 MB text is refused before any public handler runs.
+        shown = page.refusal("inspect_dataset_form", ["demo dataset", None, "x" * 1_048_576, "auto", "", None])
+        assert "input too long" in shown, shown[:300]
+
         # Nothing the visitor did wrote or downloaded anything (the Playground only read the cache).
         assert changed(before, tree(*watched)) == []
         assert visitor.predict(run_id, api_name="/run_status")["status"] == "completed"  # not deleted

@@ -214,6 +214,13 @@ def resume(workspace: Path, run_id: str) -> str:
     return run_id
 
 
+def delete(workspace: Path, run_id: str) -> None:
+    """Delete a run that is not training, under the lock every start and resume holds until its
+    trainer is on record: a delete never lands between a resume's spawn and its process file."""
+    with workspace_lock(workspace):
+        record.delete_run(Path(workspace), run_id)
+
+
 def group_members(pgid: int) -> list[psutil.Process]:
     """Live (non-zombie) processes in process group `pgid`."""
     members = []

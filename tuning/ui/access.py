@@ -42,39 +42,71 @@ FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 120.0
 
 
+# What one call of a public handler takes: no single text over MAX_PUBLIC_TEXT_CHARS (a prompt is at
+# most 4,000 characters, an answer ~4 characters a token of at most 1,024), and all of its text and
+# values together bounded (the chat histories a long conversation sends back). Only a hand-made request
+# reaches these; they are checked before the handler runs.
+MAX_PUBLIC_TEXT_CHARS = 100_000
+MAX_PUBLIC_INPUT_CHARS = 2_000_000
+MAX_PUBLIC_INPUT_ITEMS = 10_000  # values inside lists and dicts (a chat of 40 messages is ~200)
+
+
 def _run_first(fn, check):
-    """`fn` with `check()` called before it runs, of the same kind (plain, generator, coroutine, async
-    generator) and with the same signature: Gradio reads both from the function it calls."""
+    """`fn` with `check(args, kwargs)` called before it runs, of the same kind (plain, generator,
+    coroutine, async generator) and with the same signature: Gradio reads both from the function it
+    calls."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def async_gen(*args, **kwargs):
-            check()
+            check(args, kwargs)
             async for item in fn(*args, **kwargs):
                 yield item
         return async_gen
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args, **kwargs):
-            check()
+            check(args, kwargs)
             yield from fn(*args, **kwargs)
         return gen
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def coroutine(*args, **kwargs):
-            check()
+            check(args, kwargs)
             return await fn(*args, **kwargs)
         return coroutine
 
     @functools.wraps(fn)
     def plain(*args, **kwargs):
-        check()
+        check(args, kwargs)
         return fn(*args, **kwargs)
     return plain
 
 
+def refuse_oversized(args, kwargs) -> None:
+    """A gr.Error when a call's inputs (strings, nested in lists and dicts at any depth) pass the limits
+    above: walked without recursion, and stopped as soon as one is passed."""
+    chars, items, pending = 0, 0, [*args, *kwargs.values()]
+    while pending:
+        value, longest = pending.pop(), 0
+        if isinstance(value, str):
+            chars, longest = chars + len(value), len(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+            items += len(value)
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+            items += len(value)
+        if longest > MAX_PUBLIC_TEXT_CHARS or chars > MAX_PUBLIC_INPUT_CHARS or items > MAX_PUBLIC_INPUT_ITEMS:
+            import gradio as gr
+
+            raise gr.Error(f"input too long: at most {MAX_PUBLIC_TEXT_CHARS:,} characters in one text and "
+                           f"{MAX_PUBLIC_INPUT_CHARS:,} in all", print_exception=False)
+
+
 def public(fn):
-    """Open `fn` to every visitor on a Space: the one way onto the public list."""
-    opened = _run_first(fn, lambda: None)
+    """Open `fn` to every visitor on a Space: the one way onto the public list. Its inputs are held to
+    the MAX_PUBLIC_* limits on the server, for everyone (nothing the page sends comes near them)."""
+    opened = _run_first(fn, refuse_oversized)
     setattr(opened, PUBLIC, True)
     return opened
 
@@ -89,7 +121,7 @@ def deny_by_default(demo, ctx) -> None:
         return
     for block_fn in demo.fns.values():
         if block_fn.fn is not None and not is_public(block_fn.fn):
-            block_fn.fn = _run_first(block_fn.fn, functools.partial(require_owner, ctx))
+            block_fn.fn = _run_first(block_fn.fn, lambda _args, _kwargs: require_owner(ctx))
 
 
 # --- who is the owner --------------------------------------------------------------------------

@@ -242,9 +242,11 @@ def tokenizer_for(ctx: AppContext, base_model: str, progress=None):
     """The tokenizer of the Train form's base model (loaded once, then cached)."""
     from tuning import config as config_mod
 
+    # Another tokenizer is a download (or a local read): owners only on a Space, refused before the
+    # path is looked at, so a visitor learns nothing of which paths exist.
+    if (base_model or "").strip() != config_mod.EMBEDDED_MODEL:
+        access.require_owner(ctx)
     model = check_source(ctx, base_model, what="base_model", keep=(config_mod.EMBEDDED_MODEL,))
-    if model != config_mod.EMBEDDED_MODEL:
-        access.require_owner(ctx)  # another tokenizer is a download (or a local read): owners only on a Space
     if progress is not None:
         progress(0.0, desc=f"loading the tokenizer of {model} (once; seconds)")
     return _tokenizer(model, str(ctx.workspace))

@@ -7,6 +7,7 @@ app restart rebuilds the whole history from offset 0 and keeps following."""
 from __future__ import annotations
 
 import html
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import events, record
+from tuning.ui import access
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, ago, bind, check_rows, clock, friendly, guarded, keyed, loss_rows, number,
                               run_picker_update)
@@ -262,6 +264,26 @@ def poll_seconds(summary: record.EventSummary, status: str, now: float | None = 
     return round(min(max(quiet, POLL_S), MAX_POLL_S), 1)
 
 
+# A path on this machine: "/" then folders, outside a URL or a relative path ("adapter/" stays).
+LOCAL_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"()\[\]]+/)+([^\s/'\"()\[\]]*)")
+
+
+def for_visitors(text: str) -> str:
+    """What a visitor to a Space sees of the log or a message: no traceback (the lines from
+    "Traceback (most recent call last):" to the exception's own line, which stays) and no local path
+    (each shows as "…/" and its last part)."""
+    kept, in_traceback = [], False
+    for line in text.splitlines():
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback and (not line or line[0].isspace() or line.startswith("During handling")):
+            continue
+        in_traceback = False
+        kept.append(line)
+    return LOCAL_PATH.sub(r"…/\1", "\n".join(kept))
+
+
 # --- handlers --------------------------------------------------------------------------------------
 
 def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
@@ -278,14 +300,18 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
     summary = state.summary
     status = record.status_from(summary, record.process_alive(path))
     message, trace = error_parts(summary)
+    stats, tail = stats_markdown(summary, status), record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES,
+                                                                   hide_library_warnings=True)
+    if not access.is_owner(ctx):  # a visitor to a Space: no traceback, no path of this machine
+        message, trace, stats, tail = for_visitors(message), "", for_visitors(stats), for_visitors(tail)
     fresh = changed or state.offset == 0
     scores = evaluation_markdown(path, summary) if fresh else None  # the evaluation is read when events come
     shown = state.unless_shown
     return {"state": state, "progress": shown("progress", progress_html(summary, status)),
-            "stats": shown("stats", stats_markdown(summary, status)),
+            "stats": shown("stats", stats),
             "loss_plot": loss_frame(summary) if fresh else gr.skip(),
             "lr_plot": lr_frame(summary) if fresh else gr.skip(),
-            "tail": shown("tail", record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES, hide_library_warnings=True)),
+            "tail": shown("tail", tail),
             "error": shown("error", gr.update(value=message, visible=bool(message))),
             "trace_box": shown("trace_box", gr.update(visible=bool(trace))), "trace": shown("trace", trace),
             "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip(),

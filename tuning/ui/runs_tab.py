@@ -132,7 +132,7 @@ def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
         raise record.RunError("pick a run first")
     if not confirmed:
         raise record.RunError(f"tick 'yes, delete {run_id}' first: deleting removes its adapter and checkpoints")
-    record.delete_run(ctx.workspace, run_id)
+    runner.delete(ctx.workspace, run_id)
     return f"Deleted {run_id}."
 
 
