@@ -340,7 +340,7 @@ def test_sigterm_during_the_evaluation_keeps_the_adapter_and_a_partial_evaluatio
     assert result["completed_checks"] == 2 and result["eval_loss"] is not None and result["base_eval_loss"] is not None
     assert result["probes"] == [] and result["checks"] is None and not record.checks_done(result)
     phases = [e["phase"] for e in events if e["event"] == "phase"]
-    assert "stopping" in phases and phases.index("stopping") > phases.index("evaluating")
+    assert "stopping" in phases and phases.index("stopping") > phases.index("evaluating"), phases
     assert record.summarize(run_dir).status == record.STOPPED
 
 

@@ -64,6 +64,7 @@ class StopRequested:
         self.requested = False
         self.announce = announce  # called once, from a thread, after the first signal
         self._closed = threading.Event()
+        self._announced = threading.Lock()  # held once announced: the thread or announce_now, not both
 
     def install(self) -> dict:
         """Install the handlers; returns the previous ones (restore() puts them back)."""
@@ -77,11 +78,18 @@ class StopRequested:
     def _announce_when_set(self) -> None:
         while not self._closed.wait(self.ANNOUNCE_S):
             if self.requested:
-                try:
-                    self.announce()
-                except OSError:
-                    pass  # a full disk: the run still stops, the page learns it from the end event
+                self.announce_now()
                 return
+
+    def announce_now(self) -> None:
+        """Write the "stopping" phase now if a Stop arrived and it is not written yet: before the run's
+        end event, which a quick stop can reach within the thread's ANNOUNCE_S."""
+        if self.announce is None or not self.requested or not self._announced.acquire(blocking=False):
+            return
+        try:
+            self.announce()
+        except OSError:
+            pass  # a full disk: the run still stops, the page learns it from the end event
 
     def check(self, where: str) -> None:
         """Raise RunStopped when a Stop arrived (between the stages of loading and preparing)."""
@@ -435,6 +443,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
                                               progress=_evaluation_progress(phases, state, kind),
                                               stopped=lambda: stop.requested) or {}
         status = record.STOPPED if stop.requested else record.COMPLETED
+        stop.announce_now()
         later = f"python -m tuning eval --run {run_dir.name}"
         note = ("; evaluation not run: " + later if kind == evaluate.NONE and not evaluation else
                 f"; evaluation partial (stopped before {evaluation['stopped_at']}): {later} completes it"
@@ -450,6 +459,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
             print(f"{status}: step {state.global_step}, adapter saved in {adapter_dir}{note}", flush=True)
         return 0
     except RunStopped as exc:
+        stop.announce_now()
         events.append("end", status=record.STOPPED, step=0, message=str(exc))
         print(str(exc), flush=True)
         return 0
