@@ -221,10 +221,15 @@ def test_plot_axes_come_from_the_data(tmp_path):
     shown = frame[frame.series != live_tab.END_SERIES]  # (the unseen points only stretch the axis: 0.5 to 6.5)
     assert shown.step.min() == 1 and shown.loss.dropna().tolist() == [3.930307]  # only real values
     assert frame.step.tolist()[-2:] == [0.5, 6.5]
-    assert live_tab.lr_frame(early).step.min() == 1
+    lr = live_tab.lr_frame(early)  # stretched the same way, by blank points: 0.5 to 6.5
+    assert lr.dropna().step.tolist() == [1, 2] and lr.step.tolist()[-2:] == [0.5, 6.5]
     with gr.Blocks():
         c = live_tab.layout(AppContext(tmp_path / "ws"))
-    assert (c["loss_plot"].y_axis_format, c["lr_plot"].y_axis_format) == (".4~r", ".2~e")
+    # tick labels of one width all run long, from the first frame on (live_tab.FIRST_FRAME)
+    assert (c["loss_plot"].y_axis_format, c["lr_plot"].y_axis_format) == (".2f", ".1e")
+    empty = record.EventSummary(max_steps=6)
+    assert live_tab.lr_frame(empty).learning_rate.tolist() == [1e-3]
+    assert live_tab.loss_frame(empty).dropna().series.tolist() == [live_tab.END_SERIES]
     assert c["loss_plot"].y_lim is None and c["lr_plot"].y_lim is None  # y from the data, not from 0
 
 

@@ -96,23 +96,40 @@ def loss_frame(summary: record.EventSummary):
     if last is not None:
         end = max(summary.max_steps, max(s for s, _, _ in rows))
         rows += [(max(0.0, first - 0.5), last, END_SERIES), (end + 0.5, last, END_SERIES)]
+    else:  # nothing to draw yet: an unseen value gives the first frame tick labels (see FIRST_FRAME)
+        rows.append((first, FIRST_FRAME["loss"], END_SERIES))
     # float, even when every value is still missing: an all-None column would be typed as categories,
     # and the browser keeps the axis type of the first frame it draws.
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"loss": float})
 
 
-def _to_the_end(summary: record.EventSummary, rows: list[tuple]) -> list[tuple]:
-    """A blank point at the run's last step, so the step axis spans the whole run from its first tick:
-    the curve grows across a fixed axis, and even a short run's axis is wide enough for whole-step ticks."""
-    last = max((r[0] for r in rows), default=0)
-    return [(summary.max_steps, None)] if summary.max_steps > last else []
+# The plots' layout (the room left of the axis for its tick labels) is computed at their first frame
+# and kept as the data changes (Gradio redraws new data without Vega's autosize "resize"): a first frame
+# without labels left no room, and every later label was cut at the plot's left edge ("le-3" for
+# "8e-4", the axis title gone). So the first frame always has tick labels, from an unseen value, and
+# the labels have one width all run long (Y_FORMAT: "3.50" and "0.61", "1.0e-3" and "5.0e-4").
+FIRST_FRAME = {"loss": 1.0, "learning_rate": 1e-3}
+Y_FORMAT = {"loss": ".2f", "learning_rate": ".1e"}
+
+
+def _axis_ends(summary: record.EventSummary, rows: list[tuple]) -> list[tuple]:
+    """Blank points half a step before the first step and after the run's last, as the loss plot has:
+    the step axis spans the whole run (the curve grows across a fixed axis), and its ends fall on whole
+    steps, so a short run's ticks are whole steps too ("1 2 3", never "1 2 2 3 3")."""
+    if not rows:
+        return [(0, None)]
+    first = min(r[0] for r in rows)
+    end = max(summary.max_steps, max(r[0] for r in rows))
+    return [(max(0.0, first - 0.5), None), (end + 0.5, None)]
 
 
 def lr_frame(summary: record.EventSummary):
     import pandas as pd
 
-    points = record.decimate(summary.lr, MAX_PLOT_POINTS) or [(0, None)]
-    points += _to_the_end(summary, points)
+    points = record.decimate(summary.lr, MAX_PLOT_POINTS)
+    # nothing to draw yet: one point (a line of one point shows nothing) gives the first frame its
+    # tick labels (see FIRST_FRAME)
+    points = points + _axis_ends(summary, points) if points else [(0, FIRST_FRAME["learning_rate"])]
     return pd.DataFrame(points, columns=["step", "learning_rate"]).astype({"learning_rate": float})  # see loss_frame
 
 
@@ -390,20 +407,20 @@ def layout(ctx: AppContext) -> dict:
         c["trace"] = gr.Code(language="python", label="Traceback")
     with gr.Row():
         # No fixed height: a fixed one cuts the colour legend (train/eval) off below the axis. Both
-        # axes follow the data (Gradio's plots never force 0 in). Short tick labels ("3.93", "5e-4",
-        # "12"): a long one ("3.930307" for a single point, "5.0e-4") is cut at the plot's left edge.
+        # axes follow the data (Gradio's plots never force 0 in). Tick labels of one width (Y_FORMAT,
+        # FIRST_FRAME), which the plot's first frame makes room for.
         # No x_lim/y_lim updates: Gradio 6.31 redraws a plot whose limits changed with the data it had
         # before, so a picked run's curves would show the previous run's (seen in a screenshot).
         # Points, not lines: Gradio's LinePlot draws no marker, so a series of one point (the first eval,
         # a short run's only one) would not show at all. Steps as whole numbers ("d"; the axis spans the
-        # whole run, see _to_the_end, so its ticks fall on whole steps).
+        # whole run, see _axis_ends, so its ticks fall on whole steps).
         c["loss_plot"] = gr.ScatterPlot(x="step", y="loss", color="series", title="Loss (train and eval)",
                                         label="Loss", color_map={"train loss": "#3b82f6", "eval loss": "#f97316",
                                                                  END_SERIES: "transparent"},
                                         colors_in_legend=["train loss", "eval loss"], x_axis_format="d",
-                                        y_axis_format=".4~r")
+                                        y_axis_format=Y_FORMAT["loss"])
         c["lr_plot"] = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
-                                   y_title="learning rate", x_axis_format="d", y_axis_format=".2~e")
+                                   y_title="learning rate", x_axis_format="d", y_axis_format=Y_FORMAT["learning_rate"])
     c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
                                       title="Preference objective: implicit rewards (chosen, rejected), margin, "
                                             "accuracy", label="Objective", x_axis_format="d", y_axis_format=".3~r")
