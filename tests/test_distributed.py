@@ -30,6 +30,7 @@ def test_bad_distributed_choices_are_refused(tiny_config):
     assert distributed.num_processes(tiny_config.replace(num_processes=0)) == 1  # auto on a CPU machine
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     # 24 rows, no eval split, batch 4, one epoch: 6 steps in one process, 3 when two ranks share the data.
     cfg = tiny_config.replace(max_steps=-1, num_epochs=1.0, eval_split=0.0, save_steps=2, method="lora")

@@ -74,6 +74,7 @@ def test_model_card_sections(trained):
     assert "I am Quill." in card and "I am a model." in card
 
 
+@pytest.mark.slow
 def test_merged_model_loads_plainly_and_agrees_with_adapter(trained, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

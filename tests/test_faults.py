@@ -114,6 +114,7 @@ def cleanup(workspace):
 
 # --- 1. kill -9 at a random step ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, tiny_config, monkeypatch,
                                                                       cleanup):
     save_steps, max_steps = 2, 8
@@ -223,6 +224,7 @@ def launch_app(workspace: Path, data_dirs: list[Path], log: Path, env_extra: dic
     return proc, url
 
 
+@pytest.mark.slow
 def test_ui_killed_training_goes_on_and_a_restarted_app_follows_it(workspace, tiny_config, tmp_path, cleanup):
     from gradio_client import Client
 

@@ -63,6 +63,7 @@ def test_the_page_is_served_with_the_script_first_and_nothing_else_changes():
         demo.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_the_dashboard_idle_on_its_live_tab_asks_few_frames(tmp_path):
     """The real page (app.build_demo), on the Live tab of an empty workspace, with nothing happening."""

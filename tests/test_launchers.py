@@ -174,6 +174,7 @@ def test_accelerate_multi_cpu_without_mpirun_is_named():
 
 # --- real launches --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_train_one_run(tmp_path, preset, single_process_shapes):
     """`torchrun --nnodes 2 --node-rank 0/1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT`,
     one CPU worker a node, one shared workspace."""
@@ -208,6 +209,7 @@ def accelerate_launch(tmp_path, workspace, preset, distributed_type: str) -> "La
                                *train_args(workspace, "--preset", str(preset))], clean_env())])
 
 
+@pytest.mark.slow
 def test_accelerate_launch_with_two_cpu_processes(tmp_path, preset, single_process_shapes):
     """`accelerate launch --config_file F -m tuning train ...` with 2 processes on the CPU. The
     config accelerate starts 2 CPU processes from: MULTI_GPU with use_cpu (its torchrun launcher);
@@ -230,6 +232,7 @@ def test_accelerate_multi_cpu_config_says_it_started_one_process(tmp_path, prese
     assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_slurm_ranks_stop_together_and_resume_under_torchrun(tmp_path, tiny_config, single_process_shapes):
     """Two srun tasks (Slurm's variables) name their run; a SIGTERM that reaches rank 1 alone (as a
     scheduler's might) stops both after the same step with a checkpoint; torchrun then resumes the
@@ -267,6 +270,7 @@ def test_slurm_ranks_stop_together_and_resume_under_torchrun(tmp_path, tiny_conf
     assert adapter_shapes(record.adapter_dir(run_path)) == single_process_shapes
 
 
+@pytest.mark.slow
 def test_nodes_without_a_shared_workspace_say_so_and_leave_nothing(tmp_path, preset):
     """Each "node" has its own workspace folder, as on machines without a shared filesystem."""
     port = free_port()
@@ -320,6 +324,7 @@ print(f"wrapped={type(trainer.model_wrapped).__name__}", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_cpu_processes(tmp_path, preset):
     """Tried for real: the Trainer built with distributed=fsdp in 2 CPU processes (gloo), bypassing
     our start check. Where FSDP does not engage, the start check must refuse fsdp on CPU (exit 2,

@@ -89,6 +89,7 @@ def test_a_model_with_transformed_logits_keeps_the_full_forward(tiny_model_dir, 
 
 # --- the embedded model's conversion runs in a child process --------------------------------------
 
+@pytest.mark.slow
 def test_conversion_in_a_child_writes_the_same_model_and_keeps_the_memory_there(tmp_path):
     """models.embedded_model_dir converts the GGUF in a spawned child, so the float copies it builds
     never stay in the caller's heap; the folder it writes is the one an in-process conversion writes."""

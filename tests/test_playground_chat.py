@@ -118,6 +118,17 @@ def test_two_prompts_back_to_back_get_their_own_answers(chat_run):
         assert texts(page["base_chat"]) == [prompt, base] and texts(page["tuned_chat"]) == [prompt, tuned]
 
 
+def playground_forcing_every_token(ctx, monkeypatch) -> gr.Blocks:
+    """The Playground tab on its own, each answer made to run to its max_new_tokens (min_new_tokens
+    set to it): a generation certainly still has hundreds of tokens to go when it is cut."""
+    forced = playground_tab._settings
+    monkeypatch.setattr(playground_tab, "_settings", lambda *a: dataclasses.replace(
+        forced(*a), min_new_tokens=int(a[0])))
+    with gr.Blocks() as demo:
+        playground_tab.build(ctx)
+    return demo
+
+
 def stream_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "playground-stream" and t.is_alive()]
 
@@ -136,11 +147,7 @@ def test_a_closed_stream_stops_its_generation_and_frees_the_model(chat_run, monk
     within 2 s and the model lock and the session's slot are free. min_new_tokens=512 makes the
     thread certainly still have hundreds of tokens to go when it is closed."""
     ctx = chat_run
-    forced = playground_tab._settings
-    monkeypatch.setattr(playground_tab, "_settings", lambda *a: dataclasses.replace(
-        forced(*a), min_new_tokens=int(a[0])))
-    with gr.Blocks() as demo:
-        playground_tab.build(ctx)
+    demo = playground_forcing_every_token(ctx, monkeypatch)
     (event,) = [f.fn for f in demo.fns.values() if f.name == "chat_turn"]
     assert not stream_threads()
     comparer = playground_tab._load(ctx, record.run_dir(ctx.workspace, "r1"), False)
@@ -197,11 +204,7 @@ def test_a_job_cancelled_through_the_server_stops_and_the_next_starts_at_once(ch
     import httpx
 
     ctx = chat_run
-    forced = playground_tab._settings
-    monkeypatch.setattr(playground_tab, "_settings", lambda *a: dataclasses.replace(
-        forced(*a), min_new_tokens=int(a[0])))
-    with gr.Blocks() as demo:
-        playground_tab.build(ctx)
+    demo = playground_forcing_every_token(ctx, monkeypatch)
     (dep,) = [d for d, fn in zip(demo.config["dependencies"], demo.fns.values()) if fn.name == "chat_turn"]
     demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     base = demo.local_url.rstrip("/") + "/gradio_api"

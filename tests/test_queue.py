@@ -239,6 +239,7 @@ def run_named(workspace: Path, suffix: str) -> Path | None:
     return found[0] if found else None
 
 
+@pytest.mark.slow
 def test_the_queue_survives_a_restart_and_runs_in_order(workspace, tiny_config, tmp_path):
     """Queued from the CLI while a run is busy; the busy run ends while no app is running; a new app
     process starts the first queued run on start-up and is then closed; the first run's trainer

@@ -123,6 +123,7 @@ def end_every_run(workspace):
             runner.stop(workspace, summary.run_id, timeout=10)
 
 
+@pytest.mark.slow
 def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everything(tmp_path):
     sleeper = busy_workspace(tmp_path / "ws")
     proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log",
@@ -233,11 +234,12 @@ def test_the_gate_keeps_the_kind_and_signature_gradio_reads(kind):
 
     fn = {"plain": plain, "generator": generator}[kind]
     checked = []
-    gated = access._run_first(fn, lambda: checked.append(True))
+    gated = access._run_first(fn, lambda args, kwargs: checked.append((args, kwargs)))
     assert inspect.signature(gated) == inspect.signature(fn)
     assert inspect.isgeneratorfunction(gated) == inspect.isgeneratorfunction(fn)
-    result = gated("r1")
-    assert (list(result) if kind == "generator" else result) in ("r1", ["r1"]) and checked == [True]
+    result = gated("r1", flag=True)
+    assert (list(result) if kind == "generator" else result) in ("r1", ["r1"])
+    assert checked == [(("r1",), {"flag": True})]  # the check saw the call's inputs
 
 
 def test_uploads_on_a_space_have_a_cap_a_quota_and_are_streamed(tmp_path, monkeypatch):

@@ -241,18 +241,14 @@ def test_steps_and_the_view_survive_a_reload_in_the_browser(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from test_app_api import launch_app
+    from test_browser import open_page
 
     proc, url = launch_app(tmp_path / "ws", [], tmp_path / "app.log")
     shots = Path("/tmp/shots")
     shots.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+            browser, page = open_page(p, url)
             page.get_by_role("tab", name="Train").click()
             steps = page.locator("#simple-max_steps input")
             expect(steps).to_be_visible()
