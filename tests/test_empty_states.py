@@ -190,6 +190,50 @@ def test_a_failed_upload_shows_the_box_and_clears_the_previous_dataset(tmp_path,
     json.dumps(str(again))  # plain values only
 
 
+def test_a_bad_form_value_shows_the_train_tabs_box_and_clears_the_old_estimate(tmp_path):
+    """The Train tab as wired: an estimate of the preset, then an estimate and a Start with a learning
+    rate typed as text. The box names the key and stays; the estimate that described the form before
+    is emptied; no run starts. The next good estimate hides the box."""
+    from tuning.ui import train_tab
+
+    ctx = AppContext(tmp_path / "ws")
+    with gr.Blocks() as demo:
+        train_tab.build(ctx)
+    fns = {f.name: f.fn for f in demo.fns.values()}
+    values = train_tab.config_to_form(train_tab.load_preset(ctx, "first-run"))
+    bad = list(values)
+    bad[train_tab.FORM_FIELDS.index("learning_rate")] = "fast"
+
+    good = _by_name(demo, fns["do_estimate"](*values))
+    assert good["box"]["visible"] is False and "Estimate" in next(v for k, v in good.items() if k != "box")
+    failed = _by_name(demo, fns["do_estimate"](*bad))
+    assert failed["box"]["visible"] is True and "learning_rate" in failed["box"]["value"]
+    assert "" in failed.values()  # the old estimate is gone
+    started = _by_name(demo, fns["do_start"](*bad))
+    assert started["box"]["visible"] is True and "learning_rate" in started["box"]["value"]
+    assert not (ctx.workspace / "runs").exists() or not list((ctx.workspace / "runs").iterdir())
+    assert _by_name(demo, fns["do_estimate"](*values))["box"]["visible"] is False
+
+
+def test_stop_and_resume_that_cannot_be_done_say_so_in_the_live_tabs_box(ctx):
+    """Live as wired: Stop on a run that has ended and Resume on a completed one are the person's
+    errors, said in the tab's box (not a toast that fades); no run picked says what to do."""
+    from tuning.ui import live_tab
+
+    from tuning.events import EventLog
+
+    done = make_run(ctx.workspace, "20260101-000000-done")
+    EventLog(record.events_path(done)).append("end", status=record.COMPLETED, step=3, max_steps=3)
+    with gr.Blocks() as demo:
+        live_tab.build(ctx)
+    fns = {f.name: f.fn for f in demo.fns.values()}
+    for name, run_id, said in (("do_stop", "20260101-000000-done", "is not running"),
+                               ("do_resume", "20260101-000000-done", "already completed"),
+                               ("do_stop", None, "pick a run first")):
+        shown = _by_name(demo, fns[name](run_id))
+        assert shown["box"]["visible"] is True and said in shown["box"]["value"], (name, shown)
+
+
 # --- the page as wired -----------------------------------------------------------------------------
 
 def test_nothing_a_fresh_page_runs_by_itself_fails(tmp_path):

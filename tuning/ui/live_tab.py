@@ -17,8 +17,8 @@ import gradio as gr
 from tuning import events, record
 from tuning.ui import access
 from tuning.ui.access import public
-from tuning.ui.common import (AppContext, ago, bind, check_rows, clock, friendly, guarded, keyed, loss_rows, number,
-                              run_picker_update)
+from tuning.ui.common import (AppContext, ago, bind, boxed, check_rows, clock, error_box, friendly, guarded, keyed,
+                              loss_rows, number, run_picker_update)
 
 MAX_PLOT_POINTS = 500
 LOG_TAIL_BYTES = 6000
@@ -363,29 +363,28 @@ def run_status(ctx: AppContext, run_id: str) -> dict:
             "eta_seconds": round(eta, 1) if eta is not None else None}
 
 
-def do_stop(ctx: AppContext, run_id: str) -> None:
-    """The Stop button: the run finishes its current step and saves the adapter."""
+def do_stop(ctx: AppContext, run_id: str) -> dict:
+    """The Stop button: the run finishes its current step and saves the adapter. A run that is not
+    running is the tab's error (its box says so)."""
     from tuning import runner
 
     if not run_id:
         raise record.RunError("pick a run first")
-    if runner.stop(ctx.workspace, run_id):
-        gr.Info(f"Stopping {run_id}: it finishes the current step (or evaluation check) and keeps the adapter")
-    else:
-        gr.Warning(f"{run_id} is not running")
+    if not runner.stop(ctx.workspace, run_id):
+        raise record.RunError(f"{run_id} is not running: nothing to stop")
+    gr.Info(f"Stopping {run_id}: it finishes the current step (or evaluation check) and keeps the adapter")
+    return {}
 
 
-def do_resume(ctx: AppContext, run_id: str) -> None:
-    """The Resume button: continue from the newest complete checkpoint."""
+def do_resume(ctx: AppContext, run_id: str) -> dict:
+    """The Resume button: continue from the newest complete checkpoint (a refusal is the tab's error)."""
     from tuning import runner
 
     if not run_id:
         raise record.RunError("pick a run first")
-    try:
-        runner.resume(ctx.workspace, run_id)
-        gr.Info(f"Resuming {run_id} from its newest complete checkpoint")
-    except runner.StartRefused as exc:
-        gr.Warning(str(exc))
+    runner.resume(ctx.workspace, run_id)
+    gr.Info(f"Resuming {run_id} from its newest complete checkpoint")
+    return {}
 
 
 # --- the page ----------------------------------------------------------------------------------------
@@ -399,6 +398,7 @@ def layout(ctx: AppContext) -> dict:
         c["refresh"] = gr.Button("↻ Refresh list", scale=1)
         c["stop"] = gr.Button("Stop (saves the adapter)", scale=1, variant="stop")
         c["resume"] = gr.Button("Resume", scale=1)
+    c["box"] = error_box()  # a Stop or Resume that could not be done, until the next one that could
     c["progress"] = gr.HTML(label="Progress", elem_id="live-progress")
     c["stats"] = gr.Markdown()
     c["scores"] = gr.Markdown(visible=False, elem_id="live-evaluation")
@@ -441,10 +441,10 @@ def wire(ctx: AppContext, c: dict) -> None:
     c["run"].change(public(keyed(bind(safe_tick, ctx, state=None), c)), c["run"], ticked, show_progress="hidden", **private)
     c["refresh"].click(public(bind(run_picker_update, ctx)), c["run"], c["run"], **private)
     # "stopping…" shows at once, not at the next (maybe slow) tick
-    c["stop"].click(guarded(bind(do_stop, ctx)), c["run"], None, **private).success(
+    c["stop"].click(keyed(boxed(bind(do_stop, ctx), box="box"), c), c["run"], c["box"], **private).success(
         public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden", **private)
     # A resumed run is followed at once, not at the next (slow) tick of a run that had ended.
-    c["resume"].click(guarded(bind(do_resume, ctx)), c["run"], None, **private).success(
+    c["resume"].click(keyed(boxed(bind(do_resume, ctx), box="box"), c), c["run"], c["box"], **private).success(
         public(keyed(bind(safe_tick, ctx), c)), [c["run"], c["state"]], ticked, show_progress="hidden", **private)
 
     # Named API endpoints (typed: Gradio's API page reads the hints).

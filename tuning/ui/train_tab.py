@@ -24,8 +24,8 @@ from tuning import config as config_mod
 from tuning import paths
 from tuning.pairs import DEMO_PREFERENCE
 from tuning.ui.access import public
-from tuning.ui.common import (OPENING_PRESET, AppContext, bind, check_source, guarded, keyed, opening_config,
-                              opening_preset)
+from tuning.ui.common import (OPENING_PRESET, AppContext, bind, boxed, check_source, error_box, guarded, into, keyed,
+                              opening_config, opening_preset)
 
 FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
 
@@ -550,8 +550,9 @@ def build(ctx: AppContext) -> TrainParts:
         command_btn = gr.Button("Show command")
         start_btn = gr.Button("Start training", variant="primary")
         ui["queue_it"] = gr.Button("Queue it", visible=False)  # shown when a start meets a busy machine
+    ui["error"] = error_box()  # what a form value or a refused start got wrong, until the next good action
     ui["estimate"] = gr.Markdown()
-    command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
+    ui["command"] = command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
     ui["message"] = gr.Markdown()
     ui["started_run"] = gr.Textbox(visible=False)
     # Rendered at the page's root by restore_on_load: inside a tab it would read the browser's storage
@@ -562,23 +563,31 @@ def build(ctx: AppContext) -> TrainParts:
     _mirror(twins, ui)
     # The preset list fills the form when a person picks one (.input): a restored or card-set value
     # of the list must not overwrite the form it came with.
-    ui["preset"].input(guarded(keyed(bind(fill_form, ctx), ui)), ui["preset"], form, **PRIVATE)
+    box = ui["error"]
+
+    def event(fn, clears=None):  # through the tab's error box (common.boxed)
+        return keyed(boxed(fn, clears), ui)
+
+    ui["preset"].input(event(bind(fill_form, ctx)), ui["preset"], [*form, box], **PRIVATE)
     for button, name in cards:
-        button.click(guarded(keyed(bind(use_preset, ctx, name), ui)), None, [ui["preset"], *form], **PRIVATE)
+        button.click(event(bind(use_preset, ctx, name)), None, [ui["preset"], *form, box], **PRIVATE)
     ui["view"].change(public(keyed(show_view, ui)), ui["view"], [ui["simple_view"], ui["advanced_view"]],
                       show_progress="hidden", **PRIVATE)
     gr.on([c.change for c in (ui["view"], ui["preset"], *form)], public(remember_form),
           [ui["view"], ui["preset"], *form], ui["saved"], trigger_mode="always_last", show_progress="hidden",
           **PRIVATE)
     ui["trust_remote_code"].change(trust_warning, ui["trust_remote_code"], ui["trust_md"], **PRIVATE)
-    save_btn.click(guarded(bind(do_save, ctx)), [preset_name, *form], ui["preset"], **PRIVATE)
-    command_btn.click(guarded(bind(do_command, ctx)), [ui["preset"], *form], command, **PRIVATE)
-    estimate_btn.click(guarded(bind(do_estimate, ctx)), form, ui["estimate"], **PRIVATE)
-    start_btn.click(guarded(keyed(bind(do_start, ctx), ui)), form,
-                    [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"]], **PRIVATE)
-    queued = [ui["message"], ui["queue_it"], ui["started_run"]]
-    ui["queue_it"].click(guarded(keyed(bind(do_queue, ctx), ui)), form, queued, **PRIVATE)
-    grid_btn.click(guarded(keyed(bind(do_queue_grid, ctx), ui)), [ui["grid"], *form], queued, **PRIVATE)
+    save_btn.click(event(into("preset", bind(do_save, ctx))), [preset_name, *form], [ui["preset"], box], **PRIVATE)
+    # A failed step empties what described the form before (a command, an estimate, a message).
+    command_btn.click(event(into("command", bind(do_command, ctx)), {"command": gr.update(visible=False)}),
+                      [ui["preset"], *form], [command, box], **PRIVATE)
+    estimate_btn.click(event(into("estimate", bind(do_estimate, ctx)), {"estimate": ""}), form, [ui["estimate"], box],
+                       **PRIVATE)
+    start_btn.click(event(bind(do_start, ctx), {"message": "", "estimate": ""}), form,
+                    [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"], box], **PRIVATE)
+    queued = [ui["message"], ui["queue_it"], ui["started_run"], box]
+    ui["queue_it"].click(event(bind(do_queue, ctx), {"message": ""}), form, queued, **PRIVATE)
+    grid_btn.click(event(bind(do_queue_grid, ctx), {"message": ""}), [ui["grid"], *form], queued, **PRIVATE)
     _named_api(ctx)
     return TrainParts(started_run=ui["started_run"], dataset=ui["dataset"], dataset_format=ui["dataset_format"],
                       column_map=ui["column_map"], base_model=ui["base_model"], max_length=ui["max_length"],
