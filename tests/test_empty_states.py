@@ -234,6 +234,21 @@ def test_stop_and_resume_that_cannot_be_done_say_so_in_the_live_tabs_box(ctx):
         assert shown["box"]["visible"] is True and said in shown["box"]["value"], (name, shown)
 
 
+def test_playground_buttons_without_a_run_say_so_in_the_tabs_box(ctx):
+    """The Playground as wired: the colouring, the probe table, saving probes and tuning on votes,
+    pressed with nothing to work on, say what to do in the tab's box (no exception, no toast alone)."""
+    from tuning.ui import playground_tab
+
+    with gr.Blocks() as demo:
+        playground_tab.build(ctx)
+    fns = {f.name: (f.fn, len(f.inputs)) for f in demo.fns.values()}
+    for name, said in (("token_heatmap", "run"), ("probe_table", "at least one prompt"), ("save_probes", "run"),
+                       ("tune_on_votes", "run")):
+        fn, n = fns[name]
+        shown = _by_name(demo, fn(*[None] * n))
+        assert shown["box"]["visible"] is True and said in shown["box"]["value"], (name, shown)
+
+
 # --- the page as wired -----------------------------------------------------------------------------
 
 def test_nothing_a_fresh_page_runs_by_itself_fails(tmp_path):

@@ -26,7 +26,8 @@ import gradio as gr
 from tuning import ab, record
 from tuning.ui import ab_view, access
 from tuning.ui.access import public
-from tuning.ui.common import AppContext, bind, friendly, guarded, keyed, run_picker_update
+from tuning.ui.common import (AppContext, bind, box_hidden, boxed, error_box, friendly, guarded, into, keyed,
+                              run_picker_update)
 
 BASE_CHOICES = ("as trained", "full precision")
 # Server-side limits (the page's controls have the same ranges; an API caller is held to them too).
@@ -291,7 +292,7 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
     base = tuned = ""
     try:
         with access.one_at_a_time(ctx):
-            yield {**chats("", ""), "counter": counter_text(""), "status": LOADING, "last": None,
+            yield {**chats("", ""), "counter": counter_text(""), "status": LOADING, "last": None, "box": box_hidden(),
                    "generate": gr.update(interactive=False), "stop": gr.update(interactive=True), **ab_view.closed()}
             comparer = _load(ctx, path, base_choice == BASE_CHOICES[1])
             base_label, tuned_label = labels(comparer, adapter, path)
@@ -468,6 +469,7 @@ def layout(ctx: AppContext) -> dict:
         c["stop"] = gr.Button("Stop", variant="stop", interactive=False, scale=0, min_width=120)
         c["clear"] = gr.Button("Clear (new conversation)", scale=0, min_width=200)
     c["status"] = gr.Markdown()
+    c["box"] = error_box()  # what a button below could not do (a turn's own failure is in the status line)
     c["last"] = gr.State(None)  # a Generated, on the server
     with gr.Accordion("Generation settings (shared by both columns) — the probe table uses them too", open=False):
         with gr.Row():
@@ -512,32 +514,39 @@ def wire(ctx: AppContext, c: dict) -> None:
     private = {"api_visibility": "private"}
     heavy = {**private, "concurrency_limit": 1, "concurrency_id": "generate"}
     pick = lambda names: [c[n] for n in names]  # noqa: E731 - components by handler output name
+    box = c["box"]
+
+    def event(fn, clears=None):  # through the tab's error box (common.boxed)
+        return keyed(boxed(fn, clears, box="box"), c)
+
     # Public on a Space (finished runs only, within the limits above); voting and saving probes are not.
-    c["run"].change(public(guarded(keyed(bind(picked_run, ctx), c))), c["run"], pick(PICKED), **private)
-    c["refresh"].click(public(guarded(keyed(bind(refreshed, ctx), c))), c["run"], pick(("run", "checkpoint", "notice")),
+    c["run"].change(public(event(bind(picked_run, ctx))), c["run"], [*pick(PICKED), box], **private)
+    c["refresh"].click(public(event(bind(refreshed, ctx))), c["run"], [*pick(("run", "checkpoint", "notice")), box],
                        **private)
     # One event for Send and Enter; "always_last": a prompt sent while a turn streams waits for it.
     turn = gr.on([c["generate"].click, c["prompt"].submit], public(guarded(keyed(bind(chat_turn, ctx), c))),
-                 pick(TURN_INPUTS), pick(TURNED), trigger_mode="always_last", js=CLEAR_PROMPT_JS,
+                 pick(TURN_INPUTS), [*pick(TURNED), box], trigger_mode="always_last", js=CLEAR_PROMPT_JS,
                  show_progress_on=c["status"], **heavy)
     c["stop"].click(public(keyed(stopped, c)), None, pick(("generate", "stop", "status")), cancels=[turn], **private)
     c["clear"].click(public(keyed(cleared, c)), None, pick(CLEARED), cancels=[turn], **private)
     c["prompt"].input(None, c["prompt"], c["counter"], js=COUNTER_JS, **private)  # in the browser only
-    c["probe_btn"].click(public(guarded(bind(probe_table, ctx))), pick(("run", "checkpoint", "probes", *ASKED[3:])),
-                         c["probe_out"], **heavy)
-    c["heatmap_btn"].click(public(guarded(keyed(bind(token_heatmap, ctx), c))),
-                           pick(("run", "checkpoint", "system", "base_choice", "last")), pick(("heatmap", "heatmap_note")),
+    c["probe_btn"].click(public(event(into("probe_out", bind(probe_table, ctx)), {"probe_out": []})),
+                         pick(("run", "checkpoint", "probes", *ASKED[3:])), [c["probe_out"], box], **heavy)
+    c["heatmap_btn"].click(public(event(bind(token_heatmap, ctx), {"heatmap": "", "heatmap_note": ""})),
+                           pick(("run", "checkpoint", "system", "base_choice", "last")),
+                           [*pick(("heatmap", "heatmap_note")), box],
                            api_name="token_heatmap", concurrency_limit=1, concurrency_id="generate")
-    c["blind"].click(guarded(keyed(bind(open_blind, ctx), c)), pick(BLIND_ASKED), pick(ab_view.SHOWN), **heavy)
+    c["blind"].click(event(bind(open_blind, ctx)), pick(BLIND_ASKED), [*pick(ab_view.SHOWN), box], **heavy)
     ab_view.wire_votes(c, bind(blind_vote, ctx), ab_view.SHOWN)
 
-    c["save_probes"].click(guarded(bind(save_probes, ctx)), [c["run"], c["probes"]], c["probes_note"], **private)
+    c["save_probes"].click(event(into("probes_note", bind(save_probes, ctx))), [c["run"], c["probes"]],
+                           [c["probes_note"], box], **private)
     # Owner-only on a Space: they write into the run folder.
     c["edit_tuned"].click(keyed(edit_tuned, c), c["last"], c["corrected"], **private)
-    c["save_correction"].click(guarded(keyed(bind(save_correction, ctx), c)),
-                               pick(("run", "last", "corrected", "system")), c["correction_note"], **private)
-    c["tune_votes"].click(guarded(keyed(bind(tune_on_votes, ctx), c)), c["run"],
-                          pick(("tune_config", "correction_note")), **private)
+    c["save_correction"].click(event(bind(save_correction, ctx)), pick(("run", "last", "corrected", "system")),
+                               [c["correction_note"], box], **private)
+    c["tune_votes"].click(event(bind(tune_on_votes, ctx)), c["run"],
+                          [*pick(("tune_config", "correction_note")), box], **private)
 
     def generate_api(run_id: str, prompt: str, system: str = "", checkpoint: str = "final",
                      max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
