@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 
 from tuning import paths, record, space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
-from tuning.ui import access, frame_guard, theme, upload_gate
+from tuning.ui import access, common, frame_guard, theme, upload_gate
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, run_picker_update
 
@@ -107,8 +107,9 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
                context: AppContext | None = None) -> gr.Blocks:
     ctx = context or app_context(workspace, data_dirs, settings)
     with gr.Blocks(title="QLoRA fine-tuning dashboard", delete_cache=CACHE_EXPIRY) as demo:
-        gr.Markdown("## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground → Evaluation → Export. "
-                    f"Workspace: `{ctx.workspace}`")
+        # The workspace's path is for its owner: a public Space's page shows no path of its machine.
+        where = "" if ctx.settings.train_requires_auth else f" Workspace: `{ctx.workspace}`"
+        gr.Markdown(f"## QLoRA fine-tuning dashboard\nDataset → Train → Live → Playground → Evaluation → Export.{where}")
         if space.banner(ctx.settings):
             gr.Markdown(space.banner(ctx.settings))
         if ctx.settings.train_requires_auth:
@@ -263,6 +264,21 @@ def follow_queue(workspace) -> None:
     threading.Thread(target=runner.watch_queue, args=(workspace,), name="queue", daemon=True).start()
 
 
+def prune_on_schedule(every_s: float = CACHE_EXPIRY[0]):
+    """The download copies the page served (common.served_copy) expire on the same schedule as
+    Gradio's own cache, also when nobody readies another download. Returns the event that ends it."""
+    import threading
+
+    stop = threading.Event()
+
+    def prune() -> None:
+        while not stop.wait(every_s):
+            common.prune_served_copies()
+
+    threading.Thread(target=prune, name="served copies", daemon=True).start()
+    return stop
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = space.space_settings(workspace=args.workspace)
@@ -276,6 +292,7 @@ def main(argv=None) -> None:
     demo = build_demo(args.workspace, context=ctx).queue(default_concurrency_limit=4, max_size=QUEUE_MAX_SIZE)
     calm_queue(demo)
     follow_queue(args.workspace)
+    prune_on_schedule()
     app_kwargs = frame_guard.app_kwargs()  # an idle page draws no frames
     app_kwargs["middleware"].append(Middleware(upload_gate.UploadGate, ctx=ctx))  # a Space's uploads: owner only
     demo.launch(app_kwargs=app_kwargs, i18n=I18N, css=theme.CSS, **kwargs)

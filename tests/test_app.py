@@ -285,3 +285,24 @@ def test_page_builds_without_importing_torch(tmp_path):
                          cwd=paths.PROJECT_DIR, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_main_launches_with_a_bounded_queue_the_upload_gate_and_the_pages_css(tmp_path, monkeypatch):
+    """What `python app.py` hands Gradio, captured at launch: a queue that refuses more than
+    QUEUE_MAX_SIZE waiting requests, Gradio's cache expiry, the upload gate and the frame guard as
+    middleware, and the page's CSS."""
+    from tuning.ui import frame_guard, theme, upload_gate
+
+    launched = {}
+
+    def launch(self, **kwargs):
+        launched.update(kwargs, queue_max_size=self._queue.max_size, delete_cache=self.delete_cache)
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch)
+    monkeypatch.setattr(app, "follow_queue", lambda workspace: None)
+    monkeypatch.setattr(app, "prune_on_schedule", lambda: None)
+    app.main(["--workspace", str(tmp_path / "ws")])
+    assert launched["queue_max_size"] == app.QUEUE_MAX_SIZE == 64
+    assert launched["delete_cache"] == app.CACHE_EXPIRY and launched["css"] == theme.CSS
+    kinds = [m.cls for m in launched["app_kwargs"]["middleware"]]
+    assert kinds == [frame_guard.FrameGuard, upload_gate.UploadGate]

@@ -297,3 +297,27 @@ def test_served_copies_expire(tmp_path, monkeypatch):
     second = Path(common.served_copy(source))
     assert second.read_bytes() == b"zip" and second.parent != first.parent
     assert not first.parent.exists() and [p.name for p in served.iterdir()] == [second.parent.name]
+
+
+def test_served_copies_expire_on_a_schedule_too(tmp_path, monkeypatch):
+    """Copies nobody asks for again still go: app.py prunes them on a schedule, not only at a new copy."""
+    import os
+    import time
+
+    import app
+
+    served = tmp_path / "served"
+    old = served / "download-old"
+    old.mkdir(parents=True)
+    (old / "adapter.zip").write_bytes(b"zip")
+    stale = time.time() - common.DOWNLOAD_TTL_S - 60
+    os.utime(old, (stale, stale))
+    monkeypatch.setattr("gradio.utils.get_upload_folder", lambda: str(served))
+    stop = app.prune_on_schedule(every_s=0.05)
+    try:
+        deadline = time.time() + 10
+        while old.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert not old.exists()
+    finally:
+        stop.set()

@@ -240,6 +240,15 @@ def test_a_job_cancelled_through_the_server_stops_and_the_next_starts_at_once(ch
             took = wait_gone(5.0)
             assert not stream_threads() and took < 2.0, f"the generation thread ran on {took:.1f} s after the cancel"
             assert not ctx.busy
+            # and the app's process is idle again: generating takes both cores (~6 CPU-seconds in 3 s)
+            import psutil
+
+            app = psutil.Process()
+            before = app.cpu_times()
+            time.sleep(3.0)
+            after = app.cpu_times()
+            busy = after.user + after.system - before.user - before.system
+            assert busy < 1.5, f"{busy:.1f} CPU-seconds used in the 3 s after the cancel"
 
             session = uuid.uuid4().hex
             started = time.monotonic()

@@ -55,6 +55,7 @@ def test_the_public_list_is_short_and_explicit(tmp_path):
                                     data_dir=tmp_path / "no-data", workspace=tmp_path / "ws")
     demo = app.build_demo(tmp_path / "ws", settings=settings)
     assert public_names(demo) == PUBLIC
+    assert str(tmp_path) not in json.dumps(demo.get_config_file(), default=str)  # the page shows no path of the machine
     owner_only = [f.name for f in demo.fns.values() if f.fn is not None and not access.is_public(f.fn)]
     for name in ("do_start", "start_api", "do_stop", "do_resume", "do_delete", "delete_api", "save_probes",
                  "evaluate_run", "do_save", "zip_shown", "download_adapter", "merge", "push", "gguf", "open_blind",
@@ -369,3 +370,24 @@ def test_a_visitor_following_a_failed_run_sees_no_traceback_and_no_local_path(tm
     assert "Traceback" not in shown and 'File "' not in shown and str(tmp_path) not in shown
     assert "ValueError: row 3 of …/rows.jsonl has no messages" in seen["tail"] and "the run failed" in seen["tail"]
     assert "…/rows.jsonl" in str(seen["error"]) and seen["trace"] == ""
+
+
+def test_a_visitor_is_refused_before_any_path_they_type_is_looked_at(tmp_path):
+    """The Dataset tab's tokenizer box on a Space: a visitor typing a path (existing or not, inside the
+    allowed folders or not) gets the same refusal, so the answer tells nothing about the machine; the
+    embedded model's tokenizer stays theirs to use."""
+    import gradio as gr
+
+    from tuning.ui import dataset_tab
+    from tuning.ui.common import AppContext
+
+    settings = space.space_settings({"SPACE_ID": "a/b", "SPACE_PASSWORD": "a-long-space-password"},
+                                    data_dir=tmp_path / "no")
+    ctx = AppContext(tmp_path / "ws", settings=settings)
+    (tmp_path / "ws").mkdir()
+    answers = set()
+    for typed in ("/etc/passwd", "/no/such/folder", str(tmp_path / "ws"), "../../etc", "Qwen/Qwen2.5-0.5B-Instruct"):
+        with pytest.raises(gr.Error) as refused:
+            dataset_tab.tokenizer_for(ctx, typed)
+        answers.add(str(refused.value))
+    assert len(answers) == 1 and REFUSED in answers.pop()

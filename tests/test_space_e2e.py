@@ -114,11 +114,11 @@ class Session(Page):
         ok, error = self.call_named(api_name, data)
         return json.dumps(self.result(api_name, data)) if ok else error
 
-    def result(self, api_name: str, data: list, timeout: float = 300) -> list:
+    def result(self, api_name: str, data: list, timeout: float = 300, headers: dict | None = None) -> list:
         """The outputs of a queued event, or an AssertionError with its error."""
         body = {"data": data, "fn_index": self.deps[api_name]["id"], "session_hash": self.session,
                 "event_data": None, "trigger_id": None}
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=headers) as client:
             joined = client.post(f"{self.base}/queue/join", json=body)
             assert joined.status_code == 200, joined.text
             event_id = joined.json()["event_id"]
@@ -246,6 +246,13 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
         with pytest.raises(Exception, match=rf"prompt: at most {MAX_PROMPT_CHARS} characters"):
             visitor.predict(run_id, "x" * (MAX_PROMPT_CHARS + 1), "", "final", 16, 0.0, 1.0, 1.0, 0, False,
                             api_name="/generate")
+
+        # 20 password guesses from 20 sessions, each behind another forged X-Forwarded-For: the Space counts
+        # them together (3 free, then one every 5, 10, 20 ... s), so nearly all are refused unread.
+        notes = [Session(url, config).result("unlock", [f"guess-{i}"], headers={"x-forwarded-for": f"203.0.113.{i}"})[0]
+                 for i in range(20)]
+        assert sum("too many wrong passwords" in note for note in notes) >= 15, notes
+        assert not any(note.startswith("Unlocked") for note in notes)
 
         # A hand-made request with a 1 MB text is refused before any public handler runs.
         shown = page.refusal("inspect_dataset_form", ["demo dataset", None, "x" * 1_048_576, "auto", "", None])

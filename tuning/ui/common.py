@@ -292,18 +292,27 @@ def served_copy(path: Path) -> str:
     import shutil
     import tempfile
 
+    root = prune_served_copies()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="download-", dir=root))
+    return str(shutil.copy2(path, folder / Path(path).name))  # gr.File takes a str, not a Path
+
+
+def prune_served_copies() -> Path:
+    """Remove the served copies older than DOWNLOAD_TTL_S (at each new copy, and on app.py's schedule,
+    so copies nobody asks for again go too); returns the folder they live in."""
+    import shutil
+
     from gradio.utils import get_upload_folder
 
     root = Path(get_upload_folder())
-    root.mkdir(parents=True, exist_ok=True)
     for old in root.glob("download-*"):
         try:
             if old.is_dir() and time.time() - old.stat().st_mtime > DOWNLOAD_TTL_S:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
-    folder = Path(tempfile.mkdtemp(prefix="download-", dir=root))
-    return str(shutil.copy2(path, folder / Path(path).name))  # gr.File takes a str, not a Path
+    return root
 
 
 # --- what the Dataset and Train tabs both read -----------------------------------------------------
