@@ -118,6 +118,27 @@ def test_two_prompts_back_to_back_get_their_own_answers(chat_run):
         assert texts(page["base_chat"]) == [prompt, base] and texts(page["tuned_chat"]) == [prompt, tuned]
 
 
+def test_stop_ends_the_running_turn_and_a_late_stop_not_the_next(chat_run, monkeypatch):
+    """Stop during a 512-token turn: the turn ends within a few tokens, says so, and turns Send back
+    on; a Stop that comes when no turn runs (a click that landed after the turn ended) is nothing to the
+    next turn, which answers to the end."""
+    ctx = chat_run
+    playground_forcing_every_token(ctx, monkeypatch)
+    steps = playground_tab.chat_turn(ctx, "r1", "final", "Count to a thousand.", "", "as trained", [], [],
+                                     512, 0, 1, 1, 0)
+    page, count = {}, 0
+    for count, step in enumerate(steps, start=1):
+        page = page_after([step], page)
+        if count == 4:  # the chats, the model loaded, two tokens
+            assert playground_tab.stopped(ctx)["status"] == "Stopping…"
+    assert page["status"] == playground_tab.STOPPED and count < 40, (count, page["status"])
+    assert page["generate"]["interactive"] is True and page["clear"]["interactive"] is True
+    assert wait_gone(5.0) < 2.0 and not ctx.busy and not ctx.stopping
+    playground_tab.stopped(ctx)  # no turn runs: nothing to stop
+    assert not ctx.stopping
+    assert turn(ctx, "Who are you?")["status"].startswith("Done")
+
+
 def playground_forcing_every_token(ctx, monkeypatch) -> gr.Blocks:
     """The Playground tab on its own, each answer made to run to its max_new_tokens (min_new_tokens
     set to it): a generation certainly still has hundreds of tokens to go when it is cut."""

@@ -235,13 +235,16 @@ def test_history_from_the_page_is_clamped():
 
 
 def test_stop_and_clear(ctx_and_run):
-    stopped = playground_tab.stopped()
-    assert stopped["generate"]["interactive"] is True and stopped["stop"]["interactive"] is False
+    ctx, _ = ctx_and_run
+    stopped = playground_tab.stopped(ctx)  # Send comes back with the turn's own end, not here
+    assert "generate" not in stopped and stopped["stop"]["interactive"] is False and stopped["status"] == "Stopping…"
+    assert not ctx.stopping  # no turn was running: nothing is marked for the next one
     cleared = playground_tab.cleared()
     assert cleared["base_chat"] == cleared["tuned_chat"] == [] and cleared["last"] is None
+    assert cleared["clear"]["interactive"] is True and cleared["generate"]["interactive"] is True
 
 
-def test_the_page_wires_one_turn_event_with_stop_and_clear_cancelling_it(ctx_and_run):
+def test_the_page_wires_one_turn_event_that_no_other_click_cancels(ctx_and_run):
     ctx, _ = ctx_and_run
     with gr.Blocks() as demo:
         playground_tab.build(ctx)
@@ -251,10 +254,11 @@ def test_the_page_wires_one_turn_event_with_stop_and_clear_cancelling_it(ctx_and
     assert len(turn_dep["targets"]) == 2, "Send and Enter are one event"
     assert turn_fn.trigger_mode == "always_last" and turn_fn.concurrency_limit == 1
     assert turn_fn.concurrency_id == "generate" and "#chat-prompt textarea" in turn_fn.js
-    for name in ("stopped", "cleared"):  # Gradio wires `cancels=` as a second event on the same click
-        dep, _ = deps[name]
-        assert any(turn_fn._id in (d.get("cancels") or []) and d["targets"] == dep["targets"]
-                   for d in demo.config["dependencies"]), f"{name} must cancel the turn"
+    # Gradio wires `cancels=` as a second event on the same click, which may run after the turn has
+    # ended and cancel the next one: Stop asks the turn itself to end (AppContext.stopping), and Clear
+    # is off while a turn streams.
+    assert not any(turn_fn._id in (d.get("cancels") or []) for d in demo.config["dependencies"])
+    assert {"stopped", "cleared"} <= set(deps)
 
 
 def test_picking_another_run_forgets_the_last_answer(ctx_and_run):

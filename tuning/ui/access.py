@@ -224,11 +224,16 @@ def unlock(ctx, request, password: str | None) -> str:
 
 # --- limits on what is public ------------------------------------------------------------------
 
+def session_key(request=None) -> str:
+    """The browser session behind `request` (by default the current event's); a thread's own key
+    where there is none (a call from Python)."""
+    return _session(_request(request)) or f"thread-{threading.get_ident()}"
+
+
 @contextmanager
 def one_at_a_time(ctx, what: str = "generation", request=None):
     """One `what` in flight per browser session (the queue's concurrency limit bounds them all)."""
-    session = _session(_request(request)) or f"thread-{threading.get_ident()}"
-    key = (what, session)
+    key = (what, session_key(request))
     with ctx.lock:
         if key in ctx.busy:
             raise record.RunError(f"one {what} at a time: wait for the one still running in this page")

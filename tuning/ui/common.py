@@ -45,6 +45,7 @@ class AppContext:
     owner_passes: dict[str, float] = field(default_factory=dict, repr=False)  # upload cookie -> expiry (upload_gate)
     guesses: deque = field(default_factory=lambda: deque(maxlen=256), repr=False)  # wrong passwords' times
     busy: set = field(default_factory=set, repr=False)
+    stopping: set = field(default_factory=set, repr=False)  # sessions whose Playground turn was asked to stop
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:

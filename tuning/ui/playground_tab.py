@@ -8,8 +8,9 @@ One turn is one generator event (`chat_turn`): it appends the prompt to both cha
 answers under it and re-enables Send, so an answer can only ever land under the prompt its own
 event appended. While it runs, Send is off and Enter waits (trigger_mode="always_last": the
 waiting prompt is read from the box when the answer ends, then sent); the box is emptied in the
-browser as a turn starts (CLEAR_PROMPT_JS). Stop cancels the event, and Gradio's closing of the
-generator stops the generation thread (playground.Comparer.stream_chat).
+browser as a turn starts (CLEAR_PROMPT_JS). Stop asks the running turn to end at its next token
+(AppContext.stopping), and the turn turns Send back on; a stream cancelled or left by its client is
+closed by Gradio, which stops the generation thread (playground.Comparer.stream_chat).
 
 The blind A/B generates both answers to a prompt of its own, shows them as A and B in random order
 with nothing saying which is which, takes the vote (tuning/ui/ab_view.py), then reveals.
@@ -250,8 +251,9 @@ def turn_conversations(base_history: list[dict], tuned_history: list[dict], prom
 
 
 def _ready() -> dict:
-    """Send on, Stop off: the state after every turn, however it ended."""
-    return {"generate": gr.update(interactive=True), "stop": gr.update(interactive=False)}
+    """Send and Clear on, Stop off: the state after every turn, however it ended."""
+    return {"generate": gr.update(interactive=True), "stop": gr.update(interactive=False),
+            "clear": gr.update(interactive=True)}
 
 
 def _message(exc: BaseException) -> str:
@@ -290,10 +292,13 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
                 "tuned_chat": [*before_tuned, asked, {"role": "assistant", "content": tuned}]}
 
     base = tuned = ""
+    session = access.session_key()
+    ctx.stopping.discard(session)  # a Stop meant for an earlier turn
     try:
         with access.one_at_a_time(ctx):
             yield {**chats("", ""), "counter": counter_text(""), "status": LOADING, "last": None, "box": box_hidden(),
-                   "generate": gr.update(interactive=False), "stop": gr.update(interactive=True), **ab_view.closed()}
+                   "generate": gr.update(interactive=False), "stop": gr.update(interactive=True),
+                   "clear": gr.update(interactive=False), **ab_view.closed()}
             comparer = _load(ctx, path, base_choice == BASE_CHOICES[1])
             base_label, tuned_label = labels(comparer, adapter, path)
             yield {"status": "Generating…", "base_chat": gr.update(label=base_label),
@@ -304,6 +309,10 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
             with contextlib.closing(comparer.stream_chat(base_conversation, tuned_conversation, adapter, chosen,
                                                          limit)) as answers:
                 for base, tuned in answers:
+                    if session in ctx.stopping:  # Stop: closing the stream ends its generation thread
+                        ctx.stopping.discard(session)
+                        yield {**_ready(), "status": STOPPED}
+                        return
                     yield chats(base, tuned)
     except Exception as exc:  # noqa: BLE001 - shown in the status line
         undo = {} if (base or tuned) else {"base_chat": before_base, "tuned_chat": before_tuned, "prompt": prompt,
@@ -314,13 +323,23 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
            "last": Generated(run_id, prompt, base, tuned, tuple(tuned_conversation[:-1]))}
 
 
-def stopped() -> dict:
-    """Stop pressed: Gradio cancels the turn (its generator is closed, which stops the generation)."""
-    return {**_ready(), "status": "Stopped: the answers end where you stopped them; Send continues the conversation."}
+STOPPED = "Stopped: the answers end where you stopped them; Send continues the conversation."
+
+
+def stopped(ctx: AppContext) -> dict:
+    """Stop pressed: this session's running turn ends at its next token and turns Send back on itself.
+    Not a Gradio `cancels=`: that cancel is an event of its own, which can run after the turn has ended
+    and the next one started, and would end the next one instead."""
+    session = access.session_key()
+    with ctx.lock:
+        if ("generation", session) in ctx.busy:
+            ctx.stopping.add(session)
+    return {"stop": gr.update(interactive=False), "status": "Stopping…"}
 
 
 def cleared() -> dict:
-    """A new conversation (a turn still streaming is cancelled by the same click)."""
+    """A new conversation. Clear is off while a turn streams (Stop ends it): a Clear that cancelled
+    turns would also cancel the turn sent right after it, whose task Gradio's late cancel finds running."""
     return {**_ready(), "base_chat": [], "tuned_chat": [], "last": None, "status": "New conversation.",
             **ab_view.closed()}
 
@@ -431,8 +450,9 @@ def refreshed(ctx: AppContext, run_id: str | None) -> dict:
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "seed")  # as _settings takes them
 ASKED = ("run", "checkpoint", "prompt", "system", "base_choice", *SETTINGS)
 TURN_INPUTS = ("run", "checkpoint", "prompt", "system", "base_choice", "base_chat", "tuned_chat", *SETTINGS)
-TURNED = ("status", "base_chat", "tuned_chat", "prompt", "counter", "generate", "stop", "last", *ab_view.SHOWN)
-CLEARED = ("status", "base_chat", "tuned_chat", "generate", "stop", "last", *ab_view.SHOWN)
+TURNED = ("status", "base_chat", "tuned_chat", "prompt", "counter", "generate", "stop", "clear", "last",
+          *ab_view.SHOWN)
+CLEARED = ("status", "base_chat", "tuned_chat", "generate", "stop", "clear", "last", *ab_view.SHOWN)
 PICKED = ("checkpoint", "probes", "probes_note", "last", "notice", "base_chat", "tuned_chat", "status",
           *ab_view.SHOWN)
 BLIND_ASKED = ("run", "checkpoint", "blind_prompt", "system", "base_choice", *SETTINGS)
@@ -524,11 +544,11 @@ def wire(ctx: AppContext, c: dict) -> None:
     c["refresh"].click(public(event(bind(refreshed, ctx))), c["run"], [*pick(("run", "checkpoint", "notice")), box],
                        **private)
     # One event for Send and Enter; "always_last": a prompt sent while a turn streams waits for it.
-    turn = gr.on([c["generate"].click, c["prompt"].submit], public(guarded(keyed(bind(chat_turn, ctx), c))),
+    gr.on([c["generate"].click, c["prompt"].submit], public(guarded(keyed(bind(chat_turn, ctx), c))),
                  pick(TURN_INPUTS), [*pick(TURNED), box], trigger_mode="always_last", js=CLEAR_PROMPT_JS,
                  show_progress_on=c["status"], **heavy)
-    c["stop"].click(public(keyed(stopped, c)), None, pick(("generate", "stop", "status")), cancels=[turn], **private)
-    c["clear"].click(public(keyed(cleared, c)), None, pick(CLEARED), cancels=[turn], **private)
+    c["stop"].click(public(keyed(bind(stopped, ctx), c)), None, pick(("stop", "status")), **private)
+    c["clear"].click(public(keyed(cleared, c)), None, pick(CLEARED), **private)
     c["prompt"].input(None, c["prompt"], c["counter"], js=COUNTER_JS, **private)  # in the browser only
     c["probe_btn"].click(public(event(into("probe_out", bind(probe_table, ctx)), {"probe_out": []})),
                          pick(("run", "checkpoint", "probes", *ASKED[3:])), [c["probe_out"], box], **heavy)
