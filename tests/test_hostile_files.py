@@ -83,3 +83,34 @@ def test_a_wide_header_is_refused_and_a_repeated_column_still_named(tmp_path):
     repeated.write_text("prompt,answer,prompt\na,b,c\n")
     with pytest.raises(DataError, match="'prompt' appears more than once"):
         formats.read_path(repeated)
+
+
+def test_the_dataset_tab_says_the_same_in_its_box(tmp_path):
+    """The page on the same two files, typed as paths, names the limit as the command line does: the
+    1,000,000 columns in the tab's error box (nothing can be read), the 50 MB row as that row's
+    problem (the row is dropped; a file with other rows trains on them)."""
+    import gradio as gr
+
+    from tuning.ui import dataset_tab
+    from tuning.ui.common import AppContext
+
+    workspace = tmp_path / "ws"
+    (workspace / "datasets").mkdir(parents=True)
+    wide = workspace / "datasets" / "wide.csv"
+    wide.write_text(",".join(f"c{i}" for i in range(1_000_000)) + "\n" + ",".join("x" * 1_000_000) + "\n")
+    long_line = workspace / "datasets" / "long.jsonl"
+    long_line.write_text(json.dumps({"prompt": "hi", "completion": "a" * 50_000_000}) + "\n")
+    ctx = AppContext(workspace)
+    with gr.Blocks() as demo:
+        dataset_tab.build(ctx)
+    inspect = next(f.fn for f in demo.fns.values() if f.api_name == "inspect_dataset_form")
+    def shown(path: Path) -> tuple[dict, str]:
+        outputs = inspect(dataset_tab.SOURCES[2], None, str(path), "auto", "", None)
+        (box,) = [value for block, value in outputs.items() if "error-box" in (block.elem_classes or [])]
+        return box, json.dumps([v for b, v in outputs.items() if getattr(b, "label", "") == "Validation problems"],
+                               default=str)
+
+    box, _ = shown(wide)
+    assert box["visible"] is True and f"at most {MAX_COLUMNS:,}" in box["value"] and "wide.csv" in box["value"]
+    box, problems = shown(long_line)
+    assert "limited to 2 MB" in problems and "long.jsonl" in problems, problems[:300]
