@@ -480,11 +480,13 @@ def layout(ctx: AppContext) -> dict:
                                      placeholder="The tuned model's answers appear here.")
     c["prompt"] = gr.Textbox(label="Prompt", lines=1, max_lines=8, placeholder="Who are you?", max_length=MAX_PROMPT_CHARS,
                              elem_id="chat-prompt")
+    # The counter and the hint on a line of their own: beside the buttons, an 800-pixel window
+    # squeezed the hint to a word or two a line.
     with gr.Row():
-        c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter", min_width=110)
-        # wide enough to read as a sentence; in a narrow window the buttons go to the next line
+        c["counter"] = gr.Markdown(counter_text(""), elem_id="prompt-counter")
         gr.Markdown("Enter sends (Shift+Enter: a new line). While an answer streams, Send is off and Enter waits: "
-                    "the prompt in the box is sent when the answer ends.", min_width=360)
+                    "the prompt in the box is sent when the answer ends.")
+    with gr.Row():
         c["generate"] = gr.Button("Send", variant="primary", scale=0, min_width=120)
         c["stop"] = gr.Button("Stop", variant="stop", interactive=False, scale=0, min_width=120)
         c["clear"] = gr.Button("Clear (new conversation)", scale=0, min_width=200)
