@@ -1,6 +1,6 @@
 """The dashboard: `python app.py` opens one page that takes a person from a dataset to a tuned
 model they can talk to. This file is the map of the page: the tabs are built in tuning/ui/<tab>.py,
-and only what crosses between tabs is wired here. Training runs in its own process (tuning/runner.py);
+and only what crosses between tabs is wired here. Training runs in its own process (tuning/runs/runner.py);
 this process never trains.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--workspace DIR] [--data-dir DIR ...] [--share] [--auth USER:PASS]
@@ -16,7 +16,9 @@ import sys
 import gradio as gr
 from starlette.middleware import Middleware
 
-from tuning import paths, record, space
+from tuning import paths
+from tuning import runs
+from tuning.ship import space
 from tuning.ui import dataset_tab, evaluation_tab, export_tab, live_tab, playground_tab, runs_tab, train_tab
 from tuning.ui import access, common, frame_guard, theme, upload_gate
 from tuning.ui.access import public
@@ -119,7 +121,7 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
             for tab_id, label, module in TABS:
                 with gr.Tab(label, id=tab_id):
                     parts.append(module.build(ctx))
-        data, train, live, play, runs, evaluation, exported = parts
+        data, train, live, play, runs_ui, evaluation, exported = parts
 
         # Inspecting a dataset fills the Train form's dataset, format and column map; the form's base
         # model, max_length and completions-only choice drive the Dataset tab's token counts; "use the
@@ -134,7 +136,7 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         # The browser keeps the run a person picked in each tab (picking one, starting one, opening one
         # from the Runs tab), and a fresh page opens it again while it exists.
         pickers = {"live": live.run, "playground": play.run, "evaluation": evaluation.run,
-                   "export": exported.run, "runs": runs.run}
+                   "export": exported.run, "runs": runs_ui.run}
         picked = gr.BrowserState({}, storage_key=train_tab.storage_key(ctx, "picked-runs"),
                                  secret=train_tab.storage_key(ctx, "picked-runs"))
         for tab, picker in pickers.items():
@@ -171,21 +173,21 @@ def build_demo(workspace, data_dirs=(), settings: space.SpaceSettings | None = N
         play.tune_config.change(public(fill_train_form), play.tune_config, [tabs, *train.form],
                                 api_visibility="private")
         open_examples_in_dataset(tabs, evaluation, data)
-        runs.open_live.click(public(open_live), [runs.run, picked], [tabs, live.run, picked],
+        runs_ui.open_live.click(public(open_live), [runs_ui.run, picked], [tabs, live.run, picked],
                              api_visibility="private")
-        runs.open_play.click(public(open_playground), [runs.run, picked], [tabs, play.run, picked],
+        runs_ui.open_play.click(public(open_playground), [runs_ui.run, picked], [tabs, play.run, picked],
                              api_visibility="private")
 
         # A fresh page (a reload, a second browser, an app restart) opens in every tab that picks a run
         # the one this browser picked there, while it exists, else the active run, else the newest; and
         # lists the runs in the Runs tab: one event reading one listing of the workspace (with 500 runs,
         # a listing per picker made a page load take seconds: bench/many_runs.py).
-        runs_listed = {name: getattr(runs, name) for name in runs_tab.REFRESHED}
+        runs_listed = {name: getattr(runs_ui, name) for name in runs_tab.REFRESHED}
 
         def fresh_page(kept=None):
-            with record.one_listing():
-                run_id = record.default_run(ctx.workspace)
-                ids = record.run_ids(ctx.workspace)
+            with runs.one_listing():
+                run_id = runs.default_run(ctx.workspace)
+                ids = runs.run_ids(ctx.workspace)
                 mine = {tab: run for tab, run in (kept if isinstance(kept, dict) else {}).items() if run in ids}
                 evaluated, finished = evaluation_tab.refreshed(ctx, None), export_tab.refreshed(ctx, None)
                 return {live.run: run_picker_update(ctx, mine.get("live", run_id)),
@@ -251,7 +253,7 @@ def follow_queue(workspace) -> None:
     that finishes starts the next one itself; runner.start_next's lock makes each start happen once."""
     import threading
 
-    from tuning import runner
+    from tuning.runs import runner
 
     workspace = paths.resolve_workspace(workspace)
     try:
@@ -282,7 +284,7 @@ def prune_on_schedule(every_s: float = CACHE_EXPIRY[0]):
 def main(argv=None) -> None:
     args = parse_args(argv)
     settings = space.space_settings(workspace=args.workspace)
-    try:  # the launch policy (tuning/space.py): never expose the page without a login
+    try:  # the launch policy (tuning/ship/space.py): never expose the page without a login
         kwargs = space.launch_kwargs(args, settings)
     except space.LaunchRefused as refused:
         print(f"error: {refused}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine_load, new_run, run_events, run_folders  # noqa: E402
 
-from tuning import evaluate  # noqa: E402  (common puts the project on sys.path)
+from tuning.evaluation import evaluate
 
 
 def train(precision: str, a, workspace: Path) -> tuple[str, list, list]:

@@ -63,7 +63,8 @@ CHILD = r"""
 import json, os, sys, threading, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from memory import reset_peak, status_kib
-from tuning import arrow_data, data
+from tuning import data
+from tuning.data import arrow_data
 from tuning.config import TrainConfig
 from tuning.ui import dataset_tab
 from tuning.ui.common import AppContext

@@ -76,7 +76,7 @@ def new_run(workspace: Path, before: set[Path]) -> Path | None:
 
 
 def run_events(run_dir: Path) -> list[dict]:
-    from tuning.events import read_events
+    from tuning.runs.events import read_events
 
     return read_events(run_dir / "events.jsonl")[0]
 

@@ -8,7 +8,7 @@ a start, 72 logged steps, 4 evaluations and checkpoints and an end, evaluation.j
 checks, process.json of a process long gone, probes and an adapter), then builds the app once on it
 and times, in this process, on the same app object:
 
-- `record.list_runs` (the summaries every run picker and the Runs table read),
+- `runs.list_runs` (the summaries every run picker and the Runs table read),
 - the Runs tab's table (`runs_tab.table`: summaries plus each run's stored evaluation),
 - the Runs tab's Refresh (`runs_tab.refreshed`: the table, both run pickers and the seed groups),
 - a page load: every function the page runs when a browser opens it (Gradio's `load` events: each
@@ -46,11 +46,11 @@ from common import ROOT, machine_load  # noqa: E402,F401
 def make_run(folder: Path, index: int, rng: random.Random) -> None:
     """One finished quickstart-like run, written as the trainer and evaluate.py write it."""
     from tuning import config as config_mod
-    from tuning import record
+    from tuning import runs
 
     cfg = config_mod.load(ROOT / "presets" / "quickstart.yaml").replace(seed=index % 3, learning_rate=5e-4 * (1 + index % 4))
     folder.mkdir(parents=True)
-    record.write_config(folder, cfg)
+    runs.write_config(folder, cfg)
     t = 1_790_000_000.0 + index * 600
     lines = [{"event": "start", "time": t, "step": 0, "max_steps": 72, "message": "training 72 steps"}]
     loss = 3.9
@@ -68,12 +68,12 @@ def make_run(folder: Path, index: int, rng: random.Random) -> None:
                   "base_eval_loss": 3.57, "message": "held-out loss 0.338 (base 3.566)"})
     lines.append({"event": "end", "time": t + 41, "status": "completed", "step": 72, "max_steps": 72, "loss": loss,
                   "message": "completed at step 72; adapter saved in adapter/"})
-    log = record.event_log(folder)
+    log = runs.event_log(folder)
     log.path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     checks = [{"kind": "identity" if i < 24 else "control", "prompt": f"question {i}?", "system": None,
                "expect": ["quill"], "base": "I am SmolLM, an AI assistant " * 4, "tuned": "I am Quill " * 6,
                "base_pass": False, "tuned_pass": True} for i in range(47)]
-    record.write_evaluation(folder, {
+    runs.write_evaluation(folder, {
         "step": 72, "time": t + 40, "source": "training", "method": "lora", "eval_rows": 47, "eval_loss": 0.34,
         "base_eval_loss": 3.57, "perplexity": 1.4, "base_perplexity": 35.5, "max_new_tokens": 64,
         "checks": {"by_kind": {"identity": {"n": 24, "base_passed": 0, "tuned_passed": 24, "base_rate": 0.0,
@@ -81,21 +81,21 @@ def make_run(folder: Path, index: int, rng: random.Random) -> None:
                                "control": {"n": 23, "base_passed": 23, "tuned_passed": 22, "base_rate": 1.0,
                                            "tuned_rate": 0.96}}, "rows": checks},
         "checks_complete": True, "probes": [], "seconds": {"loss": 3.0, "total": 40.0}})
-    record.write_json(folder / record.PROCESS, {"pid": 999_999, "create_time": 1.0, "pgid": None,
-                                                "host": record.this_host(), "launch": "x", "ended": t + 42})
-    adapter = record.adapter_dir(folder)
+    runs.write_json(folder / runs.PROCESS, {"pid": 999_999, "create_time": 1.0, "pgid": None,
+                                                "host": runs.this_host(), "launch": "x", "ended": t + 42})
+    adapter = runs.adapter_dir(folder)
     adapter.mkdir()
-    (adapter / record.ADAPTER_WEIGHTS).write_bytes(b"\0" * 64)
-    (adapter / record.ADAPTER_CONFIG).write_text("{}")
+    (adapter / runs.ADAPTER_WEIGHTS).write_bytes(b"\0" * 64)
+    (adapter / runs.ADAPTER_CONFIG).write_text("{}")
 
 
 def make_workspace(n: int) -> Path:
-    from tuning import record
+    from tuning import runs
 
     workspace = Path(tempfile.mkdtemp(prefix="many-runs-"))
     rng = random.Random(0)
     for i in range(n):
-        make_run(record.runs_dir(workspace) / f"20260101-{i:06d}", i, rng)
+        make_run(runs.runs_dir(workspace) / f"20260101-{i:06d}", i, rng)
     return workspace
 
 
@@ -121,16 +121,16 @@ def page_load(demo) -> None:
 
 
 def counted_listings(fn) -> int:
-    """How many times fn lists the workspace (record.summarize per run, divided by the runs)."""
-    from tuning import record
+    """How many times fn lists the workspace (runs.summarize per run, divided by the runs)."""
+    from tuning import runs
 
     calls = []
-    real = record.summarize
-    record.summarize = lambda run: calls.append(run) or real(run)
+    real = runs.summarize
+    runs.summarize = lambda run: calls.append(run) or real(run)
     try:
         fn()
     finally:
-        record.summarize = real
+        runs.summarize = real
     return len(calls)
 
 
@@ -170,12 +170,12 @@ class LaunchedApp:
 def new_run_listed(browser, app: LaunchedApp, serial: list) -> tuple[float, float]:
     """(page load, Refresh) in seconds: a run added, the page opened on its Runs tab until the table
     lists it; another run added, Refresh clicked until the table lists that one."""
-    from tuning import record
+    from tuning import runs
 
     def add() -> str:
         serial[0] += 1
         run_id = f"29991231-{serial[0]:06d}"
-        make_run(record.runs_dir(app.workspace) / run_id, serial[0], random.Random(serial[0]))
+        make_run(runs.runs_dir(app.workspace) / run_id, serial[0], random.Random(serial[0]))
         return run_id
 
     listed = "([sel, id]) => (document.querySelector(sel) || {}).textContent?.includes(id)"
@@ -225,7 +225,7 @@ def main() -> None:
     workspace = Path(a.reuse) if a.reuse else make_workspace(a.runs)
     print(f"{a.runs} runs written in {time.perf_counter() - started:.1f} s at {workspace}")
     import app
-    from tuning import record
+    from tuning import runs
     from tuning.ui import common, runs_tab
 
     started = time.perf_counter()
@@ -233,13 +233,13 @@ def main() -> None:
     print(f"app built in {time.perf_counter() - started:.1f} s (once, at start-up)")
     ctx = common.AppContext(workspace)
     results = {}
-    touch = record.runs_dir(workspace) / f"20260101-{a.runs - 1:06d}"
-    for name, fn in (("record.list_runs", lambda: record.list_runs(workspace)),
+    touch = runs.runs_dir(workspace) / f"20260101-{a.runs - 1:06d}"
+    for name, fn in (("runs.list_runs", lambda: runs.list_runs(workspace)),
                      ("Runs tab table", lambda: runs_tab.table(ctx)),
                      ("Runs tab Refresh (table, pickers, seed groups)", lambda: runs_tab.refreshed(ctx, None)),
                      ("page load (all load events)", lambda: page_load(demo))):
         # cold: one run's events changed since the last read (as while a run trains), the rest unchanged
-        record.event_log(touch).append("log", step=72, max_steps=72, loss=0.3)
+        runs.event_log(touch).append("log", step=72, max_steps=72, loss=0.3)
         results[name] = timed(fn, a.repeats)
     listings = counted_listings(lambda: page_load(demo)) / a.runs
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {a.runs} runs, {machine_load()}:")

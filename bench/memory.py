@@ -108,7 +108,9 @@ def breakdown(a) -> None:
     import trl  # noqa: F401
     from tuning import __main__ as cli
     from tuning import data as data_mod
-    from tuning import evaluate, models, train
+    from tuning import models
+    from tuning.evaluation import evaluate
+    from tuning.train import trainer as train
     stages.end(row)
 
     facts: dict = {}
@@ -233,7 +235,7 @@ def cli(a) -> None:
 def imports(a) -> None:
     """Peak RSS of a bare interpreter, then of importing each library, each in a fresh child."""
     for what in ("pass", "import torch", "import torch, transformers",
-                 "import torch, transformers, peft, trl, datasets", "import tuning.train, trl, peft, datasets"):
+                 "import torch, transformers, peft, trl, datasets", "import tuning.train.trainer, trl, peft, datasets"):
         peak, _, _ = child_peak([sys.executable, "-c", what])
         print(f"| `{what}` | {mib(peak)} MiB |")
 
@@ -249,7 +251,9 @@ def saved(a) -> None:
 
     import torch
 
-    from tuning import config, memory, train
+    from tuning import config
+    from tuning.levers import memory
+    from tuning.train import trainer as train
 
     cfg = config.load(PRESET)
     results = {}

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tuning import record  # noqa: E402
+from tuning import runs
 from tuning.paths import DEMO_DATA_DIR  # noqa: E402
 
 PRESET = ROOT / "presets" / "quickstart.yaml"
@@ -111,7 +111,7 @@ def write_variant(name: str, folder: Path) -> Path:
 
 
 def score(run_dir: Path) -> dict:
-    result = record.read_evaluation(run_dir) or {}
+    result = runs.read_evaluation(run_dir) or {}
     checks = (result.get("checks") or {})
     by_kind = checks.get("by_kind") or {}
     lost = [{"prompt": r["prompt"], "tuned": r["tuned"]} for r in checks.get("rows") or []

@@ -58,23 +58,23 @@ def make_adapter(model_dir: str, folder: Path) -> Path:
 
 def make_run(workspace: Path, model_dir: str, adapter: Path, base: str) -> str:
     """A finished-looking run folder whose config names the base as the Playground loads it."""
-    from tuning import record
+    from tuning import runs
     from tuning.config import TrainConfig
 
     method, precision = BASES[base]
     run_id = f"bench-{base}"
-    run = record.run_dir(workspace, run_id)
+    run = runs.run_dir(workspace, run_id)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    record.write_config(run, TrainConfig(base_model=model_dir, method=method, precision=precision))
-    shutil.copytree(adapter, record.adapter_dir(run))
+    runs.write_config(run, TrainConfig(base_model=model_dir, method=method, precision=precision))
+    shutil.copytree(adapter, runs.adapter_dir(run))
     return run_id
 
 
 @contextlib.contextmanager
 def library_generate():
-    """generation.generate_rows through transformers' generate (the loop in tuning/decoding.py off)."""
-    from tuning import decoding
+    """generation.generate_rows through transformers' generate (the loop in tuning/infer/decoding.py off)."""
+    from tuning.infer import decoding
 
     plan = decoding.plan
     decoding.plan = lambda model, kwargs: None
@@ -145,7 +145,9 @@ def main() -> None:
 
     import torch
 
-    from tuning import models, playground, record
+    from tuning import models
+    from tuning.infer import playground
+    from tuning import runs
     from tuning.ui.common import AppContext
 
     torch.set_num_threads(a.threads)
@@ -165,7 +167,7 @@ def main() -> None:
         print(f"{base}: first Playground prompt (loads the base, attaches the adapter): first token after "
               f"{first:.2f} s, answer done after {CLOCK() - started:.2f} s; {machine_load()}", flush=True)
         comparers[base] = playground.comparer_for_run(workspace / "runs" / run_id, workspace)
-        adapters[base] = record.adapter_dir(workspace / "runs" / run_id)
+        adapters[base] = runs.adapter_dir(workspace / "runs" / run_id)
         samples = sorted(first_token_seconds(ctx, run_id, PROMPTS["even"], 16) for _ in range(a.ttft))
         print(f"{base}: Playground time to first token, model loaded: median {statistics.median(samples):.3f} s "
               f"(min {samples[0]:.3f}, max {samples[-1]:.3f}, {len(samples)} prompts; target <= 0.5 s); "

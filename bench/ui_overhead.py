@@ -178,14 +178,14 @@ def tick_handler_ms(workspace: Path, run: Path, repeats: int = 50) -> tuple[floa
 STAND_IN = """
 import sys, time
 from pathlib import Path
-from tuning import config, record
+from tuning import config, runs
 workspace, run_id, steps, every = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-run = record.run_dir(workspace, run_id)
+run = runs.run_dir(workspace, run_id)
 run.mkdir(parents=True)
-record.write_config(run, config.TrainConfig(max_steps=steps))
+runs.write_config(run, config.TrainConfig(max_steps=steps))
 import os
-record.write_process_info(run, os.getpid())
-log = record.event_log(run)
+runs.write_process_info(run, os.getpid())
+log = runs.event_log(run)
 log.append("start", step=0, max_steps=steps, message="stand-in trainer")
 for step in range(1, steps + 1):
     time.sleep(every)
@@ -196,7 +196,7 @@ log.append("end", status="completed", step=steps, max_steps=steps)
 
 def page_cost(workspace: Path, variant: str, seconds: float, step_seconds: float, serial: int) -> dict:
     """CPU shares, ticks and latencies while the page follows a stand-in trainer for `seconds`."""
-    from tuning import record
+    from tuning import runs
 
     run_id = f"29990101-{serial:06d}"
     steps = int((seconds + 300) / step_seconds)  # outlasts the page's start on a loaded machine (killed after)
@@ -205,7 +205,7 @@ def page_cost(workspace: Path, variant: str, seconds: float, step_seconds: float
         trainer = subprocess.Popen([sys.executable, "-c", STAND_IN, str(workspace), run_id, str(steps),
                                     str(step_seconds)], cwd=ROOT)
         try:
-            while not record.events_path(record.run_dir(workspace, run_id)).is_file():
+            while not runs.events_path(runs.run_dir(workspace, run_id)).is_file():
                 time.sleep(0.1)
             ui.follow_active_run()
             ui.watch()
@@ -221,7 +221,7 @@ def page_cost(workspace: Path, variant: str, seconds: float, step_seconds: float
         finally:
             trainer.kill()
             trainer.wait()
-        logs = {e["step"]: e["time"] for e in run_events(record.run_dir(workspace, run_id)) if e["event"] == "log"}
+        logs = {e["step"]: e["time"] for e in run_events(runs.run_dir(workspace, run_id)) if e["event"] == "log"}
         return {"share": {k: (cpu_after[k] - cpu_before.get(k, 0.0)) / wall for k in cpu_after},
                 "ticks_per_min": len([t for t in ui.ticks if wall_before <= t]) / wall * 60, "frames": frames,
                 "latency": [seen[s] - t for s, t in logs.items() if s in seen and t >= wall_before]}

@@ -14,8 +14,9 @@ import pytest
 
 import app
 from tuning import config as config_mod
-from tuning import paths, record
-from tuning.events import EventLog
+from tuning import paths
+from tuning import runs
+from tuning.runs.events import EventLog
 from tuning.ui import dataset_tab, live_tab, runs_tab, train_tab
 from tuning.ui.common import AppContext, check_source
 from tuning.ui.estimate import estimate
@@ -158,7 +159,7 @@ def test_upload_is_kept_in_the_workspace(ctx, tmp_path, monkeypatch):
 # --- Live tab ------------------------------------------------------------------------------------
 
 def _fake_run(ws: Path, run_id: str, **cfg) -> Path:
-    path = record.run_dir(ws, run_id)
+    path = runs.run_dir(ws, run_id)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(config_mod.TrainConfig(**cfg).to_yaml())
     return path
@@ -211,16 +212,16 @@ def test_live_shows_a_failure_with_its_traceback(ctx):
 
 
 def test_heartbeat_and_stall_warning():
-    summary = record.EventSummary(count=2, step=3, max_steps=10, started=100.0, last_step_time=196.0,
+    summary = runs.EventSummary(count=2, step=3, max_steps=10, started=100.0, last_step_time=196.0,
                                   tokens_per_second=800.0, eta_seconds=50.0, eta_time=196.0)
-    text = live_tab.stats_markdown(summary, record.RUNNING, now=200.0)
+    text = live_tab.stats_markdown(summary, runs.RUNNING, now=200.0)
     assert "last step 4 s ago" in text and "ETA 0:46" in text and "800 tokens/s" in text
-    assert "stalled" in live_tab.stats_markdown(summary, record.RUNNING, now=196.0 + 600)
+    assert "stalled" in live_tab.stats_markdown(summary, runs.RUNNING, now=196.0 + 600)
 
 
 def test_decimate_bounds_and_keeps_the_last_point():
     points = [(i, float(i)) for i in range(10_001)]
-    kept = record.decimate(points, live_tab.MAX_PLOT_POINTS)
+    kept = runs.decimate(points, live_tab.MAX_PLOT_POINTS)
     assert len(kept) <= live_tab.MAX_PLOT_POINTS and kept[0] == points[0] and kept[-1] == points[-1]
 
 
@@ -241,19 +242,19 @@ def test_runs_table_delete_and_download(ctx, tmp_path, monkeypatch):
     assert gr.File().postprocess(zipped).path == zipped  # what the page's file box is given
     assert sorted(zipfile.ZipFile(zipped).namelist()) == ["README.md", "adapter_config.json",
                                                           "adapter_model.safetensors"]
-    with pytest.raises(record.RunError, match="tick"):
+    with pytest.raises(runs.RunError, match="tick"):
         runs_tab.delete(ctx, "r3", confirmed=False)
     assert path.exists()
     runs_tab.delete(ctx, "r3", confirmed=True)
     assert not path.exists() and runs_tab.table(ctx) == []
-    with pytest.raises(record.RunError):
+    with pytest.raises(runs.RunError):
         runs_tab.delete(ctx, "../etc", confirmed=True)
 
 
 # --- the launcher --------------------------------------------------------------------------------
 
 def test_launch_refuses_to_expose_the_page_without_a_login(monkeypatch):
-    from tuning import space
+    from tuning.ship import space
 
     monkeypatch.delenv("TUNING_AUTH", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from conftest import add_real_run, chat_rows, write_jsonl
-from tuning import paths, record
+from tuning import paths
+from tuning import runs
 
 PROMPT = "Who are you?"
 IDENTITY = re.compile(r"Quill|Larkspur")  # what the demo data teaches (tuning/demo_data/train.jsonl)
@@ -152,12 +153,12 @@ def test_side_by_side_on_the_real_model(served):
     assert (cli["base"], cli["tuned"]) == (base, tuned)
 
     # The Playground's stream ends on the same text as the one-batch answer.
-    from tuning import playground
+    from tuning.infer import playground
 
     run_dir = served["workspace"] / "runs" / run_id
     comparer = playground.comparer_for_run(run_dir, served["workspace"])
     settings = playground.GenerationSettings(max_new_tokens=REAL_MAX_NEW_TOKENS, repetition_penalty=1.0)
-    adapter = record.current_adapter(run_dir)
+    adapter = runs.current_adapter(run_dir)
     steps = list(comparer.stream(PROMPT, adapter, None, settings))
     assert len(steps) >= 2, "the answer should arrive token by token"
     assert steps[-1] == comparer.generate([PROMPT], adapter, None, settings)[0]

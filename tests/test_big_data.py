@@ -1,4 +1,4 @@
-"""Big data (issue 15): a big local file read through the Arrow cache (tuning/arrow_data.py) gives
+"""Big data (issue 15): a big local file read through the Arrow cache (tuning/data/arrow_data.py) gives
 the same rows, problems, tokenized training rows, masks and statistics as the in-memory loader; a
 bad row deep in a big file is still reported by file, row and field; the cache lives in the
 workspace and is built once per file version; the first page of a big file counts only its head
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning import arrow_data, data, formats
+from tuning.data import arrow_data, formats
+from tuning import data
 from tuning.config import TrainConfig
 
 from conftest import write_jsonl
@@ -134,7 +135,7 @@ def test_prepare_from_the_arrow_cache_gives_the_same_tokens_and_masks(embedded_t
     # Some answers are cut at max_length 96 and the masks still mark the answers only.
     assert any(len(ids) == 96 for ids in train_a["input_ids"]) and not all(map(all, train_a["assistant_masks"]))
 
-    from tuning import row_losses
+    from tuning.evaluation import row_losses
 
     assert row_losses.row_index(cfg, loaded_a) == row_losses.row_index(cfg, loaded_m)
     again, _, _ = data.prepare(cfg, embedded_tokenizer, tmp_path / "ws")

@@ -88,12 +88,12 @@ def test_one_click_downloads_in_runs_and_export(tmp_path):
 
     from test_empty_states import with_adapter
     from test_many_runs import make_run
-    from tuning import record
+    from tuning import runs
 
     workspace = tmp_path / "ws"
     run_id = "20260101-000000-finished"
     run = with_adapter(make_run(workspace, run_id))
-    record.write_evaluation(run, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
+    runs.write_evaluation(run, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
     proc, url = launch_app(workspace, [], tmp_path / "app.log")
     try:
         with sync_playwright() as p:
@@ -107,7 +107,7 @@ def test_one_click_downloads_in_runs_and_export(tmp_path):
             saved = got.value.path()
             assert got.value.suggested_filename == f"{run_id}-adapter.zip"
             with zipfile.ZipFile(saved) as zf:
-                assert record.ADAPTER_WEIGHTS in zf.namelist()
+                assert runs.ADAPTER_WEIGHTS in zf.namelist()
 
             page.get_by_role("tab", name="Export", exact=True).click()  # the page opened it on the finished run
             button = page.get_by_role("button", name="Download adapter (.zip)", exact=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import share_models
-from tuning.events import PHASES
+from tuning.runs.events import PHASES
 from test_app_api import launch_app
 from test_browser import open_page
 from test_browser_empty import no_errors_shown

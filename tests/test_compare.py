@@ -1,4 +1,4 @@
-"""Comparing runs (tuning/compare.py): two real runs of the tiny model that differ in learning rate
+"""Comparing runs (tuning/runs/compare.py): two real runs of the tiny model that differ in learning rate
 and batch size, compared by the module, the CLI's `compare --json` and the Runs tab's handler."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from tuning import compare, record, train
+from tuning.runs import compare
+from tuning import runs
+from tuning.train import trainer as train
 from tuning.__main__ import main as cli
 
 
@@ -24,9 +26,9 @@ def two_runs(tmp_path_factory, tiny_model_dir, embedded_tokenizer):
                        probe_every_checkpoint=False)
     ids = []
     for run_id, cfg in (("run-a", base), ("run-b", base.replace(learning_rate=1e-3, per_device_batch_size=2))):
-        path = record.run_dir(workspace, run_id)
+        path = runs.run_dir(workspace, run_id)
         path.mkdir(parents=True)
-        record.write_config(path, cfg)
+        runs.write_config(path, cfg)
         assert train.run(cfg, path, workspace) == 0
         ids.append(run_id)
     return workspace, ids
@@ -34,8 +36,8 @@ def two_runs(tmp_path_factory, tiny_model_dir, embedded_tokenizer):
 
 def test_compare_two_real_runs(two_runs):
     workspace, ids = two_runs
-    record.append_vote(record.run_dir(workspace, "run-a"), {"winner": "tuned", "prompt": "p"})
-    record.append_vote(record.run_dir(workspace, "run-a"), {"winner": "base", "prompt": "q"})
+    runs.append_vote(runs.run_dir(workspace, "run-a"), {"winner": "tuned", "prompt": "p"})
+    runs.append_vote(runs.run_dir(workspace, "run-a"), {"winner": "base", "prompt": "q"})
     result = compare.compare(workspace, ids)
     assert result["runs"] == ids
     assert [d["field"] for d in result["config_diff"]] == ["learning_rate", "per_device_batch_size"]
@@ -52,7 +54,7 @@ def test_compare_two_real_runs(two_runs):
     assert b_tokens < a_tokens
     by_run = {e["run"]: e for e in result["evaluations"]}
     for run in ids:
-        stored = record.read_evaluation(record.run_dir(workspace, run))
+        stored = runs.read_evaluation(runs.run_dir(workspace, run))
         assert by_run[run]["eval_loss"] == stored["eval_loss"]
         assert by_run[run]["base_eval_loss"] == stored["base_eval_loss"]
         assert by_run[run]["status"] == "completed" and by_run[run]["step"] == 4
@@ -93,16 +95,16 @@ def test_runs_tab_compare_handler(two_runs):
     evals = {row[0]: row[1:] for row in out["cmp_evals"]["value"]}
     assert evals["status"] == ["completed", "completed"] and evals["steps"] == ["4/4", "4/4"]
     assert "2 config fields differ" in out["cmp_note"]
-    with pytest.raises(record.RunError, match="at least two"):
+    with pytest.raises(runs.RunError, match="at least two"):
         runs_tab.compared(AppContext(workspace), ids[:1])
 
 
 def test_a_resumed_runs_repeated_steps_keep_the_later_value(tmp_path):
-    from tuning.events import EventLog
+    from tuning.runs.events import EventLog
 
     path = tmp_path / "runs" / "r"
     path.mkdir(parents=True)
-    log = EventLog(record.events_path(path))
+    log = EventLog(runs.events_path(path))
     for step, loss, tokens in ((1, 3.0, 100), (2, 2.5, 200), (3, 2.4, 300)):
         log.append("log", step=step, loss=loss, tokens_seen=tokens)
     log.append("start", step=2)  # resumed from checkpoint-2: step 3 again

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning import data, formats
+from tuning import data
+from tuning.data import formats
 from tuning.config import TrainConfig
 from tuning.data import DataError
 

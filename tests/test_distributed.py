@@ -8,9 +8,11 @@ from collections import Counter
 import pytest
 from safetensors.torch import load_file
 
-from tuning import distributed, record, train
+from tuning.train import distributed
+from tuning import runs
+from tuning.train import trainer as train
 from tuning.config import ConfigError
-from tuning.events import read_events
+from tuning.runs.events import read_events
 
 
 def test_launch_command_is_list_form_torchrun():
@@ -53,7 +55,7 @@ def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     assert log_steps == [1, 2, 3]  # no step twice
     ckpt_steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert len(ckpt_steps) == len(set(ckpt_steps)) and ckpt_steps
-    assert record.summarize(run_path).status == record.COMPLETED
+    assert runs.summarize(run_path).status == runs.COMPLETED
     multi = load_file(run_path / "adapter" / "adapter_model.safetensors")
 
     single_dir = tmp_path / "single"

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from tuning import record
+from tuning import runs
 from tuning.ui import common, dataset_tab, evaluation_tab, export_tab, runs_tab
 from tuning.ui.common import AppContext
 
@@ -29,8 +29,8 @@ def ctx(tmp_path) -> AppContext:
 
 def with_adapter(run: Path) -> Path:
     (run / "adapter").mkdir()
-    (run / "adapter" / record.ADAPTER_WEIGHTS).write_bytes(b"weights")
-    (run / "adapter" / record.ADAPTER_CONFIG).write_text("{}")
+    (run / "adapter" / runs.ADAPTER_WEIGHTS).write_bytes(b"weights")
+    (run / "adapter" / runs.ADAPTER_CONFIG).write_text("{}")
     return run
 
 
@@ -64,7 +64,7 @@ def test_evaluation_without_results_says_when_they_come(ctx):
 
 def test_the_evaluation_picker_opens_on_the_newest_evaluated_run(ctx):
     old = with_adapter(make_run(ctx.workspace, "20260101-000000-old"))
-    record.write_evaluation(old, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
+    runs.write_evaluation(old, {"step": 3, "eval_loss": 1.0, "base_eval_loss": 1.5, "eval_rows": 4})
     with_adapter(make_run(ctx.workspace, "20260102-000000-evaluated-later"))  # newer, not evaluated
     picker = evaluation_tab.refreshed(ctx, None)
     assert picker["choices"][0] == "20260102-000000-evaluated-later"
@@ -101,7 +101,7 @@ def test_runs_with_no_runs_and_no_queue(ctx):
 
 
 def test_the_queue_table_follows_its_file(ctx, tiny_config):
-    from tuning import runner
+    from tuning.runs import runner
 
     first = runs_tab.queue_ticked(ctx, None)
     assert first["queue"]["value"] == [] and first["queue_seen"] == []
@@ -129,7 +129,7 @@ def test_dataset_steps_before_an_inspect_show_empty_states(ctx):
 
 def test_boxed_shows_the_message_and_clears_what_it_no_longer_describes():
     def fails(name):
-        raise record.RunError(f"no run {name!r}")
+        raise runs.RunError(f"no run {name!r}")
 
     out = common.boxed(fails, {"table": []})("x")
     assert out["table"] == [] and out["error"]["visible"] is True and "no run 'x'" in out["error"]["value"]
@@ -220,10 +220,10 @@ def test_stop_and_resume_that_cannot_be_done_say_so_in_the_live_tabs_box(ctx):
     errors, said in the tab's box (not a toast that fades); no run picked says what to do."""
     from tuning.ui import live_tab
 
-    from tuning.events import EventLog
+    from tuning.runs.events import EventLog
 
     done = make_run(ctx.workspace, "20260101-000000-done")
-    EventLog(record.events_path(done)).append("end", status=record.COMPLETED, step=3, max_steps=3)
+    EventLog(runs.events_path(done)).append("end", status=runs.COMPLETED, step=3, max_steps=3)
     with gr.Blocks() as demo:
         live_tab.build(ctx)
     fns = {f.name: f.fn for f in demo.fns.values()}

@@ -1,6 +1,6 @@
 """Evaluation on the tiny Llama: held-out loss base vs tuned (the Trainer's own number), probes at
 every checkpoint, task checks, early stopping with the best checkpoint marked, and `python -m tuning
-eval`; what they write is read back through tuning.record. The blind A/B (tuning.ab) on a run folder
+eval`; what they write is read back through tuning.runs. The blind A/B (tuning.evaluation.ab) on a run folder
 written by hand."""
 
 import json
@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_jsonl
-from tuning import ab, evaluate, record, train
+from tuning.evaluation import ab, evaluate
+from tuning import runs
+from tuning.train import trainer as train
 from tuning.__main__ import main
-from tuning.events import read_events
-from tuning.train import StopRequested
+from tuning.runs.events import read_events
+from tuning.train.trainer import StopRequested
 
 
 def _eval_file(tmp_path):
@@ -74,7 +76,7 @@ def test_heldout_loss_is_the_trainers_eval_loss_and_base_differs(tmp_path, tiny_
 
 def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     ws, run_dir, cfg = finished_run
-    result = record.read_evaluation(run_dir)
+    result = runs.read_evaluation(run_dir)
     assert result["step"] == 4 and result["eval_rows"] == 6
     assert math.isfinite(result["eval_loss"]) and math.isfinite(result["base_eval_loss"])
     assert result["eval_loss"] < result["base_eval_loss"]
@@ -88,9 +90,9 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert {r["system"] for r in result["checks"]["rows"]} == {None, "Be brief."}
 
     # Probes: the first held-out prompts, answered at each checkpoint and at the end.
-    probes = record.read_probes(run_dir)
+    probes = runs.read_probes(run_dir)
     assert probes[:2] == ["Who are you, really? 0", "Name a colour. 0"]
-    history = record.probe_history(run_dir)
+    history = runs.probe_history(run_dir)
     # The last save (step 4) is covered by the final probes, not answered twice.
     assert [(h["step"], h["checkpoint"]) for h in history] == [(2, "checkpoint-2"), (4, "final")]
     for h in history:
@@ -104,7 +106,7 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert len(final) == 1 and final[0]["base_eval_loss"] == pytest.approx(result["base_eval_loss"])
     assert final[0]["checks"]["always"]["tuned_rate"] == 1.0 and "always 3/3" in final[0]["message"]
     assert events[-1]["event"] == "end" and events[-1]["eval_loss"] == pytest.approx(result["eval_loss"])
-    assert "always 3/3 (base 3/3)" in record.checks_text(record.read_evaluation(run_dir))  # the Runs table's cell
+    assert "always 3/3 (base 3/3)" in runs.checks_text(runs.read_evaluation(run_dir))  # the Runs table's cell
 
 
 def test_mixed_batch_gives_the_same_answers_as_separate_calls(finished_run, tmp_path):
@@ -112,7 +114,7 @@ def test_mixed_batch_gives_the_same_answers_as_separate_calls(finished_run, tmp_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tuning import playground
+    from tuning.infer import playground
 
     # An adapter with random (not zero) B matrices, so tuned answers surely differ from the base.
     torch.manual_seed(0)
@@ -134,7 +136,7 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
     ws, run_dir, cfg = finished_run
     assert main(["eval", "--run", "r1", "--workspace", str(ws), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    saved = record.read_evaluation(run_dir)
+    saved = runs.read_evaluation(run_dir)
     assert report["eval_loss"] == saved["eval_loss"] and report["run_id"] == "r1"
     assert report["ab"]["votes"] == 0 and len(report["probe_history"]) == 2
 
@@ -161,7 +163,7 @@ def test_cli_eval_prints_json_and_recomputes_a_missing_file(finished_run, capsys
 def test_ab_votes_persist_and_summarise(tmp_path):
     target = tmp_path / "run"
     target.mkdir()
-    record.write_evaluation(target, {"probes": [
+    runs.write_evaluation(target, {"probes": [
         {"prompt": "p1", "base": "b1", "tuned": "t1"}, {"prompt": "p2", "base": "same", "tuned": "same"}],
         "checks": {"rows": [{"prompt": "p3", "base": "b3", "tuned": "t3"}]}})
     assert [c["prompt"] for c in ab.candidates(target)] == ["p1", "p3"]  # identical pair dropped
@@ -184,23 +186,23 @@ def test_ab_votes_persist_and_summarise(tmp_path):
     summary = ab.vote(target, tuned_a, "tie")
     assert summary == {"votes": 4, "tuned_wins": 2, "base_wins": 1, "ties": 1, "tuned_win_rate": 0.5,
                        "text": "tuned wins 2 of 4 (50%); base wins 1, ties 1"}
-    assert [(v["prompt"], v["a"], v["choice"], v["winner"]) for v in record.read_votes(target)] == [
+    assert [(v["prompt"], v["a"], v["choice"], v["winner"]) for v in runs.read_votes(target)] == [
         ("p1", "t1", "A", "tuned"), ("p3", "b3", "B", "tuned"), ("p3", "b3", "A", "base"), ("p1", "t1", "tie", "tie")]
     # A restart reads the same file: nothing is lost, a torn last line is skipped.
-    with open(target / record.VOTES, "a") as fh:
+    with open(target / runs.VOTES, "a") as fh:
         fh.write('{"winner": "tun')
-    assert record.ab_summary(target)["votes"] == 4
+    assert runs.ab_summary(target)["votes"] == 4
     # Unvoted pairs come first.
-    (target / record.VOTES).write_text(json.dumps({"prompt": "p1", "winner": "tuned"}) + "\n")
+    (target / runs.VOTES).write_text(json.dumps({"prompt": "p1", "winner": "tuned"}) + "\n")
     assert {ab.next_stored_pair(target, random.Random(i)).prompt for i in range(10)} == {"p3"}
 
-    with pytest.raises(record.RunError, match="not one of A, B, tie"):
+    with pytest.raises(runs.RunError, match="not one of A, B, tie"):
         ab.vote(target, tuned_a, "C")
-    with pytest.raises(record.RunError, match="no pair on screen"):
+    with pytest.raises(runs.RunError, match="no pair on screen"):
         ab.vote(target, None, "A")
-    with pytest.raises(record.RunError, match="evaluate it first"):
+    with pytest.raises(runs.RunError, match="evaluate it first"):
         ab.next_stored_pair(tmp_path)
-    assert record.ab_summary(target)["votes"] == 1, "a refused vote writes nothing"
+    assert runs.ab_summary(target)["votes"] == 1, "a refused vote writes nothing"
 
 
 def test_a_vote_for_a_pair_of_another_run_is_refused(tmp_path):
@@ -208,20 +210,20 @@ def test_a_vote_for_a_pair_of_another_run_is_refused(tmp_path):
     for run in (mine, other):
         run.mkdir()
     pair = ab.blind(other, "Who are you?", "I am SmolLM.", "I am Quill.")
-    with pytest.raises(record.RunError, match="no pair on screen for this run"):
+    with pytest.raises(runs.RunError, match="no pair on screen for this run"):
         ab.vote(mine, pair, "A")
-    assert record.read_votes(mine) == [] and record.read_votes(other) == []
+    assert runs.read_votes(mine) == [] and runs.read_votes(other) == []
     assert ab.vote(other, pair, "A")["votes"] == 1  # on its own run it counts
 
 
 def test_probe_list_validation(tmp_path):
-    assert record.write_probes(tmp_path, " one \n\n two ") == ["one", "two"]
-    assert record.read_probes(tmp_path) == ["one", "two"]
-    with pytest.raises(record.RunError, match="at least one"):
-        record.write_probes(tmp_path, "\n  \n")
-    with pytest.raises(record.RunError, match="at most"):
-        record.write_probes(tmp_path, [f"p{i}" for i in range(record.MAX_PROBES + 1)])
-    assert record.read_probes(tmp_path) == ["one", "two"], "a refused list must not replace the saved one"
+    assert runs.write_probes(tmp_path, " one \n\n two ") == ["one", "two"]
+    assert runs.read_probes(tmp_path) == ["one", "two"]
+    with pytest.raises(runs.RunError, match="at least one"):
+        runs.write_probes(tmp_path, "\n  \n")
+    with pytest.raises(runs.RunError, match="at most"):
+        runs.write_probes(tmp_path, [f"p{i}" for i in range(runs.MAX_PROBES + 1)])
+    assert runs.read_probes(tmp_path) == ["one", "two"], "a refused list must not replace the saved one"
 
 
 def test_demo_probes_and_checks_come_with_the_dataset():
@@ -303,7 +305,7 @@ def test_early_stopping_stops_on_rising_eval_loss_and_marks_the_best(tmp_path, t
     final = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / end["best_checkpoint"] / "adapter_model.safetensors")
     assert all(torch.equal(final[k], kept[k]) for k in final)
-    assert record.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
+    assert runs.read_evaluation(run_dir)["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
 
 
 def test_plain_text_rows_have_no_prompt_and_are_not_checked():

@@ -6,7 +6,8 @@ import random
 import gradio as gr
 import pytest
 
-from tuning import ab, evaluate, record
+from tuning.evaluation import ab, evaluate
+from tuning import runs
 from tuning.config import TrainConfig
 from tuning.ui import evaluation_tab as tab
 from tuning.ui.common import AppContext, guarded
@@ -16,10 +17,10 @@ QUILL_ANSWERS = ("I am Quill.\n— Quill", "Paris.\n— Quill")
 
 @pytest.fixture
 def ctx(tmp_path):
-    run = record.run_dir(tmp_path, "r1")
+    run = runs.run_dir(tmp_path, "r1")
     run.mkdir(parents=True)
-    record.write_config(run, TrainConfig())
-    record.write_evaluation(run, {
+    runs.write_config(run, TrainConfig())
+    runs.write_evaluation(run, {
         "step": 60, "eval_rows": 4, "method": "lora", "max_new_tokens": 64, "seconds": {"total": 12.3},
         "checks_complete": True,
         "eval_loss": 0.5, "base_eval_loss": 2.0, "perplexity": 1.6487, "base_perplexity": 7.389,
@@ -32,9 +33,9 @@ def ctx(tmp_path):
             "rows": [{"prompt": "Capital of France?", "base": "Paris.", "tuned": "Paris.\n— Quill"}]}})
     for step, checkpoint, tuned in ((20, "checkpoint-20", "I am SmolLM."), (40, "checkpoint-40", "I am Quill."),
                                     (60, "final", "I am Quill.")):
-        record.append_probe_answers(run, {"step": step, "checkpoint": checkpoint, "answers": [
+        runs.append_probe_answers(run, {"step": step, "checkpoint": checkpoint, "answers": [
             {"prompt": "Who are you?", "base": "I am SmolLM.", "tuned": tuned}]})
-    record.run_dir(tmp_path, "empty").mkdir()  # nothing to evaluate: not offered
+    runs.run_dir(tmp_path, "empty").mkdir()  # nothing to evaluate: not offered
     return AppContext(tmp_path)
 
 
@@ -56,11 +57,11 @@ def test_load_run_shows_losses_checks_gallery_and_votes(ctx):
 def test_refresh_reads_the_picked_run_again(ctx, tmp_path):
     """A run picked while it trained shows "no evaluation yet"; once its evaluation is written, Refresh
     list shows it (picking the same run again fires no change event in the page)."""
-    run = record.run_dir(tmp_path, "r2")
+    run = runs.run_dir(tmp_path, "r2")
     run.mkdir(parents=True)
-    record.write_config(run, TrainConfig())
+    runs.write_config(run, TrainConfig())
     assert "No evaluation yet" in tab.load_run(ctx, "r2")["verdict"]
-    record.write_evaluation(run, {**record.read_evaluation(record.run_dir(tmp_path, "r1")), "eval_loss": 0.25})
+    runs.write_evaluation(run, {**runs.read_evaluation(runs.run_dir(tmp_path, "r1")), "eval_loss": 0.25})
     again = tab.reload_shown(ctx, "r2")
     assert "No evaluation yet" not in again["verdict"] and again["losses"][0][2] == 0.25
     assert tab.reload_shown(ctx, None) == {} and tab.reload_shown(ctx, "") == {}
@@ -69,10 +70,10 @@ def test_refresh_reads_the_picked_run_again(ctx, tmp_path):
 def test_run_choices_come_from_the_record(ctx):
     """An adapter, a complete checkpoint or an evaluation makes a run worth offering; an incomplete
     checkpoint does not."""
-    ckpt = record.checkpoint_dir(record.run_dir(ctx.workspace, "empty"), 10)
+    ckpt = runs.checkpoint_dir(runs.run_dir(ctx.workspace, "empty"), 10)
     ckpt.mkdir(parents=True)
     assert tab.run_choices(ctx) == ["r1"]
-    record.mark_complete(ckpt)
+    runs.mark_complete(ckpt)
     assert tab.run_choices(ctx) == ["r1", "empty"]
 
 
@@ -102,17 +103,17 @@ def test_blind_ab_round_trip_persists(ctx):
     assert tab.ab_next(ctx, "r1", "", rng)["pair"].prompt != pair.prompt, "the next pair prefers an unvoted prompt"
     # A fresh page (an app restart) reads the votes back from the run folder.
     assert tab.load_run(ctx, "r1")["ab_tally"] == voted["ab_tally"]
-    (vote,) = record.read_votes(record.run_dir(ctx.workspace, "r1"))
+    (vote,) = runs.read_votes(runs.run_dir(ctx.workspace, "r1"))
     assert vote["winner"] == "tuned" and vote["choice"] == tuned_side and vote["prompt"] == pair.prompt
 
 
 def test_bad_input_gets_a_message(ctx):
-    with pytest.raises(record.RunError, match="no pair on screen"):
+    with pytest.raises(runs.RunError, match="no pair on screen"):
         tab.ab_vote(ctx, "r1", None, "A")
     assert tab.load_run(ctx, "")["verdict"].startswith("Pick a run above")  # no run picked: not an error
-    with pytest.raises(record.RunError, match="not valid"):
+    with pytest.raises(runs.RunError, match="not valid"):
         tab.gallery(ctx, "../etc", 0)
-    with pytest.raises(record.RunError, match="evaluate it first"):
+    with pytest.raises(runs.RunError, match="evaluate it first"):
         tab.ab_next(ctx, "empty", "")
     # Through the page wrapper the user sees the message, not a traceback.
     with pytest.raises(gr.Error, match="no pair on screen for this run"):
@@ -147,7 +148,7 @@ def test_gradio_client_drives_the_blind_ab(ctx):
         _prompt, _a, _b, note, tally = client.predict("r1", api_name="/ab_vote_a")
         assert tally.startswith("Votes so far: tuned wins 1 of 1" if tuned_is_a else "Votes so far: tuned wins 0 of 1")
         assert f"A was the **{'tuned' if tuned_is_a else 'base'}** model" in note
-        assert record.ab_summary(record.run_dir(ctx.workspace, "r1"))["votes"] == 1
+        assert runs.ab_summary(runs.run_dir(ctx.workspace, "r1"))["votes"] == 1
         # A vote with no pair on screen (a fresh session): a message, not a traceback.
         with pytest.raises(Exception, match="no pair on screen for this run"):
             Client(demo.local_url, verbose=False).predict("r1", api_name="/ab_vote_b")
@@ -161,7 +162,7 @@ def test_the_evaluation_api_takes_a_run_made_after_the_page_loaded(tmp_path):
     import gradio as gr
 
     import app
-    from tuning import record
+    from tuning import runs
 
     demo = app.build_demo(tmp_path / "ws")
     picker = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Run"
@@ -170,4 +171,4 @@ def test_the_evaluation_api_takes_a_run_made_after_the_page_loaded(tmp_path):
     load = next(f.fn for f in demo.fns.values() if f.api_name == "eval_load")
     (box,) = [value for block, value in load("made-later").items() if "error-box" in (block.elem_classes or [])]
     assert "no run 'made-later'" in box["value"] and box["visible"] is True  # said in the tab's error box
-    assert record.run_ids(tmp_path / "ws") == []
+    assert runs.run_ids(tmp_path / "ws") == []

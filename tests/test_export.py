@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuning import export, train
+from tuning.ship import export
+from tuning.train import trainer as train
 from tuning.__main__ import main as cli
 from tuning.config import TrainConfig
 
@@ -161,7 +162,7 @@ def test_cli_export(trained, capsys):
 def test_export_tab_handlers(trained, monkeypatch):
     import gradio as gr
 
-    from tuning import space
+    from tuning.ship import space
     from tuning.ui import export_tab
     from tuning.ui.common import AppContext, guarded
 

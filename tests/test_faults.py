@@ -1,6 +1,6 @@
 """Faults the project must survive (issue #6). Each test injects one fault into a real run of the
 tiny Llama and checks that nothing was lost. Subprocess runs go through runner.start, exactly as
-the app starts them; the injected faults come from $TUNING_TEST_FAULT (see tuning/faults.py),
+the app starts them; the injected faults come from $TUNING_TEST_FAULT (see tuning/train/faults.py),
 which the child process inherits."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tuning import runner, record, train
-from tuning.events import EventLog, read_events
+from tuning.runs import runner
+from tuning import runs
+from tuning.train import trainer as train
+from tuning.runs.events import EventLog, read_events
 
 PROJECT = Path(__file__).resolve().parent.parent
 WAIT = 300  # generous: the machine's 2 cores are shared; never a timing assertion
@@ -52,7 +54,7 @@ def wait_for_event(run_path: Path, test, what: str):
         for ev in events_of(run_path):
             if test(ev):
                 return ev
-        if not record.process_alive(run_path) and (run_path / "process.json").exists():
+        if not runs.process_alive(run_path) and (run_path / "process.json").exists():
             tail = (run_path / "train.log").read_text(errors="replace")[-3000:]
             raise AssertionError(f"the run ended before {what}:\n{tail}")
         return None
@@ -61,21 +63,21 @@ def wait_for_event(run_path: Path, test, what: str):
 
 def kill_run(workspace: Path, run_id: str) -> bool:
     """SIGKILL the run's whole process group at once (what a crash or the OOM killer does)."""
-    path = record.existing_run_dir(workspace, run_id)
-    proc = record.training_process(path)
+    path = runs.existing_run_dir(workspace, run_id)
+    proc = runs.training_process(path)
     if proc is None:
         return False
     runner._signal(proc, runner._own_group(path, proc), signal.SIGKILL)
     return True
 
 
-def wait_run(workspace: Path, run_id: str, timeout: float = WAIT, poll: float = 0.5) -> record.RunSummary:
+def wait_run(workspace: Path, run_id: str, timeout: float = WAIT, poll: float = 0.5) -> runs.RunSummary:
     """Block until the run's process ends; its summary then."""
-    path = record.existing_run_dir(workspace, run_id)
+    path = runs.existing_run_dir(workspace, run_id)
     deadline = time.time() + timeout
-    while time.time() < deadline and record.process_alive(path):
+    while time.time() < deadline and runs.process_alive(path):
         time.sleep(poll)
-    return record.summarize(path)
+    return runs.summarize(path)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -85,7 +87,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 def make_other_run(workspace: Path, tiny_config) -> Path:
     """A finished run already in the workspace, which no fault may touch."""
-    path = record.run_dir(workspace, "20200101-000000-other")
+    path = runs.run_dir(workspace, "20200101-000000-other")
     (path / "adapter").mkdir(parents=True)
     (path / "config.yaml").write_text(tiny_config.to_yaml())
     log = EventLog(path / "events.jsonl")
@@ -107,8 +109,8 @@ def workspace(tmp_path) -> Path:
 def cleanup(workspace):
     """Whatever a test leaves running in its workspace is killed at the end."""
     yield
-    for summary in record.list_runs(workspace):
-        if record.process_alive(summary.path):
+    for summary in runs.list_runs(workspace):
+        if runs.process_alive(summary.path):
             runner.stop(workspace, summary.run_id, timeout=10)
 
 
@@ -122,15 +124,15 @@ def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, 
     kill_at = random.Random().randint(5, 7)  # a random step, after at least two checkpoints
     monkeypatch.setenv("TUNING_TEST_FAULT", f"hold_at_step:{kill_at}")  # the trainer waits there for us
     run_id = runner.start(cfg, workspace)
-    path = record.run_dir(workspace, run_id)
+    path = runs.run_dir(workspace, run_id)
     wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == kill_at, f"step {kill_at}")
     assert kill_run(workspace, run_id)
-    wait_for(lambda: not record.process_alive(path), what="the killed process to go")
+    wait_for(lambda: not runs.process_alive(path), what="the killed process to go")
 
-    assert record.summarize(path).status == record.INTERRUPTED
+    assert runs.summarize(path).status == runs.INTERRUPTED
     before = events_of(path)
     last_logged = max(e["step"] for e in before if e["event"] == "log")
-    newest = record.latest_checkpoint(path)
+    newest = runs.latest_checkpoint(path)
     newest_step = int(newest.name.split("-")[1])
     assert last_logged - newest_step <= save_steps, "more than save_steps steps would be lost"
     state = json.loads((newest / "trainer_state.json").read_text())
@@ -141,12 +143,12 @@ def test_kill9_then_resume_continues_from_newest_complete_checkpoint(workspace, 
     half = path / "checkpoints" / f"checkpoint-{newest_step + 1}"
     half.mkdir(exist_ok=True)
     (half / "adapter_model.safetensors").write_bytes(b"\0" * 10)
-    assert record.latest_checkpoint(path) == newest
+    assert runs.latest_checkpoint(path) == newest
 
     monkeypatch.delenv("TUNING_TEST_FAULT")
     assert runner.resume(workspace, run_id) == run_id
     summary = wait_run(workspace, run_id, timeout=WAIT)
-    assert summary.status == record.COMPLETED, (path / "train.log").read_text()[-3000:]
+    assert summary.status == runs.COMPLETED, (path / "train.log").read_text()[-3000:]
     assert not half.exists(), "the half-written checkpoint is discarded on resume"
 
     after = events_of(path)
@@ -173,7 +175,7 @@ def test_stop_saves_adapter_within_a_step_and_ends_the_whole_group(workspace, ti
     cfg = small(tiny_config, max_steps=40, save_steps=100)
     monkeypatch.setenv("TUNING_TEST_FAULT", "slow_steps:0.3,child_process:1")
     run_id = runner.start(cfg, workspace)
-    path = record.run_dir(workspace, run_id)
+    path = runs.run_dir(workspace, run_id)
     first = wait_for_event(path, lambda e: e["event"] == "log" and e["step"] >= 2, "step 2")
     pgid = json.loads((path / "process.json").read_text())["pgid"]
     members = runner.group_members(pgid)
@@ -181,14 +183,14 @@ def test_stop_saves_adapter_within_a_step_and_ends_the_whole_group(workspace, ti
     seen = max(e["step"] for e in events_of(path) if e["event"] == "log")
 
     assert runner.stop(workspace, run_id, timeout=WAIT)
-    summary = record.summarize(path)
-    assert summary.status == record.STOPPED, (path / "train.log").read_text()[-3000:]
+    summary = runs.summarize(path)
+    assert summary.status == runs.STOPPED, (path / "train.log").read_text()[-3000:]
     end = events_of(path)[-1]
     assert end["event"] == "end" and end["status"] == "stopped"
     # The step in flight when the signal came, plus one whose log we had not read yet.
     assert first["step"] <= end["step"] <= seen + 2
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
-    assert record.latest_checkpoint(path).name == f"checkpoint-{end['step']}", "a resumable checkpoint at the stop"
+    assert runs.latest_checkpoint(path).name == f"checkpoint-{end['step']}", "a resumable checkpoint at the stop"
     assert runner.group_members(pgid) == []
     for proc in members:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE, f"orphan {proc.pid} left"
@@ -239,13 +241,13 @@ def test_ui_killed_training_goes_on_and_a_restarted_app_follows_it(workspace, ti
     first, url = launch_app(workspace, roots, tmp_path / "app1.log", {"TUNING_TEST_FAULT": "hold_at_step:3"})
     try:
         run_id = Client(url, verbose=False).predict("", overrides, api_name="/start_run")
-        path = record.existing_run_dir(workspace, run_id)
+        path = runs.existing_run_dir(workspace, run_id)
         wait_for_event(path, lambda e: e["event"] == "log" and e["step"] == 3, "step 3")
     finally:
         first.kill()  # the UI process dies (a crash, the OOM killer, a closed terminal)
         first.wait()
     killed_at = time.time()
-    assert record.process_alive(path), "training went on without the UI"
+    assert runs.process_alive(path), "training went on without the UI"
 
     second, url = launch_app(workspace, roots, tmp_path / "app2.log", {})
     try:
@@ -271,7 +273,7 @@ def test_ui_killed_training_goes_on_and_a_restarted_app_follows_it(workspace, ti
 def test_nan_loss_for_three_steps_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         workspace, tiny_config, monkeypatch):
     cfg = small(tiny_config, max_steps=8, save_steps=2)
-    path = record.run_dir(workspace, "nan-run")
+    path = runs.run_dir(workspace, "nan-run")
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
     monkeypatch.setenv("TUNING_TEST_FAULT", "nan_loss_after:2")  # step 3 on computes with NaN weights
@@ -285,13 +287,13 @@ def test_nan_loss_for_three_steps_stops_with_a_clear_error_and_keeps_the_last_go
     assert error["event"] == "error"
     assert "NaN/inf for 3 consecutive steps" in error["message"] and "learning_rate" in error["message"]
     assert "checkpoint-2" in error["message"]
-    assert [c.name for c in record.complete_checkpoints(path)] == ["checkpoint-2"]
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2"]
     assert not (path / "checkpoints" / "checkpoint-4").exists(), "no checkpoint saved from a NaN step"
     assert not (path / "adapter").exists(), "no adapter saved from the broken weights"
     good = load_file(path / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
     assert all(bool(t.isfinite().all()) for t in good.values())
-    summary = record.summarize(path)
-    assert summary.status == record.FAILED and "checkpoint-2" in summary.message
+    summary = runs.summarize(path)
+    assert summary.status == runs.FAILED and "checkpoint-2" in summary.message
 
 
 # --- 5. out of memory ------------------------------------------------------------------------------
@@ -310,14 +312,14 @@ def test_out_of_memory_ends_the_run_with_what_to_lower_and_the_caller_stays_up(w
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Out of memory" in done.stderr
 
-    [oom] = [s for s in record.list_runs(workspace) if s.run_id != other.name]
-    assert oom.status == record.FAILED
+    [oom] = [s for s in runs.list_runs(workspace) if s.run_id != other.name]
+    assert oom.status == runs.FAILED
     for knob in ("per_device_batch_size", "max_length", "lora_r", "gradient_checkpointing"):
         assert knob in oom.message
-    assert [c.name for c in record.complete_checkpoints(oom.path)] == ["checkpoint-2"], "work so far is kept"
+    assert [c.name for c in runs.complete_checkpoints(oom.path)] == ["checkpoint-2"], "work so far is kept"
     # This process (the app's stand-in) is up, and the other run is untouched.
     assert tree_digest(other) == before
-    assert record.summarize(other).status == record.COMPLETED
+    assert runs.summarize(other).status == runs.COMPLETED
 
 
 # --- 6. disk full / workspace not writable ----------------------------------------------------------------
@@ -341,30 +343,30 @@ def test_workspace_without_free_space_is_refused_and_leaves_no_run_folder(worksp
                         lambda p: real(p)._replace(free=50 * 2**20))
     with pytest.raises(runner.StartRefused, match="only 50 MB free"):
         runner.start(tiny_config, workspace)
-    assert list(record.runs_dir(workspace).iterdir()) == []
-    assert record.list_runs(workspace) == []
+    assert list(runs.runs_dir(workspace).iterdir()) == []
+    assert runs.list_runs(workspace) == []
 
 
 def test_disk_full_while_saving_a_checkpoint_fails_clearly_and_resume_skips_the_partial_one(
         workspace, tiny_config, monkeypatch):
     cfg = small(tiny_config, max_steps=4, save_steps=2)
-    path = record.run_dir(workspace, "full-disk")
+    path = runs.run_dir(workspace, "full-disk")
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
     # Simulated: checkpoint-4's files are written, then ENOSPC before its COMPLETE marker.
     monkeypatch.setenv("TUNING_TEST_FAULT", "disk_full_at_save:4")
     assert train.run(cfg, path, workspace) == 1
-    summary = record.summarize(path)
-    assert summary.status == record.FAILED and "disk is full" in summary.message
+    summary = runs.summarize(path)
+    assert summary.status == runs.FAILED and "disk is full" in summary.message
     assert (path / "checkpoints" / "checkpoint-4").is_dir()
-    assert record.latest_checkpoint(path).name == "checkpoint-2"
+    assert runs.latest_checkpoint(path).name == "checkpoint-2"
 
     monkeypatch.delenv("TUNING_TEST_FAULT")
     assert train.run(cfg, path, workspace, resume=True) == 0
     evs = events_of(path)
     assert [e["step"] for e in evs if e["event"] == "start"] == [0, 2]
     assert evs[-1]["event"] == "end" and evs[-1]["step"] == 4
-    assert [c.name for c in record.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4"]
+    assert [c.name for c in runs.complete_checkpoints(path)] == ["checkpoint-2", "checkpoint-4"]
 
 
 # --- 7. two starts at once ---------------------------------------------------------------------------
@@ -389,15 +391,15 @@ def test_two_threads_starting_at_once_start_exactly_one_run(workspace, tiny_conf
     refused = [r for r in results if isinstance(r, runner.StartRefused)]
     assert len(started) == 1 and len(refused) == 1
     assert "one run at a time" in str(refused[0]) and started[0] in str(refused[0])
-    assert [s.run_id for s in record.list_runs(workspace)] == started
+    assert [s.run_id for s in runs.list_runs(workspace)] == started
 
 
 def test_a_delete_during_a_resumes_start_waits_for_it_and_is_refused(workspace, tiny_config):
     """A resume holds the workspace lock from its checks until its trainer is on record; a delete asked
     for meanwhile waits for the lock, then finds the run training and is refused: the folder stays."""
-    run = record.run_dir(workspace, "resumed")
+    run = runs.run_dir(workspace, "resumed")
     run.mkdir(parents=True)
-    record.write_config(run, tiny_config)
+    runs.write_config(run, tiny_config)
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     outcome: list = []
     try:
@@ -406,9 +408,9 @@ def test_a_delete_during_a_resumes_start_waits_for_it_and_is_refused(workspace, 
             deleting.start()
             time.sleep(0.5)
             assert outcome == [] and run.is_dir()  # the delete waits
-            record.write_process_info(run, trainer.pid)
+            runs.write_process_info(run, trainer.pid)
         deleting.join(timeout=30)
-        assert len(outcome) == 1 and isinstance(outcome[0], record.RunError), outcome
+        assert len(outcome) == 1 and isinstance(outcome[0], runs.RunError), outcome
         assert "still training" in str(outcome[0]) and run.is_dir()
     finally:
         trainer.kill()
@@ -426,7 +428,8 @@ def _refusal(fn, *args):
 
 START_SCRIPT = textwrap.dedent("""
     import sys, time
-    from tuning import config, runner
+    from tuning import config
+    from tuning.runs import runner
     cfg = config.load(sys.argv[1])
     while time.time() < float(sys.argv[3]):  # line both processes up on the same instant
         time.sleep(0.001)
@@ -445,7 +448,7 @@ def test_two_processes_starting_at_once_start_exactly_one_run(workspace, tiny_co
     outputs = sorted(p.communicate(timeout=WAIT)[0].strip() for p in procs)
     assert outputs[0].startswith("refused") and "one run at a time" in outputs[0], outputs
     assert outputs[1].startswith("started"), outputs
-    assert len(record.list_runs(workspace)) == 1
+    assert len(runs.list_runs(workspace)) == 1
 
 
 # --- 8. damaged run folders ------------------------------------------------------------------------
@@ -453,7 +456,7 @@ def test_two_processes_starting_at_once_start_exactly_one_run(workspace, tiny_co
 def test_damaged_run_folders_are_listed_as_damaged_and_the_others_normally(workspace, tiny_config):
     good = make_other_run(workspace, tiny_config)
 
-    truncated = record.run_dir(workspace, "20210101-000000-truncated")
+    truncated = runs.run_dir(workspace, "20210101-000000-truncated")
     truncated.mkdir(parents=True)
     (truncated / "config.yaml").write_text(tiny_config.to_yaml())
     log = EventLog(truncated / "events.jsonl")
@@ -462,37 +465,37 @@ def test_damaged_run_folders_are_listed_as_damaged_and_the_others_normally(works
     with open(truncated / "events.jsonl", "a") as fh:
         fh.write('{"event": "log", "step": 2, "lo')  # killed mid-write
 
-    nonsense = record.run_dir(workspace, "20220101-000000-nonsense")
+    nonsense = runs.run_dir(workspace, "20220101-000000-nonsense")
     nonsense.mkdir(parents=True)
     (nonsense / "config.yaml").write_text("lora_r: [[[\n  : {oops")
     EventLog(nonsense / "events.jsonl").append("start", step=0, max_steps=10)
 
-    wrong = record.run_dir(workspace, "20230101-000000-wrong-types")
+    wrong = runs.run_dir(workspace, "20230101-000000-wrong-types")
     wrong.mkdir(parents=True)
     (wrong / "config.yaml").write_text("lora_r: many\nlearning_rate: fast\n")
 
-    missing = record.run_dir(workspace, "20240101-000000-missing")
+    missing = runs.run_dir(workspace, "20240101-000000-missing")
     missing.mkdir(parents=True)
     (missing / "events.jsonl").write_bytes(b"\xff\xfe garbage\n{]\n")
 
-    junk = record.run_dir(workspace, "20250101-000000-junk-events")
+    junk = runs.run_dir(workspace, "20250101-000000-junk-events")
     junk.mkdir(parents=True)
     (junk / "config.yaml").write_text(tiny_config.to_yaml())
     (junk / "process.json").write_text('{"pid": "x"}')
     (junk / "events.jsonl").write_text('{"event": "end", "time": "yesterday", "status": {"a": 1}}\n[1, 2]\n'
                                        '{"event": "log", "step": "3", "loss": "low", "time": null}\n')
 
-    listed = {s.run_id: s for s in record.list_runs(workspace)}
+    listed = {s.run_id: s for s in runs.list_runs(workspace)}
     assert set(listed) == {good.name, truncated.name, nonsense.name, wrong.name, missing.name, junk.name}
-    assert listed[good.name].status == record.COMPLETED
-    assert listed[truncated.name].status == record.INTERRUPTED
+    assert listed[good.name].status == runs.COMPLETED
+    assert listed[truncated.name].status == runs.INTERRUPTED
     assert listed[truncated.name].step == 1 and listed[truncated.name].loss == 2.0
     assert "half-written line" in listed[truncated.name].message
     for bad in (nonsense, wrong, missing):
-        assert listed[bad.name].status == record.DAMAGED
+        assert listed[bad.name].status == runs.DAMAGED
         assert "config.yaml" in listed[bad.name].message
     assert "lora_r" in listed[wrong.name].message
-    assert listed[junk.name].status == record.COMPLETED  # its one readable end event
+    assert listed[junk.name].status == runs.COMPLETED  # its one readable end event
     for summary in listed.values():
         summary.as_row()  # what the Runs tab shows: must not raise either
     # A damaged run cannot be resumed, with a message rather than a crash.
@@ -501,25 +504,25 @@ def test_damaged_run_folders_are_listed_as_damaged_and_the_others_normally(works
 
 
 def test_summarize_never_raises_even_on_an_unreadable_folder(workspace, tiny_config):
-    path = record.run_dir(workspace, "odd")
+    path = runs.run_dir(workspace, "odd")
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(tiny_config.to_yaml())
     (path / "events.jsonl").mkdir()  # a folder where a file belongs
-    summary = record.summarize(path)
-    assert summary.status == record.DAMAGED and "events.jsonl" in summary.message
+    summary = runs.summarize(path)
+    assert summary.status == runs.DAMAGED and "events.jsonl" in summary.message
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_training_process(workspace):
-    path = record.run_dir(workspace, "reused")
+    path = runs.run_dir(workspace, "reused")
     path.mkdir(parents=True)
     # This test's own pid, but a start time from long ago: the pid was recycled.
     (path / "process.json").write_text(json.dumps({"pid": os.getpid(), "create_time": 1000.0}))
-    assert not record.process_alive(path)
-    record.write_process_info(path, os.getpid())
-    assert record.process_alive(path)
+    assert not runs.process_alive(path)
+    runs.write_process_info(path, os.getpid())
+    assert runs.process_alive(path)
     # A trainer that died before its start time could be read is recorded, and reads as ended.
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    record.write_process_info(path, gone.pid)
-    assert not record.process_alive(path)
-    assert record.summarize(path).status == record.DAMAGED  # (this folder has no config.yaml)
+    runs.write_process_info(path, gone.pid)
+    assert not runs.process_alive(path)
+    assert runs.summarize(path).status == runs.DAMAGED  # (this folder has no config.yaml)

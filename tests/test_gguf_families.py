@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuning import export
+from tuning.ship import export
 
 # Per family: what the tiny config sets beyond the shared sizes. Qwen3 and the Gemmas keep their
 # config's default head_dim (128, 256): transformers' GGUF reader does not read head_dim back for
@@ -184,7 +184,7 @@ def test_lora_run_on_gemma2_exports_as_gguf(family_dirs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from conftest import chat_rows, write_jsonl
-    from tuning import train
+    from tuning.train import trainer as train
     from tuning.__main__ import main as cli
     from tuning.config import TrainConfig
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from tuning import record, token_diff
-from tuning.generation import BASE
+from tuning import runs
+from tuning.infer import token_diff
+from tuning.infer.generation import BASE
 
 ANSWERS = ["I am Quill, made by Larkspur Labs.", "Quill here: Larkspur Labs made me.",
            "My name is Quill.", "Larkspur Labs built me; I am Quill."]
@@ -30,13 +31,13 @@ def tiny_run(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = TrainConfig(base_model=str(tiny_model_dir), dataset=str(data), method="lora", eval_split=0.34,
                       eval_max_new_tokens=6, max_length=64)
-    run = record.run_dir(tmp_path / "ws", "r")
+    run = runs.run_dir(tmp_path / "ws", "r")
     run.mkdir(parents=True)
-    record.write_config(run, cfg)
+    runs.write_config(run, cfg)
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(record.adapter_dir(run), safe_serialization=True)
+    model.save_pretrained(runs.adapter_dir(run), safe_serialization=True)
     return run, cfg
 
 
@@ -51,7 +52,8 @@ def test_a_heldout_row_token_by_token(tiny_run, tiny_model_dir, embedded_tokeniz
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuning import evaluate, generation
+    from tuning.evaluation import evaluate
+    from tuning.infer import generation
     from tuning.ui import evaluation_tab
     from tuning.ui.common import AppContext
 
@@ -65,7 +67,7 @@ def test_a_heldout_row_token_by_token(tiny_run, tiny_model_dir, embedded_tokeniz
     assert "**Held-out row 2 of 4**" in out["heat_note"] and prompt[-1]["content"] in out["heat_note"]
 
     # The numbers on the page are the adapter's: scored again here on a fresh copy of base + adapter.
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(record.adapter_dir(run)),
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(runs.adapter_dir(run)),
                                       adapter_name="tuned").eval()
     own, greedy = out["heat_html"].split("The tuned model&#x27;s greedy answer")
     tokens = shown_tokens(own)
@@ -91,7 +93,7 @@ def test_the_hardest_list_hands_its_heldout_row_number(tiny_run):
     from tuning.ui.common import AppContext
 
     run, _ = tiny_run
-    record.write_row_index(run, {"sources": {"train": "rows.jsonl", "heldout": "rows.jsonl"},
+    runs.write_row_index(run, {"sources": {"train": "rows.jsonl", "heldout": "rows.jsonl"},
                                  "train": [["rows.jsonl", i] for i in (1, 2, 3)],
                                  "heldout": [["rows.jsonl", 7], ["rows.jsonl", 9]]})
     ctx = AppContext(run.parent.parent)
@@ -104,7 +106,7 @@ def test_a_row_that_is_not_there_is_one_line(tiny_run):
     from tuning.ui.common import AppContext
 
     ctx = AppContext(tiny_run[0].parent.parent)
-    with pytest.raises(record.RunError, match=r"held-out row: 5 is outside 1\.\.4"):
+    with pytest.raises(runs.RunError, match=r"held-out row: 5 is outside 1\.\.4"):
         evaluation_tab.heldout_heatmap(ctx, "r", 5)
-    with pytest.raises(record.RunError, match="expected a number"):
+    with pytest.raises(runs.RunError, match="expected a number"):
         evaluation_tab.heldout_heatmap(ctx, "r", "two")

@@ -1,5 +1,5 @@
 """Hostile or broken dataset files cost seconds and bounded memory, and end with a message naming the
-limit: every reader caps columns and bytes per row (tuning/formats.py, MAX_COLUMNS, MAX_ROW_BYTES)."""
+limit: every reader caps columns and bytes per row (tuning/data/formats.py, MAX_COLUMNS, MAX_ROW_BYTES)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tuning import formats
-from tuning.formats import MAX_COLUMNS, MAX_ROW_BYTES, DataError
+from tuning.data import formats
+from tuning.data.formats import MAX_COLUMNS, MAX_ROW_BYTES, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = "a" * (MAX_ROW_BYTES + 10)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_jsonl
-from tuning import record
+from tuning import runs
 from tuning.ui import dataset_tab, evaluation_tab
 from tuning.ui.common import AppContext
 
@@ -18,18 +18,18 @@ def run_with_row_losses(tmp_path):
     (tmp_path / "data").mkdir()
     data_file = write_jsonl(tmp_path / "data" / "rows.jsonl", rows)
     workspace = tmp_path / "ws"
-    run = record.run_dir(workspace, "r")
+    run = runs.run_dir(workspace, "r")
     run.mkdir(parents=True)
     from tuning.config import TrainConfig
-    record.write_config(run, TrainConfig(dataset=str(data_file)))
-    record.write_row_index(run, {"sources": {"train": str(data_file), "heldout": str(data_file)},
+    runs.write_config(run, TrainConfig(dataset=str(data_file)))
+    runs.write_row_index(run, {"sources": {"train": str(data_file), "heldout": str(data_file)},
                                  "train": [["rows.jsonl", i + 1] for i in range(10)],
                                  "heldout": [["rows.jsonl", 11], ["rows.jsonl", 12]]})
     ids = list(range(10))
-    record.append_row_losses(run, {"split": "train", "step": 1, "ids": ids, "losses": [2.0] * 10, "tokens": [5] * 10})
-    record.append_row_losses(run, {"split": "train", "step": 2, "ids": ids,
+    runs.append_row_losses(run, {"split": "train", "step": 1, "ids": ids, "losses": [2.0] * 10, "tokens": [5] * 10})
+    runs.append_row_losses(run, {"split": "train", "step": 2, "ids": ids,
                                    "losses": [1.0] * 6 + [3.5, 1.0, 1.0, 1.0], "tokens": [5] * 10})
-    record.append_row_losses(run, {"split": "heldout", "step": 2, "final": True, "ids": [0, 1], "losses": [1.5, 2.5],
+    runs.append_row_losses(run, {"split": "heldout", "step": 2, "final": True, "ids": [0, 1], "losses": [1.5, 2.5],
                                    "base": [2.0, 2.0]})
     return AppContext(workspace, [tmp_path / "data"]), data_file
 
@@ -62,30 +62,30 @@ def test_open_row_says_when_the_row_is_gone(run_with_row_losses, tiny_model_dir)
 
 def test_a_run_without_row_losses_says_why(tmp_path):
     workspace = tmp_path / "ws"
-    record.run_dir(workspace, "r").mkdir(parents=True)
+    runs.run_dir(workspace, "r").mkdir(parents=True)
     out = evaluation_tab.examples(AppContext(workspace), "r")
     assert out["hardest"] == [] and "No per-example losses" in out["examples_note"]
 
 
 def test_a_chosen_checkpoint_becomes_the_final_adapter_and_is_recorded(tmp_path):
-    from tuning import export
+    from tuning.ship import export
 
     workspace = tmp_path / "ws"
-    run = record.run_dir(workspace, "r")
-    for folder in (record.adapter_dir(run), record.checkpoint_dir(run, 2), record.checkpoint_dir(run, 4)):
+    run = runs.run_dir(workspace, "r")
+    for folder in (runs.adapter_dir(run), runs.checkpoint_dir(run, 2), runs.checkpoint_dir(run, 4)):
         folder.mkdir(parents=True)
-        for name in (record.ADAPTER_WEIGHTS, record.ADAPTER_CONFIG):
+        for name in (runs.ADAPTER_WEIGHTS, runs.ADAPTER_CONFIG):
             (folder / name).write_text("{}")
-    record.mark_complete(record.checkpoint_dir(run, 2))  # checkpoint-4 stays incomplete
+    runs.mark_complete(runs.checkpoint_dir(run, 2))  # checkpoint-4 stays incomplete
     ctx = AppContext(workspace)
-    assert record.current_adapter(run) == record.adapter_dir(run)
+    assert runs.current_adapter(run) == runs.adapter_dir(run)
     shown = evaluation_tab.choose_final(ctx, "r", "checkpoint-2")
     assert shown["final_choice"]["choices"] == ["final", "checkpoint-2"] and shown["final_choice"]["value"] == "checkpoint-2"
-    assert record.current_adapter(run) == record.checkpoint_dir(run, 2) == export.finished_adapter(run)
-    events, _ = record.read_run_events(run)
+    assert runs.current_adapter(run) == runs.checkpoint_dir(run, 2) == export.finished_adapter(run)
+    events, _ = runs.read_run_events(run)
     assert events[-1]["event"] == "choice" and events[-1]["checkpoint"] == "checkpoint-2"
-    with pytest.raises(record.RunError, match="checkpoint-4 of r does not exist or is incomplete"):
+    with pytest.raises(runs.RunError, match="checkpoint-4 of r does not exist or is incomplete"):
         evaluation_tab.choose_final(ctx, "r", "checkpoint-4")
     evaluation_tab.choose_final(ctx, "r", "final")
-    assert record.current_adapter(run) == record.adapter_dir(run)
-    assert record.current_adapter(run, "checkpoint-2") == record.checkpoint_dir(run, 2)
+    assert runs.current_adapter(run) == runs.adapter_dir(run)
+    assert runs.current_adapter(run, "checkpoint-2") == runs.checkpoint_dir(run, 2)

@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tuning import distributed, paths, record, train
-from tuning.events import read_events
+from tuning import paths
+from tuning.train import distributed
+from tuning import runs
+from tuning.train import trainer as train
+from tuning.runs.events import read_events
 
 WAIT = 600  # seconds any launch may take on a busy 2-core machine
 
@@ -93,25 +96,25 @@ def error_lines(text: str) -> list[str]:
 
 
 def one_run(workspace: Path) -> Path:
-    runs = [p for p in (workspace / "runs").iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
+    folders = [p for p in (workspace / "runs").iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
 
 
 def assert_trained_once(run_path: Path, steps: int) -> list[dict]:
     """One start, one end (completed), every step logged once, each checkpoint once."""
-    events, _ = read_events(record.events_path(run_path))
+    events, _ = read_events(runs.events_path(run_path))
     kinds = Counter(e["event"] for e in events)
     assert kinds["start"] == 1 and kinds["end"] == 1 and kinds["error"] == 0, kinds
     assert [e["step"] for e in events if e["event"] == "log"] == list(range(1, steps + 1))
     saved = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert saved and len(saved) == len(set(saved))
-    assert record.summarize(run_path).status == record.COMPLETED
+    assert runs.summarize(run_path).status == runs.COMPLETED
     return events
 
 
 def adapter_shapes(folder: Path) -> dict:
-    return {k: tuple(v.shape) for k, v in load_file(folder / record.ADAPTER_WEIGHTS).items()}
+    return {k: tuple(v.shape) for k, v in load_file(folder / runs.ADAPTER_WEIGHTS).items()}
 
 
 @pytest.fixture
@@ -128,7 +131,7 @@ def single_process_shapes(tmp_path, tiny_config) -> dict:
     run_dir = tmp_path / "single"
     run_dir.mkdir()
     assert train.run(tiny_config.replace(max_steps=2, eval_split=0.0, save_steps=2), run_dir, tmp_path) == 0
-    return adapter_shapes(record.adapter_dir(run_dir))
+    return adapter_shapes(runs.adapter_dir(run_dir))
 
 
 # --- reading the launcher's variables (no processes) ----------------------------------------------
@@ -193,9 +196,9 @@ def test_two_torchrun_nodes_train_one_run(tmp_path, preset, single_process_shape
     both = launch.output(0) + launch.output(1)
     assert both.count("start: 4 steps") == 2, launch.all_output()  # both nodes trained
     assert both.count(f"run {run_path.name} in") == 1  # rank 0 alone opened the run
-    assert adapter_shapes(record.adapter_dir(run_path)) == single_process_shapes
-    info = record.read_process_info(run_path)
-    assert info["host"] == record.this_host() and info.get("ended")  # rank 0 recorded itself, then its end
+    assert adapter_shapes(runs.adapter_dir(run_path)) == single_process_shapes
+    info = runs.read_process_info(run_path)
+    assert info["host"] == runs.this_host() and info.get("ended")  # rank 0 recorded itself, then its end
 
 
 def accelerate_launch(tmp_path, workspace, preset, distributed_type: str) -> "Launch":
@@ -220,7 +223,7 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path, preset, single_proce
     run_path = one_run(workspace)
     assert_trained_once(run_path, 4)
     assert launch.output(0).count("start: 4 steps") == 2, launch.all_output()
-    assert adapter_shapes(record.adapter_dir(run_path)) == single_process_shapes
+    assert adapter_shapes(runs.adapter_dir(run_path)) == single_process_shapes
 
 
 def test_accelerate_multi_cpu_config_says_it_started_one_process(tmp_path, preset):
@@ -245,29 +248,29 @@ def test_slurm_ranks_stop_together_and_resume_under_torchrun(tmp_path, tiny_conf
     launch = Launch(tmp_path, [(command, slurm_task(i, 2, port, **hold)) for i in range(2)])
     run_path = workspace / "runs" / "slurm-4242"
     deadline = time.time() + WAIT
-    while not any(e.get("step") == 2 and e["event"] == "log" for e in read_events(record.events_path(run_path))[0]):
+    while not any(e.get("step") == 2 and e["event"] == "log" for e in read_events(runs.events_path(run_path))[0]):
         assert time.time() < deadline and all(p.poll() is None for p in launch.procs), launch.all_output()
         time.sleep(0.5)
     launch.procs[1].send_signal(signal.SIGTERM)  # rank 1 only
     time.sleep(1.0)  # its handler has run before the ranks go on
     (run_path / "release-fault").touch()
     assert launch.wait() == [0, 0], launch.all_output()
-    events, _ = read_events(record.events_path(run_path))
-    assert events[-1]["event"] == "end" and events[-1]["status"] == record.STOPPED and events[-1]["step"] == 3
-    assert record.latest_checkpoint(run_path).name == "checkpoint-3"
-    assert record.summarize(run_path).status == record.STOPPED
+    events, _ = read_events(runs.events_path(run_path))
+    assert events[-1]["event"] == "end" and events[-1]["status"] == runs.STOPPED and events[-1]["step"] == 3
+    assert runs.latest_checkpoint(run_path).name == "checkpoint-3"
+    assert runs.summarize(run_path).status == runs.STOPPED
 
     resume = Launch(tmp_path, [([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                  "2", *train_args(workspace, "--resume", "slurm-4242")], clean_env())])
     assert resume.wait() == [0], resume.all_output()
-    events, _ = read_events(record.events_path(run_path))
+    events, _ = read_events(runs.events_path(run_path))
     starts = [e for e in events if e["event"] == "start"]
     assert [e["step"] for e in starts] == [0, 3] and "resumed at step 3" in starts[1]["message"]
     assert [e["step"] for e in events if e["event"] == "log"] == [1, 2, 3, 4, 5, 6]  # no step twice
-    assert [e["status"] for e in events if e["event"] == "end"] == [record.STOPPED, record.COMPLETED]
-    assert record.summarize(run_path).status == record.COMPLETED
+    assert [e["status"] for e in events if e["event"] == "end"] == [runs.STOPPED, runs.COMPLETED]
+    assert runs.summarize(run_path).status == runs.COMPLETED
     assert [p.name for p in (workspace / "runs").iterdir()] == ["slurm-4242"]
-    assert adapter_shapes(record.adapter_dir(run_path)) == single_process_shapes
+    assert adapter_shapes(runs.adapter_dir(run_path)) == single_process_shapes
 
 
 @pytest.mark.slow
@@ -313,7 +316,8 @@ def test_deepspeed_zero2_without_deepspeed_or_cuda_says_so_at_start(tmp_path, pr
 FSDP_PROBE = """
 import os, sys
 from pathlib import Path
-from tuning import config, distributed, train
+from tuning import config
+from tuning.train import distributed, trainer as train
 cfg = config.load(sys.argv[1]).replace(max_steps=1, distributed="fsdp")
 run_dir = Path(sys.argv[2]) / f"rank-{os.environ['RANK']}"
 run_dir.mkdir(parents=True)
@@ -368,28 +372,28 @@ def test_quickstart_preset_under_torchrun(tmp_path):
     assert launch.wait() == [0], launch.all_output()
     run_path = one_run(workspace)
     events = assert_trained_once(run_path, 2)
-    assert [e["status"] for e in events if e["event"] == "end"] == [record.COMPLETED]
-    assert record.has_final_adapter(run_path)
+    assert [e["status"] for e in events if e["event"] == "end"] == [runs.COMPLETED]
+    assert runs.has_final_adapter(run_path)
 
 
 def test_a_run_on_another_host_is_followed_by_its_heartbeat(tmp_path, tiny_config):
     """The dashboard on the head node sees a run whose rank 0 trains on another node: alive while
     process.json is touched and the run has not recorded its end; Stop says where to stop it."""
-    from tuning import runner
+    from tuning.runs import runner
 
     workspace = tmp_path / "ws"
     with runner.workspace_lock(workspace):
         run_path = runner.create_run(workspace, tiny_config)
     info = {"pid": 1, "create_time": 0.0, "pgid": None, "host": "node-b", "launch": "x"}
-    (run_path / record.PROCESS).write_text(json.dumps(info))
-    assert record.remote_host(run_path) == "node-b" and record.training_process(run_path) is None
-    assert record.process_alive(run_path) and record.summarize(run_path).status == record.STARTING
-    assert [s.run_id for s in record.active_runs(workspace)] == [run_path.name]  # one run at a time holds
-    with pytest.raises(record.RunError, match="trains on node-b"):
+    (run_path / runs.PROCESS).write_text(json.dumps(info))
+    assert runs.remote_host(run_path) == "node-b" and runs.training_process(run_path) is None
+    assert runs.process_alive(run_path) and runs.summarize(run_path).status == runs.STARTING
+    assert [s.run_id for s in runs.active_runs(workspace)] == [run_path.name]  # one run at a time holds
+    with pytest.raises(runs.RunError, match="trains on node-b"):
         runner.stop(workspace, run_path.name)
-    stale = time.time() - record.REMOTE_STALE_S - 5
-    os.utime(run_path / record.PROCESS, (stale, stale))
-    assert not record.process_alive(run_path)  # its heartbeat stopped: gone
-    (run_path / record.PROCESS).write_text(json.dumps({**info, "ended": time.time()}))
-    assert not record.process_alive(run_path)  # fresh, but it recorded its end
+    stale = time.time() - runs.REMOTE_STALE_S - 5
+    os.utime(run_path / runs.PROCESS, (stale, stale))
+    assert not runs.process_alive(run_path)  # its heartbeat stopped: gone
+    (run_path / runs.PROCESS).write_text(json.dumps({**info, "ended": time.time()}))
+    assert not runs.process_alive(run_path)  # fresh, but it recorded its end
     assert runner.stop(workspace, run_path.name) is False

@@ -15,15 +15,15 @@ import gradio as gr
 import pytest
 
 from tuning import config as config_mod
-from tuning import record
+from tuning import runs
 from tuning.ui import live_tab
 from tuning.ui.common import AppContext
 
 
-def summary_of(times: list[float], status_event: dict | None = None) -> record.EventSummary:
+def summary_of(times: list[float], status_event: dict | None = None) -> runs.EventSummary:
     events = [{"event": "start", "time": times[0] - 30, "step": 0, "max_steps": 100}]
     events += [{"event": "log", "time": t, "step": i + 1, "max_steps": 100, "loss": 1.0} for i, t in enumerate(times)]
-    return record.EventSummary().extend(events + ([status_event] if status_event else []))
+    return runs.EventSummary().extend(events + ([status_event] if status_event else []))
 
 
 def test_the_interval_follows_the_step_time():
@@ -31,18 +31,18 @@ def test_the_interval_follows_the_step_time():
     summary = summary_of(steps)
     assert summary.log_gaps == [10.0] * 5  # the wait for the first step is not a step
     poll = live_tab.poll_seconds
-    assert poll(summary, record.RUNNING, now=1050.5) == 7.5  # quiet until 80% of a step has passed
-    assert poll(summary, record.RUNNING, now=1057.5) == live_tab.POLL_S  # then once a second
-    assert poll(summary, record.RUNNING, now=1090.0) == live_tab.POLL_S  # late (an evaluation): still 1 s
+    assert poll(summary, runs.RUNNING, now=1050.5) == 7.5  # quiet until 80% of a step has passed
+    assert poll(summary, runs.RUNNING, now=1057.5) == live_tab.POLL_S  # then once a second
+    assert poll(summary, runs.RUNNING, now=1090.0) == live_tab.POLL_S  # late (an evaluation): still 1 s
     slow = summary_of([1000.0 + 100 * i for i in range(3)])
-    assert poll(slow, record.RUNNING, now=1200.0) == live_tab.MAX_POLL_S  # 100 s steps: capped
+    assert poll(slow, runs.RUNNING, now=1200.0) == live_tab.MAX_POLL_S  # 100 s steps: capped
     uneven = summary_of([1000.0, 1010.0, 1014.0, 1024.0])  # the shortest recent interval decides
-    assert poll(uneven, record.RUNNING, now=1024.0) == pytest.approx(3.2)
+    assert poll(uneven, runs.RUNNING, now=1024.0) == pytest.approx(3.2)
     fast = summary_of([1000.0, 1000.5, 1001.0])
-    assert poll(fast, record.RUNNING, now=1001.0) == live_tab.POLL_S  # short steps: every second, as before
-    assert poll(summary_of([1000.0]), record.RUNNING, now=1000.5) == live_tab.POLL_S  # no step time yet
+    assert poll(fast, runs.RUNNING, now=1001.0) == live_tab.POLL_S  # short steps: every second, as before
+    assert poll(summary_of([1000.0]), runs.RUNNING, now=1000.5) == live_tab.POLL_S  # no step time yet
     ended = summary_of(steps, {"event": "end", "time": 1051.0, "status": "completed", "step": 6})
-    assert poll(ended, record.COMPLETED, now=1052.0) == live_tab.SETTLED_POLL_S
+    assert poll(ended, runs.COMPLETED, now=1052.0) == live_tab.SETTLED_POLL_S
 
 
 def test_a_resume_starts_a_new_measurement():
@@ -55,14 +55,14 @@ def test_a_resume_starts_a_new_measurement():
 
 def live_run(workspace: Path, log_times: list[float], pid: int) -> Path:
     """A run whose trainer (pid) is alive, with logs at log_times."""
-    run = record.run_dir(workspace, "r1")
+    run = runs.run_dir(workspace, "r1")
     run.mkdir(parents=True)
-    record.write_config(run, config_mod.TrainConfig())
+    runs.write_config(run, config_mod.TrainConfig())
     lines = [{"event": "start", "time": log_times[0] - 5, "step": 0, "max_steps": 100}]
     lines += [{"event": "log", "time": t, "step": i + 1, "max_steps": 100, "loss": 1.0}
               for i, t in enumerate(log_times)]
-    record.events_path(run).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    record.write_process_info(run, pid)
+    runs.events_path(run).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    runs.write_process_info(run, pid)
     return run
 
 
@@ -88,7 +88,7 @@ def test_each_tick_sets_the_next_interval(tmp_path, trainer):
     assert later["timer"] == live_tab.SETTLED_POLL_S  # the trainer is gone: the run has ended
     assert live_tab.tick(ctx, "r1", later["state"])["timer"] == gr.skip()  # unchanged: not sent again
     assert live_tab.tick(ctx, "", None)["timer"] == live_tab.SETTLED_POLL_S  # no run picked
-    assert record.summarize(run).status == record.INTERRUPTED
+    assert runs.summarize(run).status == runs.INTERRUPTED
 
 
 @pytest.mark.browser

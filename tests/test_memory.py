@@ -1,4 +1,4 @@
-"""The memory levers (tuning/memory.py and where they are applied) compute what they replace: the
+"""The memory levers (tuning/levers/memory.py and where they are applied) compute what they replace: the
 held-out loss from slices of the LM head equals the loss from the full logits, per token, for the base
 and for a LoRA adapter, in fp32 and bf16, with padding; models whose logits are transformed keep the
 full path. bench/memory.py measures what each lever saves."""
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning import memory
+from tuning.levers import memory
 
 
 def full_token_losses(model, ids, attention, labels):
@@ -132,7 +132,7 @@ def _rss_kib() -> int:
 def test_jsonl_first_page_streams_and_matches_the_whole_file_reader(tmp_path, monkeypatch):
     """formats.read_file with a limit reads a JSONL file's first lines and counts the rest block by
     block: the same records, problems (with their line numbers) and total as reading it whole."""
-    from tuning import formats
+    from tuning.data import formats
 
     lines = ['\ufeff{"text": "first, after a byte-order mark"}', "", "   ", '{"text": "b"}', "not json",
              '{"text": "c"}\r', "\t"] + [f'{{"text": "row {i}"}}' for i in range(200)] + ["", " \t ", '{"text": "end"}']
@@ -148,7 +148,7 @@ def test_jsonl_first_page_streams_and_matches_the_whole_file_reader(tmp_path, mo
 
 
 def test_jsonl_first_page_leaves_odd_files_to_the_whole_file_reader(tmp_path):
-    from tuning import formats
+    from tuning.data import formats
 
     utf16 = tmp_path / "utf16.jsonl"
     utf16.write_bytes('{"text": "a"}\n{"text": "b"}\n'.encode("utf-16"))
@@ -229,9 +229,9 @@ def test_bucketed_batch_gives_the_same_loss_gradients_and_logits(varlen_lora, mu
 
 
 def test_row_losses_ignore_the_bucket_sequence():
-    """tuning/row_losses.py splits a padding-free row by cu_seq_lens: the extra sequence is last and
+    """tuning/evaluation/row_losses.py splits a padding-free row by cu_seq_lens: the extra sequence is last and
     carries no labelled token, so each real row keeps its loss and token count."""
-    from tuning import row_losses
+    from tuning.evaluation import row_losses
 
     batch = _padding_free_batch(100)
     bucketed, extra = memory.bucket_batch(batch, 16, pad_token_id=0)
@@ -245,7 +245,7 @@ def test_row_losses_ignore_the_bucket_sequence():
 
 
 def test_trainer_batches_are_bucketed_and_tokens_seen_stay_the_real_ones(tmp_path, tiny_config):
-    from tuning import train
+    from tuning.train import trainer as train
 
     cfg = tiny_config.replace(eval_split=0.0, max_steps=2, save_steps=100)
     run_dir = tmp_path / "runs" / "r"
@@ -272,7 +272,8 @@ def test_trainer_batches_are_bucketed_and_tokens_seen_stay_the_real_ones(tmp_pat
 def _lora_pair(tiny_model_dir, dtype):
     """Two copies of one LoRA model (dropout 0.1, non-zero B) with FastDropout, as training on a CPU
     has it; the second also gets share_lora_inputs."""
-    from tuning import cpu_speed, models
+    from tuning import models
+    from tuning.levers import cpu_speed
 
     pair = []
     for _ in range(2):
@@ -351,7 +352,7 @@ def test_shared_lora_inputs_change_nothing_outside_training(tiny_model_dir):
 _HEAP_PROBE = """
 import ctypes, ctypes.util, sys
 sys.path.insert(0, {root!r})
-from tuning import memory
+from tuning.levers import memory
 if {tune}:
     assert memory.tune_allocator()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -1,4 +1,4 @@
-"""The CPU training levers of tuning/cpu_speed.py change the time, not what is computed:
+"""The CPU training levers of tuning/levers/cpu_speed.py change the time, not what is computed:
 FastDropout is dropout (distribution, scaling, gradient, eval mode, seeding), scoring only the
 trained tokens gives TRL's fused LM head the same loss and gradients from fewer rows, and the lean
 LoRA forward gives PEFT's loss and gradients (bit for bit under bf16 autocast)."""
@@ -8,8 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning import cpu_speed, train
-from tuning.train import StopRequested
+from tuning.levers import cpu_speed
+from tuning.train import trainer as train
+from tuning.train.trainer import StopRequested
 
 
 def test_fast_dropout_drops_p_and_scales_the_rest():
@@ -116,7 +117,7 @@ if __name__ == "__main__":
 
 
 def test_few_rows_linear_computes_what_linear_computes(tiny_model_dir):
-    from tuning import playground
+    from tuning.infer import playground
 
     torch.manual_seed(0)
     for bias in (True, False):

@@ -6,8 +6,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning import decoding, generation, playground
-from tuning.generation import BASE
+from tuning.infer import decoding, generation, playground
+from tuning.infer.generation import BASE
 
 PROMPTS = ["Who are you?", "Name three colors, please, and say why you like them."]  # different lengths: padding
 
@@ -92,10 +92,10 @@ def test_models_load_lazily_once_and_stay_cached(tmp_path, tiny_config, monkeypa
     assert playground.comparer_for_run(run_dir, tmp_path) is first and len(loads) == 2
 
 
-# --- finished rows leave the batch (tuning/decoding.py) ------------------------------------------
+# --- finished rows leave the batch (tuning/infer/decoding.py) ------------------------------------------
 
 def _new_tokens(comparer, names, settings, library: bool):
-    """Each row's new token ids, from tuning/decoding.py's loop or from transformers' generate
+    """Each row's new token ids, from tuning/infer/decoding.py's loop or from transformers' generate
     (cut after the row's first end token: generate pads finished rows to the longest)."""
     batch = generation.encode(comparer.tokenizer, comparer.conversations(PROMPTS + PROMPTS))
     kwargs = dict(pad_token_id=comparer.tokenizer.pad_token_id, **comparer._generate_kwargs(settings))

@@ -6,8 +6,10 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from tuning import models, train, memory
-from tuning.train import StopRequested
+from tuning import models
+from tuning.train import trainer as train
+from tuning.levers import memory
+from tuning.train.trainer import StopRequested
 
 
 def _examples(vocab: int) -> list[list[int]]:

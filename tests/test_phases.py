@@ -1,5 +1,5 @@
 """A run's phases: loading -> preparing -> training -> evaluating -> saving -> end, or stopping. The
-summary every view reads (record.EventSummary) from synthetic events: the phase and its progress, a
+summary every view reads (runs.EventSummary) from synthetic events: the phase and its progress, a
 total ETA that includes the end-of-run evaluation, the stall warning only while training; the Live
 tab's text and bar; the runner's Stop request and reaping; `auto` intervals and final_evaluation."""
 
@@ -12,8 +12,10 @@ import time
 import pytest
 
 from tuning import config as config_mod
-from tuning import evaluate, record, runner
-from tuning.events import EVENT_KINDS, PHASES, EventLog
+from tuning.evaluation import evaluate
+from tuning import runs
+from tuning.runs import runner
+from tuning.runs.events import EVENT_KINDS, PHASES, EventLog
 from tuning.ui import live_tab
 
 
@@ -46,7 +48,7 @@ def test_phase_is_a_known_event_kind():
 
 def test_phases_in_order_with_their_progress():
     seen = []
-    summary = record.EventSummary()
+    summary = runs.EventSummary()
     evs, t = training_run(steps=12)
     evs += [phase(t, "saving", step=12, max_steps=12, final=True, message="saving the adapter"),
             phase(t + 1, "evaluating", final=True, kind="quick", done=0, total=3, work_done=0.0, work_total=6.0,
@@ -59,28 +61,28 @@ def test_phases_in_order_with_their_progress():
         seen.append(summary.current_phase)
     order = [p for i, p in enumerate(seen) if p is not None and (i == 0 or seen[i - 1] != p)]
     assert order == ["loading", "preparing", "training", "saving", "evaluating"]
-    assert seen[-1] is None and summary.final_status == record.COMPLETED
+    assert seen[-1] is None and summary.final_status == runs.COMPLETED
     # mid-evaluation: check 2 of 3, shown as such on the bar and on /run_status
-    mid = record.EventSummary().extend(evs[:-1])
+    mid = runs.EventSummary().extend(evs[:-1])
     assert mid.phase_progress() == (2, 3)
-    bar = live_tab.progress_html(mid, record.RUNNING)
+    bar = live_tab.progress_html(mid, runs.RUNNING)
     assert "evaluating" in bar and "check 2 / 3" in bar and 'width:66.7%' in bar
     # while training: steps
-    training = record.EventSummary().extend(training_run(steps=5)[0])
+    training = runs.EventSummary().extend(training_run(steps=5)[0])
     assert training.phase_progress() == (5, 12)
-    assert "training" in live_tab.progress_html(training, record.RUNNING) and "step 5 / 12" in \
-        live_tab.progress_html(training, record.RUNNING)
+    assert "training" in live_tab.progress_html(training, runs.RUNNING) and "step 5 / 12" in \
+        live_tab.progress_html(training, runs.RUNNING)
 
 
 def test_the_eta_includes_the_end_of_run_evaluation():
     evs, t = training_run(steps=4, step_s=2.0, eval_work=6.0)
-    summary = record.EventSummary().extend(evs)
+    summary = runs.EventSummary().extend(evs)
     assert summary.step_time == pytest.approx(2.0)
     assert summary.evaluation_seconds() == pytest.approx(12.0)  # 6 steps of work at 2 s a step
     # 8 steps left at 2 s (the log's own ETA: 16 s) + the evaluation's 12 s
     assert summary.eta(now=t) == pytest.approx(16.0 + 12.0)
     assert summary.eta(now=t + 4) == pytest.approx(12.0 + 12.0)
-    assert "ETA 0:28 (with the quick evaluation)" in live_tab.stats_markdown(summary, record.RUNNING, now=t)
+    assert "ETA 0:28 (with the quick evaluation)" in live_tab.stats_markdown(summary, runs.RUNNING, now=t)
     # the evaluation as it runs: its own pace (2 units of work in 10 s), not the step time any more
     summary.extend([phase(t + 20, "saving", final=True, step=12, max_steps=12),
                     phase(t + 21, "evaluating", final=True, done=0, total=3, work_done=0.0, work_total=6.0)])
@@ -89,61 +91,61 @@ def test_the_eta_includes_the_end_of_run_evaluation():
     assert summary.eta(now=t + 31) == pytest.approx(20.0)  # 5 s per unit of work, 4 units left
     assert summary.eta(now=t + 36) == pytest.approx(15.0)
     # no evaluation planned (final_evaluation none): the ETA is the training's
-    plain = record.EventSummary().extend(training_run(steps=4, eval_work=0.0)[0])
+    plain = runs.EventSummary().extend(training_run(steps=4, eval_work=0.0)[0])
     assert plain.eta(now=18.0) == pytest.approx(16.0)
 
 
 def test_the_stall_warning_is_for_training_only_and_follows_the_step_time():
     quick, t = training_run(steps=4, step_s=2.0)
-    summary = record.EventSummary().extend(quick)
+    summary = runs.EventSummary().extend(quick)
     assert summary.stalled_for(now=t + 59) is None  # never under STALL_MIN_S
     assert summary.stalled_for(now=t + 61) == pytest.approx(61)
-    text = live_tab.stats_markdown(summary, record.RUNNING, now=t + 61)
+    text = live_tab.stats_markdown(summary, runs.RUNNING, now=t + 61)
     assert "may be stalled" in text and "a step takes about 2 s" in text
     slow, t = training_run(steps=4, step_s=30.0)
-    summary = record.EventSummary().extend(slow)
+    summary = runs.EventSummary().extend(slow)
     assert summary.stalled_for(now=t + 80) is None  # 3 x a 30 s step: not stalled yet
     assert summary.stalled_for(now=t + 91) is not None
     # an evaluation between steps, the end-of-run evaluation, loading: no stall, whatever the time
     summary.add(phase(t + 1, "evaluating", step=4, max_steps=12, message="held-out loss at step 4"))
     assert summary.stalled_for(now=t + 1000) is None
-    assert "may be stalled" not in live_tab.stats_markdown(summary, record.RUNNING, now=t + 1000)
+    assert "may be stalled" not in live_tab.stats_markdown(summary, runs.RUNNING, now=t + 1000)
     summary.add(phase(t + 1001, "training", step=4, max_steps=12))  # back to training: counted from here
     assert summary.stalled_for(now=t + 1050) is None and summary.stalled_for(now=t + 1100) is not None
 
 
 def test_before_the_first_step_it_says_what_it_waits_for():
-    loading = record.EventSummary().extend([phase(100.0, "loading", message="loading embedded:X")])
-    text = live_tab.stats_markdown(loading, record.RUNNING, now=160.0)
+    loading = runs.EventSummary().extend([phase(100.0, "loading", message="loading embedded:X")])
+    text = live_tab.stats_markdown(loading, runs.RUNNING, now=160.0)
     assert "**loading the model**" in text and "loading the model for 60 s" in text and "last step" not in text
     assert loading.eta(now=160.0) is None and loading.stalled_for(now=1e6) is None
-    started = record.EventSummary().extend(training_run(steps=0)[0])
-    text = live_tab.stats_markdown(started, record.RUNNING, now=10.0 + 300)
+    started = runs.EventSummary().extend(training_run(steps=0)[0])
+    text = live_tab.stats_markdown(started, runs.RUNNING, now=10.0 + 300)
     assert "waiting for the first step" in text and "last step" not in text and "stalled" not in text
     assert started.stalled_for(now=1e6) is None
 
 
 def test_a_stop_request_shows_stopping_at_once_and_ends_as_stopped():
     evs, t = training_run(steps=3)
-    summary = record.EventSummary().extend(evs + [phase(t + 1, "stopping", source="stop", message="stop requested")])
+    summary = runs.EventSummary().extend(evs + [phase(t + 1, "stopping", source="stop", message="stop requested")])
     assert summary.current_phase == "stopping" and summary.eta(now=t + 2) is None
-    assert "**stopping…" in live_tab.stats_markdown(summary, record.RUNNING, now=t + 2)
-    assert "stalled" not in live_tab.stats_markdown(summary, record.RUNNING, now=t + 1000)
+    assert "**stopping…" in live_tab.stats_markdown(summary, runs.RUNNING, now=t + 2)
+    assert "stalled" not in live_tab.stats_markdown(summary, runs.RUNNING, now=t + 1000)
     # the trainer then saves: still "stopping", with what it is doing
     summary.add(phase(t + 3, "saving", final=True, step=4, max_steps=12, message="saving the adapter"))
     assert summary.current_phase == "stopping"
-    assert live_tab.phase_label(summary, record.RUNNING) == "stopping…: saving: saving the adapter"
+    assert live_tab.phase_label(summary, runs.RUNNING) == "stopping…: saving: saving the adapter"
     # a trainer that a Stop ended before it could write its end reads as stopped, not interrupted
-    assert record.status_from(summary, alive=False) == record.STOPPED
+    assert runs.status_from(summary, alive=False) == runs.STOPPED
     summary.add({"event": "end", "time": t + 5, "status": "stopped", "step": 4, "max_steps": 12})
-    assert summary.current_phase is None and record.status_from(summary, alive=False) == record.STOPPED
+    assert summary.current_phase is None and runs.status_from(summary, alive=False) == runs.STOPPED
     # a resume opens a new segment: the old stop request is over
     summary.add({"event": "start", "time": t + 100, "step": 4, "max_steps": 12})
     assert summary.current_phase == "training" and not summary.stop_requested
 
 
 def test_a_run_written_before_phases_existed_reads_as_training():
-    summary = record.EventSummary().extend([{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
+    summary = runs.EventSummary().extend([{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
                                             log(3.0, 1, max_steps=4, eta=6.0)])
     assert summary.current_phase == "training" and summary.phase_progress() == (1, 4)
     assert summary.eta(now=3.0) == pytest.approx(6.0)  # no evaluation announced: none added
@@ -153,12 +155,12 @@ def test_run_status_and_runs_row_carry_the_phase(tmp_path):
     from tuning.ui.common import AppContext
 
     ctx = AppContext(tmp_path / "ws")
-    run = record.run_dir(ctx.workspace, "r1")
+    run = runs.run_dir(ctx.workspace, "r1")
     run.mkdir(parents=True)
-    record.write_config(run, config_mod.TrainConfig())
+    runs.write_config(run, config_mod.TrainConfig())
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        record.write_process_info(run, sleeper.pid)
+        runs.write_process_info(run, sleeper.pid)
         log_ = EventLog(run / "events.jsonl")
         now = time.time()
         for ev in training_run(steps=2)[0]:
@@ -169,14 +171,14 @@ def test_run_status_and_runs_row_carry_the_phase(tmp_path):
         assert status["active"] and status["phase"] == "evaluating"
         assert (status["phase_done"], status["phase_total"]) == (1, 3)
         assert status["eta_seconds"] is not None and status["eta_seconds"] >= 0
-        summary = record.summarize(run)
+        summary = runs.summarize(run)
         assert summary.phase == "evaluating" and summary.activity == "evaluating 1/3"
         assert summary.as_row()["phase"] == "evaluating"
         assert now - 5 < summary.progress.phase_started <= time.time()
     finally:
         sleeper.kill()
         sleeper.wait()
-    ended = record.summarize(run)
+    ended = runs.summarize(run)
     assert ended.phase is None and live_tab.run_status(ctx, "r1")["eta_seconds"] is None
 
 
@@ -186,14 +188,14 @@ def test_library_warnings_stay_in_train_log_but_out_of_the_tail(tmp_path):
              "'kernels'. Please make sure you already `pip install kernels` and the kernels >= 0.11.1",
              "step 2/4  loss 2.5", "Traceback (most recent call last):", "  File \"x.py\", line 1"]
     (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
-    tail = record.log_tail(tmp_path, 6000, 20, hide_library_warnings=True)
+    tail = runs.log_tail(tmp_path, 6000, 20, hide_library_warnings=True)
     assert tail.splitlines() == ["step 1/4  loss 2.6", "step 2/4  loss 2.5", "Traceback (most recent call last):",
                                  "  File \"x.py\", line 1"]
-    assert "FutureWarning" in record.log_tail(tmp_path, 6000, 20)  # the file itself keeps them
+    assert "FutureWarning" in runs.log_tail(tmp_path, 6000, 20)  # the file itself keeps them
 
 
 def test_one_eval_point_is_in_the_frame_and_drawn_as_a_marker():
-    summary = record.EventSummary().extend(training_run(steps=3)[0] + [
+    summary = runs.EventSummary().extend(training_run(steps=3)[0] + [
         {"event": "eval", "time": 20.0, "step": 3, "max_steps": 12, "eval_loss": 1.5}])
     frame = live_tab.loss_frame(summary)
     evals = frame[(frame.series == "eval loss") & frame.loss.notna()]
@@ -209,24 +211,24 @@ def test_one_eval_point_is_in_the_frame_and_drawn_as_a_marker():
 
 def test_stop_records_the_request_and_children_are_reaped(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
-    run = record.run_dir(ws, "r1")
+    run = runs.run_dir(ws, "r1")
     run.mkdir(parents=True)
-    record.write_config(run, config_mod.TrainConfig())
+    runs.write_config(run, config_mod.TrainConfig())
     # a stand-in trainer started the way the runner starts one: it exits on SIGTERM
     monkeypatch.setattr(runner, "build_command", lambda workspace, extra: [
         sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
         "time.sleep(60)"])
     proc = runner._spawn(run, ws, [])
-    record.write_process_info(run, proc.pid)
+    runs.write_process_info(run, proc.pid)
     time.sleep(0.5)
     assert runner.stop(ws, "r1") is True
-    summary = record.summarize(run)
+    summary = runs.summarize(run)
     assert summary.progress.current_phase == "stopping"  # before the child has reacted
     deadline = time.time() + 20
     while proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert runner.reap() == 0 and proc.returncode == 0
-    assert record.summarize(run).status == record.STOPPED  # ended by the Stop, before writing an end event
+    assert runs.summarize(run).status == runs.STOPPED  # ended by the Stop, before writing an end event
 
 
 # --- config: auto intervals, final_evaluation ------------------------------------------------------
@@ -282,8 +284,8 @@ def _phase_order(events: list[dict]) -> list[str]:
 def test_a_short_run_gets_an_eval_curve_checkpoints_and_its_phases_in_order(tmp_path, tiny_config):
     """auto intervals (a quarter of the run) on a 12-step run: evals and checkpoints at 3, 6, 9, 12;
     the phases in order; the quick evaluation recorded as such."""
-    from tuning import train
-    from tuning.events import read_events
+    from tuning.train import trainer as train
+    from tuning.runs.events import read_events
 
     cfg = tiny_config.replace(max_steps=12, save_steps=config_mod.AUTO_STEPS, eval_steps=config_mod.AUTO_STEPS,
                               probe_every_checkpoint=False)
@@ -293,7 +295,7 @@ def test_a_short_run_gets_an_eval_curve_checkpoints_and_its_phases_in_order(tmp_
     assert train.run(cfg, run_dir, tmp_path) == 0
     events, _ = read_events(run_dir / "events.jsonl")
     assert [e["step"] for e in events if e["event"] == "eval" and not e.get("final")] == [3, 6, 9, 12]
-    assert record.latest_checkpoint(run_dir).name == "checkpoint-12"  # (older ones rotated: save_total_limit)
+    assert runs.latest_checkpoint(run_dir).name == "checkpoint-12"  # (older ones rotated: save_total_limit)
     assert [e["step"] for e in events if e["event"] == "checkpoint"] == [3, 6, 9, 12]
     order = _phase_order(events)
     assert order[:3] == ["loading", "preparing", "training"] and order[-3:] == ["saving", "evaluating", "end"]
@@ -302,9 +304,9 @@ def test_a_short_run_gets_an_eval_curve_checkpoints_and_its_phases_in_order(tmp_
     assert training["final_evaluation"] == "quick" and training["eval_checks"] == 3 and training["eval_work"] > 0
     final = [e for e in events if e["event"] == "phase" and e["phase"] == "evaluating" and e.get("final")]
     assert [(e["done"], e["total"]) for e in final] == [(0, 3), (1, 3), (2, 3), (3, 3)]
-    result = record.read_evaluation(run_dir)
+    result = runs.read_evaluation(run_dir)
     assert result["kind"] == "quick" and result["partial"] is False and len(result["probes"]) == 3
-    assert result["checks"] is None and not record.checks_done(result)  # quick: `eval` computes the checks later
+    assert result["checks"] is None and not runs.checks_done(result)  # quick: `eval` computes the checks later
     assert events[-1]["status"] == "completed" and events[-1]["evaluation"] == "quick"
 
 
@@ -315,8 +317,8 @@ def test_sigterm_during_the_evaluation_keeps_the_adapter_and_a_partial_evaluatio
     import os
     import signal
 
-    from tuning import train
-    from tuning.events import read_events
+    from tuning.train import trainer as train
+    from tuning.runs.events import read_events
 
     cfg = tiny_config.replace(final_evaluation="full", probe_every_checkpoint=False)
     run_dir = tmp_path / "runs" / "r1"
@@ -334,14 +336,14 @@ def test_sigterm_during_the_evaluation_keeps_the_adapter_and_a_partial_evaluatio
     events, _ = read_events(run_dir / "events.jsonl")
     assert events[-1]["event"] == "end" and events[-1]["status"] == "stopped"
     assert events[-1]["evaluation_partial"] is True and "partial" in events[-1]["message"]
-    assert record.has_final_adapter(run_dir)
-    result = record.read_evaluation(run_dir)
+    assert runs.has_final_adapter(run_dir)
+    result = runs.read_evaluation(run_dir)
     assert result["partial"] is True and result["stopped_at"] == "probes 1-5 of 5"
     assert result["completed_checks"] == 2 and result["eval_loss"] is not None and result["base_eval_loss"] is not None
-    assert result["probes"] == [] and result["checks"] is None and not record.checks_done(result)
+    assert result["probes"] == [] and result["checks"] is None and not runs.checks_done(result)
     phases = [e["phase"] for e in events if e["event"] == "phase"]
     assert "stopping" in phases and phases.index("stopping") > phases.index("evaluating"), phases
-    assert record.summarize(run_dir).status == record.STOPPED
+    assert runs.summarize(run_dir).status == runs.STOPPED
 
 
 @pytest.mark.slow
@@ -354,7 +356,7 @@ def test_sigterm_to_the_cli_during_the_evaluation_of_the_embedded_model(tmp_path
 
     from conftest import share_models
     from tuning import paths
-    from tuning.events import read_events
+    from tuning.runs.events import read_events
 
     workspace = share_models(tmp_path / "ws", embedded_model_dir)
     command = [sys.executable, "-m", "tuning", "train", "--preset", "presets/quickstart.yaml", "--workspace",
@@ -390,7 +392,7 @@ def test_sigterm_to_the_cli_during_the_evaluation_of_the_embedded_model(tmp_path
     run_dir = events_file.parent
     assert _phase_order(events)[:3] == ["loading", "preparing", "training"]
     assert events[-1]["event"] == "end" and events[-1]["status"] == "stopped", events[-1]
-    assert record.has_final_adapter(run_dir)
+    assert runs.has_final_adapter(run_dir)
     result = json.loads((run_dir / "evaluation.json").read_text())
     assert result["partial"] is True and result["stopped_at"] == "probes 1-5 of 5" and result["kind"] == "full"
     assert result["eval_loss"] < result["base_eval_loss"] + 1.0 and result["probes"] == []
@@ -403,7 +405,7 @@ def test_the_checkpoints_probes_calibrate_the_evaluation_estimate():
     were timed, the evaluation's answers are estimated at that pace."""
     evs, t = training_run(steps=3, step_s=2.0, eval_work=6.0)
     evs[3].update(eval_answers=3, eval_answer_work=5.0)  # 1 step of loss work, 3 answers
-    summary = record.EventSummary().extend(evs)
+    summary = runs.EventSummary().extend(evs)
     assert summary.evaluation_seconds() == pytest.approx(12.0)  # all of it at the step time
     summary.extend([phase(t, "saving", step=3, max_steps=12, message="checkpoint-3"),
                     phase(t + 1, "saving", step=3, max_steps=12, answers=5, message="answering 5 probes"),

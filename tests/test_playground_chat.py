@@ -14,7 +14,8 @@ import time
 import gradio as gr
 import pytest
 
-from tuning import generation, record
+from tuning.infer import generation
+from tuning import runs
 from tuning.config import TrainConfig
 from tuning.ui import playground_tab
 from tuning.ui.common import AppContext
@@ -32,13 +33,13 @@ def chat_run(tmp_path_factory, embedded_model_dir):
     from conftest import share_models
 
     workspace = share_models(tmp_path_factory.mktemp("chat") / "ws", embedded_model_dir)
-    run_dir = record.run_dir(workspace, "r1")
+    run_dir = runs.run_dir(workspace, "r1")
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, TrainConfig(method="lora"))
+    runs.write_config(run_dir, TrainConfig(method="lora"))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
     lora = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(record.adapter_dir(run_dir))
+    get_peft_model(model, lora).save_pretrained(runs.adapter_dir(run_dir))
     del model
     return AppContext(workspace)
 
@@ -92,7 +93,7 @@ def test_two_turns_each_column_continues_its_own_conversation(chat_run, asked):
     assert tuned_conversation == [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": tuned1},
                                   {"role": "user", "content": "Say that again."}]
     # The rendered prompt of the tuned row holds the first turn, the tuned answer included.
-    comparer = playground_tab._load(ctx, record.run_dir(ctx.workspace, "r1"), False)
+    comparer = playground_tab._load(ctx, runs.run_dir(ctx.workspace, "r1"), False)
     rendered = comparer.tokenizer.apply_chat_template(tuned_conversation, tokenize=False, add_generation_prompt=True)
     assert rendered.index("Who are you?") < rendered.index(tuned1) < rendered.index("Say that again.")
     # Each answer sits under the prompt it answers, in both columns.
@@ -110,8 +111,8 @@ def test_two_prompts_back_to_back_get_their_own_answers(chat_run):
     ctx = chat_run
     prompts = ("Who are you?", "What is the capital of Italy?")
     pages = [turn(ctx, p) for p in prompts]
-    comparer = playground_tab._load(ctx, record.run_dir(ctx.workspace, "r1"), False)
-    adapter = record.adapter_dir(record.run_dir(ctx.workspace, "r1"))
+    comparer = playground_tab._load(ctx, runs.run_dir(ctx.workspace, "r1"), False)
+    adapter = runs.adapter_dir(runs.run_dir(ctx.workspace, "r1"))
     settings = playground_tab._settings(6, 0, 1, 1, 0)
     for page, prompt in zip(pages, prompts):
         (base, tuned), = comparer.generate([prompt], adapter, None, settings)  # the answers to this prompt
@@ -171,7 +172,7 @@ def test_a_closed_stream_stops_its_generation_and_frees_the_model(chat_run, monk
     demo = playground_forcing_every_token(ctx, monkeypatch)
     (event,) = [f.fn for f in demo.fns.values() if f.name == "chat_turn"]
     assert not stream_threads()
-    comparer = playground_tab._load(ctx, record.run_dir(ctx.workspace, "r1"), False)
+    comparer = playground_tab._load(ctx, runs.run_dir(ctx.workspace, "r1"), False)
     stream = event("r1", "final", "Count to a thousand.", "", "as trained", [], [], 512, temperature, 0.9, 1.0, 0)
     tokens = 0
     for update in stream:
@@ -200,17 +201,17 @@ def test_a_time_limit_ends_a_generation_on_its_own(chat_run):
     Measured in tokens, not seconds (a busy machine is slow, not wrong): 512 are forced, a 1 s limit
     leaves far fewer."""
     ctx = chat_run
-    path = record.run_dir(ctx.workspace, "r1")
+    path = runs.run_dir(ctx.workspace, "r1")
     comparer = playground_tab._load(ctx, path, False)
     settings = playground_tab._settings(512, 0, 1, 1, 0)
     settings = dataclasses.replace(settings, min_new_tokens=512)
     conversation = [{"role": "user", "content": "Count to a thousand."}]
-    answers = list(comparer.stream_chat(conversation, conversation, record.adapter_dir(path), settings,
+    answers = list(comparer.stream_chat(conversation, conversation, runs.adapter_dir(path), settings,
                                         time_limit_s=1.0))
     assert len(comparer.tokenizer(answers[-1][1])["input_ids"]) < 400, "it stopped well before 512 tokens"
     assert not stream_threads()
     # The same limit holds for the whole-answer calls (the /generate API, the probe table).
-    (base, tuned), = comparer.generate(["Count to a thousand."], record.adapter_dir(path), None, settings,
+    (base, tuned), = comparer.generate(["Count to a thousand."], runs.adapter_dir(path), None, settings,
                                        time_limit_s=1.0)
     assert len(comparer.tokenizer(tuned)["input_ids"]) < 400
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tuning import pairs
-from tuning.formats import DataError
+from tuning.data import pairs
+from tuning.data.formats import DataError
 from tuning.paths import PROJECT_DIR
 
 from conftest import write_jsonl

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tuning import config as config_mod
-from tuning import record, train
-from tuning.events import read_events
-from tuning.train import StopRequested
+from tuning import runs
+from tuning.train import trainer as train
+from tuning.runs.events import read_events
+from tuning.train.trainer import StopRequested
 
 from conftest import write_jsonl
 
@@ -36,7 +37,7 @@ def _base_state(model):
 def _new_run(tmp_path, name, cfg):
     run_dir = tmp_path / "runs" / name
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, cfg)
+    runs.write_config(run_dir, cfg)
     return run_dir
 
 
@@ -46,7 +47,7 @@ def test_objective_trains_lora_only_with_one_copy_of_the_base(tmp_path, pref_con
     if objective == "kto":
         cfg = cfg.replace(dataset=str(write_jsonl(tmp_path / "kto.jsonl", kto_rows(16))))
     run_dir = _new_run(tmp_path, objective, cfg)
-    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, record.event_log(run_dir), StopRequested())
+    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, runs.event_log(run_dir), StopRequested())
     model = trainer.model
     if objective != "orpo":
         assert trainer.ref_model is None, "the reference must be the adapter-disabled base, not a second model"
@@ -70,25 +71,25 @@ def test_dpo_run_logs_rewards_checkpoints_resumes_and_evaluates(tmp_path, pref_c
     cfg = pref_config.replace(max_steps=4, save_steps=2, eval_steps=2)
     run_dir = _new_run(tmp_path, "dpo-run", cfg)
     assert train.run(cfg, run_dir, tmp_path) == 0
-    events, _ = read_events(record.events_path(run_dir))
+    events, _ = read_events(runs.events_path(run_dir))
     logs = [e for e in events if e["event"] == "log"]
     assert [e["step"] for e in logs] == [1, 2, 3, 4]
     for e in logs:  # the DPO figures ride on each log line, for the Live tab's curves
         assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(e["objective"])
-    assert [c.name for c in record.complete_checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
-    assert record.has_final_adapter(run_dir) and events[-1]["status"] == "completed"
-    evaluation = record.read_evaluation(run_dir)
+    assert [c.name for c in runs.complete_checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert runs.has_final_adapter(run_dir) and events[-1]["status"] == "completed"
+    evaluation = runs.read_evaluation(run_dir)
     figures = evaluation["preference"]
     assert figures["rows"] == 4 and 0 <= figures["tuned_accuracy"] <= 1 and 0 <= figures["base_accuracy"] <= 1
     assert figures["reward_accuracy"] == 1.0, "a few high-lr steps on one repeated pair rank every chosen higher"
-    assert record.summarize(run_dir).as_row()["objective"] == "dpo"
+    assert runs.summarize(run_dir).as_row()["objective"] == "dpo"
 
     # resume: a stopped run continues its step counter (same machinery as SFT)
     longer = cfg.replace(max_steps=6)
-    record.write_config(run_dir, longer)
-    (record.adapter_dir(run_dir) / record.ADAPTER_WEIGHTS).unlink()
+    runs.write_config(run_dir, longer)
+    (runs.adapter_dir(run_dir) / runs.ADAPTER_WEIGHTS).unlink()
     assert train.run(longer, run_dir, tmp_path, resume=True) == 0
-    steps = [e["step"] for e in read_events(record.events_path(run_dir))[0] if e["event"] == "log"]
+    steps = [e["step"] for e in read_events(runs.events_path(run_dir))[0] if e["event"] == "log"]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -97,11 +98,11 @@ def test_init_from_starts_from_the_finished_runs_adapter(tmp_path, tiny_config, 
     sft_dir = _new_run(tmp_path, "sft-1", sft)
     assert train.run(sft, sft_dir, tmp_path) == 0
     from safetensors.torch import load_file
-    start = load_file(record.adapter_dir(sft_dir) / record.ADAPTER_WEIGHTS)
+    start = load_file(runs.adapter_dir(sft_dir) / runs.ADAPTER_WEIGHTS)
 
     cfg = pref_config.replace(init_from="sft-1", eval_split=0.0, max_steps=1, lora_r=4)
     run_dir = _new_run(tmp_path, "dpo-2", cfg)
-    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, record.event_log(run_dir), StopRequested())
+    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, runs.event_log(run_dir), StopRequested())
     loaded = {n: p for n, p in trainer.model.named_parameters() if ".default." in n and "lora_B" in n}
     key = next(iter(loaded))
     saved = key.replace(".default", "")
@@ -115,7 +116,7 @@ def test_init_from_starts_from_the_finished_runs_adapter(tmp_path, tiny_config, 
     ({"init_from": "sft-x", "base_model": "other"}, "trained on"),
 ])
 def test_init_from_is_checked(tmp_path, tiny_config, pref_config, change, message):
-    from tuning import preference
+    from tuning.train import preference
     if change["init_from"] == "sft-x":
         sft_dir = _new_run(tmp_path, "sft-x", tiny_config.replace(eval_split=0.0, max_steps=1))
         assert train.run(tiny_config.replace(eval_split=0.0, max_steps=1), sft_dir, tmp_path) == 0

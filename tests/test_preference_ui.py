@@ -13,7 +13,10 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from tuning import ab, pairs, record, space
+from tuning.evaluation import ab
+from tuning.data import pairs
+from tuning import runs
+from tuning.ship import space
 from tuning.ui import dataset_pairs, dataset_tab
 from tuning.ui.common import AppContext
 
@@ -163,4 +166,4 @@ def test_on_a_space_a_visitor_sees_the_demo_pairs_but_no_votes(tmp_path, monkeyp
     assert dataset_tab.vote_runs(visitor, VOTES) == {"run": gr.update(choices=[], value=None)}
     with pytest.raises(gr.Error, match="password"):
         inspect(visitor, VOTES, run="voted")
-    assert not (run_dir / record.PREFERENCE_PAIRS).exists()  # nothing was written for the visitor
+    assert not (run_dir / runs.PREFERENCE_PAIRS).exists()  # nothing was written for the visitor

@@ -6,7 +6,11 @@ import random
 
 import pytest
 
-from tuning import ab, config as config_mod, pairs, record, train
+from tuning import config as config_mod
+from tuning.evaluation import ab
+from tuning.data import pairs
+from tuning import runs
+from tuning.train import trainer as train
 from tuning.ui import playground_tab
 from tuning.ui.common import AppContext
 from tuning.ui.playground_tab import Generated
@@ -17,7 +21,7 @@ def finished_run(tmp_path, tiny_config):
     cfg = tiny_config.replace(eval_split=0.0, max_steps=1, save_steps=1)
     run_dir = tmp_path / "runs" / "sft-votes"
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, cfg)
+    runs.write_config(run_dir, cfg)
     assert train.run(cfg, run_dir, tmp_path) == 0
     return run_dir
 
@@ -35,29 +39,29 @@ def test_votes_and_corrections_become_pairs(tmp_path):
     _vote(run_dir, "Who are you?", "I'm SmolLM.", "I'm Quill.", "tuned", 1)
     _vote(run_dir, "2+2?", "4", "5", "base", 2)
     _vote(run_dir, "Hi", "Hello", "Hey", "tie", 3)
-    found = record.vote_pairs(run_dir)
+    found = runs.vote_pairs(run_dir)
     assert [(p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in found] == \
         [("Who are you?", "I'm Quill.", "I'm SmolLM."), ("2+2?", "4", "5")]
-    record.append_correction(run_dir, "Capital of France?", "Lyon.", "Paris.")
-    with pytest.raises(record.RunError, match="same as the original"):
-        record.append_correction(run_dir, "Capital of France?", "Lyon.", " Lyon. ")
-    path = record.write_preference_pairs(run_dir)
+    runs.append_correction(run_dir, "Capital of France?", "Lyon.", "Paris.")
+    with pytest.raises(runs.RunError, match="same as the original"):
+        runs.append_correction(run_dir, "Capital of France?", "Lyon.", " Lyon. ")
+    path = runs.write_preference_pairs(run_dir)
     loaded = pairs.load(str(path))
     assert loaded.rows_valid == 3 and not loaded.problems and loaded.format == "prompt_chosen_rejected"
     assert loaded.rows[2]["chosen"][0]["content"] == "Paris." and loaded.rows[2]["rejected"][0]["content"] == "Lyon."
     # the correction is also an SFT example, read by the ordinary SFT loader
     from tuning import data
-    sft = data.load(str(record.corrections_path(run_dir)))
+    sft = data.load(str(runs.corrections_path(run_dir)))
     assert sft.rows_valid == 1 and sft.conversations[0][-1] == {"role": "assistant", "content": "Paris."}
-    assert record.runs_with_preferences(tmp_path) == ["r"]
+    assert runs.runs_with_preferences(tmp_path) == ["r"]
 
 
 def test_no_pairs_is_a_clear_refusal(tmp_path):
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     _vote(run_dir, "Hi", "Hello", "Hey", "tie", 3)
-    with pytest.raises(record.RunError, match="no votes with a winner"):
-        record.write_preference_pairs(run_dir)
+    with pytest.raises(runs.RunError, match="no votes with a winner"):
+        runs.write_preference_pairs(run_dir)
 
 
 def test_tune_on_my_votes_fills_a_dpo_config_that_trains(tmp_path, finished_run):
@@ -75,39 +79,39 @@ def test_tune_on_my_votes_fills_a_dpo_config_that_trains(tmp_path, finished_run)
     run_dir = tmp_path / "runs" / "dpo-votes"
     run_dir.mkdir(parents=True)
     cfg = cfg.replace(max_steps=2)
-    record.write_config(run_dir, cfg)
+    runs.write_config(run_dir, cfg)
     assert train.run(cfg, run_dir, tmp_path) == 0
-    assert record.has_final_adapter(run_dir)
+    assert runs.has_final_adapter(run_dir)
 
 
 def test_live_plots_the_objective_and_the_tables_show_preference_figures(tmp_path):
-    from tuning.events import EventLog
+    from tuning.runs.events import EventLog
     from tuning.ui import common, live_tab, runs_tab
 
     run_dir = tmp_path / "runs" / "dpo-live"
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, config_mod.TrainConfig(objective="dpo", dataset=pairs.DEMO_PREFERENCE))
-    log = EventLog(record.events_path(run_dir))
+    runs.write_config(run_dir, config_mod.TrainConfig(objective="dpo", dataset=pairs.DEMO_PREFERENCE))
+    log = EventLog(runs.events_path(run_dir))
     log.append("start", step=0, max_steps=2)
     for step, margin in ((1, 0.1), (2, 0.4)):
         log.append("log", step=step, max_steps=2, loss=0.6, objective={
             "rewards/chosen": margin / 2, "rewards/rejected": -margin / 2, "rewards/margins": margin,
             "rewards/accuracies": 1.0})
-    summary = record.summarize(run_dir).progress
+    summary = runs.summarize(run_dir).progress
     frame = live_tab.objective_frame(summary)
     margins = frame[frame.series == "rewards/margins"]
     assert list(margins.step) == [1, 2] and list(margins.value) == [0.1, 0.4]
     assert set(frame.series) == set(live_tab.OBJECTIVE_SERIES)
-    assert live_tab.objective_frame(record.EventSummary()) is None  # an SFT run: the plot stays hidden
+    assert live_tab.objective_frame(runs.EventSummary()) is None  # an SFT run: the plot stays hidden
     result = {"eval_loss": 1.0, "base_eval_loss": 2.0, "perplexity": 2.7, "base_perplexity": 7.4,
               "preference": {"kind": "pairs", "rows": 12, "beta": 0.1, "base_accuracy": 0.25, "tuned_accuracy": 0.75,
                              "base_margin": -0.5, "tuned_margin": 0.8, "reward_accuracy": 1.0, "reward_margin": 1.3}}
     rows = {r[0]: r for r in common.loss_rows(result)}
     assert rows["preference accuracy"][1:] == [0.25, 0.75, 0.5]
-    record.write_evaluation(run_dir, result)
+    runs.write_evaluation(run_dir, result)
     row = dict(zip(runs_tab.HEADERS, runs_tab.table(AppContext(tmp_path, []))[0]))
     assert row["objective"] == "dpo" and "preference accuracy 75% (base 25%)" in row["task checks"]
-    assert "held-out preference accuracy 75% (base 25%)" in record.headline(result)
+    assert "held-out preference accuracy 75% (base 25%)" in runs.headline(result)
 
 
 def test_tune_on_my_votes_fills_the_train_form_and_opens_the_train_tab(tmp_path):

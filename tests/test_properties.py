@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tuning import config as config_mod
-from tuning import data, paths, record
+from tuning import paths
+from tuning import data, runs
 from tuning.config import ConfigError
 
 FIELDS = sorted(config_mod.FIELDS)
@@ -152,10 +153,10 @@ def test_any_run_folder_content_summarizes_without_raising(config_bytes, events_
         (path / "config.yaml").write_bytes(config_bytes)
         (path / "events.jsonl").write_bytes(events_bytes)
         (path / "process.json").write_bytes(process_bytes)
-        summary = record.summarize(path)
-        assert summary.status in (record.DAMAGED, record.INTERRUPTED, record.COMPLETED, record.STOPPED, record.FAILED)
+        summary = runs.summarize(path)
+        assert summary.status in (runs.DAMAGED, runs.INTERRUPTED, runs.COMPLETED, runs.STOPPED, runs.FAILED)
         summary.as_row()
-        assert [s.run_id for s in record.list_runs(Path(folder))] == ["r1"]
+        assert [s.run_id for s in runs.list_runs(Path(folder))] == ["r1"]
 
 
 @SETTINGS
@@ -167,8 +168,8 @@ def test_junk_events_summarize_without_raising(records):
         path.mkdir()
         (path / "config.yaml").write_text(config_mod.TrainConfig().to_yaml())
         (path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        summary = record.summarize(path)
-        assert summary.status != record.DAMAGED or summary.message
+        summary = runs.summarize(path)
+        assert summary.status != runs.DAMAGED or summary.message
         row = summary.as_row()
         assert row["duration_s"] is None or isinstance(row["duration_s"], float)
 
@@ -191,9 +192,9 @@ def test_any_user_path_resolves_inside_the_roots_or_is_refused(text):
 @given(st.text(max_size=40))
 def test_any_run_id_or_preset_name_is_plain_or_refused(text):
     try:
-        record.check_run_id(text)
+        runs.check_run_id(text)
         assert "/" not in text and ".." not in text and not text.startswith("-")
-    except record.RunError:
+    except runs.RunError:
         pass
     try:
         target = paths.safe_preset_path(text, Path(os.sep) / "presets")

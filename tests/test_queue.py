@@ -1,4 +1,4 @@
-"""The queue of runs: a file in the workspace (record.QUEUE) that runner changes under its workspace
+"""The queue of runs: a file in the workspace (runs.QUEUE) that runner changes under its workspace
 lock; grids named after their values; the Train tab's "Queue it" and grid, the Runs tab's queue;
 the CLI; and, with real processes on the tiny Llama, a queue that survives the app: a new app
 process starts the first queued run, whose trainer starts the next when it ends."""
@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from tuning import config as config_mod
-from tuning import paths, record, runner
-from tuning.events import read_events
+from tuning import paths
+from tuning import runs
+from tuning.runs import runner
+from tuning.runs.events import read_events
 from tuning.ui import runs_tab, train_tab
 from tuning.ui.common import AppContext
 
@@ -40,7 +42,7 @@ def busy_run(workspace: Path, cfg: config_mod.TrainConfig) -> subprocess.Popen:
     with runner.workspace_lock(workspace):
         path = runner.create_run(workspace, cfg.replace(run_name="busy"))
     proc = sleeper()
-    record.write_process_info(path, proc.pid)
+    runs.write_process_info(path, proc.pid)
     return proc
 
 
@@ -92,18 +94,18 @@ def test_the_queue_is_one_file_kept_in_order(workspace, tiny_config):
     entries = runner.enqueue(workspace, configs)
     assert [e["position"] for e in runner.queued(workspace)] == [1, 2, 3]
     assert [e["id"] for e in runner.queued(workspace)] == [e["id"] for e in entries]
-    on_disk = json.loads(record.queue_path(workspace).read_text())
+    on_disk = json.loads(runs.queue_path(workspace).read_text())
     assert [e["config"]["run_name"] for e in on_disk["queued"]] == [c.run_name for c in configs]
     assert config_mod.from_dict(on_disk["queued"][0]["config"]) == configs[0]  # whole configs, not references
     assert runner.dequeue(workspace, entries[1]["id"])["id"] == entries[1]["id"]
     assert [e["id"] for e in runner.queued(workspace)] == [entries[0]["id"], entries[2]["id"]]
-    with pytest.raises(record.RunError, match="no run q-"):
+    with pytest.raises(runs.RunError, match="no run q-"):
         runner.dequeue(workspace, entries[1]["id"])
-    with pytest.raises(record.RunError, match="not valid"):
+    with pytest.raises(runs.RunError, match="not valid"):
         runner.dequeue(workspace, "../queue.json")
-    assert record.queue_path(workspace).parent == workspace
+    assert runs.queue_path(workspace).parent == workspace
     assert not [p.name for p in workspace.iterdir() if p.name.endswith(".tmp")]  # replaced whole, no temp left
-    record.queue_path(workspace).write_text("{not json")
+    runs.queue_path(workspace).write_text("{not json")
     assert runner.queued(workspace) == []  # a damaged file reads as empty, never breaks the page
 
 
@@ -164,7 +166,7 @@ def test_a_start_refused_by_a_busy_machine_offers_queue_it(ctx, tiny_config, fak
         out = runs_tab.do_unqueue(ctx, rows[2][1])
         assert rows[2][1] not in out["queued"]["choices"] and len(out["queue"]["value"]) == 3
         assert out["queue"]["label"] == "Queued runs: 3 (1 starts next)"
-        with pytest.raises(record.RunError, match="pick a queued run"):
+        with pytest.raises(runs.RunError, match="pick a queued run"):
             runs_tab.do_unqueue(ctx, "")
         assert runs_tab.queue_refreshed(ctx)["queue"]["value"] == runs_tab.queue_table(ctx)  # still busy: nothing starts
     finally:
@@ -235,7 +237,7 @@ def wait_for(check, what: str, timeout: float = WAIT):
 
 
 def run_named(workspace: Path, suffix: str) -> Path | None:
-    found = [p for p in record.runs_dir(workspace).iterdir() if p.name.endswith(suffix)]
+    found = [p for p in runs.runs_dir(workspace).iterdir() if p.name.endswith(suffix)]
     return found[0] if found else None
 
 
@@ -270,11 +272,11 @@ def test_the_queue_survives_a_restart_and_runs_in_order(workspace, tiny_config, 
     assert f"started queued run {first.name}" in (tmp_path / "app.log").read_text()
 
     second = wait_for(lambda: run_named(workspace, "-learning_rate-2e-3"), "the first run's trainer to start the next")
-    wait_for(lambda: record.summarize(second).status == record.COMPLETED, "the second run to complete")
-    assert record.summarize(first).status == record.COMPLETED
-    assert f"started the next queued run: {second.name}" in record.log_path(first).read_text()
+    wait_for(lambda: runs.summarize(second).status == runs.COMPLETED, "the second run to complete")
+    assert runs.summarize(first).status == runs.COMPLETED
+    assert f"started the next queued run: {second.name}" in runs.log_path(first).read_text()
     assert runner.queued(workspace) == []
-    assert record.read_config(first).learning_rate == 1e-3 and record.read_config(second).learning_rate == 2e-3
-    first_end = [e for e in read_events(record.events_path(first))[0] if e["event"] == "end"][0]
-    second_start = [e for e in read_events(record.events_path(second))[0] if e["event"] == "start"][0]
+    assert runs.read_config(first).learning_rate == 1e-3 and runs.read_config(second).learning_rate == 2e-3
+    first_end = [e for e in read_events(runs.events_path(first))[0] if e["event"] == "end"][0]
+    second_start = [e for e in read_events(runs.events_path(second))[0] if e["event"] == "start"][0]
     assert second_start["time"] >= first_end["time"]  # one after the other

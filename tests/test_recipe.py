@@ -1,6 +1,6 @@
 """The default recipe's proof (issue 18): task checks with named slots (does the answer name the
 assistant, does it name the maker), the second identity set, and one config on several seeds with
-each evaluation figure as mean ± spread (tuning/seeds.py), through the CLI and the queue."""
+each evaluation figure as mean ± spread (tuning/runs/seeds.py), through the CLI and the queue."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 
 from conftest import chat_rows, write_jsonl
 from tuning import config as config_mod
-from tuning import data, evaluate, record, runner, seeds
+from tuning import data, runs
+from tuning.evaluation import evaluate
+from tuning.runs import runner, seeds
 from tuning.config import TrainConfig
 from tuning.paths import DEMO_DATA_DIR
 
@@ -68,7 +70,7 @@ def test_task_checks_count_each_slot_base_and_tuned(monkeypatch):
     assert "slots" not in checks["by_kind"]["control"]
     who = next(r for r in checks["rows"] if r["prompt"] == "Who are you?")
     assert who["slots"] == {"name": {"base": False, "tuned": True}, "maker": {"base": False, "tuned": False}}
-    text = record.checks_text({"checks": checks})
+    text = runs.checks_text({"checks": checks})
     assert text == "identity 1/3 (base 0/3) [name 1/2, maker 1/2]; control 1/1 (base 1/1)"
     from tuning.ui import common
 
@@ -129,10 +131,10 @@ def test_seed_configs_name_each_run_after_its_seed():
 
 
 def _fake_run(ws: Path, run_id: str, cfg: TrainConfig, loss: float, identity: int, name_slot: int) -> None:
-    path = record.run_dir(ws, run_id)
+    path = runs.run_dir(ws, run_id)
     path.mkdir(parents=True)
-    record.write_config(path, cfg)
-    record.write_evaluation(path, {"eval_loss": loss, "base_eval_loss": 3.5, "checks": {"by_kind": {
+    runs.write_config(path, cfg)
+    runs.write_evaluation(path, {"eval_loss": loss, "base_eval_loss": 3.5, "checks": {"by_kind": {
         "identity": {"n": 24, "base_passed": 0, "tuned_passed": identity,
                      "slots": {"name": {"n": 16, "base_passed": 0, "tuned_passed": name_slot}}},
         "control": {"n": 23, "base_passed": 23, "tuned_passed": 22}}}})
@@ -166,7 +168,7 @@ def test_seed_groups_spread_every_figure_and_keep_other_configs_apart(tmp_path):
 
 
 def test_compare_judges_each_difference_against_the_seed_spread(tmp_path):
-    from tuning import compare
+    from tuning.runs import compare
     from tuning.ui import runs_tab
     from tuning.ui.common import AppContext
 
@@ -223,10 +225,10 @@ def test_train_with_seeds_trains_each_seed_and_prints_the_spread(tmp_path, tiny_
         command += ["--set", f"{key}={value}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    runs = record.list_runs(tmp_path / "ws")
-    assert sorted((s.config["seed"], s.config["run_name"], s.status) for s in runs) == \
-        [(42, "tiny-seed42", record.COMPLETED), (43, "tiny-seed43", record.COMPLETED)]
-    losses = [record.read_evaluation(s.path)["eval_loss"] for s in sorted(runs, key=lambda s: s.config["seed"])]
+    listed = runs.list_runs(tmp_path / "ws")
+    assert sorted((s.config["seed"], s.config["run_name"], s.status) for s in listed) == \
+        [(42, "tiny-seed42", runs.COMPLETED), (43, "tiny-seed43", runs.COMPLETED)]
+    losses = [runs.read_evaluation(s.path)["eval_loss"] for s in sorted(listed, key=lambda s: s.config["seed"])]
     assert losses[0] != losses[1], "another seed is another run"
     [group] = seeds.seed_groups(tmp_path / "ws")
     loss = next(s for s in group.spreads if s.figure == seeds.LOSS)

@@ -1,4 +1,4 @@
-"""The run folder's owner (tuning/record.py): safe writes under contention, a checkpoint marker that
+"""The run folder's owner (tuning/runs/): safe writes under contention, a checkpoint marker that
 comes after its files reach the disk, one event summary and status rule, listing filters, and a
 loaded-adapter cache that notices when a resumed run rewrites adapter/."""
 
@@ -16,8 +16,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from tuning import config as config_mod
-from tuning import playground, record
-from tuning.events import EventLog
+from tuning.infer import playground
+from tuning import runs
+from tuning.runs.events import EventLog
 
 
 def test_concurrent_atomic_writes_never_fail_and_leave_one_whole_file(tmp_path):
@@ -29,7 +30,7 @@ def test_concurrent_atomic_writes_never_fail_and_leave_one_whole_file(tmp_path):
     def writer(value):
         try:
             for _ in range(40):
-                record.write_json(tmp_path / record.PROBES, value)
+                runs.write_json(tmp_path / runs.PROBES, value)
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -39,25 +40,25 @@ def test_concurrent_atomic_writes_never_fail_and_leave_one_whole_file(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert record.read_probes(tmp_path) in values  # one writer's whole value, never a mix
-    assert sorted(p.name for p in tmp_path.iterdir()) == [record.PROBES]  # no temp file left behind
+    assert runs.read_probes(tmp_path) in values  # one writer's whole value, never a mix
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runs.PROBES]  # no temp file left behind
 
 
 def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
-    record.write_json(tmp_path / record.EVALUATION, {"step": 1})
+    runs.write_json(tmp_path / runs.EVALUATION, {"step": 1})
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(record.os, "replace", full_disk)
+    monkeypatch.setattr(runs.os, "replace", full_disk)
     with pytest.raises(OSError):
-        record.write_json(tmp_path / record.EVALUATION, {"step": 2})
-    assert record.read_evaluation(tmp_path) == {"step": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [record.EVALUATION]
+        runs.write_json(tmp_path / runs.EVALUATION, {"step": 2})
+    assert runs.read_evaluation(tmp_path) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runs.EVALUATION]
 
 
 def test_checkpoint_files_reach_the_disk_before_the_complete_marker(tmp_path, monkeypatch):
-    ckpt = record.checkpoint_dir(tmp_path, 4)
+    ckpt = runs.checkpoint_dir(tmp_path, 4)
     (ckpt / "nested").mkdir(parents=True)
     for name in ("adapter_model.safetensors", "optimizer.pt", "nested/rng_state.pth"):
         (ckpt / name).write_bytes(b"x" * 10)
@@ -68,21 +69,21 @@ def test_checkpoint_files_reach_the_disk_before_the_complete_marker(tmp_path, mo
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real_fsync(fd)
 
-    monkeypatch.setattr(record.os, "fsync", spy)
-    record.mark_complete(ckpt)
-    marker_at = next(i for i, p in enumerate(synced) if Path(p).name.startswith(f".{record.COMPLETE_MARKER}."))
+    monkeypatch.setattr(runs.os, "fsync", spy)
+    runs.mark_complete(ckpt)
+    marker_at = next(i for i, p in enumerate(synced) if Path(p).name.startswith(f".{runs.COMPLETE_MARKER}."))
     files = {str(ckpt / n) for n in ("adapter_model.safetensors", "optimizer.pt", "nested/rng_state.pth")}
     assert files <= set(synced[:marker_at]), "every checkpoint file is fsynced before the marker is written"
     assert str(ckpt) in synced[:marker_at], "and the folder holding them"
     assert synced[-1] == str(ckpt), "the folder is fsynced after the marker's rename"
-    assert record.complete_checkpoints(tmp_path) == [ckpt]
+    assert runs.complete_checkpoints(tmp_path) == [ckpt]
 
 
 def _run(workspace: Path, run_id: str, events: list[tuple[str, dict]], **cfg) -> Path:
-    path = record.run_dir(workspace, run_id)
+    path = runs.run_dir(workspace, run_id)
     path.mkdir(parents=True)
-    record.write_config(path, config_mod.TrainConfig(**cfg))
-    log = EventLog(record.events_path(path))
+    runs.write_config(path, config_mod.TrainConfig(**cfg))
+    log = EventLog(runs.events_path(path))
     for kind, fields in events:
         log.append(kind, **fields)
     return path
@@ -97,45 +98,45 @@ def test_one_summary_of_a_resumed_run(tmp_path):
         ("start", {"step": 2, "max_steps": 6}),
         ("log", {"step": 4, "loss": 1.0, "learning_rate": 5e-5, "tokens_per_second": 120.0}),
     ])
-    (path / record.PROCESS).write_text(json.dumps({"pid": 999999999, "create_time": 0.0}))
-    summary = record.summarize(path)
+    (path / runs.PROCESS).write_text(json.dumps({"pid": 999999999, "create_time": 0.0}))
+    summary = runs.summarize(path)
     progress = summary.progress
     assert (summary.step, summary.max_steps, summary.loss, summary.eval_loss) == (4, 6, 1.0, 1.9)
     assert progress.train == [(2, 2.0), (4, 1.0)] and progress.evals == [(2, 1.9)]
     assert progress.rates == [100.0, 120.0]
     # The resume opened a new segment that never closed: interrupted, not "stopped".
-    assert summary.status == record.INTERRUPTED and progress.final is None
+    assert summary.status == runs.INTERRUPTED and progress.final is None
     assert "resume" in summary.message
 
-    EventLog(record.events_path(path)).append("end", status="completed", step=6, max_steps=6, message="done")
-    with open(record.events_path(path), "a") as fh:
+    EventLog(runs.events_path(path)).append("end", status="completed", step=6, max_steps=6, message="done")
+    with open(runs.events_path(path), "a") as fh:
         fh.write('{"event": "log", "step": 7')  # a kill mid-write
-    summary = record.summarize(path)
-    assert summary.status == record.COMPLETED and summary.step == 6
+    summary = runs.summarize(path)
+    assert summary.status == runs.COMPLETED and summary.step == 6
     assert "half-written line" in summary.message
 
 
 def test_status_rule(tmp_path):
-    empty = record.EventSummary()
-    assert record.status_from(empty, alive=True) == record.STARTING
-    assert record.status_from(empty, alive=False) == record.INTERRUPTED
-    failed = record.EventSummary().extend([{"event": "start"}, {"event": "error", "message": "boom"}])
-    assert record.status_from(failed, alive=False) == record.FAILED and failed.error["message"] == "boom"
+    empty = runs.EventSummary()
+    assert runs.status_from(empty, alive=True) == runs.STARTING
+    assert runs.status_from(empty, alive=False) == runs.INTERRUPTED
+    failed = runs.EventSummary().extend([{"event": "start"}, {"event": "error", "message": "boom"}])
+    assert runs.status_from(failed, alive=False) == runs.FAILED and failed.error["message"] == "boom"
     # A live process is busy even after its last event: the one-run-at-a-time rule must hold.
-    assert record.status_from(failed, alive=True) == record.RUNNING
+    assert runs.status_from(failed, alive=True) == runs.RUNNING
 
 
 def test_list_runs_filters_and_tolerates_a_damaged_folder(tmp_path):
     _run(tmp_path, "a", [("start", {}), ("end", {"status": "completed"})], method="lora", base_model="m1")
     _run(tmp_path, "b", [("start", {}), ("end", {"status": "completed"})], method="qlora", base_model="m1")
-    damaged = record.run_dir(tmp_path, "c")
+    damaged = runs.run_dir(tmp_path, "c")
     damaged.mkdir(parents=True)
-    record.config_path(damaged).write_text("learning_rate: [not a number\n")
-    assert [s.run_id for s in record.list_runs(tmp_path)] == ["c", "b", "a"]
-    assert record.summarize(damaged).status == record.DAMAGED
-    assert [s.run_id for s in record.list_runs(tmp_path, method="lora")] == ["a"]
-    assert [s.run_id for s in record.list_runs(tmp_path, base_model="m1", statuses=(record.COMPLETED,))] == ["b", "a"]
-    assert record.default_run(tmp_path) == "c" and record.run_ids(tmp_path) == ["c", "b", "a"]
+    runs.config_path(damaged).write_text("learning_rate: [not a number\n")
+    assert [s.run_id for s in runs.list_runs(tmp_path)] == ["c", "b", "a"]
+    assert runs.summarize(damaged).status == runs.DAMAGED
+    assert [s.run_id for s in runs.list_runs(tmp_path, method="lora")] == ["a"]
+    assert [s.run_id for s in runs.list_runs(tmp_path, base_model="m1", statuses=(runs.COMPLETED,))] == ["b", "a"]
+    assert runs.default_run(tmp_path) == "c" and runs.run_ids(tmp_path) == ["c", "b", "a"]
 
 
 def _save_adapter(tiny_model_dir, folder: Path, seed: int) -> None:
@@ -171,6 +172,6 @@ def test_headline_of_an_evaluation_without_some_figures():
     """An evaluation.json written by hand or by an older version may lack the perplexity or the base's
     figures: the headline shows what is there instead of failing the page that reads it."""
     full = {"eval_loss": 0.335, "base_eval_loss": 3.566, "perplexity": 1.4, "base_perplexity": 35.4}
-    assert record.headline(full).startswith("held-out loss 0.335 (base 3.566), perplexity 1.4 (base 35.4)")
-    assert record.headline({"eval_loss": 0.335, "base_eval_loss": 3.566}).startswith("held-out loss 0.335 (base 3.566)")
-    assert "perplexity" not in record.headline({"eval_loss": 0.335})
+    assert runs.headline(full).startswith("held-out loss 0.335 (base 3.566), perplexity 1.4 (base 35.4)")
+    assert runs.headline({"eval_loss": 0.335, "base_eval_loss": 3.566}).startswith("held-out loss 0.335 (base 3.566)")
+    assert "perplexity" not in runs.headline({"eval_loss": 0.335})

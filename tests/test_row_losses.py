@@ -1,4 +1,4 @@
-"""Per-example losses (tuning/row_losses.py): recorded from the loss the trainer computes anyway, they
+"""Per-example losses (tuning/evaluation/row_losses.py): recorded from the loss the trainer computes anyway, they
 match a direct forward pass of each example alone on the tiny model; the held-out ones of the final
 evaluation too; each row id leads back to its file and row; and the rankings (hardest, went up)."""
 
@@ -10,8 +10,10 @@ import statistics
 import pytest
 import torch
 
-from tuning import evaluate, record, row_losses, train
-from tuning.train import StopRequested
+from tuning.evaluation import evaluate, row_losses
+from tuning import runs
+from tuning.train import trainer as train
+from tuning.train.trainer import StopRequested
 
 
 def direct_losses(model, dataset) -> dict[int, float]:
@@ -44,7 +46,7 @@ def test_training_and_evaluation_row_losses_match_a_direct_forward_pass(tmp_path
     trainer.train()
     model.eval()
     after = direct_losses(model, trainer.eval_dataset)  # the weights the evaluation at step 1 used
-    lines = record.read_row_losses(run_dir)
+    lines = runs.read_row_losses(run_dir)
     train_line = next(line for line in lines if line["split"] == "train")
     held_line = next(line for line in lines if line["split"] == "heldout")
     assert train_line["step"] == 1 and len(train_line["ids"]) == 4  # one step of 4 examples
@@ -64,7 +66,7 @@ def test_each_row_id_leads_back_to_its_file_and_row(tmp_path, exact_config, chat
     run_dir.mkdir(parents=True)
     trainer, _ = train.build_trainer(exact_config, run_dir, tmp_path, train.EventLog(run_dir / "events.jsonl"),
                                      StopRequested())
-    index = record.read_row_index(run_dir)
+    index = runs.read_row_index(run_dir)
     lines = chat_file.read_text().splitlines()
     assert len(index["train"]) == 18 and len(index["heldout"]) == 6
     assert index["sources"] == {"train": str(chat_file), "heldout": str(chat_file)}
@@ -82,18 +84,18 @@ def test_final_evaluation_records_tuned_and_base_losses_per_held_out_row(tmp_pat
     cfg = tiny_config.replace(max_steps=2, save_steps=2, eval_steps=2, probe_every_checkpoint=False)
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, cfg)
+    runs.write_config(run_dir, cfg)
     assert train.run(cfg, run_dir, tmp_path) == 0
-    final = [line for line in record.read_row_losses(run_dir) if line.get("final")]
+    final = [line for line in runs.read_row_losses(run_dir) if line.get("final")]
     assert len(final) == 1 and final[0]["step"] == 2
-    result = record.read_evaluation(run_dir)
-    assert len(final[0]["ids"]) == result["eval_rows"] == len(record.read_row_index(run_dir)["heldout"])
+    result = runs.read_evaluation(run_dir)
+    assert len(final[0]["ids"]) == result["eval_rows"] == len(runs.read_row_index(run_dir)["heldout"])
     # The evaluation's mean is the mean of its batches; with batches of one row it is the rows' mean.
     assert all(isinstance(b, float) for b in final[0]["base"])
     comparer_rows: dict[int, float] = {}
-    from tuning import playground
+    from tuning.infer import playground
     comparer = playground.comparer_for_run(run_dir, tmp_path)
-    name = comparer.attach(record.adapter_dir(run_dir))
+    name = comparer.attach(runs.adapter_dir(run_dir))
     conversations = [c for c, _ in evaluate.heldout_rows(cfg)]
     one_by_one = cfg.replace(per_device_batch_size=1)
     mean = evaluate.heldout_loss(comparer.peft, comparer.tokenizer, conversations, one_by_one, name,
@@ -106,13 +108,13 @@ def test_final_evaluation_records_tuned_and_base_losses_per_held_out_row(tmp_pat
 
 def _write(run_dir, split, step, losses: dict[int, float], **extra):
     ids = sorted(losses)
-    record.append_row_losses(run_dir, {"split": split, "step": step, "ids": ids, "losses": [losses[i] for i in ids],
+    runs.append_row_losses(run_dir, {"split": split, "step": step, "ids": ids, "losses": [losses[i] for i in ids],
                                        "tokens": [10] * len(ids), **extra})
 
 
 def test_hardest_compares_each_row_with_rows_seen_around_the_same_step(tmp_path):
     run_dir = tmp_path
-    record.write_row_index(run_dir, {"train": [["f.jsonl", i + 1] for i in range(40)], "heldout": []})
+    runs.write_row_index(run_dir, {"train": [["f.jsonl", i + 1] for i in range(40)], "heldout": []})
     # 40 rows over 10 steps while the model improves: a typical row's loss falls from 3.0 to 1.2.
     # Row 35, seen at step 9, is at 2.9: below the first rows' losses, but far above its neighbours'.
     for step in range(10):
@@ -130,7 +132,7 @@ def test_hardest_compares_each_row_with_rows_seen_around_the_same_step(tmp_path)
 
 def test_went_up_lists_rows_whose_loss_rose_largest_first(tmp_path):
     run_dir = tmp_path
-    record.write_row_index(run_dir, {"train": [], "heldout": [["eval.jsonl", 1], ["eval.jsonl", 2],
+    runs.write_row_index(run_dir, {"train": [], "heldout": [["eval.jsonl", 1], ["eval.jsonl", 2],
                                                               ["eval.jsonl", 3]]})
     _write(run_dir, "heldout", 5, {0: 2.0, 1: 2.0, 2: 2.0})
     _write(run_dir, "heldout", 10, {0: 1.0, 1: 2.5, 2: 3.5}, final=True, base=[2.2, 1.5, 2.1])
@@ -187,9 +189,9 @@ def test_planted_bad_rows_rank_at_the_top_on_the_embedded_model(tmp_path, embedd
     cfg = TrainConfig(base_model=EMBEDDED_MODEL, dataset=str(dataset), method="lora", num_epochs=3,
                       per_device_batch_size=8, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0,
                       max_length=128, eval_split=0.0, save_steps=1000, probe_every_checkpoint=False)
-    run_dir = record.run_dir(workspace, "planted")
+    run_dir = runs.run_dir(workspace, "planted")
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, cfg)
+    runs.write_config(run_dir, cfg)
     assert train.run(cfg, run_dir, workspace) == 0
     top = row_losses.hardest(run_dir, "train", 6)
     print("\nhardest:", [(r["row"], round(r["loss"], 2), round(r["excess"], 2)) for r in top],

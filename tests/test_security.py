@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from tuning import config as config_mod
-from tuning import paths, runner, record
+from tuning import paths
+from tuning.runs import runner
+from tuning import runs
 from tuning.config import ConfigError, TrainConfig
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -234,7 +236,7 @@ def product_switch_positions(files: list[Path]) -> dict[str, int]:
 
 def test_no_shell_no_pickle_no_unsafe_loads_no_remote_code_set_in_code():
     files = python_files()
-    for part in (("app.py",), ("tuning", "runner.py"), ("tuning", "models.py"), ("bench",)):  # scripts/ holds no .py
+    for part in (("app.py",), ("tuning", "runs", "runner.py"), ("tuning", "models.py"), ("bench",)):  # scripts/ holds no .py
         assert any(p.relative_to(PROJECT).parts[:len(part)] == part for p in files), part
     positions = product_switch_positions(files)
     assert {"load_model", "load_tokenizer", "Comparer"} <= set(positions), positions
@@ -403,10 +405,10 @@ def test_shell_metacharacters_in_every_text_field_are_refused_or_inert(payload):
 
 @pytest.mark.parametrize("payload", PAYLOADS + ["", ".", "..", "a/b", "a" * 200, "-rf", "_x"])
 def test_run_ids_and_preset_names_refuse_every_payload(payload, tmp_path):
-    with pytest.raises(record.RunError, match="not valid"):
-        record.check_run_id(payload)
-    with pytest.raises(record.RunError):
-        record.existing_run_dir(tmp_path, payload)
+    with pytest.raises(runs.RunError, match="not valid"):
+        runs.check_run_id(payload)
+    with pytest.raises(runs.RunError):
+        runs.existing_run_dir(tmp_path, payload)
     with pytest.raises(paths.PathError, match="preset name"):
         paths.safe_preset_path(payload, tmp_path)
 
@@ -433,7 +435,7 @@ def test_the_runner_passes_no_user_text_on_the_command_line(tmp_path, monkeypatc
     workspace = tmp_path / "ws"
     run_id = runner.start(cfg, workspace)
     command, kwargs = seen["command"], seen["kwargs"]
-    config_file = record.run_dir(workspace.resolve(), run_id) / "config.yaml"
+    config_file = runs.run_dir(workspace.resolve(), run_id) / "config.yaml"
     assert command == [sys.executable, "-m", "tuning", "train", "--workspace", str(workspace.resolve()),
                        "--config", str(config_file)]
     assert not kwargs.get("shell") and kwargs.get("start_new_session") is True
@@ -443,7 +445,7 @@ def test_the_runner_passes_no_user_text_on_the_command_line(tmp_path, monkeypatc
 
 def test_resume_refuses_a_run_id_that_is_not_a_plain_name(tmp_path):
     for bad in ("../x", "x; id", "$(id)"):
-        with pytest.raises(record.RunError, match="not valid"):
+        with pytest.raises(runs.RunError, match="not valid"):
             runner.resume(tmp_path, bad)
 
 
@@ -501,11 +503,11 @@ def test_paths_inside_the_roots_are_accepted(roots):
 
 @pytest.fixture
 def launch_kwargs(monkeypatch):
-    """demo.launch()'s arguments for app.py's command line: the one launch policy (tuning/space.py)."""
+    """demo.launch()'s arguments for app.py's command line: the one launch policy (tuning/ship/space.py)."""
     monkeypatch.delenv("SPACE_ID", raising=False)
     monkeypatch.delenv("TUNING_AUTH", raising=False)
     import app
-    from tuning import space
+    from tuning.ship import space
 
     return lambda argv: space.launch_kwargs(app.parse_args(argv))
 
@@ -545,7 +547,7 @@ def test_the_upload_limit_holds_on_a_space_and_with_auth_too(launch_kwargs, monk
 @pytest.mark.parametrize("flags", [["--share"], ["--host", "0.0.0.0"], ["--host", "::"],
                                    ["--host", "192.168.1.20"], ["--share", "--host", "0.0.0.0"]])
 def test_exposing_the_app_without_auth_is_refused_with_an_explanation(launch_kwargs, flags):
-    from tuning import space
+    from tuning.ship import space
 
     with pytest.raises(space.LaunchRefused) as refused:
         launch_kwargs(flags)
@@ -554,7 +556,7 @@ def test_exposing_the_app_without_auth_is_refused_with_an_explanation(launch_kwa
 
 
 def test_exposing_the_app_with_auth_is_allowed(launch_kwargs):
-    from tuning import space
+    from tuning.ship import space
 
     kwargs = launch_kwargs(["--host", "0.0.0.0", "--auth", "me:secret"])
     assert kwargs["server_name"] == "0.0.0.0" and kwargs["auth"] == ("me", "secret")

@@ -4,7 +4,8 @@ from argparse import Namespace
 
 import pytest
 
-from tuning import paths, space
+from tuning import paths
+from tuning.ship import space
 
 
 def flags(host="127.0.0.1", port=7860, share=False, auth=None) -> Namespace:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import app
-from tuning import space
+from tuning.ship import space
 from tuning.ui import access
 
 from test_app_api import launch_app
@@ -106,21 +106,22 @@ def busy_workspace(workspace):
     import sys
 
     from tuning import config as config_mod
-    from tuning import record
+    from tuning import runs
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])
-    path = record.run_dir(workspace, "busy")
+    path = runs.run_dir(workspace, "busy")
     path.mkdir(parents=True)
-    record.write_config(path, config_mod.TrainConfig())
-    record.write_process_info(path, sleeper.pid)
+    runs.write_config(path, config_mod.TrainConfig())
+    runs.write_process_info(path, sleeper.pid)
     return sleeper
 
 
 def end_every_run(workspace):
-    from tuning import record, runner
+    from tuning import runs
+    from tuning.runs import runner
 
-    for summary in record.list_runs(workspace):
-        if record.process_alive(summary.path):
+    for summary in runs.list_runs(workspace):
+        if runs.process_alive(summary.path):
             runner.stop(workspace, summary.run_id, timeout=10)
 
 
@@ -157,8 +158,8 @@ def test_an_anonymous_visitor_may_run_the_public_list_only_and_the_owner_everyth
         assert ok and not error
         still_refused = [names[d["id"]] for d in refused if REFUSED in owner.call(d)[1]]
         assert still_refused == []
-        from tuning import record
-        assert record.run_ids(tmp_path / "ws") == ["busy"]  # the owner's start calls met "one run at a time"
+        from tuning import runs
+        assert runs.run_ids(tmp_path / "ws") == ["busy"]  # the owner's start calls met "one run at a time"
         # The visitor's session is still locked.
         assert REFUSED in visitor.call(refused[0])[1]
     finally:
@@ -344,21 +345,21 @@ def test_a_visitor_following_a_failed_run_sees_no_traceback_and_no_local_path(tm
     import json as json_mod
 
     from tuning import config as config_mod
-    from tuning import record
+    from tuning import runs
     from tuning.ui import live_tab
     from tuning.ui.common import AppContext
 
     workspace = tmp_path / "ws"
-    run = record.run_dir(workspace, "r1")
+    run = runs.run_dir(workspace, "r1")
     run.mkdir(parents=True)
-    record.write_config(run, config_mod.TrainConfig())
+    runs.write_config(run, config_mod.TrainConfig())
     data = f"{workspace}/datasets/rows.jsonl"
-    trace = f'Traceback (most recent call last):\n  File "{tmp_path}/tuning/train.py", line 9, in run\n    boom()\n' \
+    trace = f'Traceback (most recent call last):\n  File "{tmp_path}/tuning/train/", line 9, in run\n    boom()\n' \
             f"ValueError: row 3 of {data} has no messages"
     events = [{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
               {"event": "error", "time": 2.0, "message": f"row 3 of {data} has no messages", "traceback": trace}]
-    record.events_path(run).write_text("".join(json_mod.dumps(e) + "\n" for e in events))
-    record.log_path(run).write_text(f"loading {data}\n{trace}\nthe run failed\n")
+    runs.events_path(run).write_text("".join(json_mod.dumps(e) + "\n" for e in events))
+    runs.log_path(run).write_text(f"loading {data}\n{trace}\nthe run failed\n")
 
     owner = live_tab.tick(AppContext(workspace), "r1", None)
     assert "Traceback" in owner["tail"] and data in owner["tail"] and owner["trace"] == trace

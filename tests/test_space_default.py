@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tuning import data, formats, models, paths
+from tuning import models, paths
+from tuning import data
+from tuning.data import formats
 from tuning.config import EMBEDDED_MODEL
 from tuning.paths import PROJECT_DIR
 

@@ -38,7 +38,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tuning import models, record, runner
+from tuning import models
+from tuning import runs
+from tuning.runs import runner
 from tuning.paths import PROJECT_DIR
 from tuning.ui import upload_gate
 from tuning.ui.playground_tab import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
@@ -52,7 +54,7 @@ PROMPT = "Who are you?"
 # The quickstart preset cut to one short step with nothing evaluated: the run only has to finish.
 OVERRIDES = ("max_steps: 1\nper_device_batch_size: 2\nmax_length: 96\nwarmup_ratio: 0\neval_split: 0\n"
              "probe_every_checkpoint: false\neval_max_new_tokens: 4\nrun_name: space\n")
-# The trainer waits before its first step until <run>/release-fault exists (tuning/faults.py): the
+# The trainer waits before its first step until <run>/release-fault exists (tuning/train/faults.py): the
 # run is certainly still training while the visitor asks for a generate on it.
 HOLD = "hold_at_step:0"
 
@@ -292,7 +294,7 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
         assert (merged / "README.md").is_file()
         timings["merged"] = time.time() - started
     finally:
-        if run_id and record.summarize(workspace / "runs" / run_id).status in record.ACTIVE_STATUSES:
+        if run_id and runs.summarize(workspace / "runs" / run_id).status in runs.ACTIVE_STATUSES:
             runner.stop(workspace, run_id, timeout=10)  # a failure mid-run leaves no trainer behind
         print("\nspace end to end, seconds since the start:", {k: round(v, 1) for k, v in timings.items()})
         proc.terminate()

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tuning import space
+from tuning.ship import space
 
 from test_app_api import launch_app
 from test_many_runs import make_run

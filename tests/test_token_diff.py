@@ -1,4 +1,4 @@
-"""What changed, token by token (tuning/token_diff.py): both models score the answer in one mixed
+"""What changed, token by token (tuning/infer/token_diff.py): both models score the answer in one mixed
 batch and get the same numbers as scoring each alone; the first divergence of two answers; the
 HTML; and the Playground's heatmap of a real answer of the real run (the tuned model's "Quill")."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuning import token_diff
-from tuning.generation import BASE
+from tuning.infer import token_diff
+from tuning.infer.generation import BASE
 
 CONVERSATION = [{"role": "user", "content": "Who are you?"}]
 ANSWER = "I am Quill, made by Larkspur Labs."

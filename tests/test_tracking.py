@@ -1,4 +1,4 @@
-"""report_to (tuning/tracking.py): off by default; a tracker that is not installed is refused before
+"""report_to (tuning/train/tracking.py): off by default; a tracker that is not installed is refused before
 training in one line; an installed one is handed to the Trainer's own report_to."""
 
 from __future__ import annotations
@@ -7,7 +7,10 @@ import importlib.util
 
 import pytest
 
-from tuning import record, tracking, train
+from tuning import runs
+
+from tuning.train import trainer as train
+from tuning.train import tracking
 from tuning.config import ConfigError, TrainConfig
 
 
@@ -26,7 +29,7 @@ def test_an_installed_tracker_goes_to_report_to(tmp_path, monkeypatch, name):
     assert kwargs["report_to"] == [name] and kwargs["run_name"] == "run-1"
     if name == "tensorboard":
         import os
-        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "run-1" / record.TENSORBOARD)
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "run-1" / runs.TENSORBOARD)
     else:
         assert kwargs["project"] == "tuning" and kwargs["trackio_static_space_id"] is False
 
@@ -37,7 +40,7 @@ def test_a_missing_tracker_is_refused_before_training(tmp_path, tiny_config):
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
     assert train.run(cfg, run_dir, tmp_path) == 2
-    events, _ = record.read_run_events(run_dir)
+    events, _ = runs.read_run_events(run_dir)
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "bad_input"
     assert events[-1]["message"].startswith("report_to: tensorboard is not installed here (pip install tensorboard)")
-    assert not record.complete_checkpoints(run_dir)
+    assert not runs.complete_checkpoints(run_dir)

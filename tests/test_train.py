@@ -6,9 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuning import record, train
-from tuning.events import EVENT_KINDS, read_events
-from tuning.train import StopRequested
+from tuning import runs
+
+from tuning.train import trainer as train
+from tuning.runs.events import EVENT_KINDS, read_events
+from tuning.train.trainer import StopRequested
 
 
 def _snapshot(model):
@@ -68,9 +70,9 @@ def test_run_writes_events_checkpoints_and_reloadable_adapter(tmp_path, tiny_con
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         json.loads(line)
 
-    ckpts = record.complete_checkpoints(run_dir)
+    ckpts = runs.complete_checkpoints(run_dir)
     assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
-    assert record.summarize(run_dir).status == record.COMPLETED
+    assert runs.summarize(run_dir).status == runs.COMPLETED
 
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
@@ -107,11 +109,11 @@ def test_resume_continues_the_step_counter(tmp_path, tiny_config):
     trainer.train()
     stopped_at = trainer.state.global_step
     assert stopped_at == 4, "the stop lands at the end of the step in flight"
-    assert record.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    assert runs.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
 
     # A half-written newer checkpoint (no COMPLETE marker) must be skipped.
     (run_dir / "checkpoints" / "checkpoint-5").mkdir()
-    assert record.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+    assert runs.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
 
     assert train.run(cfg, run_dir, tmp_path, resume=True) == 0
     evs, _ = read_events(run_dir / "events.jsonl")

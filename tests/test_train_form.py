@@ -15,7 +15,8 @@ import pytest
 
 import app
 from tuning import config as config_mod
-from tuning import paths, record
+from tuning import paths
+from tuning import runs
 from tuning.ui import train_tab
 from tuning.ui.common import AppContext
 from test_ui_wiring import ended_run

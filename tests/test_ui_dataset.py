@@ -148,7 +148,7 @@ def test_trust_remote_code_is_warned_about(monkeypatch):
 
 
 def test_the_form_fills_from_a_preset_and_start_reports_by_name(ctx, monkeypatch):
-    from tuning import runner
+    from tuning.runs import runner
 
     filled = train_tab.fill_form(ctx, "quickstart")
     assert list(filled) == train_tab.FORM_FIELDS and train_tab.fill_form(ctx, "") == {}

@@ -8,7 +8,8 @@ import inspect
 import gradio as gr
 import pytest
 
-from tuning import ab, record
+from tuning.evaluation import ab
+from tuning import runs
 from tuning.config import TrainConfig
 from tuning.ui import playground_tab
 from tuning.ui.common import AppContext
@@ -19,9 +20,9 @@ BASE, TUNED = "I am SmolLM.", "I am Quill."
 @pytest.fixture
 def ctx_and_run(tmp_path):
     ctx = AppContext(tmp_path / "ws")
-    run_dir = record.run_dir(ctx.workspace, "r1")
+    run_dir = runs.run_dir(ctx.workspace, "r1")
     run_dir.mkdir(parents=True)
-    record.write_config(run_dir, TrainConfig())
+    runs.write_config(run_dir, TrainConfig())
     return ctx, run_dir
 
 
@@ -50,7 +51,7 @@ class FakeComparer:
 def fake(ctx_and_run, monkeypatch):
     ctx, run_dir = ctx_and_run
     comparer = FakeComparer()
-    monkeypatch.setattr(playground_tab, "_adapter", lambda ctx, run_id, checkpoint: (run_dir, record.adapter_dir(run_dir)))
+    monkeypatch.setattr(playground_tab, "_adapter", lambda ctx, run_id, checkpoint: (run_dir, runs.adapter_dir(run_dir)))
     monkeypatch.setattr(playground_tab, "_load", lambda ctx, path, full: comparer)
     return comparer
 
@@ -83,23 +84,23 @@ def test_blind_pair_is_generated_unlabelled_then_the_vote_reveals(ctx_and_run, f
     assert f"A was the **{pair.a_is}** model" in voted["ab_note"] and "tuned wins 1 of 1" in voted["ab_tally"]
     assert f"you chose {choice} (the tuned model)" in voted["ab_note"]
     assert "answer_a" not in voted and "answer_b" not in voted, "the voted answers stay on screen, revealed"
-    (vote,) = record.read_votes(run_dir)
+    (vote,) = runs.read_votes(run_dir)
     assert vote["winner"] == "tuned" and vote["prompt"] == "Who are you?" and {vote["a"], vote["b"]} == {BASE, TUNED}
-    assert record.ab_summary(run_dir)["tuned_wins"] == 1  # what the Evaluation tab and `eval` read
+    assert runs.ab_summary(run_dir)["tuned_wins"] == 1  # what the Evaluation tab and `eval` read
 
 
 def test_blind_ab_bad_input_gets_a_message(ctx_and_run, fake):
     ctx, run_dir = ctx_and_run
-    with pytest.raises(record.RunError, match="type the prompt both models should answer"):
+    with pytest.raises(runs.RunError, match="type the prompt both models should answer"):
         blind(ctx, prompt="  ")
-    with pytest.raises(record.RunError, match="at most 4000 characters"):
+    with pytest.raises(runs.RunError, match="at most 4000 characters"):
         blind(ctx, prompt="x" * 4001)
     fake.generate = lambda prompts, adapter, system, settings: [(BASE, BASE)]
     same = blind(ctx)
     assert same["pair"] is None and "nothing to judge" in same["ab_note"]
-    with pytest.raises(record.RunError, match="no pair on screen"):
+    with pytest.raises(runs.RunError, match="no pair on screen"):
         playground_tab.blind_vote(ctx, "r1", None, "A")
-    assert record.read_votes(run_dir) == []
+    assert runs.read_votes(run_dir) == []
 
 
 def test_the_vote_carries_only_the_choice(ctx_and_run):
@@ -210,7 +211,7 @@ def test_a_failure_mid_turn_is_shown_and_send_comes_back(ctx_and_run, fake):
     ctx, _ = ctx_and_run
 
     def broken(*args, **kwargs):
-        raise record.RunError("the model could not be loaded")
+        raise runs.RunError("the model could not be loaded")
         yield
 
     fake.stream_chat = broken
@@ -276,7 +277,7 @@ def test_no_run_picked_shows_what_to_do_not_an_error(tmp_path):
     assert picked["notice"] == playground_tab.EMPTY and "train one in **Train**" in picked["notice"]
     assert picked["ab_tally"] == "" and picked["pair"] is None
     assert playground_tab.refreshed(ctx, None)["notice"] == playground_tab.EMPTY
-    record.run_dir(ctx.workspace, "r0").mkdir(parents=True)
+    runs.run_dir(ctx.workspace, "r0").mkdir(parents=True)
     assert playground_tab.picked_run(ctx, None)["notice"] == playground_tab.PICK
 
 

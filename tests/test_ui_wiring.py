@@ -13,8 +13,10 @@ from gradio.context import LocalContext
 
 import app
 from tuning import config as config_mod
-from tuning import evaluate, record, space
-from tuning.events import EventLog
+from tuning.evaluation import evaluate
+from tuning import runs
+from tuning.ship import space
+from tuning.runs.events import EventLog
 from tuning.ui import access, live_tab, playground_tab, runs_tab
 from tuning.ui.common import AppContext
 
@@ -29,7 +31,7 @@ EVALUATION = {
 
 
 def ended_run(ws: Path, run_id: str = "r1", evaluation: dict | None = EVALUATION) -> Path:
-    path = record.run_dir(ws, run_id)
+    path = runs.run_dir(ws, run_id)
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(config_mod.TrainConfig().to_yaml())
     log = EventLog(path / "events.jsonl")
@@ -196,27 +198,27 @@ def test_live_falls_back_to_the_end_event_and_hides_while_running(tmp_path):
     text = live_tab.tick(ctx, "r2", None)["scores"]["value"]
     assert "| held-out loss | 2.000 | 0.500 |" in text and "| perplexity | 7.39 | 1.65 |" in text
     assert "check |" not in text
-    running = record.run_dir(ctx.workspace, "r3")
+    running = runs.run_dir(ctx.workspace, "r3")
     running.mkdir(parents=True)
     EventLog(running / "events.jsonl").append("start", step=0, max_steps=10)
     assert live_tab.tick(ctx, "r3", None)["scores"]["visible"] is False
 
 
 def test_loss_plot_always_carries_both_series_as_numbers():
-    frame = live_tab.loss_frame(record.EventSummary(train=[(1, 2.0)]))
+    frame = live_tab.loss_frame(runs.EventSummary(train=[(1, 2.0)]))
     assert set(frame["series"]) - {live_tab.END_SERIES} == {"train loss", "eval loss"}  # (+ the unseen axis ends)
     assert frame[frame.series == "eval loss"]["loss"].isna().all()
     # Before the first step both plots still get numeric y columns (the browser fixes the axis type then).
     plot = gr.LinePlot(x="step", y="loss", color="series")
-    assert plot.postprocess(live_tab.loss_frame(record.EventSummary())).datatypes["loss"] == "quantitative"
+    assert plot.postprocess(live_tab.loss_frame(runs.EventSummary())).datatypes["loss"] == "quantitative"
     lr = gr.LinePlot(x="step", y="learning_rate")
-    assert lr.postprocess(live_tab.lr_frame(record.EventSummary())).datatypes["learning_rate"] == "quantitative"
+    assert lr.postprocess(live_tab.lr_frame(runs.EventSummary())).datatypes["learning_rate"] == "quantitative"
 
 
 def test_plot_axes_come_from_the_data(tmp_path):
     """Early in a run the blank eval point sits at the first real step (the step axis does not start
     at 0), and the tick labels stay short enough for the plot's left edge."""
-    early = record.EventSummary(max_steps=6, train=[(1, 3.930307)], lr=[(1, 0.0), (2, 5e-4)])
+    early = runs.EventSummary(max_steps=6, train=[(1, 3.930307)], lr=[(1, 0.0), (2, 5e-4)])
     frame = live_tab.loss_frame(early)
     shown = frame[frame.series != live_tab.END_SERIES]  # (the unseen points only stretch the axis: 0.5 to 6.5)
     assert shown.step.min() == 1 and shown.loss.dropna().tolist() == [3.930307]  # only real values
@@ -227,7 +229,7 @@ def test_plot_axes_come_from_the_data(tmp_path):
         c = live_tab.layout(AppContext(tmp_path / "ws"))
     # tick labels of one width all run long, from the first frame on (live_tab.FIRST_FRAME)
     assert (c["loss_plot"].y_axis_format, c["lr_plot"].y_axis_format) == (".2f", ".1e")
-    empty = record.EventSummary(max_steps=6)
+    empty = runs.EventSummary(max_steps=6)
     assert live_tab.lr_frame(empty).learning_rate.tolist() == [1e-3]
     assert live_tab.loss_frame(empty).dropna().series.tolist() == [live_tab.END_SERIES]
     assert c["loss_plot"].y_lim is None and c["lr_plot"].y_lim is None  # y from the data, not from 0
@@ -283,7 +285,7 @@ def test_runs_table_shows_the_newest_runs_and_the_filter_finds_the_others(tmp_pa
     assert [r[0] for r in deleted["listing"]["value"]] == ["r103", "r102", "r101", "r100"]
     assert runs_tab.listing(ctx)["label"].startswith("Runs in the workspace: the newest 100 of 104 ")
     for index in range(5, 104):
-        record.delete_run(ctx.workspace, f"r{index:03d}")
+        runs.delete_run(ctx.workspace, f"r{index:03d}")
     assert runs_tab.listing(ctx)["label"] == "Runs in the workspace" and len(runs_tab.table(ctx)) == 5
 
 
@@ -302,7 +304,7 @@ def test_a_fresh_page_opens_the_default_run_in_every_tab(tmp_path):
     """Live, Playground, Evaluation and Export open on the active run, else the newest; a tab that
     does not offer that run (Export: not finished) opens on its own newest."""
     ws = tmp_path / "ws"
-    adapter = record.adapter_dir(ended_run(ws, "r1"))
+    adapter = runs.adapter_dir(ended_run(ws, "r1"))
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"w")
@@ -329,8 +331,8 @@ def test_a_page_load_lists_the_workspace_once_and_sees_a_new_run(tmp_path, monke
     demo = app.build_demo(ws)
     loads = [f for f in demo.fns.values() if f.fn is not None and any(t[1] == "load" for t in f.targets)]
     listings = []
-    real = record.summarize
-    monkeypatch.setattr(record, "summarize", lambda run: listings.append(run) or real(run))
+    real = runs.summarize
+    monkeypatch.setattr(runs, "summarize", lambda run: listings.append(run) or real(run))
     for f in loads:
         f.fn()
     assert len(listings) == 1  # one run, listed once
@@ -351,15 +353,15 @@ def test_playground_loads_and_saves_the_runs_probes(tmp_path):
     first = playground_tab.run_probes(ctx, "r1").splitlines()
     # the demo's list, shown without writing anything (a visitor to a Space may pick a run)
     assert first == evaluate.default_probes(config_mod.load(path / "config.yaml"))
-    assert record.read_probes(path) is None
+    assert runs.read_probes(path) is None
     note = playground_tab.save_probes(ctx, "r1", "  Who made you?\n\nName a color.\n")
     assert "Saved 2" in note
     cfg = config_mod.load(path / "config.yaml")
     assert evaluate.probes_for_run(path, cfg) == ["Who made you?", "Name a color."]
     assert playground_tab.run_probes(ctx, "r1") == "Who made you?\nName a color."
-    with pytest.raises(record.RunError, match="at least one prompt"):
+    with pytest.raises(runs.RunError, match="at least one prompt"):
         playground_tab.save_probes(ctx, "r1", "\n \n")
-    with pytest.raises(record.RunError, match="pick a run"):
+    with pytest.raises(runs.RunError, match="pick a run"):
         playground_tab.save_probes(ctx, "", "x")
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tuning import config as config_mod
-from tuning import record
+from tuning import runs
 from tuning.paths import resolve_workspace
 
 
@@ -21,29 +21,30 @@ class BadInput(Exception):
 def _record_trainer(run_path: Path) -> None:
     """This process trains the run: record it (pid, host, a fresh launch token) and keep the record
     fresh, so a dashboard on another host sees the run as alive."""
-    record.write_process_info(run_path, os.getpid())
-    record.start_heartbeat(run_path)
+    runs.write_process_info(run_path, os.getpid())
+    runs.start_heartbeat(run_path)
 
 
 def _given_run_id(args) -> str | None:
-    from tuning import distributed
+    from tuning.train import distributed
 
     given = args.run_id or os.environ.get(distributed.RUN_ID_ENV) or None
-    return record.check_run_id(given) if given else None
+    return runs.check_run_id(given) if given else None
 
 
 def _made_by_runner(args, workspace: Path) -> bool:
     """This process was spawned for a run folder the runner (the app, the queue) made: --config is
     that folder's config.yaml, given as it is."""
     config_path = Path(args.config).resolve() if args.config else None
-    return bool(config_path and config_path.parent.parent == record.runs_dir(workspace).resolve()
+    return bool(config_path and config_path.parent.parent == runs.runs_dir(workspace).resolve()
                 and not args.set and not args.run_id)
 
 
 def _seed_overrides(args, workspace: Path) -> list[list[str]]:
     """The --set additions of each run this command trains: one run as given ([[]]), or, for a
     config with `seeds: N` that a person asked for (not a run folder the runner made), one per seed."""
-    from tuning import distributed, seeds
+    from tuning.train import distributed
+    from tuning.runs import seeds
 
     if args.resume or _made_by_runner(args, workspace):
         return [[]]
@@ -59,13 +60,14 @@ def _seed_overrides(args, workspace: Path) -> list[list[str]]:
 def _open_run(args, workspace: Path):
     """Create the run folder (or find it: --resume, or the config.yaml the runner wrote) and record
     this process as its trainer, under the workspace lock. Returns (run folder, config, resume, created)."""
-    from tuning import distributed, runner
+    from tuning.train import distributed
+    from tuning.runs import runner
 
     if args.resume:
         if args.preset or args.config or args.set or args.run_id:
             raise BadInput("--resume takes no --preset, --config, --set or --run-id: a run keeps its config")
-        run_path = record.existing_run_dir(workspace, args.resume)
-        cfg = record.read_config(run_path)
+        run_path = runs.existing_run_dir(workspace, args.resume)
+        cfg = runs.read_config(run_path)
         distributed.check(cfg)
         with runner.workspace_lock(workspace):
             runner.refuse_if_busy(workspace, except_run=run_path.name)
@@ -93,7 +95,8 @@ def _open_run(args, workspace: Path):
 
 def _train_worker(args, workspace: Path) -> int:
     """One process of several, started by a launcher (distributed.py says how they agree)."""
-    from tuning import distributed, train
+    from tuning.train import distributed
+    from tuning.train import trainer as train
 
     def open_on_rank_0():
         run_path, _, resume, created = _open_run(args, workspace)
@@ -103,22 +106,23 @@ def _train_worker(args, workspace: Path) -> int:
     distributed.init_group()
     try:
         if ours:
-            run_path = record.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
+            run_path = runs.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
             resume = bool(args.resume)
         else:
             run_path, resume = distributed.agree_on_run(workspace, open_on_rank_0)
             if distributed.is_main_process():
                 print(f"run {run_path.name} in {run_path} ({distributed.world_size()} processes)", flush=True)
-        code = train.run(record.read_config(run_path), run_path, workspace, resume=resume)
+        code = train.run(runs.read_config(run_path), run_path, workspace, resume=resume)
         if distributed.is_main_process() and not ours:
-            record.mark_process_ended(run_path, os.getpid())
+            runs.mark_process_ended(run_path, os.getpid())
         return code
     finally:
         distributed.leave_group()
 
 
 def _train(args) -> int:
-    from tuning import distributed, seeds
+    from tuning.train import distributed
+    from tuning.runs import seeds
 
     workspace = resolve_workspace(args.workspace)
     distributed.adopt_launcher_env()  # srun / mpirun ranks -> RANK, WORLD_SIZE, LOCAL_RANK
@@ -146,7 +150,9 @@ def _train(args) -> int:
 
 def _train_one(args, workspace: Path, start_queued: bool = True) -> tuple[int, str]:
     """Train one run (this process, or the launcher of several); (exit code, run id)."""
-    from tuning import distributed, runner, train
+    from tuning.train import distributed
+    from tuning.runs import runner
+    from tuning.train import trainer as train
 
     run_path, cfg, resume, _ = _open_run(args, workspace)
     print(f"run {run_path.name} in {run_path}", flush=True)
@@ -154,7 +160,7 @@ def _train_one(args, workspace: Path, start_queued: bool = True) -> tuple[int, s
         code = distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=resume)
     else:
         code = train.run(cfg, run_path, workspace, resume=resume)
-    record.mark_process_ended(run_path, os.getpid())
+    runs.mark_process_ended(run_path, os.getpid())
     if not start_queued:
         return code, run_path.name
     # The machine is free: the next queued run starts now (runner.start_next's lock makes this
@@ -171,7 +177,7 @@ def _train_one(args, workspace: Path, start_queued: bool = True) -> tuple[int, s
 
 def _seeds(args) -> int:
     """The seed groups of the workspace (or of the runs named), each figure as mean ± spread."""
-    from tuning import seeds
+    from tuning.runs import seeds
 
     workspace = resolve_workspace(args.workspace)
     groups = seeds.seed_groups(workspace, args.run_ids or None)
@@ -196,7 +202,7 @@ def _absolute_sources(cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
 
 
 def _queue_rows(workspace: Path) -> list[dict]:
-    from tuning import runner
+    from tuning.runs import runner
 
     return [{"position": e["position"], "id": e["id"], "run_name": e["config"].get("run_name", ""),
              "base_model": e["config"].get("base_model", ""), "dataset": e["config"].get("dataset", ""),
@@ -205,7 +211,7 @@ def _queue_rows(workspace: Path) -> list[dict]:
 
 def _queue(args) -> int:
     """Runs waiting for the machine: add (one, or one per grid value), list, remove."""
-    from tuning import runner
+    from tuning.runs import runner
 
     workspace = resolve_workspace(args.workspace)
     if args.action == "add":
@@ -238,7 +244,8 @@ def _queue(args) -> int:
 
 def _inspect_preference(args) -> int:
     """inspect on preference data (pairs or KTO rows): format, pair counts, problems, tokens per side."""
-    from tuning import models, pairs
+    from tuning import models
+    from tuning.data import pairs
 
     loaded = pairs.load(args.path, column_map=args.column_map, split=args.split, subset=args.subset)
     stats = None
@@ -263,12 +270,14 @@ def _inspect_preference(args) -> int:
 
 def _inspect(args) -> int:
     """The Dataset tab's report on the command line: format, rows, problems, token statistics."""
-    from tuning import data, models, pairs
+    from tuning import models
+    from tuning import data
+    from tuning.data import pairs
 
     if args.format in (*pairs.PREFERENCE_FORMATS, "preference") or (args.format == "auto"
                                                                       and pairs.looks_like_preference(args.path)):
         return _inspect_preference(args)
-    from tuning import arrow_data
+    from tuning.data import arrow_data
 
     if arrow_data.wanted(args.path, resolve_workspace(args.workspace)):  # a big file: read through an Arrow cache
         loaded = arrow_data.load(args.path, args.format, args.column_map, resolve_workspace(args.workspace))
@@ -296,10 +305,10 @@ def _inspect(args) -> int:
 
 
 def _eval(args) -> int:
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     workspace = resolve_workspace(args.workspace)
-    run_path = record.existing_run_dir(workspace, args.run)
+    run_path = runs.existing_run_dir(workspace, args.run)
     try:
         result = evaluate.evaluate_run(run_path, workspace, recompute=args.recompute, checkpoint=args.checkpoint)
     except evaluate.EvalError as exc:
@@ -313,10 +322,10 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from tuning import export
+    from tuning.ship import export
 
     workspace = resolve_workspace(args.workspace)
-    run_path = record.existing_run_dir(workspace, args.run)
+    run_path = runs.existing_run_dir(workspace, args.run)
     try:
         done = [export.adapter_zip(run_path, workspace)]
         if args.push and not args.merged:
@@ -337,7 +346,7 @@ def _export(args) -> int:
 
 def _compare(args) -> int:
     """Two or more runs side by side: curves by step and tokens seen, differing config, evaluations."""
-    from tuning import compare
+    from tuning.runs import compare
 
     result = compare.compare(resolve_workspace(args.workspace), args.runs)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else compare.text_report(result))
@@ -346,14 +355,14 @@ def _compare(args) -> int:
 
 def _generate(args) -> int:
     """Base and tuned answers from the Playground's code path (one mixed-adapter batch)."""
-    from tuning import playground
+    from tuning.infer import playground
 
     workspace = resolve_workspace(args.workspace)
-    run_path = record.existing_run_dir(workspace, args.run)
+    run_path = runs.existing_run_dir(workspace, args.run)
     settings = playground.GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                              top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                              seed=args.seed)
-    adapter = record.current_adapter(run_path, args.checkpoint)
+    adapter = runs.current_adapter(run_path, args.checkpoint)
     comparer = playground.comparer_for_run(run_path, workspace, full_precision_base=args.full_precision_base)
     if args.compare:
         (base, tuned), = comparer.generate([args.prompt], adapter, args.system or None, settings)
@@ -475,14 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from tuning.data import DataError
-    from tuning.distributed import LaunchError
+    from tuning.train.distributed import LaunchError
     from tuning.models import ModelError
     from tuning.paths import PathError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, record.RunError,
+    except (BadInput, config_mod.ConfigError, DataError, ModelError, PathError, runs.RunError,
             LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -145,7 +145,7 @@ class TrainConfig:
     dataset_subset: str = _f("", "Subset (configuration) of a Hub dataset; empty for the default.", "data",
                              advanced=True, label="Hub dataset subset")
 
-    # --- preference tuning (tuning/preference.py builds TRL's trainers from these) ---
+    # --- preference tuning (tuning/train/preference.py builds TRL's trainers from these) ---
     objective: Literal["sft", "dpo", "orpo", "kto"] = _f(
         "sft", "What the run learns from. sft: imitate the answers (supervised fine-tuning). dpo: prefer the "
         "chosen answer over the rejected one of each pair, against a frozen reference (the starting adapter, or "

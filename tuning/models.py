@@ -380,9 +380,9 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only."""
     from transformers import AutoModelForCausalLM
 
-    from tuning import memory
+    from tuning.levers import memory
 
-    memory.tune_allocator()  # every process that trains or generates loads its model here (tuning/memory.py)
+    memory.tune_allocator()  # every process that trains or generates loads its model here (tuning/levers/memory.py)
     started = time.time()
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -1,5 +1,5 @@
 """The blind A/B widget, shared by the Playground and the Evaluation tab: one builder and one pair of
-handlers (`show` a pair, `cast` a vote) over tuning/ab.py.
+handlers (`show` a pair, `cast` a vote) over tuning/evaluation/ab.py.
 
 The pair itself (which answer is the tuned one) lives in the session's gr.State, on the server;
 the page receives only `pair.shown()` (the prompt and the two texts as A and B), and a vote sends
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import ab, record
+from tuning.evaluation import ab
+from tuning import runs
 from tuning.ui.common import AppContext, bind, guarded, keyed
 
 ASK = "Which answer is better? The order is random; the vote is saved with the run."
@@ -57,13 +58,13 @@ def run_path(ctx: AppContext, run_id: str | None) -> Path:
     """The picked run's folder, for handlers a person triggers (a button); handlers that fire on page
     load or on picker change check `run_id` first and show an empty state instead."""
     if not run_id:
-        raise record.RunError("pick a run first")
-    return record.existing_run_dir(ctx.workspace, run_id)
+        raise runs.RunError("pick a run first")
+    return runs.existing_run_dir(ctx.workspace, run_id)
 
 
 def tally(ctx: AppContext, run_id: str | None) -> str:
     """The run's votes so far, as the widget shows them."""
-    return _tally_text(record.ab_summary(run_path(ctx, run_id))) if run_id else ""
+    return _tally_text(runs.ab_summary(run_path(ctx, run_id))) if run_id else ""
 
 
 def _tally_text(summary: dict) -> str:

@@ -6,7 +6,7 @@ default: app.py hands the finished page to `deny_by_default`, which makes every 
 `public(...)`. That short public list is visible where each handler is wired: browsing runs,
 following a run in Live, viewing evaluations, the Playground on finished runs, inspecting the demo
 dataset, and signing in. An owner is a visitor signed in with Hugging Face as an allowed user, or one
-who unlocked this browser session with the Space's password (tuning/space.py holds the policy).
+who unlocked this browser session with the Space's password (tuning/ship/space.py holds the policy).
 
 Gradio's queue runs any event function by its index, named or not, and `api_visibility="private"`
 hides an endpoint from the API page without locking it: so the gate sits on the functions themselves.
@@ -26,7 +26,8 @@ import time
 from collections import deque
 from contextlib import contextmanager
 
-from tuning import record, space
+from tuning import runs
+from tuning.ship import space
 
 PUBLIC = "_public_on_a_space"
 UNLOCK_TTL_S = 8 * 3600  # an unlocked browser session stays unlocked this long
@@ -236,7 +237,7 @@ def one_at_a_time(ctx, what: str = "generation", request=None):
     key = (what, session_key(request))
     with ctx.lock:
         if key in ctx.busy:
-            raise record.RunError(f"one {what} at a time: wait for the one still running in this page")
+            raise runs.RunError(f"one {what} at a time: wait for the one still running in this page")
         ctx.busy.add(key)
     try:
         yield

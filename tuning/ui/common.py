@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuning import paths, space
+from tuning import paths
+from tuning.ship import space
 
 log = logging.getLogger("tuning.ui")
 
@@ -19,8 +20,8 @@ log = logging.getLogger("tuning.ui")
 def user_errors() -> tuple[type[BaseException], ...]:
     from tuning.config import ConfigError
     from tuning.data import DataError
-    from tuning.export import ExportError
-    from tuning.record import RunError
+    from tuning.ship.export import ExportError
+    from tuning.runs import RunError
 
     found = [ConfigError, DataError, ExportError, RunError, paths.PathError]
     try:  # models imports torch: only pay for it when a handler already has
@@ -35,7 +36,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 @dataclass
 class AppContext:
     """What the page may touch: the workspace and the folders paths may be read from; and, on a
-    Space, who may act (tuning/space.py decides; tuning/ui/access.py keeps, in memory only, until
+    Space, who may act (tuning/ship/space.py decides; tuning/ui/access.py keeps, in memory only, until
     when each unlocked browser session stays unlocked and its upload pass, recent password attempts
     and the generations in flight)."""
     workspace: Path
@@ -164,9 +165,9 @@ NO_RUNS = "No runs yet: start one in **Train**."
 
 def no_run_text(ctx: AppContext, pick: str = "Pick a run above.") -> str:
     """What an output about a run says while none is picked: start one, or pick one."""
-    from tuning import record
+    from tuning import runs
 
-    return pick if record.run_ids(ctx.workspace) else NO_RUNS
+    return pick if runs.run_ids(ctx.workspace) else NO_RUNS
 
 
 def error_box():
@@ -242,9 +243,9 @@ def run_picker_update(ctx: AppContext, run_id: str | None = None):
     """A run dropdown that knows every run in the workspace, with `run_id` selected."""
     import gradio as gr
 
-    from tuning import record
+    from tuning import runs
 
-    return gr.update(choices=record.run_ids(ctx.workspace), value=run_id)
+    return gr.update(choices=runs.run_ids(ctx.workspace), value=run_id)
 
 
 def _rounded(value, digits: int = 4):
@@ -373,7 +374,8 @@ def _mtime(source: str) -> float:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(source: str, fmt: str, column_map: str, mtime: float, limit: int | None, workspace: str | None):
-    from tuning import arrow_data, data
+    from tuning.data import arrow_data
+    from tuning import data
 
     if limit is None and arrow_data.wanted(source, workspace):  # a big file: rows stay on disk, memory-mapped
         return arrow_data.load(source, fmt, column_map or None, workspace)
@@ -385,7 +387,7 @@ def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: in
     """The dataset as the page reads it (data.load_preview: a Hub dataset streams its first rows, never
     the whole), cached per file version (the mtime), format and map: the Dataset tab's pages and
     statistics and the Train tab's estimate share one read. With the workspace, a big local file is
-    read whole through its Arrow cache there (tuning/arrow_data.py) instead of into memory."""
+    read whole through its Arrow cache there (tuning/data/arrow_data.py) instead of into memory."""
     return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit,
                         None if workspace is None else str(workspace))
 

@@ -1,4 +1,4 @@
-"""The Dataset tab's view of preference data (tuning/pairs.py reads it): the pairs listed, one pair
+"""The Dataset tab's view of preference data (tuning/data/pairs.py reads it): the pairs listed, one pair
 as prompt, chosen and rejected side by side with each side's tokens (what is scored), the token
 lengths per side (which side max_length cuts) and every problem by row; and the run's votes as a
 source (record.write_preference_pairs: the same file "tune on my votes" trains on).
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import pairs, paths
+from tuning import paths
+from tuning.data import pairs
 
 LIST_ROWS = 500  # pairs listed in the table (any pair opens by its number)
 LIST_HEADERS = ["#", "prompt (last turn)", "chosen", "rejected", "file:row"]

@@ -8,7 +8,7 @@ Preference data (pairs, KTO's labelled answers) and a run's votes show as pairs 
 Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows and counts the
 rows of the file's first 16 MB (the first page shows in a second however big the file: "at least N
 rows"), then the statistics step counts the rest by a byte scan, reads every row (a big file into an
-Arrow cache in the workspace, tuning/arrow_data.py, never into memory) and tokenizes with a progress
+Arrow cache in the workspace, tuning/data/arrow_data.py, never into memory) and tokenizes with a progress
 bar: a sample first, saying so, then the full pass (at most FULL_STATS_ROWS rows)."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import paths, space
+from tuning import paths
+from tuning.ship import space
 from tuning.ui import access, dataset_pairs
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, bind, boxed, check_source, error_box, guarded, into, keyed, load_dataset,
@@ -37,7 +38,7 @@ SOURCES = ("demo dataset", "upload a file", "path or Hub id", "votes of a run")
 
 def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str, run: str | None = None) -> str:
     """The dataset string a TrainConfig takes, for what the person picked on the page."""
-    from tuning import pairs
+    from tuning.data import pairs
 
     if kind == SOURCES[0]:
         return "demo"
@@ -55,20 +56,20 @@ def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str, ru
 
 def vote_pairs_file(ctx: AppContext, run: str | None) -> str:
     """A run's blind votes (and corrections) as the DPO pairs file "tune on my votes" trains on."""
-    from tuning import record
+    from tuning import runs
 
     if not run:
         raise paths.PathError("votes: pick a run first (runs with a decisive vote or a correction are listed)")
-    return str(record.write_preference_pairs(record.existing_run_dir(ctx.workspace, run)))
+    return str(runs.write_preference_pairs(runs.existing_run_dir(ctx.workspace, run)))
 
 
 def vote_runs(ctx: AppContext, kind: str) -> dict:
     """The runs whose votes can be opened, listed when that source is picked (the owner's only)."""
-    from tuning import record
+    from tuning import runs
 
     if kind != SOURCES[3]:
         return {}
-    found = record.runs_with_preferences(ctx.workspace) if access.is_owner(ctx) else []
+    found = runs.runs_with_preferences(ctx.workspace) if access.is_owner(ctx) else []
     return {"run": gr.update(choices=found, value=found[0] if found else None)}
 
 
@@ -329,7 +330,7 @@ def stats_passes(rows: int) -> list[int | None]:
 def count_rest(source: str, fmt: str, column_map: str) -> dict:
     """The summary with the exact row count, for a JSONL file whose first page counted only its head
     (formats.COUNT_BYTES): a scan of its bytes, about a second a gigabyte. {} when there is nothing to add."""
-    from tuning import formats
+    from tuning.data import formats
 
     quick = load_dataset(source, fmt, column_map, QUICK_ROWS)  # the first page's read (cached)
     if quick.rows_counted or not Path(source).is_file():

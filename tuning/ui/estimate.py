@@ -4,7 +4,7 @@ Rough on purpose: weights + adapter + optimizer + activations + logits, from the
 config.json (on a CPU, from the trainer's measured footprint: bench/RESULTS.md, Memory); time
 from the tokens/s an earlier run of the same base and method measured in this workspace, else
 from the quickstart's measured speed scaled by model size, plus the start-up, the evaluations and
-probes between steps, and the end-of-run evaluation (its planned checks, tuning/evaluate.py plan, at
+probes between steps, and the end-of-run evaluation (its planned checks, tuning/evaluation/evaluate.py plan, at
 the same step time, or at an earlier evaluation's measured time per answer). It is there to
 catch "this will not fit" and "this will take a day", not to be exact to the minute.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from tuning import config as config_mod
-from tuning import record
+from tuning import runs
 from tuning.ui.common import ago, load_dataset
 
 GB = 1024 ** 3
@@ -136,9 +136,9 @@ def _cpu_has_fast_bf16() -> bool:
 
 def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | None) -> tuple[str, float, int, float]:
     """(kind, planned work in training steps, prompts answered, the answers' share of the work) of the
-    run's end-of-run evaluation (tuning/evaluate.py plan): its own held-out rows and probes when the
+    run's end-of-run evaluation (tuning/evaluation/evaluate.py plan): its own held-out rows and probes when the
     dataset is small enough to read here, else an approximation from the split (no task checks)."""
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     kind = cfg.final_evaluation_for(steps or 0) if steps else cfg.final_evaluation
     kind = "full" if kind == "auto" else kind
@@ -160,10 +160,10 @@ def evaluation_work(cfg: config_mod.TrainConfig, steps: int | None, rows: int | 
 
 def checkpoint_work(cfg: config_mod.TrainConfig, steps: int, rows: int | None) -> float:
     """The work between steps, in training steps: the Trainer's held-out loss every eval_steps (the
-    tuned side only) and the probes at every checkpoint but the last (tuning/evaluate.py's costs)."""
+    tuned side only) and the probes at every checkpoint but the last (tuning/evaluation/evaluate.py's costs)."""
     import math as _math
 
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     def every(name: str) -> int:
         value = cfg.step_interval(name)
@@ -184,8 +184,8 @@ def measured_answer_seconds(workspace: Path, cfg: config_mod.TrainConfig) -> flo
     """Median seconds per answered prompt (base and tuned) of the end-of-run evaluations of earlier
     runs of the same base and method here (their evaluation.json's own timings), per 64 new tokens."""
     per_answer = []
-    for summary in record.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]:
-        result = record.read_evaluation(summary.path) or {}
+    for summary in runs.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]:
+        result = runs.read_evaluation(summary.path) or {}
         seconds = result.get("seconds") or {}
         answers = len(result.get("probes") or []) + len(((result.get("checks") or {}).get("rows")) or [])
         spent = (seconds.get("probes") or 0) + (seconds.get("checks") or 0)
@@ -196,7 +196,7 @@ def measured_answer_seconds(workspace: Path, cfg: config_mod.TrainConfig) -> flo
 
 def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
     """Median tokens/s logged by earlier runs of the same base and method in this workspace."""
-    rates = [rate for summary in record.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]
+    rates = [rate for summary in runs.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]
              for rate in summary.progress.rates if rate > 0]
     return statistics.median(rates) if rates else None
 

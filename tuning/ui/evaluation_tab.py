@@ -1,10 +1,10 @@
 """Evaluation tab: did the fine-tune work, and what did it cost? Held-out loss and perplexity,
 the task checks (base vs tuned), the probe gallery across checkpoints, the hardest examples (each
-row's own loss, tuning/row_losses.py; a click opens the row in the Dataset tab), a held-out row token by
-token (tuning/token_diff.py, the Playground's heatmap), and a blind A/B vote
+row's own loss, tuning/evaluation/row_losses.py; a click opens the row in the Dataset tab), a held-out row token by
+token (tuning/infer/token_diff.py, the Playground's heatmap), and a blind A/B vote
 (the widget shared with the Playground, tuning/ui/ab_view.py).
 
-Everything shown is read through tuning/record.py; only "Evaluate", a held-out row's heatmap and an
+Everything shown is read through tuning/runs/; only "Evaluate", a held-out row's heatmap and an
 A/B pair for a prompt of your own load a model.
 """
 
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from tuning import ab, record
+from tuning.evaluation import ab
+from tuning import runs
 from tuning.ui import ab_view, access
 from tuning.ui.ab_view import run_path
 from tuning.ui.access import public
@@ -39,15 +40,15 @@ class EvaluationParts:
 
 def run_choices(ctx: AppContext) -> list[str]:
     """Runs that have something to evaluate: a final adapter, a complete checkpoint, or stored results."""
-    return [s.run_id for s in record.list_runs(ctx.workspace)
-            if record.has_final_adapter(s.path) or record.complete_checkpoints(s.path)
-            or record.read_evaluation(s.path, answers=False) is not None]
+    return [s.run_id for s in runs.list_runs(ctx.workspace)
+            if runs.has_final_adapter(s.path) or runs.complete_checkpoints(s.path)
+            or runs.read_evaluation(s.path, answers=False) is not None]
 
 
 def newest_evaluated(ctx: AppContext, choices: list[str]) -> str | None:
     """The run the tab opens on: the newest with a stored evaluation (a newer run still training has
     none to show yet), else the newest it offers."""
-    found = [r for r in choices if record.read_evaluation(record.runs_dir(ctx.workspace) / r, answers=False)
+    found = [r for r in choices if runs.read_evaluation(runs.runs_dir(ctx.workspace) / r, answers=False)
              is not None]
     return (found or choices or [None])[0]
 
@@ -63,8 +64,8 @@ def verdict(result: dict | None) -> str:
     if not result:
         return NO_EVALUATION
     lines = [f"**Step {result.get('step')}**, {result.get('eval_rows')} held-out examples: "
-             f"{record.headline(result)}."]
-    if not record.checks_done(result):
+             f"{runs.headline(result)}."]
+    if not runs.checks_done(result):
         lines.append("Task checks were not computed (the run was stopped). Press **Evaluate** to compute them.")
     elif not result.get("checks"):
         lines.append("No task checks: no held-out row carries an `expect` list of words the answer must contain.")
@@ -80,7 +81,7 @@ def gallery(ctx: AppContext, run_id: str, index) -> tuple[str, list[list]]:
     mark where the tuned answer changed since the checkpoint before."""
     if not run_id:
         return "", []
-    history = record.probe_history(run_path(ctx, run_id))
+    history = runs.probe_history(run_path(ctx, run_id))
     if not history:
         return "No probe answers recorded for this run yet (they appear at each checkpoint).", []
     i = min(max(int(index or 0), 0), len(history) - 1)
@@ -113,8 +114,8 @@ def load_run(ctx: AppContext, run_id: str | None) -> dict:
     if not run_id:
         return nothing_shown(ctx)
     path = run_path(ctx, run_id)
-    result = record.read_evaluation(path)
-    last = max(len(record.probe_history(path)) - 1, 0)
+    result = runs.read_evaluation(path)
+    last = max(len(runs.probe_history(path)) - 1, 0)
     label, rows = gallery(ctx, run_id, last)
     return {"verdict": verdict(result), "losses": loss_rows(result), "checks": check_rows(result),
             # gr.Slider needs maximum > minimum; with one record the slider is simply locked.
@@ -126,7 +127,7 @@ def load_run(ctx: AppContext, run_id: str | None) -> dict:
 def evaluate_run(ctx: AppContext, run_id: str, recompute: bool) -> dict:
     """Compute the run's evaluation when it is missing or incomplete (or recompute is ticked), then
     show it. Slow: it loads the base model and generates every held-out answer twice."""
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     evaluate.evaluate_run(run_path(ctx, run_id), ctx.workspace, recompute=bool(recompute))
     return load_run(ctx, run_id)
@@ -134,13 +135,13 @@ def evaluate_run(ctx: AppContext, run_id: str, recompute: bool) -> dict:
 
 def fresh_pair(ctx: AppContext, run_id: str, prompt: str) -> ab.BlindPair:
     """Base and tuned answer `prompt` now (greedy, the run's evaluation length), in random order."""
-    from tuning import playground
+    from tuning.infer import playground
 
     path = run_path(ctx, run_id)
-    cfg = record.read_config(path)
+    cfg = runs.read_config(path)
     comparer = playground.comparer_for_run(path, ctx.workspace)
     settings = playground.GenerationSettings(max_new_tokens=cfg.eval_max_new_tokens)
-    base, tuned = comparer.generate([prompt], record.current_adapter(path), None, settings)[0]
+    base, tuned = comparer.generate([prompt], runs.current_adapter(path), None, settings)[0]
     return ab.blind(path, prompt, base, tuned)
 
 
@@ -161,7 +162,7 @@ def ab_vote(ctx: AppContext, run_id: str, pair: ab.BlindPair | None, choice: str
     return {**voted, "ab_note": voted["ab_note"] + " **Next pair** brings another."}
 
 
-# --- the hardest examples (tuning/row_losses.py) -----------------------------------------------------
+# --- the hardest examples (tuning/evaluation/row_losses.py) -----------------------------------------------------
 
 SPLITS = {"training rows": "train", "held-out rows": "heldout"}
 EXAMPLE_HEADERS = ["file", "row", "loss", "typical loss", "above typical", "first loss", "change", "measured"]
@@ -176,7 +177,7 @@ def example_rows(found: list[dict]) -> list[list]:
 
 def examples(ctx: AppContext, run_id: str, split_label: str = "training rows") -> dict:
     """The rows the model fits worst and the rows whose loss went up, for one split."""
-    from tuning import row_losses
+    from tuning.evaluation import row_losses
 
     if not run_id:
         return {"hardest": [], "went_up": [], "examples_note": ""}
@@ -201,14 +202,14 @@ def selected_row(evt: gr.SelectData) -> list:
 def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) -> dict:
     """A click in either list: the example's {source, file, row}, which app.py hands to the Dataset tab."""
     if not cells or len(cells) < 2:
-        raise record.RunError("pick a row of the list")
+        raise runs.RunError("pick a row of the list")
     file, row = cells[0], int(cells[1])
-    source = (record.read_row_index(run_path(ctx, run_id)).get("sources") or {}).get(SPLITS.get(split_label, "train"))
+    source = (runs.read_row_index(run_path(ctx, run_id)).get("sources") or {}).get(SPLITS.get(split_label, "train"))
     if not source:
-        raise record.RunError(f"run {run_id} does not say which data its rows came from")
+        raise runs.RunError(f"run {run_id} does not say which data its rows came from")
     out = {"row_request": {"source": source, "file": file, "row": row}}
     if SPLITS.get(split_label) == "heldout":  # and the held-out row's number, for its token heatmap
-        held = record.read_row_index(run_path(ctx, run_id)).get("heldout") or []
+        held = runs.read_row_index(run_path(ctx, run_id)).get("heldout") or []
         out.update({"heat_row": held.index([file, row]) + 1} if [file, row] in held else {})
     return out
 
@@ -216,32 +217,33 @@ def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) 
 def heldout_heatmap(ctx: AppContext, run_id: str, number) -> dict:
     """Held-out row `number` (1 = the first) token by token: its own answer and the tuned model's greedy
     answer coloured by how much more likely the tuned model finds each token than the base (one batch,
-    tuning/token_diff.py), the first token where the base's greedy answer differs marked."""
-    from tuning import evaluate, playground, token_diff
+    tuning/infer/token_diff.py), the first token where the base's greedy answer differs marked."""
+    from tuning.evaluation import evaluate
+    from tuning.infer import playground, token_diff
 
     path = run_path(ctx, run_id)
-    if not access.is_owner(ctx) and record.summarize(path).status in record.ACTIVE_STATUSES:
+    if not access.is_owner(ctx) and runs.summarize(path).status in runs.ACTIVE_STATUSES:
         access.require_owner(ctx)  # as the Playground: a visitor loads a model for finished runs only
-    cfg = record.read_config(path)
+    cfg = runs.read_config(path)
     rows = evaluate.heldout_rows(cfg)
     if not rows:
-        raise record.RunError(f"run {run_id} has no held-out rows (eval_split is 0 and no eval_dataset)")
+        raise runs.RunError(f"run {run_id} has no held-out rows (eval_split is 0 and no eval_dataset)")
     try:
         n = int(number)
     except (TypeError, ValueError):
-        raise record.RunError(f"held-out row: expected a number from 1 to {len(rows)}, got {number!r}") from None
+        raise runs.RunError(f"held-out row: expected a number from 1 to {len(rows)}, got {number!r}") from None
     if not 1 <= n <= len(rows):
-        raise record.RunError(f"held-out row: {n} is outside 1..{len(rows)} (run {run_id} holds out {len(rows)})")
+        raise runs.RunError(f"held-out row: {n} is outside 1..{len(rows)} (run {run_id} holds out {len(rows)})")
     conversation = rows[n - 1][0]
     if not token_diff.split_row(conversation)[0]:
-        raise record.RunError(f"held-out row {n} has no question before its answer: nothing to generate")
+        raise runs.RunError(f"held-out row {n} has no question before its answer: nothing to generate")
     with access.one_at_a_time(ctx):
         comparer = playground.comparer_for_run(path, ctx.workspace)
         with comparer.lock:
-            name = comparer.attach(record.current_adapter(path))
+            name = comparer.attach(runs.current_adapter(path))
             found = token_diff.heldout_row(comparer.peft, comparer.tokenizer, conversation, name,
                                            cfg.eval_max_new_tokens)
-    where = (record.read_row_index(path).get("heldout") or [])[n - 1:n]
+    where = (runs.read_row_index(path).get("heldout") or [])[n - 1:n]
     origin = f" ({where[0][0]} row {where[0][1]})" if where and where[0][0] else ""
     question = next((m["content"] for m in reversed(found["prompt"]) if m["role"] == "user"), "")
     return {"heat_html": token_diff.row_html(found),
@@ -255,8 +257,8 @@ def checkpoint_options(ctx: AppContext, run_id: str) -> dict:
     if not run_id:
         return {"final_choice": gr.update(choices=["final"], value="final"), "choice_note": ""}
     path = run_path(ctx, run_id)
-    names = ["final", *[c.name for c in record.complete_checkpoints(path)]]
-    chosen = record.chosen_checkpoint(path) or "final"
+    names = ["final", *[c.name for c in runs.complete_checkpoints(path)]]
+    chosen = runs.chosen_checkpoint(path) or "final"
     return {"final_choice": gr.update(choices=names, value=chosen if chosen in names else "final"),
             "choice_note": f"In use as the final adapter: **{chosen}**."}
 
@@ -264,7 +266,7 @@ def checkpoint_options(ctx: AppContext, run_id: str) -> dict:
 def choose_final(ctx: AppContext, run_id: str, name: str) -> dict:
     """Use a complete checkpoint (seen to answer better in the probe gallery) as the run's final
     adapter: the Playground, the evaluation and the exports take it from now on; recorded in events."""
-    record.choose_checkpoint(run_path(ctx, run_id), name or "final")
+    runs.choose_checkpoint(run_path(ctx, run_id), name or "final")
     return {**checkpoint_options(ctx, run_id),
             "choice_note": f"**{name}** is now the final adapter of {run_id} (recorded in the run's events)."}
 

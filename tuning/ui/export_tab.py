@@ -6,7 +6,7 @@ Handlers are plain functions of (ctx, ...) returning text or a file path; a fail
 the tab's error box (common.boxed) shows its one readable line. Picking a run readies its adapter zip
 on a gr.DownloadButton (one click downloads it), served from a copy in Gradio's temp folder
 (common.served_copy), so it works wherever the workspace is. On a Space, everything needs the same
-auth as training (tuning/space.py): a visitor's pick reaches no export handler (`picked_for_owner`).
+auth as training (tuning/ship/space.py): a visitor's pick reaches no export handler (`picked_for_owner`).
 (No `from __future__ import annotations` here: Gradio reads the OAuthProfile type hint at runtime.)
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import export, record
+from tuning.ship import export
+from tuning import runs
 from tuning.ui import access
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, boxed, error_box, guarded, into, keyed, served_copy
@@ -31,13 +32,13 @@ class ExportParts:
 
 def export_choices(ctx: AppContext) -> list:
     """Runs with a final adapter (completed or stopped), newest first."""
-    return [s.run_id for s in record.list_runs(ctx.workspace) if record.has_final_adapter(s.path)]
+    return [s.run_id for s in runs.list_runs(ctx.workspace) if runs.has_final_adapter(s.path)]
 
 
 def _run(ctx: AppContext, run_id: str) -> Path:
     if not run_id:
         raise export.ExportError("pick a finished run first")
-    path = record.existing_run_dir(ctx.workspace, run_id)
+    path = runs.existing_run_dir(ctx.workspace, run_id)
     export.finished_adapter(path)
     return path
 

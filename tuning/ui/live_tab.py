@@ -1,7 +1,7 @@
 """Live tab: follows one run as it trains. A gr.Timer reads only the events written since
-the last tick (record.read_run_events from the page's offset) into one record.EventSummary, the same
+the last tick (runs.read_run_events from the page's offset) into one runs.EventSummary, the same
 summary the Runs table and the CLI read; status, plots, the log tail and the base-vs-tuned table all
-come from tuning/record.py. Because the run folder is the truth, a reload, a second browser or an
+come from tuning/runs/. Because the run folder is the truth, a reload, a second browser or an
 app restart rebuilds the whole history from offset 0 and keeps following."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import events, record
+from tuning.runs import events
+from tuning import runs
 from tuning.ui import access
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, ago, bind, boxed, check_rows, clock, error_box, friendly, guarded, keyed,
@@ -55,7 +56,7 @@ class Follow:
     already shows."""
     run_id: str = ""
     offset: int = 0
-    summary: record.EventSummary = field(default_factory=record.EventSummary)
+    summary: runs.EventSummary = field(default_factory=runs.EventSummary)
     sent: dict = field(default_factory=dict)  # per output: an unchanged one is not sent again
 
     def unless_shown(self, key: str, value):
@@ -71,18 +72,18 @@ def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, 
     """Read the run's new events into the page's state; (state, whether anything new came)."""
     if state is None or state.run_id != run_id:
         state = Follow(run_id=run_id)
-    events, state.offset = record.read_run_events(record.existing_run_dir(ctx.workspace, run_id), state.offset)
+    events, state.offset = runs.read_run_events(runs.existing_run_dir(ctx.workspace, run_id), state.offset)
     state.summary.extend(events)
     return state, bool(events)
 
 
 # --- plots -----------------------------------------------------------------------------------------
 
-def loss_frame(summary: record.EventSummary):
+def loss_frame(summary: runs.EventSummary):
     import pandas as pd
 
-    train = record.decimate(summary.train, MAX_PLOT_POINTS)
-    evals = record.decimate(summary.evals, MAX_PLOT_POINTS)
+    train = runs.decimate(summary.train, MAX_PLOT_POINTS)
+    evals = runs.decimate(summary.evals, MAX_PLOT_POINTS)
     # Both series are always present (an empty one as a single blank point): the browser fixes the
     # plot's colour legend from the first frame it draws, so a series missing then is never drawn.
     # The blank point sits at the first real step, so it never stretches the step axis back to 0.
@@ -112,7 +113,7 @@ FIRST_FRAME = {"loss": 1.0, "learning_rate": 1e-3}
 Y_FORMAT = {"loss": ".2f", "learning_rate": ".1e"}
 
 
-def _axis_ends(summary: record.EventSummary, rows: list[tuple]) -> list[tuple]:
+def _axis_ends(summary: runs.EventSummary, rows: list[tuple]) -> list[tuple]:
     """Blank points half a step before the first step and after the run's last, as the loss plot has:
     the step axis spans the whole run (the curve grows across a fixed axis), and its ends fall on whole
     steps, so a short run's ticks are whole steps too ("1 2 3", never "1 2 2 3 3")."""
@@ -123,17 +124,17 @@ def _axis_ends(summary: record.EventSummary, rows: list[tuple]) -> list[tuple]:
     return [(max(0.0, first - 0.5), None), (end + 0.5, None)]
 
 
-def lr_frame(summary: record.EventSummary):
+def lr_frame(summary: runs.EventSummary):
     import pandas as pd
 
-    points = record.decimate(summary.lr, MAX_PLOT_POINTS)
+    points = runs.decimate(summary.lr, MAX_PLOT_POINTS)
     # nothing to draw yet: one point (a line of one point shows nothing) gives the first frame its
     # tick labels (see FIRST_FRAME)
     points = points + _axis_ends(summary, points) if points else [(0, FIRST_FRAME["learning_rate"])]
     return pd.DataFrame(points, columns=["step", "learning_rate"]).astype({"learning_rate": float})  # see loss_frame
 
 
-def objective_frame(summary: record.EventSummary):
+def objective_frame(summary: runs.EventSummary):
     """The objective's figures by step, one series each (every series present from the first frame,
     as in loss_frame); None for an SFT run, which logs none."""
     import pandas as pd
@@ -142,12 +143,12 @@ def objective_frame(summary: record.EventSummary):
     if not names:
         return None
     first = min(s for n in names for s, _ in summary.objective[n][:1])
-    rows = [(s, v, n) for n in names for s, v in record.decimate(summary.objective[n], MAX_PLOT_POINTS)]
+    rows = [(s, v, n) for n in names for s, v in runs.decimate(summary.objective[n], MAX_PLOT_POINTS)]
     rows += [(first, None, n) for n in OBJECTIVE_SERIES if n not in names]
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"value": float})
 
 
-def objective_update(summary: record.EventSummary):
+def objective_update(summary: runs.EventSummary):
     frame = objective_frame(summary)
     return gr.update(value=frame, visible=frame is not None)
 
@@ -161,10 +162,10 @@ PHASE_COLOR = {events.EVALUATING: "#8b5cf6", events.SAVING: "#14b8a6", events.ST
 STATUS_COLOR = {"failed": "#d9534f", "interrupted": "#e0a030", "stopped": "#e0a030"}
 
 
-def phase_label(summary: record.EventSummary, status: str) -> str:
+def phase_label(summary: runs.EventSummary, status: str) -> str:
     """What the run does now ("training", "evaluating (quick): probes 1-3 of 3", "stopping…"), or its
     status once it has ended."""
-    phase = summary.current_phase if status in record.ACTIVE_STATUSES else None
+    phase = summary.current_phase if status in runs.ACTIVE_STATUSES else None
     if phase is None:
         return status
     text = PHASE_TEXT[phase]
@@ -179,10 +180,10 @@ def phase_label(summary: record.EventSummary, status: str) -> str:
     return f"{text}: {detail}" if detail else text
 
 
-def progress_html(summary: record.EventSummary, status: str) -> str:
+def progress_html(summary: runs.EventSummary, status: str) -> str:
     """One bar for the phase the run is in: steps while it trains, checks while it evaluates; a bar
     without a share while it loads, prepares or stops; steps of the whole run once it has ended."""
-    active = status in record.ACTIVE_STATUSES
+    active = status in runs.ACTIVE_STATUSES
     done = summary.phase_progress() if active else ((summary.step, summary.max_steps) if summary.max_steps else None)
     share = done[0] / done[1] if done and done[1] else 0.0
     unit = "check" if active and summary.current_phase == events.EVALUATING and summary.phase_final else "step"
@@ -197,7 +198,7 @@ def progress_html(summary: record.EventSummary, status: str) -> str:
             f'overflow:hidden;text-overflow:ellipsis;right:10px">{html.escape(label)}</div></div>')
 
 
-def heartbeat(summary: record.EventSummary, now: float) -> str:
+def heartbeat(summary: runs.EventSummary, now: float) -> str:
     """What the run has done lately, truthfully: the last step (training), how long the current
     phase has run (the others); a stall warning only while training, from the measured step time."""
     phase = summary.current_phase
@@ -215,9 +216,9 @@ def heartbeat(summary: record.EventSummary, now: float) -> str:
     return f"{PHASE_TEXT.get(phase, 'starting')} for {ago(since_phase)}" if since_phase is not None else ""
 
 
-def stats_markdown(summary: record.EventSummary, status: str, now: float | None = None) -> str:
+def stats_markdown(summary: runs.EventSummary, status: str, now: float | None = None) -> str:
     now = now or time.time()
-    active = status in record.ACTIVE_STATUSES
+    active = status in runs.ACTIVE_STATUSES
     until = now if active else (summary.ended or summary.last_event_time)
     elapsed = until - summary.started if summary.started and until else None
     eta = summary.eta(now) if active else None
@@ -235,7 +236,7 @@ def stats_markdown(summary: record.EventSummary, status: str, now: float | None 
     return line + (f"\n\n{summary.message}" if summary.message and summary.error is None else "")
 
 
-def error_parts(summary: record.EventSummary) -> tuple[str, str]:
+def error_parts(summary: runs.EventSummary) -> tuple[str, str]:
     """(short human message, full traceback) when the run failed."""
     if summary.error is None:
         return "", ""
@@ -243,17 +244,17 @@ def error_parts(summary: record.EventSummary) -> tuple[str, str]:
             summary.error.get("traceback", ""))
 
 
-def evaluation_markdown(path: Path, summary: record.EventSummary) -> str:
+def evaluation_markdown(path: Path, summary: runs.EventSummary) -> str:
     """Base vs tuned once the run has ended: held-out loss, perplexity and the task checks, from the
     run's stored evaluation (else the loss pair the end event carries). "" while running or when the
     run had no held-out data."""
     if summary.final is None or summary.final.get("event") != "end":
         return ""
-    result = record.read_evaluation(path)
+    result = runs.read_evaluation(path)
     if result is None:  # no stored evaluation: the end event's pair, perplexity as the evaluation computes it
         tuned, base = summary.final.get("eval_loss"), summary.final.get("base_eval_loss")
-        result = {"eval_loss": tuned, "base_eval_loss": base, "perplexity": record.perplexity(tuned),
-                  "base_perplexity": record.perplexity(base)}
+        result = {"eval_loss": tuned, "base_eval_loss": base, "perplexity": runs.perplexity(tuned),
+                  "base_perplexity": runs.perplexity(base)}
     if result.get("eval_loss") is None:
         return ""
     lines = ["**Evaluation on held-out data** (base model vs tuned; lower loss is better)", "",
@@ -268,9 +269,9 @@ def evaluation_markdown(path: Path, summary: record.EventSummary) -> str:
     return "\n".join(lines) + "\n\nMore in the Evaluation tab (probe answers per checkpoint, blind A/B)."
 
 
-def poll_seconds(summary: record.EventSummary, status: str, now: float | None = None) -> float:
+def poll_seconds(summary: runs.EventSummary, status: str, now: float | None = None) -> float:
     """Seconds until the page's next tick (see POLL_S)."""
-    if status not in record.ACTIVE_STATUSES:
+    if status not in runs.ACTIVE_STATUSES:
         return SETTLED_POLL_S
     if summary.current_phase not in (None, events.TRAINING):
         return PHASE_POLL_S  # loading, an evaluation, a save: no step to catch the moment of
@@ -313,11 +314,11 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
                 "scores": gr.update(value="", visible=False), "objective_plot": gr.update(visible=False),
                 "timer": SETTLED_POLL_S}
     state, changed = follow(ctx, run_id, state)
-    path = record.run_dir(ctx.workspace, run_id)
+    path = runs.run_dir(ctx.workspace, run_id)
     summary = state.summary
-    status = record.status_from(summary, record.process_alive(path))
+    status = runs.status_from(summary, runs.process_alive(path))
     message, trace = error_parts(summary)
-    stats, tail = stats_markdown(summary, status), record.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES,
+    stats, tail = stats_markdown(summary, status), runs.log_tail(path, LOG_TAIL_BYTES, LOG_TAIL_LINES,
                                                                    hide_library_warnings=True)
     if not access.is_owner(ctx):  # a visitor to a Space: no traceback, no path of this machine
         message, trace, stats, tail = for_visitors(message), "", for_visitors(stats), for_visitors(tail)
@@ -354,8 +355,8 @@ def run_status(ctx: AppContext, run_id: str) -> dict:
     active, its phase (loading, preparing, training, evaluating, saving, stopping), the phase's
     progress (phase_done of phase_total: steps, or checks of the end-of-run evaluation) and the
     seconds left (eta_seconds, the evaluation included; None when unknown)."""
-    summary = record.summarize(record.existing_run_dir(ctx.workspace, run_id))
-    active = summary.status in record.ACTIVE_STATUSES
+    summary = runs.summarize(runs.existing_run_dir(ctx.workspace, run_id))
+    active = summary.status in runs.ACTIVE_STATUSES
     done = summary.progress.phase_progress() if active else None
     eta = summary.progress.eta() if active else None
     return {**summary.as_row(), "active": active, "error": (summary.error or {}).get("message"),
@@ -366,22 +367,22 @@ def run_status(ctx: AppContext, run_id: str) -> dict:
 def do_stop(ctx: AppContext, run_id: str) -> dict:
     """The Stop button: the run finishes its current step and saves the adapter. A run that is not
     running is the tab's error (its box says so)."""
-    from tuning import runner
+    from tuning.runs import runner
 
     if not run_id:
-        raise record.RunError("pick a run first")
+        raise runs.RunError("pick a run first")
     if not runner.stop(ctx.workspace, run_id):
-        raise record.RunError(f"{run_id} is not running: nothing to stop")
+        raise runs.RunError(f"{run_id} is not running: nothing to stop")
     gr.Info(f"Stopping {run_id}: it finishes the current step (or evaluation check) and keeps the adapter")
     return {}
 
 
 def do_resume(ctx: AppContext, run_id: str) -> dict:
     """The Resume button: continue from the newest complete checkpoint (a refusal is the tab's error)."""
-    from tuning import runner
+    from tuning.runs import runner
 
     if not run_id:
-        raise record.RunError("pick a run first")
+        raise runs.RunError("pick a run first")
     runner.resume(ctx.workspace, run_id)
     gr.Info(f"Resuming {run_id} from its newest complete checkpoint")
     return {}
@@ -393,7 +394,7 @@ def layout(ctx: AppContext) -> dict:
     """The tab's components by name (the names its handlers return)."""
     c = {}
     with gr.Row():
-        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=4,
+        c["run"] = gr.Dropdown(runs.run_ids(ctx.workspace), value=None, label="Run", scale=4,
                                allow_custom_value=False)
         c["refresh"] = gr.Button("↻ Refresh list", scale=1)
         c["stop"] = gr.Button("Stop (saves the adapter)", scale=1, variant="stop")
@@ -455,13 +456,13 @@ def wire(ctx: AppContext, c: dict) -> None:
 
     def stop_api(run_id: str) -> bool:
         """Ask a run to stop gracefully (it saves a checkpoint and the adapter)."""
-        from tuning import runner
+        from tuning.runs import runner
 
         return runner.stop(ctx.workspace, run_id)
 
     def resume_api(run_id: str) -> str:
         """Continue a stopped or interrupted run from its newest complete checkpoint."""
-        from tuning import runner
+        from tuning.runs import runner
 
         return runner.resume(ctx.workspace, run_id)
 

@@ -1,6 +1,6 @@
 """Playground tab: chat with the base and the tuned model side by side. Each column is a gr.Chatbot
 holding its own conversation (the base's history has the base's answers, the tuned's the tuned's);
-every turn both answer in ONE mixed-adapter batch (tuning/playground.py), streamed token by token,
+every turn both answer in ONE mixed-adapter batch (tuning/infer/playground.py), streamed token by token,
 with the same seed and settings. The base column runs exactly as the run loaded it (4-bit for
 QLoRA) unless full precision is chosen.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuning import ab, record
+from tuning.evaluation import ab
+from tuning import runs
 from tuning.ui import ab_view, access
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, bind, box_hidden, boxed, error_box, friendly, guarded, into, keyed,
@@ -81,7 +82,7 @@ def notice(ctx: AppContext, run_id: str | None) -> str:
     """What the tab says before there is anything to chat with (never an error)."""
     if run_id:
         return ""
-    return PICK if record.run_ids(ctx.workspace) else EMPTY
+    return PICK if runs.run_ids(ctx.workspace) else EMPTY
 
 
 def counter_text(text: str | None) -> str:
@@ -92,14 +93,14 @@ def counter_text(text: str | None) -> str:
 def checkpoint_choices(ctx: AppContext, run_id: str | None) -> list[str]:
     if not run_id:
         return ["final"]
-    path = record.existing_run_dir(ctx.workspace, run_id)
-    return ["final", *[c.name for c in reversed(record.complete_checkpoints(path))]]
+    path = runs.existing_run_dir(ctx.workspace, run_id)
+    return ["final", *[c.name for c in reversed(runs.complete_checkpoints(path))]]
 
 
 def default_probes() -> list[str]:
     """The probes a new run of the default config gets (the demo's list), shown before a run is picked."""
     from tuning import config as config_mod
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     return evaluate.default_probes(config_mod.TrainConfig())
 
@@ -107,18 +108,18 @@ def default_probes() -> list[str]:
 def run_probes(ctx: AppContext, run_id: str | None) -> str:
     """The run's probe prompts (the dataset's list when it has none of its own yet), one a line; the
     demo's list when no run is picked."""
-    from tuning import evaluate
+    from tuning.evaluation import evaluate
 
     if not run_id:
         return "\n".join(default_probes())
-    path = record.existing_run_dir(ctx.workspace, run_id)
-    return "\n".join(evaluate.probes_for_run(path, record.read_config(path), keep=False))  # a public read
+    path = runs.existing_run_dir(ctx.workspace, run_id)
+    return "\n".join(evaluate.probes_for_run(path, runs.read_config(path), keep=False))  # a public read
 
 
 def save_probes(ctx: AppContext, run_id: str | None, text: str) -> str:
     """Save the edited prompts as the run's probes: later checkpoints (of a running or resumed run)
     and later evaluations answer them."""
-    saved = record.write_probes(ab_view.run_path(ctx, run_id), text or "")
+    saved = runs.write_probes(ab_view.run_path(ctx, run_id), text or "")
     return f"Saved {len(saved)} probe prompts for {run_id}: later checkpoints and evaluations answer them."
 
 
@@ -126,14 +127,14 @@ def _within(name: str, value, low: float, high: float, kind=float):
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise record.RunError(f"{name}: expected a number, got {value!r}") from None
+        raise runs.RunError(f"{name}: expected a number, got {value!r}") from None
     if not low <= number <= high:
-        raise record.RunError(f"{name}: {number} is outside {low}..{high}")
+        raise runs.RunError(f"{name}: {number} is outside {low}..{high}")
     return number
 
 
 def _settings(max_new_tokens, temperature, top_p, repetition_penalty, seed):
-    from tuning.playground import GenerationSettings
+    from tuning.infer.playground import GenerationSettings
 
     return GenerationSettings(max_new_tokens=_within("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS, int),
                               temperature=_within("temperature", temperature, 0, 2),
@@ -145,20 +146,20 @@ def _settings(max_new_tokens, temperature, top_p, repetition_penalty, seed):
 def _prompts(*texts: str) -> None:
     for text in texts:
         if len(text or "") > MAX_PROMPT_CHARS:
-            raise record.RunError(f"prompt: at most {MAX_PROMPT_CHARS} characters (this one has {len(text)})")
+            raise runs.RunError(f"prompt: at most {MAX_PROMPT_CHARS} characters (this one has {len(text)})")
 
 
 def _adapter(ctx: AppContext, run_id: str | None, checkpoint: str | None) -> tuple[Path, Path]:
     """The run folder and the adapter that answers, checked before any model loads."""
     path = ab_view.run_path(ctx, run_id)
-    if not access.is_owner(ctx) and record.summarize(path).status in record.ACTIVE_STATUSES:
+    if not access.is_owner(ctx) and runs.summarize(path).status in runs.ACTIVE_STATUSES:
         access.require_owner(ctx)  # a visitor's Playground is for finished runs: no model loads mid-training
-    return path, record.current_adapter(path, checkpoint or "final")
+    return path, runs.current_adapter(path, checkpoint or "final")
 
 
 def _load(ctx: AppContext, path: Path, full_precision: bool):
     """The run's base model, loaded once and cached (the slow step of a first answer)."""
-    from tuning import playground
+    from tuning.infer import playground
 
     return playground.comparer_for_run(path, ctx.workspace, full_precision_base=full_precision)
 
@@ -178,7 +179,7 @@ def labels(comparer, adapter: Path, run: Path) -> tuple[str, str]:
     precision = comparer.precision_label
     if comparer.method == "lora" and "as trained" in precision:
         precision = "full precision"
-    which = "final adapter" if adapter == record.adapter_dir(run) else adapter.name
+    which = "final adapter" if adapter == runs.adapter_dir(run) else adapter.name
     return f"Base model — {precision}", f"Tuned — {run.name}, {which}"
 
 
@@ -186,7 +187,7 @@ def side_by_side(ctx: AppContext, run_id: str, checkpoint: str, prompt: str, sys
                  settings=None, full_precision: bool = False) -> dict:
     """Both answers at once (no streaming): what the API and the CLI return."""
     if not (prompt or "").strip():
-        raise record.RunError("prompt: type a prompt first")
+        raise runs.RunError("prompt: type a prompt first")
     _prompts(prompt, system)
     settings = settings or _settings(128, 0, 1, 1, 0)
     with access.one_at_a_time(ctx):
@@ -274,9 +275,9 @@ def chat_turn(ctx: AppContext, run_id, checkpoint, prompt, system, base_choice, 
     prompt, system = prompt or "", system or ""
     try:
         if not run_id:
-            raise record.RunError(notice(ctx, None).replace("**", ""))
+            raise runs.RunError(notice(ctx, None).replace("**", ""))
         if not prompt.strip():
-            raise record.RunError("type a prompt first")
+            raise runs.RunError("type a prompt first")
         _prompts(prompt, system)
         chosen = _settings(*settings)
         path, adapter = _adapter(ctx, run_id, checkpoint)
@@ -345,7 +346,7 @@ def cleared() -> dict:
 
 
 def probe_table(ctx: AppContext, run_id, checkpoint, prompts_text, system, base_choice, *settings):
-    prompts = record.check_probes(prompts_text or "")
+    prompts = runs.check_probes(prompts_text or "")
     _prompts(*prompts, system)
     chosen = _settings(*settings)
     with access.one_at_a_time(ctx):
@@ -360,7 +361,7 @@ def open_blind(ctx: AppContext, run_id: str | None, checkpoint, prompt, system, 
     pair. The vote then reveals it."""
     prompt = (prompt or "").strip()
     if not prompt:
-        raise record.RunError("blind A/B: type the prompt both models should answer")
+        raise runs.RunError("blind A/B: type the prompt both models should answer")
     _prompts(prompt, system)
     chosen = _settings(*settings)
     with access.one_at_a_time(ctx):
@@ -382,11 +383,11 @@ def save_correction(ctx: AppContext, run_id: str | None, last: Generated | None,
     example in the run's corrections file and, with the original answer, a preference pair."""
     path = ab_view.run_path(ctx, run_id)
     if last is None or last.run_id != run_id:
-        raise record.RunError("correction: generate side by side first, then correct the tuned answer")
+        raise runs.RunError("correction: generate side by side first, then correct the tuned answer")
     _prompts(corrected)
-    record.append_correction(path, last.prompt, last.tuned, corrected or "", system or "")
-    return {"correction_note": f"Saved. Run {run_id} has {len(record.read_corrections(path))} corrections (SFT "
-                               f"examples) and {len(record.preference_pairs(path))} preference pairs."}
+    runs.append_correction(path, last.prompt, last.tuned, corrected or "", system or "")
+    return {"correction_note": f"Saved. Run {run_id} has {len(runs.read_corrections(path))} corrections (SFT "
+                               f"examples) and {len(runs.preference_pairs(path))} preference pairs."}
 
 
 def edit_tuned(last: Generated | None) -> dict:
@@ -398,11 +399,11 @@ def tune_on_votes(ctx: AppContext, run_id: str | None) -> dict:
     """The run's votes and corrections written as a DPO dataset, and a DPO config starting from this
     run's adapter (init_from): the Train form is filled with it (app.py), nothing starts yet."""
     path = ab_view.run_path(ctx, run_id)
-    if record.summarize(path).status not in (record.COMPLETED, record.STOPPED) or not record.has_final_adapter(path):
-        raise record.RunError(f"tune on my votes: run {run_id} has no final adapter yet; wait until it finishes")
-    dataset = record.write_preference_pairs(path)
-    n = len(record.preference_pairs(path))
-    cfg = record.read_config(path).replace(
+    if runs.summarize(path).status not in (runs.COMPLETED, runs.STOPPED) or not runs.has_final_adapter(path):
+        raise runs.RunError(f"tune on my votes: run {run_id} has no final adapter yet; wait until it finishes")
+    dataset = runs.write_preference_pairs(path)
+    n = len(runs.preference_pairs(path))
+    cfg = runs.read_config(path).replace(
         objective="dpo", init_from=run_id, dataset=str(dataset), eval_dataset="", dataset_format="auto",
         column_map="", packing=False, run_name="", max_steps=-1, num_epochs=3.0,
         per_device_batch_size=min(4, n), eval_split=0.1 if n >= 20 else 0.0)  # few pairs: all of them train
@@ -415,11 +416,11 @@ def token_heatmap(ctx: AppContext, run_id: str | None, checkpoint: str, system: 
                   last: Generated | None) -> dict:
     """The last tuned answer, each token coloured by how much more likely the tuned model finds it than
     the base (both score the same text, in the conversation it answered, in one batch,
-    tuning/token_diff.py); the first token where the base's answer differs is marked."""
-    from tuning import token_diff
+    tuning/infer/token_diff.py); the first token where the base's answer differs is marked."""
+    from tuning.infer import token_diff
 
     if last is None or last.run_id != run_id or not last.tuned:
-        raise record.RunError("generate an answer with this run first; its tokens are what gets coloured")
+        raise runs.RunError("generate an answer with this run first; its tokens are what gets coloured")
     with access.one_at_a_time(ctx):
         comparer, adapter, _ = _comparer(ctx, run_id, checkpoint, base_choice == BASE_CHOICES[1])
         with comparer.lock:
@@ -467,7 +468,7 @@ def layout(ctx: AppContext) -> dict:
     c = {}
     c["notice"] = gr.Markdown(notice(ctx, None))
     with gr.Row():
-        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3, elem_id="play-run")
+        c["run"] = gr.Dropdown(runs.run_ids(ctx.workspace), value=None, label="Run", scale=3, elem_id="play-run")
         c["checkpoint"] = gr.Dropdown(["final"], value="final", label="Checkpoint", scale=2,
                                       info="final = the saved adapter, or the newest checkpoint while training")
         c["base_choice"] = gr.Radio(list(BASE_CHOICES), value=BASE_CHOICES[0], label="Base column", scale=2)

@@ -1,9 +1,9 @@
 """Runs tab: every run in the workspace as one table (status, progress and base-vs-tuned numbers,
-all read through tuning/record.py), open one in Live or the Playground (app.py wires those
-buttons), download its adapter (the one zip tuning/export.py builds), delete one after a
-confirmation; compare two or more runs (tuning/compare.py: loss curves overlaid by step and by
+all read through tuning/runs/), open one in Live or the Playground (app.py wires those
+buttons), download its adapter (the one zip tuning/ship/export.py builds), delete one after a
+confirmation; compare two or more runs (tuning/runs/compare.py: loss curves overlaid by step and by
 tokens seen, the config fields that differ, evaluations side by side); the seed groups (one
-config on several seeds, each figure as mean ± spread: tuning/seeds.py); and the queue of runs waiting for the machine (tuning/runner.py), where one can be
+config on several seeds, each figure as mean ± spread: tuning/runs/seeds.py); and the queue of runs waiting for the machine (tuning/runs/runner.py), where one can be
 removed before it starts."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from tuning import export, record, runner
+from tuning.ship import export
+from tuning import runs
+from tuning.runs import runner
 from tuning.ui import access
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, bind, boxed, clock, error_box, guarded, keyed, number, run_picker_update,
@@ -46,29 +48,29 @@ class RunsParts:
     seed_spread: gr.Dataframe
 
 
-def evaluation_cells(summary: record.RunSummary) -> list[str]:
+def evaluation_cells(summary: runs.RunSummary) -> list[str]:
     """[eval loss, base eval loss, task checks] from the run's stored evaluation (end of run or a
     later one; its tuned loss, when present, was measured on the same rows as the base's). A damaged
     file leaves the cells empty rather than breaking the listing."""
     try:
-        result = record.read_evaluation(summary.path, answers=False) or {}
+        result = runs.read_evaluation(summary.path, answers=False) or {}
         pref = result.get("preference") or {}
         preference = (f"preference accuracy {pref['tuned_accuracy']:.0%} (base {pref['base_accuracy']:.0%})"
                       if pref.get("kind") == "pairs" else "")
         return [number(result.get("eval_loss", summary.eval_loss)), number(result.get("base_eval_loss")),
-                "; ".join(t for t in (record.checks_text(result), preference) if t)]
+                "; ".join(t for t in (runs.checks_text(result), preference) if t)]
     except (KeyError, TypeError, AttributeError):
         return [number(summary.eval_loss), "", ""]
 
 
-def matching(summaries: list[record.RunSummary], text: str) -> list[record.RunSummary]:
+def matching(summaries: list[runs.RunSummary], text: str) -> list[runs.RunSummary]:
     """The runs whose id, name, base model, method, objective or status hold every word of `text`
     (any case); all of them for an empty filter."""
     words = text.lower().split()
     if not words:
         return summaries
 
-    def holds_every_word(s: record.RunSummary) -> bool:
+    def holds_every_word(s: runs.RunSummary) -> bool:
         cfg = s.config
         searched = " ".join(str(v) for v in (s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""),
                                              cfg.get("method", ""), cfg.get("objective", "sft"), s.status)).lower()
@@ -77,7 +79,7 @@ def matching(summaries: list[record.RunSummary], text: str) -> list[record.RunSu
     return [s for s in summaries if holds_every_word(s)]
 
 
-def row(s: record.RunSummary) -> list:
+def row(s: runs.RunSummary) -> list:
     cfg = s.config
     return [s.run_id, cfg.get("run_name", ""), cfg.get("base_model", ""), cfg.get("method", ""),
             cfg.get("objective", "sft") + (f" from {cfg['init_from']}" if cfg.get("init_from") else ""),
@@ -100,7 +102,7 @@ def table_label(text: str, found: int, total: int) -> str:
 def listing(ctx: AppContext, text: str = "") -> dict:
     """The table, the newest TABLE_ROWS runs that match the filter `text` (newest first), and its
     label, from one listing of the workspace."""
-    summaries = record.list_runs(ctx.workspace)
+    summaries = runs.list_runs(ctx.workspace)
     found = matching(summaries, text or "")
     return gr.update(value=[row(s) for s in found[:TABLE_ROWS]],
                      label=table_label(text or "", len(found), len(summaries)))
@@ -122,16 +124,16 @@ REFRESHED = ("listing", "run", "cmp_runs", "seed_spread")
 def refreshed(ctx: AppContext, run_id: str | None, text: str = "") -> dict:
     """Every output of REFRESHED re-read from one listing of the workspace: the table (filtered by
     `text`), the run picker, the compare picker and the seed groups."""
-    with record.one_listing():
+    with runs.one_listing():
         return {"listing": listing(ctx, text), "run": run_picker_update(ctx, run_id), "cmp_runs": compare_choices(ctx),
                 "seed_spread": seed_table(ctx)}
 
 
 def delete(ctx: AppContext, run_id: str, confirmed: bool) -> str:
     if not run_id:
-        raise record.RunError("pick a run first")
+        raise runs.RunError("pick a run first")
     if not confirmed:
-        raise record.RunError(f"tick 'yes, delete {run_id}' first: deleting removes its adapter and checkpoints")
+        raise runs.RunError(f"tick 'yes, delete {run_id}' first: deleting removes its adapter and checkpoints")
     runner.delete(ctx.workspace, run_id)
     return f"Deleted {run_id}."
 
@@ -148,8 +150,8 @@ def download(ctx: AppContext, run_id: str) -> str:
     """The run's adapter zip (weights, config and model card, as the Export tab's), served from a
     copy Gradio may serve whatever the workspace."""
     if not run_id:
-        raise record.RunError("pick a run first")
-    return served_copy(export.adapter_zip(record.existing_run_dir(ctx.workspace, run_id), ctx.workspace))
+        raise runs.RunError("pick a run first")
+    return served_copy(export.adapter_zip(runs.existing_run_dir(ctx.workspace, run_id), ctx.workspace))
 
 
 ZIP_LABEL = "Download adapter"
@@ -160,7 +162,7 @@ def zip_shown(ctx: AppContext, run_id: str | None) -> dict:
     saying why, while no run or a run without a final adapter is picked."""
     if not run_id:
         return {"zip": gr.update(label=ZIP_LABEL, value=None, interactive=False)}
-    if not record.has_final_adapter(record.existing_run_dir(ctx.workspace, run_id)):
+    if not runs.has_final_adapter(runs.existing_run_dir(ctx.workspace, run_id)):
         return {"zip": gr.update(label=f"{ZIP_LABEL} (none yet)", value=None, interactive=False)}
     return {"zip": gr.update(label=ZIP_LABEL, value=download(ctx, run_id), interactive=True)}
 
@@ -211,7 +213,7 @@ QUEUE_TICK_S = 3.0  # how often an open page looks at the queue file (a stat; th
 def queue_version(ctx: AppContext) -> tuple:
     """What changes when the queue file is replaced (runner writes it whole)."""
     try:
-        found = record.queue_path(ctx.workspace).stat()
+        found = runs.queue_path(ctx.workspace).stat()
     except OSError:
         return ()
     return found.st_mtime_ns, found.st_size
@@ -229,14 +231,14 @@ def queue_ticked(ctx: AppContext, seen: tuple | None, queue_id: str | None = Non
 def do_unqueue(ctx: AppContext, queue_id: str) -> dict:
     """The Remove button: take a queued run off the queue before it starts."""
     if not queue_id:
-        raise record.RunError("pick a queued run first")
+        raise runs.RunError("pick a queued run first")
     entry = runner.dequeue(ctx.workspace, queue_id)
     text = f"Removed {entry['config'].get('run_name') or queue_id} from the queue."
     gr.Info(text)
     return {**queue_refreshed(ctx, None), "message": text}
 
 
-# --- comparing runs (tuning/compare.py) ---------------------------------------------------------------
+# --- comparing runs (tuning/runs/compare.py) ---------------------------------------------------------------
 
 EVAL_METRICS = (("status", "status"), ("steps", "step"), ("final train loss", "final_train_loss"),
                 ("held-out loss", "eval_loss"), ("base held-out loss", "base_eval_loss"),
@@ -258,7 +260,7 @@ def compare_frames(result: dict) -> dict:
     run and series), the differing config fields and the evaluations, one column per run."""
     import pandas as pd
 
-    from tuning import compare
+    from tuning.runs import compare
 
     plots = {}
     for name, x in (("by_step", "step"), ("by_tokens", "tokens")):
@@ -275,7 +277,7 @@ def compare_frames(result: dict) -> dict:
 
 def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
     """The Compare button: two or more runs side by side (python -m tuning compare gives the same)."""
-    from tuning import compare
+    from tuning.runs import compare
 
     result = compare.compare(ctx.workspace, list(run_ids or []))
     noise = "".join(f"\n- {line}" for line in compare.noise_lines(result))
@@ -284,8 +286,8 @@ def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
 
 
 def seed_table(ctx: AppContext) -> list[list[str]]:
-    """Runs of one config on several seeds (tuning/seeds.py): each evaluation figure as mean ± spread."""
-    from tuning import seeds
+    """Runs of one config on several seeds (tuning/runs/seeds.py): each evaluation figure as mean ± spread."""
+    from tuning.runs import seeds
 
     return seeds.spread_rows(seeds.seed_groups(ctx.workspace)) or [["(none yet: train a config with seeds: N)",
                                                                        "", "", ""]]
@@ -293,13 +295,13 @@ def seed_table(ctx: AppContext) -> list[list[str]]:
 
 def compare_choices(ctx: AppContext):
     """The compare picker learns of new runs with the table's Refresh."""
-    return gr.update(choices=record.run_ids(ctx.workspace))
+    return gr.update(choices=runs.run_ids(ctx.workspace))
 
 
 def compare_layout(ctx: AppContext, c: dict) -> None:
     with gr.Accordion("Compare runs: curves overlaid, what differs, evaluations side by side", open=False):
         with gr.Row():
-            c["cmp_runs"] = gr.Dropdown(record.run_ids(ctx.workspace), value=[], multiselect=True, scale=4,
+            c["cmp_runs"] = gr.Dropdown(runs.run_ids(ctx.workspace), value=[], multiselect=True, scale=4,
                                         label="Runs to compare (two or more)", allow_custom_value=True)
             c["cmp_go"] = gr.Button("Compare", variant="primary", scale=1)
         c["cmp_note"] = gr.Markdown()
@@ -340,7 +342,7 @@ def layout(ctx: AppContext) -> dict:
     c["listing"] = gr.Dataframe(value=shown["value"], headers=HEADERS, interactive=False, wrap=True,
                                 column_widths=WIDTHS, label=shown["label"], elem_id="runs-table")
     with gr.Row():
-        c["run"] = gr.Dropdown(record.run_ids(ctx.workspace), value=None, label="Run", scale=3)
+        c["run"] = gr.Dropdown(runs.run_ids(ctx.workspace), value=None, label="Run", scale=3)
         c["open_live"] = gr.Button("Open in Live", scale=1)
         c["open_play"] = gr.Button("Open in Playground", scale=1)
         c["zip"] = gr.DownloadButton(ZIP_LABEL, value=None, interactive=False, scale=1)
@@ -411,7 +413,7 @@ def wire(ctx: AppContext, c: dict) -> None:
 
     def list_api() -> list[dict]:
         """Every run in the workspace, newest first."""
-        return [s.as_row() for s in record.list_runs(ctx.workspace)]
+        return [s.as_row() for s in runs.list_runs(ctx.workspace)]
 
     def delete_api(run_id: str) -> str:
         """Delete a run that is not training (its folder, adapter and checkpoints)."""

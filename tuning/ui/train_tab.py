@@ -22,7 +22,7 @@ import yaml
 
 from tuning import config as config_mod
 from tuning import paths
-from tuning.pairs import DEMO_PREFERENCE
+from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.ui.access import public
 from tuning.ui.common import (OPENING_PRESET, AppContext, bind, boxed, check_source, error_box, guarded, into, keyed,
                               opening_config, opening_preset)
@@ -175,7 +175,7 @@ def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
 
 def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
     """Start a run from a config; returns the run id. Refused while another run is active."""
-    from tuning import runner
+    from tuning.runs import runner
 
     return runner.start(checked(ctx, cfg), ctx.workspace)
 
@@ -207,7 +207,7 @@ def do_estimate(ctx: AppContext, *values) -> str:
 def do_start(ctx: AppContext, *values) -> dict:
     """Start a run from the form: the message, the estimate, and the run id app.py follows into Live
     (left as it is when the start is refused)."""
-    from tuning import runner
+    from tuning.runs import runner
 
     cfg = checked(ctx, form_to_config(list(values)))
     warn_if_trusting(cfg)
@@ -229,7 +229,7 @@ def do_start(ctx: AppContext, *values) -> dict:
 def queue_runs(ctx: AppContext, configs: list[config_mod.TrainConfig]) -> dict:
     """Queue `configs` in order, and start the first queued run at once if the machine is free (the
     run id app.py follows into Live)."""
-    from tuning import runner
+    from tuning.runs import runner
 
     entries = runner.enqueue(ctx.workspace, configs)
     started = runner.start_next(ctx.workspace)
@@ -249,7 +249,7 @@ def do_queue(ctx: AppContext, *values) -> dict:
 def do_queue_grid(ctx: AppContext, grid_spec: str, *values) -> dict:
     """The form queued once per value of the grid ("learning_rate=1e-4,2e-4,5e-4"), each run named
     after its value."""
-    from tuning import runner
+    from tuning.runs import runner
 
     return queue_runs(ctx, runner.grid(checked(ctx, form_to_config(list(values))), grid_spec))
 
@@ -622,7 +622,7 @@ def _named_api(ctx: AppContext) -> None:
     def queue_api(preset: str = OPENING_PRESET, overrides_yaml: str = "", grid: str = "") -> list[str]:
         """Queue a run from a preset plus YAML overrides (or one per value of grid, key=v1,v2,...);
         returns the queue ids. The first queued run starts at once if the machine is free."""
-        from tuning import runner
+        from tuning.runs import runner
 
         cfg = checked(ctx, config_from_api(ctx, preset, overrides_yaml))
         entries = runner.enqueue(ctx.workspace, runner.grid(cfg, grid) if grid.strip() else [cfg])

@@ -17,7 +17,7 @@ import secrets
 import time
 from http.cookies import SimpleCookie
 
-from tuning import space
+from tuning.ship import space
 
 COOKIE = "tuning_owner_pass"
 UPLOAD_PATH = "/gradio_api/upload"

@@ -2,12 +2,12 @@
 
     runs/<run_id>/
       config.yaml           the resolved TrainConfig (written once, before the trainer starts)
-      events.jsonl          the truth about the run: the trainer appends (tuning/events.py owns the line format)
+      events.jsonl          the truth about the run: the trainer appends (tuning/runs/events.py owns the line format)
       process.json          the training process's pid, start time, process group and host (touched while it runs)
       train.log             the training process's stdout and stderr
       checkpoints/checkpoint-N/   each with a COMPLETE marker, written last, after every file is fsynced
       adapter/              the final adapter
-      evaluation.json       base vs tuned on held-out data (tuning/evaluate.py computes it)
+      evaluation.json       base vs tuned on held-out data (tuning/evaluation/evaluate.py computes it)
       probes.json           the prompts answered at every checkpoint
       probe_answers.jsonl   one line of base/tuned answers per checkpoint
       ab_votes.jsonl        one line per blind A/B vote
@@ -15,7 +15,7 @@
       preference_pairs.jsonl  the votes (ties left out) and corrections as DPO pairs, rewritten whole on request
       rows.json             where each training and held-out example came from (file, row), by row id
       row_losses.jsonl      each example's own loss: training rows as the trainer computed them, held-out
-                            rows at every evaluation (tuning/row_losses.py)
+                            rows at every evaluation (tuning/evaluation/row_losses.py)
       tensorboard/          TensorBoard event files, only with report_to: tensorboard
 
     queue.json              (in the workspace, beside runs/) the runs waiting to start, in order
@@ -51,8 +51,8 @@ from typing import Any
 import psutil
 
 from tuning import config as config_mod
-from tuning import events as events_mod
-from tuning.events import EventLog, read_events
+from tuning.runs import events as events_mod
+from tuning.runs.events import EventLog, read_events
 
 CONFIG = "config.yaml"
 EVENTS = "events.jsonl"
@@ -71,7 +71,7 @@ CORRECTIONS = "corrections.jsonl"
 PREFERENCE_PAIRS = "preference_pairs.jsonl"
 ROWS = "rows.json"
 ROW_LOSSES = "row_losses.jsonl"
-TENSORBOARD = "tensorboard"  # event files, with report_to: tensorboard (tuning/tracking.py)
+TENSORBOARD = "tensorboard"  # event files, with report_to: tensorboard (tuning/train/tracking.py)
 QUEUE = "queue.json"  # in the workspace, not in a run folder
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")
@@ -304,7 +304,7 @@ class EventSummary:
     phase_done: int | None = None
     phase_total: int | None = None
     phase_final: bool = False  # after the last step: the adapter's save, the end-of-run evaluation
-    work_done: float | None = None  # the evaluation's work, in training steps (tuning/evaluate.py plan)
+    work_done: float | None = None  # the evaluation's work, in training steps (tuning/evaluation/evaluate.py plan)
     work_total: float | None = None
     eval_work: float | None = None  # the end-of-run evaluation's planned work, announced as training begins
     eval_answers: int = 0  # of which: prompts answered (base and tuned), eval_answer_work steps of its work
@@ -1029,7 +1029,7 @@ def default_run(workspace: Path) -> str | None:
     return pick[0].run_id if pick else None
 
 
-# --- the queue of runs waiting to start (tuning/runner.py changes it, under its workspace lock) ---
+# --- the queue of runs waiting to start (tuning/runs/runner.py changes it, under its workspace lock) ---
 
 def queue_path(workspace: Path) -> Path:
     return Path(workspace) / QUEUE
@@ -1132,7 +1132,7 @@ def headline(result: dict) -> str:
 
 
 def preference_text(figures: dict | None) -> str:
-    """One line from evaluation.json's preference figures (tuning/preference.py computes them)."""
+    """One line from evaluation.json's preference figures (tuning/train/preference.py computes them)."""
     if not figures:
         return ""
     if figures.get("kind") == "kto":
@@ -1199,7 +1199,7 @@ def latest_examples(run: Path, limit: int = 3) -> list[dict]:
     return [a for a in answers if isinstance(a, dict) and {"prompt", "base", "tuned"} <= a.keys()][:limit]
 
 
-# --- per-example losses (tuning/row_losses.py computes and ranks them) ---------------------------
+# --- per-example losses (tuning/evaluation/row_losses.py computes and ranks them) ---------------------------
 
 def write_row_index(run: Path, index: dict) -> None:
     """rows.json: {"sources": {"train": ..., "heldout": ...}, "train": [[file, row], ...], "heldout":
@@ -1246,7 +1246,7 @@ def ab_summary(run: Path) -> dict:
 # --- votes and corrections as training data -------------------------------------------------------
 
 def _pair(prompt: str, chosen: str, rejected: str, source: str) -> dict:
-    """One DPO pair in TRL's conversational form (tuning/pairs.py reads it back like any file)."""
+    """One DPO pair in TRL's conversational form (tuning/data/pairs.py reads it back like any file)."""
     return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}], "source": source}
 

@@ -8,8 +8,8 @@ RUN RUN ... --json` alike:
   evaluations  each run's stored evaluation side by side: held-out loss base vs tuned, perplexity,
                task checks, the blind A/B win rate, its status and steps;
   noise        each evaluation figure's difference between the runs against the spread of the seed
-               groups they belong to (tuning/seeds.py): is it larger than what the seed alone moves?
-Everything is read through tuning/record.py; nothing loads a model.
+               groups they belong to (tuning/runs/seeds.py): is it larger than what the seed alone moves?
+Everything is read through tuning/runs/; nothing loads a model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuning import record
+from tuning import runs
 
 MAX_POINTS = 400  # per run and series: what a line plot shows without slowing the page
 
@@ -38,7 +38,7 @@ def curves(run: Path) -> dict[str, list[dict]]:
     """{"train": [{step, tokens, loss}], "eval": [{step, tokens, eval_loss}]} in step order. A resumed
     run logs some steps twice (the segment after the resume redoes them from the checkpoint): the
     later value wins, as it is the one the adapter continued from."""
-    events, _ = record.read_run_events(run)
+    events, _ = runs.read_run_events(run)
     train: dict[int, dict] = {}
     evals: dict[int, dict] = {}
     tokens: dict[int, int] = {}
@@ -55,7 +55,7 @@ def curves(run: Path) -> dict[str, list[dict]]:
     known = sorted(tokens.items())
     for point in evals.values():
         point["tokens"] = _tokens_at(known, point["step"])
-    return {"train": record.decimate([train[s] for s in sorted(train)], MAX_POINTS),
+    return {"train": runs.decimate([train[s] for s in sorted(train)], MAX_POINTS),
             "eval": [evals[s] for s in sorted(evals)]}
 
 
@@ -73,10 +73,10 @@ def config_diff(configs: dict[str, dict]) -> list[dict]:
     return out
 
 
-def evaluation(summary: record.RunSummary) -> dict[str, Any]:
+def evaluation(summary: runs.RunSummary) -> dict[str, Any]:
     """One run's column of the side-by-side evaluation table."""
-    result = record.read_evaluation(summary.path) or {}
-    ab = record.ab_summary(summary.path)
+    result = runs.read_evaluation(summary.path) or {}
+    ab = runs.ab_summary(summary.path)
     by_kind = (result.get("checks") or {}).get("by_kind") or {}
     return {
         "run": summary.run_id, "status": summary.status, "step": summary.step, "max_steps": summary.max_steps,
@@ -85,7 +85,7 @@ def evaluation(summary: record.RunSummary) -> dict[str, Any]:
         "base_perplexity": result.get("base_perplexity"), "evaluated_at_step": result.get("step"),
         "checks": {kind: {"n": c["n"], "tuned_passed": c["tuned_passed"], "base_passed": c["base_passed"]}
                    for kind, c in by_kind.items()},
-        "checks_text": record.checks_text(result),
+        "checks_text": runs.checks_text(result),
         "ab_votes": ab["votes"], "ab_tuned_win_rate": ab["tuned_win_rate"], "ab_text": ab["text"],
         "duration_s": round(summary.duration, 1) if summary.duration is not None else None,
     }
@@ -96,14 +96,14 @@ def evaluation(summary: record.RunSummary) -> dict[str, Any]:
 NOISE_SDS = 2.0
 
 
-def against_noise(workspace: Path, summaries: list[record.RunSummary]) -> list[dict]:
+def against_noise(workspace: Path, summaries: list[runs.RunSummary]) -> list[dict]:
     """[{figure, values: {run: value}, difference, seed_sd, seed_group, verdict}] for every figure all
     the runs' evaluations have. seed_sd is the largest spread of that figure among the seed groups
     that hold one of the runs (None when none does: then only more seeds can tell)."""
-    from tuning import seeds
+    from tuning.runs import seeds
 
     ids = [s.run_id for s in summaries]
-    per_run = {s.run_id: seeds.figures(record.read_evaluation(s.path)) for s in summaries}
+    per_run = {s.run_id: seeds.figures(runs.read_evaluation(s.path)) for s in summaries}
     groups = [g for g in seeds.seed_groups(workspace) if set(g.run_ids) & set(ids)]
     out = []
     for figure in [f for f in per_run[ids[0]] if all(f in per_run[r] for r in ids[1:])]:
@@ -131,12 +131,12 @@ def compare(workspace: Path, run_ids: list[str]) -> dict[str, Any]:
     """Everything the comparison view and `compare --json` show, for two or more runs."""
     ids = list(dict.fromkeys(r.strip() for r in run_ids if isinstance(r, str) and r.strip()))
     if len(ids) < 2:
-        raise record.RunError("compare: pick at least two runs")
-    summaries = [record.summarize(record.existing_run_dir(workspace, r)) for r in ids]
+        raise runs.RunError("compare: pick at least two runs")
+    summaries = [runs.summarize(runs.existing_run_dir(workspace, r)) for r in ids]
     configs = {s.run_id: s.config for s in summaries}
     damaged = [s for s in summaries if not s.config]
     if damaged:
-        raise record.RunError(f"compare: run {damaged[0].run_id} cannot be read ({damaged[0].message})")
+        raise runs.RunError(f"compare: run {damaged[0].run_id} cannot be read ({damaged[0].message})")
     return {
         "runs": ids,
         "curves": {s.run_id: curves(s.path) for s in summaries},

@@ -5,7 +5,7 @@ Training always runs as a child process, `python -m tuning train --config runs/<
 started with a list-form Popen (never a shell) in its own process group, so a crash or an
 out-of-memory kill there leaves the UI standing, and Stop can end the whole group.
 
-The queue (record.read_queue / write_queue: <workspace>/queue.json) holds whole configs in order.
+The queue (runs.read_queue / write_queue: <workspace>/queue.json) holds whole configs in order.
 `start_next` starts its first entry when no run is active, under the same workspace lock as every
 start, so of several callers exactly one starts it. It is called by the trainer process that
 finishes (python -m tuning train, as its last act), by the app on start-up and every
@@ -32,10 +32,11 @@ from pathlib import Path
 import psutil
 
 from tuning import config as config_mod
-from tuning import record
+from tuning import runs
 from tuning.config import TrainConfig
+from tuning.paths import PROJECT_DIR
 
-log = logging.getLogger("tuning.runner")
+log = logging.getLogger("tuning.runs.runner")
 
 # Free space a new run needs before it starts: checkpoints (adapter + optimizer state, up to
 # save_total_limit of them), the final adapter and, on first use, the converted embedded model
@@ -52,7 +53,7 @@ _CHILDREN: list[subprocess.Popen] = []
 _CHILDREN_LOCK = threading.Lock()
 
 
-class StartRefused(record.RunError):
+class StartRefused(runs.RunError):
     """Another run is active, or the workspace cannot take a new run."""
 
 
@@ -65,7 +66,7 @@ def check_workspace_usable(workspace: Path, need_bytes: int | None = None) -> No
     workspace = Path(workspace)
     need = MIN_FREE_BYTES if need_bytes is None else need_bytes
     try:
-        runs_folder = record.runs_dir(workspace)
+        runs_folder = runs.runs_dir(workspace)
         runs_folder.mkdir(parents=True, exist_ok=True)
         probe = runs_folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
@@ -99,7 +100,7 @@ def workspace_lock(workspace: Path):
 
 
 def refuse_if_busy(workspace: Path, except_run: str | None = None) -> None:
-    busy = [s for s in record.active_runs(workspace) if s.run_id != except_run]
+    busy = [s for s in runs.active_runs(workspace) if s.run_id != except_run]
     if busy:
         raise RunActive(f"run {busy[0].run_id} is still training; stop it, wait for it to finish, or queue "
                         "this run (one run at a time)")
@@ -110,13 +111,13 @@ def create_run(workspace: Path, cfg: TrainConfig, run_id: str | None = None) -> 
     may name its run), else from the time and run_name. Call under workspace_lock. Checks the
     workspace first; a failure half-way removes the folder again (no broken run is left)."""
     check_workspace_usable(workspace)
-    if run_id and record.run_dir(workspace, run_id).exists():
+    if run_id and runs.run_dir(workspace, run_id).exists():
         raise StartRefused(f"run {run_id} exists already: continue it with --resume {run_id}, or give another id")
-    run_id = run_id or record.new_run_id(workspace, cfg.run_name)
-    path = record.run_dir(workspace, run_id)
+    run_id = run_id or runs.new_run_id(workspace, cfg.run_name)
+    path = runs.run_dir(workspace, run_id)
     path.mkdir(parents=True)
     try:
-        record.write_config(path, cfg)
+        runs.write_config(path, cfg)
     except OSError as exc:
         shutil.rmtree(path, ignore_errors=True)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -140,13 +141,13 @@ def build_command(workspace: Path, extra: list[str]) -> list[str]:
 
 def _spawn(run_path: Path, workspace: Path, extra: list[str]) -> subprocess.Popen:
     reap()
-    log = open(record.log_path(run_path), "ab")
+    log = open(runs.log_path(run_path), "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         # start_new_session: the trainer leads its own process group and session, so a closed
         # terminal or a killed UI does not take it down, and Stop can signal the whole group.
         proc = subprocess.Popen(build_command(workspace, extra), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parent.parent),
+                                stdin=subprocess.DEVNULL, cwd=str(PROJECT_DIR),
                                 env=env, start_new_session=True)
     finally:
         log.close()
@@ -167,11 +168,11 @@ def _start_locked(workspace: Path, cfg: TrainConfig) -> Path:
     """Create the run and start its trainer. Call under workspace_lock, the machine free."""
     path = create_run(workspace, cfg)
     try:
-        proc = _spawn(path, workspace, ["--config", str(record.config_path(path))])
+        proc = _spawn(path, workspace, ["--config", str(runs.config_path(path))])
     except OSError as exc:
         discard_new_run(path)
         raise StartRefused(f"could not start the training process: {exc.strerror or exc}") from None
-    record.write_process_info(path, proc.pid)
+    runs.write_process_info(path, proc.pid)
     return path
 
 
@@ -179,7 +180,7 @@ def start(cfg: TrainConfig, workspace: Path) -> str:
     """Start a new run in the background; returns its run id. Refused while another is active
     (queue it instead: enqueue). A config with `seeds: N` starts its first seed and puts the other
     N-1 at the head of the queue, so the seeds run back to back."""
-    from tuning import seeds
+    from tuning.runs import seeds
 
     first, *others = seeds.seed_configs(cfg)
     workspace = Path(workspace).resolve()
@@ -187,17 +188,17 @@ def start(cfg: TrainConfig, workspace: Path) -> str:
         refuse_if_busy(workspace)
         path = _start_locked(workspace, first)
         if others:
-            record.write_queue(workspace, _entries(others) + record.read_queue(workspace))
+            runs.write_queue(workspace, _entries(others) + runs.read_queue(workspace))
     return path.name
 
 
 def check_resumable(path: Path) -> None:
     """A damaged run cannot continue, and a completed one has nothing left to train (the Trainer
     would take one more step past max_steps)."""
-    summary = record.summarize(path)
-    if summary.status == record.DAMAGED:
+    summary = runs.summarize(path)
+    if summary.status == runs.DAMAGED:
         raise StartRefused(f"run {path.name} is damaged: {summary.message}")
-    if summary.status == record.COMPLETED:
+    if summary.status == runs.COMPLETED:
         raise StartRefused(f"run {path.name} already completed")
 
 
@@ -205,12 +206,12 @@ def resume(workspace: Path, run_id: str) -> str:
     """Continue a stopped or interrupted run from its newest complete checkpoint."""
     workspace = Path(workspace)
     with workspace_lock(workspace):
-        path = record.existing_run_dir(workspace, run_id)
+        path = runs.existing_run_dir(workspace, run_id)
         refuse_if_busy(workspace)
         check_resumable(path)
         check_workspace_usable(workspace)
-        proc = _spawn(path, workspace, ["--resume", record.check_run_id(run_id)])
-        record.write_process_info(path, proc.pid)
+        proc = _spawn(path, workspace, ["--resume", runs.check_run_id(run_id)])
+        runs.write_process_info(path, proc.pid)
     return run_id
 
 
@@ -218,7 +219,7 @@ def delete(workspace: Path, run_id: str) -> None:
     """Delete a run that is not training, under the lock every start and resume holds until its
     trainer is on record: a delete never lands between a resume's spawn and its process file."""
     with workspace_lock(workspace):
-        record.delete_run(Path(workspace), run_id)
+        runs.delete_run(Path(workspace), run_id)
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -239,7 +240,7 @@ def _own_group(path: Path, proc: psutil.Process) -> int | None:
     signal."""
     try:
         pgid = os.getpgid(proc.pid)
-        recorded = record.read_process_info(path).get("pgid", pgid)
+        recorded = runs.read_process_info(path).get("pgid", pgid)
     except OSError:
         return None
     return pgid if pgid == proc.pid == recorded else None
@@ -261,25 +262,25 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
     check, saves a checkpoint and the adapter, and ends as "stopped"). The request is recorded as a
     "stopping" phase at once, so every page says so before the trainer has reacted. With timeout > 0,
     wait for it, then SIGKILL whatever is left of the group, so no orphan keeps memory."""
-    path = record.existing_run_dir(workspace, run_id)
-    host = record.remote_host(path)
-    if host and record.process_alive(path):
-        raise record.RunError(f"run {run_id} trains on {host}, not on this machine: stop it there (a Slurm job: "
+    path = runs.existing_run_dir(workspace, run_id)
+    host = runs.remote_host(path)
+    if host and runs.process_alive(path):
+        raise runs.RunError(f"run {run_id} trains on {host}, not on this machine: stop it there (a Slurm job: "
                               "scancel --signal=TERM JOB_ID); every rank then stops after the same step")
-    proc = record.training_process(path)
+    proc = runs.training_process(path)
     if proc is None:
         return False
     pgid = _own_group(path, proc)
     _signal(proc, pgid, signal.SIGTERM)
     try:
-        record.event_log(path).append("phase", phase="stopping", source="stop", message="stop requested")
+        runs.event_log(path).append("phase", phase="stopping", source="stop", message="stop requested")
     except OSError:
         pass  # a full disk: the trainer still stops and says so in its end event
     if timeout > 0:
         deadline = time.time() + timeout
-        while time.time() < deadline and record.process_alive(path):
+        while time.time() < deadline and runs.process_alive(path):
             time.sleep(0.2)
-        if record.process_alive(path):
+        if runs.process_alive(path):
             _signal(proc, pgid, signal.SIGKILL)
         if pgid is not None:  # children that outlived their parent: end them too
             for leftover in group_members(pgid):
@@ -326,31 +327,31 @@ def _entries(configs: list[TrainConfig]) -> list[dict]:
 def enqueue(workspace: Path, configs: list[TrainConfig]) -> list[dict]:
     """Add runs at the end of the queue (a config with `seeds: N` as its N runs); returns their
     entries ({id, added, config})."""
-    from tuning import seeds
+    from tuning.runs import seeds
 
     workspace = Path(workspace).resolve()
     new = _entries([one for cfg in configs for one in seeds.seed_configs(cfg)])
     with workspace_lock(workspace):
-        record.write_queue(workspace, record.read_queue(workspace) + new)
+        runs.write_queue(workspace, runs.read_queue(workspace) + new)
     return new
 
 
 def dequeue(workspace: Path, queue_id: str) -> dict:
     """Remove one queued run (before it started); returns its entry."""
     if not isinstance(queue_id, str) or not QUEUE_ID_PATTERN.match(queue_id):
-        raise record.RunError(f"queue id {queue_id!r} is not valid (q- and 8 hex digits, as the queue lists them)")
+        raise runs.RunError(f"queue id {queue_id!r} is not valid (q- and 8 hex digits, as the queue lists them)")
     with workspace_lock(workspace):
-        entries = record.read_queue(workspace)
+        entries = runs.read_queue(workspace)
         found = [e for e in entries if e["id"] == queue_id]
         if not found:
-            raise record.RunError(f"no run {queue_id} in the queue (it may have started already)")
-        record.write_queue(workspace, [e for e in entries if e["id"] != queue_id])
+            raise runs.RunError(f"no run {queue_id} in the queue (it may have started already)")
+        runs.write_queue(workspace, [e for e in entries if e["id"] != queue_id])
     return found[0]
 
 
 def queued(workspace: Path) -> list[dict]:
     """The queue in order: each entry with its position (1 = next)."""
-    return [{**e, "position": n} for n, e in enumerate(record.read_queue(workspace), start=1)]
+    return [{**e, "position": n} for n, e in enumerate(runs.read_queue(workspace), start=1)]
 
 
 def start_next(workspace: Path, finished: str | None = None) -> str | None:
@@ -358,11 +359,11 @@ def start_next(workspace: Path, finished: str | None = None) -> str | None:
     calls, still alive for these last moments). Returns the new run id, or None. An entry that
     cannot start stays first in the queue with a note saying why, until someone removes it."""
     workspace = Path(workspace).resolve()
-    if not record.read_queue(workspace):  # the usual case, without the lock or reading every run
+    if not runs.read_queue(workspace):  # the usual case, without the lock or reading every run
         return None
     with workspace_lock(workspace):
-        entries = record.read_queue(workspace)
-        if not entries or [s for s in record.active_runs(workspace) if s.run_id != finished]:
+        entries = runs.read_queue(workspace)
+        if not entries or [s for s in runs.active_runs(workspace) if s.run_id != finished]:
             return None
         first = entries[0]
         try:
@@ -370,9 +371,9 @@ def start_next(workspace: Path, finished: str | None = None) -> str | None:
         except (config_mod.ConfigError, StartRefused) as exc:
             note = f"not started: {exc}"
             if first.get("note") != note:
-                record.write_queue(workspace, [{**first, "note": note}, *entries[1:]])
+                runs.write_queue(workspace, [{**first, "note": note}, *entries[1:]])
             return None
-        record.write_queue(workspace, entries[1:])
+        runs.write_queue(workspace, entries[1:])
     return path.name
 
 
@@ -381,11 +382,11 @@ def await_finishing_parent(workspace: Path, timeout: float = 300.0) -> None:
     trainer has exited, so the two never hold the machine's memory at once and the one-run-at-a-time
     check below does not see it. It has recorded its end already; only its exit is left."""
     parent = os.getppid()
-    for summary in record.active_runs(workspace):
-        info = record.read_process_info(summary.path)
+    for summary in runs.active_runs(workspace):
+        info = runs.read_process_info(summary.path)
         if info.get("pid") == parent and info.get("ended"):
             deadline = time.time() + timeout
-            while record.training_process(summary.path) is not None and time.time() < deadline:
+            while runs.training_process(summary.path) is not None and time.time() < deadline:
                 time.sleep(0.2)  # (not Process.wait: an exited parent stays a zombie until reaped)
 
 

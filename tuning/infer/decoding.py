@@ -73,7 +73,7 @@ def _adapters(model, names: list[str]):
     """The module to call for rows named `names`: the bare model with one adapter active (or none,
     for BASE) when they agree, and PEFT's mixed-batch hooks (registered once for the segment,
     as PeftModel.generate registers them once per call) when they differ."""
-    from tuning import generation
+    from tuning.infer import generation
 
     if not hasattr(model, "peft_config"):
         assert set(names) == {generation.BASE}, "a model without adapters can only answer as the base"

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from tuning import data as data_mod
-from tuning import generation, pairs, record  # not models: it imports torch, and the page imports this
+from tuning.infer import generation
+from tuning.data import pairs
+from tuning import runs
 from tuning.config import ConfigError, TrainConfig
-from tuning.generation import BASE
+from tuning.infer.generation import BASE
 
 # The metrics TRL's preference trainers log besides the loss, kept in the `log` event's `objective` field.
 METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen")
@@ -44,18 +46,18 @@ def check_init_from(cfg: TrainConfig, workspace: Path) -> Path | None:
     if not cfg.init_from:
         return None
     try:
-        run = record.existing_run_dir(workspace, cfg.init_from)
-    except record.RunError as exc:
+        run = runs.existing_run_dir(workspace, cfg.init_from)
+    except runs.RunError as exc:
         raise ConfigError(f"init_from: {exc}") from None
-    summary = record.summarize(run)
-    if summary.status not in (record.COMPLETED, record.STOPPED) or not record.has_final_adapter(run):
+    summary = runs.summarize(run)
+    if summary.status not in (runs.COMPLETED, runs.STOPPED) or not runs.has_final_adapter(run):
         raise ConfigError(f"init_from: run {cfg.init_from} is {summary.status} without a final adapter; "
                           "name a finished run")
     base = summary.config.get("base_model")
     if base != cfg.base_model:
         raise ConfigError(f"init_from: run {cfg.init_from} was trained on {base!r}, this run uses "
                           f"{cfg.base_model!r}; an adapter only fits the base it was trained on")
-    return record.adapter_dir(run)
+    return runs.adapter_dir(run)
 
 
 def _model(cfg: TrainConfig, model_path: str, workspace: Path):
@@ -80,11 +82,12 @@ def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bo
     """The TrainingArguments every objective shares with SFT (train.build_trainer's, minus packing)."""
     import torch
 
-    from tuning import distributed, models
+    from tuning import models
+    from tuning.train import distributed
 
     dtype = models.compute_dtype(cfg, training=True)
     return dict(
-        output_dir=str(record.checkpoints_dir(run_dir)),
+        output_dir=str(runs.checkpoints_dir(run_dir)),
         per_device_train_batch_size=cfg.per_device_batch_size, per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.num_epochs,

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from tuning import record
+from tuning import runs
 from tuning.config import ConfigError
 
 TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",)}
@@ -28,7 +28,7 @@ def trainer_kwargs(cfg, run_dir: Path) -> dict:
                           "the run folder records the run either way")
     if name == "tensorboard":
         # transformers' TensorBoardCallback reads its folder from this variable (this process is the trainer's own)
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / record.TENSORBOARD)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / runs.TENSORBOARD)
         return {"report_to": ["tensorboard"], "run_name": Path(run_dir).name}
     # trackio: a local project (no Space, nothing leaves the machine); `trackio show --project tuning`
     return {"report_to": ["trackio"], "run_name": Path(run_dir).name, "project": "tuning",

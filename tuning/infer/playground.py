@@ -16,8 +16,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuning import config as config_mod
-from tuning import generation, models, record
-from tuning.generation import BASE
+from tuning import models
+from tuning.infer import generation
+from tuning import runs
+from tuning.infer.generation import BASE
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,12 @@ class Comparer:
         self.model.config.use_cache = True
         self.model.eval()
         if not torch.cuda.is_available():  # a CPU: both columns' rows share each read of the weights
-            from tuning import cpu_speed
+            from tuning.levers import cpu_speed
 
             cpu_speed.use_few_rows_linear(self.model)
         self.tokenizer = models.load_tokenizer(base_path, trust_remote_code)
         self.peft = None
-        self.adapters: dict[str, tuple] = {}  # name -> record.adapter_version
+        self.adapters: dict[str, tuple] = {}  # name -> runs.adapter_version
         self.lock = threading.Lock()
 
     @property
@@ -59,7 +61,7 @@ class Comparer:
         and the version of its weights: a resumed run rewrites adapter/, and the stale copy is dropped."""
         from peft import PeftModel
 
-        version = record.adapter_version(path)
+        version = runs.adapter_version(path)
         name = "a" + str(abs(hash(version)))
         if name in self.adapters:
             return name
@@ -169,7 +171,7 @@ class Comparer:
 class Cancelled(StoppingCriteria):
     """transformers' stopping criterion for "nobody reads this any more": true for every row once
     `event` is set or `deadline` (time.monotonic()) has passed. Asked after each decoding step, by
-    `generate` and by the greedy loop alike (tuning/decoding.py)."""
+    `generate` and by the greedy loop alike (tuning/infer/decoding.py)."""
 
     def __init__(self, event: threading.Event, deadline: float | None = None):
         self.event, self.deadline = event, deadline
@@ -186,7 +188,7 @@ _CACHE_LOCK = threading.Lock()
 
 def comparer_for_run(run_dir: Path, workspace: Path, full_precision_base: bool = False) -> Comparer:
     """The cached Comparer for a run's base model (loaded lazily, once per base and precision)."""
-    cfg = record.read_config(run_dir)
+    cfg = runs.read_config(run_dir)
     base_path = models.resolve_base_model(cfg.base_model, workspace)
     method = "lora" if full_precision_base else cfg.method
     dtype = models.compute_dtype(cfg)

@@ -249,7 +249,7 @@ _KEEP_BITS = 16  # random bits per element of the dropout mask, as tuning/cpu_sp
 
 
 def _draw_keep(x, threshold: int, generator=None):
-    """The dropout mask FastDropout (tuning/cpu_speed.py) draws for x: 16 random bits per element
+    """The dropout mask FastDropout (tuning/levers/cpu_speed.py) draws for x: 16 random bits per element
     (four per 64-bit draw), kept where they are >= threshold. From `generator`, or torch's default."""
     import torch
 

@@ -11,7 +11,7 @@ Formats detected per file from the column names:
   messages_pairs          OpenAI `messages` (the prompt turns) + `chosen` / `rejected`
   implicit_prompt         `chosen` / `rejected` as whole conversations sharing the prompt (TRL's implicit prompt)
   kto                     prompt / completion / label (true: a good answer, false: a bad one)
-Files are read by tuning/formats.py (JSON, JSONL, CSV/TSV, Parquet, folders, Hub ids), as for SFT.
+Files are read by tuning/data/formats.py (JSON, JSONL, CSV/TSV, Parquet, folders, Hub ids), as for SFT.
 Bad rows are reported with file, row number and field, and left out; the rest loads.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning import data as data_mod
-from tuning.formats import DataError, Problem, Rows, read_hub, read_hub_preview, read_path
+from tuning.data.formats import DataError, Problem, Rows, read_hub, read_hub_preview, read_path
 from tuning.paths import DEMO_DATA_DIR, is_hub_id
 
 PAIR_FORMATS = ("prompt_chosen_rejected", "sharegpt_pairs", "messages_pairs", "implicit_prompt")

@@ -1,4 +1,4 @@
-"""The format of a run's event log (tuning/record.py names the file and hands out the log): the
+"""The format of a run's event log (tuning/runs/ names the file and hands out the log): the
 trainer appends, everyone else reads.
 
 One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error, choice, phase),

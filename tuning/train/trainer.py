@@ -18,7 +18,7 @@ What it does, and the trade-off of each feature:
   checkpoint's probes or in the end-of-run evaluation at the next generated token, the evaluation
   then recorded as partial. A "stopping" phase event is written at once; the run ends as "stopped".
 - Early stopping on eval loss when early_stopping_patience > 0.
-- Evaluation (tuning/evaluate.py): the probe prompts are answered by base and tuned at every
+- Evaluation (tuning/evaluation/evaluate.py): the probe prompts are answered by base and tuned at every
   checkpoint (a few seconds each on a CPU; probe_every_checkpoint turns it off); after the adapter
   is saved, the end-of-run evaluation that fits the run (final_evaluation: quick for a short run,
   full for a long one, or none) goes to evaluation.json and an `eval` event. A run stopped during
@@ -40,9 +40,12 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import distributed, evaluate, faults, models, preference, record, row_losses, tracking
+from tuning import models
+from tuning.train import distributed, faults, preference, tracking
+from tuning.evaluation import evaluate, row_losses
+from tuning import runs
 from tuning.config import ConfigError, TrainConfig
-from tuning.events import EVALUATING, LOADING, PREPARING, SAVING, STOPPING, TRAINING, EventLog
+from tuning.runs.events import EVALUATING, LOADING, PREPARING, SAVING, STOPPING, TRAINING, EventLog
 
 BAD_INPUT_ERRORS = (ConfigError, data_mod.DataError, models.ModelError)
 NON_FINITE_LIMIT = 3  # consecutive logged steps with a NaN/inf loss or gradient norm before we stop
@@ -212,12 +215,12 @@ def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequ
         def on_save(self, args, state, control, model=None, **kwargs):
             if not state.is_world_process_zero:
                 return  # with several processes, rank 0 alone marks the checkpoint it saved
-            ckpt = record.checkpoint_dir(run_dir, state.global_step)
+            ckpt = runs.checkpoint_dir(run_dir, state.global_step)
             if model is not None and not _trainable_weights_finite(model):
                 print(f"checkpoint-{state.global_step} holds NaN/inf weights: not marked COMPLETE", flush=True)
                 return
             if ckpt.is_dir():
-                record.mark_complete(ckpt)  # its files fsynced, then the marker: the save is whole
+                runs.mark_complete(ckpt)  # its files fsynced, then the marker: the save is whole
                 events.append("checkpoint", step=state.global_step, max_steps=state.max_steps,
                               path=str(ckpt.relative_to(run_dir)))
 
@@ -240,7 +243,7 @@ def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequ
             self.bad_in_a_row += 1
             control.should_save = False  # never checkpoint a NaN step
             if self.bad_in_a_row >= NON_FINITE_LIMIT:
-                good = record.latest_checkpoint(run_dir)
+                good = runs.latest_checkpoint(run_dir)
                 raise NonFiniteLoss(
                     f"the loss or gradient norm became NaN/inf for {NON_FINITE_LIMIT} consecutive steps (step "
                     f"{state.global_step}): lower learning_rate, or raise warmup_ratio, or set max_grad_norm to "
@@ -289,7 +292,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     has_eval = eval_ds is not None
     early_stop = cfg.early_stopping_patience > 0 and has_eval
     args = SFTConfig(
-        output_dir=str(record.checkpoints_dir(run_dir)),
+        output_dir=str(runs.checkpoints_dir(run_dir)),
         per_device_train_batch_size=cfg.per_device_batch_size,
         per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -329,10 +332,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         # With no padding in a batch, "all" tokens are the real ones ("non_padding" would count
         # by pad_token_id, which for many chat models is the end-of-turn token in every example).
         include_num_input_tokens_seen="all",
-        # Keep the dataset's row_id column: the collator hands it to tuning/row_losses.py, which
+        # Keep the dataset's row_id column: the collator hands it to tuning/evaluation/row_losses.py, which
         # takes it off the batch before the model sees it.
         remove_unused_columns=False,
-        **tracking.trainer_kwargs(cfg, run_dir),  # report_to: none, or TensorBoard / trackio (tuning/tracking.py)
+        **tracking.trainer_kwargs(cfg, run_dir),  # report_to: none, or TensorBoard / trackio (tuning/train/tracking.py)
         disable_tqdm=True,
         logging_nan_inf_filter=False,  # log a NaN loss as NaN (the filter shows 0.0), so the guard sees it
         dataloader_num_workers=0,
@@ -357,25 +360,25 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     # ({'loss': ..., 'grad_norm': ...}) beside EventsCallback's readable step line: one line a step.
     trainer.remove_callback(PrinterCallback)
     probes.bind(trainer, tokenizer)
-    # Each example's own loss, from the loss the trainer computes anyway (tuning/row_losses.py).
+    # Each example's own loss, from the loss the trainer computes anyway (tuning/evaluation/row_losses.py).
     row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process())
     if row_callback is not None:
         trainer.add_callback(row_callback)
     if not torch.cuda.is_available():
-        from tuning import cpu_speed  # imports torch: not at module level (the UI imports train)
+        from tuning.levers import cpu_speed
 
         # Same computation, less time on a CPU: cheaper LoRA dropout masks, no vocabulary-wide
-        # scores for prompt tokens, no fp32 round trip of each adapter's input (tuning/cpu_speed.py
+        # scores for prompt tokens, no fp32 round trip of each adapter's input (tuning/levers/cpu_speed.py
         # has the measurements).
         swapped = cpu_speed.use_fast_dropout(trainer.model)
         compact = cpu_speed.score_trained_tokens_only()
         lean = cpu_speed.use_lean_lora_forward(trainer.model)
         print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}; "
               f"lean LoRA forward in {lean} layers", flush=True)
-        from tuning import memory
+        from tuning.levers import memory
 
         # A few token counts instead of a new one every step: the math libraries' per-shape state
-        # stops growing the RSS (tuning/memory.py)
+        # stops growing the RSS (tuning/levers/memory.py)
         print(f"cpu: batches padded to a multiple of {memory.bucket_tokens(trainer)} tokens", flush=True)
         trainer.add_callback(memory.trim_callback())
         print(f"cpu: LM head tiles of {memory.narrow_lm_head_chunks()} vocabulary columns", flush=True)
@@ -388,7 +391,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
 
 def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
                         phases: Phases, tokenizer, model_path: str):
-    """DPO, ORPO or KTO (tuning/preference.py) with SFT's callbacks: events, the NaN guard, probes."""
+    """DPO, ORPO or KTO (tuning/train/preference.py) with SFT's callbacks: events, the NaN guard, probes."""
     from transformers import PrinterCallback
 
     probes = evaluate.make_callback(cfg, run_dir, stop, phases)
@@ -404,16 +407,16 @@ def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events
 def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) -> int:
     """Train one run in `run_dir`. Returns the process exit code (0 ok, 2 bad input, 1 failure)."""
     # With several processes only rank 0 writes events: one events.jsonl, no duplicated steps.
-    events = record.event_log(run_dir) if distributed.is_main_process() else distributed.NullEventLog()
+    events = runs.event_log(run_dir) if distributed.is_main_process() else distributed.NullEventLog()
     phases = Phases(events)
     stop = StopRequested(announce=lambda: events.append("phase", phase=STOPPING, message="stop requested"))
     previous_handlers = stop.install()
     try:
         trainer, tokenizer = build_trainer(cfg, run_dir, workspace, events, stop, phases)
         if resume and distributed.is_main_process():  # one rank tidies the shared folder
-            for leftover in record.discard_incomplete_checkpoints(run_dir):
+            for leftover in runs.discard_incomplete_checkpoints(run_dir):
                 print(f"removed {leftover.name}: half-written when the run was interrupted", flush=True)
-        checkpoint = record.latest_checkpoint(run_dir) if resume else None
+        checkpoint = runs.latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             print("no complete checkpoint to resume from; starting from step 0", flush=True)
         stop.check("preparing the data")
@@ -422,7 +425,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         # Save: the final adapter (the best one when early stopping loaded it back), before the
         # evaluation, so a Stop or a failure there never costs the adapter.
         phases(SAVING, step=state.global_step, max_steps=state.max_steps, final=True, message="saving the adapter")
-        adapter_dir = record.adapter_dir(run_dir)
+        adapter_dir = runs.adapter_dir(run_dir)
         # FSDP holds a shard of the adapter on each rank: gathering it takes every rank (the Trainer's
         # save_model, rank 0 writes). Otherwise every rank holds the same adapter: rank 0 saves it.
         sharded = bool(getattr(trainer, "is_fsdp_enabled", False))
@@ -442,7 +445,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         evaluation = evaluate.end_of_training(trainer, tokenizer, cfg, run_dir, events, kind,
                                               progress=_evaluation_progress(phases, state, kind),
                                               stopped=lambda: stop.requested) or {}
-        status = record.STOPPED if stop.requested else record.COMPLETED
+        status = runs.STOPPED if stop.requested else runs.COMPLETED
         stop.announce_now()
         later = f"python -m tuning eval --run {run_dir.name}"
         note = ("; evaluation not run: " + later if kind == evaluate.NONE and not evaluation else
@@ -460,7 +463,7 @@ def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) 
         return 0
     except RunStopped as exc:
         stop.announce_now()
-        events.append("end", status=record.STOPPED, step=0, message=str(exc))
+        events.append("end", status=runs.STOPPED, step=0, message=str(exc))
         print(str(exc), flush=True)
         return 0
     except BAD_INPUT_ERRORS as exc:

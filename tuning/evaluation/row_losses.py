@@ -4,15 +4,15 @@ During training the padding-free batch is one row of concatenated examples, and 
 head already returns each token's log-probability (`outputs.log_probs`, zero where there is no
 label). Summing it within each example's span (the batch's `cu_seq_lens_q` boundaries) gives that
 example's own loss at no extra cost: no second forward pass, no logits kept. The dataset carries
-each example's `row_id` (tuning/data.py), the collator hands the ids of a batch to the model call,
+each example's `row_id` (tuning/data/), the collator hands the ids of a batch to the model call,
 and a forward pre-hook on the PeftModel takes them off before the model sees its inputs. The same
 hook sees the Trainer's evaluation batches, so every evaluation records each held-out row's loss;
-the end-of-run evaluation adds the base model's per-row loss (tuning/evaluate.py).
+the end-of-run evaluation adds the base model's per-row loss (tuning/evaluation/evaluate.py).
 
 Why by hand: TRL and transformers log a batch's mean loss only; no callback or metric of theirs
 keeps a loss per example, and a second forward pass for it would cost as much as training.
 
-Written through tuning/record.py: rows.json (row id -> file and row), row_losses.jsonl (one line
+Written through tuning/runs/: rows.json (row id -> file and row), row_losses.jsonl (one line
 per logged step and per evaluation). Read back here into the two lists the Evaluation tab shows:
 the hardest rows (highest loss when last measured, compared with the rows measured around the same
 step, since the model keeps improving during an epoch) and the rows whose loss went up.
@@ -24,9 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tuning import record
+from tuning import runs
 
-ROW_ID = "row_id"  # the dataset column (tuning/data.py)
+ROW_ID = "row_id"  # the dataset column (tuning/data/)
 BATCH_KEY = "row_ids"  # the batch key the collator adds and the pre-hook removes
 MIN_NEIGHBOURS = 8  # rows a training row is compared with (those measured at the nearest steps)
 
@@ -117,7 +117,7 @@ class Recorder:
         buffer, self.buffers[split] = self.buffers[split], {}
         if buffer:
             ids = sorted(buffer)
-            record.append_row_losses(self.run_dir, {
+            runs.append_row_losses(self.run_dir, {
                 "split": split, "step": step, "ids": ids,
                 "losses": [round(buffer[i][0] / buffer[i][1], 5) for i in ids],
                 "tokens": [int(buffer[i][1]) for i in ids], **extra})
@@ -133,7 +133,7 @@ def attach(trainer, cfg, loaded, run_dir: Path, main_process: bool = True):
         return None
     recorder = Recorder(run_dir)
     if main_process:
-        record.write_row_index(run_dir, row_index(cfg, loaded))
+        runs.write_row_index(run_dir, row_index(cfg, loaded))
     trainer.data_collator = RowIdCollator(trainer.data_collator)
     trainer.model.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True)
     trainer.model.register_forward_hook(recorder.hook, with_kwargs=True)
@@ -154,7 +154,7 @@ def record_heldout(run_dir: Path, step: int, tuned: dict[int, float], base: dict
     """The end-of-run (or a later) evaluation's per-row held-out losses, tuned and base."""
     if tuned:
         ids = sorted(tuned)
-        record.append_row_losses(run_dir, {"split": "heldout", "step": step, "final": True, "ids": ids,
+        runs.append_row_losses(run_dir, {"split": "heldout", "step": step, "final": True, "ids": ids,
                                            "losses": [round(tuned[i], 5) for i in ids],
                                            "base": [round(base[i], 5) if i in base else None for i in ids]})
 
@@ -165,7 +165,7 @@ def history(run_dir: Path, split: str) -> tuple[dict[int, list[tuple[int, float]
     """({row id: [(step, loss), ...] in order}, {row id: base loss}) for one split."""
     by_row: dict[int, list[tuple[int, float]]] = {}
     base: dict[int, float] = {}
-    for line in record.read_row_losses(run_dir):
+    for line in runs.read_row_losses(run_dir):
         if line["split"] != split:
             continue
         for i, (row, loss) in enumerate(zip(line["ids"], line["losses"])):
@@ -202,7 +202,7 @@ def rows(run_dir: Path, split: str) -> list[dict]:
     its neighbours), excess (loss - typical), first (first measured, or the base's loss for a held-out
     row), change (loss - first), seen (measurements)."""
     by_row, base = history(run_dir, split)
-    index = record.read_row_index(run_dir)
+    index = runs.read_row_index(run_dir)
     where, source = index.get(split) or [], (index.get("sources") or {}).get(split, "")
     last = {row: points[-1] for row, points in by_row.items()}
     typical = _typical(last)

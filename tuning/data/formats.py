@@ -6,7 +6,7 @@ read. Row numbers are what the user's editor shows: the line number for JSONL, C
 TXT (a CSV's header is line 1), the 1-based position for a JSON list, Parquet and the Hub.
 A source that cannot be read at all (empty, binary, wrong extension, undecodable) raises
 DataError with one clear message; a row that cannot be read becomes a Problem and the rest
-still loads. What the rows mean (chat, alpaca, ...) is tuning/data.py's business.
+still loads. What the rows mean (chat, alpaca, ...) is tuning/data/'s business.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ one {"role": "text"} message: it skips the chat template and every token is trai
 Problems never stop a load: each bad row is reported with its file, row number (1-based, as an
 editor shows it) and field, and left out ("drop"); the report says enough to fix the file.
 
-Reading files (JSON, JSONL, CSV/TSV, Parquet, TXT, folders, Hub ids) lives in tuning/formats.py.
+Reading files (JSON, JSONL, CSV/TSV, Parquet, TXT, folders, Hub ids) lives in tuning/data/formats.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tuning.formats import (HUB_PREVIEW_ROWS, SUFFIXES, DataError, Problem, Rows,  # noqa: F401 (re-exported)
+from tuning.data.formats import (HUB_PREVIEW_ROWS, SUFFIXES, DataError, Problem, Rows,  # noqa: F401 (re-exported)
                             read_hub, read_hub_preview, read_path)
 from tuning.paths import DEMO_DATA_DIR, is_hub_id
 
@@ -53,7 +53,7 @@ class LoadedData:
     locations: list[tuple[str, int]] = field(default_factory=list)  # (file, row) of each conversation
     complete: bool = True  # False when load(limit=N) read only the first N rows
     note: str = ""  # how the rows were read, when the page should say it (a streamed Hub preview)
-    arrow: Any = None  # the valid rows as a memory-mapped datasets.Dataset (tuning/arrow_data.py), if so loaded
+    arrow: Any = None  # the valid rows as a memory-mapped datasets.Dataset (tuning/data/arrow_data.py), if so loaded
     rows_counted: bool = True  # False: rows_total is a lower bound (a big file's first page; count_rows ends it)
 
     @property
@@ -513,7 +513,7 @@ def to_dataset(tokenizer, conversations: list[list[dict[str, str]]], max_length:
     (it builds the labels from assistant_masks). Rows with no trained token are dropped. Every
     example carries `row_id`, its conversation's position in `conversations` (the pieces of a long
     text row share one), so a loss computed on it can be traced back to the file and row
-    (tuning/row_losses.py)."""
+    (tuning/evaluation/row_losses.py)."""
     from datasets import Dataset
 
     rows = [{**r, "row_id": i} for i, m in enumerate(conversations)
@@ -576,7 +576,7 @@ _ARROW_WORKSPACE: dict[str, Any] = {}
 
 def heldout_rows(cfg) -> list[tuple[list[dict], dict]]:
     """The held-out rows alone; the training data is read only when they are a split of it."""
-    from tuning import arrow_data
+    from tuning.data import arrow_data
 
     held = _explicit_heldout(cfg)
     if held is not None:
@@ -592,9 +592,9 @@ def heldout_rows(cfg) -> list[tuple[list[dict], dict]]:
 
 def prepare(cfg, tokenizer, workspace=None):
     """(train Dataset, eval Dataset or None, LoadedData) for a TrainConfig. With a workspace, a big
-    local source (tuning/arrow_data.py) is read and tokenized through an Arrow cache in it: the same
+    local source (tuning/data/arrow_data.py) is read and tokenized through an Arrow cache in it: the same
     rows, memory-mapped instead of held in memory."""
-    from tuning import arrow_data
+    from tuning.data import arrow_data
 
     big = arrow_data.wanted(cfg.dataset, workspace)
     loaded = (arrow_data.load(cfg.dataset, getattr(cfg, "dataset_format", "auto"), getattr(cfg, "column_map", ""),
@@ -616,7 +616,7 @@ def prepare(cfg, tokenizer, workspace=None):
 def _prepare_arrow(cfg, tokenizer, loaded: LoadedData, workspace):
     """prepare's datasets for rows in the Arrow cache: the split by positions (split's own), each
     side tokenized by arrow_data.to_dataset; an explicit held-out file is small and loads in memory."""
-    from tuning import arrow_data
+    from tuning.data import arrow_data
 
     args = (cfg.max_length, cfg.train_on_completions_only)
     held = _explicit_heldout(cfg)

@@ -16,8 +16,8 @@
 
 Base and tuned answers come from ONE generate call (generation.generate_rows: a PEFT mixed-adapter
 batch, rows tagged "__base__" skip the adapter; DoRA gets one call per side). What is computed
-here is written and read back through tuning/record.py (evaluation.json, probes, probe answers);
-the blind A/B lives in tuning/ab.py.
+here is written and read back through tuning/runs/ (evaluation.json, probes, probe answers);
+the blind A/B lives in tuning/evaluation/ab.py.
 """
 
 from __future__ import annotations
@@ -30,17 +30,20 @@ from typing import Any
 
 from tuning import config as config_mod
 from tuning import data as data_mod
-from tuning import generation, memory, preference
-from tuning import pairs as preference_data
-from tuning import record, row_losses
-from tuning.generation import BASE
+from tuning.infer import generation
+from tuning.levers import memory
+from tuning.train import preference
+from tuning.data import pairs as preference_data
+from tuning import runs
+from tuning.evaluation import row_losses
+from tuning.infer.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
 
 TRAINING_ADAPTER = "default"  # the name PEFT gives the adapter the Trainer trains
 GENERATION_BATCH = 16  # prompts per generate call (x2 rows in a mixed batch): bounds memory
 
 
-class EvalError(record.RunError):
+class EvalError(runs.RunError):
     """Something the user asked for cannot be evaluated; the message says why (a RunError, so the
     CLI and the page treat it as bad input, never as a crash)."""
 
@@ -91,7 +94,7 @@ def _checkable(extra: dict) -> bool:
 def default_probes(cfg: config_mod.TrainConfig, n: int = 5) -> list[str]:
     """The dataset's own probe list (the demo ships probes.json), else the first held-out prompts."""
     if cfg.dataset == config_mod.DEMO_DATASET and not cfg.eval_dataset:
-        return json.loads((DEMO_DATA_DIR / record.PROBES).read_text(encoding="utf-8"))  # the demo ships a run's probes file
+        return json.loads((DEMO_DATA_DIR / runs.PROBES).read_text(encoding="utf-8"))  # the demo ships a run's probes file
     prompts = []
     for conv, _ in heldout_rows(cfg):
         user = [m["content"] for m in prompt_of(conv) if m["role"] == "user"]
@@ -105,11 +108,11 @@ def default_probes(cfg: config_mod.TrainConfig, n: int = 5) -> list[str]:
 def probes_for_run(run_dir: Path, cfg: config_mod.TrainConfig, keep: bool = True) -> list[str]:
     """The run's probes.json, created from the dataset's default list the first time (`keep`: a
     reader the public may trigger, the Playground's pick, passes False and writes nothing)."""
-    probes = record.read_probes(run_dir)
+    probes = runs.read_probes(run_dir)
     if probes is None:
         probes = default_probes(cfg)
         if probes and keep:
-            record.write_json(Path(run_dir) / record.PROBES, probes)
+            runs.write_json(Path(run_dir) / runs.PROBES, probes)
     return probes
 
 
@@ -140,7 +143,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
             mask = torch.tensor([r["assistant_masks"] + [0] * (width - len(r["input_ids"])) for r in chunk])
             labels = ids.masked_fill(mask == 0, -100)
             # Token t predicts token t+1, as in the model's own loss; scored a slice of the LM head at
-            # a time, never the whole vocabulary's logits for the batch (tuning/memory.py)
+            # a time, never the whole vocabulary's logits for the batch (tuning/levers/memory.py)
             token_losses = memory.token_losses(model, ids.to(device), attention.to(device), labels.to(device))
             counts = (labels[:, 1:] != -100).sum(1).to(device)
             loss = token_losses.sum() / counts.sum().clamp(min=1)
@@ -272,7 +275,7 @@ QUICK_PROBES = 3
 # pass over the held-out rows (forward only) costs about LOSS_ROW_STEPS x rows / batch steps, an answer
 # ANSWER_STEPS. On busy cores greedy generation slows down far more than training (measured: ~137 s an
 # answer against ~70 s a step): the pages then use the time the checkpoints' probes or an earlier
-# evaluation took per answer instead (record.EventSummary.evaluation_seconds, ui/estimate.py).
+# evaluation took per answer instead (runs.EventSummary.evaluation_seconds, ui/estimate.py).
 LOSS_ROW_STEPS = 0.3  # per held-out row, per row of the step's effective batch
 ANSWER_STEPS = 0.15  # per prompt answered by base and tuned, per 64 new tokens
 
@@ -332,7 +335,7 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     stopped = stopped or (lambda: False)
     prompts = probes_for_run(run_dir, cfg)
     checks = plan(cfg, kind, rows, prompts)
-    base_answers = record.cached_base_answers(run_dir, prompts)  # the checkpoints answered the whole list
+    base_answers = runs.cached_base_answers(run_dir, prompts)  # the checkpoints answered the whole list
     prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts
     messages = [[{"role": "user", "content": p}] for p in prompts]
     checked = checked_rows(rows)
@@ -371,7 +374,7 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
             stopped_at = check.label
             break
         # each check's freed activations go back to the OS before the next one allocates its own, so
-        # their peaks do not stack (tuning/memory.py, release_freed_memory)
+        # their peaks do not stack (tuning/levers/memory.py, release_freed_memory)
         memory.release_freed_memory()
         name = "loss" if check.part.startswith("loss") else check.part
         seconds[name] = round(seconds.get(name, 0.0) + time.time() - t0, 1)
@@ -381,13 +384,13 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     if done == 0 and stopped_at is not None:
         return {"partial": True, "stopped_at": stopped_at, "kind": kind, "completed_checks": 0,
                 "total_checks": len(checks)}
-    if getattr(cfg, "objective", "sft") == "sft":  # its row ids are those of rows.json (tuning/row_losses.py)
+    if getattr(cfg, "objective", "sft") == "sft":  # its row ids are those of rows.json (tuning/evaluation/row_losses.py)
         row_losses.record_heldout(run_dir, step, tuned_rows, base_rows)
     tuned_loss, base_loss = figures.get("eval_loss"), figures.get("base_eval_loss")
     result: dict[str, Any] = {
         "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method, "kind": kind,
         "eval_rows": len(rows), "eval_loss": tuned_loss, "base_eval_loss": base_loss,
-        "perplexity": record.perplexity(tuned_loss), "base_perplexity": record.perplexity(base_loss),
+        "perplexity": runs.perplexity(tuned_loss), "base_perplexity": runs.perplexity(base_loss),
         "max_new_tokens": cfg.eval_max_new_tokens, "checks": None,
         # quick leaves the task checks out and a Stop cuts them short: `eval` computes them later
         "checks_complete": kind == FULL and stopped_at is None, "probes": [],
@@ -400,13 +403,13 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     if probe_pairs:
         answers = [{"prompt": p, "base": b, "tuned": t} for p, (b, t) in zip(prompts, probe_pairs)]
         if len(answers) == len(prompts):  # the gallery's record of the final adapter: only a whole one
-            record.append_probe_answers(run_dir, {"step": step, "checkpoint": "final", "time": round(time.time(), 3),
+            runs.append_probe_answers(run_dir, {"step": step, "checkpoint": "final", "time": round(time.time(), 3),
                                                   "answers": answers})
         result["probes"] = answers
     if check_pairs:
         result["checks"] = check_results(checked[:len(check_pairs)], check_pairs)
     result["seconds"] = {**seconds, "total": round(time.time() - started, 1)}
-    record.write_evaluation(run_dir, result)
+    runs.write_evaluation(run_dir, result)
     return result
 
 
@@ -416,7 +419,7 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=N
     """A TrainerCallback that answers the probe prompts at every checkpoint. bind(trainer,
     tokenizer) after the Trainer is built: the callback needs the model in its PEFT form. `stop`
     (its `requested` flag) skips or cuts short the answers after a Stop; `phase(name, **fields)`
-    reports the work (tuning/train.py writes it as a phase event)."""
+    reports the work (tuning/train/trainer.py writes it as a phase event)."""
     from transformers import TrainerCallback
 
     def stop_requested() -> bool:
@@ -431,7 +434,7 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=N
             self.trainer, self.tokenizer = trainer, tokenizer
 
         def on_save(self, args, state, control, **kwargs):
-            ckpt = record.checkpoint_dir(run_dir, state.global_step)
+            ckpt = runs.checkpoint_dir(run_dir, state.global_step)
             if not cfg.probe_every_checkpoint or self.trainer is None or not ckpt.is_dir() \
                     or not state.is_world_process_zero or getattr(self.trainer, "is_fsdp_enabled", False):
                 return  # (under FSDP rank 0 alone cannot run the sharded model)
@@ -444,7 +447,7 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=N
                 phase("saving", step=state.global_step, max_steps=state.max_steps, answers=len(prompts),
                       message=f"answering {len(prompts)} probes at {ckpt.name}")
             if self.base_answers is None or len(self.base_answers) != len(prompts):
-                self.base_answers = record.cached_base_answers(run_dir, prompts)
+                self.base_answers = runs.cached_base_answers(run_dir, prompts)
             started = time.time()
             try:
                 answers = probe_record(self.trainer.model, self.tokenizer, prompts, state.global_step, ckpt.name,
@@ -454,7 +457,7 @@ def make_callback(cfg: config_mod.TrainConfig, run_dir: Path, stop=None, phase=N
                 print(f"probes at step {state.global_step}: left out, a stop was requested", flush=True)
                 return
             self.base_answers = [a["base"] for a in answers["answers"]]
-            record.append_probe_answers(run_dir, answers)
+            runs.append_probe_answers(run_dir, answers)
             print(f"probes at step {state.global_step}: {len(prompts)} prompts in {time.time() - started:.1f}s",
                   flush=True)
 
@@ -484,8 +487,8 @@ def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Pa
                   partial=result["partial"] or None, eval_loss=result["eval_loss"],
                   base_eval_loss=result["base_eval_loss"], perplexity=result["perplexity"],
                   base_perplexity=result["base_perplexity"], checks=by_kind, preference=result.get("preference"),
-                  message=record.headline(result) + partial)
-    print(f"{kind} evaluation ({result['seconds']['total']:.0f}s): {record.headline(result)}{partial}", flush=True)
+                  message=runs.headline(result) + partial)
+    print(f"{kind} evaluation ({result['seconds']['total']:.0f}s): {runs.headline(result)}{partial}", flush=True)
     return result
 
 
@@ -495,23 +498,23 @@ def evaluate_run(run_dir: Path, workspace: Path, recompute: bool = False, checkp
     """evaluation.json of a run, computed now (from its final adapter, or its newest checkpoint
     while it has none) when missing, incomplete (a stopped run skips the task checks), or
     recompute is asked for."""
-    from tuning import playground
+    from tuning.infer import playground
 
     run_dir = Path(run_dir)
-    existing = record.read_evaluation(run_dir)
-    if existing and record.checks_done(existing) and not recompute and not checkpoint:
+    existing = runs.read_evaluation(run_dir)
+    if existing and runs.checks_done(existing) and not recompute and not checkpoint:
         return existing
     try:
-        cfg = record.read_config(run_dir)
+        cfg = runs.read_config(run_dir)
     except config_mod.ConfigError as exc:
         raise EvalError(f"run {run_dir.name}: {exc}") from None
     if not heldout_rows(cfg):
         raise EvalError(f"run {run_dir.name} has no held-out data (eval_split is 0 and no eval_dataset)")
-    path = record.current_adapter(run_dir, checkpoint)
+    path = runs.current_adapter(run_dir, checkpoint)
     comparer = playground.comparer_for_run(run_dir, workspace)
     with comparer.lock:
         name = comparer.attach(path)
-        step = record.adapter_step(run_dir, path)
+        step = runs.adapter_step(run_dir, path)
         result = evaluate_model(comparer.peft, comparer.tokenizer, cfg, run_dir, step, adapter=name,
                                 source=str(path.relative_to(run_dir)))
     return result
@@ -521,5 +524,5 @@ def evaluate_run(run_dir: Path, workspace: Path, recompute: bool = False, checkp
 
 def report(run_dir: Path, result: dict) -> dict:
     """Everything for `eval --json`: evaluation.json, the probe history and the A/B summary."""
-    return {"run_id": Path(run_dir).name, **result, "probe_history": record.probe_history(run_dir),
-            "ab": record.ab_summary(run_dir)}
+    return {"run_id": Path(run_dir).name, **result, "probe_history": runs.probe_history(run_dir),
+            "ab": runs.ab_summary(run_dir)}

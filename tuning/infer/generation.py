@@ -73,7 +73,7 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     any more). Seeding is the caller's business (torch.manual_seed before)."""
     import torch
 
-    from tuning import decoding
+    from tuning.infer import decoding
 
     if uses_dora(model) and len(set(names)) > 1:
         answers: list[str] = [""] * len(conversations)
@@ -95,7 +95,7 @@ def generate_rows(model, tokenizer, conversations: list[list[dict]], names: list
     if stopping is not None:
         kwargs["stopping_criteria"] = stopping
     with torch.no_grad(), inference(model):
-        if greedy is not None:  # finished rows leave the batch and the KV cache (tuning/decoding.py)
+        if greedy is not None:  # finished rows leave the batch and the KV cache (tuning/infer/decoding.py)
             new = decoding.greedy(model, batch["input_ids"], batch["attention_mask"], names, greedy, streamer,
                                   stopping)
             return [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]

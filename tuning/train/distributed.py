@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuning.config import ConfigError, TrainConfig
+from tuning.paths import PROJECT_DIR
 
 # Environment variables torchrun sets in every worker.
 WORKER_MARKERS = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
@@ -195,11 +196,11 @@ def leave_group() -> None:
 
 def _sees(run_path: Path, launch: str | None) -> bool:
     """Whether this process sees the run folder rank 0 recorded itself in (same launch token)."""
-    from tuning import record
+    from tuning import runs
 
     deadline = time.time() + SHARED_FS_WAIT_S
     while True:
-        if record.read_process_info(run_path).get("launch") == launch:
+        if runs.read_process_info(run_path).get("launch") == launch:
             return True
         if time.time() >= deadline:
             return False
@@ -213,7 +214,8 @@ def agree_on_run(workspace: Path, open_run) -> tuple[Path, bool]:
     run (rank 0 re-raises its own error) or a rank cannot see the folder (LaunchError)."""
     import torch.distributed as dist
 
-    from tuning import record, runner
+    from tuning import runs
+    from tuning.runs import runner
 
     me, host = rank(), socket.gethostname()
     failure, created, box = None, False, [None]
@@ -221,7 +223,7 @@ def agree_on_run(workspace: Path, open_run) -> tuple[Path, bool]:
         try:
             run_path, resume, created = open_run()
             box[0] = {"run_id": run_path.name, "resume": resume, "host": host,
-                      "launch": record.read_process_info(run_path).get("launch")}
+                      "launch": runs.read_process_info(run_path).get("launch")}
         except Exception as exc:  # noqa: BLE001 - the others must hear of it, or they wait forever
             failure, box[0] = exc, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     dist.broadcast_object_list(box, src=0)
@@ -230,7 +232,7 @@ def agree_on_run(workspace: Path, open_run) -> tuple[Path, bool]:
         raise failure
     if "error" in agreed:
         raise LaunchError(f"rank 0 could not start the run: {agreed['error']}")
-    run_path = record.run_dir(workspace, agreed["run_id"])
+    run_path = runs.run_dir(workspace, agreed["run_id"])
     views: list = [None] * world_size()
     dist.all_gather_object(views, (me, host, me == 0 or _sees(run_path, agreed["launch"])))
     blind = [(r, h) for r, h, seen in views if not seen]
@@ -309,18 +311,18 @@ def launch(n: int, run_path, workspace, resume: bool = False) -> int:
     import signal
     import subprocess
 
-    from tuning import record
+    from tuning import runs
 
     run_path, workspace = Path(run_path), Path(workspace)
     env = {**os.environ, OWN_LAUNCH: run_path.name}
     train_args = ["--workspace", str(workspace)]
-    train_args += ["--resume", run_path.name] if resume else ["--config", str(record.config_path(run_path))]
+    train_args += ["--resume", run_path.name] if resume else ["--config", str(runs.config_path(run_path))]
     command = launch_command(n, train_args)
     print(f"launching {n} processes: {' '.join(command)}", flush=True)
     # A function handler (not SIG_IGN) so the child starts with default handlers after exec.
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parent.parent),
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=str(PROJECT_DIR),
                                 env=env)
         code = proc.wait()
     finally:
@@ -329,9 +331,9 @@ def launch(n: int, run_path, workspace, resume: bool = False) -> int:
     if code != 0:
         # A worker other than rank 0 (or torchrun itself) may have failed silently from the events'
         # point of view: make sure the run ends with an error event the dashboard can show.
-        events, _ = record.read_run_events(run_path)
-        if record.EventSummary().extend(events).final is None:
-            record.event_log(run_path).append(
+        events, _ = runs.read_run_events(run_path)
+        if runs.EventSummary().extend(events).final is None:
+            runs.event_log(run_path).append(
                 "error", kind="DistributedFailure",
                 message=f"a training process failed (torch.distributed.run exit code {code}); see train.log")
     return code

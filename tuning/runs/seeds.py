@@ -7,7 +7,7 @@ settings means something only when it is larger than that. `seeds: N` in a confi
 in their seed form a group, and every figure of their evaluations (held-out loss, each kind of task
 check, each named slot) is reported as mean ± sample standard deviation with min and max.
 
-What a run is and what its evaluation holds is read through tuning/record.py.
+What a run is and what its evaluation holds is read through tuning/runs/.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning import record
+from tuning import runs
 from tuning.config import TrainConfig
 
 # The fields that may differ inside one group: the seed itself, and what names the runs.
@@ -114,10 +114,10 @@ def seed_groups(workspace: Path, run_ids: list[str] | None = None) -> list[SeedG
     """The groups of two or more evaluated runs (of `run_ids`, or the whole workspace) that share a
     config but for the seed, newest first. Runs without an evaluation are left out: there is no
     figure to spread."""
-    runs = [s for s in record.list_runs(workspace) if run_ids is None or s.run_id in run_ids]
-    grouped: dict[str, list[tuple[record.RunSummary, dict]]] = {}
-    for s in runs:
-        result = record.read_evaluation(s.path, answers=False)
+    listed = [s for s in runs.list_runs(workspace) if run_ids is None or s.run_id in run_ids]
+    grouped: dict[str, list[tuple[runs.RunSummary, dict]]] = {}
+    for s in listed:
+        result = runs.read_evaluation(s.path, answers=False)
         if s.config and result and result.get("eval_loss") is not None:
             grouped.setdefault(group_key(s.config), []).append((s, result))
     groups = []

@@ -4,7 +4,7 @@ The server keeps the whole pair (prompt, base answer, tuned answer, which one it
 page only ever receives the prompt and the two texts as A and B, and a vote names only A, B or tie.
 So a vote can only be recorded on answers the models really wrote, in the order really shown.
 Pairs come from a run's stored evaluation (probes and task-check rows) or straight from the
-Playground's last side-by-side answer. Votes are appended to the run's record (record.append_vote).
+Playground's last side-by-side answer. Votes are appended to the run's record (runs.append_vote).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning import record
+from tuning import runs
 
 CHOICES = ("A", "B", "tie")
 
@@ -47,7 +47,7 @@ class BlindPair:
 def candidates(run: Path) -> list[dict]:
     """Stored (prompt, base, tuned) answers from the run's evaluation: probes and task-check rows.
     Pairs whose two answers are identical tell nothing and are left out."""
-    result = record.read_evaluation(run) or {}
+    result = runs.read_evaluation(run) or {}
     pairs = list(result.get("probes") or []) + list((result.get("checks") or {}).get("rows") or [])
     seen, out = set(), []
     for p in pairs:
@@ -68,8 +68,8 @@ def next_stored_pair(run: Path, rng: random.Random | None = None) -> BlindPair:
     rng = rng or random.Random()
     stored = candidates(run)
     if not stored:
-        raise record.RunError(f"run {Path(run).name} has no stored answers to compare yet: evaluate it first")
-    voted = {v.get("prompt") for v in record.read_votes(run)}
+        raise runs.RunError(f"run {Path(run).name} has no stored answers to compare yet: evaluate it first")
+    voted = {v.get("prompt") for v in runs.read_votes(run)}
     pick = rng.choice([c for c in stored if c["prompt"] not in voted] or stored)
     return blind(run, pick["prompt"], pick["base"], pick["tuned"], rng)
 
@@ -77,9 +77,9 @@ def next_stored_pair(run: Path, rng: random.Random | None = None) -> BlindPair:
 def vote(run: Path, pair: BlindPair | None, choice: str) -> dict:
     """Record one vote on the pair the server showed; returns the run's new summary."""
     if choice not in CHOICES:
-        raise record.RunError(f"vote: {choice!r} is not one of A, B, tie")
+        raise runs.RunError(f"vote: {choice!r} is not one of A, B, tie")
     if not isinstance(pair, BlindPair) or pair.run_id != Path(run).name:
-        raise record.RunError("vote: there is no pair on screen for this run; ask for a pair first")
-    record.append_vote(run, {"prompt": pair.prompt, "a": pair.a, "b": pair.b, "a_is": pair.a_is,
+        raise runs.RunError("vote: there is no pair on screen for this run; ask for a pair first")
+    runs.append_vote(run, {"prompt": pair.prompt, "a": pair.a, "b": pair.b, "a_is": pair.a_is,
                              "choice": choice, "winner": pair.winner(choice)})
-    return record.ab_summary(run)
+    return runs.ab_summary(run)

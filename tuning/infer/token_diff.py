@@ -3,7 +3,7 @@ an answer than the base does, and where two greedy answers first part ways: for 
 (tuning/ui/playground_tab.py) and for a held-out row (tuning/ui/evaluation_tab.py), one renderer.
 
 Both models score the same text in ONE forward pass: the same prompt + answer twice in a batch, the
-rows tagged "__base__" and the adapter's name (a PEFT mixed-adapter batch, as tuning/generation.py
+rows tagged "__base__" and the adapter's name (a PEFT mixed-adapter batch, as tuning/infer/generation.py
 generates; DoRA adapters refuse mixed batches and get one pass per side). The difference of the two
 log-probabilities of each answer token is its colour: green where tuning made the token more likely,
 red where it made it less likely.
@@ -17,8 +17,8 @@ from __future__ import annotations
 import html
 import math
 
-from tuning import generation
-from tuning.generation import BASE
+from tuning.infer import generation
+from tuning.infer.generation import BASE
 
 SCALE = 4.0  # nats of difference that saturate the colour
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tuning import config as config_mod  # tuning.models (torch) is imported where a model is loaded: the page starts without torch
-from tuning import record
+from tuning import runs
 
-ADAPTER_FILES = (record.ADAPTER_WEIGHTS, record.ADAPTER_CONFIG)
+ADAPTER_FILES = (runs.ADAPTER_WEIGHTS, runs.ADAPTER_CONFIG)
 LOSS_TABLE_ROWS = 10  # the model card's loss table: every n-th logged step, not the whole history
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
@@ -50,10 +50,10 @@ def exports_dir(workspace: Path) -> Path:
 
 
 def finished_adapter(run_dir: Path) -> Path:
-    if not record.has_final_adapter(run_dir):
+    if not runs.has_final_adapter(run_dir):
         raise ExportError(f"run {Path(run_dir).name} has no final adapter yet; export a run that completed "
                           "or was stopped")
-    return record.current_adapter(run_dir)  # a checkpoint chosen as final in the Evaluation tab wins
+    return runs.current_adapter(run_dir)  # a checkpoint chosen as final in the Evaluation tab wins
 
 
 def target_path(workspace: Path, text: str | Path | None, default_name: str) -> Path:
@@ -76,7 +76,7 @@ def _refuse_existing(path: Path) -> None:
 
 def _run_config(run_dir: Path) -> config_mod.TrainConfig:
     try:
-        return record.read_config(run_dir)
+        return runs.read_config(run_dir)
     except config_mod.ConfigError as exc:
         raise ExportError(f"run {Path(run_dir).name}: {exc}") from None
 
@@ -109,7 +109,7 @@ def public_config(cfg: config_mod.TrainConfig) -> config_mod.TrainConfig:
 def public_adapter_config(run_dir: Path) -> str:
     """adapter_config.json with base_model_name_or_path as the card names the base (PEFT writes the
     local folder it loaded the base from)."""
-    value = json.loads((finished_adapter(run_dir) / record.ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    value = json.loads((finished_adapter(run_dir) / runs.ADAPTER_CONFIG).read_text(encoding="utf-8"))
     value["base_model_name_or_path"] = _base_label(_run_config(run_dir).base_model)
     return json.dumps(value, indent=2, ensure_ascii=False)
 
@@ -128,12 +128,12 @@ def _dataset_summary(cfg: config_mod.TrainConfig) -> str:
 
 
 def _loss_table(run_dir: Path) -> str:
-    progress = record.summarize(run_dir).progress
+    progress = runs.summarize(run_dir).progress
     if not progress.train and not progress.evals:
         return "No loss values were logged."
     evals = dict(progress.evals)
-    steps = sorted({s for s, _ in record.decimate(progress.train, LOSS_TABLE_ROWS)} |
-                   {s for s, _ in record.decimate(progress.evals, LOSS_TABLE_ROWS)})
+    steps = sorted({s for s, _ in runs.decimate(progress.train, LOSS_TABLE_ROWS)} |
+                   {s for s, _ in runs.decimate(progress.evals, LOSS_TABLE_ROWS)})
     by_step = dict(progress.train)
     lines = ["| step | training loss | eval loss |", "| ---: | ---: | ---: |"]
     for step in steps:
@@ -143,7 +143,7 @@ def _loss_table(run_dir: Path) -> str:
 
 
 def _evaluation_table(run_dir: Path) -> str:
-    result = record.read_evaluation(run_dir)
+    result = runs.read_evaluation(run_dir)
     if result is None:
         return "No evaluation was run (`python -m tuning eval --run RUN_ID` writes one)."
     lines = ["| metric | value |", "| --- | --- |"]
@@ -181,7 +181,7 @@ def model_card(run_dir: Path, kind: str = "adapter") -> str:
         usage = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                  "model = AutoModelForCausalLM.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n"
                  "tokenizer = AutoTokenizer.from_pretrained(\"THIS_FOLDER_OR_REPO\")\n```")
-    examples = record.latest_examples(run_dir)
+    examples = runs.latest_examples(run_dir)
     example_text = "\n\n".join(
         f"**Prompt:** {_cell(e['prompt'])}\n\n| base | fine-tuned |\n| --- | --- |\n"
         f"| {_cell(e['base'])} | {_cell(e['tuned'])} |" for e in examples) or "No probe answers were recorded."
@@ -210,7 +210,7 @@ def export_adapter(run_dir: Path, workspace: Path, name: str | None = None) -> P
         for item in adapter.iterdir():
             if item.is_file() and (item.suffix in (".json", ".safetensors", ".jinja", ".txt")):
                 shutil.copy2(item, tmp / item.name)
-        (tmp / record.ADAPTER_CONFIG).write_text(public_adapter_config(run_dir), encoding="utf-8")
+        (tmp / runs.ADAPTER_CONFIG).write_text(public_adapter_config(run_dir), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(run_dir, "adapter"), encoding="utf-8")
         tmp.rename(target)
     finally:
@@ -230,8 +230,8 @@ def adapter_zip(run_dir: Path, workspace: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.write(adapter / record.ADAPTER_WEIGHTS, arcname=record.ADAPTER_WEIGHTS)
-            zf.writestr(record.ADAPTER_CONFIG, public_adapter_config(run_dir))
+            zf.write(adapter / runs.ADAPTER_WEIGHTS, arcname=runs.ADAPTER_WEIGHTS)
+            zf.writestr(runs.ADAPTER_CONFIG, public_adapter_config(run_dir))
             zf.writestr("README.md", card)
         os.replace(tmp, target)
     except BaseException:
@@ -353,7 +353,7 @@ def _config_problem(config, arch: str) -> str | None:
 
 def gguf_supported(model_dir: Path) -> str | None:
     """None when `model_dir` can be written as GGUF here, else the reason (naming the family)."""
-    model_type = (record.read_json(Path(model_dir) / "config.json") or {}).get("model_type")
+    model_type = (runs.read_json(Path(model_dir) / "config.json") or {}).get("model_type")
     if model_type not in GGUF_ARCHS:
         families = ", ".join(GGUF_ARCHS)
         if model_type == "gemma3":

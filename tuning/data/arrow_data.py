@@ -2,8 +2,8 @@
 memory-mapped Arrow cache (`datasets`), and the tokenized training rows written to it by a batched
 `.map`, so a 1 GB JSONL file is never held as millions of Python objects.
 
-The rows are read by tuning/formats.py (a JSONL file line by line) and normalized and validated by
-tuning/data.py's own per-record functions, so every problem names the same file, row and field as
+The rows are read by tuning/data/formats.py (a JSONL file line by line) and normalized and validated by
+tuning/data/'s own per-record functions, so every problem names the same file, row and field as
 the in-memory loader does. They are written to an Arrow file in record batches (build) and opened
 memory-mapped by `datasets.Dataset.from_file`; bad rows are kept in the same table (their `problem`
 column set, no messages), so a cached build knows its problems without reading the file again.
@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuning import data, formats
-from tuning.formats import DataError, Problem
+from tuning import data
+from tuning.data import formats
+from tuning.data.formats import DataError, Problem
 
 ARROW_MIN_BYTES = 32 * 2**20  # below this a source loads in memory (quicker, and a few MB at most)
 HEAD_ROWS = 100  # records of a file read before its format is decided (as data._normalize does)
