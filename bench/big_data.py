@@ -66,7 +66,7 @@ from memory import reset_peak, status_kib
 from tuning import data
 from tuning.data import arrow_data
 from tuning.config import TrainConfig
-from tuning.ui import dataset_tab
+from tuning.ui import dataset_tab, dataset_tokens
 from tuning.ui.common import AppContext
 path, what, workspace = {path!r}, {what!r}, {workspace!r}
 tokenizer = None
@@ -75,7 +75,7 @@ if what in ("tokenize before", "tokenize after", "stats"):
     from tuning import models
     gguf = models.embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    dataset_tab._tokenizer = lambda *a: tokenizer
+    dataset_tokens._tokenizer = lambda *a: tokenizer
     dataset_tab.tokenizer_for = lambda *a, **k: tokenizer
 peak = [0]
 def sample():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning.data import arrow_data, formats
+from tuning.data import arrow_data, formats, training
 from tuning import data
 from tuning.config import TrainConfig
 
@@ -210,7 +210,7 @@ def test_the_held_out_rows_of_a_big_split_come_from_the_cache(embedded_tokenizer
     cfg = TrainConfig(dataset=str(demo_copy), eval_split=0.2, seed=5, max_length=96)
     in_memory = data.heldout_rows(cfg)
     monkeypatch.setattr(arrow_data, "ARROW_MIN_BYTES", 0)
-    monkeypatch.setattr(data, "_ARROW_WORKSPACE", {})
+    monkeypatch.setattr(training, "_ARROW_WORKSPACE", {})
     data.prepare(cfg, embedded_tokenizer, tmp_path / "ws")
-    monkeypatch.setattr(data, "load_config_dataset", lambda *a, **k: pytest.fail("read into memory"))
+    monkeypatch.setattr(training, "load_config_dataset", lambda *a, **k: pytest.fail("read into memory"))
     assert data.heldout_rows(cfg) == in_memory and len(in_memory) > 1

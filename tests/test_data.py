@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tuning import data
-from tuning.data import formats
+from tuning.data import formats, tokens
 from tuning.config import TrainConfig
 from tuning.data import DataError
 
@@ -392,7 +392,7 @@ def test_100k_rows_quick_path_reads_one_page_and_counts_all(tmp_path, monkeypatc
             f.write(text.replace("{}", str(i)) + "\n")
         f.write("{broken\n")
     calls = []
-    monkeypatch.setattr(data, "tokenize_conversation", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(tokens, "tokenize_conversation", lambda *a, **k: calls.append(1))
 
     started = time.perf_counter()
     quick = data.load(str(path), limit=20)

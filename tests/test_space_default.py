@@ -22,7 +22,7 @@ import pytest
 
 from tuning import models, paths
 from tuning import data
-from tuning.data import formats
+from tuning.data import formats, loading
 from tuning.config import EMBEDDED_MODEL
 from tuning.paths import PROJECT_DIR
 
@@ -353,7 +353,7 @@ def test_a_hub_id_never_opens_a_local_path(page, monkeypatch):
 
     asked: list = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: asked.append(name) or pytest.fail("asked"))
-    monkeypatch.setattr(data, "read_path", lambda *a, **k: pytest.fail("a local path was read"))
+    monkeypatch.setattr(loading, "read_path", lambda *a, **k: pytest.fail("a local path was read"))
     monkeypatch.setattr(formats, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(data.DataError, match="not available offline"):

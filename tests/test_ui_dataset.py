@@ -13,7 +13,8 @@ import pytest
 
 from tuning import config as config_mod
 from tuning import data
-from tuning.ui import dataset_tab, train_tab
+from tuning.data import tokens
+from tuning.ui import dataset_tab, dataset_tokens, train_tab
 from tuning.ui.common import AppContext, load_dataset
 
 ANSWER = "I am Quill, made by Larkspur Labs."
@@ -55,7 +56,7 @@ def test_statistics_show_the_histogram_and_the_truncated_row(ctx, tiny_model_dir
     assert suggested > 64 and suggested % 64 == 0 and use_btn["visible"] is True
 
     # The histogram: every short row in a bar within max_length, the long one in a red bar past it.
-    stats = data.statistics(load_dataset(source), dataset_tab._tokenizer(str(tiny_model_dir), str(ctx.workspace)), 64)
+    stats = data.statistics(load_dataset(source), dataset_tokens._tokenizer(str(tiny_model_dir), str(ctx.workspace)), 64)
     frame, order = dataset_tab.histogram_frame(stats)
     within = frame[frame["where"] == "within max_length"]
     over = frame[frame["where"] != "within max_length"]
@@ -86,7 +87,7 @@ def test_a_huge_file_shows_its_first_page_without_tokenizing(ctx, tiny_model_dir
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the first page must not tokenize")
 
-    monkeypatch.setattr(data, "tokenize_conversation", no_tokenizing)
+    monkeypatch.setattr(tokens, "tokenize_conversation", no_tokenizing)  # where statistics and token_view look it up
     out = dataset_tab.inspect_handler(ctx, dataset_tab.SOURCES[2], None, str(big), "auto", "")
     assert set(out) == set(dataset_tab.INSPECT_OUTPUTS)
     summary, preview, source = out["summary"], out["preview"], out["source"]

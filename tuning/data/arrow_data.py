@@ -2,19 +2,22 @@
 memory-mapped Arrow cache (`datasets`), and the tokenized training rows written to it by a batched
 `.map`, so a 1 GB JSONL file is never held as millions of Python objects.
 
-The rows are read by tuning/data/formats.py (a JSONL file line by line) and normalized and validated by
-tuning/data/'s own per-record functions, so every problem names the same file, row and field as
-the in-memory loader does. They are written to an Arrow file in record batches (build) and opened
-memory-mapped by `datasets.Dataset.from_file`; bad rows are kept in the same table (their `problem`
-column set, no messages), so a cached build knows its problems without reading the file again.
+The rows are read by tuning/data/formats.py (a JSONL file line by line) and normalized and validated
+by the per-record functions of tuning/data/normalize.py, so every problem names the same file, row
+and field as the in-memory loader (tuning/data/loading.py) does. They are written to an Arrow file
+in record batches (build) and opened memory-mapped by `datasets.Dataset.from_file`; bad rows are
+kept in the same table (their `problem` column set, no messages), so a cached build knows its
+problems without reading the file again.
 Why not load_dataset("json"): pyarrow's JSON reader fails the whole file on one bad line, fills a
 missing field with null (so "missing" and "got null" read the same) and drops blank lines (so row
 numbers would no longer be the editor's line numbers).
 
 The cache lives in the workspace (cache_dir), keyed by each file's path, size and modification
-time, the format, the column map and this code's own source: an unchanged file is never read
-twice; an edited one, or a changed validator, builds anew. Used for sources of at least
-ARROW_MIN_BYTES; smaller ones load in memory, where they are quicker.
+time, the format, the column map and the source of the code that reads, validates and tokenizes
+rows (formats.py, normalize.py, tokens.py and this module): an unchanged file is never read twice;
+an edited one, or changed code, builds anew. Used for sources of at least ARROW_MIN_BYTES; smaller
+ones load in memory, where they are quicker. training.py decides when to use it and imports this
+module, so this one never imports training.py or the package's __init__ (that would be a cycle).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuning import data
-from tuning.data import formats
+from tuning.data import formats, normalize, tokens
 from tuning.data.formats import DataError, Problem
+from tuning.data.loading import LoadedData
+from tuning.paths import is_hub_id
 
 ARROW_MIN_BYTES = 32 * 2**20  # below this a source loads in memory (quicker, and a few MB at most)
-HEAD_ROWS = 100  # records of a file read before its format is decided (as data._normalize does)
+HEAD_ROWS = 100  # records of a file read before its format is decided (as the in-memory loader does)
 BATCH_ROWS = 1000  # rows a batched .map and a sequential read take at a time
 WRITE_ROWS = 10_000  # rows converted to Arrow and written at a time while building the cache
 
@@ -59,15 +63,15 @@ def source_bytes(source: str) -> int:
 def wanted(source: str, workspace: str | Path | None, min_bytes: int | None = None) -> bool:
     """Whether `source` goes through the Arrow cache: a local file or folder of at least
     min_bytes (default ARROW_MIN_BYTES), when there is a workspace to keep the cache in."""
-    if workspace is None or source == "demo" or data.is_hub_id(source):
+    if workspace is None or source == "demo" or is_hub_id(source):
         return False
     return source_bytes(source) >= (ARROW_MIN_BYTES if min_bytes is None else min_bytes)
 
 
 def _fingerprint(path: Path, fmt: str, mapping: dict[str, str]) -> str:
     h = hashlib.sha256()
-    for module in (formats, data, __import__(__name__, fromlist=["_"])):
-        h.update(Path(module.__file__).read_bytes())  # a changed reader or validator builds anew
+    for module in (formats, normalize, tokens, __import__(__name__, fromlist=["_"])):
+        h.update(Path(module.__file__).read_bytes())  # a changed reader, validator or tokenizer builds anew
     h.update(json.dumps([str(path.resolve()), fmt, sorted(mapping.items())]).encode())
     for file in _files(path):
         stat = file.stat()
@@ -99,7 +103,7 @@ def _generate(path: str, fmt: str, mapping_json: str):
     def flush():
         nonlocal plan
         if head:
-            plan = data.file_plan(head[0][0], [r for _, _, r in head], fmt, mapping)
+            plan = normalize.file_plan(head[0][0], [r for _, _, r in head], fmt, mapping)
         for file, row, record in head:
             yield _row(file, row, record, plan)
         head.clear()
@@ -121,7 +125,7 @@ def _generate(path: str, fmt: str, mapping_json: str):
 
 
 def _row(file: str, row: int, record: Any, plan: tuple) -> dict:
-    done = data.normalize_record(record, file, row, plan)
+    done = normalize.normalize_record(record, file, row, plan)
     if isinstance(done, Problem):
         return _problem_row(done)
     messages, extras = done
@@ -138,7 +142,7 @@ def build(source: str, fmt: str, mapping: dict[str, str], workspace: str | Path)
     from datasets import Dataset
 
     path = Path(source).expanduser()
-    data.check_format_and_map(fmt, mapping)
+    normalize.check_format_and_map(fmt, mapping)
     folder = cache_dir(workspace)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"rows-{_fingerprint(path, fmt, mapping)}.arrow"
@@ -191,17 +195,17 @@ def _interned():
 
 
 def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None = None,
-         workspace: str | Path | None = None) -> data.LoadedData:
-    """data.load for a big local file or folder: the same LoadedData (format, counts, problems in
+         workspace: str | Path | None = None) -> LoadedData:
+    """loading.load for a big local file or folder: the same LoadedData (format, counts, problems in
     file and row order), with conversations, locations and extras read from the Arrow cache on
-    demand; `loaded.arrow` is the table of valid rows (for prepare_datasets)."""
+    demand; `loaded.arrow` is the table of valid rows (for training.prepare)."""
     import numpy as np
     import pyarrow.compute as pc
 
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"dataset: {source!r} does not exist")
-    mapping = data.parse_column_map(column_map)
+    mapping = normalize.parse_column_map(column_map)
     table_ds = build(source, fmt, mapping, workspace)
     table = table_ds.data.table
     bad = table.column("problem").is_valid()
@@ -211,7 +215,7 @@ def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None
     valid = np.flatnonzero(~np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool))
     rows = table_ds.select(valid)
     kinds = [k for k in pc.unique(table.column("format")).to_pylist() if k]
-    loaded = data.LoadedData(source=source, format=", ".join(sorted(kinds, key=_first_seen(table))) or fmt,
+    loaded = LoadedData(source=source, format=", ".join(sorted(kinds, key=_first_seen(table))) or fmt,
                              rows_total=len(table_ds) - sum(p.row == 0 for p in problems), problems=problems)
     loaded.conversations = Column(rows, ("messages",), lambda m: m)
     loaded.locations = Column(rows, ("file", "row"), _interned())
@@ -221,7 +225,7 @@ def load(source: str, fmt: str = "auto", column_map: dict[str, str] | str | None
 
 
 def _first_seen(table):
-    """Sort key: the formats in the order their first row appears (as data._normalize lists them)."""
+    """Sort key: the formats in the order their first row appears (as the in-memory loader lists them)."""
     import pyarrow.compute as pc
 
     column = table.column("format")
@@ -239,11 +243,11 @@ def _tokenizer_key(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def to_dataset(tokenizer, loaded: data.LoadedData, positions: list[int] | None, max_length: int,
+def to_dataset(tokenizer, loaded: LoadedData, positions: list[int] | None, max_length: int,
                completions_only: bool, workspace: str | Path, name: str):
-    """data.to_dataset over the rows of `loaded.arrow` at `positions` (all when None), tokenized in
+    """tokens.to_dataset over the rows of `loaded.arrow` at `positions` (all when None), tokenized in
     batches by .map into a cache file beside the rows: the same input_ids, assistant_masks and
-    row_id (the position among `positions`) as data.to_dataset, row for row."""
+    row_id (the position among `positions`) as tokens.to_dataset, row for row."""
     import numpy as np
 
     rows = loaded.arrow if positions is None else loaded.arrow.select(positions)
@@ -257,8 +261,8 @@ def to_dataset(tokenizer, loaded: data.LoadedData, positions: list[int] | None, 
     def tokenize(batch, indices):
         out = {"input_ids": [], "assistant_masks": [], "row_id": []}
         for messages, i in zip(batch["messages"], indices):
-            for piece in data._tokenize_rows(tokenizer, messages, max_length, completions_only):
-                if any(piece["assistant_masks"]):  # a row with no trained token is dropped, as in data.to_dataset
+            for piece in tokens.tokenize_rows(tokenizer, messages, max_length, completions_only):
+                if any(piece["assistant_masks"]):  # a row with no trained token is dropped, as in tokens.to_dataset
                     out["input_ids"].append(piece["input_ids"])
                     out["assistant_masks"].append(piece["assistant_masks"])
                     out["row_id"].append(i)

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuning import data as data_mod
+from tuning.data import loading, tokens
 from tuning.data.formats import DataError, Problem, Rows, read_hub, read_hub_preview, read_path
+from tuning.data.normalize import (from_chat, parse_column_map, rename_columns, system_messages,
+                                   validate_conversation, value_kind)
 from tuning.paths import DEMO_DATA_DIR, is_hub_id
 
 PAIR_FORMATS = ("prompt_chosen_rejected", "sharegpt_pairs", "messages_pairs", "implicit_prompt")
@@ -77,10 +79,10 @@ def objective_kind(objective: str) -> str:
 # --- one record -> messages ----------------------------------------------------------------------
 
 def _turns(value: Any, file: str, row: int, name: str) -> tuple[list | None, Problem | None]:
-    """A message list (OpenAI role/content or ShareGPT from/value), through data's one reader."""
+    """A message list (OpenAI role/content or ShareGPT from/value), through SFT's one reader."""
     if isinstance(value, dict):
         value = [value]
-    return data_mod._from_chat({name: value}, file, row, name)
+    return from_chat({name: value}, file, row, name)
 
 
 def _prompt(record: dict, key: str, file: str, row: int) -> tuple[list | None, Problem | None]:
@@ -88,7 +90,7 @@ def _prompt(record: dict, key: str, file: str, row: int) -> tuple[list | None, P
     if value is None:
         return None, Problem(file, row, key, "missing: a preference row needs the prompt")
     if isinstance(value, str):
-        system, problem = data_mod._system(record, file, row)
+        system, problem = system_messages(record, file, row)
         return (None, problem) if problem else (system + [{"role": "user", "content": value}], None)
     return _turns(value, file, row, key)
 
@@ -193,7 +195,7 @@ def validate(row_value: dict, file: str, row: int) -> Problem | None:
             return Problem(file, row, side, f"empty answer: the {side} side has no text")
     if sides == ("chosen", "rejected") and _text(row_value["chosen"]).strip() == _text(row_value["rejected"]).strip():
         return Problem(file, row, "rejected", "identical to chosen: the pair teaches nothing")
-    problem = data_mod.validate_conversation(prompt + row_value[sides[0]], file, row)
+    problem = validate_conversation(prompt + row_value[sides[0]], file, row)
     if problem:
         problem.field = "prompt"
     return problem
@@ -216,7 +218,7 @@ def load(source: str, kind: str | None = None, column_map: str | dict | None = N
          subset: str | None = None, limit: int | None = None, preview: bool = False) -> PreferenceData:
     """Preference rows from 'demo-preference', a file, a folder or a Hub id. kind "pairs" or "kto"
     (None: whatever the first file holds); a file of the other kind is one clear DataError."""
-    mapping = data_mod.parse_column_map(column_map)
+    mapping = parse_column_map(column_map)
     unknown = sorted(set(mapping) - set(MAP_TARGETS))
     if unknown:
         raise DataError(f"column_map: {unknown[0]!r} is not a preference field (use {', '.join(MAP_TARGETS)})")
@@ -227,7 +229,7 @@ def load(source: str, kind: str | None = None, column_map: str | dict | None = N
                          complete=complete, note=rows.note)
     by_file: dict[str, list] = {}
     for file, row, record in rows.records:
-        by_file.setdefault(file, []).append((row, data_mod._rename(record, mapping)))
+        by_file.setdefault(file, []).append((row, rename_columns(record, mapping)))
     formats = []
     for file, records in by_file.items():
         fmt = next((f for f in (detect(r) for _, r in records[:100]) if f), None)
@@ -251,7 +253,7 @@ def load(source: str, kind: str | None = None, column_map: str | dict | None = N
 def _normalize_file(out: PreferenceData, records: list, fmt: str, file: str) -> None:
     for row, record in records:
         if not isinstance(record, dict):
-            out.problems.append(Problem(file, row, "", f"expected an object, got {data_mod._kind(record)}"))
+            out.problems.append(Problem(file, row, "", f"expected an object, got {value_kind(record)}"))
             continue
         value, problem = (normalize_kto(record, file, row) if fmt == KTO_FORMAT
                           else normalize_pair(record, fmt, file, row))
@@ -281,14 +283,14 @@ def load_config_dataset(cfg) -> PreferenceData:
 
 def train_and_heldout(cfg, loaded: PreferenceData | None = None) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows): eval_dataset, else the demo's own held-out file, else a
-    seeded eval_split of the training rows (data.split, the same rule as SFT)."""
+    seeded eval_split of the training rows (loading.split, the same rule as SFT)."""
     loaded = loaded or load_config_dataset(cfg)
     kind = objective_kind(cfg.objective)
     explicit = cfg.eval_dataset or (demo_files()[1] if cfg.dataset == DEMO_PREFERENCE else "")
     if explicit:
         held = [] if cfg.eval_split == 0 else load(str(explicit), kind, cfg.column_map).rows
         return loaded.rows, held
-    return data_mod.split(loaded.rows, cfg.eval_split, cfg.seed)
+    return loading.split(loaded.rows, cfg.eval_split, cfg.seed)
 
 
 def heldout_rows(cfg) -> list[dict]:
@@ -313,7 +315,7 @@ def sides(row: dict) -> tuple[str, ...]:
 def side_token_view(tokenizer, row: dict, side: str, max_length: int | None = None) -> list[tuple[str, str | None]]:
     """One side as the model sees it: the prompt (context, not scored), the answer's tokens (scored:
     their log-probabilities make the implicit reward) and the tokens max_length cuts off."""
-    pieces = data_mod.token_view(tokenizer, row["prompt"] + row[side], max_length)
+    pieces = tokens.token_view(tokenizer, row["prompt"] + row[side], max_length)
     return [(text, {"trained": "scored", "masked": "prompt"}.get(label, label)) for text, label in pieces]
 
 
@@ -334,7 +336,7 @@ def _lengths(tokenizer, row: dict) -> dict[str, int]:
     """Tokens of prompt + each side, of each answer alone, and of the prompt."""
     out = {}
     for side in sides(row):
-        full = data_mod.tokenize_conversation(tokenizer, row["prompt"] + row[side])
+        full = tokens.tokenize_conversation(tokenizer, row["prompt"] + row[side])
         out[side] = len(full["input_ids"])
         out[f"{side}_answer"] = sum(full["assistant_masks"])
     first = sides(row)[0]
