@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tuning.ship import export
+from tuning.ship import gguf as gguf_writer  # the writer's own helpers; `gguf` is the package
 
 # Per family: what the tiny config sets beyond the shared sizes. Qwen3 and the Gemmas keep their
 # config's default head_dim (128, 256): transformers' GGUF reader does not read head_dim back for
@@ -261,19 +262,19 @@ def test_config_problems_are_named(tmp_path):
     longrope = AutoConfig.for_model("phi3", **base, rope_parameters={
         "rope_type": "longrope", "rope_theta": 1e4, "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
         "original_max_position_embeddings": 4096})
-    assert "longrope" in export._config_problem(longrope, "phi3")
+    assert "longrope" in gguf_writer._config_problem(longrope, "phi3")
     swa = AutoConfig.for_model("qwen2", **base, use_sliding_window=True, sliding_window=512)
-    assert "sliding-window" in export._config_problem(swa, "qwen2")
+    assert "sliding-window" in gguf_writer._config_problem(swa, "qwen2")
     layers = AutoConfig.for_model("gemma2", **base, layer_types=["full_attention", "full_attention"])
-    assert "layer_types" in export._config_problem(layers, "gemma2")
+    assert "layer_types" in gguf_writer._config_problem(layers, "gemma2")
     scalar = AutoConfig.for_model("gemma2", **base, head_dim=16, query_pre_attn_scalar=256)
-    assert "query_pre_attn_scalar" in export._config_problem(scalar, "gemma2")
-    assert export._config_problem(AutoConfig.for_model("gemma3_text", **base), "gemma3") is None
+    assert "query_pre_attn_scalar" in gguf_writer._config_problem(scalar, "gemma2")
+    assert gguf_writer._config_problem(AutoConfig.for_model("gemma3_text", **base), "gemma3") is None
     llama3 = AutoConfig.for_model("llama", **base, rope_parameters={
         "rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192})
-    assert export._config_problem(llama3, "llama") is None
-    assert "llama3" in export._config_problem(AutoConfig.for_model("qwen2", **base, rope_parameters={
+    assert gguf_writer._config_problem(llama3, "llama") is None
+    assert "llama3" in gguf_writer._config_problem(AutoConfig.for_model("qwen2", **base, rope_parameters={
         **llama3.rope_parameters}), "qwen2")
 
 
@@ -290,7 +291,7 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     dim = 128
     plain = 1.0 / (5e5 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    factors = export._llama3_rope_factors(config)
+    factors = gguf_writer._llama3_rope_factors(config)
     assert factors.shape == (dim // 2,) and factors.min() == 1.0 and factors.max() == 32.0
     np.testing.assert_allclose(plain.numpy() / factors, scaled.numpy(), rtol=1e-5)
 
@@ -324,7 +325,7 @@ def test_rope_scaling_keys(model_type, rope, expected):
     config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=128, rope_parameters=rope)
     writer = _Recorder()
-    export._write_hyperparameters(writer, config, export.GGUF_ARCHS[model_type])
+    gguf_writer._write_hyperparameters(writer, config, export.GGUF_ARCHS[model_type])
     shown = {k: getattr(v, "name", v) for k, v in writer.calls.items() if k in expected}
     assert shown == pytest.approx(expected)
 
@@ -347,7 +348,7 @@ def test_llama3_rope_scaling_goes_in_as_rope_freqs(embedded_tokenizer, tmp_path)
     reader = gguf.GGUFReader(export.write_gguf(tmp_path / "m", tmp_path / "m.gguf", "q8_0"))
     (freqs,) = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
     assert freqs.tensor_type == gguf.GGMLQuantizationType.F32
-    np.testing.assert_array_equal(np.asarray(freqs.data), export._llama3_rope_factors(config))
+    np.testing.assert_array_equal(np.asarray(freqs.data), gguf_writer._llama3_rope_factors(config))
     assert _field(reader, "llama.rope.freq_base") == 5e5 and _field(reader, "llama.context_length") == 131072
 
 
@@ -356,13 +357,13 @@ def test_q8_0_where_rows_divide_into_blocks_else_f16():
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((8, 64)).astype(np.float32)
-    data, qtype = export._encoded(weight, "q8_0")
+    data, qtype = gguf_writer._encoded(weight, "q8_0")
     assert qtype == gguf.GGMLQuantizationType.Q8_0
     back = gguf.quants.dequantize(data, qtype)
     assert back.shape == weight.shape and np.abs(back - weight).max() < 0.02
-    odd, qtype = export._encoded(rng.standard_normal((8, 48)).astype(np.float32), "q8_0")
+    odd, qtype = gguf_writer._encoded(rng.standard_normal((8, 48)).astype(np.float32), "q8_0")
     assert qtype is None and odd.dtype == np.float16
-    norm, qtype = export._encoded(rng.standard_normal(64).astype(np.float32), "q8_0")
+    norm, qtype = gguf_writer._encoded(rng.standard_normal(64).astype(np.float32), "q8_0")
     assert qtype is None and norm.dtype == np.float32
 
 

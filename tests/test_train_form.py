@@ -17,7 +17,7 @@ import app
 from tuning import config as config_mod
 from tuning import paths
 from tuning import runs
-from tuning.ui import train_tab
+from tuning.ui import train_fields, train_tab
 from tuning.ui.common import AppContext
 from test_ui_wiring import ended_run
 
@@ -80,22 +80,22 @@ def test_every_field_has_a_human_label_and_appears_once_in_advanced(tmp_path):
 
 
 def test_numbers_and_ranges_read_as_people_write_them():
-    assert train_tab.human_number(2147483647) == "2,147,483,647"
-    assert train_tab.human_number(0.9) == "0.9"
-    assert train_tab.human_number(1e-8) == "1e-8"
-    assert train_tab.human_number(1e-4) == "0.0001"
-    assert train_tab.human_number(2.5e-5) == "2.5e-5"
-    assert train_tab.human_number(131072) == "131,072"
-    assert train_tab.human_number(100.0) == "100"
-    assert train_tab.human_number(0.0) == "0"
-    assert train_tab.human_number(-1) == "-1"
-    assert train_tab.human_number(-0.5) == "-0.5"
-    assert train_tab.human_number(1234.5) == "1,234.5"
-    assert train_tab.human_range("seed") == "0 to 2,147,483,647"
-    assert train_tab.human_range("lora_r") == "1 to 1,024"
-    assert train_tab.human_range("lora_dropout") == "0 to 0.9"
-    assert train_tab.human_range("learning_rate") == "1e-8 to 1"
-    assert train_tab.human_range("base_model") == ""
+    assert train_fields.human_number(2147483647) == "2,147,483,647"
+    assert train_fields.human_number(0.9) == "0.9"
+    assert train_fields.human_number(1e-8) == "1e-8"
+    assert train_fields.human_number(1e-4) == "0.0001"
+    assert train_fields.human_number(2.5e-5) == "2.5e-5"
+    assert train_fields.human_number(131072) == "131,072"
+    assert train_fields.human_number(100.0) == "100"
+    assert train_fields.human_number(0.0) == "0"
+    assert train_fields.human_number(-1) == "-1"
+    assert train_fields.human_number(-0.5) == "-0.5"
+    assert train_fields.human_number(1234.5) == "1,234.5"
+    assert train_fields.human_range("seed") == "0 to 2,147,483,647"
+    assert train_fields.human_range("lora_r") == "1 to 1,024"
+    assert train_fields.human_range("lora_dropout") == "0 to 0.9"
+    assert train_fields.human_range("learning_rate") == "1e-8 to 1"
+    assert train_fields.human_range("base_model") == ""
 
 
 @pytest.mark.parametrize("view", train_tab.VIEWS)

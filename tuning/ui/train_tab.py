@@ -3,10 +3,10 @@ fields that matter most) and an Advanced view (every field, grouped), "save as p
 an estimate before start, Start, and the queue: "Queue it" when a start is refused because another run
 trains, and a grid that queues one run per value. The browser keeps the form across a reload.
 
-The form is generated from config.FIELDS: each field's metadata gives its widget, human label, help
-text, valid range and whether it is in the Simple view, so a new config field shows up here without
-touching this file. The Simple fields are twins of their Advanced fields (kept equal in the browser);
-the config is read from the Advanced fields, which hold every value."""
+The form is generated from config.FIELDS (tuning/ui/train_fields.py): each field's metadata gives its
+widget, human label, help text, valid range and whether it is in the Simple view, so a new config
+field shows up here without touching this file. The Simple fields are twins of their Advanced fields
+(kept equal in the browser); the config is read from the Advanced fields, which hold every value."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.ui.access import public
 from tuning.ui.common import (OPENING_PRESET, AppContext, bind, boxed, check_source, error_box, guarded, into, keyed,
                               opening_config, opening_preset)
-
-FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
+from tuning.ui.train_fields import (FORM_FIELDS, GROUPS, SIMPLE_FIELDS, acceptable, config_to_form, form_to_config,
+                                    rows, widget)
 
 
 # --- presets ---------------------------------------------------------------------------------
@@ -77,43 +77,6 @@ def save_preset(ctx: AppContext, name: str, cfg: config_mod.TrainConfig) -> Path
         path.unlink(missing_ok=True)  # no half-written preset left to block the name
         raise
     return path
-
-
-# --- form <-> config -------------------------------------------------------------------------
-
-def form_to_config(values: list[Any]) -> config_mod.TrainConfig:
-    """The form's values, in FORM_FIELDS order, as a validated TrainConfig. Any bad value (text in
-    a number box, inf, nan, a fraction in a whole-number field) is a ConfigError naming the key."""
-    changes = {}
-    for name, value in zip(FORM_FIELDS, values):
-        kind = config_mod.field_type(name)
-        if kind in (int, float):
-            value = _number(name, value, kind)
-        elif kind is str:
-            value = "" if value is None else str(value).strip()
-        changes[name] = value
-    return config_mod.from_dict(changes)
-
-
-def _number(name: str, value: Any, kind: type) -> int | float:
-    """One number box's value; float() and int() errors become a message about this field."""
-    if value is None or value == "":
-        raise config_mod.ConfigError(f"{name}: enter a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise config_mod.ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(number):  # int(inf) overflows, and nan passes every range check
-        raise config_mod.ConfigError(f"{name}: expected a finite number, got {value!r}")
-    if kind is float:
-        return number
-    if number != int(number):
-        raise config_mod.ConfigError(f"{name}: expected a whole number, got {value!r}")
-    return int(number)
-
-
-def config_to_form(cfg: config_mod.TrainConfig) -> list[Any]:
-    return [getattr(cfg, name) for name in FORM_FIELDS]
 
 
 def command_line(cfg: config_mod.TrainConfig, preset: str | None, ctx: AppContext) -> str:
@@ -263,57 +226,6 @@ def config_from_api(ctx: AppContext, preset: str, overrides_yaml: str) -> config
     return cfg.replace(**overrides)
 
 
-# --- how numbers, ranges and fields read on the page ---------------------------------------------
-
-def human_number(value: float) -> str:
-    """A number as people write it: whole numbers with thousands separators (2,147,483,647), small
-    ones with a short exponent (1e-8), never Python's 2.14748e+09 or 1e-08."""
-    if value < 0:
-        return "-" + human_number(-value)
-    if value == int(value) and value < 1e15:
-        return f"{int(value):,}"
-    if value < 1e-4:
-        mantissa, exponent = f"{value:e}".split("e")
-        return f"{float(mantissa):g}e{int(exponent)}"
-    whole, _, fraction = f"{value:.6f}".rstrip("0").partition(".")
-    return f"{int(whole):,}.{fraction}" if fraction else f"{int(whole):,}"
-
-
-def human_range(name: str) -> str:
-    """A number field's valid range, "1 to 1,024"; "" for a field without one."""
-    meta = config_mod.FIELDS[name].metadata
-    lo, hi = meta.get("min"), meta.get("max")
-    return "" if lo is None or hi is None else f"{human_number(lo)} to {human_number(hi)}"
-
-
-def field_info(name: str, with_key: bool = True) -> str:
-    """The small text under a field: its config key (the name in presets and --set), its help and
-    its range."""
-    meta = config_mod.FIELDS[name].metadata
-    text = meta["help"]
-    if human_range(name):
-        text += f" Range {human_range(name)}."
-    return f"{name} · {text}" if with_key else text
-
-
-def _widget(name: str, default: Any, simple: bool = False):
-    """The field's input, labelled for people (Advanced also shows the config key); the Simple view's
-    twin gets its own elem_id."""
-    meta = config_mod.FIELDS[name].metadata
-    kind = config_mod.field_type(name)
-    common = dict(label=meta["label"], info=field_info(name, with_key=not simple),
-                  elem_id=f"{'simple' if simple else 'cfg'}-{name}")
-    if "choices" in meta:
-        return gr.Dropdown(list(meta["choices"]), value=default, **common)
-    if kind is bool:
-        return gr.Checkbox(value=default, **common)
-    if kind in (int, float):
-        lo, hi = meta.get("min"), meta.get("max")
-        return gr.Number(value=default, minimum=lo, maximum=hi, precision=0 if kind is int else None,
-                         step=1 if kind is int else (0.01 if (hi or 1) <= 1 else 0.1), **common)
-    return gr.Textbox(value=default, **common)
-
-
 # --- presets as cards, with what they cost on this machine ------------------------------------------
 
 MEASURED_TABLE = paths.PRESETS_DIR / "measured.json"  # written by bench/preset_table.py
@@ -387,28 +299,12 @@ def use_preset(ctx: AppContext, name: str) -> dict:
 # --- the form in the browser: what a reload keeps ---------------------------------------------------
 
 VIEWS = ("Simple", "Advanced")
-SIMPLE_FIELDS = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["simple"]]
 
 
 def remember_form(view: str, preset: str | None, *values) -> dict:
     """What the browser keeps of the form (gr.BrowserState): the view, the preset and every field's
     value by name, as typed (a value that does not validate yet is kept too)."""
     return {"view": view, "preset": preset, "values": dict(zip(FORM_FIELDS, values))}
-
-
-def _acceptable(name: str, value: Any) -> bool:
-    """A stored value the field's widget can show: the field's kind, one of its choices, in its range."""
-    meta = config_mod.FIELDS[name].metadata
-    kind = config_mod.field_type(name)
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind in (int, float):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            return False
-        return meta.get("min", -math.inf) <= value <= meta.get("max", math.inf)
-    if not isinstance(value, str):
-        return False
-    return value in meta["choices"] if "choices" in meta else len(value) <= 4096
 
 
 def restore_form(stored: Any = None, ctx: AppContext | None = None) -> dict:
@@ -418,7 +314,7 @@ def restore_form(stored: Any = None, ctx: AppContext | None = None) -> dict:
     if not isinstance(stored, dict) or not isinstance(stored.get("values"), dict):
         return {}
     restored = {name: value for name, value in stored["values"].items()
-                if name in config_mod.FIELDS and _acceptable(name, value)}
+                if name in config_mod.FIELDS and acceptable(name, value)}
     if stored.get("view") in VIEWS:
         restored["view"] = stored["view"]
     preset = stored.get("preset")
@@ -442,11 +338,6 @@ def storage_key(ctx: AppContext, what: str) -> str:
 
 # --- layout and wiring -------------------------------------------------------------------------
 
-GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
-          ("data", "Data"), ("preference", "Objective (SFT or preference tuning)"), ("schedule", "Schedule"))
-PER_ROW = 2  # fields side by side: at 800 px a third column cuts labels and squeezes checkboxes
-
-
 @dataclass(frozen=True)
 class TrainParts:
     """What app.py wires across tabs: the run a Start began, and the form fields the Dataset tab fills
@@ -464,16 +355,6 @@ class TrainParts:
     ui: dict | None = None
 
 
-def _rows(names: list[str], make) -> dict:
-    """Widgets PER_ROW to a row, each with room for its label."""
-    made = {}
-    for i in range(0, len(names), PER_ROW):
-        with gr.Row(equal_height=True):
-            for name in names[i:i + PER_ROW]:
-                made[name] = make(name)
-    return made
-
-
 def _advanced_layout(defaults: config_mod.TrainConfig) -> dict:
     """Every field once, in its group; the trust_remote_code warning (under its box) as "trust_md"."""
     ui: dict[str, Any] = {}
@@ -481,7 +362,7 @@ def _advanced_layout(defaults: config_mod.TrainConfig) -> dict:
         names = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["group"] == group]
         with gr.Group():
             gr.Markdown(f"#### {title}", padding=True)
-            ui.update(_rows(names, lambda n: _widget(n, getattr(defaults, n))))
+            ui.update(rows(names, lambda n: widget(n, getattr(defaults, n))))
             if "trust_remote_code" in names:  # the warning sits right under the box it is about
                 ui["trust_md"] = gr.Markdown(TRUST_WARNING, visible=bool(defaults.trust_remote_code))
     return ui
@@ -496,7 +377,7 @@ def _simple_layout(ctx: AppContext, defaults: config_mod.TrainConfig) -> tuple[d
             with gr.Column(min_width=260, variant="panel"):
                 gr.Markdown(text)
                 cards.append((gr.Button(f"Use {name}", size="sm"), name))
-    twins = _rows(SIMPLE_FIELDS, lambda n: _widget(n, getattr(defaults, n), simple=True))
+    twins = rows(SIMPLE_FIELDS, lambda n: widget(n, getattr(defaults, n), simple=True))
     return twins, cards
 
 
