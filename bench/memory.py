@@ -245,27 +245,27 @@ def imports(a) -> None:
 def saved(a) -> None:
     """The bytes autograd keeps for the backward of one training forward on the quickstart's first
     batch (under the run's autocast), by the module that saved them, parameters aside: with the
-    trainer as it is built, then with memory.share_lora_inputs left out (LoRA's dropout as PEFT does
+    trainer as it is built, then with lora_forward.share_lora_inputs left out (LoRA's dropout as PEFT does
     it: each adapter keeps a dropped-out copy of its input and the mask)."""
     import collections
 
     import torch
 
     from tuning import config
-    from tuning.levers import memory
+    from tuning.levers import buckets, lora_forward
     from tuning.train import trainer as train
 
     cfg = config.load(PRESET)
     results = {}
-    original = memory.share_lora_inputs
+    original = lora_forward.share_lora_inputs
     for label, share in (("as built (share_lora_inputs)", original), ("without share_lora_inputs", lambda m: 0)):
-        memory.share_lora_inputs = share
+        lora_forward.share_lora_inputs = share
         workspace = fresh_workspace()
         run_dir = workspace / "runs" / "saved"
         run_dir.mkdir(parents=True)
         trainer, _ = train.build_trainer(cfg, run_dir, workspace, train.EventLog(run_dir / "events.jsonl"),
                                          train.StopRequested())
-        memory.share_lora_inputs = original
+        lora_forward.share_lora_inputs = original
         model = trainer.model.train()
         where = ["?"]
         for module in model.modules():
@@ -283,7 +283,7 @@ def saved(a) -> None:
 
         batch = next(iter(trainer.get_train_dataloader()))
         inputs = {k: v for k, v in trainer._prepare_inputs(batch).items()
-                  if k not in (memory.PADDING_KEY, "row_ids")}
+                  if k not in (buckets.PADDING_KEY, "row_ids")}
         torch.manual_seed(cfg.seed)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):

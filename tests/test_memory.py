@@ -1,4 +1,4 @@
-"""The memory levers (tuning/levers/memory.py and where they are applied) compute what they replace: the
+"""The memory levers (tuning/levers/ and where they are applied) compute what they replace: the
 held-out loss from slices of the LM head equals the loss from the full logits, per token, for the base
 and for a LoRA adapter, in fp32 and bf16, with padding; models whose logits are transformed keep the
 full path. bench/memory.py measures what each lever saves."""
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning.levers import memory
+from tuning.levers import allocator, attention, buckets, lm_head, lora_forward, recompute
 
 
 def full_token_losses(model, ids, attention, labels):
@@ -47,16 +47,16 @@ def lora_model(tiny_model_dir):
     return peft.eval()
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 64 * 1024, memory.CHUNK_BYTES])  # 1 position per slice .. all at once
+@pytest.mark.parametrize("chunk_bytes", [1, 64 * 1024, lm_head.CHUNK_BYTES])  # 1 position per slice .. all at once
 def test_sliced_head_loss_equals_the_full_logits_loss(lora_model, chunk_bytes):
     vocab = lora_model.get_output_embeddings().weight.shape[0]
     ids, attention, labels = padded_batch(vocab)
     with torch.no_grad():
         expected = full_token_losses(lora_model, ids, attention, labels)
-        got = memory.token_losses(lora_model, ids, attention, labels, chunk_bytes=chunk_bytes)
+        got = lm_head.token_losses(lora_model, ids, attention, labels, chunk_bytes=chunk_bytes)
         with lora_model.disable_adapter():  # the base side of the evaluation
             base_expected = full_token_losses(lora_model, ids, attention, labels)
-            base_got = memory.token_losses(lora_model, ids, attention, labels, chunk_bytes=chunk_bytes)
+            base_got = lm_head.token_losses(lora_model, ids, attention, labels, chunk_bytes=chunk_bytes)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(base_got, base_expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, base_got)  # the adapter is really in the pass
@@ -68,7 +68,7 @@ def test_sliced_head_loss_in_bf16_matches_within_bf16_rounding(tiny_model_dir):
     ids, attention, labels = padded_batch(model.config.vocab_size, seed=1)
     with torch.no_grad():
         expected = full_token_losses(model, ids, attention, labels)
-        got = memory.token_losses(model, ids, attention, labels, chunk_bytes=4096 * 4)
+        got = lm_head.token_losses(model, ids, attention, labels, chunk_bytes=4096 * 4)
     mask = labels[:, 1:] != -100
     # the same bf16 products, sliced differently: equal up to bf16's own rounding of the logits
     torch.testing.assert_close(got[mask], expected[mask], rtol=2e-2, atol=2e-2)
@@ -77,12 +77,12 @@ def test_sliced_head_loss_in_bf16_matches_within_bf16_rounding(tiny_model_dir):
 
 def test_a_model_with_transformed_logits_keeps_the_full_forward(tiny_model_dir, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    assert memory._backbone_and_head(model) is not None
+    assert lm_head._backbone_and_head(model) is not None
     monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
-    assert memory._backbone_and_head(model) is None
+    assert lm_head._backbone_and_head(model) is None
     ids, attention, labels = padded_batch(model.config.vocab_size)
     with torch.no_grad():
-        torch.testing.assert_close(memory.token_losses(model, ids, attention, labels),
+        torch.testing.assert_close(lm_head.token_losses(model, ids, attention, labels),
                                    full_token_losses(model, ids, attention, labels))
 
 
@@ -176,7 +176,7 @@ def _padding_free_batch(vocab: int, lengths=(7, 19, 3, 12), seed: int = 0):
 
 def test_bucket_batch_adds_one_unlabelled_sequence_up_to_the_multiple():
     batch = _padding_free_batch(100)  # 41 tokens in 4 sequences
-    out, extra = memory.bucket_batch(batch, 16, pad_token_id=2)
+    out, extra = buckets.bucket_batch(batch, 16, pad_token_id=2)
     assert extra == 7 and out["input_ids"].shape == (1, 48)
     assert torch.equal(out["input_ids"][:, :41], batch["input_ids"]) and (out["input_ids"][0, 41:] == 2).all()
     assert torch.equal(out["labels"][:, :41], batch["labels"]) and (out["labels"][0, 41:] == -100).all()
@@ -185,10 +185,10 @@ def test_bucket_batch_adds_one_unlabelled_sequence_up_to_the_multiple():
     assert out["cu_seq_lens_q"].dtype == batch["cu_seq_lens_q"].dtype
     assert out["max_length_q"] == out["max_length_k"] == 19
     assert out["seq_idx"][0, 41:].tolist() == [4] * 7 and torch.equal(out["seq_idx"][:, :41], batch["seq_idx"])
-    same, none = memory.bucket_batch(out, 16, pad_token_id=2)  # already a multiple
+    same, none = buckets.bucket_batch(out, 16, pad_token_id=2)  # already a multiple
     assert none == 0 and same is out
     padded = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5)}
-    assert memory.bucket_batch(padded, 16, 2) == (padded, 0)  # an ordinary padded batch: untouched
+    assert buckets.bucket_batch(padded, 16, 2) == (padded, 0)  # an ordinary padded batch: untouched
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def varlen_lora(tiny_model_dir):
 
     torch.manual_seed(0)
     model = models.load_model(str(tiny_model_dir), "lora", torch.float32)
-    assert models.use_varlen_sdpa(model)
+    assert attention.use_varlen_sdpa(model)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))
     with torch.no_grad():
@@ -210,7 +210,7 @@ def varlen_lora(tiny_model_dir):
 @pytest.mark.parametrize("multiple", [8, 64])
 def test_bucketed_batch_gives_the_same_loss_gradients_and_logits(varlen_lora, multiple):
     batch = _padding_free_batch(varlen_lora.config.vocab_size)
-    bucketed, extra = memory.bucket_batch(batch, multiple, pad_token_id=0)
+    bucketed, extra = buckets.bucket_batch(batch, multiple, pad_token_id=0)
     assert extra > 0 and bucketed["input_ids"].shape[1] % multiple == 0
     results = []
     for b in (batch, bucketed):
@@ -234,7 +234,7 @@ def test_row_losses_ignore_the_bucket_sequence():
     from tuning.evaluation import row_losses
 
     batch = _padding_free_batch(100)
-    bucketed, extra = memory.bucket_batch(batch, 16, pad_token_id=0)
+    bucketed, extra = buckets.bucket_batch(batch, 16, pad_token_id=0)
     gen = torch.Generator().manual_seed(1)
     log_probs = -torch.rand(bucketed["input_ids"].shape, generator=gen)
     mask = (bucketed["labels"] != -100).roll(-1, dims=1)  # a label on token t+1 scores position t
@@ -253,14 +253,14 @@ def test_trainer_batches_are_bucketed_and_tokens_seen_stay_the_real_ones(tmp_pat
     trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "events.jsonl"),
                                      train.StopRequested())
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["input_ids"].shape[1] % memory.TOKEN_BUCKET == 0
+    assert batch["input_ids"].shape[1] % buckets.TOKEN_BUCKET == 0
     real = int(batch["cu_seq_lens_q"][-2])
-    assert batch[memory.PADDING_KEY] == batch["input_ids"].shape[1] - real > 0
+    assert batch[buckets.PADDING_KEY] == batch["input_ids"].shape[1] - real > 0
     assert len(batch["cu_seq_lens_q"]) == cfg.per_device_batch_size + 2  # 4 examples + the bucket's padding
     forwarded = []  # the real tokens of every batch the model trains on
     trainer.model.register_forward_pre_hook(
         lambda module, args, kwargs: forwarded.append(int(kwargs["cu_seq_lens_q"][-2])
-                                                      if memory.PADDING_KEY not in kwargs else None),
+                                                      if buckets.PADDING_KEY not in kwargs else None),
         with_kwargs=True)
     trainer.train()
     assert len(forwarded) == 2 and None not in forwarded  # the key never reaches the model
@@ -273,7 +273,7 @@ def _lora_pair(tiny_model_dir, dtype):
     """Two copies of one LoRA model (dropout 0.1, non-zero B) with FastDropout, as training on a CPU
     has it; the second also gets share_lora_inputs."""
     from tuning import models
-    from tuning.levers import cpu_speed
+    from tuning.levers import dropout
 
     pair = []
     for _ in range(2):
@@ -286,10 +286,10 @@ def _lora_pair(tiny_model_dir, dtype):
             for name, p in peft.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.05)
-        assert cpu_speed.use_fast_dropout(peft) == 14  # 7 linear layers x 2 decoder layers
-        assert cpu_speed.use_lean_lora_forward(peft) == 14
+        assert dropout.use_fast_dropout(peft) == 14  # 7 linear layers x 2 decoder layers
+        assert lora_forward.use_lean_lora_forward(peft) == 14
         pair.append(peft.train())
-    assert memory.share_lora_inputs(pair[1]) == 14
+    assert lora_forward.share_lora_inputs(pair[1]) == 14
     return pair
 
 
@@ -352,9 +352,9 @@ def test_shared_lora_inputs_change_nothing_outside_training(tiny_model_dir):
 _HEAP_PROBE = """
 import ctypes, ctypes.util, sys
 sys.path.insert(0, {root!r})
-from tuning.levers import memory
+from tuning.levers import allocator
 if {tune}:
-    assert memory.tune_allocator()
+    assert allocator.tune_allocator()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -370,7 +370,7 @@ before = rss()
 for b in blocks:
     libc.free(b)
 if {tune}:
-    assert memory.release_freed_memory()  # what the trainer does after every step
+    assert allocator.release_freed_memory()  # what the trainer does after every step
 print((before - rss()) >> 20)
 """
 
@@ -384,9 +384,9 @@ def test_tuned_allocator_gives_freed_blocks_back(tune):
     import sys
     from pathlib import Path
 
-    if memory._glibc() is None:
+    if allocator._glibc() is None:
         pytest.skip("not glibc")
-    code = _HEAP_PROBE.format(root=str(Path(memory.__file__).resolve().parents[1]), tune=tune)
+    code = _HEAP_PROBE.format(root=str(Path(allocator.__file__).resolve().parents[2]), tune=tune)
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
     returned = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                   env=env).stdout)
@@ -401,13 +401,13 @@ def test_environment_settings_of_the_allocator_win(monkeypatch):
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    monkeypatch.setattr(allocator, "_glibc", lambda: FakeLibc())
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert memory.tune_allocator()
-    assert dict(calls) == {memory.M_ARENA_MAX: 2}
+    assert allocator.tune_allocator()
+    assert dict(calls) == {allocator.M_ARENA_MAX: 2}
     calls.clear()
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert memory.tune_allocator()
+    assert allocator.tune_allocator()
     assert calls == []  # the environment's own setting stands
 
 
@@ -437,7 +437,7 @@ def test_shared_mlp_activation_gives_the_same_loss_and_gradients_from_less_memor
     plain, shared = _lora_pair(tiny_model_dir, dtype)  # shared: LoRA inputs shared too
     batch = _padding_free_batch(plain.config.vocab_size, lengths=(37, 60, 21, 50))
     _, _, lora_only = _step(shared, batch, autocast)
-    assert memory.share_mlp_activation(shared) == 2  # the tiny model's two decoder layers
+    assert recompute.share_mlp_activation(shared) == 2  # the tiny model's two decoder layers
     loss, grads, kept = _step(plain, batch, autocast)
     s_loss, s_grads, s_kept = _step(shared, batch, autocast)
     assert torch.equal(s_loss, loss)
@@ -453,12 +453,12 @@ def test_shared_mlp_activation_gives_the_same_loss_and_gradients_from_less_memor
                          ids=["bf16-autocast", "fp32"])
 def test_recomputed_norms_give_the_same_loss_and_gradients_from_less_memory(tiny_model_dir, dtype, autocast):
     plain, shared = _lora_pair(tiny_model_dir, dtype)
-    memory.share_lora_inputs(plain)  # both as training has them but for the norms
+    lora_forward.share_lora_inputs(plain)  # both as training has them but for the norms
     for model in (plain, shared):
-        memory.share_mlp_activation(model)
+        recompute.share_mlp_activation(model)
     batch = _padding_free_batch(plain.config.vocab_size, lengths=(37, 60, 21, 50))
-    assert memory.recompute_norms(shared) == 5  # two per decoder layer and the final one
-    assert memory.recompute_norms(shared) == 0  # once
+    assert recompute.recompute_norms(shared) == 5  # two per decoder layer and the final one
+    assert recompute.recompute_norms(shared) == 0  # once
     loss, grads, kept = _step(plain, batch, autocast)
     n_loss, n_grads, n_kept = _step(shared, batch, autocast)
     assert torch.equal(n_loss, loss)
@@ -495,7 +495,7 @@ def test_the_lm_head_gets_a_contiguous_input_and_the_same_logits(tiny_model_dir,
     assert not hidden.is_contiguous()
     torch.testing.assert_close(hooked, plain, rtol=1e-5 if dtype == torch.float32 else 0, atol=1e-5 if
                                dtype == torch.float32 else 0)
-    assert memory.contiguous_head_input(model) is False  # once per model
+    assert lm_head.contiguous_head_input(model) is False  # once per model
 
 
 def test_a_strided_input_reaches_a_plain_head_strided():
@@ -529,10 +529,8 @@ def test_cpu_bf16_attention_matches_fp32_attention(length):
     """Each sequence of a padding-free batch on a CPU in bf16: the math backend up to SDPA_MATH_MAX
     tokens, flash attention with the length padded to a multiple of SDPA_BUCKET above. Output and
     gradients are causal attention's, to bf16 rounding: against fp32 attention of the same inputs."""
-    from tuning import models
-
     q, k, v = _attention_inputs(length, seed=length)
-    out = models._cpu_half_attention(_Heads(), q, k, v)
+    out = attention._cpu_half_attention(_Heads(), q, k, v)
     assert out.shape == (1, length, 4, 16) and out.dtype == torch.bfloat16
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     out.float().backward(grad)
@@ -549,8 +547,6 @@ def test_cpu_bf16_attention_meets_a_few_lengths(monkeypatch):
     SDPA_MATH_MAX tokens the math backend runs instead, and above it flash sees bucketed lengths only."""
     from transformers.integrations import sdpa_attention
 
-    from tuning import models
-
     seen = []
     original = sdpa_attention.sdpa_attention_forward
 
@@ -561,11 +557,11 @@ def test_cpu_bf16_attention_meets_a_few_lengths(monkeypatch):
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", recording)
     with torch.no_grad():
         for length in range(1, 300, 7):
-            models._cpu_half_attention(_Heads(), *(t.detach() for t in _attention_inputs(length, seed=0)))
-    short = [(n, flash) for n, flash in seen if n <= models.SDPA_MATH_MAX]
-    long = [n for n, flash in seen if n > models.SDPA_MATH_MAX]
+            attention._cpu_half_attention(_Heads(), *(t.detach() for t in _attention_inputs(length, seed=0)))
+    short = [(n, flash) for n, flash in seen if n <= attention.SDPA_MATH_MAX]
+    long = [n for n, flash in seen if n > attention.SDPA_MATH_MAX]
     assert short and not any(flash for _, flash in short)  # math backend
-    assert long and all(n % models.SDPA_BUCKET == 0 for n in long)
+    assert long and all(n % attention.SDPA_BUCKET == 0 for n in long)
     assert sorted(set(long)) == [192, 256, 320]
     assert torch.backends.cuda.flash_sdp_enabled()  # the backend choice does not leak out
 
@@ -590,7 +586,7 @@ def test_narrow_lm_head_tiles_give_the_same_loss_and_gradients(tiny_model_dir, m
     results = []
     for narrow in (False, True):
         if narrow:
-            assert memory.narrow_lm_head_chunks() == memory.LM_HEAD_VOCAB_CHUNK
+            assert lm_head.narrow_lm_head_chunks() == lm_head.LM_HEAD_VOCAB_CHUNK
         tiles.clear()
         model.zero_grad()
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
@@ -599,7 +595,7 @@ def test_narrow_lm_head_tiles_give_the_same_loss_and_gradients(tiny_model_dir, m
                         len(tiles)))
     (loss, entropy, grads, wide_tiles), (narrow_loss, narrow_entropy, narrow_grads, narrow_tiles) = results
     vocab = model.config.vocab_size
-    assert (wide_tiles, narrow_tiles) == (-(-vocab // 32768), -(-vocab // memory.LM_HEAD_VOCAB_CHUNK))
+    assert (wide_tiles, narrow_tiles) == (-(-vocab // 32768), -(-vocab // lm_head.LM_HEAD_VOCAB_CHUNK))
     torch.testing.assert_close(narrow_loss, loss, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(narrow_entropy, entropy, rtol=1e-5, atol=1e-5)
     for narrow_grad, grad in zip(narrow_grads, grads):

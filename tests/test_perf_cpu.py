@@ -1,4 +1,5 @@
-"""The CPU training levers of tuning/levers/cpu_speed.py change the time, not what is computed:
+"""The CPU training levers (tuning/levers/dropout.py, lm_head.py, lora_forward.py, few_rows.py) change
+the time, not what is computed:
 FastDropout is dropout (distribution, scaling, gradient, eval mode, seeding), scoring only the
 trained tokens gives TRL's fused LM head the same loss and gradients from fewer rows, and the lean
 LoRA forward gives PEFT's loss and gradients (bit for bit under bf16 autocast)."""
@@ -8,13 +9,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tuning.levers import cpu_speed
+from tuning.levers import dropout as dropout_mod
+from tuning.levers import few_rows, lm_head, lora_forward
 from tuning.train import trainer as train
 from tuning.train.trainer import StopRequested
 
 
 def test_fast_dropout_drops_p_and_scales_the_rest():
-    drop = cpu_speed.FastDropout(0.05).train()
+    drop = dropout_mod.FastDropout(0.05).train()
     torch.manual_seed(0)
     x = torch.ones(1000, 1000)
     y = drop(x)
@@ -28,7 +30,7 @@ def test_fast_dropout_drops_p_and_scales_the_rest():
 
 
 def test_fast_dropout_gradient_eval_mode_seed_and_dtype():
-    drop = cpu_speed.FastDropout(0.3).train()
+    drop = dropout_mod.FastDropout(0.3).train()
     x = torch.randn(64, 48, requires_grad=True)
     torch.manual_seed(1)
     y = drop(x)
@@ -39,8 +41,8 @@ def test_fast_dropout_gradient_eval_mode_seed_and_dtype():
     assert not torch.equal(drop(x), y)  # and every call draws a new mask
     assert drop.eval()(x) is x
     assert drop.train()(x.detach().bfloat16()).dtype == torch.bfloat16
-    assert cpu_speed.FastDropout(0.1).p == round(0.1 * 65536) / 65536
-    assert cpu_speed.FastDropout(0.0).train()(x) is x
+    assert dropout_mod.FastDropout(0.1).p == round(0.1 * 65536) / 65536
+    assert dropout_mod.FastDropout(0.0).train()(x) is x
 
 
 def _tiny_peft(tiny_model_dir, dropout: float):
@@ -52,11 +54,11 @@ def _tiny_peft(tiny_model_dir, dropout: float):
 def test_use_fast_dropout_swaps_every_lora_dropout(tiny_model_dir):
     model = _tiny_peft(tiny_model_dir, 0.1).train()
     layers = [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
-    assert cpu_speed.use_fast_dropout(model) == len(layers) == 14  # 2 layers x 7 linear modules
+    assert dropout_mod.use_fast_dropout(model) == len(layers) == 14  # 2 layers x 7 linear modules
     for layer in layers:
         fast = layer.lora_dropout["default"]
-        assert isinstance(fast, cpu_speed.FastDropout) and fast.training and abs(fast.p - 0.1) < 1e-4
-    assert cpu_speed.use_fast_dropout(_tiny_peft(tiny_model_dir, 0.0)) == 0  # PEFT's Identity stays
+        assert isinstance(fast, dropout_mod.FastDropout) and fast.training and abs(fast.p - 0.1) < 1e-4
+    assert dropout_mod.use_fast_dropout(_tiny_peft(tiny_model_dir, 0.0)) == 0  # PEFT's Identity stays
 
 
 def _fused_loss_and_grads(model, batch):
@@ -85,7 +87,7 @@ def test_scoring_trained_tokens_only_gives_the_same_loss_and_gradients(tiny_mode
     # TRL's own switch (an earlier build_trainer in this process may have patched it), restored after
     monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     full = _fused_loss_and_grads(model, batch)
-    assert cpu_speed.score_trained_tokens_only()
+    assert lm_head.score_trained_tokens_only()
     compact = _fused_loss_and_grads(model, batch)
     assert rows == [2 * 39, 2 * 15]  # every shifted position, then only the labelled ones
     torch.testing.assert_close(compact[0], full[0])
@@ -104,11 +106,11 @@ def test_build_trainer_applies_the_cpu_levers(tmp_path, tiny_config, monkeypatch
                                      train.EventLog(run_dir / "events.jsonl"), StopRequested())
     layers = [m for m in trainer.model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
     assert len(layers) == 14
-    for layer in layers:  # the 16-bit mask: FastDropout, or drawn inside lora_A (memory.share_lora_inputs)
+    for layer in layers:  # the 16-bit mask: FastDropout, or drawn inside lora_A (lora_forward.share_lora_inputs)
         shared = getattr(layer.lora_A["default"], "shared_dropout", None)
-        assert isinstance(layer.lora_dropout["default"], cpu_speed.FastDropout) or \
+        assert isinstance(layer.lora_dropout["default"], dropout_mod.FastDropout) or \
             (shared is not None and abs(shared[1] - 1 / 0.9) < 1e-4)
-    assert all(layer.forward.__func__ is cpu_speed._lean_lora_forward for layer in layers)
+    assert all(layer.forward.__func__ is lora_forward._lean_lora_forward for layer in layers)
     assert trl_utils._use_triton(torch.device("cpu")) is True
 
 
@@ -123,17 +125,17 @@ def test_few_rows_linear_computes_what_linear_computes(tiny_model_dir):
     for bias in (True, False):
         layer = torch.nn.Linear(48, 80, bias=bias)
         expected_fn = lambda x, layer=layer: torch.nn.functional.linear(x, layer.weight, layer.bias)  # noqa: E731
-        assert cpu_speed.use_few_rows_linear(layer) == 1
+        assert few_rows.use_few_rows_linear(layer) == 1
         for shape in ((1, 48), (2, 48), (3, 48), (4, 48), (2, 1, 48), (1, 4, 48), (7, 48), (2, 5, 48)):
             x = torch.randn(*shape)
             out = layer(x)
             assert out.shape == (*shape[:-1], 80)
             torch.testing.assert_close(out, expected_fn(x), rtol=1e-5, atol=1e-6)
     half = torch.nn.Linear(8, 8).bfloat16()
-    assert cpu_speed.use_few_rows_linear(half) == 0  # only fp32 layers
+    assert few_rows.use_few_rows_linear(half) == 0  # only fp32 layers
     comparer = playground.Comparer(str(tiny_model_dir), "lora", torch.float32)
     linears = [m for m in comparer.model.modules() if type(m) is torch.nn.Linear]
-    assert linears and all(m.forward.__func__ is cpu_speed._few_rows_linear for m in linears)
+    assert linears and all(m.forward.__func__ is few_rows._few_rows_linear for m in linears)
 
 
 def _loss_and_grads(model, batch):
@@ -155,14 +157,14 @@ def test_lean_lora_forward_gives_the_same_loss_and_gradients(tiny_model_dir, dro
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
                                             task_type="CAUSAL_LM")).train()
-    cpu_speed.use_fast_dropout(model)
+    dropout_mod.use_fast_dropout(model)
     for name, p in model.named_parameters():  # lora_B starts at zero: give it values so every path counts
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     batch = _tiny_batch(model)
     peft_loss, peft_grads = _loss_and_grads(model, batch)
-    assert cpu_speed.use_lean_lora_forward(model) == 14
-    assert cpu_speed.use_lean_lora_forward(model) == 0  # once per layer
+    assert lora_forward.use_lean_lora_forward(model) == 14
+    assert lora_forward.use_lean_lora_forward(model) == 0  # once per layer
     lean_loss, lean_grads = _loss_and_grads(model, batch)
     torch.testing.assert_close(lean_loss, peft_loss)
     assert lean_grads.keys() == peft_grads.keys() and len(lean_grads) == 28
@@ -177,14 +179,14 @@ def test_lean_lora_forward_under_bf16_autocast_matches_peft_bit_for_bit(tiny_mod
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear",
                                             task_type="CAUSAL_LM")).train()
-    cpu_speed.use_fast_dropout(model)
+    dropout_mod.use_fast_dropout(model)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     batch = _tiny_batch(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         peft = _loss_and_grads(model, batch)
-        cpu_speed.use_lean_lora_forward(model)
+        lora_forward.use_lean_lora_forward(model)
         lean = _loss_and_grads(model, batch)
     assert torch.equal(lean[0], peft[0])
     for name in peft[1]:
@@ -200,7 +202,7 @@ def test_lean_lora_forward_leaves_other_cases_to_peft(tiny_model_dir):
             torch.nn.init.normal_(p, std=0.02)
     batch = _tiny_batch(model)
     expected = model(**batch).loss
-    assert cpu_speed.use_lean_lora_forward(model) == 14
+    assert lora_forward.use_lean_lora_forward(model) == 14
     layer = next(m for m in model.modules() if hasattr(m, "_peft_forward"))
     calls = []
     peft_forward = layer._peft_forward

@@ -8,7 +8,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuning import models
 from tuning.train import trainer as train
-from tuning.levers import memory
+from tuning.levers import attention, buckets
 from tuning.train.trainer import StopRequested
 
 
@@ -20,8 +20,8 @@ def _examples(vocab: int) -> list[list[int]]:
 def _load(tiny_model_dir, varlen: bool):
     model = models.load_model(str(tiny_model_dir), "lora", torch.float32)
     if varlen:
-        assert models.use_varlen_sdpa(model)
-        assert model.config._attn_implementation == models.VARLEN_SDPA
+        assert attention.use_varlen_sdpa(model)
+        assert model.config._attn_implementation == attention.VARLEN_SDPA
     return model.eval()
 
 
@@ -84,14 +84,14 @@ def test_trainer_uses_padding_free_varlen_batches(tmp_path, tiny_config):
     run_dir.mkdir(parents=True)
     trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "events.jsonl"),
                                      StopRequested())
-    assert trainer.model.config._attn_implementation == models.VARLEN_SDPA
+    assert trainer.model.config._attn_implementation == attention.VARLEN_SDPA
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, nothing padded
     assert (batch["input_ids"] != trainer.processing_class.pad_token_id).any()
     # 4 examples, plus one unlabelled filler sequence that rounds the row up to a multiple of
-    # memory.TOKEN_BUCKET tokens (repeated shapes keep the allocator's caches from growing)
+    # buckets.TOKEN_BUCKET tokens (repeated shapes keep the allocator's caches from growing)
     bounds = batch["cu_seq_lens_q"].tolist()
-    assert batch["input_ids"].shape[1] % memory.TOKEN_BUCKET == 0 and bounds[-1] == batch["input_ids"].shape[1]
+    assert batch["input_ids"].shape[1] % buckets.TOKEN_BUCKET == 0 and bounds[-1] == batch["input_ids"].shape[1]
     assert len(bounds) - 1 in (cfg.per_device_batch_size, cfg.per_device_batch_size + 1)
     if len(bounds) - 1 > cfg.per_device_batch_size:
         assert (batch["labels"][0, bounds[-2]:] == -100).all()

@@ -105,6 +105,10 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% "
                                       "slower. Turn on when memory runs out.", "optimisation", advanced=True,
                                       label="Gradient checkpointing")
+    speedups: Literal["auto", "off"] = _f(
+        "auto", "auto applies the CPU levers where they apply (docs/performance.md); off trains with the "
+        "libraries' own code paths only.", "optimisation", choices=("auto", "off"), advanced=True,
+        label="Speed and memory levers")
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
                    min=0, max=2**31 - 1, advanced=True, label="Random seed")
     seeds: int = _f(1, "Train this config on N seeds (seed, seed+1, ...): N runs, one after another (the "

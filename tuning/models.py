@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from tuning import levers
 from tuning.config import EMBEDDED_MODEL, TrainConfig
 from tuning.paths import is_hub_id  # the rule lives with the other path policy (no torch there)
 
@@ -375,14 +376,20 @@ def device_map() -> str | dict:
     return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
 
 
+def device_type() -> str:
+    """The kind of device a model loads on (device_map's rule): "cuda" or "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_code: bool = False,
-               quantization_config=None):
-    """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only."""
+               quantization_config=None, speedups: str = levers.AUTO, log=None):
+    """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only. Every process that
+    trains or generates loads its model here, so the process's and the model's levers are applied here
+    (tuning/levers: the allocator before the weights are read, the LM head's input after), unless
+    `speedups` is off; `log` takes one line per lever."""
     from transformers import AutoModelForCausalLM
 
-    from tuning.levers import memory
-
-    memory.tune_allocator()  # every process that trains or generates loads its model here (tuning/levers/memory.py)
+    levers.apply(levers.PROCESS, None, speedups, device_type(), log=log)
     started = time.time()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -398,7 +405,7 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     if is_embedded_hub_copy(model_path):
         match_conversion(model)
     model.config.use_cache = False
-    memory.contiguous_head_input(model)  # generation's last-position logits: 1.7 GiB less on 32 rows
+    levers.apply(levers.MODEL, model, speedups, device_type(), log=log)
     model._load_seconds = time.time() - started  # reported in the start event
     return model
 
@@ -414,90 +421,9 @@ def match_conversion(model) -> None:
 
 
 def load_base_for_training(cfg: TrainConfig, model_path: str):
+    """The base as training loads it, with the loader's levers and the training model's (attention within
+    each sequence of a padding-free batch) where `cfg.speedups` allows; one log line per lever."""
     model = load_model(model_path, cfg.method, compute_dtype(cfg, training=True), cfg.trust_remote_code,
-                       get_quantization_config(cfg, training=True))
-    use_varlen_sdpa(model)
+                       get_quantization_config(cfg, training=True), cfg.speedups, levers.print_line)
+    levers.apply(levers.TRAINING_MODEL, model, cfg.speedups, device_type(), log=levers.print_line)
     return model
-
-
-# --- padding-free attention ---------------------------------------------------------------------
-
-VARLEN_SDPA = "sdpa_varlen"
-
-
-def _sdpa_varlen(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
-    """SDPA that attends within each sequence of a padding-free batch, one sequence at a time.
-
-    Training concatenates a batch into one row (no padding) and passes the sequence boundaries
-    as cu_seq_lens_q, e.g. [0, 88, 256] for rows of 88 and 168 tokens. Plain SDPA would need a
-    block-diagonal mask over the whole row and compute every block of it: for 8 rows of ~200
-    tokens that is (8 x 200)^2 = 2.6M scores against 8 x 200^2 = 0.3M that matter. Slicing keeps
-    it to the diagonal blocks with is_causal=True, like flash-attention's varlen kernel on a GPU.
-    The sequences are cut with torch.split, not slicing: the backward of each slice writes its
-    gradient into a zeroed tensor of the whole row and those are summed (8 sequences: 8 full-size
-    zero-fills and additions per tensor per layer: 18% of a profiled CPU step), while split's
-    backward is one concatenation.
-    Anything else (padded batches, generation with a cache) goes to the ordinary SDPA path.
-
-    On a CPU in bf16/fp16 each sequence goes through _cpu_half_attention, which keeps the number of
-    attention shapes small (see there)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    bounds = [] if cu_seq_lens_q is None else cu_seq_lens_q.tolist()
-    if query.shape[0] != 1 or query.shape[2] != key.shape[2] or bounds[:1] != [0] or bounds[-1] != query.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    kwargs.pop("is_causal", None)
-    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    attend = _cpu_half_attention if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) \
-        else _causal_attention
-    pieces = [attend(module, q, k, v, **kwargs)
-              for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value))) if q.shape[2]]
-    return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), like sdpa_attention_forward
-
-
-# torch 2.13's CPU flash attention in bf16 builds and keeps (per thread, never freed) a kernel for every
-# sequence length it meets: ~8 MiB each, so a run whose batches hold ever new lengths grew its RSS by
-# 15-50 MiB a step (100 lengths: +800 MiB; bench/RESULTS.md, Memory). The math backend keeps nothing
-# per shape and, up to SDPA_MATH_MAX tokens, is also faster on a CPU (fwd+bwd, 9 heads of 64, 2 cores:
-# 64 tokens 0.64 vs 1.06 ms, 128: 1.44 vs 1.98; 256: 5.9 vs 4.2, 1024: 118 vs 35) and keeps only
-# length^2 probabilities per head for the backward. Longer sequences keep flash attention, with their
-# length padded up to a multiple of SDPA_BUCKET at the end: under a causal mask no real query sees the
-# padded keys, and the lengths flash meets are a few.
-SDPA_MATH_MAX = 128
-SDPA_BUCKET = 64
-
-
-def _causal_attention(module, query, key, value, **kwargs):
-    """Causal SDPA of one sequence, (1, heads, length, dim) in, (1, length, heads, dim) out."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
-
-
-def _cpu_half_attention(module, query, key, value, **kwargs):
-    """_causal_attention on a CPU in bf16/fp16, through few shapes (see above)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    length = query.shape[2]
-    if length <= SDPA_MATH_MAX:
-        with sdpa_kernel(SDPBackend.MATH):
-            return _causal_attention(module, query, key, value, **kwargs)
-    pad = -length % SDPA_BUCKET
-    if pad:
-        query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
-    return _causal_attention(module, query, key, value, **kwargs)[:, :length]
-
-
-def use_varlen_sdpa(model) -> bool:
-    """Switch a model that uses SDPA to the per-sequence variant (a no-op for other attention
-    implementations, e.g. flash-attention, which handles padding-free batches itself).
-    The mask function stays SDPA's, so padded batches and generation keep their masks."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
-
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    AttentionInterface.register(VARLEN_SDPA, _sdpa_varlen)
-    AttentionMaskInterface.register(VARLEN_SDPA, ALL_MASK_ATTENTION_FUNCTIONS.get("sdpa", sdpa_mask))
-    model.set_attn_implementation(VARLEN_SDPA)
-    return True

@@ -16,7 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tuning import config as config_mod
-from tuning import models
+from tuning import levers, models
 from tuning.infer import generation
 from tuning import runs
 from tuning.infer.generation import BASE
@@ -43,10 +43,8 @@ class Comparer:
         self.model = models.load_model(base_path, method, dtype, trust_remote_code, qcfg)
         self.model.config.use_cache = True
         self.model.eval()
-        if not torch.cuda.is_available():  # a CPU: both columns' rows share each read of the weights
-            from tuning.levers import cpu_speed
-
-            cpu_speed.use_few_rows_linear(self.model)
+        # a CPU: both columns' rows share each read of the weights (tuning/levers/few_rows.py)
+        levers.apply(levers.GENERATION, self.model, levers.AUTO, models.device_type())
         self.tokenizer = models.load_tokenizer(base_path, trust_remote_code)
         self.peft = None
         self.adapters: dict[str, tuple] = {}  # name -> runs.adapter_version

@@ -1,0 +1,163 @@
+"""The lever registry (tuning/levers/__init__.py) and its switch: every lever module is in the registry,
+`speedups: off` builds a CPU trainer on the libraries' own code paths (PEFT's dropout modules and LoRA
+forward, TRL's collator and fused-head settings, transformers' SDPA) and says so in the log, one line per
+lever; `auto` applies them. What each lever computes is proven in tests/test_memory.py and
+tests/test_perf_cpu.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuning import levers
+from tuning.evaluation import evaluate
+from tuning.levers import attention, buckets, lm_head
+from tuning.train import trainer as train
+
+LEVERS_DIR = Path(levers.__file__).parent
+# the levers a training process applies: the loader's, the training model's and the trainer's
+TRAINING_STAGES = (levers.PROCESS, levers.MODEL, levers.TRAINING_MODEL, levers.TRAINER)
+
+
+def test_the_registry_lists_every_lever_module_and_each_lever_once():
+    modules = {p.stem for p in LEVERS_DIR.glob("*.py") if p.stem != "__init__"}
+    assert {lever.module for lever in levers.LEVERS} == modules
+    assert {"dropout", "lora_forward", "lm_head", "recompute", "buckets", "allocator", "few_rows",
+            "attention"} <= modules
+    names = [lever.name for lever in levers.LEVERS]
+    assert len(names) == len(set(names)) == len(levers.BY_NAME)
+    for lever in levers.LEVERS:
+        assert lever.device in (levers.CPU, levers.ANY) and lever.stage in levers.STAGES, lever
+        assert lever.what and lever.written_for and callable(lever.apply), lever
+    assert [lv.name for lv in levers.LEVERS if lv.stage == levers.TRAINER] == [
+        "fast_dropout", "trained_tokens_only", "lean_lora_forward", "token_buckets", "malloc_trim",
+        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms"]
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in LEVERS_DIR.glob("*.py") if p.stem != "__init__"))
+def test_each_lever_module_says_why_points_at_its_figure_and_names_its_switch(module):
+    path = LEVERS_DIR / f"{module}.py"
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 600
+    doc = __import__(f"tuning.levers.{module}", fromlist=["_"]).__doc__
+    assert doc and "bench/RESULTS.md" in doc and "speedups" in doc, module
+
+
+def test_off_and_another_device_skip_without_touching_the_target():
+    untouchable = object()  # any lever that ran would fail on it
+    for stage in levers.STAGES:
+        off = levers.apply(stage, untouchable, levers.OFF, levers.CPU)
+        assert off and all(not o.applied and o.detail == "speedups: off" for o in off), stage
+        assert all(o.line() == f"lever {o.lever}: skipped (speedups: off)" for o in off)
+    gpu = levers.apply(levers.TRAINER, untouchable, levers.AUTO, "cuda")
+    assert len(gpu) == 9 and all(o.detail == "not a CPU (cuda)" for o in gpu)
+    lines = []
+    levers.apply(levers.TRAINER, untouchable, levers.AUTO, "cpu", reason="not an SFT run", log=lines.append)
+    assert lines == [f"lever {name}: skipped (not an SFT run)" for name in (
+        "fast_dropout", "trained_tokens_only", "lean_lora_forward", "token_buckets", "malloc_trim",
+        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms")]
+    assert levers.enabled("sliced_eval_loss", levers.AUTO, "cuda") and not levers.enabled("sliced_eval_loss", "off")
+    with pytest.raises(ValueError, match="speedups"):
+        levers.apply(levers.TRAINER, untouchable, "fast", levers.CPU)
+
+
+def _lever_lines(out: str) -> dict[str, str]:
+    lines = [line for line in out.splitlines() if line.startswith("lever ")]
+    return {line.split(":", 1)[0].removeprefix("lever "): line.split(": ", 1)[1] for line in lines}
+
+
+def _training_levers() -> list[str]:
+    return [lv.name for lv in levers.LEVERS if lv.stage in TRAINING_STAGES]
+
+
+@pytest.fixture
+def trl_own_settings(monkeypatch):
+    """TRL's own fused-head switch and tile width (an earlier trainer in this process may have set them),
+    restored after the test."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    return trl_utils, chunked_logprob
+
+
+def _build(tmp_path, cfg):
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    return train.build_trainer(cfg, run_dir, tmp_path, train.EventLog(run_dir / "events.jsonl"),
+                               train.StopRequested())
+
+
+def _lora_layers(model):
+    return [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+
+
+def test_speedups_off_trains_on_the_libraries_own_code_paths(tmp_path, tiny_config, trl_own_settings, capsys,
+                                                             monkeypatch):
+    trl_utils, chunked_logprob = trl_own_settings
+    cfg = tiny_config.replace(speedups="off", lora_dropout=0.1, max_steps=1)
+    trainer, tokenizer = _build(tmp_path, cfg)
+    said = _lever_lines(capsys.readouterr().out)
+    assert said == {name: "skipped (speedups: off)" for name in _training_levers()}
+    model = trainer.model
+    layers = _lora_layers(model)
+    assert len(layers) == 14
+    for layer in layers:  # PEFT's own modules and forward
+        assert type(layer.lora_dropout["default"]) is torch.nn.Dropout
+        assert not hasattr(layer.lora_A["default"], "shared_dropout") and "forward" not in vars(layer.lora_A["default"])
+        assert not hasattr(layer, "_peft_forward") and "forward" not in vars(layer)
+        assert "_cast_input_dtype" not in vars(layer)
+    mlps_and_norms = [m for m in model.modules() if type(m).__name__.endswith(("MLP", "RMSNorm"))]
+    assert len(mlps_and_norms) == 7  # 2 MLPs, 5 norms: transformers' own forward
+    assert not any(hasattr(m, "_library_forward") or "forward" in vars(m) for m in mlps_and_norms)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert linears and not any("forward" in vars(m) for m in linears)
+    assert model.config._attn_implementation == "sdpa"  # transformers' own SDPA
+    assert not getattr(model.get_output_embeddings(), "_contiguous_input", False)
+    assert not model.get_output_embeddings()._forward_pre_hooks
+    assert not isinstance(trainer.data_collator, buckets.BucketCollator)  # TRL's own collator
+    assert not any(type(c).__name__ in ("ReleaseFreedMemory", "BucketTokens")
+                   for c in trainer.callback_handler.callbacks)
+    assert trl_utils._use_triton is chunked_logprob._use_triton  # TRL's own settings
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 32768
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert buckets.PADDING_KEY not in batch
+    assert batch["cu_seq_lens_q"][-1] == batch["input_ids"].shape[1]  # every token a real one: no filler
+    assert all(n > 0 for n in batch["cu_seq_lens_q"].diff().tolist())
+    assert len(batch["cu_seq_lens_q"]) == cfg.per_device_batch_size + 1
+    trainer.train()  # it trains: one step on the libraries' code
+    assert trainer.state.global_step == 1 and train.loss_is_finite(trainer.state.log_history[-1]["train_loss"])
+    # the held-out loss from the full logits, the same number as the sliced one
+    calls = []
+    for name in ("token_losses", "full_token_losses"):
+        original = getattr(lm_head, name)
+        monkeypatch.setattr(lm_head, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    convs = [c for c, _ in evaluate.heldout_rows(cfg)]
+    full = evaluate.heldout_loss(trainer.model, tokenizer, convs, cfg)
+    assert calls and set(calls) == {"full_token_losses"}
+    calls.clear()
+    sliced = evaluate.heldout_loss(trainer.model, tokenizer, convs, cfg.replace(speedups="auto"))
+    assert calls and set(calls) == {"token_losses"}
+    assert sliced == pytest.approx(full, rel=1e-5)
+
+
+def test_speedups_auto_applies_the_levers_on_a_cpu(tmp_path, tiny_config, trl_own_settings, capsys):
+    trl_utils, chunked_logprob = trl_own_settings
+    trainer, _ = _build(tmp_path, tiny_config.replace(lora_dropout=0.1))
+    said = _lever_lines(capsys.readouterr().out)
+    assert list(said) == _training_levers()  # one line per lever, in the registry's order
+    assert all(line.startswith("applied (") for line in said.values()), said
+    assert said["fast_dropout"] == "applied (16-bit dropout masks in 14 LoRA layers)"
+    assert said["norms"] == "applied (5 RMSNorms recomputed in the backward)"
+    model = trainer.model
+    layers = _lora_layers(model)
+    assert len(layers) == 14 and all("forward" in vars(layer) and hasattr(layer, "_peft_forward") for layer in layers)
+    assert all(abs(layer.lora_A["default"].shared_dropout[1] - 1 / 0.9) < 1e-4 for layer in layers)
+    assert model.config._attn_implementation == attention.VARLEN_SDPA
+    assert model.get_output_embeddings()._contiguous_input
+    assert isinstance(trainer.data_collator, buckets.BucketCollator)
+    assert {"ReleaseFreedMemory", "BucketTokens"} <= {type(c).__name__ for c in trainer.callback_handler.callbacks}
+    assert trl_utils._use_triton is not chunked_logprob._use_triton and trl_utils._use_triton(torch.device("cpu"))
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == lm_head.LM_HEAD_VOCAB_CHUNK
