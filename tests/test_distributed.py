@@ -16,10 +16,10 @@ from tuning.runs.events import read_events
 
 
 def test_launch_command_is_list_form_torchrun():
-    cmd = distributed.launch_command(2, ["--workspace", "/w", "--config", "/w/runs/a/config.yaml"])
+    cmd = distributed.launch_command(2, ["--workspace", "/w", "--existing-run", "a"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert cmd[cmd.index("--nproc_per_node") + 1] == "2" and "--standalone" in cmd
-    assert cmd[-6:] == ["tuning", "train", "--workspace", "/w", "--config", "/w/runs/a/config.yaml"]
+    assert cmd[-6:] == ["tuning", "train", "--workspace", "/w", "--existing-run", "a"]
 
 
 def test_bad_distributed_choices_are_refused(tiny_config):
@@ -55,7 +55,7 @@ def test_two_cpu_processes_train_once(tmp_path, tiny_config):
     assert log_steps == [1, 2, 3]  # no step twice
     ckpt_steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert len(ckpt_steps) == len(set(ckpt_steps)) and ckpt_steps
-    assert runs.summarize(run_path).status == runs.COMPLETED
+    assert runs.summarize(run_path).status == runs.COMPLETED, runs.summarize(run_path).message
     multi = load_file(run_path / "adapter" / "adapter_model.safetensors")
 
     single_dir = tmp_path / "single"

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from conftest import write_jsonl
 from tuning.evaluation import ab, evaluate
 from tuning import runs
+from tuning.evaluation import headlines
 from tuning.train import trainer as train
 from tuning.__main__ import main
 from tuning.runs.events import read_events
@@ -106,7 +107,7 @@ def test_run_writes_evaluation_probes_and_eval_event(finished_run):
     assert len(final) == 1 and final[0]["base_eval_loss"] == pytest.approx(result["base_eval_loss"])
     assert final[0]["checks"]["always"]["tuned_rate"] == 1.0 and "always 3/3" in final[0]["message"]
     assert events[-1]["event"] == "end" and events[-1]["eval_loss"] == pytest.approx(result["eval_loss"])
-    assert "always 3/3 (base 3/3)" in runs.checks_text(runs.read_evaluation(run_dir))  # the Runs table's cell
+    assert "always 3/3 (base 3/3)" in headlines.checks_text(runs.read_evaluation(run_dir))  # the Runs table's cell
 
 
 def test_mixed_batch_gives_the_same_answers_as_separate_calls(finished_run, tmp_path):

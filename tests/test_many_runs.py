@@ -9,13 +9,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tuning import config as config_mod
 from tuning import runs
+from tuning.evaluation import headlines
+from tuning.runs import listing
 from tuning.runs.events import EventLog
 
 
-def make_run(workspace, run_id: str, steps: int = 3, **config) -> "runs.Path":
+def make_run(workspace, run_id: str, steps: int = 3, **config) -> "Path":
     run = runs.run_dir(workspace, run_id)
     run.mkdir(parents=True)
     runs.write_config(run, config_mod.TrainConfig(**config))
@@ -81,7 +84,7 @@ def test_a_deleted_run_leaves_the_listing_and_the_cache(tmp_path):
     assert set(listed(tmp_path)) == {"a", "b"}
     runs.delete_run(tmp_path, "a")
     assert set(listed(tmp_path)) == {"b"}
-    assert runs.run_dir(tmp_path, "a") not in runs._PARSED
+    assert runs.run_dir(tmp_path, "a") not in listing._PARSED
 
 
 def test_status_follows_the_trainer_though_no_file_changes(tmp_path):
@@ -151,7 +154,7 @@ def test_a_finished_run_is_not_asked_about_its_trainer_again(tmp_path, monkeypat
     runs.write_json(run / runs.PROCESS, {"pid": 999_999, "create_time": 1.0, "host": runs.this_host()})
     assert listed(tmp_path)["a"].status == runs.COMPLETED
     asked = []
-    monkeypatch.setattr(runs, "process_alive", lambda r: asked.append(r) or True)
+    monkeypatch.setattr(listing, "process_alive", lambda r: asked.append(r) or True)
     assert listed(tmp_path)["a"].status == runs.COMPLETED and asked == []
     runs.write_json(run / runs.PROCESS, {"pid": 999_998, "create_time": 2.0, "host": runs.this_host()})
     assert listed(tmp_path)["a"].status == runs.RUNNING and len(asked) == 1
@@ -163,7 +166,7 @@ def test_one_listing_lists_once_per_block_and_anew_after_it(tmp_path, monkeypatc
     make_run(tmp_path, "a")
     summarized = []
     real = runs.summarize
-    monkeypatch.setattr(runs, "summarize", lambda run: summarized.append(run.name) or real(run))
+    monkeypatch.setattr(listing, "summarize", lambda run: summarized.append(run.name) or real(run))
     with runs.one_listing():
         assert runs.run_ids(tmp_path) == ["a"]
         make_run(tmp_path, "b")  # appears mid-block: the block keeps the view it started with
@@ -190,7 +193,7 @@ def test_the_listings_read_an_evaluations_figures_without_its_answers(tmp_path):
     short = runs.read_evaluation(run, answers=False)
     assert short == {"eval_loss": 0.5, "checks_complete": True, "checks": {"by_kind": whole["checks"]["by_kind"]}}
     assert runs.read_evaluation(run) == whole  # the whole file still reads whole, from the cache
-    assert runs.checks_text(short) == runs.checks_text(whole) == "identity 2/2 (base 0/2)"
+    assert headlines.checks_text(short) == headlines.checks_text(whole) == "identity 2/2 (base 0/2)"
     short["checks"]["by_kind"]["identity"]["n"] = 99  # a caller's copy is its own
     assert runs.read_evaluation(run, answers=False)["checks"]["by_kind"]["identity"]["n"] == 2
     runs.write_evaluation(run, {"eval_loss": 0.25})

@@ -10,6 +10,7 @@ from tuning import config as config_mod
 from tuning.evaluation import ab
 from tuning.data import pairs
 from tuning import runs
+from tuning.evaluation import headlines
 from tuning.train import trainer as train
 from tuning.ui import playground_tab
 from tuning.ui.common import AppContext
@@ -111,7 +112,7 @@ def test_live_plots_the_objective_and_the_tables_show_preference_figures(tmp_pat
     runs.write_evaluation(run_dir, result)
     row = dict(zip(runs_tab.HEADERS, runs_tab.table(AppContext(tmp_path, []))[0]))
     assert row["objective"] == "dpo" and "preference accuracy 75% (base 25%)" in row["task checks"]
-    assert "held-out preference accuracy 75% (base 25%)" in runs.headline(result)
+    assert "held-out preference accuracy 75% (base 25%)" in headlines.headline(result)
 
 
 def test_tune_on_my_votes_fills_the_train_form_and_opens_the_train_tab(tmp_path):

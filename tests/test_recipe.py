@@ -16,6 +16,7 @@ import pytest
 from conftest import chat_rows, write_jsonl
 from tuning import config as config_mod
 from tuning import data, runs
+from tuning.evaluation import headlines
 from tuning.evaluation import evaluate
 from tuning.runs import runner, seeds
 from tuning.config import TrainConfig
@@ -70,7 +71,7 @@ def test_task_checks_count_each_slot_base_and_tuned(monkeypatch):
     assert "slots" not in checks["by_kind"]["control"]
     who = next(r for r in checks["rows"] if r["prompt"] == "Who are you?")
     assert who["slots"] == {"name": {"base": False, "tuned": True}, "maker": {"base": False, "tuned": False}}
-    text = runs.checks_text({"checks": checks})
+    text = headlines.checks_text({"checks": checks})
     assert text == "identity 1/3 (base 0/3) [name 1/2, maker 1/2]; control 1/1 (base 1/1)"
     from tuning.ui import common
 
@@ -168,7 +169,7 @@ def test_seed_groups_spread_every_figure_and_keep_other_configs_apart(tmp_path):
 
 
 def test_compare_judges_each_difference_against_the_seed_spread(tmp_path):
-    from tuning.runs import compare
+    from tuning.evaluation import compare
     from tuning.ui import runs_tab
     from tuning.ui.common import AppContext
 

@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM
 from tuning import config as config_mod
 from tuning.infer import playground
 from tuning import runs
+from tuning.evaluation import headlines
+from tuning.runs import files as run_files
 from tuning.runs.events import EventLog
 
 
@@ -50,7 +52,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "replace", full_disk)
+    monkeypatch.setattr(run_files.os, "replace", full_disk)
     with pytest.raises(OSError):
         runs.write_json(tmp_path / runs.EVALUATION, {"step": 2})
     assert runs.read_evaluation(tmp_path) == {"step": 1}
@@ -69,11 +71,11 @@ def test_checkpoint_files_reach_the_disk_before_the_complete_marker(tmp_path, mo
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real_fsync(fd)
 
-    monkeypatch.setattr(runs.os, "fsync", spy)
+    monkeypatch.setattr(run_files.os, "fsync", spy)
     runs.mark_complete(ckpt)
     marker_at = next(i for i, p in enumerate(synced) if Path(p).name.startswith(f".{runs.COMPLETE_MARKER}."))
-    files = {str(ckpt / n) for n in ("adapter_model.safetensors", "optimizer.pt", "nested/rng_state.pth")}
-    assert files <= set(synced[:marker_at]), "every checkpoint file is fsynced before the marker is written"
+    written = {str(ckpt / n) for n in ("adapter_model.safetensors", "optimizer.pt", "nested/rng_state.pth")}
+    assert written <= set(synced[:marker_at]), "every checkpoint file is fsynced before the marker is written"
     assert str(ckpt) in synced[:marker_at], "and the folder holding them"
     assert synced[-1] == str(ckpt), "the folder is fsynced after the marker's rename"
     assert runs.complete_checkpoints(tmp_path) == [ckpt]
@@ -172,6 +174,6 @@ def test_headline_of_an_evaluation_without_some_figures():
     """An evaluation.json written by hand or by an older version may lack the perplexity or the base's
     figures: the headline shows what is there instead of failing the page that reads it."""
     full = {"eval_loss": 0.335, "base_eval_loss": 3.566, "perplexity": 1.4, "base_perplexity": 35.4}
-    assert runs.headline(full).startswith("held-out loss 0.335 (base 3.566), perplexity 1.4 (base 35.4)")
-    assert runs.headline({"eval_loss": 0.335, "base_eval_loss": 3.566}).startswith("held-out loss 0.335 (base 3.566)")
-    assert "perplexity" not in runs.headline({"eval_loss": 0.335})
+    assert headlines.headline(full).startswith("held-out loss 0.335 (base 3.566), perplexity 1.4 (base 35.4)")
+    assert headlines.headline({"eval_loss": 0.335, "base_eval_loss": 3.566}).startswith("held-out loss 0.335 (base 3.566)")
+    assert "perplexity" not in headlines.headline({"eval_loss": 0.335})

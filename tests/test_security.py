@@ -435,12 +435,12 @@ def test_the_runner_passes_no_user_text_on_the_command_line(tmp_path, monkeypatc
     workspace = tmp_path / "ws"
     run_id = runner.start(cfg, workspace)
     command, kwargs = seen["command"], seen["kwargs"]
-    config_file = runs.run_dir(workspace.resolve(), run_id) / "config.yaml"
     assert command == [sys.executable, "-m", "tuning", "train", "--workspace", str(workspace.resolve()),
-                       "--config", str(config_file)]
+                       "--existing-run", run_id]
     assert not kwargs.get("shell") and kwargs.get("start_new_session") is True
     assert all(payload not in part for part in command)
-    assert config_mod.load(config_file) == cfg  # the payload travels as data, in the YAML file
+    # the payload travels as data, in the run's config.yaml
+    assert runs.read_config(runs.run_dir(workspace.resolve(), run_id)) == cfg
 
 
 def test_resume_refuses_a_run_id_that_is_not_a_plain_name(tmp_path):

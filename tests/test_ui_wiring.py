@@ -16,6 +16,7 @@ from tuning import config as config_mod
 from tuning.evaluation import evaluate
 from tuning import runs
 from tuning.ship import space
+from tuning.runs import listing
 from tuning.runs.events import EventLog
 from tuning.ui import access, live_tab, playground_tab, runs_tab
 from tuning.ui.common import AppContext
@@ -332,7 +333,7 @@ def test_a_page_load_lists_the_workspace_once_and_sees_a_new_run(tmp_path, monke
     loads = [f for f in demo.fns.values() if f.fn is not None and any(t[1] == "load" for t in f.targets)]
     listings = []
     real = runs.summarize
-    monkeypatch.setattr(runs, "summarize", lambda run: listings.append(run) or real(run))
+    monkeypatch.setattr(listing, "summarize", lambda run: listings.append(run) or real(run))
     for f in loads:
         f.fn()
     assert len(listings) == 1  # one run, listed once

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,161 +17,12 @@ class BadInput(Exception):
     pass
 
 
-def _record_trainer(run_path: Path) -> None:
-    """This process trains the run: record it (pid, host, a fresh launch token) and keep the record
-    fresh, so a dashboard on another host sees the run as alive."""
-    runs.write_process_info(run_path, os.getpid())
-    runs.start_heartbeat(run_path)
-
-
-def _given_run_id(args) -> str | None:
-    from tuning.train import distributed
-
-    given = args.run_id or os.environ.get(distributed.RUN_ID_ENV) or None
-    return runs.check_run_id(given) if given else None
-
-
-def _made_by_runner(args, workspace: Path) -> bool:
-    """This process was spawned for a run folder the runner (the app, the queue) made: --config is
-    that folder's config.yaml, given as it is."""
-    config_path = Path(args.config).resolve() if args.config else None
-    return bool(config_path and config_path.parent.parent == runs.runs_dir(workspace).resolve()
-                and not args.set and not args.run_id)
-
-
-def _seed_overrides(args, workspace: Path) -> list[list[str]]:
-    """The --set additions of each run this command trains: one run as given ([[]]), or, for a
-    config with `seeds: N` that a person asked for (not a run folder the runner made), one per seed."""
-    from tuning.train import distributed
-    from tuning.runs import seeds
-
-    if args.resume or _made_by_runner(args, workspace):
-        return [[]]
-    source = args.config or args.preset
-    cfg = config_mod.apply_overrides(config_mod.load(source) if source else config_mod.TrainConfig(), args.set or [])
-    if cfg.seeds <= 1:
-        return [[]]
-    if args.run_id or os.environ.get(distributed.RUN_ID_ENV):
-        raise BadInput(f"--run-id names one run; seeds: {cfg.seeds} makes {cfg.seeds} (named after their seeds)")
-    return [[f"seed={one.seed}", f"run_name={one.run_name}"] for one in seeds.seed_configs(cfg)]
-
-
-def _open_run(args, workspace: Path):
-    """Create the run folder (or find it: --resume, or the config.yaml the runner wrote) and record
-    this process as its trainer, under the workspace lock. Returns (run folder, config, resume, created)."""
-    from tuning.train import distributed
-    from tuning.runs import runner
-
-    if args.resume:
-        if args.preset or args.config or args.set or args.run_id:
-            raise BadInput("--resume takes no --preset, --config, --set or --run-id: a run keeps its config")
-        run_path = runs.existing_run_dir(workspace, args.resume)
-        cfg = runs.read_config(run_path)
-        distributed.check(cfg)
-        with runner.workspace_lock(workspace):
-            runner.refuse_if_busy(workspace, except_run=run_path.name)
-            runner.check_resumable(run_path)
-            _record_trainer(run_path)
-        return run_path, cfg, True, False
-    source = args.config or args.preset
-    cfg = config_mod.load(source) if source else config_mod.TrainConfig()
-    cfg = config_mod.apply_overrides(cfg, args.set or [])
-    distributed.check(cfg)
-    config_path = Path(args.config).resolve() if args.config else None
-    made_by_runner = _made_by_runner(args, workspace)
-    if made_by_runner:
-        runner.await_finishing_parent(workspace)
-    with runner.workspace_lock(workspace):
-        if made_by_runner:  # the run folder exists already
-            run_path = config_path.parent
-            runner.refuse_if_busy(workspace, except_run=run_path.name)
-        else:
-            runner.refuse_if_busy(workspace)
-            run_path = runner.create_run(workspace, cfg, run_id=_given_run_id(args))
-        _record_trainer(run_path)
-    return run_path, cfg, False, not made_by_runner
-
-
-def _train_worker(args, workspace: Path) -> int:
-    """One process of several, started by a launcher (distributed.py says how they agree)."""
-    from tuning.train import distributed
-    from tuning.train import trainer as train
-
-    def open_on_rank_0():
-        run_path, _, resume, created = _open_run(args, workspace)
-        return run_path, resume, created
-
-    ours = distributed.launched_by_us()  # our launcher made the run folder and is its recorded process
-    distributed.init_group()
-    try:
-        if ours:
-            run_path = runs.existing_run_dir(workspace, args.resume) if args.resume else Path(args.config).parent
-            resume = bool(args.resume)
-        else:
-            run_path, resume = distributed.agree_on_run(workspace, open_on_rank_0)
-            if distributed.is_main_process():
-                print(f"run {run_path.name} in {run_path} ({distributed.world_size()} processes)", flush=True)
-        code = train.run(runs.read_config(run_path), run_path, workspace, resume=resume)
-        if distributed.is_main_process() and not ours:
-            runs.mark_process_ended(run_path, os.getpid())
-        return code
-    finally:
-        distributed.leave_group()
-
-
 def _train(args) -> int:
-    from tuning.train import distributed
-    from tuning.runs import seeds
+    from tuning.train import entry
 
-    workspace = resolve_workspace(args.workspace)
-    distributed.adopt_launcher_env()  # srun / mpirun ranks -> RANK, WORLD_SIZE, LOCAL_RANK
-    if distributed.is_worker():
-        return _train_worker(args, workspace)
-    distributed.check_launch()
-    if getattr(args, "seeds", None):
-        args.set = [*(args.set or []), f"seeds={args.seeds}"]
-    per_seed = _seed_overrides(args, workspace)
-    if len(per_seed) == 1:
-        return _train_one(args, workspace)[0]
-    # One run per seed, one after another in this process; the queue waits until the last.
-    codes, run_ids = [], []
-    for extra in per_seed:
-        one = argparse.Namespace(**{**vars(args), "set": [*(args.set or []), *extra]})
-        code, run_id = _train_one(one, workspace, start_queued=extra is per_seed[-1])
-        codes.append(code)
-        run_ids.append(run_id)
-    for group in seeds.seed_groups(workspace, run_ids):
-        print(f"{group.name}: {len(group.seeds)} seeds ({', '.join(map(str, group.seeds))})", flush=True)
-        for spread in group.spreads:
-            print(f"  {spread.figure}: {spread.text()}", flush=True)
-    return max(codes)
-
-
-def _train_one(args, workspace: Path, start_queued: bool = True) -> tuple[int, str]:
-    """Train one run (this process, or the launcher of several); (exit code, run id)."""
-    from tuning.train import distributed
-    from tuning.runs import runner
-    from tuning.train import trainer as train
-
-    run_path, cfg, resume, _ = _open_run(args, workspace)
-    print(f"run {run_path.name} in {run_path}", flush=True)
-    if distributed.num_processes(cfg) > 1:  # this process becomes the launcher of N workers
-        code = distributed.launch(distributed.num_processes(cfg), run_path, workspace, resume=resume)
-    else:
-        code = train.run(cfg, run_path, workspace, resume=resume)
-    runs.mark_process_ended(run_path, os.getpid())
-    if not start_queued:
-        return code, run_path.name
-    # The machine is free: the next queued run starts now (runner.start_next's lock makes this
-    # the one start even if the app looks at the same moment).
-    try:
-        started = runner.start_next(workspace, finished=run_path.name)
-    except Exception as exc:  # noqa: BLE001 - this run's result stands; the app retries the queue
-        print(f"the next queued run did not start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-    else:
-        if started:
-            print(f"started the next queued run: {started}", flush=True)
-    return code, run_path.name
+    return entry.train(entry.TrainRequest(
+        workspace=resolve_workspace(args.workspace), preset=args.preset, config=args.config, set=args.set or [],
+        run=args.existing_run, resume=args.resume, run_id=args.run_id, seeds=args.seeds))
 
 
 def _seeds(args) -> int:
@@ -346,7 +196,7 @@ def _export(args) -> int:
 
 def _compare(args) -> int:
     """Two or more runs side by side: curves by step and tokens seen, differing config, evaluations."""
-    from tuning.runs import compare
+    from tuning.evaluation import compare
 
     result = compare.compare(resolve_workspace(args.workspace), args.runs)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else compare.text_report(result))
@@ -390,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its newest complete checkpoint")
+    p.add_argument("--existing-run", metavar="RUN_ID", help="train the run folder the dashboard, the queue or a launcher "
+                   "made, with its config.yaml as it is (those tools pass it; people use --preset or --config)")
     p.add_argument("--run-id", metavar="RUN_ID", help="name the new run (default: the time and run_name; "
                    "or $TUNING_RUN_ID), e.g. slurm-$SLURM_JOB_ID")
     p.add_argument("--seeds", type=int, metavar="N", help="train the config on N seeds (seed, seed+1, ...), "

@@ -168,7 +168,7 @@ def _start_locked(workspace: Path, cfg: TrainConfig) -> Path:
     """Create the run and start its trainer. Call under workspace_lock, the machine free."""
     path = create_run(workspace, cfg)
     try:
-        proc = _spawn(path, workspace, ["--config", str(runs.config_path(path))])
+        proc = _spawn(path, workspace, ["--existing-run", path.name])
     except OSError as exc:
         discard_new_run(path)
         raise StartRefused(f"could not start the training process: {exc.strerror or exc}") from None

@@ -316,7 +316,7 @@ def launch(n: int, run_path, workspace, resume: bool = False) -> int:
     run_path, workspace = Path(run_path), Path(workspace)
     env = {**os.environ, OWN_LAUNCH: run_path.name}
     train_args = ["--workspace", str(workspace)]
-    train_args += ["--resume", run_path.name] if resume else ["--config", str(runs.config_path(run_path))]
+    train_args += ["--resume" if resume else "--existing-run", run_path.name]
     command = launch_command(n, train_args)
     print(f"launching {n} processes: {' '.join(command)}", flush=True)
     # A function handler (not SIG_IGN) so the child starts with default handlers after exec.

@@ -16,6 +16,7 @@ import gradio as gr
 
 from tuning.evaluation import ab
 from tuning import runs
+from tuning.evaluation import headlines
 from tuning.ui import ab_view, access
 from tuning.ui.ab_view import run_path
 from tuning.ui.access import public
@@ -64,7 +65,7 @@ def verdict(result: dict | None) -> str:
     if not result:
         return NO_EVALUATION
     lines = [f"**Step {result.get('step')}**, {result.get('eval_rows')} held-out examples: "
-             f"{runs.headline(result)}."]
+             f"{headlines.headline(result)}."]
     if not runs.checks_done(result):
         lines.append("Task checks were not computed (the run was stopped). Press **Evaluate** to compute them.")
     elif not result.get("checks"):

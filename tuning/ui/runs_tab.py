@@ -1,7 +1,7 @@
 """Runs tab: every run in the workspace as one table (status, progress and base-vs-tuned numbers,
 all read through tuning/runs/), open one in Live or the Playground (app.py wires those
 buttons), download its adapter (the one zip tuning/ship/export.py builds), delete one after a
-confirmation; compare two or more runs (tuning/runs/compare.py: loss curves overlaid by step and by
+confirmation; compare two or more runs (tuning/evaluation/compare.py: loss curves overlaid by step and by
 tokens seen, the config fields that differ, evaluations side by side); the seed groups (one
 config on several seeds, each figure as mean ± spread: tuning/runs/seeds.py); and the queue of runs waiting for the machine (tuning/runs/runner.py), where one can be
 removed before it starts."""
@@ -14,6 +14,7 @@ import gradio as gr
 
 from tuning.ship import export
 from tuning import runs
+from tuning.evaluation import headlines
 from tuning.runs import runner
 from tuning.ui import access
 from tuning.ui.access import public
@@ -58,7 +59,7 @@ def evaluation_cells(summary: runs.RunSummary) -> list[str]:
         preference = (f"preference accuracy {pref['tuned_accuracy']:.0%} (base {pref['base_accuracy']:.0%})"
                       if pref.get("kind") == "pairs" else "")
         return [number(result.get("eval_loss", summary.eval_loss)), number(result.get("base_eval_loss")),
-                "; ".join(t for t in (runs.checks_text(result), preference) if t)]
+                "; ".join(t for t in (headlines.checks_text(result), preference) if t)]
     except (KeyError, TypeError, AttributeError):
         return [number(summary.eval_loss), "", ""]
 
@@ -238,7 +239,7 @@ def do_unqueue(ctx: AppContext, queue_id: str) -> dict:
     return {**queue_refreshed(ctx, None), "message": text}
 
 
-# --- comparing runs (tuning/runs/compare.py) ---------------------------------------------------------------
+# --- comparing runs (tuning/evaluation/compare.py) ---------------------------------------------------------------
 
 EVAL_METRICS = (("status", "status"), ("steps", "step"), ("final train loss", "final_train_loss"),
                 ("held-out loss", "eval_loss"), ("base held-out loss", "base_eval_loss"),
@@ -260,7 +261,7 @@ def compare_frames(result: dict) -> dict:
     run and series), the differing config fields and the evaluations, one column per run."""
     import pandas as pd
 
-    from tuning.runs import compare
+    from tuning.evaluation import compare
 
     plots = {}
     for name, x in (("by_step", "step"), ("by_tokens", "tokens")):
@@ -277,7 +278,7 @@ def compare_frames(result: dict) -> dict:
 
 def compared(ctx: AppContext, run_ids: list[str] | None) -> dict:
     """The Compare button: two or more runs side by side (python -m tuning compare gives the same)."""
-    from tuning.runs import compare
+    from tuning.evaluation import compare
 
     result = compare.compare(ctx.workspace, list(run_ids or []))
     noise = "".join(f"\n- {line}" for line in compare.noise_lines(result))
