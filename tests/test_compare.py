@@ -1,4 +1,4 @@
-"""Comparing runs (tuning/runs/compare.py): two real runs of the tiny model that differ in learning rate
+"""Comparing runs (tuning/evaluation/compare.py): two real runs of the tiny model that differ in learning rate
 and batch size, compared by the module, the CLI's `compare --json` and the Runs tab's handler."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tuning.runs import compare
+from tuning.evaluation import compare
 from tuning import runs
 from tuning.train import trainer as train
 from tuning.__main__ import main as cli

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -443,7 +444,7 @@ def test_the_estimate_of_a_fresh_workspace_is_within_30_percent_of_the_measured_
 
     monkeypatch.setattr(estimate, "_gpu_free_bytes", lambda: None)  # a CPU machine
     monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)  # as measured
-    measured = json.loads(open("presets/measured.json").read())["presets"][preset]
+    measured = json.loads(Path("presets/measured.json").read_text())["presets"][preset]
     assert measured["cores"] == estimate.CPU_CORES_MEASURED
     cfg = config_mod.load(f"presets/{preset}.yaml")
     guess = estimate.estimate(cfg, tmp_path, *estimate.dataset_size(cfg, tmp_path))

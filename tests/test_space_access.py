@@ -324,15 +324,18 @@ def test_the_upload_gate_lets_only_an_owner_upload_on_a_space(tmp_path):
     files = {"files": ("x.jsonl", b"{}\n")}
     for cookies in ({}, {upload_gate.COOKIE: "made-up"}):
         gate.cookies.clear()
-        answer = gate.post("/gradio_api/upload", files=files, cookies=cookies)
+        gate.cookies.update(cookies)
+        answer = gate.post("/gradio_api/upload", files=files)
         assert answer.status_code == 403 and "for its owner" in answer.json()["detail"]
     assert reached == []
     assert gate.post("/gradio_api/info").text == "stored"  # not an upload: untouched
     good = upload_gate.issue_pass(ctx, ttl_s=60)
     expired = upload_gate.issue_pass(ctx, ttl_s=-1)
     gate.cookies.clear()
-    assert gate.post("/gradio_api/upload", files=files, cookies={upload_gate.COOKIE: expired}).status_code == 403
-    assert gate.post("/gradio_api/upload", files=files, cookies={upload_gate.COOKIE: good}).text == "stored"
+    gate.cookies.set(upload_gate.COOKIE, expired)
+    assert gate.post("/gradio_api/upload", files=files).status_code == 403
+    gate.cookies.set(upload_gate.COOKIE, good)
+    assert gate.post("/gradio_api/upload", files=files).text == "stored"
     assert upload_gate.issue_pass(ctx, ttl_s=60) and expired not in ctx.owner_passes  # expired ones pruned
 
     local, _ = client(space.space_settings({}, data_dir=tmp_path / "no"))

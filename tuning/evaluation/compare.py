@@ -19,6 +19,8 @@ from typing import Any
 
 from tuning import runs
 
+from tuning.evaluation import headlines
+
 MAX_POINTS = 400  # per run and series: what a line plot shows without slowing the page
 
 
@@ -85,7 +87,7 @@ def evaluation(summary: runs.RunSummary) -> dict[str, Any]:
         "base_perplexity": result.get("base_perplexity"), "evaluated_at_step": result.get("step"),
         "checks": {kind: {"n": c["n"], "tuned_passed": c["tuned_passed"], "base_passed": c["base_passed"]}
                    for kind, c in by_kind.items()},
-        "checks_text": runs.checks_text(result),
+        "checks_text": headlines.checks_text(result),
         "ab_votes": ab["votes"], "ab_tuned_win_rate": ab["tuned_win_rate"], "ab_text": ab["text"],
         "duration_s": round(summary.duration, 1) if summary.duration is not None else None,
     }

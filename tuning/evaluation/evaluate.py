@@ -31,10 +31,12 @@ from typing import Any
 from tuning import config as config_mod
 from tuning import data as data_mod
 from tuning.infer import generation
-from tuning.levers import memory
-from tuning.train import preference
+from tuning import levers
+from tuning.levers import allocator, lm_head
+from tuning.evaluation import preference_figures
 from tuning.data import pairs as preference_data
 from tuning import runs
+from tuning.evaluation import headlines
 from tuning.evaluation import row_losses
 from tuning.infer.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
@@ -132,6 +134,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    sliced = levers.enabled("sliced_eval_loss", cfg.speedups, device.type)
     batch_losses = []
     with torch.no_grad(), generation.inference(model), generation.active_adapter(model, adapter):
         for i in range(0, len(rows), cfg.per_device_batch_size):
@@ -143,8 +146,9 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
             mask = torch.tensor([r["assistant_masks"] + [0] * (width - len(r["input_ids"])) for r in chunk])
             labels = ids.masked_fill(mask == 0, -100)
             # Token t predicts token t+1, as in the model's own loss; scored a slice of the LM head at
-            # a time, never the whole vocabulary's logits for the batch (tuning/levers/memory.py)
-            token_losses = memory.token_losses(model, ids.to(device), attention.to(device), labels.to(device))
+            # a time, never the whole vocabulary's logits for the batch (tuning/levers/lm_head.py)
+            score = lm_head.token_losses if sliced else lm_head.full_token_losses
+            token_losses = score(model, ids.to(device), attention.to(device), labels.to(device))
             counts = (labels[:, 1:] != -100).sum(1).to(device)
             loss = token_losses.sum() / counts.sum().clamp(min=1)
             batch_losses += [loss.item()] * len(chunk)  # the Trainer's eval loop weights by rows
@@ -361,7 +365,7 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
             elif check.part == "loss_base":
                 figures["base_eval_loss"] = heldout_loss(model, tokenizer, conversations, cfg, BASE, per_row=base_rows)
             elif check.part == "preference":  # held-out preference accuracy and margin, base vs tuned
-                figures["preference"] = preference.heldout_figures(model, tokenizer, cfg,
+                figures["preference"] = preference_figures.heldout_figures(model, tokenizer, cfg,
                                                                    preference_data.heldout_rows(cfg), adapter)
             elif check.part == "probes":
                 cached = base_answers[check.start:check.end] if base_answers else None
@@ -374,8 +378,9 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
             stopped_at = check.label
             break
         # each check's freed activations go back to the OS before the next one allocates its own, so
-        # their peaks do not stack (tuning/levers/memory.py, release_freed_memory)
-        memory.release_freed_memory()
+        # their peaks do not stack (tuning/levers/allocator.py)
+        if levers.enabled("trim_between_checks", cfg.speedups):
+            allocator.release_freed_memory()
         name = "loss" if check.part.startswith("loss") else check.part
         seconds[name] = round(seconds.get(name, 0.0) + time.time() - t0, 1)
         done, work_done = done + 1, work_done + check.work
@@ -487,8 +492,8 @@ def end_of_training(trainer, tokenizer, cfg: config_mod.TrainConfig, run_dir: Pa
                   partial=result["partial"] or None, eval_loss=result["eval_loss"],
                   base_eval_loss=result["base_eval_loss"], perplexity=result["perplexity"],
                   base_perplexity=result["base_perplexity"], checks=by_kind, preference=result.get("preference"),
-                  message=runs.headline(result) + partial)
-    print(f"{kind} evaluation ({result['seconds']['total']:.0f}s): {runs.headline(result)}{partial}", flush=True)
+                  message=headlines.headline(result) + partial)
+    print(f"{kind} evaluation ({result['seconds']['total']:.0f}s): {headlines.headline(result)}{partial}", flush=True)
     return result
 
 

@@ -4,7 +4,7 @@ During training the padding-free batch is one row of concatenated examples, and 
 head already returns each token's log-probability (`outputs.log_probs`, zero where there is no
 label). Summing it within each example's span (the batch's `cu_seq_lens_q` boundaries) gives that
 example's own loss at no extra cost: no second forward pass, no logits kept. The dataset carries
-each example's `row_id` (tuning/data/), the collator hands the ids of a batch to the model call,
+each example's `row_id` (tuning/data/tokens.py), the collator hands the ids of a batch to the model call,
 and a forward pre-hook on the PeftModel takes them off before the model sees its inputs. The same
 hook sees the Trainer's evaluation batches, so every evaluation records each held-out row's loss;
 the end-of-run evaluation adds the base model's per-row loss (tuning/evaluation/evaluate.py).
@@ -26,7 +26,7 @@ from typing import Any
 
 from tuning import runs
 
-ROW_ID = "row_id"  # the dataset column (tuning/data/)
+ROW_ID = "row_id"  # the dataset column (tuning/data/tokens.py)
 BATCH_KEY = "row_ids"  # the batch key the collator adds and the pre-hook removes
 MIN_NEIGHBOURS = 8  # rows a training row is compared with (those measured at the nearest steps)
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tuning.infer.adapters import BASE, active_adapter
+
 # GenerationConfig fields this loop honours (the others must be at their defaults): greedy
 # decoding with an end token, a length limit, a minimum length and a repetition penalty.
 # max_length is overridden by max_new_tokens, and the sampling knobs mean nothing when greedy.
@@ -73,13 +75,11 @@ def _adapters(model, names: list[str]):
     """The module to call for rows named `names`: the bare model with one adapter active (or none,
     for BASE) when they agree, and PEFT's mixed-batch hooks (registered once for the segment,
     as PeftModel.generate registers them once per call) when they differ."""
-    from tuning.infer import generation
-
     if not hasattr(model, "peft_config"):
-        assert set(names) == {generation.BASE}, "a model without adapters can only answer as the base"
+        assert set(names) == {BASE}, "a model without adapters can only answer as the base"
         yield model
     elif len(set(names)) == 1:
-        with generation.active_adapter(model, names[0]):
+        with active_adapter(model, names[0]):
             yield model.get_base_model()
     else:
         with model._enable_peft_forward_hooks(adapter_names=list(names)):

@@ -13,30 +13,10 @@ from __future__ import annotations
 import contextlib
 import queue
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+from tuning.infer.adapters import BASE, active_adapter, uses_dora  # noqa: F401 - callers name them here too
+
 # generate() arguments for greedy decoding; the None values silence the model's sampling defaults
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-
-
-def uses_dora(model) -> bool:
-    return any(getattr(c, "use_dora", False) for c in getattr(model, "peft_config", {}).values())
-
-
-@contextlib.contextmanager
-def active_adapter(model, name: str):
-    """Run the PeftModel as the base (name == BASE) or with adapter `name` active."""
-    if name == BASE:
-        with model.disable_adapter():
-            yield
-        return
-    previous = model.active_adapter
-    if previous != name:
-        model.set_adapter(name, inference_mode=not model.training)
-    try:
-        yield
-    finally:
-        if previous != name:
-            model.set_adapter(previous, inference_mode=not model.training)
 
 
 @contextlib.contextmanager

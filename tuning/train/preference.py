@@ -1,6 +1,6 @@
 """Preference tuning, the model side: TRL's DPOTrainer, KTOTrainer and ORPO trainer (trl.experimental
-in the pinned TRL) built on the same LoRA/QLoRA base, callbacks, checkpoints and resume as SFT, and
-the held-out preference figures of the end-of-run evaluation.
+in the pinned TRL) built on the same LoRA/QLoRA base, callbacks, checkpoints and resume as SFT (the held-out preference figures
+of the end-of-run evaluation are in tuning/evaluation/preference_figures.py).
 
 - The reference model is never a second copy of the weights. TRL's own rule with PEFT and
   ref_model=None: a fresh adapter is scored against the same base with the adapter switched off;
@@ -9,11 +9,6 @@ the held-out preference figures of the end-of-run evaluation.
   ORPO needs no reference at all.
 - init_from: the finished run's adapter/ is loaded as the trainable adapter (its rank and target
   modules come with it), after checking the run finished with an adapter of the same base model.
-- Evaluation (held-out pairs, base vs tuned): preference accuracy, the share of pairs whose chosen
-  answer gets a higher summed log-probability than the rejected one, and the mean margin
-  beta * (logp(chosen) - logp(rejected)); and the DPO implicit reward of the tuned model,
-  beta * (logp_tuned - logp_base) per side, with the base = the adapter switched off: its accuracy
-  (chosen rewarded above rejected) and mean margin. Both sides share one copy of the weights.
 """
 
 from __future__ import annotations
@@ -22,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tuning import data as data_mod
-from tuning.infer import generation
 from tuning.data import pairs
 from tuning import runs
 from tuning.config import ConfigError, TrainConfig
-from tuning.infer.generation import BASE
 
 # The metrics TRL's preference trainers log besides the loss, kept in the `log` event's `objective` field.
 METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen")
@@ -93,7 +86,7 @@ def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bo
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         # TRL's preference configs default to checkpointing and bf16: the form's values win
-        gradient_checkpointing=cfg.gradient_checkpointing, bf16=dtype == torch.bfloat16,
+        activation_checkpointing=cfg.gradient_checkpointing, bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.step_interval("save_steps"),
         save_total_limit=max(2, cfg.save_total_limit),  # see train.build_trainer: the marker comes after
@@ -148,64 +141,3 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: l
     if cfg.objective != "orpo":
         kwargs["ref_model"] = None  # PEFT: the reference is the base (or starting adapter), never a copy
     return trainer_class(**kwargs)
-
-
-# --- evaluation: held-out preference figures ---------------------------------------------------------
-
-def answer_logps(model, tokenizer, rows: list[dict], side: str, adapter: str, max_length: int,
-                 batch_size: int = 8) -> list[float]:
-    """Summed log-probability of each row's `side` answer given its prompt, with `adapter` (BASE:
-    switched off). The answer tokens are the ones training scores (data.tokenize_conversation's
-    mask over the chat template), cut at max_length."""
-    import torch
-
-    encoded = [data_mod.tokenize_conversation(tokenizer, r["prompt"] + r[side], max_length) for r in rows]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    out: list[float] = []
-    with torch.no_grad(), generation.inference(model), generation.active_adapter(model, adapter):
-        for i in range(0, len(encoded), batch_size):
-            chunk = encoded[i:i + batch_size]
-            width = max(len(e["input_ids"]) for e in chunk)
-            ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in chunk])
-            attention = (torch.arange(width)[None, :] < torch.tensor([len(e["input_ids"]) for e in chunk])[:, None])
-            mask = torch.tensor([e["assistant_masks"] + [0] * (width - len(e["input_ids"])) for e in chunk])
-            logits = model(input_ids=ids.to(device), attention_mask=attention.long().to(device)).logits.float()
-            logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
-            out += (logps * mask[:, 1:].to(device)).sum(dim=1).tolist()  # token t+1 is predicted at t
-    return out
-
-
-def _figures(chosen: list[float], rejected: list[float], beta: float) -> dict[str, float]:
-    diffs = [c - r for c, r in zip(chosen, rejected)]
-    return {"accuracy": sum(d > 0 for d in diffs) / len(diffs), "margin": beta * sum(diffs) / len(diffs)}
-
-
-def heldout_figures(model, tokenizer, cfg: TrainConfig, rows: list[dict], adapter: str) -> dict | None:
-    """Base against tuned on held-out preference rows (see the module docstring). KTO rows: the mean
-    implicit reward of the good and of the bad answers and the share rewarded on the right side."""
-    if not rows:
-        return None
-    if "completion" in rows[0]:
-        tuned = answer_logps(model, tokenizer, rows, "completion", adapter, cfg.max_length, cfg.per_device_batch_size)
-        base = answer_logps(model, tokenizer, rows, "completion", BASE, cfg.max_length, cfg.per_device_batch_size)
-        rewards = [cfg.beta * (t - b) for t, b in zip(tuned, base)]
-        good = [r for r, row in zip(rewards, rows) if row["label"]]
-        bad = [r for r, row in zip(rewards, rows) if not row["label"]]
-        right = sum(r > 0 for r in good) + sum(r < 0 for r in bad)
-        return {"rows": len(rows), "beta": cfg.beta, "kind": "kto", "reward_accuracy": right / len(rows),
-                "reward_desirable": sum(good) / len(good) if good else None,
-                "reward_undesirable": sum(bad) / len(bad) if bad else None}
-    logps = {(name, side): answer_logps(model, tokenizer, rows, side, name, cfg.max_length, cfg.per_device_batch_size)
-             for name in (adapter, BASE) for side in ("chosen", "rejected")}
-    base = _figures(logps[(BASE, "chosen")], logps[(BASE, "rejected")], cfg.beta)
-    tuned = _figures(logps[(adapter, "chosen")], logps[(adapter, "rejected")], cfg.beta)
-    chosen_rewards = [t - b for t, b in zip(logps[(adapter, "chosen")], logps[(BASE, "chosen")])]
-    rejected_rewards = [t - b for t, b in zip(logps[(adapter, "rejected")], logps[(BASE, "rejected")])]
-    reward = _figures(chosen_rewards, rejected_rewards, cfg.beta)
-    return {"rows": len(rows), "beta": cfg.beta, "kind": "pairs",
-            "base_accuracy": base["accuracy"], "base_margin": base["margin"],
-            "tuned_accuracy": tuned["accuracy"], "tuned_margin": tuned["margin"],
-            "reward_accuracy": reward["accuracy"], "reward_margin": reward["margin"],
-            "reward_chosen": cfg.beta * sum(chosen_rewards) / len(rows),
-            "reward_rejected": cfg.beta * sum(rejected_rewards) / len(rows)}

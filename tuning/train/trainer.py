@@ -6,7 +6,7 @@ What it does, and the trade-off of each feature:
   memory than full precision, some quality loss on very small models.
 - LoRA adapters through PEFT on every linear layer by default ("all-linear").
 - Loss only on assistant tokens (train_on_completions_only): the mask comes from
-  tuning.data.tokenize_conversation, so it works with any chat template.
+  tuning.data.tokens.tokenize_conversation, so it works with any chat template.
 - Events: every log, eval, checkpoint, the start and the end go to events.jsonl, which the
   dashboard tails; progress is also printed to stdout.
 - Checkpoints every save_steps with optimizer and scheduler state; each gets a COMPLETE
@@ -40,7 +40,7 @@ import traceback
 from pathlib import Path
 
 from tuning import data as data_mod
-from tuning import models
+from tuning import levers, models
 from tuning.train import distributed, faults, preference, tracking
 from tuning.evaluation import evaluate, row_losses
 from tuning import runs
@@ -303,7 +303,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         max_steps=cfg.max_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 renamed gradient_checkpointing
         neftune_noise_alpha=cfg.neftune_noise_alpha or None,  # the Trainer's own NEFTune hook
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -325,7 +325,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         packing=cfg.packing,
         packing_strategy="bfd",
         # Padding-free batches: the examples of a batch are concatenated into one row with
-        # per-sequence position ids and no padding (models.use_varlen_sdpa keeps attention inside
+        # per-sequence position ids and no padding (tuning/levers/attention.py keeps attention inside
         # each example). On mixed lengths a padded batch of 8 rows of 20-400 tokens is ~1.7x its
         # real tokens; here every token computed is a real one. Same examples per step as padding.
         padding_free=True,
@@ -364,28 +364,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process())
     if row_callback is not None:
         trainer.add_callback(row_callback)
-    if not torch.cuda.is_available():
-        from tuning.levers import cpu_speed
-
-        # Same computation, less time on a CPU: cheaper LoRA dropout masks, no vocabulary-wide
-        # scores for prompt tokens, no fp32 round trip of each adapter's input (tuning/levers/cpu_speed.py
-        # has the measurements).
-        swapped = cpu_speed.use_fast_dropout(trainer.model)
-        compact = cpu_speed.score_trained_tokens_only()
-        lean = cpu_speed.use_lean_lora_forward(trainer.model)
-        print(f"cpu: fast LoRA dropout in {swapped} layers; LM head scores trained tokens only: {compact}; "
-              f"lean LoRA forward in {lean} layers", flush=True)
-        from tuning.levers import memory
-
-        # A few token counts instead of a new one every step: the math libraries' per-shape state
-        # stops growing the RSS (tuning/levers/memory.py)
-        print(f"cpu: batches padded to a multiple of {memory.bucket_tokens(trainer)} tokens", flush=True)
-        trainer.add_callback(memory.trim_callback())
-        print(f"cpu: LM head tiles of {memory.narrow_lm_head_chunks()} vocabulary columns", flush=True)
-        # each LoRA adapter keeps its layer's input for the backward, not a dropped-out copy and a mask
-        print(f"cpu: LoRA dropout redrawn in the backward in {memory.share_lora_inputs(trainer.model)} adapters; "
-              f"SiLU recomputed in the backward in {memory.share_mlp_activation(trainer.model)} MLPs; "
-              f"{memory.recompute_norms(trainer.model)} RMSNorms recomputed in the backward", flush=True)
+    # The CPU levers (tuning/levers): the same computation in less time and memory, where they apply and
+    # unless speedups is off; one line per lever in the log says which applied and why the others did not.
+    levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type, log=levers.print_line)
     return trainer, tokenizer
 
 
@@ -401,6 +382,8 @@ def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events
                                        [*_callbacks(cfg, events, run_dir, stop, phases), probes], tokenizer, model_path)
     trainer.remove_callback(PrinterCallback)  # one readable line a step, as for SFT
     probes.bind(trainer, tokenizer)
+    levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type, log=levers.print_line,
+                 reason=f"objective {cfg.objective}: TRL's preference trainer keeps its own code paths")
     return trainer, tokenizer
 
 
