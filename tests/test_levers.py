@@ -161,3 +161,31 @@ def test_speedups_auto_applies_the_levers_on_a_cpu(tmp_path, tiny_config, trl_ow
     assert {"ReleaseFreedMemory", "BucketTokens"} <= {type(c).__name__ for c in trainer.callback_handler.callbacks}
     assert trl_utils._use_triton is not chunked_logprob._use_triton and trl_utils._use_triton(torch.device("cpu"))
     assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == lm_head.LM_HEAD_VOCAB_CHUNK
+
+
+def test_every_lever_s_version_window_holds_the_installed_libraries():
+    """A library upgrade fails here first: re-check what the lever patches, then widen its window."""
+    for lever in levers.LEVERS:
+        assert levers.outside_window(lever.written_for) is None, (lever.name, lever.written_for)
+    assert sum("<" in lever.written_for for lever in levers.LEVERS) >= 10  # the patching ones carry a window
+
+
+def test_a_lever_outside_its_window_stands_aside_and_says_which(monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "9.0" if name == "trl" else real(name))
+    levers.outside_window.cache_clear()
+    try:
+        trl_levers = [lv for lv in levers.LEVERS if lv.written_for.startswith("trl")]
+        assert {lv.name for lv in trl_levers} >= {"trained_tokens_only", "lm_head_tiles"}
+        for lever in trl_levers:
+            why = levers.why_not(lever, levers.AUTO, levers.CPU)
+            assert why == (f"written for {lever.written_for}, trl 9.0 is installed: "
+                           "check the lever, then widen its window")
+            line = levers.Outcome(lever.name, False, why).line()
+            assert line.startswith(f"lever {lever.name}: skipped (written for trl")
+        assert all(levers.why_not(lv, levers.AUTO, levers.CPU) is None
+                   for lv in levers.LEVERS if not lv.written_for.startswith("trl"))
+    finally:
+        levers.outside_window.cache_clear()

@@ -4,7 +4,7 @@ applies (the device: "cpu" or "any"; the stage: which code applies it), the modu
 library it was written against, and a function that applies it and says what it did or why it did not.
 `speedups: auto` (TrainConfig) applies the levers where they apply; `speedups: off` applies none, so a run
 trains with the libraries' own code paths only. apply() is called from one place per stage (the model
-loader, train.build_trainer, playground.Comparer, the evaluation) and logs one line per lever. Each lever
+loader, trainer.build_trainer, playground.Comparer, the evaluation) and logs one line per lever. Each lever
 has a test that it computes what it replaces (tests/test_memory.py, tests/test_perf_cpu.py,
 tests/test_perf_packing.py, tests/test_levers.py) and its figure in bench/RESULTS.md; docs/performance.md
 has the table. Nothing here imports torch: the lever modules are imported when a lever is applied.
@@ -12,6 +12,7 @@ has the table. Nothing here imports torch: the lever modules are imported when a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ CPU, ANY = "cpu", "any"
 PROCESS = "process"  # models.load_model, before the weights are read (nothing)
 MODEL = "model"  # models.load_model, every model loaded for training or generating (the model)
 TRAINING_MODEL = "training model"  # models.load_base_for_training (the model)
-TRAINER = "trainer"  # train.build_trainer, SFT (the SFTTrainer)
+TRAINER = "trainer"  # trainer.build_trainer, SFT (the SFTTrainer)
 GENERATION = "generation"  # playground.Comparer (the model)
 EVALUATION = "evaluation"  # evaluation.evaluate asks enabled() (nothing)
 STAGES = (PROCESS, MODEL, TRAINING_MODEL, TRAINER, GENERATION, EVALUATION)
@@ -45,7 +46,7 @@ class Lever:
     device: str  # CPU or ANY
     stage: str  # one of STAGES
     module: str  # its module in tuning/levers
-    written_for: str  # the library (and version) whose code path it replaces
+    written_for: str  # the version window of the library whose code path it replaces, e.g. "trl>=1.16,<1.17"
     apply: Callable[[Any], tuple[bool, str]]  # (applied, what it did or why not)
 
 
@@ -163,46 +164,68 @@ LEVERS: tuple[Lever, ...] = (
     Lever("allocator_arenas", "two glibc malloc arenas instead of one per thread", ANY, PROCESS, "allocator",
           "glibc", _tune_allocator),
     Lever("contiguous_head_input", "the LM head gets a contiguous input (generation's last position)", ANY,
-          MODEL, "lm_head", "torch 2.13", _contiguous_head_input),
+          MODEL, "lm_head", "torch>=2.13,<2.14", _contiguous_head_input),
     Lever("varlen_sdpa", "attention within each sequence of a padding-free batch", ANY, TRAINING_MODEL,
-          "attention", "transformers 5.24", _varlen_sdpa),
+          "attention", "transformers>=5.24,<5.25", _varlen_sdpa),
     Lever("fast_dropout", "LoRA dropout masks from 16 random bits per element", CPU, TRAINER, "dropout",
-          "peft 0.21", _fast_dropout),
+          "peft>=0.21,<0.22", _fast_dropout),
     Lever("trained_tokens_only", "TRL's fused LM head scores the labelled positions only", CPU, TRAINER,
-          "lm_head", "trl 1.16", _trained_tokens_only),
+          "lm_head", "trl>=1.16,<1.17", _trained_tokens_only),
     Lever("lean_lora_forward", "LoRA keeps its input's dtype and scales the rank-r product", CPU, TRAINER,
-          "lora_forward", "peft 0.21", _lean_lora_forward),
+          "lora_forward", "peft>=0.21,<0.22", _lean_lora_forward),
     Lever("token_buckets", "padding-free batches rounded up to a multiple of 64 tokens", CPU, TRAINER,
-          "buckets", "trl 1.16", _token_buckets),
+          "buckets", "trl>=1.16,<1.17", _token_buckets),
     Lever("malloc_trim", "freed heap pages go back to the OS after every step", CPU, TRAINER, "allocator",
           "glibc", _trim_after_steps),
     Lever("lm_head_tiles", "TRL's fused LM head in tiles of 4,096 vocabulary columns", CPU, TRAINER, "lm_head",
-          "trl 1.16", _lm_head_tiles),
+          "trl>=1.16,<1.17", _lm_head_tiles),
     Lever("shared_lora_inputs", "LoRA adapters keep their input, the dropout mask is drawn again in the backward",
-          CPU, TRAINER, "lora_forward", "peft 0.21", _shared_lora_inputs),
+          CPU, TRAINER, "lora_forward", "peft>=0.21,<0.22", _shared_lora_inputs),
     Lever("mlp_activation", "a gated MLP's SiLU computed again in the backward", CPU, TRAINER, "recompute",
-          "transformers 5.24", _mlp_activation),
-    Lever("norms", "RMSNorms computed again in the backward", CPU, TRAINER, "recompute", "transformers 5.24",
+          "transformers>=5.24,<5.25", _mlp_activation),
+    Lever("norms", "RMSNorms computed again in the backward", CPU, TRAINER, "recompute", "transformers>=5.24,<5.25",
           _norms),
     Lever("few_rows_linear", "fp32 linear layers compute 2-4 rows as W @ x.T", CPU, GENERATION, "few_rows",
-          "torch 2.13", _few_rows_linear),
+          "torch>=2.13,<2.14", _few_rows_linear),
     Lever("sliced_eval_loss", "the held-out loss scores a slice of the LM head at a time", ANY, EVALUATION,
-          "lm_head", "transformers 5.24", _in_use("the held-out loss scores a slice of the LM head at a time")),
+          "lm_head", "transformers>=5.24,<5.25", _in_use("the held-out loss scores a slice of the LM head at a time")),
     Lever("trim_between_checks", "freed heap pages go back to the OS between the evaluation's checks", ANY,
           EVALUATION, "allocator", "glibc", _in_use("malloc_trim between the evaluation's checks")),
 )
 BY_NAME = {lever.name: lever for lever in LEVERS}
 
 
+@functools.lru_cache(maxsize=None)
+def outside_window(written_for: str) -> str | None:
+    """Why the installed library is outside a lever's version window ("trl>=1.16,<1.17"), or None when it
+    is inside (or the window names no Python package, as "glibc"). A lever patches code that moves between
+    releases; outside the versions it was checked against it stands aside rather than guess."""
+    if not any(sign in written_for for sign in "<>="):
+        return None
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wanted = Requirement(written_for)
+    try:
+        installed = metadata.version(wanted.name)
+    except metadata.PackageNotFoundError:
+        return f"{wanted.name} is not installed"
+    if wanted.specifier.contains(installed, prereleases=True):
+        return None
+    return f"written for {written_for}, {wanted.name} {installed} is installed: check the lever, then widen its window"
+
+
 def why_not(lever: Lever, speedups: str, device: str) -> str | None:
-    """Why the lever does not apply here (the switch, the device), or None when it may."""
+    """Why the lever does not apply here (the switch, the device, the library's version), or None when it
+    may."""
     if speedups not in (AUTO, OFF):
         raise ValueError(f"speedups: {speedups!r} is not one of {AUTO}, {OFF}")
     if speedups == OFF:
         return "speedups: off"
     if lever.device == CPU and device != CPU:
         return f"not a CPU ({device})"
-    return None
+    return outside_window(lever.written_for)
 
 
 def enabled(name: str, speedups: str, device: str = CPU) -> bool:

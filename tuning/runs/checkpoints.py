@@ -10,7 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tuning.runs.layout import ADAPTER, ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPLETE_MARKER, RunError, adapter_dir, check_run_id, checkpoints_dir
+from tuning.runs.layout import (ADAPTER, ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPLETE_MARKER, RunError, adapter_dir,
+                                check_run_id, checkpoints_dir)
 from tuning.runs.files import fsync_tree, write_atomic
 from tuning.runs.events import event_log, read_run_events
 from tuning.runs.process import process_alive

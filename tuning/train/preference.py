@@ -72,7 +72,7 @@ def _model(cfg: TrainConfig, model_path: str, workspace: Path):
 # --- the trainers ---------------------------------------------------------------------------------------
 
 def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bool) -> dict[str, Any]:
-    """The TrainingArguments every objective shares with SFT (train.build_trainer's, minus packing)."""
+    """The TrainingArguments every objective shares with SFT (trainer.build_trainer's, minus packing)."""
     import torch
 
     from tuning import models
@@ -89,7 +89,7 @@ def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bo
         activation_checkpointing=cfg.gradient_checkpointing, bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.step_interval("save_steps"),
-        save_total_limit=max(2, cfg.save_total_limit),  # see train.build_trainer: the marker comes after
+        save_total_limit=max(2, cfg.save_total_limit),  # see trainer.build_trainer: the marker comes after
         eval_strategy="steps" if has_eval else "no", eval_steps=cfg.step_interval("eval_steps"),
         load_best_model_at_end=early_stop, metric_for_best_model="eval_loss" if early_stop else None,
         greater_is_better=False if early_stop else None,
