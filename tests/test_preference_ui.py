@@ -110,7 +110,7 @@ def test_one_pair_side_by_side_with_the_tokens_each_side_scores(ctx, pairs_file,
     # A short max_length cuts the long rejected answer and leaves the short chosen one whole.
     cut = dataset_tab.show_pair(ctx, pairs_file, "", 6, str(tiny_model_dir), 64)
     assert cut["pair_rejected"][-1][1] == "truncated" and "truncated" not in {lab for _, lab in cut["pair_chosen"]}
-    with pytest.raises(Exception, match="pick a number between 1 and 6"):
+    with pytest.raises(Exception, match="pair: pick a pair between 1 and 6"):
         dataset_tab.show_pair(ctx, pairs_file, "", 9, str(tiny_model_dir), 512)
 
 

@@ -123,6 +123,17 @@ def number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
+def picked_number(value, what: str, count: int) -> int:
+    """The 1-based row (or pair) number typed in a box, checked against the `count` there are."""
+    try:
+        number = int(value or 1)
+    except (TypeError, ValueError):
+        raise paths.PathError(f"{what}: expected a {what} number, got {value!r}") from None
+    if not 1 <= number <= count:
+        raise paths.PathError(f"{what}: pick a {what} between 1 and {count}")
+    return number
+
+
 def guarded(fn):
     """Wrap a handler so any exception reaches the page as a short gr.Error message (an API
     client gets the same message), never as a traceback. For the API-only endpoints (gr.api) and

@@ -16,6 +16,7 @@ import gradio as gr
 
 from tuning import paths
 from tuning.data import pairs
+from tuning.ui.common import picked_number
 
 LIST_ROWS = 500  # pairs listed in the table (any pair opens by its number)
 LIST_HEADERS = ["#", "prompt (last turn)", "chosen", "rejected", "file:row"]
@@ -122,12 +123,7 @@ def statistics(source: str, column_map: str, tokenizer, max_length: int) -> dict
 def pair_view(source: str, column_map: str, number, tokenizer, max_length: int) -> dict:
     """One pair side by side: the prompt's tokens (context), then each answer's tokens (scored, or cut)."""
     loaded = load(source, column_map)
-    try:
-        number = int(number or 1)
-    except (TypeError, ValueError):
-        raise paths.PathError(f"pair: expected a pair number, got {number!r}") from None
-    if not 1 <= number <= loaded.rows_valid:
-        raise paths.PathError(f"pair: pick a number between 1 and {loaded.rows_valid}")
+    number = picked_number(number, "pair", loaded.rows_valid)
     row, (file, line) = loaded.rows[number - 1], loaded.locations[number - 1]
     views = pairs.pair_token_views(tokenizer, row, max_length)
     if "completion" in row:

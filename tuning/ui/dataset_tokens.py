@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tuning import paths
 from tuning.ui import access, dataset_pairs
-from tuning.ui.common import AppContext, check_source, load_dataset
+from tuning.ui.common import AppContext, check_source, load_dataset, picked_number
 
 FINDING_HEADERS = ["file", "row", "finding"]
 TOKEN_COLORS = {"trained": "green", "masked": "gray", "truncated": "red"}
@@ -110,12 +110,7 @@ def token_view_handler(ctx: AppContext, source: str, fmt: str, row, base_model: 
     if not source or dataset_pairs.is_preference(source):
         return []  # nothing inspected yet; pairs show in the pair view (show_pair)
     loaded = load_dataset(source, fmt, column_map, workspace=ctx.workspace)
-    try:
-        number = int(row or 1)
-    except (TypeError, ValueError):
-        raise paths.PathError(f"row: expected a row number, got {row!r}") from None
-    if not 1 <= number <= loaded.rows_valid:
-        raise paths.PathError(f"row: pick a row between 1 and {loaded.rows_valid}")
+    number = picked_number(row, "row", loaded.rows_valid)
     tokenizer = tokenizer_for(ctx, base_model)
     return data.token_view(tokenizer, loaded.conversations[number - 1], checked_max_length(max_length),
                            bool(completions_only))
