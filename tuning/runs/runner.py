@@ -282,12 +282,18 @@ def stop(workspace: Path, run_id: str, timeout: float = 0.0) -> bool:
             time.sleep(0.2)
         if runs.process_alive(path):
             _signal(proc, pgid, signal.SIGKILL)
-        if pgid is not None:  # children that outlived their parent: end them too
-            for leftover in group_members(pgid):
+        if pgid is not None:  # children that outlived their parent: end them too, and wait until they are gone
+            leftovers = group_members(pgid)
+            for leftover in leftovers:
                 try:
                     leftover.kill()
                 except psutil.Error:
                     pass
+            # SIGKILL lands asynchronously (a busy machine shows the lag): wait until none is left running;
+            # a killed child becomes a zombie until whoever adopted it reaps it, and group_members skips those
+            until = time.time() + 10
+            while leftovers and group_members(pgid) and time.time() < until:
+                time.sleep(0.05)
         reap()
     return True
 

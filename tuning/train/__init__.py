@@ -1,3 +1,5 @@
-"""Training: the run's trainer for every objective (trainer.py), preference tuning's data and trainers
-(preference.py), launching on several processes or machines (distributed.py), trackers (tracking.py)
-and the faults tests inject (faults.py)."""
+"""Training, in its own process: entry.py opens the run folder and records the process (python -m tuning
+train lands there from every launcher), trainer.py builds and runs the trainer for every objective (SFT
+on TRL's SFTTrainer), preference.py builds DPO, ORPO and KTO on the same setup, distributed.py launches
+and coordinates several processes or machines, tracking.py wires trackers and faults.py injects the
+faults tests ask for."""
