@@ -189,3 +189,26 @@ def test_a_lever_outside_its_window_stands_aside_and_says_which(monkeypatch):
                    for lv in levers.LEVERS if not lv.written_for.startswith("trl"))
     finally:
         levers.outside_window.cache_clear()
+
+
+def test_on_a_gpu_padding_free_attention_is_the_library_kernel_not_a_loop(monkeypatch):
+    """varlen_sdpa (a Python loop over the sequences, with a host sync per layer) is the CPU's; a CUDA
+    run gets flash-attention 2's varlen kernel when flash-attn is installed, else transformers' SDPA."""
+    import importlib.util
+
+    from tuning import models
+
+    [outcome] = levers.apply(levers.TRAINING_MODEL, object(), levers.AUTO, "cuda")
+    assert outcome.lever == "varlen_sdpa" and outcome.detail == "not a CPU (cuda)"
+    assert models.attention_implementation(torch.bfloat16) is None  # this machine: the CPU default
+    monkeypatch.setattr(models, "device_type", lambda: "cuda")
+    real_find_spec = importlib.util.find_spec
+    installed = {"flash_attn": False}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        object() if name == "flash_attn" and installed["flash_attn"] else
+        None if name == "flash_attn" else real_find_spec(name, *a)))
+    assert models.attention_implementation(torch.bfloat16) == "sdpa"
+    installed["flash_attn"] = True
+    assert models.attention_implementation(torch.bfloat16) == "flash_attention_2"
+    assert models.attention_implementation(torch.float16) == "flash_attention_2"
+    assert models.attention_implementation(torch.float32) == "sdpa"  # flash-attention has no fp32 kernel

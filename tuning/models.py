@@ -381,6 +381,21 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def attention_implementation(dtype: torch.dtype) -> str | None:
+    """On a CUDA GPU, flash-attention 2 when the flash-attn package is installed and the weights are
+    bf16/fp16: a padding-free batch then runs in its varlen kernel (transformers passes the sequence
+    boundaries), with no per-sequence loop; otherwise transformers' SDPA, which builds the block mask
+    of a padding-free batch from its position ids. None (transformers' default) anywhere else: on a CPU
+    the varlen_sdpa lever does that work."""
+    import importlib.util
+
+    if device_type() != "cuda":
+        return None
+    if importlib.util.find_spec("flash_attn") is not None and dtype in (torch.bfloat16, torch.float16):
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_code: bool = False,
                quantization_config=None, speedups: str = levers.AUTO, log=None):
     """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only. Every process that
@@ -390,11 +405,15 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     from transformers import AutoModelForCausalLM
 
     levers.apply(levers.PROCESS, None, speedups, device_type(), log=log)
+    attention = attention_implementation(dtype)
+    if attention and log is not None:
+        log(f"attention: {attention}")
     started = time.time()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_path,
             dtype=dtype,
+            **({"attn_implementation": attention} if attention else {}),
             quantization_config=quantization_config,
             device_map=device_map(),
             trust_remote_code=trust_remote_code,

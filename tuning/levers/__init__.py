@@ -165,7 +165,9 @@ LEVERS: tuple[Lever, ...] = (
           "glibc", _tune_allocator),
     Lever("contiguous_head_input", "the LM head gets a contiguous input (generation's last position)", ANY,
           MODEL, "lm_head", "torch>=2.13,<2.14", _contiguous_head_input),
-    Lever("varlen_sdpa", "attention within each sequence of a padding-free batch", ANY, TRAINING_MODEL,
+    # CPU only: on a GPU flash-attention's varlen kernel (or transformers' SDPA block mask) does this without
+    # a Python loop over the sequences (models.attention_implementation)
+    Lever("varlen_sdpa", "attention within each sequence of a padding-free batch", CPU, TRAINING_MODEL,
           "attention", "transformers>=5.24,<5.25", _varlen_sdpa),
     Lever("fast_dropout", "LoRA dropout masks from 16 random bits per element", CPU, TRAINER, "dropout",
           "peft>=0.21,<0.22", _fast_dropout),
