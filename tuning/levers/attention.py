@@ -7,7 +7,8 @@ whole-row gradient per sequence: 18% of a profiled step). On a CPU in bf16 it al
 attention shapes small: torch's CPU flash attention keeps a ~8 MiB kernel for every length it meets.
 Figures: bench/RESULTS.md, Evidence behind the levers ("padding-free batches", "attention shapes").
 Proofs: tests/test_perf_packing.py (each example's logits, loss and gradients as if alone),
-tests/test_memory.py (bf16 attention against fp32). Switch: `speedups: off` (transformers' own SDPA
+tests/test_memory.py (bf16 attention against fp32), tests/test_families.py (a sliding window, as Mistral,
+Phi-3 and Gemma 3 have, kept within each sequence). Switch: `speedups: off` (transformers' own SDPA
 then builds the block mask from the position ids).
 """
 
@@ -60,11 +61,26 @@ SDPA_MATH_MAX = 128
 SDPA_BUCKET = 64
 
 
-def _causal_attention(module, query, key, value, **kwargs):
-    """Causal SDPA of one sequence, (1, heads, length, dim) in, (1, length, heads, dim) out."""
+def _causal_attention(module, query, key, value, sliding_window=None, **kwargs):
+    """Causal SDPA of one sequence, (1, heads, length, dim) in, (1, length, heads, dim) out. A layer with a
+    sliding window (Mistral, Phi-3, the Gemmas' local layers: the model passes `sliding_window`) gets the
+    window as transformers' mask has it, when the sequence is longer than the window: is_causal alone would
+    let every token see the whole sequence (the loss and gradients of `speedups: off` no longer)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    length = query.shape[2]
+    if sliding_window is not None and length > sliding_window:
+        return sdpa_attention_forward(module, query, key, value, _window_mask(length, sliding_window, query.device),
+                                      **kwargs)[0]
     return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)[0]
+
+
+def _window_mask(length: int, window: int, device) -> torch.Tensor:
+    """transformers' sliding-window causal mask of one sequence (masking_utils: kv <= q and kv > q - window),
+    (1, 1, length, length), True where a query attends."""
+    q = torch.arange(length, device=device)[:, None]
+    kv = torch.arange(length, device=device)[None, :]
+    return ((kv <= q) & (kv > q - window))[None, None]
 
 
 def _cpu_half_attention(module, query, key, value, **kwargs):
