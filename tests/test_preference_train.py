@@ -131,3 +131,148 @@ def test_config_refuses_init_from_for_sft_and_packing_for_dpo(tiny_config):
         tiny_config.replace(objective="dpo", packing=True)
     with pytest.raises(config_mod.ConfigError, match="objective"):
         tiny_config.replace(objective="ppo")
+
+
+# --- memory: micro-batches, the fused head's levers, the sliced preference figures ----------------------
+
+@pytest.fixture
+def trl_own_head(monkeypatch):
+    """TRL's own fused-head switch and tile width (an earlier trainer in this process may have set them),
+    restored after the test."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    return trl_utils
+
+
+@pytest.mark.parametrize("objective, device, speedups, batch, passes, length, expected", [
+    ("dpo", "cpu", "auto", 8, 1, 512, (1, 8)),  # 8 pairs x 2 x 512 = 8,192 tokens: one pair a pass
+    ("dpo", "cpu", "auto", 8, 2, 512, (1, 16)),  # the person's own accumulation multiplies
+    ("dpo", "cpu", "auto", 6, 1, 256, (2, 3)),  # 2 pairs of 2 x 256 fit
+    ("dpo", "cpu", "auto", 5, 1, 256, (1, 5)),  # equal passes: the largest divisor that fits
+    ("dpo", "cpu", "auto", 4, 1, 128, (4, 1)),  # 1,024 tokens: fits, unchanged
+    ("dpo", "cpu", "auto", 1, 1, 2048, (1, 1)),  # one pair is the least
+    ("dpo", "cuda", "auto", 8, 1, 512, (8, 1)),  # a GPU's batch is the person's choice
+    ("dpo", "cpu", "off", 8, 1, 512, (8, 1)),  # speedups: off keeps the batch whole
+    ("kto", "cpu", "auto", 8, 1, 512, (8, 1)),  # KTO's KL estimate takes the whole batch
+    ("orpo", "cpu", "auto", 8, 1, 512, (8, 1)),  # ORPO's NLL is token-weighted over the batch
+])
+def test_micro_batch_splits_a_big_dpo_batch_on_a_cpu_and_keeps_the_effective_batch(
+        tiny_config, objective, device, speedups, batch, passes, length, expected):
+    from tuning.train import preference
+
+    cfg = tiny_config.replace(objective=objective, speedups=speedups, per_device_batch_size=batch,
+                              gradient_accumulation_steps=passes, max_length=length)
+    pairs, accumulation, line = preference.micro_batch(cfg, device)
+    assert (pairs, accumulation) == expected
+    assert pairs * accumulation == batch * passes, "the effective batch never changes"
+    if expected == (batch, passes):
+        assert line is None
+    else:
+        assert line.startswith(f"micro-batch: {batch} pairs x 2 sides x max_length {length}")
+        assert f"{batch // pairs} passes of {pairs} pair" in line and f"same {batch * passes} pairs" in line
+
+
+def _dpo_logs(tmp_path, cfg, name):
+    run_dir = _new_run(tmp_path, name, cfg)
+    trainer, _ = train.build_trainer(cfg, run_dir, tmp_path, runs.event_log(run_dir), StopRequested())
+    trainer.train()
+    return trainer, [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 2e-2)])
+def test_micro_batches_and_the_fused_head_levers_keep_dpo_s_losses(tmp_path, pref_config, trl_own_head, monkeypatch,
+                                                                   capsys, precision, tolerance):
+    """The same pairs per optimizer step, the same DPO losses, rewards and gradient norms as the whole batch on
+    TRL's own fused head (speedups: off): 8 pairs as 8 passes of 1 (as 8 pairs of 2 x 512 tokens are on the
+    real model), the head scoring the answer tokens only in narrow tiles, the norms and the MLP's SiLU
+    computed again in the backward. No LoRA dropout: the masks are drawn per pass shape."""
+    from tuning.train import preference
+
+    monkeypatch.setattr(preference, "MICRO_BATCH_TOKENS", 128)  # 1 pair of 2 x 64 tokens a pass
+    cfg = pref_config.replace(eval_split=0.0, per_device_batch_size=8, max_length=64, max_steps=3, lora_dropout=0.0,
+                              precision=precision)
+    whole, whole_logs = _dpo_logs(tmp_path, cfg.replace(speedups="off"), "whole")
+    assert (whole.args.per_device_train_batch_size, whole.args.gradient_accumulation_steps) == (8, 1)
+    assert "micro-batch" not in capsys.readouterr().out
+    micro, micro_logs = _dpo_logs(tmp_path, cfg, "micro")
+    assert (micro.args.per_device_train_batch_size, micro.args.gradient_accumulation_steps) == (1, 8)
+    out = capsys.readouterr().out
+    assert "micro-batch: 8 pairs x 2 sides x max_length 64 = up to 1,024 tokens a forward" in out
+    for name in ("trained_tokens_only", "lm_head_tiles", "malloc_trim", "mlp_activation", "norms"):
+        assert f"lever {name}: applied" in out, name
+    for name in ("fast_dropout", "lean_lora_forward", "token_buckets", "shared_lora_inputs"):
+        assert f"lever {name}: skipped (objective dpo: TRL's preference trainer keeps its own code paths)" in out
+    assert len(whole_logs) == len(micro_logs) == 3
+    assert whole_logs[1]["loss"] < 0.69, "the steps after the first move the policy: a real comparison"
+    for a, b in zip(whole_logs, micro_logs):
+        for key in ("loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=tolerance, abs=tolerance), (a["step"], key, a[key], b[key])
+
+
+def test_the_held_out_preference_figures_score_a_slice_of_the_head_at_a_time(tiny_model_dir):
+    """answer_logps with the sliced_eval_loss lever: the same summed log-probabilities as the full logits'
+    log-softmax, without the batch's full logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.data import pairs
+    from tuning.evaluation import preference_figures
+    from tuning.infer.generation import BASE
+
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    rows = [pairs.normalize_pair(r, "prompt_chosen_rejected", "pairs", i)[0] for i, r in enumerate(pair_rows(5))]
+    scored = {}
+    for adapter in ("default", BASE):
+        for side in ("chosen", "rejected"):
+            full = preference_figures.answer_logps(model, tokenizer, rows, side, adapter, 64, batch_size=2)
+            sliced = preference_figures.answer_logps(model, tokenizer, rows, side, adapter, 64, batch_size=2,
+                                                     sliced=True)
+            assert len(full) == 5 and all(f < 0 for f in full)
+            assert sliced == pytest.approx(full, rel=1e-5, abs=1e-4)
+            scored[adapter, side] = sliced
+    assert scored["default", "chosen"] != pytest.approx(scored[BASE, "chosen"]), "the adapter is switched per call"
+
+
+@pytest.mark.slow
+def test_dpo_from_an_sft_run_on_the_real_model_at_512_tokens_peaks_under_3_gib(tmp_path, real_run,
+                                                                                embedded_model_dir):
+    """The quickstart's batch of 8 pairs at max_length 512 (bench/dpo_memory.py's pairs, most of them 512
+    tokens a side) from a finished SFT run of the embedded model: the whole command, with a held-out
+    evaluation and the end-of-run evaluation's preference figures, peaks under 3 GiB (16 GiB before the
+    micro-batches and the fused head's levers; bench/RESULTS.md, Preference tuning memory)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from tuning import paths
+    from conftest import add_real_run
+
+    spec = importlib.util.spec_from_file_location("dpo_memory", paths.PROJECT_DIR / "bench" / "dpo_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    workspace = tmp_path / "ws"
+    init = add_real_run(workspace, real_run, embedded_model_dir)
+    data = bench.write_pairs(tmp_path / "data", 80)  # 72 train, 8 held out: one full evaluation batch
+    command = [sys.executable, "-m", "tuning", "train", "--workspace", str(workspace), "--preset",
+               "presets/quickstart.yaml"]
+    for setting in ("objective=dpo", f"init_from={init}", f"dataset={data}", "max_length=512", "max_steps=2",
+                    "eval_steps=2", "save_steps=2", "final_evaluation=quick"):
+        command += ["--set", setting]
+    proc = subprocess.Popen(command, cwd=paths.PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out[-3000:]
+    assert "micro-batch: 8 pairs x 2 sides x max_length 512" in out and "step 2/2" in out
+    assert "lever trained_tokens_only: applied" in out
+    peak = usage.ru_maxrss * 1024
+    assert peak <= 3 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    (run_dir,) = [p for p in (workspace / "runs").iterdir() if p.name != init]
+    assert runs.read_evaluation(run_dir)["preference"]["rows"] == 8

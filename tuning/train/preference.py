@@ -9,6 +9,15 @@ of the end-of-run evaluation are in tuning/evaluation/preference_figures.py).
   ORPO needs no reference at all.
 - init_from: the finished run's adapter/ is loaded as the trainable adapter (its rank and target
   modules come with it), after checking the run finished with an adapter of the same base model.
+- Memory on a CPU (bench/dpo_memory.py; bench/RESULTS.md, Preference tuning memory): a DPO forward holds
+  per_device_batch_size pairs x 2 sides x up to max_length tokens, and autograd keeps ~0.9 MiB a token of
+  SmolLM2-135M for the backward, so 8 pairs at 512 tokens peaked at 16 GiB. micro_batch() splits such a
+  batch into gradient-accumulation passes of at most MICRO_BATCH_TOKENS tokens (the same pairs per
+  optimizer step, the same mean loss). TRL's fused LM head, which DPO and KTO score through as SFT does,
+  takes SFT's two levers (score the answer tokens only, in narrow tiles), and the levers that change no
+  value (the MLP's SiLU and the norms computed again in the backward, malloc_trim after each step) apply
+  as for SFT (shared_levers; trainer.build_trainer). `speedups: off` keeps the batch whole and TRL's and
+  the model's code as they are.
 """
 
 from __future__ import annotations
@@ -69,20 +78,75 @@ def _model(cfg: TrainConfig, model_path: str, workspace: Path):
     return model, None
 
 
+# --- memory: micro-batches and TRL's fused LM head -------------------------------------------------------
+
+MICRO_BATCH_TOKENS = 1024  # tokens a DPO forward may hold on a CPU: 1 pair of 2 x 512 (peak 16 -> 2.6 GiB, 135M)
+# The objectives whose TRL trainer scores log-probabilities through TRL's fused LM head
+# (trl.trainer.utils.add_fused_lm_head, called with fused_lm_head=True), as SFTTrainer does: the SFT levers
+# that tune that head apply to them too. ORPO (trl.experimental) computes the full logits itself.
+FUSED_HEAD_OBJECTIVES = ("dpo", "kto")
+FUSED_HEAD_LEVERS = ("trained_tokens_only", "lm_head_tiles")
+# Trainer-stage levers that change no value and no random draw of any trainer's step: the model's own
+# modules keep less for the backward (the MLP's SiLU and the RMSNorms computed again, bit for bit), and
+# glibc's heap gives its free pages back after every step. The LoRA levers (fast_dropout,
+# shared_lora_inputs, lean_lora_forward) draw the dropout masks their own way, and token_buckets pads
+# SFT's padding-free batches: those stay SFT's.
+EXACT_LEVERS = ("malloc_trim", "mlp_activation", "norms")
+
+
+def shared_levers(objective: str) -> tuple[str, ...]:
+    """The trainer-stage levers (tuning/levers) that apply to this objective's TRL trainer as they do
+    to SFT's: EXACT_LEVERS for every objective, the fused head's for DPO and KTO."""
+    return EXACT_LEVERS + (FUSED_HEAD_LEVERS if objective in FUSED_HEAD_OBJECTIVES else ())
+
+
+def micro_batch(cfg: TrainConfig, device: str) -> tuple[int, int, str | None]:
+    """(pairs per forward, forward passes per optimizer step, a line for the run's log or None).
+
+    A DPO forward holds per_device_batch_size pairs x 2 sides (chosen, rejected) x up to max_length
+    tokens. On a CPU, past MICRO_BATCH_TOKENS the batch is split into gradient-accumulation passes of
+    the largest divisor of per_device_batch_size that fits (at least one pair): each optimizer step
+    sees the same pairs, and DPO's loss, a mean over pairs, is the mean of the passes' equal-sized
+    means. Unchanged for a batch that fits, on a GPU (its memory is the batch the person chose), with
+    `speedups: off`, and for KTO and ORPO, whose losses are not means over rows (KTO's KL estimate and
+    ORPO's token-weighted NLL take the whole batch)."""
+    from tuning import levers
+
+    pairs, passes = cfg.per_device_batch_size, cfg.gradient_accumulation_steps
+    tokens = pairs * 2 * cfg.max_length
+    if cfg.objective != "dpo" or device != levers.CPU or cfg.speedups == levers.OFF or tokens <= MICRO_BATCH_TOKENS:
+        return pairs, passes, None
+    fits = max(1, MICRO_BATCH_TOKENS // (2 * cfg.max_length))
+    micro = max(d for d in range(1, min(fits, pairs) + 1) if pairs % d == 0)
+    split = pairs // micro
+    if split == 1:
+        return pairs, passes, None  # one pair: nothing to split
+    line = (f"micro-batch: {pairs} pairs x 2 sides x max_length {cfg.max_length} = up to {tokens:,} tokens a forward, "
+            f"over the {MICRO_BATCH_TOKENS:,} a CPU forward holds here: each step runs {split} passes of {micro} "
+            f"pair{'s' if micro > 1 else ''} (gradient accumulation {passes} -> {passes * split}); the same "
+            f"{cfg.effective_batch_size} pairs per optimizer step, the same mean loss (speedups: off keeps the "
+            "batch whole)")
+    return micro, passes * split, line
+
+
 # --- the trainers ---------------------------------------------------------------------------------------
 
 def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bool) -> dict[str, Any]:
-    """The TrainingArguments every objective shares with SFT (trainer.build_trainer's, minus packing)."""
+    """The TrainingArguments every objective shares with SFT (trainer.build_trainer's, minus packing),
+    with a DPO batch split into micro-batches where it would not fit (micro_batch)."""
     import torch
 
     from tuning import models
     from tuning.train import distributed
 
     dtype = models.compute_dtype(cfg, training=True)
+    pairs, passes, note = micro_batch(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+    if note:
+        print(note, flush=True)
     return dict(
         output_dir=str(runs.checkpoints_dir(run_dir)),
-        per_device_train_batch_size=cfg.per_device_batch_size, per_device_eval_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=pairs, per_device_eval_batch_size=pairs,
+        gradient_accumulation_steps=passes, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         # TRL's preference configs default to checkpointing and bf16: the form's values win
