@@ -2,13 +2,15 @@
 300 long chosen/rejected pairs at max_length 512, the command a person runs:
 
     python bench/dpo_memory.py                          # data, the SFT run to start from, then DPO (~10 min)
-    python bench/dpo_memory.py --steps 6 --set speedups=off   # DPO on TRL's own code paths, for comparison
+    python bench/dpo_memory.py --steps 6 --set speedups=off   # the whole batch on TRL's own code paths
+    python bench/dpo_memory.py --sft-set lora_dropout=0 --set eval_steps=100 --set save_steps=100
+        # no dropout masks (the losses of two trees compare step by step) and no evaluation between steps
     python bench/dpo_memory.py data /tmp/pairs          # only write the 300 pairs (pairs.jsonl) into a folder
 
 What it does, in a fresh workspace (--workspace, whose models/ links to the converted embedded model):
 (a) writes 300 chosen/rejected pairs (seeded, the same every time): a prompt of notes and a question,
     a multi-paragraph chosen answer on the question's topic and a rejected one that hedges and wanders;
-    with SmolLM2's tokenizer and chat template most prompt+answer sequences reach 512 tokens;
+    with SmolLM2's tokenizer and chat template half the prompt+answer sequences reach 512 tokens (median 511);
 (b) trains the run to start from: `python -m tuning train --preset presets/quickstart.yaml --set max_steps=2`;
 (c) runs, under `/usr/bin/time -v`,
     `python -m tuning train --preset presets/quickstart.yaml --set objective=dpo --set init_from=<that run>
@@ -181,6 +183,9 @@ def main(argv=None) -> None:
     parser.add_argument("--init-from", help="a finished SFT run in the workspace to start from (default: "
                                             "train one, max_steps=2)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more DPO settings")
+    parser.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more settings for the SFT run (lora_dropout=0: an init_from adapter brings its own "
+                             "dropout, so DPO runs compare without random masks)")
     args = parser.parse_args(argv)
     if args.what == "data":
         if not args.folder:
@@ -194,7 +199,7 @@ def main(argv=None) -> None:
     print(f"data: {data} {json.dumps(token_lengths(data, str(model_dir)))}", flush=True)
     init = args.init_from
     if not init:
-        sft_dir, _, _, _ = train(workspace, ["max_steps=2", "final_evaluation=none"])
+        sft_dir, _, _, _ = train(workspace, ["max_steps=2", "final_evaluation=none", *args.sft_set])
         init = sft_dir.name
         print(f"SFT run to start from: {init}", flush=True)
     settings = ["objective=dpo", f"init_from={init}", f"dataset={data}", f"max_length={MAX_LENGTH}",
