@@ -236,9 +236,9 @@ def enabled(name: str, speedups: str, device: str = CPU) -> bool:
 
 
 def apply(stage: str, target: Any, speedups: str = AUTO, device: str = CPU, *, reason: str | None = None,
-          log: Callable[[str], None] | None = None) -> list[Outcome]:
+          only: tuple[str, ...] | None = None, log: Callable[[str], None] | None = None) -> list[Outcome]:
     """Apply the stage's levers to `target` in their order in LEVERS, where they apply; `reason` (what
-    else keeps them out) skips those that would. One Outcome per lever, each also handed to `log` as a
+    else keeps them out) skips those that would; with `only`, it skips just the levers not named there. One Outcome per lever, each also handed to `log` as a
     line."""
     if stage not in STAGES:
         raise ValueError(f"unknown lever stage {stage!r}")
@@ -246,7 +246,7 @@ def apply(stage: str, target: Any, speedups: str = AUTO, device: str = CPU, *, r
     for lever in LEVERS:
         if lever.stage != stage:
             continue
-        why = why_not(lever, speedups, device) or reason
+        why = why_not(lever, speedups, device) or (reason if only is None or lever.name not in only else None)
         outcome = Outcome(lever.name, False, why) if why else Outcome(lever.name, *lever.apply(target))
         outcomes.append(outcome)
         if log is not None:

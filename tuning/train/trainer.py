@@ -387,20 +387,12 @@ def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events
 
 
 def _apply_preference_levers(cfg: TrainConfig, trainer) -> list[levers.Outcome]:
-    """The trainer-stage levers for a preference trainer, one log line each as levers.apply writes them:
-    those of preference.shared_levers (TRL's fused LM head, which DPO and KTO score through as SFT does)
-    where they apply, the others skipped: they patch SFT's model and collator code paths."""
-    shared = preference.shared_levers(cfg.objective)
-    own = f"objective {cfg.objective}: TRL's preference trainer keeps its own code paths"
-    outcomes = []
-    for lever in levers.LEVERS:
-        if lever.stage != levers.TRAINER:
-            continue
-        why = levers.why_not(lever, cfg.speedups, trainer.args.device.type) or (None if lever.name in shared else own)
-        outcome = levers.Outcome(lever.name, False, why) if why else levers.Outcome(lever.name, *lever.apply(trainer))
-        levers.print_line(outcome.line())
-        outcomes.append(outcome)
-    return outcomes
+    """The trainer-stage levers for a preference trainer: those of preference.shared_levers (TRL's fused
+    LM head, which DPO and KTO score through as SFT does, and those that change no value) where they
+    apply; the others are skipped, since they patch SFT's model and collator code paths."""
+    return levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type,
+                        reason=f"objective {cfg.objective}: TRL's preference trainer keeps its own code paths",
+                        only=preference.shared_levers(cfg.objective), log=levers.print_line)
 
 
 def run(cfg: TrainConfig, run_dir: Path, workspace: Path, resume: bool = False) -> int:
