@@ -92,7 +92,7 @@ def test_from_dataset_to_side_by_side_in_the_browser(tmp_path, tiny_model_dir, e
             page.locator("#cfg-probe_every_checkpoint").get_by_role("checkbox").uncheck()
             page.get_by_role("button", name="Show command", exact=True).click()
             expect(page.get_by_text("--set max_steps=40")).to_be_visible()
-            page.get_by_role("button", name="Estimate memory and time", exact=True).click()
+            page.get_by_role("button", name="Plan, checks and estimate", exact=True).click()
             expect(page.get_by_text("Estimate:")).to_be_visible(timeout=60_000)
             shot(page, "2-train")
             page.get_by_role("button", name="Start training", exact=True).click()

@@ -44,7 +44,7 @@ SILU_GATED = {"llama", "mistral", "qwen2", "qwen3"}  # Gemma: GELU; Phi-3: one f
 # the levers a training process applies, in the registry's order
 TRAINING_LEVERS = ["allocator_arenas", "contiguous_head_input", "varlen_sdpa", "fast_dropout", "trained_tokens_only",
                    "lean_lora_forward", "token_buckets", "malloc_trim", "lm_head_tiles", "shared_lora_inputs",
-                   "mlp_activation", "norms"]
+                   "mlp_activation", "norms", "liger_kernels"]
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STEPS = 3
 PROMPTS = ["Who are you?", "Name three colours of the sea."]
@@ -267,9 +267,11 @@ def test_levers_keep_the_first_step_and_say_where_they_apply(family, precision, 
         "mlp_activation": ("applied (SiLU recomputed in the backward in 2 MLPs)" if family in SILU_GATED
                            else "skipped (nothing matched: no Llama-style gated MLP)"),
         "norms": f"applied ({NORMS[family]} RMSNorms recomputed in the backward)",
+        "liger_kernels": "skipped (CUDA only)",
     }
     assert {k: said[k] for k in expected} == expected
-    assert all(v.startswith(("applied (", "skipped (nothing matched")) for v in said.values()), said
+    assert all(v.startswith(("applied (", "skipped (nothing matched", "skipped (CUDA only"))
+               for v in said.values()), said
 
 
 # A sliding window shorter than the examples (real models: Mistral 7B v0.1 4096, Phi-3 mini 2047, Gemma 3

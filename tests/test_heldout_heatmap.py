@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from tuning import runs
+from tuning import data, runs
 from tuning.infer import token_diff
 from tuning.infer.generation import BASE
 
@@ -59,7 +59,7 @@ def test_a_heldout_row_token_by_token(tiny_run, tiny_model_dir, embedded_tokeniz
 
     run, cfg = tiny_run
     ctx = AppContext(run.parent.parent)
-    held = evaluate.heldout_rows(cfg)
+    held = data.scored(evaluate.heldout_rows(cfg))  # the held-out rows proper: the added checks come after
     assert len(held) == 4
     out = evaluation_tab.heldout_heatmap(ctx, "r", 2)
     conversation = held[1][0]

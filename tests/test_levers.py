@@ -1,8 +1,9 @@
-"""The lever registry (tuning/levers/__init__.py) and its switch: every lever module is in the registry,
+"""The lever registry (tuning/levers/__init__.py) and its switches: every lever module is in the registry,
 `speedups: off` builds a CPU trainer on the libraries' own code paths (PEFT's dropout modules and LoRA
 forward, TRL's collator and fused-head settings, transformers' SDPA) and says so in the log, one line per
-lever; `auto` applies them. What each lever computes is proven in tests/test_memory.py and
-tests/test_perf_cpu.py."""
+lever; `auto` applies them; `levers_off` leaves out exactly the levers it names (an unknown name is refused
+with the valid ones); Liger's kernels are CUDA-only and need the liger-kernel package. What each lever
+computes is proven in tests/test_memory.py and tests/test_perf_cpu.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tuning import config as config_mod
 from tuning import levers
+from tuning.config import ConfigError
 from tuning.evaluation import evaluate
 from tuning.levers import attention, buckets, lm_head
 from tuning.train import trainer as train
@@ -25,15 +28,18 @@ def test_the_registry_lists_every_lever_module_and_each_lever_once():
     modules = {p.stem for p in LEVERS_DIR.glob("*.py") if p.stem != "__init__"}
     assert {lever.module for lever in levers.LEVERS} == modules
     assert {"dropout", "lora_forward", "lm_head", "recompute", "buckets", "allocator", "few_rows",
-            "attention"} <= modules
+            "attention", "liger"} <= modules
     names = [lever.name for lever in levers.LEVERS]
     assert len(names) == len(set(names)) == len(levers.BY_NAME)
+    # the config refuses an unknown levers_off name from its own copy of the names: the same, in order
+    assert config_mod.LEVER_NAMES == tuple(names)
     for lever in levers.LEVERS:
-        assert lever.device in (levers.CPU, levers.ANY) and lever.stage in levers.STAGES, lever
+        assert lever.device in (levers.CPU, levers.CUDA, levers.ANY) and lever.stage in levers.STAGES, lever
         assert lever.what and lever.written_for and callable(lever.apply), lever
     assert [lv.name for lv in levers.LEVERS if lv.stage == levers.TRAINER] == [
         "fast_dropout", "trained_tokens_only", "lean_lora_forward", "token_buckets", "malloc_trim",
-        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms"]
+        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms", "liger_kernels"]
+    assert [lv.name for lv in levers.LEVERS if lv.device == levers.CUDA] == ["liger_kernels"]
 
 
 @pytest.mark.parametrize("module", sorted(p.stem for p in LEVERS_DIR.glob("*.py") if p.stem != "__init__"))
@@ -50,13 +56,16 @@ def test_off_and_another_device_skip_without_touching_the_target():
         off = levers.apply(stage, untouchable, levers.OFF, levers.CPU)
         assert off and all(not o.applied and o.detail == "speedups: off" for o in off), stage
         assert all(o.line() == f"lever {o.lever}: skipped (speedups: off)" for o in off)
-    gpu = levers.apply(levers.TRAINER, untouchable, levers.AUTO, "cuda")
-    assert len(gpu) == 9 and all(o.detail == "not a CPU (cuda)" for o in gpu)
+    # on a GPU the CPU levers stand aside (liger_kernels, the CUDA one: tested below)
+    gpu = levers.apply(levers.TRAINER, untouchable, levers.AUTO, "cuda", turned_off=("liger_kernels",))
+    assert len(gpu) == 10 and all(o.detail == "not a CPU (cuda)" for o in gpu[:9])
+    assert gpu[9].line() == "lever liger_kernels: skipped (turned off by levers_off)"
     lines = []
     levers.apply(levers.TRAINER, untouchable, levers.AUTO, "cpu", reason="not an SFT run", log=lines.append)
     assert lines == [f"lever {name}: skipped (not an SFT run)" for name in (
         "fast_dropout", "trained_tokens_only", "lean_lora_forward", "token_buckets", "malloc_trim",
-        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms")]
+        "lm_head_tiles", "shared_lora_inputs", "mlp_activation", "norms")] + [
+        "lever liger_kernels: skipped (CUDA only)"]
     assert levers.enabled("sliced_eval_loss", levers.AUTO, "cuda") and not levers.enabled("sliced_eval_loss", "off")
     with pytest.raises(ValueError, match="speedups"):
         levers.apply(levers.TRAINER, untouchable, "fast", levers.CPU)
@@ -148,6 +157,7 @@ def test_speedups_auto_applies_the_levers_on_a_cpu(tmp_path, tiny_config, trl_ow
     trainer, _ = _build(tmp_path, tiny_config.replace(lora_dropout=0.1))
     said = _lever_lines(capsys.readouterr().out)
     assert list(said) == _training_levers()  # one line per lever, in the registry's order
+    assert said.pop("liger_kernels") == "skipped (CUDA only)"
     assert all(line.startswith("applied (") for line in said.values()), said
     assert said["fast_dropout"] == "applied (16-bit dropout masks in 14 LoRA layers)"
     assert said["norms"] == "applied (5 RMSNorms recomputed in the backward)"
@@ -186,7 +196,7 @@ def test_a_lever_outside_its_window_stands_aside_and_says_which(monkeypatch):
             line = levers.Outcome(lever.name, False, why).line()
             assert line.startswith(f"lever {lever.name}: skipped (written for trl")
         assert all(levers.why_not(lv, levers.AUTO, levers.CPU) is None
-                   for lv in levers.LEVERS if not lv.written_for.startswith("trl"))
+                   for lv in levers.LEVERS if not lv.written_for.startswith("trl") and lv.device != levers.CUDA)
     finally:
         levers.outside_window.cache_clear()
 
@@ -212,3 +222,149 @@ def test_on_a_gpu_padding_free_attention_is_the_library_kernel_not_a_loop(monkey
     assert models.attention_implementation(torch.bfloat16) == "flash_attention_2"
     assert models.attention_implementation(torch.float16) == "flash_attention_2"
     assert models.attention_implementation(torch.float32) == "sdpa"  # flash-attention has no fp32 kernel
+
+
+# --- each lever by name: levers_off ---------------------------------------------------------------
+
+def test_levers_off_leaves_out_exactly_the_named_levers(tmp_path, tiny_config, trl_own_settings, capsys):
+    """Two levers off by name: those two say so and patch nothing, every other lever says what it says
+    without levers_off and applies as before."""
+    cfg = tiny_config.replace(lora_dropout=0.1, max_steps=1)
+    _build(tmp_path / "auto", cfg)
+    auto = _lever_lines(capsys.readouterr().out)
+    trainer, _ = _build(tmp_path / "off", cfg.replace(levers_off="norms, varlen_sdpa"))
+    said = _lever_lines(capsys.readouterr().out)
+    assert list(said) == list(auto) == _training_levers()
+    assert {name: line for name, line in said.items() if line != auto[name]} == {
+        "varlen_sdpa": "skipped (turned off by levers_off)", "norms": "skipped (turned off by levers_off)"}
+    assert auto["varlen_sdpa"].startswith("applied (") and auto["norms"].startswith("applied (")
+    model = trainer.model
+    assert model.config._attn_implementation == "sdpa"  # transformers' own SDPA, not the lever's
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    mlps = [m for m in model.modules() if type(m).__name__.endswith("MLP")]
+    assert len(norms) == 5 and not any(hasattr(m, "_library_forward") or "forward" in vars(m) for m in norms)
+    assert len(mlps) == 2 and all(hasattr(m, "_library_forward") or "forward" in vars(m) for m in mlps)
+    assert isinstance(trainer.data_collator, buckets.BucketCollator)  # the others still apply
+    assert levers.enabled("sliced_eval_loss", cfg.speedups, levers.CPU, cfg.levers_turned_off)
+    assert not levers.enabled("sliced_eval_loss", levers.AUTO, levers.CPU, ("sliced_eval_loss",))
+    # speedups: off still wins over levers_off
+    [off] = levers.apply(levers.TRAINING_MODEL, object(), levers.OFF, levers.CPU, turned_off=("varlen_sdpa",))
+    assert off.detail == "speedups: off"
+
+
+def test_an_unknown_lever_name_is_refused_with_the_valid_names():
+    with pytest.raises(ConfigError) as caught:
+        config_mod.TrainConfig(levers_off="norms,fast_dropot")
+    message = str(caught.value)
+    assert message.startswith("levers_off: 'fast_dropot' is not a lever; the levers are allocator_arenas, "
+                              "contiguous_head_input, varlen_sdpa, ")
+    assert message.endswith(", ".join(levers.BY_NAME)) and "liger_kernels" in message
+    with pytest.raises(ConfigError, match="^levers_off: 'Norms' is not a lever"):  # names are exact
+        config_mod.apply_overrides(config_mod.TrainConfig(), ["levers_off=Norms"])
+    cfg = config_mod.apply_overrides(config_mod.TrainConfig(), ["levers_off= norms , varlen_sdpa,"])
+    assert cfg.levers_turned_off == ("norms", "varlen_sdpa")
+    assert config_mod.TrainConfig().levers_turned_off == ()
+    assert config_mod.from_yaml(cfg.to_yaml()).levers_off == cfg.levers_off  # saved with the run
+    with pytest.raises(ValueError, match="levers_off: nope is not a lever"):
+        levers.apply(levers.TRAINER, object(), levers.AUTO, levers.CPU, turned_off=("nope",))
+
+
+# --- Liger's kernels: CUDA only, with the liger-kernel package ----------------------------------------
+
+def _liger(outcomes: list[levers.Outcome]) -> levers.Outcome:
+    [outcome] = [o for o in outcomes if o.lever == "liger_kernels"]
+    return outcome
+
+
+def test_liger_kernels_are_cuda_only_and_need_the_package(monkeypatch):
+    import importlib.util
+
+    untouchable = object()  # the lever would fail on it if it went further than its checks
+    cpu = levers.apply(levers.TRAINER, untouchable, levers.AUTO, levers.CPU, reason="not this test",
+                       only=("liger_kernels",))
+    assert _liger(cpu).line() == "lever liger_kernels: skipped (CUDA only)"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    assert _liger(levers.apply(levers.TRAINER, untouchable, levers.AUTO, levers.CUDA)).line() == (
+        "lever liger_kernels: skipped (liger-kernel is not installed)")
+    assert _liger(levers.apply(levers.TRAINER, untouchable, levers.OFF, levers.CUDA)).detail == "speedups: off"
+    # a preference trainer gets it too (TRL gave its preference trainers Liger's layer kernels as well)
+    from tuning.train import preference
+
+    assert all("liger_kernels" in preference.shared_levers(o) for o in ("dpo", "orpo", "kto"))
+
+
+@pytest.fixture
+def stand_in_liger(monkeypatch):
+    """A stand-in liger-kernel package (the real one needs Triton and a GPU) that records what transformers'
+    `apply_liger_kernel` asks it to patch: the calls, as (model, keyword arguments)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from transformers.integrations import liger as transformers_liger
+
+    calls = []
+
+    def module(name: str, **attributes):
+        made = types.ModuleType(name)
+        made.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        made.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, made)
+
+    module("liger_kernel")
+    module("liger_kernel.transformers", _apply_liger_kernel_to_instance=lambda model, **kw: calls.append((model, kw)))
+    module("liger_kernel.transformers.monkey_patch", MODEL_TYPE_TO_APPLY_LIGER_FN={"llama": None, "qwen2": None})
+    monkeypatch.setattr(transformers_liger, "is_liger_kernel_available", lambda: True)  # no package metadata
+    return calls
+
+
+def test_liger_kernels_go_through_transformers_and_keep_trl_s_fused_head(tiny_model_dir, stand_in_liger):
+    """On CUDA with liger-kernel: transformers' public entry point patches the model under PEFT's wrapper
+    with Liger's layer kernels only (its fused linear cross-entropy off: TRL's fused LM head keeps the loss,
+    and TRL refuses it); a model type Liger has no kernels for is said, and nothing is patched."""
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    outcome = _liger(levers.apply(levers.TRAINER, types.SimpleNamespace(model=model), levers.AUTO, levers.CUDA))
+    assert outcome.line() == ("lever liger_kernels: applied (Liger's RoPE, RMSNorm and MLP kernels in the llama "
+                              "model; TRL's fused LM head keeps the loss)")
+    assert len(stand_in_liger) == 1
+    patched, arguments = stand_in_liger[0]
+    assert patched is base and arguments == {"fused_linear_cross_entropy": False}
+    stand_in_liger.clear()
+    other = types.SimpleNamespace(model=types.SimpleNamespace(config=types.SimpleNamespace(model_type="gpt2")))
+    assert _liger(levers.apply(levers.TRAINER, other, levers.AUTO, levers.CUDA)).line() == (
+        "lever liger_kernels: skipped (nothing matched: liger-kernel has no kernels for model type gpt2)")
+    assert not stand_in_liger
+    turned_off = levers.apply(levers.TRAINER, types.SimpleNamespace(model=model), levers.AUTO, levers.CUDA,
+                              turned_off=("liger_kernels",))
+    assert _liger(turned_off).detail == "turned off by levers_off" and not stand_in_liger
+
+
+def _liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+@pytest.mark.slow  # trains a tiny model twice on the GPU
+@pytest.mark.skipif(not torch.cuda.is_available() or not _liger_installed(),
+                    reason="needs a CUDA GPU with liger-kernel installed: Liger's kernels are Triton kernels (this "
+                           "machine has neither; the wiring is tested above with a stand-in package)")
+def test_liger_kernels_train_on_cuda_with_the_loss_of_the_library_layers(tmp_path, tiny_config, capsys):
+    cfg = tiny_config.replace(method="lora", precision="fp32", max_steps=1, lora_dropout=0.0, eval_split=0.0)
+    # without Liger first: its RoPE patch is module-wide and would stay for a later build in this process
+    plain, _ = _build(tmp_path / "plain", cfg.replace(levers_off="liger_kernels"))
+    assert _lever_lines(capsys.readouterr().out)["liger_kernels"] == "skipped (turned off by levers_off)"
+    plain.train()
+    liger, _ = _build(tmp_path / "liger", cfg)
+    assert _lever_lines(capsys.readouterr().out)["liger_kernels"].startswith("applied (Liger's RoPE")
+    liger.train()
+    assert liger.state.log_history[-1]["train_loss"] == pytest.approx(plain.state.log_history[-1]["train_loss"],
+                                                                      rel=1e-3)

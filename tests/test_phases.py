@@ -443,7 +443,9 @@ def test_the_estimate_of_a_fresh_workspace_is_within_30_percent_of_the_measured_
     from tuning.ui import estimate
 
     monkeypatch.setattr(estimate, "_gpu_free_bytes", lambda: None)  # a CPU machine
-    monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)  # as measured
+    from tuning.train import recipe
+
+    monkeypatch.setattr(recipe.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)  # as measured
     measured = json.loads(Path("presets/measured.json").read_text())["presets"][preset]
     assert measured["cores"] == estimate.CPU_CORES_MEASURED
     cfg = config_mod.load(f"presets/{preset}.yaml")

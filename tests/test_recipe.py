@@ -270,7 +270,11 @@ def test_the_sweep_varies_one_thing_from_its_base_and_the_preset_is_its_winner(t
     # the shipped preset is the sweep's base with the winning change ("dropout-0_1"), nothing else
     preset = config_mod.load(ROOT / "presets" / "quickstart.yaml")
     chosen = config_mod.apply_overrides(preset, [*recipe.SWEEP_BASE, *recipe.SETTINGS["dropout-0_1"][0]])
-    assert chosen == preset and preset.lora_dropout == 0.1
+    # its auto epochs and learning rate are the recipe's plan: on the demo's 195 rows, the sweep's 3
+    # epochs at 5e-4 exactly
+    from tuning.train import recipe as plan_mod
+    on_demo = plan_mod.resolve(preset, plan_mod.make_plan(preset, 195, 0, 47, None))
+    assert on_demo == chosen.replace(learning_rate=5e-4) and preset.lora_dropout == 0.1
     assert (preset.per_device_batch_size, preset.gradient_accumulation_steps) == (8, 1)
     # every held-out question of the control check is absent from the training data (the retention rows
     # keep general answers; they must not be the test's own questions)

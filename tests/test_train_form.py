@@ -94,7 +94,8 @@ def test_numbers_and_ranges_read_as_people_write_them():
     assert train_fields.human_range("seed") == "0 to 2,147,483,647"
     assert train_fields.human_range("lora_r") == "1 to 1,024"
     assert train_fields.human_range("lora_dropout") == "0 to 0.9"
-    assert train_fields.human_range("learning_rate") == "1e-8 to 1"
+    assert train_fields.human_range("learning_rate") == "0 to 1"  # 0 is auto: the recipe's rate
+    assert train_fields.human_range("beta") == "0.0001 to 100"
     assert train_fields.human_range("base_model") == ""
 
 

@@ -23,8 +23,17 @@ import yaml
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 AUTO_STEPS = 0  # save_steps / eval_steps: "auto", about a quarter of the run (AUTO_INTERVAL_RATIO)
 AUTO_INTERVAL_RATIO = 0.25  # the Trainer reads a float < 1 as a share of the total steps
+AUTO_EPOCHS = 0.0  # num_epochs "auto": the recipe picks the passes (tuning/train/recipe.py)
+AUTO_LEARNING_RATE = 0.0  # learning_rate "auto": the recipe's, from the model size and the step count
 SHORT_RUN_STEPS = 100  # final_evaluation auto: quick up to here, full above
 DEMO_DATASET = "demo"
+# The levers' names, in the registry's order (tuning/levers LEVERS; tests/test_levers.py keeps the two
+# equal): config is the bottom layer and cannot import the registry, yet must refuse an unknown name in
+# levers_off before a run starts rather than let a typo silently leave every lever on.
+LEVER_NAMES = ("allocator_arenas", "contiguous_head_input", "varlen_sdpa", "fast_dropout", "trained_tokens_only",
+               "lean_lora_forward", "token_buckets", "malloc_trim", "lm_head_tiles", "shared_lora_inputs",
+               "mlp_activation", "norms", "liger_kernels", "few_rows_linear", "sliced_eval_loss",
+               "trim_between_checks")
 
 
 class ConfigError(ValueError):
@@ -77,17 +86,24 @@ class TrainConfig:
                           advanced=True, label="rsLoRA")
 
     # --- optimisation ------------------------------------------------------------
-    learning_rate: float = _f(2e-4, "Peak learning rate. 1e-4 to 3e-4 is typical for LoRA.", "optimisation",
-                              min=1e-8, max=1.0, label="Learning rate", simple=True)
+    learning_rate: float = _f(2e-4, "Peak learning rate. 1e-4 to 3e-4 is typical for LoRA. auto (0): the "
+                              "recipe's, from the model's size and the run's step count (tuning/train/recipe.py).",
+                              "optimisation", min=0.0, max=1.0, label="Learning rate", simple=True)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = _f(
         "cosine", "Learning-rate schedule after warmup.", "optimisation",
         choices=("cosine", "linear", "constant", "constant_with_warmup"), label="Learning-rate schedule")
     warmup_ratio: float = _f(0.05, "Share of the steps spent warming the learning rate up from 0.", "optimisation",
                              min=0.0, max=0.5, label="Warmup (share of steps)")
-    num_epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0).", "optimisation",
-                           min=0.01, max=100.0, label="Epochs")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 means use num_epochs.", "optimisation",
-                        min=-1, max=1_000_000, label="Steps", simple=True)
+    num_epochs: float = _f(1.0, "Passes over the training data (ignored when max_steps > 0). auto (0): the "
+                           "recipe's, from the data's size: enough passes for about 75 optimizer steps (the demo's; "
+                           "a small set gets more passes, at most 10), within time_budget.", "optimisation",
+                           min=0.0, max=100.0, label="Epochs (0 = auto)")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 (or auto) means use num_epochs.",
+                        "optimisation", min=-1, max=1_000_000, label="Steps", simple=True)
+    time_budget: str = _f("", "The most training time the recipe plans for when num_epochs is auto, e.g. 10m, "
+                          "90s, 1h30m: fewer steps when the data would take longer here (estimated from this "
+                          "machine's measured speed). Empty: no limit.", "optimisation",
+                          label="Time budget (with auto epochs)")
     per_device_batch_size: int = _f(4, "Examples per forward pass on each device.", "optimisation", min=1, max=1024,
                                     label="Batch size (examples per pass)")
     gradient_accumulation_steps: int = _f(1, "Forward passes per optimizer step; effective batch = batch x this.",
@@ -106,9 +122,14 @@ class TrainConfig:
                                       "slower. Turn on when memory runs out.", "optimisation", advanced=True,
                                       label="Gradient checkpointing")
     speedups: Literal["auto", "off"] = _f(
-        "auto", "auto applies the CPU levers where they apply (docs/performance.md); off trains with the "
-        "libraries' own code paths only.", "optimisation", choices=("auto", "off"), advanced=True,
-        label="Speed and memory levers")
+        "auto", "auto applies the speed and memory levers where they apply (docs/performance.md: the CPU's, "
+        "and Liger's kernels on CUDA when liger-kernel is installed); off trains with the libraries' own code "
+        "paths only.", "optimisation", choices=("auto", "off"), advanced=True, label="Speed and memory levers")
+    levers_off: str = _f(
+        "", "For experts: levers to leave out by name while speedups is auto, comma-separated (e.g. "
+        "varlen_sdpa,liger_kernels); the others still apply where they apply. Use it to find which lever a "
+        "difference comes from. The names and what each does: docs/performance.md. Empty: none left out.",
+        "optimisation", advanced=True, label="Levers turned off (by name)")
     seed: int = _f(42, "Random seed for data order, adapter init and the eval split.", "optimisation",
                    min=0, max=2**31 - 1, advanced=True, label="Random seed")
     seeds: int = _f(1, "Train this config on N seeds (seed, seed+1, ...): N runs, one after another (the "
@@ -133,6 +154,18 @@ class TrainConfig:
                            "('demo' has its own held-out file).", "data", label="Held-out dataset")
     eval_split: float = _f(0.1, "Share of the training rows held out for evaluation when no eval_dataset is "
                            "given; 0 disables evaluation.", "data", min=0.0, max=0.5, label="Held-out share")
+    general_rows: Literal["auto", "on", "off"] = _f(
+        "auto", "Mix 89 general questions, answered by the base model itself at the run's start (kept in "
+        "the workspace), into the training rows, so a small fine-tune keeps answering them as before instead "
+        "of letting its new facts leak into them; their 23 held-out twins are then checked as 'control' "
+        "after the run. auto: on for an SFT run on a dataset of at most 2,000 rows that is not the demo "
+        "(which has its own).", "data", choices=("auto", "on", "off"),
+        label="Mix in general rows (keeps what the base knows)")
+    slot_checks: str = _f(
+        "auto", "Held-out questions the evaluation asks and counts per slot, one per line (or separated by ;): "
+        "'slot: question -> expected words' (several accepted words separated by |), e.g. 'name: What should "
+        "I call you? -> nova'. auto: when the rows teach an assistant's name and maker, ask the bundled "
+        "name and maker questions (phrased unlike the rows). off: none.", "data", label="Slot checks")
     max_length: int = _f(512, "Longest example in tokens; longer ones are truncated.", "data", min=16, max=131072,
                          label="Max length (tokens)", simple=True)
     packing: bool = _f(False, "Pack several examples into one sequence without cross-attention (faster on "
@@ -242,11 +275,21 @@ class TrainConfig:
                               "best checkpoint is on disk")
         if self.max_steps == 0:
             raise ConfigError("max_steps: 0 would train nothing; use -1 to train for num_epochs")
+        if 0 < self.num_epochs < 0.01:
+            raise ConfigError(f"num_epochs: {self.num_epochs!r} is too small; use at least 0.01, or 0 (auto)")
+        if 0 < self.learning_rate < 1e-8:
+            raise ConfigError(f"learning_rate: {self.learning_rate!r} is too small; use at least 1e-8, or 0 (auto)")
+        budget_seconds(self.time_budget)  # a ConfigError naming the field when it does not read
+        if self.slot_checks.strip().lower() not in ("auto", "off", ""):
+            parse_slot_checks(self.slot_checks)
         if self.init_from and not _is_run_id(self.init_from):
             raise ConfigError(f"init_from: {self.init_from!r} is not a run id (letters, digits, - and _)")
         if self.init_from and self.objective == "sft":
             raise ConfigError("init_from: starts a preference run (objective dpo, orpo or kto) from a finished "
                               "run's adapter; for sft leave it empty")
+        unknown = [name for name in self.levers_turned_off if name not in LEVER_NAMES]
+        if unknown:
+            raise ConfigError(f"levers_off: {unknown[0]!r} is not a lever; the levers are {', '.join(LEVER_NAMES)}")
         if self.objective != "sft" and self.packing:
             raise ConfigError(f"packing: not available with objective {self.objective} (each pair is scored "
                               "as a whole); set packing to false")
@@ -268,6 +311,11 @@ class TrainConfig:
             return "all-linear"
         return [name.strip() for name in self.target_modules.split(",") if name.strip()]
 
+    @property
+    def levers_turned_off(self) -> tuple[str, ...]:
+        """levers_off as names: what tuning/levers' apply() takes as `turned_off`."""
+        return tuple(name.strip() for name in self.levers_off.split(",") if name.strip())
+
     def step_interval(self, name: str) -> int | float:
         """save_steps / eval_steps as the Trainer takes them: a number of steps, or for auto a share
         of the run (a float < 1, which the Trainer turns into steps once it knows the total)."""
@@ -279,6 +327,11 @@ class TrainConfig:
         if self.final_evaluation != "auto":
             return self.final_evaluation
         return "quick" if total_steps <= SHORT_RUN_STEPS else "full"
+
+    @property
+    def auto_epochs(self) -> bool:
+        """The recipe picks the step count (num_epochs auto, no max_steps)."""
+        return self.num_epochs == AUTO_EPOCHS and self.max_steps <= 0
 
     @property
     def effective_batch_size(self) -> int:
@@ -318,15 +371,64 @@ def field_type(name: str) -> type:
     return _base_type(FIELDS[name])
 
 
-AUTO_FIELDS = ("save_steps", "eval_steps")  # int fields that also take "auto" (stored as AUTO_STEPS)
+# Fields that also take "auto", and the number it is stored as: save_steps/eval_steps AUTO_STEPS,
+# num_epochs/learning_rate 0 (the recipe's, tuning/train/recipe.py), max_steps -1 (from num_epochs).
+AUTO_VALUES = {"save_steps": AUTO_STEPS, "eval_steps": AUTO_STEPS, "num_epochs": AUTO_EPOCHS,
+               "learning_rate": AUTO_LEARNING_RATE, "max_steps": -1}
+AUTO_FIELDS = tuple(AUTO_VALUES)
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+_BUDGET = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)s)?")
+
+
+def budget_seconds(text: str) -> float | None:
+    """time_budget as seconds ("10m" 600, "1h30m" 5400, "90s" 90, a bare number is minutes); None
+    for no budget. A ConfigError names the field when the text does not read as a duration."""
+    text = text.strip().lower().replace(" ", "")
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text) * 60
+    else:
+        match = _BUDGET.fullmatch(text)
+        if not match or not any(match.groups()):
+            raise ConfigError(f"time_budget: {text!r} is not a duration; write e.g. 10m, 90s or 1h30m")
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = h * 3600 + m * 60 + s
+    if not 0 < seconds <= 7 * 24 * 3600:
+        raise ConfigError(f"time_budget: {text!r} is outside the valid range (a second to a week)")
+    return seconds
+
+
+def parse_slot_checks(text: str) -> list[tuple[str, str, list[str]]]:
+    """slot_checks as (slot, question, accepted lowercase words) entries; a ConfigError names the entry
+    that does not read as 'slot: question -> words'."""
+    entries = []
+    for number, entry in enumerate((e.strip() for e in re.split(r"[\n;]", text)), start=1):
+        if not entry:
+            continue
+        head, arrow, words = entry.rpartition("->")
+        slot, colon, question = head.partition(":")
+        accepted = [w.strip().lower() for w in words.split("|") if w.strip()]
+        if not arrow or not colon or not slot.strip() or not question.strip() or not accepted:
+            raise ConfigError(f"slot_checks: entry {number} {entry[:80]!r} should read "
+                              "'slot: question -> expected words', e.g. 'name: What should I call you? -> nova'")
+        if not re.fullmatch(r"[\w -]{1,40}", slot.strip()):
+            raise ConfigError(f"slot_checks: entry {number}: the slot name {slot.strip()[:40]!r} should be a "
+                              "short word (letters, digits, - and _)")
+        entries.append((slot.strip().lower(), question.strip(), accepted))
+    return entries
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config from a mapping (a preset, a form, a saved run), refusing unknown keys."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of key: value, got {type(values).__name__}")
-    values = {k: AUTO_STEPS if k in AUTO_FIELDS and isinstance(v, str) and v.strip().lower() == "auto" else v
-              for k, v in values.items()}
+    values = {k: AUTO_VALUES[k] if k in AUTO_VALUES and _is_auto(v) else v for k, v in values.items()}
     unknown = sorted(str(k) for k in values if k not in FIELDS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown config key" + (f" (also: {', '.join(unknown[1:])})"
@@ -368,9 +470,9 @@ def parse_value(key: str, raw: str) -> Any:
         if lowered in ("false", "no", "off", "0"):
             return False
         raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if key in AUTO_VALUES and _is_auto(text):
+        return AUTO_VALUES[key]
     if kind is int:
-        if key in AUTO_FIELDS and text.lower() == "auto":
-            return AUTO_STEPS
         try:
             return int(text)
         except ValueError:

@@ -397,14 +397,14 @@ def attention_implementation(dtype: torch.dtype) -> str | None:
 
 
 def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_code: bool = False,
-               quantization_config=None, speedups: str = levers.AUTO, log=None):
+               quantization_config=None, speedups: str = levers.AUTO, log=None, turned_off: tuple[str, ...] = ()):
     """Load the frozen base: 4-bit for qlora, `dtype` otherwise. safetensors only. Every process that
     trains or generates loads its model here, so the process's and the model's levers are applied here
     (tuning/levers: the allocator before the weights are read, the LM head's input after), unless
-    `speedups` is off; `log` takes one line per lever."""
+    `speedups` is off or `turned_off` names them; `log` takes one line per lever."""
     from transformers import AutoModelForCausalLM
 
-    levers.apply(levers.PROCESS, None, speedups, device_type(), log=log)
+    levers.apply(levers.PROCESS, None, speedups, device_type(), turned_off=turned_off, log=log)
     attention = attention_implementation(dtype)
     if attention and log is not None:
         log(f"attention: {attention}")
@@ -424,7 +424,7 @@ def load_model(model_path: str, method: str, dtype: torch.dtype, trust_remote_co
     if is_embedded_hub_copy(model_path):
         match_conversion(model)
     model.config.use_cache = False
-    levers.apply(levers.MODEL, model, speedups, device_type(), log=log)
+    levers.apply(levers.MODEL, model, speedups, device_type(), turned_off=turned_off, log=log)
     model._load_seconds = time.time() - started  # reported in the start event
     return model
 
@@ -441,8 +441,11 @@ def match_conversion(model) -> None:
 
 def load_base_for_training(cfg: TrainConfig, model_path: str):
     """The base as training loads it, with the loader's levers and the training model's (attention within
-    each sequence of a padding-free batch) where `cfg.speedups` allows; one log line per lever."""
+    each sequence of a padding-free batch) where `cfg.speedups` and `cfg.levers_off` allow; one log line per
+    lever."""
     model = load_model(model_path, cfg.method, compute_dtype(cfg, training=True), cfg.trust_remote_code,
-                       get_quantization_config(cfg, training=True), cfg.speedups, levers.print_line)
-    levers.apply(levers.TRAINING_MODEL, model, cfg.speedups, device_type(), log=levers.print_line)
+                       get_quantization_config(cfg, training=True), cfg.speedups, levers.print_line,
+                       cfg.levers_turned_off)
+    levers.apply(levers.TRAINING_MODEL, model, cfg.speedups, device_type(), turned_off=cfg.levers_turned_off,
+                 log=levers.print_line)
     return model

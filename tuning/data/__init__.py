@@ -13,7 +13,9 @@ The modules, each importing only those listed before it:
   loading.py     a source -> LoadedData (valid rows, their file and row, problems), pages, the split
   tokens.py      the chat template and loss mask, tokenized rows, the SFT Dataset, the token view
   arrow_data.py  a big local source's rows and tokenized rows in a memory-mapped Arrow cache
-  training.py    which rows are held out, and prepare: the training and held-out Datasets
+  general.py     general rows the base already answers, mixed into a small dataset, and their checks
+  slots.py       slot checks: held-out questions per thing the data names (auto for name and maker)
+  training.py    which rows are trained on and held out, and prepare: the training and held-out Datasets
   stats.py       token statistics, duplicates and the `inspect` report
   pairs.py       preference data (DPO/ORPO pairs, KTO labels), on top of normalize and tokens
 
@@ -31,10 +33,10 @@ from tuning.data.loading import (LoadedData, demo_files, load, load_config_datas
 from tuning.data.normalize import FORMATS, parse_expect
 from tuning.data.stats import report, statistics
 from tuning.data.tokens import to_dataset, token_view, tokenize_conversation
-from tuning.data.training import heldout_rows, prepare
+from tuning.data.training import heldout_rows, prepare, scored
 
 __all__ = [
     "FORMATS", "HUB_PREVIEW_ROWS", "DataError", "LoadedData", "demo_files", "heldout_rows", "load",
     "load_config_dataset", "load_eval", "load_preview", "page_count", "parse_expect", "prepare", "preview",
-    "report", "split", "split_positions", "statistics", "to_dataset", "token_view", "tokenize_conversation",
+    "report", "scored", "split", "split_positions", "statistics", "to_dataset", "token_view", "tokenize_conversation",
 ]

@@ -10,8 +10,8 @@
   greedy answer contains any of them, or, for named slots ({"name": [...], "maker": [...]}), one
   of each slot's; grouped by the row's `kind` (the demo: identity, control), each slot counted too.
 - Probe prompts: answered by base and tuned at every checkpoint (a TrainerCallback) and at the end.
-- The end-of-run evaluation fits the run (config final_evaluation): quick = held-out loss and the
-  first probes, full = everything. It runs as a list of checks (plan); between two checks, and at
+- The end-of-run evaluation fits the run (config final_evaluation): quick = held-out loss, the
+  first probes and the checks the run added (slot questions, control: checks_for), full = everything. It runs as a list of checks (plan); between two checks, and at
   every generated token, a Stop ends it, and evaluation.json then says it is partial.
 
 Base and tuned answers come from ONE generate call (generation.generate_rows: a PEFT mixed-adapter
@@ -134,7 +134,7 @@ def heldout_loss(model, tokenizer, conversations: list[list[dict]], cfg: config_
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    sliced = levers.enabled("sliced_eval_loss", cfg.speedups, device.type)
+    sliced = levers.enabled("sliced_eval_loss", cfg.speedups, device.type, cfg.levers_turned_off)
     batch_losses = []
     with torch.no_grad(), generation.inference(model), generation.active_adapter(model, adapter):
         for i in range(0, len(rows), cfg.per_device_batch_size):
@@ -215,6 +215,14 @@ def _user_text(prompt: list[dict]) -> str:
 def checked_rows(rows: list[tuple[list[dict], dict]]) -> list[tuple[list[dict], dict]]:
     """(prompt, extra) of every held-out row a task check can score (it carries `expect`)."""
     return [(prompt_of(conv), extra) for conv, extra in rows if _checkable(extra) and prompt_of(conv)]
+
+
+def checks_for(kind: str, rows: list[tuple[list[dict], dict]]) -> list[tuple[list[dict], dict]]:
+    """The task checks an evaluation of `kind` asks: all of them in a full one; in a quick one only
+    those the run added (slot questions, the general rows' control twins: few, and what a person who
+    named slots wants to see), not a held-out file's own."""
+    checked = checked_rows(rows) if kind != NONE else []
+    return checked if kind == FULL else [(prompt, extra) for prompt, extra in checked if extra.get("check_only")]
 
 
 def task_checks(model, tokenizer, rows: list[tuple[list[dict], dict]], max_new_tokens: int,
@@ -304,13 +312,14 @@ def plan(cfg: config_mod.TrainConfig, kind: str, rows: list[tuple[list[dict], di
     in the order they run: the cheap, telling ones first, so a Stop keeps the most."""
     if kind == NONE or not rows:
         return []
-    loss = LOSS_ROW_STEPS * len(rows) / max(1, cfg.effective_batch_size)
+    loss = LOSS_ROW_STEPS * len(data_mod.scored(rows)) / max(1, cfg.effective_batch_size)
     checks = [Check("held-out loss (tuned)", "loss_tuned", loss), Check("held-out loss (base)", "loss_base", loss)]
     if cfg.objective != "sft":
         checks.append(Check("held-out preference figures", "preference", 4 * loss))  # chosen and rejected, both sides
     answer = ANSWER_STEPS * cfg.eval_max_new_tokens / 64
     prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts
-    batches = [("probes", len(prompts))] + ([("task checks", len(checked_rows(rows)))] if kind == FULL else [])
+    checked = checks_for(kind, rows)
+    batches = [("probes", len(prompts))] + ([("task checks", len(checked))] if checked else [])
     for name, count in batches:
         for i in range(0, count, GENERATION_BATCH):
             end = min(count, i + GENERATION_BATCH)
@@ -342,8 +351,8 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     base_answers = runs.cached_base_answers(run_dir, prompts)  # the checkpoints answered the whole list
     prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts
     messages = [[{"role": "user", "content": p}] for p in prompts]
-    checked = checked_rows(rows)
-    conversations = [conv for conv, _ in rows]
+    checked = checks_for(kind, rows)
+    conversations = [conv for conv, _ in data_mod.scored(rows)]  # the added checks are asked, not scored
     tuned_rows: dict[int, float] = {}
     base_rows: dict[int, float] = {}
     figures: dict[str, Any] = {}
@@ -379,7 +388,7 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
             break
         # each check's freed activations go back to the OS before the next one allocates its own, so
         # their peaks do not stack (tuning/levers/allocator.py)
-        if levers.enabled("trim_between_checks", cfg.speedups):
+        if levers.enabled("trim_between_checks", cfg.speedups, turned_off=cfg.levers_turned_off):
             allocator.release_freed_memory()
         name = "loss" if check.part.startswith("loss") else check.part
         seconds[name] = round(seconds.get(name, 0.0) + time.time() - t0, 1)
@@ -394,10 +403,11 @@ def evaluate_model(model, tokenizer, cfg: config_mod.TrainConfig, run_dir: Path,
     tuned_loss, base_loss = figures.get("eval_loss"), figures.get("base_eval_loss")
     result: dict[str, Any] = {
         "step": step, "time": round(time.time(), 3), "source": source, "method": cfg.method, "kind": kind,
-        "eval_rows": len(rows), "eval_loss": tuned_loss, "base_eval_loss": base_loss,
+        "eval_rows": len(conversations), "eval_loss": tuned_loss, "base_eval_loss": base_loss,
         "perplexity": runs.perplexity(tuned_loss), "base_perplexity": runs.perplexity(base_loss),
         "max_new_tokens": cfg.eval_max_new_tokens, "checks": None,
-        # quick leaves the task checks out and a Stop cuts them short: `eval` computes them later
+        # quick leaves the held-out file's task checks out (it asks only those the run added) and a
+        # Stop cuts them short: `eval` computes the full evaluation later
         "checks_complete": kind == FULL and stopped_at is None, "probes": [],
         "partial": stopped_at is not None, "completed_checks": done, "total_checks": len(checks),
     }

@@ -56,7 +56,8 @@ def heldout_figures(model, tokenizer, cfg: TrainConfig, rows: list[dict], adapte
     implicit reward of the good and of the bad answers and the share rewarded on the right side."""
     if not rows:
         return None
-    sliced = levers.enabled("sliced_eval_loss", cfg.speedups, next(model.parameters()).device.type)
+    sliced = levers.enabled("sliced_eval_loss", cfg.speedups, next(model.parameters()).device.type,
+                            cfg.levers_turned_off)
 
     def logps(side: str, name: str) -> list[float]:
         return answer_logps(model, tokenizer, rows, side, name, cfg.max_length, cfg.per_device_batch_size, sliced)

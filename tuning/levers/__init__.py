@@ -1,9 +1,11 @@
-"""The levers: speed and memory patches for training and generating on a CPU, one module per mechanism,
-one registry (LEVERS) and one switch. Each lever is a record: its name, what it does in a line, where it
-applies (the device: "cpu" or "any"; the stage: which code applies it), the module that holds it, the
-library it was written against, and a function that applies it and says what it did or why it did not.
-`speedups: auto` (TrainConfig) applies the levers where they apply; `speedups: off` applies none, so a run
-trains with the libraries' own code paths only. apply() is called from one place per stage (the model
+"""The levers: speed and memory patches for training and generating (most of them for a CPU, Liger's
+kernels for CUDA), one module per mechanism, one registry (LEVERS) and one switch. Each lever is a record:
+its name, what it does in a line, where it applies (the device: "cpu", "cuda" or "any"; the stage: which
+code applies it), the module that holds it, the library it was written against, and a function that applies
+it and says what it did or why it did not. `speedups: auto` (TrainConfig) applies the levers where they
+apply; `speedups: off` applies none, so a run trains with the libraries' own code paths only; `levers_off`
+leaves out the levers it names (for experts: which lever does a difference come from?), and each of those
+says "turned off by levers_off" in the log. apply() is called from one place per stage (the model
 loader, trainer.build_trainer, playground.Comparer, the evaluation) and logs one line per lever. Each lever
 has a test that it computes what it replaces (tests/test_memory.py, tests/test_perf_cpu.py,
 tests/test_perf_packing.py, tests/test_levers.py) and its figure in bench/RESULTS.md; docs/performance.md
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 AUTO, OFF = "auto", "off"  # TrainConfig.speedups
-CPU, ANY = "cpu", "any"
+CPU, CUDA, ANY = "cpu", "cuda", "any"
+TURNED_OFF = "turned off by levers_off"  # why a lever TrainConfig.levers_off names is skipped
 
 # Stages: where a lever is applied, and what apply() is given.
 PROCESS = "process"  # models.load_model, before the weights are read (nothing)
@@ -43,7 +46,7 @@ class Outcome:
 class Lever:
     name: str
     what: str  # one line
-    device: str  # CPU or ANY
+    device: str  # CPU, CUDA or ANY
     stage: str  # one of STAGES
     module: str  # its module in tuning/levers
     written_for: str  # the version window of the library whose code path it replaces, e.g. "trl>=1.16,<1.17"
@@ -149,6 +152,19 @@ def _norms(trainer) -> tuple[bool, str]:
                     "no RMSNorm")
 
 
+def _liger_kernels(trainer) -> tuple[bool, str]:
+    from tuning.levers import liger
+
+    why = liger.missing()
+    if why:
+        return False, why
+    model_type = liger.use_liger_kernels(trainer.model)
+    if model_type is None:
+        model_type = getattr(getattr(trainer.model, "config", None), "model_type", None)
+        return False, f"nothing matched: liger-kernel has no kernels for model type {model_type}"
+    return True, f"Liger's RoPE, RMSNorm and MLP kernels in the {model_type} model; TRL's fused LM head keeps the loss"
+
+
 def _few_rows_linear(model) -> tuple[bool, str]:
     from tuning.levers import few_rows
 
@@ -187,6 +203,9 @@ LEVERS: tuple[Lever, ...] = (
           "transformers>=5.24,<5.25", _mlp_activation),
     Lever("norms", "RMSNorms computed again in the backward", CPU, TRAINER, "recompute", "transformers>=5.24,<5.25",
           _norms),
+    # CUDA only: Liger's Triton kernels, when the liger-kernel package is installed (tuning/levers/liger.py)
+    Lever("liger_kernels", "Liger's Triton kernels for RoPE, RMSNorm and the MLP", CUDA, TRAINER, "liger",
+          "transformers>=5.24,<5.25", _liger_kernels),
     Lever("few_rows_linear", "fp32 linear layers compute 2-4 rows as W @ x.T", CPU, GENERATION, "few_rows",
           "torch>=2.13,<2.14", _few_rows_linear),
     Lever("sliced_eval_loss", "the held-out loss scores a slice of the LM head at a time", ANY, EVALUATION,
@@ -218,35 +237,45 @@ def outside_window(written_for: str) -> str | None:
     return f"written for {written_for}, {wanted.name} {installed} is installed: check the lever, then widen its window"
 
 
-def why_not(lever: Lever, speedups: str, device: str) -> str | None:
-    """Why the lever does not apply here (the switch, the device, the library's version), or None when it
-    may."""
+def why_not(lever: Lever, speedups: str, device: str, turned_off: tuple[str, ...] = ()) -> str | None:
+    """Why the lever does not apply here (the switch, the person's levers_off, the device, the library's
+    version), or None when it may."""
     if speedups not in (AUTO, OFF):
         raise ValueError(f"speedups: {speedups!r} is not one of {AUTO}, {OFF}")
     if speedups == OFF:
         return "speedups: off"
+    if lever.name in turned_off:
+        return TURNED_OFF
     if lever.device == CPU and device != CPU:
         return f"not a CPU ({device})"
+    if lever.device == CUDA and device != CUDA:
+        return "CUDA only"
     return outside_window(lever.written_for)
 
 
-def enabled(name: str, speedups: str, device: str = CPU) -> bool:
+def enabled(name: str, speedups: str, device: str = CPU, turned_off: tuple[str, ...] = ()) -> bool:
     """Whether the lever applies here: for the ones a stage uses in place rather than patches."""
-    return why_not(BY_NAME[name], speedups, device) is None
+    return why_not(BY_NAME[name], speedups, device, turned_off) is None
 
 
-def apply(stage: str, target: Any, speedups: str = AUTO, device: str = CPU, *, reason: str | None = None,
-          only: tuple[str, ...] | None = None, log: Callable[[str], None] | None = None) -> list[Outcome]:
-    """Apply the stage's levers to `target` in their order in LEVERS, where they apply; `reason` (what
-    else keeps them out) skips those that would; with `only`, it skips just the levers not named there. One Outcome per lever, each also handed to `log` as a
-    line."""
+def apply(stage: str, target: Any, speedups: str = AUTO, device: str = CPU, *, turned_off: tuple[str, ...] = (),
+          reason: str | None = None, only: tuple[str, ...] | None = None,
+          log: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Apply the stage's levers to `target` in their order in LEVERS, where they apply; `turned_off` (the
+    config's levers_off names) leaves those out; `reason` (what else keeps them out) skips those that
+    would; with `only`, it skips just the levers not named there. One Outcome per lever, each also handed
+    to `log` as a line."""
     if stage not in STAGES:
         raise ValueError(f"unknown lever stage {stage!r}")
+    unknown = sorted(set(turned_off) - BY_NAME.keys())
+    if unknown:
+        raise ValueError(f"levers_off: {', '.join(unknown)} is not a lever; the levers are {', '.join(BY_NAME)}")
     outcomes = []
     for lever in LEVERS:
         if lever.stage != stage:
             continue
-        why = why_not(lever, speedups, device) or (reason if only is None or lever.name not in only else None)
+        why = (why_not(lever, speedups, device, turned_off)
+               or (reason if only is None or lever.name not in only else None))
         outcome = Outcome(lever.name, False, why) if why else Outcome(lever.name, *lever.apply(target))
         outcomes.append(outcome)
         if log is not None:

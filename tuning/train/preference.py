@@ -29,6 +29,7 @@ from tuning import data as data_mod
 from tuning.data import pairs
 from tuning import runs
 from tuning.config import ConfigError, TrainConfig
+from tuning.train import recipe
 
 # The metrics TRL's preference trainers log besides the loss, kept in the `log` event's `objective` field.
 METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen")
@@ -92,12 +93,15 @@ FUSED_HEAD_LEVERS = ("trained_tokens_only", "lm_head_tiles")
 # shared_lora_inputs, lean_lora_forward) draw the dropout masks their own way, and token_buckets pads
 # SFT's padding-free batches: those stay SFT's.
 EXACT_LEVERS = ("malloc_trim", "mlp_activation", "norms")
+# On CUDA, Liger's layer kernels (tuning/levers/liger.py) go to every objective's model, as TRL's own
+# `use_liger_kernel` did for its preference trainers: the same functions in fused kernels, no random draw.
+KERNEL_LEVERS = ("liger_kernels",)
 
 
 def shared_levers(objective: str) -> tuple[str, ...]:
     """The trainer-stage levers (tuning/levers) that apply to this objective's TRL trainer as they do
-    to SFT's: EXACT_LEVERS for every objective, the fused head's for DPO and KTO."""
-    return EXACT_LEVERS + (FUSED_HEAD_LEVERS if objective in FUSED_HEAD_OBJECTIVES else ())
+    to SFT's: EXACT_LEVERS and KERNEL_LEVERS for every objective, the fused head's for DPO and KTO."""
+    return EXACT_LEVERS + KERNEL_LEVERS + (FUSED_HEAD_LEVERS if objective in FUSED_HEAD_OBJECTIVES else ())
 
 
 def micro_batch(cfg: TrainConfig, device: str) -> tuple[int, int, str | None]:
@@ -193,6 +197,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: l
     print(f"data: {len(train_rows)} train {loaded.kind}, {len(held)} held out, {len(loaded.problems)} problems "
           f"({loaded.format})", flush=True)
     model, peft_config = _model(cfg, model_path, workspace)
+    # auto epochs / learning rate: the recipe's for this many pairs (no time estimate: a pair costs
+    # several forward passes, which the SFT speed figures do not cover)
+    cfg, _ = recipe.start(cfg, run_dir, len(train_rows), 0, len(held), None, float(model.num_parameters()))
     early_stop = cfg.early_stopping_patience > 0 and bool(held)
     trainer_class, args = _trainer_class(cfg, _common_args(cfg, run_dir, bool(held), early_stop))
     if early_stop:

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from tuning import data as data_mod
 from tuning import levers, models
-from tuning.train import distributed, faults, preference, tracking
+from tuning.data import arrow_data, general
+from tuning.train import distributed, faults, preference, recipe, replay, tracking
 from tuning.evaluation import evaluate, row_losses
 from tuning import runs
 from tuning.config import ConfigError, TrainConfig
@@ -285,9 +286,13 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     stop.check("loading the model")
     phases.enter(PREPARING, message=f"preparing {cfg.dataset}")
     train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer, workspace)  # a big file: an Arrow cache in it
+    replayed = _general_rows(cfg, model, tokenizer, workspace, loaded.rows_valid)
+    if replayed:  # a small set (general.AUTO_MAX_ROWS): tokenized again with the general rows, quickly
+        train_ds, eval_ds, loaded = data_mod.prepare(cfg, tokenizer, workspace, replayed)
     print(f"data: {len(train_ds)} train rows, {len(eval_ds) if eval_ds is not None else 0} eval rows, "
           f"{len(loaded.problems)} problems", flush=True)
     stop.check("preparing the data")
+    cfg = _planned(cfg, run_dir, workspace, model, train_ds, eval_ds, loaded, replayed)  # auto epochs / lr
     dtype = models.compute_dtype(cfg, training=True)  # bf16 -> the Trainer's autocast (CPU too)
     has_eval = eval_ds is not None
     early_stop = cfg.early_stopping_patience > 0 and has_eval
@@ -364,10 +369,39 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process())
     if row_callback is not None:
         trainer.add_callback(row_callback)
-    # The CPU levers (tuning/levers): the same computation in less time and memory, where they apply and
-    # unless speedups is off; one line per lever in the log says which applied and why the others did not.
-    levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type, log=levers.print_line)
+    # The levers (tuning/levers): the same computation in less time and memory, where they apply, unless
+    # speedups is off or levers_off names them; one line per lever in the log says which applied and why
+    # the others did not.
+    levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type, turned_off=cfg.levers_turned_off,
+                 log=levers.print_line)
     return trainer, tokenizer
+
+
+def _general_rows(cfg: TrainConfig, model, tokenizer, workspace: Path, rows: int) -> list[list[dict]] | None:
+    """The general rows with the base's own answers (tuning/train/replay.py) when the run mixes them in
+    (tuning/data/general.py). Several processes: the first answers and keeps them, the others read them."""
+    if not general.wanted(cfg, rows):
+        return None
+    if arrow_data.wanted(cfg.dataset, workspace):  # a big file of few long rows: its Arrow rows and
+        print("general rows: not mixed into a source read through the Arrow cache", flush=True)  # ids stay its own
+        return None
+    with distributed.main_process_first():
+        return replay.rows(cfg, model, tokenizer, workspace, str(models.compute_dtype(cfg, training=True)))
+
+
+def _planned(cfg: TrainConfig, run_dir: Path, workspace: Path, model, train_ds, eval_ds, loaded,
+             replayed: list[list[dict]] | None) -> TrainConfig:
+    """The config with the recipe's numbers for auto (tuning/train/recipe.py), its plan in the log."""
+    import torch
+
+    general_count = len(replayed) if replayed and general.wanted(cfg, loaded.rows_valid) else 0
+    params = float(model.num_parameters())
+    lengths = [len(ids) for ids in train_ds.select(range(min(len(train_ds), 1000)))["input_ids"]]
+    rate, _ = recipe.training_rate(cfg, workspace, params, torch.cuda.is_available())
+    seconds = recipe.step_seconds(cfg, rate, sum(lengths) / len(lengths) if lengths else None)
+    planned, _ = recipe.start(cfg, run_dir, len(train_ds) - general_count, general_count,
+                              len(eval_ds) if eval_ds is not None else 0, seconds, params)
+    return planned
 
 
 def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
@@ -391,6 +425,7 @@ def _apply_preference_levers(cfg: TrainConfig, trainer) -> list[levers.Outcome]:
     LM head, which DPO and KTO score through as SFT does, and those that change no value) where they
     apply; the others are skipped, since they patch SFT's model and collator code paths."""
     return levers.apply(levers.TRAINER, trainer, cfg.speedups, trainer.args.device.type,
+                        turned_off=cfg.levers_turned_off,
                         reason=f"objective {cfg.objective}: TRL's preference trainer keeps its own code paths",
                         only=preference.shared_levers(cfg.objective), log=levers.print_line)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,10 @@ from pathlib import Path
 import psutil
 
 from tuning import config as config_mod
+from tuning import data as data_mod
 from tuning import runs
+from tuning.data import general
+from tuning.train import recipe
 from tuning.ui.common import ago, load_dataset
 
 GB = 1024 ** 3
@@ -37,17 +39,9 @@ RUNTIME_OVERHEAD = 0.6 * GB  # torch, transformers and the Python process itself
 CPU_LIBRARIES = 0.5 * GB
 CPU_ACTIVATION_PER_TOKEN = 1.4 * 2**20
 CPU_ACTIVATION_SHAPE = 576 * 30  # hidden x layers the per-token figure was measured at
-# Training speed on a 2-core CPU for a 135M model: the median logged tokens/s of the quickstart (294)
-# and first-run (308) presets on a quiet machine (python bench/preset_table.py --only
-# first-run,quickstart). With it the estimate of a fresh workspace is +6% (quickstart, 181 s for 170 s
-# measured) and +20% (first-run, 108 s for 90 s). A first run on another model scales it by parameters.
-# Busy cores make it several times slower: the first run's own measured speed then replaces this.
-CPU_TOKENS_PER_SECOND_135M = 290.0
-CPU_CORES_MEASURED = 2
-# Start-up before the first step (a fresh process importing torch and transformers, loading the base and
-# the data) and the end after the last (saving, exiting): ~15-20 s on 2 cores. The first use of the
-# embedded model also converts it once (~20 s more), not counted.
-STARTUP_SECONDS = 20.0
+# The speed figures (tokens/s on 2 cores, start-up seconds) and the step-count plan are the recipe's
+# (tuning/train/recipe.py): the estimate and the run plan from one model.
+CPU_CORES_MEASURED = recipe.CPU_CORES_MEASURED
 
 
 @dataclass
@@ -62,6 +56,7 @@ class Estimate:
     fits: bool | None
     evaluation: str | None = None  # the end-of-run evaluation the run will get: quick, full or none
     evaluation_seconds: float | None = None
+    plan: recipe.Plan | None = None  # steps, passes and learning rate, when the dataset's size is known
 
     def markdown(self) -> str:
         if self.memory_bytes is None:
@@ -170,7 +165,8 @@ def checkpoint_work(cfg: config_mod.TrainConfig, steps: int, rows: int | None) -
         return max(1, _math.ceil(steps * value) if isinstance(value, float) else value)
 
     try:
-        heldout = len(evaluate.heldout_rows(cfg)) if rows is None or rows <= 20_000 else round(rows * cfg.eval_split)
+        heldout = (len(data_mod.scored(evaluate.heldout_rows(cfg))) if rows is None or rows <= 20_000
+                   else round(rows * cfg.eval_split))
         probes = len(evaluate.default_probes(cfg)) if cfg.probe_every_checkpoint else 0
     except Exception:  # noqa: BLE001 - not readable here: the split's share and 5 probes
         heldout, probes = round((rows or 0) * cfg.eval_split), 5 if cfg.probe_every_checkpoint else 0
@@ -194,13 +190,6 @@ def measured_answer_seconds(workspace: Path, cfg: config_mod.TrainConfig) -> flo
     return statistics.median(per_answer) if per_answer else None
 
 
-def measured_rate(workspace: Path, cfg: config_mod.TrainConfig) -> float | None:
-    """Median tokens/s logged by earlier runs of the same base and method in this workspace."""
-    rates = [rate for summary in runs.list_runs(workspace, base_model=cfg.base_model, method=cfg.method)[:20]
-             for rate in summary.progress.rates if rate > 0]
-    return statistics.median(rates) if rates else None
-
-
 def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = None,
              avg_tokens: float | None = None) -> Estimate:
     gpu = _gpu_free_bytes()
@@ -220,40 +209,36 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
         tokens = cfg.per_device_batch_size * cfg.max_length
         per_layer = tokens * (h * 18 + shape["intermediate_size"] * 4) * wide  # saved activations per layer
         activations = per_layer * (math.sqrt(layers) if cfg.gradient_checkpointing else layers)
-        logits = tokens * shape.get("vocab_size", 32000) * 4 * 3  # logits, softmax and its grad in fp32
+        logits = _gpu_logits_bytes(cfg, tokens, shape.get("vocab_size", 32000))
         memory = weights + adapter + activations + logits + RUNTIME_OVERHEAD
 
-    steps = cfg.max_steps if cfg.max_steps > 0 else (training_steps(cfg, rows) if rows else None)
-    per_step_tokens = cfg.effective_batch_size * min(cfg.max_length, avg_tokens or cfg.max_length)
-    rate = measured_rate(workspace, cfg)
-    source = "rate measured by an earlier run here"
-    if rate is None and gpu is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        rate = CPU_TOKENS_PER_SECOND_135M * (135e6 / (base + lora)) * (cores / CPU_CORES_MEASURED) \
-            / (1.5 if cfg.method == "qlora" else 1.0)
-        source = "the quickstart's measured speed, scaled to this model; an earlier run's speed replaces it"
-    elif rate is None:
-        flops = (base + lora) * 4 * (1.5 if cfg.method == "qlora" else 1.0)  # fwd + bwd through a frozen base
-        rate = 5e13 / flops
-        source = "a guess from the model size; an earlier run's measured speed replaces it"
-    step_seconds = per_step_tokens / rate
+    rate, source = recipe.training_rate(cfg, workspace, base + lora, gpu is not None)
+    step_seconds = recipe.step_seconds(cfg, rate, avg_tokens)
+    the_plan = plan(cfg, rows, step_seconds, base + lora) if rows else None
+    steps = cfg.max_steps if cfg.max_steps > 0 else (the_plan.steps if the_plan else None)
     kind, work, answers, answer_work = evaluation_work(cfg, steps, rows)
     evaluation = work * step_seconds
     answer_seconds = measured_answer_seconds(workspace, cfg)
     if answer_seconds is not None and answers:  # generation's own measured pace here
         evaluation = (work - answer_work) * step_seconds + answers * answer_seconds * cfg.eval_max_new_tokens / 64
     between = checkpoint_work(cfg, steps, rows) * step_seconds if steps else 0.0
-    seconds = steps * step_seconds + between + evaluation + STARTUP_SECONDS if steps else None
-    return Estimate(base, memory, available, device, steps, seconds, source, memory < available, kind, evaluation)
+    seconds = steps * step_seconds + between + evaluation + recipe.STARTUP_SECONDS if steps else None
+    return Estimate(base, memory, available, device, steps, seconds, source, memory < available, kind, evaluation,
+                    the_plan)
 
 
-def training_steps(cfg: config_mod.TrainConfig, rows: int) -> int:
-    """The Trainer's own count: whole batches an epoch (the last one partial), grouped by accumulation,
-    times the epochs. The held-out share comes off a dataset without its own held-out file."""
-    if not cfg.eval_dataset and cfg.dataset != config_mod.DEMO_DATASET:
-        rows -= round(rows * cfg.eval_split)
-    per_epoch = max(1, math.ceil(rows / cfg.per_device_batch_size) // cfg.gradient_accumulation_steps)
-    return math.ceil(cfg.num_epochs * per_epoch)
+def plan(cfg: config_mod.TrainConfig, rows: int, step_seconds: float | None, params: float | None) -> recipe.Plan:
+    """The run's plan (tuning/train/recipe.py) for a dataset of `rows` valid rows: the held-out share comes
+    off a dataset without its own held-out file, the general rows join when the run mixes them in."""
+    held = round(rows * cfg.eval_split) if not cfg.eval_dataset and cfg.dataset != config_mod.DEMO_DATASET else 0
+    if cfg.eval_dataset or cfg.dataset == config_mod.DEMO_DATASET:
+        try:
+            held = len(data_mod.scored(data_mod.heldout_rows(cfg)))
+        except Exception:  # noqa: BLE001 - an unreadable held-out file: the check before Start names it
+            held = 0
+    extra = general.COUNT if general.wanted(cfg, rows) else 0
+    return recipe.make_plan(cfg, rows - (0 if cfg.eval_dataset or cfg.dataset == config_mod.DEMO_DATASET else held),
+                            extra, held, step_seconds, params)
 
 
 def _cpu_memory(cfg: config_mod.TrainConfig, base: int, adapter: float, shape: int, avg_tokens: float | None) -> float:
@@ -267,6 +252,21 @@ def _cpu_memory(cfg: config_mod.TrainConfig, base: int, adapter: float, shape: i
     if cfg.gradient_checkpointing:
         activations /= 3  # one layer's inputs kept of each, the rest recomputed
     return CPU_LIBRARIES + weights + adapter + activations
+
+
+# TRL's fused LM head (trl.trainer.utils.add_fused_lm_head, which SFT, DPO and KTO train through) scores
+# the labelled positions in tiles of 4,096 tokens x 32,768 vocabulary columns (trl.kernels.chunked_logprob's
+# TOKEN_CHUNK_SIZE and _CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16): the full logits are never held at once.
+FUSED_HEAD_TILE = (4096, 32768)
+FULL_LOGITS_OBJECTIVES = ("orpo",)  # TRL's ORPO computes the whole batch's logits itself
+
+
+def _gpu_logits_bytes(cfg: config_mod.TrainConfig, tokens: int, vocab: int) -> float:
+    """The LM head's share of a GPU step: fp32 logits, their softmax and its gradient, for the whole
+    batch (ORPO) or for one tile of TRL's fused head at a time (the others)."""
+    if cfg.objective not in FULL_LOGITS_OBJECTIVES:
+        tokens, vocab = min(tokens, FUSED_HEAD_TILE[0]), min(vocab, FUSED_HEAD_TILE[1])
+    return tokens * vocab * 4 * 3
 
 
 def _gpu_free_bytes() -> float | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from tuning.evaluation import ab
+from tuning import data as data_mod
 from tuning import runs
 from tuning.evaluation import headlines
 from tuning.ui import ab_view, access
@@ -226,7 +227,7 @@ def heldout_heatmap(ctx: AppContext, run_id: str, number) -> dict:
     if not access.is_owner(ctx) and runs.summarize(path).status in runs.ACTIVE_STATUSES:
         access.require_owner(ctx)  # as the Playground: a visitor loads a model for finished runs only
     cfg = runs.read_config(path)
-    rows = evaluate.heldout_rows(cfg)
+    rows = data_mod.scored(evaluate.heldout_rows(cfg))  # the held-out rows proper, not the added checks
     if not rows:
         raise runs.RunError(f"run {run_id} has no held-out rows (eval_split is 0 and no eval_dataset)")
     try:

@@ -23,6 +23,7 @@ import yaml
 from tuning import config as config_mod
 from tuning import paths
 from tuning.data.pairs import DEMO_PREFERENCE
+from tuning.ui import train_plan
 from tuning.ui.access import public
 from tuning.ui.common import (OPENING_PRESET, AppContext, bind, boxed, check_source, error_box, guarded, into, keyed,
                               opening_config, opening_preset)
@@ -131,9 +132,8 @@ def warn_if_trusting(cfg: config_mod.TrainConfig) -> str | None:
 
 
 def estimate_markdown(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
-    from tuning.ui import estimate
-
-    return estimate.estimate(cfg, ctx.workspace, *estimate.dataset_size(cfg, ctx.workspace)).markdown()
+    """The plan, the checks before Start and the estimate (tuning/ui/train_plan.py)."""
+    return train_plan.report(ctx, cfg)[0]
 
 
 def start(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
@@ -162,9 +162,18 @@ def do_command(ctx: AppContext, preset: str, *values):
     return gr.update(value=command_line(form_to_config(list(values)), preset, ctx), visible=True)
 
 
-def do_estimate(ctx: AppContext, *values) -> str:
-    """The memory and time estimate for the form."""
-    return estimate_markdown(ctx, checked(ctx, form_to_config(list(values))))
+def do_estimate(ctx: AppContext, *values) -> dict:
+    """The plan, the checks before Start (a button per fix) and the memory and time estimate."""
+    text, found = train_plan.report(ctx, checked(ctx, form_to_config(list(values))))
+    return {"estimate": text, **train_plan.fix_updates(found)}
+
+
+def do_fix(ctx: AppContext, index: int, *values) -> dict:
+    """One check's fix made in the form, and the plan and checks again for the fixed form."""
+    cfg = checked(ctx, form_to_config(list(values)))
+    fixed = train_plan.with_fix(cfg, train_plan.report(ctx, cfg)[1], index)
+    text, found = train_plan.report(ctx, fixed)
+    return {**train_plan.form_values(fixed), "estimate": text, **train_plan.fix_updates(found)}
 
 
 def do_start(ctx: AppContext, *values) -> dict:
@@ -427,12 +436,16 @@ def build(ctx: AppContext) -> TrainParts:
         grid_btn = _grid_layout(ui)
     form = [ui[n] for n in FORM_FIELDS]
     with gr.Row():
-        estimate_btn = gr.Button("Estimate memory and time")
+        estimate_btn = gr.Button("Plan, checks and estimate")
         command_btn = gr.Button("Show command")
         start_btn = gr.Button("Start training", variant="primary")
         ui["queue_it"] = gr.Button("Queue it", visible=False)  # shown when a start meets a busy machine
     ui["error"] = error_box()  # what a form value or a refused start got wrong, until the next good action
-    ui["estimate"] = gr.Markdown()
+    with gr.Column(elem_id="train-plan"):  # the plan, the checks before Start and their fixes
+        ui["estimate"] = gr.Markdown()
+        with gr.Row():  # a check's one-click fix, shown when a check has one
+            for i in range(train_plan.FIX_BUTTONS):
+                ui[f"fix{i}"] = gr.Button(visible=False, size="sm", elem_id=f"train-fix{i}")
     ui["command"] = command = gr.Code(label="The same run from a terminal", language="shell", visible=False)
     ui["message"] = gr.Markdown()
     ui["started_run"] = gr.Textbox(visible=False)
@@ -462,8 +475,11 @@ def build(ctx: AppContext) -> TrainParts:
     # A failed step empties what described the form before (a command, an estimate, a message).
     command_btn.click(event(into("command", bind(do_command, ctx)), {"command": gr.update(visible=False)}),
                       [ui["preset"], *form], [command, box], **PRIVATE)
-    estimate_btn.click(event(into("estimate", bind(do_estimate, ctx)), {"estimate": ""}), form, [ui["estimate"], box],
+    fixes = [ui[f"fix{i}"] for i in range(train_plan.FIX_BUTTONS)]
+    estimate_btn.click(event(bind(do_estimate, ctx), {"estimate": ""}), form, [ui["estimate"], *fixes, box],
                        **PRIVATE)
+    for i, button in enumerate(fixes):
+        button.click(event(bind(do_fix, ctx, i)), form, [*form, ui["estimate"], *fixes, box], **PRIVATE)
     start_btn.click(event(bind(do_start, ctx), {"message": "", "estimate": ""}), form,
                     [ui["message"], ui["estimate"], ui["started_run"], ui["queue_it"], box], **PRIVATE)
     queued = [ui["message"], ui["queue_it"], ui["started_run"], box]
