@@ -26,7 +26,8 @@ PLANTED_ROW = 6  # 1-based line of the planted row in train.jsonl
 PLANTED = "zxq vlorp 7k9 qwfz brmml kkqj 0xq plzz vvtr zzkx"  # no model predicts it: the worst fit
 SECOND = {"max_steps": 4, "per_device_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "lr_scheduler": "constant",
           "warmup_ratio": 0, "max_length": 128, "eval_split": 0.25, "eval_max_new_tokens": 16,
-          "probe_every_checkpoint": False, "save_steps": 4, "run_name": "planted"}
+          "probe_every_checkpoint": False, "save_steps": 4, "run_name": "planted",
+          "general_rows": "off"}  # 4 steps of 4 rows: with 89 general rows the planted one might go unseen
 
 
 def second_run(workspace: Path, data_dir: Path) -> str:

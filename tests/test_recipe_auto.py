@@ -296,3 +296,25 @@ def test_the_train_tab_plans_a_91_row_set_and_its_fix_changes_the_form(tmp_path)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_4bit_base_on_a_cpu_answers_the_general_questions_and_then_trains(tmp_path, embedded_tokenizer):
+    """Qwen2 (biased q/k/v projections) in 4-bit on a CPU: bitsandbytes repacks a 4-bit weight for
+    inference on an eval-mode forward, and training through the repacked layout fails; the base's
+    answers are generated without that, and the run trains after them."""
+    from test_gguf_families import build_tiny
+
+    folder = build_tiny("qwen2", embedded_tokenizer, tmp_path / "qwen2")
+    path = write_jsonl(tmp_path / "ids.jsonl", identity_rows(12))
+    command = [sys.executable, "-m", "tuning", "train", "--workspace", str(tmp_path / "ws"), "--run-id", "q",
+               "--set", f"base_model={folder}", "--set", f"dataset={path}", "--set", "method=qlora",
+               "--set", "precision=bf16", "--set", "max_steps=2", "--set", "per_device_batch_size=4",
+               "--set", "max_length=64", "--set", "eval_split=0", "--set", "final_evaluation=none",
+               "--set", "probe_every_checkpoint=false", "--set", "general_rows=on"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "general rows: answering 89 general questions" in done.stdout
+    kept = json.loads(next((tmp_path / "ws" / "general").glob("*.json")).read_text())
+    assert len(kept["answers"]) == 89 and kept["method"] == "qlora"  # a random model's: rarely a whole sentence
+    assert (tmp_path / "ws" / "runs" / "q" / "adapter" / "adapter_model.safetensors").is_file()

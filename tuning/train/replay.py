@@ -11,6 +11,7 @@ while the new facts go in, for any base model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -33,7 +34,7 @@ def cache_path(cfg: config_mod.TrainConfig, workspace: Path, dtype: str) -> Path
 
 def rows(cfg: config_mod.TrainConfig, model, tokenizer, workspace: Path, dtype: str) -> list[list[dict]]:
     """The general conversations with the base's own answers: read from the workspace, or generated
-    (about 30 s for the embedded model on 2 CPU cores) and kept there for the next run."""
+    (29-30 s for the embedded model on one CPU core) and kept there for the next run."""
     path = cache_path(cfg, workspace, dtype)
     stored = runs.read_json(path)
     if isinstance(stored, dict) and isinstance(stored.get("answers"), list):
@@ -57,6 +58,24 @@ def finished(answer: str, tokens: int) -> str:
     return answer[:ends[-1]].strip() if ends else ""
 
 
+@contextlib.contextmanager
+def _training_mode(model):
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _four_bit_on_cpu(model) -> bool:
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return False
+    return next(model.parameters()).device.type == "cpu" and any(isinstance(m, Linear4bit) for m in model.modules())
+
+
 def _generate(model, tokenizer, prompts: list[list[dict]]) -> list[tuple[str, int]]:
     """(greedy answer, its new tokens) of each prompt, batched, as the run's evaluation generates."""
     import torch
@@ -65,7 +84,12 @@ def _generate(model, tokenizer, prompts: list[list[dict]]) -> list[tuple[str, in
 
     out: list[tuple[str, int]] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad(), generation.inference(model):
+    # bitsandbytes repacks a 4-bit layer's weight for CPU inference on its first forward in eval mode
+    # without grad, and training through the repacked layout then fails (an in-place bias add on a leaf
+    # that needs grad): before training, a 4-bit model on a CPU answers in training mode (these bases'
+    # dropout is 0, and the answers are greedy either way).
+    mode = _training_mode(model) if _four_bit_on_cpu(model) else generation.inference(model)
+    with torch.no_grad(), mode:
         for i in range(0, len(prompts), BATCH):
             batch = generation.encode(tokenizer, prompts[i:i + BATCH])
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
