@@ -188,7 +188,8 @@ def test_planted_bad_rows_rank_at_the_top_on_the_embedded_model(tmp_path, embedd
     # 40 rows, 8 a step, 3 epochs: 15 steps; each row's last loss is from the third epoch.
     cfg = TrainConfig(base_model=EMBEDDED_MODEL, dataset=str(dataset), method="lora", num_epochs=3,
                       per_device_batch_size=8, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0,
-                      max_length=128, eval_split=0.0, save_steps=1000, probe_every_checkpoint=False)
+                      max_length=128, eval_split=0.0, save_steps=1000, probe_every_checkpoint=False,
+                      general_rows="off")  # the 40 rows alone: general rows would change the steps above
     run_dir = runs.run_dir(workspace, "planted")
     run_dir.mkdir(parents=True)
     runs.write_config(run_dir, cfg)
