@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: a seeded mixed-length chat dataset, a peak-RSS sampler for a
-child process, the alternating A, B, A, B runner and the median of pairwise ratios.
+child process, the alternating A, B, A, B runner, the median of pairwise ratios, and runs spread
+one at a time over pinned cores (the recipe sweeps).
 
 Why alternate: the 2 cores of this machine are shared, so the load drifts during a run. Measuring
 A and B back to back in pairs and taking the median of the per-pair ratios cancels most of the drift
@@ -165,6 +166,30 @@ def alternate(pairs: int, run_a, run_b) -> list[tuple]:
         print(f"  pair {i + 1}/{pairs}: A {a}  B {b}  ({machine_load()})", flush=True)
         results.append((a, b))
     return results
+
+
+def on_cores(items: list, cores: list[int], run, results: Path, say) -> None:
+    """`run(item, core)` for each item, one at a time on each core of `cores` (the runs pin themselves
+    with taskset); each returned row appended to the JSONL file `results` as it finishes (an interrupted
+    sweep keeps what it did) and `say(row)` printed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    free, lock = list(cores), threading.Lock()
+
+    def work(item) -> None:
+        with lock:
+            core = free.pop()
+        try:
+            row = run(item, core)
+            with lock, open(results, "a") as out:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            print(say(row), flush=True)
+        finally:
+            with lock:
+                free.append(core)
+
+    with ThreadPoolExecutor(len(cores)) as pool:
+        list(pool.map(work, items))
 
 
 def median_ratio(pairs: list[tuple[float, float]]) -> float:

@@ -28,12 +28,13 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, when imported by path
 
+from common import on_cores  # noqa: E402
 from tuning import runs
 from tuning.paths import DEMO_DATA_DIR  # noqa: E402
 
@@ -208,30 +209,16 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(s, seed) for seed in seeds for s in settings if (s, seed) not in done(results)]
     print(f"{len(todo)} runs to do", flush=True)
-    cores = [int(c) for c in args.cores.split(",")]
-    free = list(cores)
-    lock = threading.Lock()
+    def work(item: tuple[str, int], core: int) -> dict:
+        setting, seed = item
+        stale = core_workspace(workspace, core) / "runs" / f"{setting}-s{seed}"
+        if stale.exists():  # a failed or interrupted attempt: start it again from scratch
+            shutil.rmtree(stale)
+        return run_one(setting, seed, core, workspace, Path(args.tree))
 
-    def work(item: tuple[str, int]) -> None:
-        with lock:
-            core = free.pop()
-        try:
-            setting, seed = item
-            stale = core_workspace(workspace, core) / "runs" / f"{setting}-s{seed}"
-            if stale.exists():  # a failed or interrupted attempt: start it again from scratch
-                shutil.rmtree(stale)
-            row = run_one(setting, seed, core, workspace, Path(args.tree))
-            with lock:
-                with open(results, "a") as out:
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            print(f"{row['run_id']}: rc {row['rc']}, {row['seconds']} s, identity {row['identity']}, "
-                  f"control {row['control']}, loss {row['eval_loss']}", flush=True)
-        finally:
-            with lock:
-                free.append(core)
-
-    with ThreadPoolExecutor(len(cores)) as pool:
-        list(pool.map(work, todo))
+    on_cores(todo, [int(c) for c in args.cores.split(",")], work, results,
+             lambda row: f"{row['run_id']}: rc {row['rc']}, {row['seconds']} s, identity {row['identity']}, "
+                         f"control {row['control']}, loss {row['eval_loss']}")
     print(table(results))
 
 

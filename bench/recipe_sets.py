@@ -36,14 +36,14 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, when imported by path
 
+from common import on_cores  # noqa: E402
 from tuning import runs  # noqa: E402
 from tuning.data.slots import MAKER_QUESTIONS as MAKER_CHECKS  # noqa: E402
 from tuning.data.slots import NAME_QUESTIONS as NAME_CHECKS  # noqa: E402
@@ -243,23 +243,10 @@ def main() -> None:
         return print(table(results))
     tag = "".join(f"-{item.replace('=', '-').replace('.', '_')}" for item in args.set)
     todo = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.only.split(",")]
-    free, lock = [int(c) for c in args.cores.split(",")], threading.Lock()
-
-    def work(item: tuple[str, int]) -> None:
-        with lock:
-            core = free.pop()
-        try:
-            row = run_one(*item, core, Path(args.workspace), args.set, tag)
-            with lock, open(results, "a") as out:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            print(f"{row['set']} seed {row['seed']}: rc {row['rc']}, {row['seconds']} s, slots {row['slots']}, "
-                  f"control {row['control']}", flush=True)
-        finally:
-            with lock:
-                free.append(core)
-
-    with ThreadPoolExecutor(len(free)) as pool:
-        list(pool.map(work, todo))
+    on_cores(todo, [int(c) for c in args.cores.split(",")],
+             lambda item, core: run_one(*item, core, Path(args.workspace), args.set, tag), results,
+             lambda row: f"{row['set']} seed {row['seed']}: rc {row['rc']}, {row['seconds']} s, "
+                         f"slots {row['slots']}, control {row['control']}")
     print(table(results))
 
 

@@ -73,6 +73,11 @@ def steps_per_epoch(cfg: config_mod.TrainConfig, rows: int) -> int:
     return max(1, math.ceil(rows / cfg.per_device_batch_size) // cfg.gradient_accumulation_steps)
 
 
+def recipe_epochs(per_epoch: int) -> int:
+    """Whole passes for about TARGET_STEPS steps of `per_epoch` each: at least one, at most MAX_EPOCHS."""
+    return min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch)))
+
+
 def auto_learning_rate(steps: int, params: float | None) -> float:
     base = LEARNING_RATE_LARGE if params and params >= LARGE_MODEL else LEARNING_RATE_SMALL
     return base * min(1.0, math.sqrt(TARGET_STEPS / max(1, steps)))
@@ -87,7 +92,7 @@ def make_plan(cfg: config_mod.TrainConfig, rows: int, general: int, heldout: int
     if cfg.max_steps > 0:
         epochs, steps = cfg.max_steps / per_epoch, cfg.max_steps
     elif cfg.auto_epochs:
-        epochs = float(min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / per_epoch))))
+        epochs = float(recipe_epochs(per_epoch))
         steps = int(epochs) * per_epoch
         if budget is not None and step_seconds:
             fits = max(1, int((budget - STARTUP_SECONDS) / step_seconds))
@@ -133,7 +138,7 @@ def describe(plan: Plan, cfg: config_mod.TrainConfig) -> str:
 
 
 def _uncapped(plan: Plan) -> int:
-    return min(MAX_EPOCHS, max(1, math.ceil(TARGET_STEPS / plan.per_epoch))) * plan.per_epoch
+    return recipe_epochs(plan.per_epoch) * plan.per_epoch
 
 
 def _duration(seconds: float) -> str:

@@ -230,15 +230,16 @@ def estimate(cfg: config_mod.TrainConfig, workspace: Path, rows: int | None = No
 def plan(cfg: config_mod.TrainConfig, rows: int, step_seconds: float | None, params: float | None) -> recipe.Plan:
     """The run's plan (tuning/train/recipe.py) for a dataset of `rows` valid rows: the held-out share comes
     off a dataset without its own held-out file, the general rows join when the run mixes them in."""
-    held = round(rows * cfg.eval_split) if not cfg.eval_dataset and cfg.dataset != config_mod.DEMO_DATASET else 0
-    if cfg.eval_dataset or cfg.dataset == config_mod.DEMO_DATASET:
+    own_file = bool(cfg.eval_dataset) or cfg.dataset == config_mod.DEMO_DATASET
+    if own_file:
         try:
             held = len(data_mod.scored(data_mod.heldout_rows(cfg)))
         except Exception:  # noqa: BLE001 - an unreadable held-out file: the check before Start names it
             held = 0
+    else:
+        held = round(rows * cfg.eval_split)
     extra = general.COUNT if general.wanted(cfg, rows) else 0
-    return recipe.make_plan(cfg, rows - (0 if cfg.eval_dataset or cfg.dataset == config_mod.DEMO_DATASET else held),
-                            extra, held, step_seconds, params)
+    return recipe.make_plan(cfg, rows if own_file else rows - held, extra, held, step_seconds, params)
 
 
 def _cpu_memory(cfg: config_mod.TrainConfig, base: int, adapter: float, shape: int, avg_tokens: float | None) -> float:
