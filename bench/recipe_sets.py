@@ -199,7 +199,7 @@ def run_one(name: str, seed: int, core: int, workspace: Path, extra: list[str], 
     with open(log, "w") as out:
         rc = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
     result = runs.read_evaluation(ws / "runs" / run_id) or {}
-    plan = runs.read_json(ws / "runs" / run_id / "plan.json") or {}
+    plan = runs.read_json(ws / "runs" / run_id / runs.PLAN) or {}
     by_kind = (result.get("checks") or {}).get("by_kind") or {}
     slot_counts = {slot: [c["tuned_passed"], c["n"], c["base_passed"]] for kind in by_kind.values()
                    for slot, c in (kind.get("slots") or {}).items()}

@@ -40,7 +40,7 @@ package import each other directly.
 from __future__ import annotations
 
 from tuning.runs.layout import (ACTIVE_STATUSES, ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPLETED, COMPLETE_MARKER,
-                                DAMAGED, EVALUATION, FAILED, INTERRUPTED, MAX_PROBES, PREFERENCE_PAIRS, PROBES,
+                                DAMAGED, EVALUATION, FAILED, INTERRUPTED, MAX_PROBES, PLAN, PREFERENCE_PAIRS, PROBES,
                                 PROCESS, QUEUE, RUNNING, RunError, STARTING, STOPPED, TENSORBOARD, VOTES,
                                 adapter_dir, check_run_id, checkpoint_dir, checkpoints_dir, config_path,
                                 events_path, existing_run_dir, log_path, new_run_id, queue_path, read_config,
@@ -63,7 +63,7 @@ from tuning.runs.feedback import (append_correction, corrections_path, preferenc
 
 __all__ = [
     "ACTIVE_STATUSES", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "COMPLETED", "COMPLETE_MARKER", "DAMAGED",
-    "EVALUATION", "FAILED", "INTERRUPTED", "MAX_PROBES", "PREFERENCE_PAIRS", "PROBES", "PROCESS", "QUEUE",
+    "EVALUATION", "FAILED", "INTERRUPTED", "MAX_PROBES", "PLAN", "PREFERENCE_PAIRS", "PROBES", "PROCESS", "QUEUE",
     "RUNNING", "RunError", "STARTING", "STOPPED", "TENSORBOARD", "VOTES", "adapter_dir", "check_run_id",
     "checkpoint_dir", "checkpoints_dir", "config_path", "events_path", "existing_run_dir", "log_path",
     "new_run_id", "queue_path", "read_config", "read_queue", "run_dir", "runs_dir", "write_config",

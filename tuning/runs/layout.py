@@ -27,6 +27,7 @@ VOTES = "ab_votes.jsonl"
 CORRECTIONS = "corrections.jsonl"
 PREFERENCE_PAIRS = "preference_pairs.jsonl"
 ROWS = "rows.json"
+PLAN = "plan.json"  # the recipe's plan a run started with (tuning/train/recipe.py)
 ROW_LOSSES = "row_losses.jsonl"
 TENSORBOARD = "tensorboard"  # event files, with report_to: tensorboard (tuning/train/tracking.py)
 QUEUE = "queue.json"  # in the workspace, not in a run folder

@@ -31,7 +31,6 @@ MAX_EPOCHS = 10  # passes over a tiny set: past this the steps come short and th
 LEARNING_RATE_SMALL = 5e-4  # the sweep's, for the 135M embedded model
 LEARNING_RATE_LARGE = 2e-4  # LoRA's usual rate for models of a billion parameters and more
 LARGE_MODEL = 1e9
-PLAN_FILE = "plan.json"
 
 # Training speed on a 2-core CPU for a 135M model: the median logged tokens/s of the quickstart (294)
 # and first-run (308) presets on a quiet machine (python bench/preset_table.py --only
@@ -177,7 +176,7 @@ def step_seconds(cfg: config_mod.TrainConfig, rate: float, tokens_per_row: float
 
 def read(run_dir: Path) -> Plan | None:
     """The plan a run started with, when it recorded one."""
-    stored = runs.read_json(Path(run_dir) / PLAN_FILE)
+    stored = runs.read_json(Path(run_dir) / runs.PLAN)
     try:
         return Plan(**stored) if isinstance(stored, dict) else None
     except TypeError:  # written by another version of this dataclass: plan again
@@ -185,7 +184,7 @@ def read(run_dir: Path) -> Plan | None:
 
 
 def write(run_dir: Path, plan: Plan) -> None:
-    runs.write_json(Path(run_dir) / PLAN_FILE, plan.to_dict())
+    runs.write_json(Path(run_dir) / runs.PLAN, plan.to_dict())
 
 
 def start(cfg: config_mod.TrainConfig, run_dir: Path, rows: int, general: int, heldout: int,
