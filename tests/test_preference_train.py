@@ -188,7 +188,8 @@ def test_micro_batches_and_the_fused_head_levers_keep_dpo_s_losses(tmp_path, pre
     """The same pairs per optimizer step, the same DPO losses, rewards and gradient norms as the whole batch on
     TRL's own fused head (speedups: off): 8 pairs as 8 passes of 1 (as 8 pairs of 2 x 512 tokens are on the
     real model), the head scoring the answer tokens only in narrow tiles, the norms and the MLP's SiLU
-    computed again in the backward. No LoRA dropout: the masks are drawn per pass shape."""
+    computed again in the backward, the LoRA layers' lean forward keeping their input once. No LoRA
+    dropout: the masks are drawn per pass shape."""
     from tuning.train import preference
 
     monkeypatch.setattr(preference, "MICRO_BATCH_TOKENS", 128)  # 1 pair of 2 x 64 tokens a pass
@@ -201,10 +202,11 @@ def test_micro_batches_and_the_fused_head_levers_keep_dpo_s_losses(tmp_path, pre
     assert (micro.args.per_device_train_batch_size, micro.args.gradient_accumulation_steps) == (1, 8)
     out = capsys.readouterr().out
     assert "micro-batch: 8 pairs x 2 sides x max_length 64 = up to 1,024 tokens a forward" in out
-    for name in ("trained_tokens_only", "lm_head_tiles", "malloc_trim", "mlp_activation", "norms"):
+    for name in ("trained_tokens_only", "lm_head_tiles", "malloc_trim", "mlp_activation", "norms",
+                 "lean_lora_forward", "shared_lora_inputs"):
         assert f"lever {name}: applied" in out, name
-    for name in ("fast_dropout", "lean_lora_forward", "token_buckets", "shared_lora_inputs"):
-        assert f"lever {name}: skipped (objective dpo: TRL's preference trainer keeps its own code paths)" in out
+    assert "lever fast_dropout: skipped (nothing matched: no LoRA dropout with p > 0)" in out
+    assert "lever token_buckets: skipped (objective dpo: TRL's preference trainer keeps its own code paths)" in out
     assert len(whole_logs) == len(micro_logs) == 3
     assert whole_logs[1]["loss"] < 0.69, "the steps after the first move the policy: a real comparison"
     for a, b in zip(whole_logs, micro_logs):
