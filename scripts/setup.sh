@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or update) the virtual environment. Usage: bash scripts/setup.sh [--test]
 #   VENV=DIR  use another virtual environment folder (default: .venv)
-#   --test    also install what the tests need: pytest & co, the docs site's tools and Debian's Chromium
+#   --test    also install what the tests need: pytest & co, the docs site's tools, lm-eval (the optional
+#             standard benchmarks) and Debian's Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -19,6 +20,7 @@ fi
 if [ "${1:-}" = "--test" ]; then
   "$VENV/bin/python" -m pip install -q -r requirements-test.txt
   "$VENV/bin/python" -m pip install -q -r requirements-docs.txt   # mkdocs: CI builds docs/ with --strict
+  "$VENV/bin/python" -m pip install -q -r requirements-eval.txt   # lm-eval: the standard benchmarks' tests
   if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -q && apt-get install -y -q chromium chromium-driver

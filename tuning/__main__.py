@@ -154,20 +154,51 @@ def _inspect(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
-    from tuning.evaluation import evaluate
+def _benchmarks(args, workspace: Path, run_path: Path) -> int:
+    """Standard benchmarks (lm-eval), base vs tuned; progress on stderr, so --json keeps stdout clean."""
+    import os
+    import time
 
+    # lm-eval and datasets draw a progress bar per task and split (read when tqdm is imported, below):
+    # the lines this command prints say the same in one place
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from tuning.evaluation import bench_report, benchmarks
+
+    shown = {"at": 0.0, "task": None}
+
+    def progress(state) -> None:  # a line when a task or side starts, then at most one every 10 s
+        now, key = time.time(), (state.task, state.side)
+        if key != shown["task"] or now - shown["at"] >= 10:
+            shown.update(at=now, task=key)
+            print(f"benchmarks: {state.text()}", file=sys.stderr, flush=True)
+
+    record = benchmarks.run(run_path, workspace, args.benchmarks, args.limit, checkpoint=args.checkpoint,
+                            progress=progress)
+    if args.json:
+        print(json.dumps({"run_id": run_path.name, **record}, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(f"{run_path.name}: {line}" for line in bench_report.lines(record)))
+    return 0
+
+
+def _eval(args) -> int:
     workspace = resolve_workspace(args.workspace)
     run_path = runs.existing_run_dir(workspace, args.run)
+    if args.benchmarks is not None:
+        return _benchmarks(args, workspace, run_path)
+    if args.limit is not None:
+        raise BadInput("--limit goes with --benchmarks (questions per benchmark task)")
+    from tuning.evaluation import evaluate, headlines
+
     try:
         result = evaluate.evaluate_run(run_path, workspace, recompute=args.recompute, checkpoint=args.checkpoint)
     except evaluate.EvalError as exc:
         raise BadInput(str(exc)) from None
-    report = evaluate.report(run_path, result)
+    report = {**evaluate.report(run_path, result), "benchmarks": runs.read_benchmarks(run_path)}
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        print(f"{run_path.name} at step {report['step']}: {evaluate.headline(report)}; A/B: {report['ab']['text']}")
+        print(f"{run_path.name} at step {report['step']}: {headlines.headline(report)}; A/B: {report['ab']['text']}")
     return 0
 
 
@@ -271,11 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.set_defaults(handler=_queue)
 
-    p = sub.add_parser("eval", help="held-out loss, task checks, probes and A/B votes of a run, base vs tuned")
+    p = sub.add_parser("eval", help="held-out loss, task checks, probes and A/B votes of a run, base vs tuned; "
+                       "with --benchmarks, standard benchmarks")
     p.add_argument("--run", required=True, metavar="RUN_ID")
     p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
     p.add_argument("--checkpoint", help="evaluate checkpoint-N instead of the final adapter (implies recompute)")
     p.add_argument("--recompute", action="store_true", help="compute again even if evaluation.json exists")
+    p.add_argument("--benchmarks", metavar="TASK[,TASK|FILE.yaml]", help="instead: standard benchmarks with "
+                   "lm-eval (pip install -r requirements-eval.txt), base vs tuned: 'bundled' (the suite shipped "
+                   "here, offline), lm-eval task names (hellaswag, arc_easy, mmlu, gsm8k) or task YAML files")
+    p.add_argument("--limit", metavar="N", help="with --benchmarks: only the first N questions of each task (a "
+                   "quick look; the results say they are a sample)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.set_defaults(handler=_eval)
 

@@ -6,7 +6,8 @@ RUN RUN ... --json` alike:
                so runs with different batch sizes or sequence lengths can share one x axis;
   config_diff  the TrainConfig fields whose values differ between the runs (the rest is the same);
   evaluations  each run's stored evaluation side by side: held-out loss base vs tuned, perplexity,
-               task checks, the blind A/B win rate, its status and steps;
+               task checks, the blind A/B win rate, its status and steps, and its standard benchmarks
+               (benchmarks.json: each task's tuned and base score, difference and standard error);
   noise        each evaluation figure's difference between the runs against the spread of the seed
                groups they belong to (tuning/runs/seeds.py): is it larger than what the seed alone moves?
 Everything is read through tuning/runs/; nothing loads a model.
@@ -19,7 +20,7 @@ from typing import Any
 
 from tuning import runs
 
-from tuning.evaluation import headlines
+from tuning.evaluation import bench_report, headlines
 
 MAX_POINTS = 400  # per run and series: what a line plot shows without slowing the page
 
@@ -90,7 +91,23 @@ def evaluation(summary: runs.RunSummary) -> dict[str, Any]:
         "checks_text": headlines.checks_text(result),
         "ab_votes": ab["votes"], "ab_tuned_win_rate": ab["tuned_win_rate"], "ab_text": ab["text"],
         "duration_s": round(summary.duration, 1) if summary.duration is not None else None,
+        "benchmarks": benchmarks(summary.path),
     }
+
+
+def benchmarks(run: Path) -> dict[str, dict]:
+    """The run's standard benchmarks by task: {metric, base, tuned, difference, stderr, n, sampled, verdict,
+    text}, text as the comparison shows it ("45.1 (base 43.2; +1.9 ± 5.6, within the noise)")."""
+    out = {}
+    for row in (runs.read_benchmarks(run) or {}).get("tasks", []):
+        if isinstance(row, dict) and isinstance(row.get("task"), str):
+            sample = f", {row.get('n')} of {row.get('total')} questions" if row.get("sampled") else ""
+            figures = {key: bench_report.shown(row, key) for key in ("tuned", "base", "difference", "stderr")}
+            out[row["task"]] = {**{k: row.get(k) for k in ("metric", "base", "tuned", "difference", "stderr", "n",
+                                                             "sampled", "verdict")},
+                                "text": f"{figures['tuned']} (base {figures['base']}; {figures['difference']} ± "
+                                        f"{figures['stderr']}, {row.get('verdict')}{sample})"}
+    return out
 
 
 # A difference under twice the seeds' standard deviation is within the noise: two single runs of
@@ -171,6 +188,12 @@ def text_report(result: dict) -> str:
         base = f" (base {e['base_eval_loss']:.3f})" if e["base_eval_loss"] is not None else ""
         lines.append(f"  {e['run']}: {e['status']}, step {e['step']}/{e['max_steps']}, held-out loss {loss}{base}"
                      + (f"; {e['checks_text']}" if e["checks_text"] else "") + f"; A/B: {e['ab_text']}")
+    tasks = list(dict.fromkeys(t for e in result["evaluations"] for t in e.get("benchmarks") or {}))
+    if tasks:
+        lines.append("standard benchmarks (tuned, base in brackets; % for accuracies):")
+        for task in tasks:
+            lines += [f"  {task} {e['run']}: {(e.get('benchmarks') or {}).get(task, {}).get('text', '—')}"
+                      for e in result["evaluations"]]
     if result.get("noise"):
         lines += ["against the seed noise:", *[f"  {line}" for line in noise_lines(result)]]
     return "\n".join(lines)

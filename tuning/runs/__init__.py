@@ -8,6 +8,7 @@
       checkpoints/checkpoint-N/   each with a COMPLETE marker, written last, after every file is fsynced
       adapter/              the final adapter
       evaluation.json       base vs tuned on held-out data (tuning/evaluation/evaluate.py computes it)
+      benchmarks.json       base vs tuned on standard benchmarks (tuning/evaluation/benchmarks.py, lm-eval)
       probes.json           the prompts answered at every checkpoint
       probe_answers.jsonl   one line of base/tuned answers per checkpoint
       ab_votes.jsonl        one line per blind A/B vote
@@ -39,12 +40,12 @@ package import each other directly.
 
 from __future__ import annotations
 
-from tuning.runs.layout import (ACTIVE_STATUSES, ADAPTER_CONFIG, ADAPTER_WEIGHTS, COMPLETED, COMPLETE_MARKER,
-                                DAMAGED, EVALUATION, FAILED, INTERRUPTED, MAX_PROBES, PLAN, PREFERENCE_PAIRS, PROBES,
-                                PROCESS, QUEUE, RUNNING, RunError, STARTING, STOPPED, TENSORBOARD, VOTES,
-                                adapter_dir, check_run_id, checkpoint_dir, checkpoints_dir, config_path,
-                                events_path, existing_run_dir, log_path, new_run_id, queue_path, read_config,
-                                read_queue, run_dir, runs_dir, write_config, write_queue)
+from tuning.runs.layout import (ACTIVE_STATUSES, ADAPTER_CONFIG, ADAPTER_WEIGHTS, BENCHMARKS, COMPLETED,
+                                COMPLETE_MARKER, DAMAGED, EVALUATION, FAILED, INTERRUPTED, MAX_PROBES, PLAN,
+                                PREFERENCE_PAIRS, PROBES, PROCESS, QUEUE, RUNNING, RunError, STARTING, STOPPED,
+                                TENSORBOARD, VOTES, adapter_dir, check_run_id, checkpoint_dir, checkpoints_dir,
+                                config_path, events_path, existing_run_dir, log_path, new_run_id, queue_path,
+                                read_config, read_queue, run_dir, runs_dir, write_config, write_queue)
 from tuning.runs.files import read_json, write_json
 from tuning.runs.events import EventSummary, decimate, event_log, read_run_events, status_from
 from tuning.runs.process import (REMOTE_STALE_S, log_tail, mark_process_ended, process_alive, read_process_info,
@@ -56,8 +57,9 @@ from tuning.runs.listing import (RunSummary, active_runs, default_run, delete_ru
                                  one_listing, run_ids, summarize)
 from tuning.runs.results import (ab_summary, append_probe_answers, append_row_losses, append_vote,
                                  cached_base_answers, check_probes, checks_done, latest_examples, perplexity,
-                                 probe_history, read_evaluation, read_probes, read_row_index, read_row_losses,
-                                 read_votes, write_evaluation, write_probes, write_row_index)
+                                 probe_history, read_benchmarks, read_evaluation, read_probes, read_row_index,
+                                 read_row_losses, read_votes, write_benchmarks, write_evaluation, write_probes,
+                                 write_row_index)
 from tuning.runs.feedback import (append_correction, corrections_path, preference_pairs, read_corrections,
                                   runs_with_preferences, vote_pairs, write_preference_pairs)
 

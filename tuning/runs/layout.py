@@ -21,6 +21,7 @@ ADAPTER = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 EVALUATION = "evaluation.json"
+BENCHMARKS = "benchmarks.json"  # standard benchmarks, base vs tuned (tuning/evaluation/benchmarks.py)
 PROBES = "probes.json"
 PROBE_ANSWERS = "probe_answers.jsonl"
 VOTES = "ab_votes.jsonl"

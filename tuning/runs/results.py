@@ -1,6 +1,6 @@
 """What evaluating a run leaves in its folder: evaluation.json (cached, with and without the per-row
-answers), the probes and their answers at every checkpoint, each example's own loss (rows.json,
-row_losses.jsonl) and the blind A/B votes."""
+answers), benchmarks.json (standard benchmarks, base vs tuned), the probes and their answers at every
+checkpoint, each example's own loss (rows.json, row_losses.jsonl) and the blind A/B votes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from tuning.runs.layout import EVALUATION, MAX_PROBES, PROBES, PROBE_ANSWERS, ROWS, ROW_LOSSES, RunError, VOTES
+from tuning.runs.layout import (BENCHMARKS, EVALUATION, MAX_PROBES, PROBES, PROBE_ANSWERS, ROWS, ROW_LOSSES, RunError,
+                                VOTES)
 from tuning.runs.files import file_key, append_line, read_json, read_lines, write_json
 
 # --- evaluation.json -----------------------------------------------------------------------------
@@ -53,6 +54,17 @@ def read_evaluation(run: Path, *, answers: bool = True) -> dict | None:
 
 def write_evaluation(run: Path, result: dict) -> None:
     write_json(Path(run) / EVALUATION, result)
+
+
+def read_benchmarks(run: Path) -> dict | None:
+    """benchmarks.json: {engine, step, limit, ..., tasks: [{task, base, tuned, difference, stderr, verdict, ...}]},
+    or None (missing, damaged, or without a task list)."""
+    value = read_json(Path(run) / BENCHMARKS)
+    return value if isinstance(value, dict) and isinstance(value.get("tasks"), list) else None
+
+
+def write_benchmarks(run: Path, record: dict) -> None:
+    write_json(Path(run) / BENCHMARKS, record)
 
 
 def perplexity(loss: float | None) -> float | None:

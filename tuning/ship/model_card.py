@@ -1,8 +1,8 @@
 """The model card: the README.md an adapter or merged export carries (and the Export tab previews),
-with the base model, the data, the training config, the loss curve, the evaluation and base vs
-fine-tuned examples. Kept apart from export.py, which writes files, because it only reads a run and
-renders text; the labels here are also what any exported file uses to name the base model and the
-data without a local path.
+with the base model, the data, the training config, the loss curve, the evaluation, standard
+benchmarks (base vs fine-tuned, when they were run) and base vs fine-tuned examples. Kept apart from
+export.py, which writes files, because it only reads a run and renders text; the labels here are also
+what any exported file uses to name the base model and the data without a local path.
 """
 
 from __future__ import annotations
@@ -86,6 +86,19 @@ def _evaluation_table(run_dir: Path) -> str:
     return "\n".join(lines) if len(lines) > 2 else "The evaluation file holds no summary values."
 
 
+def _benchmarks_table(run_dir: Path) -> str:
+    from tuning.evaluation import bench_report
+
+    record = runs.read_benchmarks(run_dir)
+    if not record:
+        return ("No standard benchmarks were run (`python -m tuning eval --run RUN_ID --benchmarks bundled` "
+                "runs the suite shipped with the tool; lm-eval task names work too).")
+    lines = ["| " + " | ".join(bench_report.TABLE_HEADERS) + " |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines += ["| " + " | ".join(_cell(str(v)) for v in row) + " |" for row in bench_report.table_rows(record)]
+    return "\n".join(lines) + f"\n\nScores in % for accuracies. {_cell(bench_report.summary_text(record))}"
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")[:400]
 
@@ -121,4 +134,5 @@ def model_card(run_dir: Path, kind: str = "adapter") -> str:
             f"## Training config\n\n```yaml\n{public_config(cfg).to_yaml()}```\n\n"
             f"## Loss curve\n\n{_loss_table(run_dir)}\n\n"
             f"## Evaluation\n\n{_evaluation_table(run_dir)}\n\n"
+            f"## Standard benchmarks (base vs fine-tuned)\n\n{_benchmarks_table(run_dir)}\n\n"
             f"## Examples (greedy, base vs fine-tuned)\n\n{example_text}\n")

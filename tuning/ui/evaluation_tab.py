@@ -1,11 +1,12 @@
 """Evaluation tab: did the fine-tune work, and what did it cost? Held-out loss and perplexity,
 the task checks (base vs tuned), the probe gallery across checkpoints, the hardest examples (each
 row's own loss, tuning/evaluation/row_losses.py; a click opens the row in the Dataset tab), a held-out row token by
-token (tuning/infer/token_diff.py, the Playground's heatmap), and a blind A/B vote
-(the widget shared with the Playground, tuning/ui/ab_view.py).
+token (tuning/infer/token_diff.py, the Playground's heatmap), standard benchmarks base vs tuned
+(lm-eval, tuning/ui/benchmarks_view.py), and a blind A/B vote (the widget shared with the Playground,
+tuning/ui/ab_view.py).
 
-Everything shown is read through tuning/runs/; only "Evaluate", a held-out row's heatmap and an
-A/B pair for a prompt of your own load a model.
+Everything shown is read through tuning/runs/; only "Evaluate", a held-out row's heatmap, a benchmark
+run and an A/B pair for a prompt of your own load a model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tuning.evaluation import ab
 from tuning import data as data_mod
 from tuning import runs
 from tuning.evaluation import headlines
-from tuning.ui import ab_view, access
+from tuning.ui import ab_view, access, benchmarks_view
 from tuning.ui.ab_view import run_path
 from tuning.ui.access import public
 from tuning.ui.common import AppContext, bind, boxed, check_rows, error_box, guarded, keyed, loss_rows, no_run_text
@@ -107,7 +108,8 @@ def nothing_shown(ctx: AppContext) -> dict:
     return {"verdict": no_run_text(ctx, PICK_RUN), "losses": [], "checks": [],
             "step": gr.Slider(minimum=0, maximum=1, value=0, step=1, interactive=False), "step_label": "",
             "probes": [], **ab_view.closed(), "ab_tally": "", "split": "training rows", "hardest": [], "went_up": [],
-            "examples_note": "", "final_choice": gr.update(choices=["final"], value="final"), "choice_note": ""}
+            "examples_note": "", "final_choice": gr.update(choices=["final"], value="final"), "choice_note": "",
+            **benchmarks_view.empty()}
 
 
 def load_run(ctx: AppContext, run_id: str | None) -> dict:
@@ -123,7 +125,8 @@ def load_run(ctx: AppContext, run_id: str | None) -> dict:
             # gr.Slider needs maximum > minimum; with one record the slider is simply locked.
             "step": gr.Slider(minimum=0, maximum=max(last, 1), value=last, step=1, interactive=last > 0),
             "step_label": label, "probes": rows, **ab_view.closed(), "ab_tally": ab_view.tally(ctx, run_id),
-            "split": "training rows", **examples(ctx, run_id), **checkpoint_options(ctx, run_id)}
+            "split": "training rows", **examples(ctx, run_id), **checkpoint_options(ctx, run_id),
+            **benchmarks_view.stored(ctx, run_id)}
 
 
 def evaluate_run(ctx: AppContext, run_id: str, recompute: bool) -> dict:
@@ -289,7 +292,7 @@ def reload_shown(ctx: AppContext, run_id: str | None) -> dict:
 # --- the page ------------------------------------------------------------------------------------
 
 SHOWN = ("verdict", "losses", "checks", "step", "step_label", "probes", *ab_view.SHOWN,  # picking a run
-         "split", "hardest", "went_up", "examples_note", "final_choice", "choice_note")
+         "split", "hardest", "went_up", "examples_note", "final_choice", "choice_note", *benchmarks_view.SHOWN)
 
 
 def layout(ctx: AppContext) -> dict:
@@ -324,6 +327,7 @@ def layout(ctx: AppContext) -> dict:
         c["choose"] = gr.Button("Use this checkpoint as the final adapter", scale=1)
     c["choice_note"] = gr.Markdown()
     examples_layout(c)
+    c.update(benchmarks_view.layout(ctx))
     gr.Markdown("### Blind A/B\nTwo answers to the same prompt, base and tuned in random order. Pick the better "
                 "one; votes are saved with the run.")
     with gr.Row():
@@ -394,6 +398,7 @@ def wire(ctx: AppContext, c: dict) -> None:
     c["next_pair"].click(guarded(keyed(bind(ab_next, ctx), c)), [c["run"], c["own_prompt"]], pair_shown,
                          api_name="ab_next")
     ab_view.wire_votes(c, bind(ab_vote, ctx), ab_view.SHOWN, api_names=True)
+    benchmarks_view.wire(ctx, c, event)
 
 
 def build(ctx: AppContext) -> EvaluationParts:

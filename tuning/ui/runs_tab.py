@@ -270,6 +270,9 @@ def compare_frames(result: dict) -> dict:
     runs = result["runs"]
     diff = [[d["field"], *[str(d["values"].get(r)) for r in runs]] for d in result["config_diff"]]
     evals = [[label, *[_cell(key, e) for e in result["evaluations"]]] for label, key in EVAL_METRICS]
+    tasks = dict.fromkeys(t for e in result["evaluations"] for t in e.get("benchmarks") or {})
+    evals += [[f"benchmark: {task}", *[(e.get("benchmarks") or {}).get(task, {}).get("text", "")
+                                       for e in result["evaluations"]]] for task in tasks]
     return {"cmp_by_step": plots["by_step"], "cmp_by_tokens": plots["by_tokens"],
             "cmp_config": gr.update(value=diff or [["(no field differs)", *[""] * len(runs)]],
                                     headers=["config field", *runs]),
