@@ -222,6 +222,30 @@ def test_the_train_tab_shows_the_plan_and_a_fix_that_changes_the_form(tmp_path):
     assert set(FORM_FIELDS) <= set(fixed)
 
 
+def test_the_hardest_rows_name_a_general_row_and_a_click_on_it_says_where_it_came_from(tmp_path):
+    """The general rows follow the person's rows in the training list: rows.json names them, so the
+    hardest-rows lists show where they came from instead of an empty file, and a click on one says it is
+    not in the person's dataset instead of opening a file that is not there."""
+    from tuning.evaluation import row_losses
+    from tuning.ui import evaluation_tab
+    from tuning.ui.common import AppContext
+
+    path = write_jsonl(tmp_path / "ids.jsonl", identity_rows(40))
+    cfg = QUICKSTART.replace(dataset=str(path), eval_split=0.1)
+    loaded = data_mod.load_config_dataset(cfg)
+    index = row_losses.row_index(cfg, loaded, general_rows=88)
+    assert len(index["train"]) == 36 + 88 and len(index["heldout"]) == 4
+    assert index["train"][35][0] == "ids.jsonl" and index["train"][36:] == [[general.ROW_FILE, n] for n in range(1, 89)]
+    run = tmp_path / "ws" / "runs" / "r"
+    run.mkdir(parents=True)
+    runs.write_row_index(run, index)
+    ctx = AppContext(tmp_path / "ws")
+    opened = evaluation_tab.picked_example(ctx, "r", "training rows", [*index["train"][3], 1.0])["row_request"]
+    assert opened == {"source": str(path), "file": "ids.jsonl", "row": index["train"][3][1]}
+    with pytest.raises(runs.RunError, match="general row 5 is one of the general questions .* not in your dataset"):
+        evaluation_tab.picked_example(ctx, "r", "training rows", [general.ROW_FILE, 5, 1.0])
+
+
 # --- a real run ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -248,6 +272,9 @@ def test_a_run_on_a_small_identity_set_plans_mixes_and_counts_each_slot(tmp_path
     assert by_kind["control"]["n"] == 23 and by_kind["control"]["base_passed"] >= 20
     assert set(by_kind["identity"]["slots"]) == {"name", "maker"} and by_kind["identity"]["n"] == 10
     assert result["eval_rows"] == 2
+    named = runs.read_row_index(run_dir)["train"]  # the hardest-rows lists name the general rows
+    assert len(named) == 22 + len(answered_rows := [a for a in answers if a.strip()])
+    assert named[21][0] == "ids.jsonl" and named[22:] == [[general.ROW_FILE, n] for n in range(1, len(answered_rows) + 1)]
 
 
 # --- the page -----------------------------------------------------------------------------------------

@@ -33,11 +33,13 @@ MIN_NEIGHBOURS = 8  # rows a training row is compared with (those measured at th
 
 # --- where each row came from -------------------------------------------------------------------------
 
-def row_index(cfg, loaded) -> dict:
+def row_index(cfg, loaded, general_rows: int = 0) -> dict:
     """{"sources": {split: what to load}, "train": [[file, row]], "heldout": [[file, row]]}: the row
     ids data.prepare gives (positions in the training and held-out lists), mapped to the file (as the
-    Dataset tab names it within its source: a file, a folder or a Hub id) and the row an editor shows."""
+    Dataset tab names it within its source: a file, a folder or a Hub id) and the row an editor shows.
+    The `general_rows` that follow the person's training rows are named general.ROW_FILE, row 1..n."""
     from tuning import data as data_mod
+    from tuning.data import general
 
     # By position, as data.prepare splits (the rows may be read from an Arrow cache, one pass here).
     locations = [list(loc) for loc in loaded.locations]
@@ -48,6 +50,7 @@ def row_index(cfg, loaded) -> dict:
     else:
         train_pos, held_pos = data_mod.split_positions(len(locations), cfg.eval_split, cfg.seed)
         train, held, held_source = [locations[i] for i in train_pos], [locations[i] for i in held_pos], loaded.source
+    train += [[general.ROW_FILE, n] for n in range(1, general_rows + 1)]
     return {"sources": {"train": loaded.source, "heldout": held_source}, "train": train, "heldout": held}
 
 
@@ -123,9 +126,10 @@ class Recorder:
                 "tokens": [int(buffer[i][1]) for i in ids], **extra})
 
 
-def attach(trainer, cfg, loaded, run_dir: Path, main_process: bool = True):
-    """Record per-row losses for an SFT trainer; returns the callback to add, or None (packing puts
-    several rows in one example, and TRL's packer keeps no row id: then nothing is recorded)."""
+def attach(trainer, cfg, loaded, run_dir: Path, main_process: bool = True, general_rows: int = 0):
+    """Record per-row losses for an SFT trainer (whose training rows end with `general_rows` general
+    rows); returns the callback to add, or None (packing puts several rows in one example, and TRL's
+    packer keeps no row id: then nothing is recorded)."""
     from transformers import TrainerCallback
 
     if cfg.packing:
@@ -133,7 +137,7 @@ def attach(trainer, cfg, loaded, run_dir: Path, main_process: bool = True):
         return None
     recorder = Recorder(run_dir)
     if main_process:
-        runs.write_row_index(run_dir, row_index(cfg, loaded))
+        runs.write_row_index(run_dir, row_index(cfg, loaded, general_rows))
     trainer.data_collator = RowIdCollator(trainer.data_collator)
     trainer.model.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True)
     trainer.model.register_forward_hook(recorder.hook, with_kwargs=True)

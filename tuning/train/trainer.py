@@ -366,7 +366,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
     trainer.remove_callback(PrinterCallback)
     probes.bind(trainer, tokenizer)
     # Each example's own loss, from the loss the trainer computes anyway (tuning/evaluation/row_losses.py).
-    row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process())
+    row_callback = row_losses.attach(trainer, cfg, loaded, run_dir, distributed.is_main_process(),
+                                     _general_count(cfg, loaded, replayed))
     if row_callback is not None:
         trainer.add_callback(row_callback)
     # The levers (tuning/levers): the same computation in less time and memory, where they apply, unless
@@ -389,12 +390,17 @@ def _general_rows(cfg: TrainConfig, model, tokenizer, workspace: Path, rows: int
         return replay.rows(cfg, model, tokenizer, workspace, str(models.compute_dtype(cfg, training=True)))
 
 
+def _general_count(cfg: TrainConfig, loaded, replayed: list[list[dict]] | None) -> int:
+    """How many general rows follow the person's rows in the training set (data.train_and_heldout)."""
+    return len(replayed) if replayed and general.wanted(cfg, loaded.rows_valid) else 0
+
+
 def _planned(cfg: TrainConfig, run_dir: Path, workspace: Path, model, train_ds, eval_ds, loaded,
              replayed: list[list[dict]] | None) -> TrainConfig:
     """The config with the recipe's numbers for auto (tuning/train/recipe.py), its plan in the log."""
     import torch
 
-    general_count = len(replayed) if replayed and general.wanted(cfg, loaded.rows_valid) else 0
+    general_count = _general_count(cfg, loaded, replayed)
     params = float(model.num_parameters())
     lengths = [len(ids) for ids in train_ds.select(range(min(len(train_ds), 1000)))["input_ids"]]
     rate, _ = recipe.training_rate(cfg, workspace, params, torch.cuda.is_available())

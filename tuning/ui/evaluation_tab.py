@@ -17,6 +17,7 @@ import gradio as gr
 
 from tuning.evaluation import ab
 from tuning import data as data_mod
+from tuning.data import general
 from tuning import runs
 from tuning.evaluation import headlines
 from tuning.ui import ab_view, access, benchmarks_view
@@ -209,6 +210,9 @@ def picked_example(ctx: AppContext, run_id: str, split_label: str, cells: list) 
     if not cells or len(cells) < 2:
         raise runs.RunError("pick a row of the list")
     file, row = cells[0], int(cells[1])
+    if file == general.ROW_FILE:
+        raise runs.RunError(f"general row {row} is one of the general questions the base answered itself "
+                            "(tuning/demo_data/general.jsonl), mixed in by general_rows: it is not in your dataset")
     source = (runs.read_row_index(run_path(ctx, run_id)).get("sources") or {}).get(SPLITS.get(split_label, "train"))
     if not source:
         raise runs.RunError(f"run {run_id} does not say which data its rows came from")
