@@ -1,4 +1,4 @@
-"""The command line: `python -m tuning train|queue|inspect|generate|eval|compare|seeds|export ...`. Exit codes: 0
+"""The command line: `python -m tuning train|queue|inspect|generate|eval|compare|seeds|export|rewards ...`. Exit codes: 0
 success, 2 bad input (one-line message on stderr), 1 failure."""
 
 from __future__ import annotations
@@ -23,6 +23,23 @@ def _train(args) -> int:
     return entry.train(entry.TrainRequest(
         workspace=resolve_workspace(args.workspace), preset=args.preset, config=args.config, set=args.set or [],
         run=args.existing_run, resume=args.resume, run_id=args.run_id, seeds=args.seeds))
+
+
+def _rewards(args) -> int:
+    """GRPO's reward dry-run: the current model's sampled answers to a few prompts, each reward, the
+    total and each group's spread, before any training."""
+    from tuning.train import grpo
+
+    source = args.config or args.preset
+    cfg = config_mod.load(source) if source else config_mod.TrainConfig(objective="grpo")
+    cfg = config_mod.apply_overrides(cfg, args.set or [])
+    if cfg.objective != "grpo":
+        cfg = cfg.replace(objective="grpo")  # the dry-run is GRPO's: the rewards are read as a GRPO run's
+    if args.samples < 1:
+        raise BadInput("--samples: at least 1")
+    result = grpo.rewards_dry_run(cfg, resolve_workspace(args.workspace), args.samples)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else grpo.dry_run_text(result))
+    return 0
 
 
 def _seeds(args) -> int:
@@ -278,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, metavar="N", help="train the config on N seeds (seed, seed+1, ...), "
                    "one run after another, then print each evaluation figure as mean ± spread (--set seeds=N)")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("rewards", help="GRPO's reward dry-run: sample answers to a few prompts with the current "
+                       "model and score them with the rewards, before any training")
+    p.add_argument("--preset", help="a preset YAML file, e.g. presets/quickstart-grpo.yaml")
+    p.add_argument("--config", help="a config YAML file (a run's config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field")
+    p.add_argument("--samples", type=int, default=4, metavar="N", help="prompts to sample (default 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--workspace", help="workspace folder (default: $TUNING_WORKSPACE or ./workspace)")
+    p.set_defaults(handler=_rewards)
 
     p = sub.add_parser("seeds", help="runs of one config on several seeds: each evaluation figure as mean ± spread")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="only these runs (default: the whole workspace)")

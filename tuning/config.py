@@ -183,18 +183,21 @@ class TrainConfig:
                              advanced=True, label="Hub dataset subset")
 
     # --- preference tuning (tuning/train/preference.py builds TRL's trainers from these) ---
-    objective: Literal["sft", "dpo", "orpo", "kto"] = _f(
+    objective: Literal["sft", "dpo", "orpo", "kto", "grpo"] = _f(
         "sft", "What the run learns from. sft: imitate the answers (supervised fine-tuning). dpo: prefer the "
         "chosen answer over the rejected one of each pair, against a frozen reference (the starting adapter, or "
         "the base with the adapter off). orpo: SFT on the chosen answer plus an odds-ratio penalty on the "
-        "rejected one, no reference. kto: single answers labelled good or bad (prompt/completion/label).",
-        "preference", choices=("sft", "dpo", "orpo", "kto"), label="Objective", simple=True)
+        "rejected one, no reference. kto: single answers labelled good or bad (prompt/completion/label). grpo: "
+        "the model answers each prompt several times and learns from the rewards its answers get (docs/grpo.md).",
+        "preference", choices=("sft", "dpo", "orpo", "kto", "grpo"), label="Objective", simple=True)
     init_from: str = _f("", "Start from a finished run's adapter (its run id) instead of a fresh one: the usual "
                         "recipe is SFT first, then DPO from it. That run must have the same base model. Empty: "
                         "a fresh adapter.", "preference", label="Start from run")
     beta: float = _f(0.1, "dpo/kto: how far the tuned model may move from the reference (higher stays closer; "
                      "TRL's default 0.1). orpo: the weight of the odds-ratio term against the SFT loss (the "
-                     "paper's lambda; TRL's default 0.1).", "preference", min=1e-4, max=100.0, label="Beta")
+                     "paper's lambda; TRL's default 0.1). grpo: the weight of the KL penalty that keeps the tuned model "
+                     "near the reference (the base, or init_from's adapter).", "preference", min=1e-4, max=100.0,
+                     label="Beta")
     dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero"] = _f(
         "sigmoid", "dpo: the loss. sigmoid: the DPO paper's (TRL's default). ipo: a squared loss that does not "
         "drive the margin to infinity (good for near-deterministic preferences). hinge: SLiC's margin loss. "
@@ -207,6 +210,28 @@ class TrainConfig:
     kto_undesirable_weight: float = _f(1.0, "kto: weight of the loss on bad (label false) answers.",
                                        "preference", min=0.01, max=100.0, advanced=True,
                                        label="KTO weight of bad answers")
+
+    # --- grpo (tuning/train/grpo.py builds TRL's GRPOTrainer; rewards in tuning/train/rewards.py) ---
+    rewards: str = _f("answer", "grpo: what an answer is rewarded for, comma-separated, each with an optional "
+                      "weight *w: answer (the row's answer column is the last number, or in the text), "
+                      "regex:PATTERN (1 when it matches), format:TEMPLATE (the last line has this shape, {} any "
+                      "text), length:MIN-MAX (words), no_repeat (penalises repeated 3-word runs), or a function "
+                      "name from reward_file. E.g. answer*2,format:Answer: {},length:1-64.", "preference",
+                      label="Rewards")
+    reward_file: str = _f("", "grpo: a Python file whose functions (TRL's reward signature: completions and the "
+                          "row's columns as keyword arguments, one float per completion) rewards may name. It "
+                          "runs with your rights: only your own code. Refused on a Space.", "preference",
+                          advanced=True, label="Custom reward file (Python)")
+    num_generations: int = _f(4, "grpo: answers sampled per prompt; the rewards are compared within this group, "
+                              "so at least 2. per_device_batch_size x gradient_accumulation_steps must be a "
+                              "multiple of it (the answers of one step).", "preference", min=2, max=256,
+                              label="Answers per prompt")
+    max_completion_length: int = _f(48, "grpo: longest sampled answer, in tokens. Sampling dominates a CPU "
+                                    "step: 4 answers of 48 tokens take a few seconds on 2 cores (135M).", "preference",
+                                    min=1, max=32768, label="Longest answer (tokens)")
+    temperature: float = _f(1.0, "grpo: sampling temperature of the answers; below ~0.7 a group's answers "
+                            "often agree, and answers that all score the same teach nothing.", "preference",
+                            min=0.01, max=5.0, label="Sampling temperature")
 
     # --- schedule (saving, evaluation, logging, early stopping) ---------------------
     save_steps: int = _f(AUTO_STEPS, "Save a checkpoint every N steps (a resume loses at most N steps). auto (0): "
@@ -285,14 +310,29 @@ class TrainConfig:
         if self.init_from and not _is_run_id(self.init_from):
             raise ConfigError(f"init_from: {self.init_from!r} is not a run id (letters, digits, - and _)")
         if self.init_from and self.objective == "sft":
-            raise ConfigError("init_from: starts a preference run (objective dpo, orpo or kto) from a finished "
-                              "run's adapter; for sft leave it empty")
+            raise ConfigError("init_from: starts a preference run (objective dpo, orpo, kto or grpo) from a "
+                              "finished run's adapter; for sft leave it empty")
+        if self.objective == "grpo":
+            self._check_grpo()
         unknown = [name for name in self.levers_turned_off if name not in LEVER_NAMES]
         if unknown:
             raise ConfigError(f"levers_off: {unknown[0]!r} is not a lever; the levers are {', '.join(LEVER_NAMES)}")
         if self.objective != "sft" and self.packing:
             raise ConfigError(f"packing: not available with objective {self.objective} (each pair is scored "
                               "as a whole); set packing to false")
+
+    def _check_grpo(self) -> None:
+        parse_rewards(self.rewards, bool(self.reward_file))
+        if self.reward_file:
+            from tuning import paths  # lazily: config is the bottom layer
+
+            if paths.on_space():
+                raise ConfigError("reward_file: custom reward code would run with the app's rights; a Space "
+                                  "refuses it. Use the built-in rewards (answer, regex:, format:, length:, no_repeat)")
+        if self.effective_batch_size % self.num_generations:
+            raise ConfigError(f"num_generations: {self.num_generations} answers per prompt must divide the answers "
+                              f"of a step, per_device_batch_size x gradient_accumulation_steps = "
+                              f"{self.effective_batch_size}")
 
     # --- conversions ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -324,6 +364,8 @@ class TrainConfig:
 
     def final_evaluation_for(self, total_steps: int) -> str:
         """quick, full or none: auto is quick for a short run, full for a long one."""
+        if self.objective == "grpo":
+            return "none"  # asking every held-out prompt greedily takes minutes here: `eval` and the tab ask
         if self.final_evaluation != "auto":
             return self.final_evaluation
         return "quick" if total_steps <= SHORT_RUN_STEPS else "full"
@@ -422,6 +464,65 @@ def parse_slot_checks(text: str) -> list[tuple[str, str, list[str]]]:
                               "short word (letters, digits, - and _)")
         entries.append((slot.strip().lower(), question.strip(), accepted))
     return entries
+
+
+BUILTIN_REWARDS = ("answer", "regex", "format", "length", "no_repeat")
+REWARD_COLUMNS = {"answer": ("answer",)}  # the row's columns each built-in reward reads
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One entry of `rewards`: a built-in (or a reward_file function) name, its argument, its weight."""
+    name: str
+    arg: str = ""
+    weight: float = 1.0
+
+
+_REWARD_HEAD = re.compile(r"\s*[A-Za-z_]\w*\s*(?::|\*|$)")
+_WEIGHT = re.compile(r"\*\s*(-?\d+(?:\.\d*)?(?:e-?\d+)?)\s*$")
+
+
+def parse_rewards(text: str, custom: bool = False) -> list[RewardSpec]:
+    """`rewards` as specs. A comma starts a new entry only where a name follows it (so regex:\\d{1,3} keeps
+    its comma); a trailing *number is the weight. `custom`: names beyond the built-ins are reward_file's
+    functions. A ConfigError names the entry that does not read."""
+    pieces: list[str] = []
+    for piece in text.split(","):
+        if pieces and not _REWARD_HEAD.match(piece):
+            pieces[-1] += "," + piece
+        else:
+            pieces.append(piece)
+    specs = []
+    for number, entry in enumerate((p.strip() for p in pieces), start=1):
+        if not entry:
+            continue
+        weight, match = 1.0, _WEIGHT.search(entry)
+        if match:
+            weight, entry = float(match.group(1)), entry[:match.start()].strip()
+        name, colon, arg = entry.partition(":")
+        name = name.strip()
+        where = f"rewards: entry {number} {entry[:60]!r}"
+        if not math.isfinite(weight) or weight == 0:
+            raise ConfigError(f"{where}: the weight must be a non-zero number")
+        if name not in BUILTIN_REWARDS and not (custom and name.isidentifier() and not colon):
+            raise ConfigError(f"{where}: not a reward; use {', '.join(BUILTIN_REWARDS)}"
+                              + (" or a function of reward_file" if custom else " (or set reward_file)"))
+        if name in ("regex", "format") and not arg.strip():
+            raise ConfigError(f"{where}: {name} needs a pattern after the colon, e.g. regex:\\d+ or format:Answer: {{}}")
+        if name == "regex":
+            try:
+                re.compile(arg)
+            except re.error as exc:
+                raise ConfigError(f"{where}: not a regular expression ({exc})") from None
+        bounds = re.fullmatch(r"(\d+)-(\d+)", arg.strip())
+        if name == "length" and (not bounds or int(bounds[1]) > int(bounds[2])):
+            raise ConfigError(f"{where}: write length:MIN-MAX in words, e.g. length:1-64")
+        if name in ("answer", "no_repeat") and colon:
+            raise ConfigError(f"{where}: {name} takes no argument")
+        specs.append(RewardSpec(name, arg if name in ("regex", "format") else arg.strip(), weight))
+    if not specs:
+        raise ConfigError("rewards: name at least one reward for grpo, e.g. answer")
+    return specs
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -44,6 +44,14 @@ def demo_files() -> tuple[Path, Path]:
     return DEMO_DATA_DIR / "train.jsonl", DEMO_DATA_DIR / "eval.jsonl"
 
 
+DEMO_ARITHMETIC = "demo-arithmetic"  # the bundled sums GRPO's demo learns (tuning/demo_data/arithmetic/)
+
+
+def arithmetic_files() -> tuple[Path, Path]:
+    folder = DEMO_DATA_DIR / "arithmetic"
+    return folder / "train.jsonl", folder / "eval.jsonl"
+
+
 def _normalize_rows(rows: Rows, fmt: str, column_map: dict[str, str], source: str, complete: bool) -> LoadedData:
     """Detect the format (per file, so a folder may mix them), rename mapped columns, normalize
     and validate every row; bad rows become problems."""
@@ -100,6 +108,8 @@ def _load(source: str, fmt: str, column_map, split, subset, limit, preview: bool
     mapping = parse_column_map(column_map)
     if source == "demo":
         rows, source = read_path(demo_files()[0], limit), str(demo_files()[0])
+    elif source == DEMO_ARITHMETIC:  # read as question/answer rows: the Dataset tab shows what GRPO asks
+        rows, source = read_path(arithmetic_files()[0], limit), str(arithmetic_files()[0])
     elif is_hub_id(source):  # the Hub or its cache only: never a local path of that name
         rows = (read_hub_preview if preview else read_hub)(source, split, subset, limit)
     else:

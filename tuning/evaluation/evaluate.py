@@ -35,11 +35,15 @@ from tuning import levers
 from tuning.levers import allocator, lm_head
 from tuning.evaluation import preference_figures
 from tuning.data import pairs as preference_data
+from tuning.data import prompts as prompt_data
 from tuning import runs
 from tuning.evaluation import headlines
 from tuning.evaluation import row_losses
 from tuning.infer.generation import BASE
 from tuning.paths import DEMO_DATA_DIR
+
+ANSWER_MATCH = "answer"  # a check row's `match`: passed by the answer reward's rule, not by containing words
+PAIRED_OBJECTIVES = ("dpo", "orpo", "kto")  # their held-out rows are pairs (or labelled answers): preference figures
 
 TRAINING_ADAPTER = "default"  # the name PEFT gives the adapter the Trainer trains
 GENERATION_BATCH = 16  # prompts per generate call (x2 rows in a mixed batch): bounds memory
@@ -58,8 +62,21 @@ def heldout_rows(cfg: config_mod.TrainConfig) -> list[tuple[list[dict], dict]]:
     so its held-out loss and probes read like an SFT run's."""
     if cfg.objective == "sft":
         return data_mod.heldout_rows(cfg)
+    if cfg.objective == "grpo":  # its held-out prompts with their reference answers, asked as answer checks
+        return grpo_heldout_rows(cfg)
     rows = preference_data.heldout_rows(cfg)
     return [(row["prompt"] + row.get("chosen", row.get("completion")), {}) for row in rows if row.get("label", True)]
+
+
+def grpo_heldout_rows(cfg: config_mod.TrainConfig) -> list[tuple[list[dict], dict]]:
+    """A GRPO run's held-out prompts with their `answer` as the assistant turn (the held-out loss scores
+    it) and as a task check of kind "answer": base and tuned answer greedily, and a check passes by the
+    answer reward's rule (prompts.answer_matches: a number is the answer's last number). Rows without an
+    answer column are asked nothing."""
+    _, held = prompt_data.train_and_heldout(cfg)
+    return [(row["prompt"] + [{"role": "assistant", "content": row["answer"]}],
+             {"kind": "answer", "expect": [row["answer"]], "match": ANSWER_MATCH})
+            for row in held if str(row.get("answer") or "").strip()]
 
 
 def prompt_of(conversation: list[dict]) -> list[dict]:
@@ -239,10 +256,12 @@ def check_results(checked: list[tuple[list[dict], dict]], pairs: list[tuple[str,
     results = []
     for (prompt, extra), (base, tuned) in zip(checked, pairs):
         expect = extra["expect"]
+        check = passes if extra.get("match") != ANSWER_MATCH else lambda text, wanted: prompt_data.answer_matches(
+            text, wanted[0])
         row = {"kind": str(extra.get("kind", "check")), "prompt": _user_text(prompt),
                "system": next((m["content"] for m in prompt if m["role"] == "system"), None),
                "expect": expect, "base": base, "tuned": tuned,
-               "base_pass": passes(base, expect), "tuned_pass": passes(tuned, expect)}
+               "base_pass": check(base, expect), "tuned_pass": check(tuned, expect)}
         if isinstance(expect, dict):  # named slots: each one counted on its own
             base_slots, tuned_slots = slot_passes(base, expect), slot_passes(tuned, expect)
             row["slots"] = {slot: {"base": base_slots[slot], "tuned": tuned_slots[slot]} for slot in base_slots}
@@ -314,7 +333,7 @@ def plan(cfg: config_mod.TrainConfig, kind: str, rows: list[tuple[list[dict], di
         return []
     loss = LOSS_ROW_STEPS * len(data_mod.scored(rows)) / max(1, cfg.effective_batch_size)
     checks = [Check("held-out loss (tuned)", "loss_tuned", loss), Check("held-out loss (base)", "loss_base", loss)]
-    if cfg.objective != "sft":
+    if cfg.objective in PAIRED_OBJECTIVES:
         checks.append(Check("held-out preference figures", "preference", 4 * loss))  # chosen and rejected, both sides
     answer = ANSWER_STEPS * cfg.eval_max_new_tokens / 64
     prompts = prompts[:QUICK_PROBES] if kind == QUICK else prompts

@@ -33,7 +33,8 @@ from tuning.config import ConfigError, TrainConfig
 from tuning.train import recipe
 
 # The metrics TRL's preference trainers log besides the loss, kept in the `log` event's `objective` field.
-METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen")
+METRIC_PREFIXES = ("rewards/", "logps/", "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen",
+                   "reward", "frac_reward_zero_std", "completions/", "entropy")  # the last four: GRPO's
 
 
 def objective_metrics(logs: dict) -> dict[str, float] | None:
@@ -64,7 +65,7 @@ def check_init_from(cfg: TrainConfig, workspace: Path) -> Path | None:
     return runs.adapter_dir(run)
 
 
-def _model(cfg: TrainConfig, model_path: str, workspace: Path):
+def load_model(cfg: TrainConfig, model_path: str, workspace: Path):
     """The frozen base (4-bit for qlora), with the init_from adapter loaded trainable when given."""
     from tuning import models
 
@@ -141,7 +142,7 @@ def micro_batch(cfg: TrainConfig, device: str) -> tuple[int, int, str | None]:
 
 # --- the trainers ---------------------------------------------------------------------------------------
 
-def _common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bool) -> dict[str, Any]:
+def common_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bool) -> dict[str, Any]:
     """The TrainingArguments every objective shares with SFT (trainer.build_trainer's, minus packing),
     with a DPO batch split into micro-batches where it would not fit (micro_batch)."""
     import torch
@@ -202,12 +203,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: l
     train_rows, held = pairs.train_and_heldout(cfg, loaded)
     print(f"data: {len(train_rows)} train {loaded.kind}, {len(held)} held out, {len(loaded.problems)} problems "
           f"({loaded.format})", flush=True)
-    model, peft_config = _model(cfg, model_path, workspace)
+    model, peft_config = load_model(cfg, model_path, workspace)
     # auto epochs / learning rate: the recipe's for this many pairs (no time estimate: a pair costs
     # several forward passes, which the SFT speed figures do not cover)
     cfg, _ = recipe.start(cfg, run_dir, len(train_rows), 0, len(held), None, float(model.num_parameters()))
     early_stop = cfg.early_stopping_patience > 0 and bool(held)
-    trainer_class, args = _trainer_class(cfg, _common_args(cfg, run_dir, bool(held), early_stop))
+    trainer_class, args = _trainer_class(cfg, common_args(cfg, run_dir, bool(held), early_stop))
     if early_stop:
         from transformers import EarlyStoppingCallback
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from tuning import data as data_mod
 from tuning import levers, models
 from tuning.data import arrow_data, general
-from tuning.train import distributed, faults, preference, recipe, replay, tracking
+from tuning.train import distributed, faults, grpo, preference, recipe, replay, tracking
 from tuning.evaluation import evaluate, row_losses
 from tuning import runs
 from tuning.config import ConfigError, TrainConfig
@@ -280,7 +280,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: Even
         model_path = models.resolve_base_model(cfg.base_model, workspace)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     stop.check("loading the model")
-    if cfg.objective != "sft":  # dpo, orpo, kto: TRL's preference trainers on the same setup
+    if cfg.objective != "sft":  # dpo, orpo, kto, grpo: TRL's trainers on the same setup
         return _preference_trainer(cfg, run_dir, workspace, events, stop, phases, tokenizer, model_path)
     model = models.load_base_for_training(cfg, model_path)
     stop.check("loading the model")
@@ -412,14 +412,16 @@ def _planned(cfg: TrainConfig, run_dir: Path, workspace: Path, model, train_ds, 
 
 def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events: EventLog, stop: StopRequested,
                         phases: Phases, tokenizer, model_path: str):
-    """DPO, ORPO or KTO (tuning/train/preference.py) with SFT's callbacks: events, the NaN guard, probes."""
+    """DPO, ORPO or KTO (tuning/train/preference.py) or GRPO (tuning/train/grpo.py) with SFT's callbacks:
+    events, the NaN guard, probes."""
     from transformers import PrinterCallback
 
     probes = evaluate.make_callback(cfg, run_dir, stop, phases)
     # (the preference trainer reads its pairs, then loads the model: one "preparing" phase for both)
     phases.enter(PREPARING, message=f"preparing {cfg.dataset} and loading the model")
-    trainer = preference.build_trainer(cfg, run_dir, workspace,
-                                       [*_callbacks(cfg, events, run_dir, stop, phases), probes], tokenizer, model_path)
+    build = grpo.build_trainer if cfg.objective == "grpo" else preference.build_trainer
+    trainer = build(cfg, run_dir, workspace, [*_callbacks(cfg, events, run_dir, stop, phases), probes], tokenizer,
+                    model_path)
     trainer.remove_callback(PrinterCallback)  # one readable line a step, as for SFT
     probes.bind(trainer, tokenizer)
     _apply_preference_levers(cfg, trainer)

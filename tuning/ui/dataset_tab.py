@@ -22,6 +22,8 @@ from pathlib import Path
 import gradio as gr
 
 from tuning import paths
+from tuning.data.loading import DEMO_ARITHMETIC
+from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.ship import space
 from tuning.ui import access, dataset_pairs
 from tuning.ui.access import public
@@ -36,16 +38,15 @@ SAMPLE_ROWS = 1000   # rows tokenized for the quick estimate when there are more
 FULL_STATS_ROWS = 200_000  # rows the last pass tokenizes at most (a CPU does a few hundred a second)
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 SOURCES = ("demo dataset", "upload a file", "path or Hub id", "votes of a run")
+BUNDLED = (DEMO_PREFERENCE, DEMO_ARITHMETIC)  # demos typed by name: shipped with the app, a Space visitor may read them
 
 
 def resolve_source(ctx: AppContext, kind: str, upload: str | None, text: str, run: str | None = None) -> str:
     """The dataset string a TrainConfig takes, for what the person picked on the page."""
-    from tuning.data import pairs
-
     if kind == SOURCES[0]:
         return "demo"
-    if kind == SOURCES[2] and (text or "").strip() == pairs.DEMO_PREFERENCE:
-        return pairs.DEMO_PREFERENCE  # the bundled preference demo: shipped with the app, anyone may read it
+    if kind == SOURCES[2] and (text or "").strip() in BUNDLED:
+        return text.strip()  # the bundled preference or GRPO demo: shipped with the app, anyone may read it
     access.require_owner(ctx)  # a visitor to a Space may inspect the demos only: no uploads, paths, Hub reads or votes
     if kind == SOURCES[3]:
         return vote_pairs_file(ctx, run)
@@ -158,9 +159,10 @@ def summary_markdown(rep: dict) -> str:
 
 def inspect_dataset(ctx: AppContext, dataset: str, fmt: str = "auto", column_map: str = "") -> dict:
     """The inspect_dataset API: the report of a dataset named by a client."""
-    if (dataset or "").strip() != "demo":
+    if (dataset or "").strip() not in ("demo", DEMO_ARITHMETIC):
         access.require_owner(ctx)
-    return report(check_source(ctx, dataset, what="dataset", keep=("demo",)), fmt, column_map, workspace=ctx.workspace)
+    return report(check_source(ctx, dataset, what="dataset", keep=("demo", DEMO_ARITHMETIC)), fmt, column_map,
+                  workspace=ctx.workspace)
 
 
 def source_inputs(kind: str) -> dict:
@@ -307,7 +309,7 @@ def openable(ctx: AppContext, source: str) -> str:
     them) or, for the owner, a path under the allowed folders or a Hub id."""
     from tuning import data
 
-    if source in ("demo", *map(str, data.demo_files())):
+    if source in ("demo", DEMO_ARITHMETIC, *map(str, data.demo_files())):
         return source
     access.require_owner(ctx)
     return check_source(ctx, source, what="dataset")
@@ -364,8 +366,8 @@ def _source_layout() -> dict:
     upload = gr.File(label="Upload a file (" + " ".join(UPLOAD_TYPES) + ")", file_types=UPLOAD_TYPES,
                      type="filepath", visible=False)
     text = gr.Textbox(label="Path or Hub id", visible=False,
-                      info="A file under the workspace or a --data-dir folder, a Hub dataset id (org/name), or "
-                           "demo-preference (the bundled DPO pairs)")
+                      info="A file under the workspace or a --data-dir folder, a Hub dataset id (org/name), "
+                           "demo-preference (the bundled DPO pairs) or demo-arithmetic (the bundled GRPO sums)")
     run = gr.Dropdown([], label="Run whose votes to open", visible=False,
                       info="Its blind A/B votes with a winner (and corrections) as DPO pairs")
     inspect_btn = gr.Button("Inspect dataset", variant="primary")

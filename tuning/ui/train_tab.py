@@ -22,6 +22,7 @@ import yaml
 
 from tuning import config as config_mod
 from tuning import paths
+from tuning.data.loading import DEMO_ARITHMETIC
 from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.ui import train_plan
 from tuning.ui.access import public
@@ -106,7 +107,7 @@ def checked(ctx: AppContext, cfg: config_mod.TrainConfig) -> config_mod.TrainCon
     absolute so the training process reads the very same file."""
     changes = {"base_model": check_source(ctx, cfg.base_model, what="base_model",
                                           keep=(config_mod.EMBEDDED_MODEL,)),
-               "dataset": check_source(ctx, cfg.dataset, what="dataset", keep=("demo", DEMO_PREFERENCE))}
+               "dataset": check_source(ctx, cfg.dataset, what="dataset", keep=("demo", DEMO_PREFERENCE, DEMO_ARITHMETIC))}
     if cfg.eval_dataset:
         changes["eval_dataset"] = check_source(ctx, cfg.eval_dataset, what="eval_dataset")
     if cfg.trust_remote_code and paths.on_space():
