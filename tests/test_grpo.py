@@ -150,6 +150,11 @@ def test_grpo_trains_two_steps_and_logs_reward_figures(tmp_path, tiny_qwen_dir):
                 "completions/mean_length", "frac_reward_zero_std"} <= set(figures)
         assert 0 <= figures["rewards/answer/mean"] <= 1 and 0 < figures["rewards/length/mean"] <= 1
     assert "kl" in logs[-1]["objective"]  # beta > 0: the KL against the adapter-off base
+    from tuning.ui import live_tab  # Live plots the total, each reward's mean and the KL by step
+
+    frame = live_tab.objective_frame(runs.EventSummary().extend(events))
+    assert set(frame["series"]) == {"reward", "rewards/answer/mean", "rewards/length/mean", "kl"}
+    assert frame[frame["series"] == "rewards/answer/mean"]["step"].tolist() == [1, 2]
     assert events[-1]["status"] == "completed" and runs.has_final_adapter(run_dir)
     assert [c.name for c in runs.complete_checkpoints(run_dir)] == ["checkpoint-2"]
     assert len(runs.read_probes(run_dir)) == 3  # the held-out questions

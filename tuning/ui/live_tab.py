@@ -42,6 +42,18 @@ RECENT_LOGS = 5
 # rejected answers, their margin, and how often chosen is rewarded above rejected; KTO's KL estimate.
 END_SERIES = "end of run"  # the loss plot's unseen point at the last step (loss_frame)
 OBJECTIVE_SERIES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "kl")
+# GRPO's (TRL's names): the weighted total of the rewards, each reward's mean (rewards/<name>/mean, one
+# series per reward the run chose) and the KL to the reference.
+GRPO_TOTAL = "reward"
+
+
+def objective_series(logged) -> tuple[str, ...]:
+    """The series the objective plot shows for a run that logged these figures: GRPO's when it logged
+    rewards, else the preference objectives'."""
+    per_reward = sorted(n for n in logged if n.startswith("rewards/") and n.endswith("/mean"))
+    if per_reward or GRPO_TOTAL in logged:
+        return (GRPO_TOTAL, *per_reward, "kl")
+    return OBJECTIVE_SERIES
 
 
 @dataclass(frozen=True)
@@ -139,12 +151,13 @@ def objective_frame(summary: runs.EventSummary):
     as in loss_frame); None for an SFT run, which logs none."""
     import pandas as pd
 
-    names = [n for n in OBJECTIVE_SERIES if n in summary.objective]
+    series = objective_series(summary.objective)
+    names = [n for n in series if n in summary.objective]
     if not names:
         return None
     first = min(s for n in names for s, _ in summary.objective[n][:1])
     rows = [(s, v, n) for n in names for s, v in runs.decimate(summary.objective[n], MAX_PLOT_POINTS)]
-    rows += [(first, None, n) for n in OBJECTIVE_SERIES if n not in names]
+    rows += [(first, None, n) for n in series if n not in names]
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"value": float})
 
 
@@ -423,8 +436,8 @@ def layout(ctx: AppContext) -> dict:
         c["lr_plot"] = gr.LinePlot(x="step", y="learning_rate", title="Learning rate", label="Learning rate",
                                    y_title="learning rate", x_axis_format="d", y_axis_format=Y_FORMAT["learning_rate"])
     c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
-                                      title="Preference objective: implicit rewards (chosen, rejected), margin, "
-                                            "accuracy", label="Objective", x_axis_format="d", y_axis_format=".3~r")
+                                      title="Objective: DPO/ORPO/KTO's implicit rewards, margin and accuracy; "
+                                            "GRPO's rewards (total and each) and KL", label="Objective", x_axis_format="d", y_axis_format=".3~r")
     c["tail"] = gr.Textbox(label="Log (the training process's output, newest lines)", lines=LOG_TAIL_LINES,
                            max_lines=LOG_TAIL_LINES, autoscroll=True, interactive=False)
     c["state"] = gr.State(None)
