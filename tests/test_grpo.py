@@ -225,3 +225,21 @@ def test_the_dataset_and_train_tabs_take_the_bundled_sums_by_name(tmp_path):
     assert dataset_tab.resolve_source(ctx, dataset_tab.SOURCES[2], None, " demo-arithmetic ") == "demo-arithmetic"
     cfg = config_mod.load("presets/quickstart-grpo.yaml")
     assert train_tab.checked(ctx, cfg).dataset == "demo-arithmetic"
+
+
+def test_the_train_tab_s_plan_tries_the_rewards_before_training(tmp_path, tiny_qwen_dir):
+    """For objective grpo, "Plan, checks and estimate" also answers two training prompts num_generations
+    times and shows each answer's rewards and whether its group teaches anything; bad data is one line."""
+    from tuning.ui import train_plan
+    from tuning.ui.common import AppContext
+
+    path = write_jsonl(tmp_path / "sums.jsonl", [{"question": f"What is {i} + 1?", "answer": i + 1} for i in range(12)])
+    cfg = TrainConfig(objective="grpo", base_model=str(tiny_qwen_dir), dataset=str(path), method="lora",
+                      rewards="answer,length:1-8", num_generations=2, per_device_batch_size=4,
+                      max_completion_length=4, general_rows="off", slot_checks="off")
+    text, _ = train_plan.report(AppContext(tmp_path / "ws"), cfg)
+    trial = text[text.index("**Rewards, tried on 2 prompts before training**"):]
+    assert trial.count("group mean") == 2 and trial.count("What is ") == 2
+    assert "answer (x1): 1 when the answer matches" in trial and "groups teach nothing" in trial
+    missing, _ = train_plan.report(AppContext(tmp_path / "ws"), cfg.replace(dataset=str(tmp_path / "nope.jsonl")))
+    assert "**Rewards, tried on 2 prompts:** not tried: dataset:" in missing and "Traceback" not in missing

@@ -57,7 +57,27 @@ def report(ctx: AppContext, cfg: config_mod.TrainConfig) -> tuple[str, list[pref
     elif result.plan is not None:
         parts.append("**Checks before Start:** nothing to flag.")
     parts.append(result.markdown())
+    if cfg.objective == "grpo":
+        parts.append(rewards_trial(ctx, cfg))
     return "\n\n".join(parts), found
+
+
+DRY_RUN_SAMPLES = 2  # prompts the Train tab's reward trial answers: seconds for the embedded model here
+
+
+def rewards_trial(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
+    """GRPO's reward dry-run (tuning/train/grpo.py) for the form: a few training prompts answered
+    num_generations times by the model the run would start from, each answer's rewards, and which groups
+    teach nothing, before any training is spent."""
+    from tuning import models
+    from tuning.train import grpo
+
+    try:
+        result = grpo.rewards_dry_run(cfg, ctx.workspace, DRY_RUN_SAMPLES)
+    except (config_mod.ConfigError, data_mod.DataError, models.ModelError, OSError, ValueError) as exc:
+        return f"**Rewards, tried on {DRY_RUN_SAMPLES} prompts:** not tried: {str(exc).splitlines()[0]}"
+    return (f"**Rewards, tried on {DRY_RUN_SAMPLES} prompts before training** (`python -m tuning rewards` "
+            f"tries more):\n\n```\n{grpo.dry_run_text(result)}\n```")
 
 
 def fix_updates(found: list[preflight.Finding]) -> dict:
