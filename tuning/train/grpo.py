@@ -20,7 +20,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tuning import data as data_mod
 from tuning import runs
 from tuning.config import TrainConfig
 from tuning.data import prompts
@@ -47,9 +46,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: l
 
     scorers = rewards.build(cfg)  # a bad reward or reward_file fails here, before the model loads
     loaded = prompts.load_config_dataset(cfg)
-    if not loaded.rows:
-        raise data_mod.DataError(f"{cfg.dataset}: no valid prompt rows; first problem: {loaded.problems[0]}"
-                                 if loaded.problems else f"{cfg.dataset}: no rows")
+    preference.require_rows(cfg, loaded, "prompt")
     train_rows, held = prompts.train_and_heldout(cfg, loaded)
     print(f"data: {len(train_rows)} train prompts, {len(held)} held out, {len(loaded.problems)} problems; "
           f"rewards {', '.join(r.name for r in scorers)} read {', '.join(loaded.columns) or 'no column'}", flush=True)
@@ -80,9 +77,7 @@ def rewards_dry_run(cfg: TrainConfig, workspace: Path, samples: int = 4) -> dict
 
     scorers = rewards.build(cfg)
     loaded = prompts.load_config_dataset(cfg)
-    if not loaded.rows:
-        raise data_mod.DataError(f"{cfg.dataset}: no valid prompt rows; first problem: {loaded.problems[0]}"
-                                 if loaded.problems else f"{cfg.dataset}: no rows")
+    preference.require_rows(cfg, loaded, "prompt")
     train_rows, _ = prompts.train_and_heldout(cfg, loaded)
     picked = random.Random(cfg.seed).sample(train_rows, min(samples, len(train_rows)))
     start = preference.check_init_from(cfg, workspace)

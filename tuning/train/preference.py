@@ -193,13 +193,18 @@ def _trainer_class(cfg: TrainConfig, common: dict):
     raise ConfigError(f"objective: {cfg.objective!r} is not a preference objective")
 
 
+def require_rows(cfg: TrainConfig, loaded, what: str) -> None:
+    """A DataError naming the first problem when the run's data holds no valid `what` rows."""
+    if not loaded.rows:
+        raise data_mod.DataError(f"{cfg.dataset}: no valid {what} rows; first problem: {loaded.problems[0]}"
+                                 if loaded.problems else f"{cfg.dataset}: no rows")
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: list, tokenizer, model_path: str):
     """The preference trainer for cfg.objective on the run's data; callbacks as SFT's (events, the
     NaN guard, probes, early stopping). Returns the trainer."""
     loaded = pairs.load_config_dataset(cfg)
-    if not loaded.rows:
-        raise data_mod.DataError(f"{cfg.dataset}: no valid preference rows; first problem: {loaded.problems[0]}"
-                                 if loaded.problems else f"{cfg.dataset}: no rows")
+    require_rows(cfg, loaded, "preference")
     train_rows, held = pairs.train_and_heldout(cfg, loaded)
     print(f"data: {len(train_rows)} train {loaded.kind}, {len(held)} held out, {len(loaded.problems)} problems "
           f"({loaded.format})", flush=True)
