@@ -202,19 +202,29 @@ def fresh_workspace() -> Path:
 
 # --- peak RSS of a child -----------------------------------------------------------------------------
 
+# Linux starts a child's ru_maxrss at its parent's high-water RSS (exec records the mm it replaces, a
+# copy of the parent's or, after vfork, the parent's own: fs/exec.c), so a parent that once held a model
+# would report its own peak for every child. A small wrapper process sits in between: the command's
+# figure is then the command's own.
+_PEAK_WRAPPER = ("import os, subprocess, sys\n"
+                 "proc = subprocess.Popen(sys.argv[2:])\n"
+                 "_, status, usage = os.wait4(proc.pid, 0)\n"
+                 "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+                 "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def child_peak(cmd: list[str], env: dict | None = None) -> tuple[int, float, str]:
     """(peak RSS in bytes, wall seconds, output) of a child: ru_maxrss of the waited process, the
-    figure /usr/bin/time -v prints as 'Maximum resident set size'."""
+    figure /usr/bin/time -v prints as 'Maximum resident set size'. Raises when the command fails."""
     started = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    text = out.decode(errors="replace")
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as peak_file:
+        proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, peak_file.name, *cmd], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        peak_kib = int(Path(peak_file.name).read_text() or 0)
+    text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}:\n{text[-3000:]}")
-    return usage.ru_maxrss * 1024, time.time() - started, text
+    return peak_kib * 1024, time.time() - started, text
 
 
 def cli(a) -> None:

@@ -5,6 +5,8 @@ full path. bench/memory.py measures what each lever saves."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -600,3 +602,25 @@ def test_narrow_lm_head_tiles_give_the_same_loss_and_gradients(tiny_model_dir, m
     torch.testing.assert_close(narrow_entropy, entropy, rtol=1e-5, atol=1e-5)
     for narrow_grad, grad in zip(narrow_grads, grads):
         torch.testing.assert_close(narrow_grad, grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_childs_peak_is_its_own_not_the_test_processs():
+    """bench/memory.py's child_peak, which the memory tests gate on: a bare interpreter measures tens of
+    MiB while this process holds 768 MiB more than it did (a child spawned straight from here would
+    report this process's high-water mark instead)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_memory", root / "bench" / "memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    held = bytearray(768 * 2**20)
+    held[::4096] = b"\x01" * len(held[::4096])  # touch every page: resident, not only reserved
+    assert memory.status_kib("VmHWM") * 1024 > 768 * 2**20
+    peak, _, out = memory.child_peak([sys.executable, "-c", "print('hi')"])
+    assert out.strip() == "hi"
+    assert 0 < peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
+    with pytest.raises(RuntimeError, match="failed with 3"):
+        memory.child_peak([sys.executable, "-c", "raise SystemExit(3)"])
+    del held

@@ -250,8 +250,6 @@ def test_dpo_from_an_sft_run_on_the_real_model_at_512_tokens_peaks_under_3_gib(t
     evaluation and the end-of-run evaluation's preference figures, peaks under 3 GiB (16 GiB before the
     micro-batches and the fused head's levers; bench/RESULTS.md, Preference tuning memory)."""
     import importlib.util
-    import os
-    import subprocess
     import sys
 
     from tuning import paths
@@ -260,6 +258,8 @@ def test_dpo_from_an_sft_run_on_the_real_model_at_512_tokens_peaks_under_3_gib(t
     spec = importlib.util.spec_from_file_location("dpo_memory", paths.PROJECT_DIR / "bench" / "dpo_memory.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    import memory  # bench/memory.py, on sys.path since dpo_memory imports it
+
     workspace = tmp_path / "ws"
     init = add_real_run(workspace, real_run, embedded_model_dir)
     data = bench.write_pairs(tmp_path / "data", 80)  # 72 train, 8 held out: one full evaluation batch
@@ -268,13 +268,12 @@ def test_dpo_from_an_sft_run_on_the_real_model_at_512_tokens_peaks_under_3_gib(t
     for setting in ("objective=dpo", f"init_from={init}", f"dataset={data}", "max_length=512", "max_steps=2",
                     "eval_steps=2", "save_steps=2", "final_evaluation=quick"):
         command += ["--set", setting]
-    proc = subprocess.Popen(command, cwd=paths.PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out[-3000:]
+    # the command's own peak: a child spawned straight from this test process would start its figure
+    # at the test process's high-water mark (memory.child_peak says why), gigabytes after the suite's
+    # in-process models
+    peak, _, out = memory.child_peak(command)
     assert "micro-batch: 8 pairs x 2 sides x max_length 512" in out and "step 2/2" in out
     assert "lever trained_tokens_only: applied" in out
-    peak = usage.ru_maxrss * 1024
     assert peak <= 3 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
     (run_dir,) = [p for p in (workspace / "runs").iterdir() if p.name != init]
     assert runs.read_evaluation(run_dir)["preference"]["rows"] == 8
