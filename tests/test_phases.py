@@ -145,6 +145,34 @@ def test_a_stop_request_shows_stopping_at_once_and_ends_as_stopped():
     assert summary.current_phase == "training" and not summary.stop_requested
 
 
+def test_the_end_event_waits_for_a_stopping_phase_the_thread_is_writing():
+    """A stop that reaches rank 0 through the other ranks sets the flag outside the signal handler: the
+    announcer thread may be writing "stopping" just as the main thread reaches the end. The end event
+    comes after it, never before."""
+    import threading
+
+    from tuning.train.trainer import StopRequested
+
+    written, inside = [], threading.Event()
+
+    def slow_announce():
+        inside.set()
+        time.sleep(0.3)
+        written.append("phase")
+
+    stop = StopRequested(announce=slow_announce)
+    stop.requested = True
+    thread = threading.Thread(target=stop.announce_now)
+    thread.start()
+    assert inside.wait(5)
+    stop.announce_now()  # the main thread, on its way to the end event
+    written.append("end")
+    thread.join()
+    assert written == ["phase", "end"]
+    stop.announce_now()  # announced once: a later call neither writes nor waits
+    assert written == ["phase", "end"]
+
+
 def test_a_run_written_before_phases_existed_reads_as_training():
     summary = runs.EventSummary().extend([{"event": "start", "time": 1.0, "step": 0, "max_steps": 4},
                                             log(3.0, 1, max_steps=4, eta=6.0)])

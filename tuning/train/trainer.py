@@ -69,6 +69,7 @@ class StopRequested:
         self.announce = announce  # called once, from a thread, after the first signal
         self._closed = threading.Event()
         self._announced = threading.Lock()  # held once announced: the thread or announce_now, not both
+        self._written = threading.Event()  # set once the announcement is written (or failed to be)
 
     def install(self) -> dict:
         """Install the handlers; returns the previous ones (restore() puts them back)."""
@@ -87,13 +88,19 @@ class StopRequested:
 
     def announce_now(self) -> None:
         """Write the "stopping" phase now if a Stop arrived and it is not written yet: before the run's
-        end event, which a quick stop can reach within the thread's ANNOUNCE_S."""
-        if self.announce is None or not self.requested or not self._announced.acquire(blocking=False):
+        end event, which a quick stop can reach within the thread's ANNOUNCE_S. When the thread is writing
+        it at that moment, wait for its write: the end event must come after it."""
+        if self.announce is None or not self.requested:
+            return
+        if not self._announced.acquire(blocking=False):
+            self._written.wait(timeout=10)
             return
         try:
             self.announce()
         except OSError:
             pass  # a full disk: the run still stops, the page learns it from the end event
+        finally:
+            self._written.set()
 
     def check(self, where: str) -> None:
         """Raise RunStopped when a Stop arrived (between the stages of loading and preparing)."""
