@@ -225,11 +225,11 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
         assert demo["valid_rows"] > 50 and demo["problem_count"] == 0
         # The Dataset tab on the demo (public), then its token counts with another base model's
         # tokenizer: a Hub download, refused (the first input is the server-side inspected source).
-        summary, *_ = page.result("inspect_dataset_form", ["demo dataset", None, "", "auto", "", None])
+        summary, *_ = page.result("inspect_dataset_form", ["demo dataset", None, "", "auto", "", None, ""])
         assert "demo" in summary
         private = {"download_adapter": [run_id], "zip_shown": [run_id], "merge": [run_id, ""],
                    "gguf": [run_id, "", "f16"], "save_probes": [run_id, "What is 2 + 2?"],
-                   "statistics_handler": [None, "auto", "", "HuggingFaceTB/SmolLM2-360M-Instruct", 256, True]}
+                   "statistics_handler": [None, "auto", "", "HuggingFaceTB/SmolLM2-360M-Instruct", 256, True, None]}
         for api_name, data in private.items():
             shown = page.refusal(api_name, data)
             assert REFUSED in shown, (api_name, shown)
@@ -257,7 +257,7 @@ def test_the_space_end_to_end(tmp_path, embedded_model_dir):
         assert not any(note.startswith("Unlocked") for note in notes)
 
         # A hand-made request with a 1 MB text is refused before any public handler runs.
-        shown = page.refusal("inspect_dataset_form", ["demo dataset", None, "x" * 1_048_576, "auto", "", None])
+        shown = page.refusal("inspect_dataset_form", ["demo dataset", None, "x" * 1_048_576, "auto", "", None, ""])
         assert "input too long" in shown, shown[:300]
 
         # Nothing the visitor did wrote or downloaded anything (the Playground only read the cache).

@@ -5,6 +5,9 @@ tokens, duplicates) and the token view: one row as the model sees it, trained vs
 (tuning/ui/dataset_tokens.py).
 Preference data (pairs, KTO's labelled answers) and a run's votes show as pairs instead
 (tuning/ui/dataset_pairs.py): prompt, chosen and rejected side by side, token lengths per side.
+GRPO prompt data (demo-arithmetic, or any source with rewards typed in the tab) shows as the trainer
+reads it (tuning/ui/dataset_prompts.py): the prompts with the columns the rewards read, the rows
+missing one by file and row, the prompts' token lengths.
 
 Two steps keep a big file usable: "Inspect" parses only the first QUICK_ROWS rows and counts the
 rows of the file's first 16 MB (the first page shows in a second however big the file: "at least N
@@ -25,7 +28,7 @@ from tuning import paths
 from tuning.data.loading import DEMO_ARITHMETIC
 from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.ship import space
-from tuning.ui import access, dataset_pairs
+from tuning.ui import access, dataset_pairs, dataset_prompts
 from tuning.ui.access import public
 from tuning.ui.common import (AppContext, bind, boxed, check_source, error_box, guarded, into, keyed, load_dataset,
                               opening_config)
@@ -172,7 +175,8 @@ def source_inputs(kind: str) -> dict:
 
 
 INSPECT_OUTPUTS = ("summary", "preview", "page", "pages", "problems", "stats", "source", "chosen", "chosen_format",
-                   "chosen_map", "sft_preview", "sft_tokens", "pair_box", "pair_list", "pair_row")
+                   "chosen_map", "sft_preview", "sft_tokens", "pair_box", "pair_list", "pair_row", "prompt_box",
+                   "prompt_list", "prompts")
 NOTHING_INSPECTED = "Pick a source and press **Inspect dataset**."
 NO_STATISTICS = "Token statistics appear after **Inspect dataset**."
 
@@ -182,7 +186,8 @@ def nothing_inspected() -> dict:
     screen describes a dataset that could not be read). `source` empty: the steps that follow an
     inspect show their own empty states. The Train form keeps the last dataset read (`chosen`)."""
     return {"summary": NOTHING_INSPECTED, "preview": [], "page": 1, "pages": "of 1", "problems": [],
-            "stats": NO_STATISTICS, "source": "", **shown_as(False), "pair_list": [], "pair_row": 1}
+            "stats": NO_STATISTICS, "source": "", **shown_as("sft"), "pair_list": [], "pair_row": 1,
+            "prompt_list": [], "prompts": None}
 
 
 def nothing_counted() -> dict:
@@ -191,28 +196,34 @@ def nothing_counted() -> dict:
             "suggested": None, "use_btn": gr.update(visible=False)}
 
 
-def shown_as(pairs_view: bool) -> dict:
-    """The SFT preview and token view, or the pair view: one of them shows."""
-    return {"sft_preview": gr.update(visible=not pairs_view), "sft_tokens": gr.update(visible=not pairs_view),
-            "pair_box": gr.update(visible=pairs_view)}
+def shown_as(view: str) -> dict:
+    """The SFT preview and token view ("sft"), the pair view ("pairs") or the prompt view ("prompts"):
+    one of them shows."""
+    return {"sft_preview": gr.update(visible=view == "sft"), "sft_tokens": gr.update(visible=view == "sft"),
+            "pair_box": gr.update(visible=view == "pairs"), "prompt_box": gr.update(visible=view == "prompts")}
 
 
 def inspect_handler(ctx: AppContext, kind: str, upload, text: str, fmt: str, column_map: str = "",
-                    run: str | None = None) -> dict:
+                    run: str | None = None, rewards: str = "") -> dict:
     """The quick step: the first QUICK_ROWS rows, so a huge file shows its first page at once.
     source, chosen_format and chosen_map are what the Train form takes (app.py wires them).
-    Preference data (or a run's votes) shows as pairs instead."""
+    Preference data (or a run's votes) shows as pairs instead; a source read with rewards (or
+    demo-arithmetic) as GRPO prompts."""
     source = resolve_source(ctx, kind, upload, text, run)
-    chosen = {"source": source, "chosen": source, "chosen_format": fmt or "auto",
-              "chosen_map": (column_map or "").strip()}
+    column_map = (column_map or "").strip()
+    chosen = {"source": source, "chosen": source, "chosen_format": fmt or "auto", "chosen_map": column_map}
+    rewards = dataset_prompts.rewards_for(source, rewards)
+    if rewards:  # `source` stays empty: the SFT and pair steps that follow have nothing to show
+        return {**nothing_inspected(), **chosen, **dataset_prompts.inspect(source, rewards, column_map),
+                "source": "", "chosen_format": "auto", **shown_as("prompts"),
+                "prompts": {"source": source, "rewards": rewards, "column_map": column_map}}
     if dataset_pairs.is_preference(source):
         origin = f"votes of run {run}" if kind == SOURCES[3] else ""
-        return {**dataset_pairs.inspect(source, column_map, origin), **chosen, "chosen_format": "auto",
-                "preview": [], "page": 1, "pages": "of 1", **shown_as(True)}
+        return {**nothing_inspected(), **dataset_pairs.inspect(source, column_map, origin), **chosen,
+                "chosen_format": "auto", **shown_as("pairs")}
     rep = report(source, fmt, column_map, limit=QUICK_ROWS)
-    return {"summary": summary_markdown(rep), "preview": rep["preview"], "page": 1,
-            "pages": f"of {rep['pages']}", "problems": rep["problems"], "stats": "Counting tokens…",
-            **chosen, **shown_as(False), "pair_list": [], "pair_row": 1}
+    return {**nothing_inspected(), "summary": summary_markdown(rep), "preview": rep["preview"],
+            "pages": f"of {rep['pages']}", "problems": rep["problems"], "stats": "Counting tokens…", **chosen}
 
 
 PAGE_OUTPUTS = ("preview", "page", "pages")
@@ -259,11 +270,15 @@ def count_rest(source: str, fmt: str, column_map: str) -> dict:
 
 
 def statistics_handler(ctx: AppContext, source: str, fmt: str, column_map: str, base_model: str, max_length,
-                       completions_only: bool = True, progress=gr.Progress()):
+                       completions_only: bool = True, prompts: dict | None = None, progress=gr.Progress()):
     """The slow step, after the first page shows: read every row, then tokenize (a sampled estimate
-    first when there are more than SAMPLE_ROWS). Yields the STATS_OUTPUTS once or twice."""
+    first when there are more than SAMPLE_ROWS). Yields the STATS_OUTPUTS once or twice. `prompts`: the
+    GRPO prompts inspected (their source, rewards and column map), whose lengths show instead."""
     from tuning import data
 
+    if prompts:
+        yield dataset_prompts.statistics(prompts, tokenizer_for(ctx, base_model, progress))
+        return
     if not source:
         yield nothing_counted()
         return
@@ -301,7 +316,7 @@ def show_pair(ctx: AppContext, source: str, column_map: str, number, base_model:
 
 
 OPEN_OUTPUTS = ("kind", "text", "summary", "preview", "page", "pages", "problems", "source", "chosen", "tv_row",
-                "tokens", "sft_preview", "sft_tokens", "pair_box")
+                "tokens", "sft_preview", "sft_tokens", "pair_box", "prompt_box", "prompts")
 
 
 def openable(ctx: AppContext, source: str) -> str:
@@ -334,7 +349,7 @@ def open_row(ctx: AppContext, request: dict | None, base_model: str, max_length,
     return {"kind": SOURCES[0] if demo else SOURCES[2], "text": "" if demo else source,
             "summary": summary_markdown(rep) + f"  \nOpened **{Path(where[0]).name} row {where[1]}** (# {number}).",
             "preview": rows, "page": page, "pages": f"of {pages}", "problems": rep["problems"], "source": source,
-            "chosen": source, "tv_row": number, **shown_as(False),
+            "chosen": source, "tv_row": number, **shown_as("sft"), "prompts": None,
             "tokens": token_view_handler(ctx, source, "auto", number, base_model, max_length, completions_only)}
 
 
@@ -363,6 +378,7 @@ def _source_layout() -> dict:
                           info="auto detects it from the first row; pick one to override")
         column_map = gr.Textbox(label="Column map", placeholder="prompt=question,completion=answer", scale=2,
                                 info="Your columns onto the format's fields; Enter reloads")
+        rewards = dataset_prompts.rewards_box()
     upload = gr.File(label="Upload a file (" + " ".join(UPLOAD_TYPES) + ")", file_types=UPLOAD_TYPES,
                      type="filepath", visible=False)
     text = gr.Textbox(label="Path or Hub id", visible=False,
@@ -373,7 +389,7 @@ def _source_layout() -> dict:
     inspect_btn = gr.Button("Inspect dataset", variant="primary")
     error = error_box()
     summary = gr.Markdown(NOTHING_INSPECTED)
-    return dict(kind=kind, fmt=fmt, column_map=column_map, upload=upload, text=text, run=run,
+    return dict(kind=kind, fmt=fmt, column_map=column_map, rewards=rewards, upload=upload, text=text, run=run,
                 inspect_btn=inspect_btn, error=error, summary=summary)
 
 
@@ -388,12 +404,13 @@ def _preview_layout() -> dict:
                                "tokens)", wrap=True, column_widths=["6%", "13%", "29%", "34%", "8%", "10%"],
                                interactive=False, max_height=420, elem_id="dataset-preview")
     pair_parts = dataset_pairs.layout()
+    prompt_parts = dataset_prompts.layout()
     gr.Markdown("**Problems** — a row that cannot be read is left out of training (*drop*); fix it in the "
                 "file (the row number is the line an editor shows) and inspect again to keep it (*fix*).")
     problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Validation problems", interactive=False, wrap=True,
                             max_height=240)
     return dict(prev_btn=prev_btn, page=page, pages=pages, next_btn=next_btn, preview=preview, problems=problems,
-                sft_preview=sft_preview, **pair_parts)
+                sft_preview=sft_preview, **pair_parts, **prompt_parts)
 
 
 def _tokens_layout(defaults) -> dict:
@@ -436,7 +453,7 @@ def build(ctx: AppContext) -> DatasetParts:
     # source: what the tab's views describe ("" after a failed inspect); chosen: the last dataset read,
     # which the Train form takes (a failed upload does not empty the form).
     ui.update(source=gr.State(""), chosen=gr.State(""), chosen_format=gr.State(None), chosen_map=gr.State(None),
-              row_request=gr.State(None))
+              row_request=gr.State(None), prompts=gr.State(None))
 
     def pick(*names: str) -> list:
         return [ui[name] for name in names]
@@ -446,7 +463,7 @@ def build(ctx: AppContext) -> DatasetParts:
     def event(fn, clears=None, **kwargs):  # through the tab's error box (common.boxed)
         return keyed(boxed(fn, clears, **kwargs), ui)
 
-    stats_inputs = pick("source", "fmt", "column_map", "tv_model", "tv_len", "completions_only")
+    stats_inputs = pick("source", "fmt", "column_map", "tv_model", "tv_len", "completions_only", "prompts")
     token_inputs = pick("source", "fmt", "tv_row", "tv_model", "tv_len", "completions_only", "column_map")
     # Public on a Space: a visitor may inspect the demo; the handlers refuse them anything else. The
     # steps that follow an inspect keep its box (hides=False): their own failure shows there too.
@@ -465,11 +482,11 @@ def build(ctx: AppContext) -> DatasetParts:
     ui["kind"].change(public(keyed(source_inputs, ui)), ui["kind"], pick("upload", "text", "run"), **private)
     # Public: a visitor is listed no runs (the votes are the owner's).
     ui["kind"].change(public(guarded(keyed(bind(vote_runs, ctx), ui))), ui["kind"], ui["run"], **private)
-    # Inspect, a new format or a new column map: the quick first page, then every row with tokens. A
-    # source that cannot be read says why in the box and empties every view of the previous dataset.
-    gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit],
+    # Inspect, a new format, a new column map or new rewards: the quick first page, then every row with
+    # tokens. A source that cannot be read says why in the box and empties every view of the previous dataset.
+    gr.on([ui["inspect_btn"].click, ui["fmt"].input, ui["column_map"].submit, ui["rewards"].submit],
           public(event(bind(inspect_handler, ctx), nothing_inspected)),
-          pick("kind", "upload", "text", "fmt", "column_map", "run"),
+          pick("kind", "upload", "text", "fmt", "column_map", "run", "rewards"),
           [*pick(*INSPECT_OUTPUTS), box], api_name="inspect_dataset_form", **private) \
         .success(count, stats_inputs, stats_outputs, **private) \
         .success(then_tokens, token_inputs, [ui["tokens"], box], **private) \
