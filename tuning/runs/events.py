@@ -3,7 +3,9 @@ trainer appends, everyone else reads.
 
 One JSON object a line, each with `event` (start, log, eval, checkpoint, end, error, choice, phase),
 `time` (unix seconds) and, where it applies, step, max_steps, loss, eval_loss, learning_rate,
-tokens_per_second, message. A `phase` event says what the run is doing from then on (`phase`, one
+tokens_per_second, message. A `log` event of a preference or GRPO run also carries `objective` (the
+trainer's own figures: rewards, margins, KL) and a GRPO run's `samples` (a few answers sampled at that
+step: prompt, completion, each reward and the total). A `phase` event says what the run is doing from then on (`phase`, one
 of PHASES) and, for a phase with countable work, how far it is (`done` of `total`; the evaluation
 writes one after each of its checks). The file is the truth about a run: a page reload or an app
 restart rebuilds everything from it, so readers tolerate a half-written last line.

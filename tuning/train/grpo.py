@@ -40,11 +40,15 @@ def _args(cfg: TrainConfig, run_dir: Path, has_eval: bool, early_stop: bool):
                       log_completions=False)
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: list, tokenizer, model_path: str):
-    """GRPOTrainer for the run's prompts and rewards, with the callbacks the other objectives get."""
+def build_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, callbacks: list, tokenizer, model_path: str,
+                  recorder: rewards.SampleRecorder | None = None):
+    """GRPOTrainer for the run's prompts and rewards, with the callbacks the other objectives get; the
+    recorder, when given, keeps the latest batch the rewards score (for the `log` events' samples)."""
     from trl import GRPOTrainer
 
     scorers = rewards.build(cfg)  # a bad reward or reward_file fails here, before the model loads
+    if recorder is not None:
+        recorder.attach(scorers)
     loaded = prompts.load_config_dataset(cfg)
     preference.require_rows(cfg, loaded, "prompt")
     train_rows, held = prompts.train_and_heldout(cfg, loaded)

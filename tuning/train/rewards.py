@@ -6,6 +6,9 @@ so that TRL logs it as `rewards/<name>/mean` and `rewards/<name>/std`. A complet
 for chat prompts, a list of messages whose last one is the answer. The weights of `rewards` go to
 TRL's reward_weights, so each reward is logged unweighted and the total is the weighted sum.
 
+A SampleRecorder shared by a run's rewards keeps the latest batch they scored, so that each `log` event
+can carry a few of its answers with their rewards (the Live tab's table).
+
 No torch here: the dry-run's table and the tests score answers without a model.
 """
 
@@ -15,7 +18,7 @@ import importlib.util
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,17 +66,21 @@ class Reward:
     columns: tuple[str, ...] = ()
     custom: Callable | None = None
     description: str = ""
+    recorder: SampleRecorder | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.__name__ = self.name
 
     def __call__(self, completions: list, **columns) -> list[float | None]:
         if self.custom is not None:
-            return [None if v is None else float(v) for v in self.custom(completions=completions, **columns)]
-        out = []
-        for i, completion in enumerate(completions):
-            row = {c: columns[c][i] for c in self.columns if c in columns}
-            out.append(self.score(completion_text(completion), row))
+            out = [None if v is None else float(v) for v in self.custom(completions=completions, **columns)]
+        else:
+            out = []
+            for i, completion in enumerate(completions):
+                row = {c: columns[c][i] for c in self.columns if c in columns}
+                out.append(self.score(completion_text(completion), row))
+        if self.recorder is not None:
+            self.recorder.record(self.name, completions, columns.get("prompts"), out)
         return out
 
 
@@ -155,3 +162,71 @@ def score_group(rewards: list[Reward], completions: list, columns: dict[str, lis
                          "total": totals[i]} for i, c in enumerate(completions)],
             "mean": sum(totals) / len(totals) if totals else 0.0, "spread": spread,
             "teaches_nothing": len(set(round(t, 9) for t in totals)) <= 1}
+
+
+# --- the answers a logged step shows ----------------------------------------------------------------
+
+SAMPLES = 3  # answers per log event: the best total, one in between, the worst
+PROMPT_CHARS = 300  # a prompt's text kept in the event (a log line stays a few KB)
+ANSWER_CHARS = 500  # an answer's: max_completion_length tokens are rarely more than this many characters
+
+
+def prompt_text(prompt: Any) -> str:
+    """The question a prompt asks: a message list's last user turn, or the text as it is."""
+    if isinstance(prompt, list):
+        users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return str((users or prompt or [{}])[-1].get("content", ""))
+    return "" if prompt is None else str(prompt)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+def _finite(value) -> float | None:
+    # TRL reads a None as NaN and leaves it out of the total; JSON has neither NaN nor inf
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+class SampleRecorder:
+    """The latest batch a run's rewards scored: its prompts, its answers and each reward's value for
+    each answer. TRL calls every reward on the same batch, one after the other in whatever order, so the
+    batch is told apart by its prompts and answers, not by which reward comes first: a call on another
+    batch starts afresh and drops the previous one (memory: one batch, whatever the run's length)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, float] = {}
+        self._key: tuple | None = None
+        self._prompts: list[str] = []
+        self._answers: list[str] = []
+        self._values: dict[str, list[float | None]] = {}
+
+    def attach(self, rewards: list[Reward]) -> list[Reward]:
+        """Record every reward's values from now on; the weights make each answer's total."""
+        for reward in rewards:
+            reward.recorder = self
+            self.weights[reward.name] = reward.spec.weight
+        return rewards
+
+    def record(self, name: str, completions: list, prompts: list | None, values: list) -> None:
+        answers = [completion_text(c) for c in completions]
+        asked = [prompt_text(p) for p in prompts] if prompts is not None else [""] * len(answers)
+        key = (tuple(asked), tuple(answers))
+        if key != self._key:
+            self._key, self._prompts, self._answers, self._values = key, asked, answers, {}
+        self._values[name] = [_finite(v) for v in values]
+
+    def samples(self, n: int = SAMPLES) -> list[dict[str, Any]]:
+        """Up to n answers of the latest batch, best total first: the best, the worst and evenly spaced
+        ones in between, each {prompt, completion (clipped), rewards {name: value}, total}."""
+        prompts, answers, values = self._prompts, self._answers, self._values
+        # in the order of `rewards`, whichever TRL called first
+        names = sorted(values, key=lambda name: list(self.weights).index(name) if name in self.weights else len(values))
+        totals = [sum(self.weights.get(name, 1.0) * values[name][i] for name in names if values[name][i] is not None)
+                  for i in range(len(answers))]
+        ranked = sorted(range(len(answers)), key=lambda i: -totals[i])  # stable: ties keep the batch's order
+        if len(ranked) > n:
+            ranked = [ranked[int(j * (len(ranked) - 1) / max(n - 1, 1) + 0.5)] for j in range(n)]
+        return [{"prompt": _clip(prompts[i], PROMPT_CHARS), "completion": _clip(answers[i], ANSWER_CHARS),
+                 "rewards": {name: values[name][i] for name in names}, "total": totals[i]} for i in ranked]

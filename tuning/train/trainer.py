@@ -42,7 +42,7 @@ from pathlib import Path
 from tuning import data as data_mod
 from tuning import levers, models
 from tuning.data import arrow_data, general
-from tuning.train import distributed, faults, grpo, preference, recipe, replay, tracking
+from tuning.train import distributed, faults, grpo, preference, recipe, replay, rewards, tracking
 from tuning.evaluation import evaluate, row_losses
 from tuning import runs
 from tuning.config import ConfigError, TrainConfig
@@ -133,7 +133,8 @@ class Phases:
             self(phase, **fields)
 
 
-def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequested, phases: Phases):
+def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequested, phases: Phases,
+               recorder: rewards.SampleRecorder | None = None):
     from transformers import TrainerCallback
 
     class EventsCallback(TrainerCallback):
@@ -199,7 +200,8 @@ def _callbacks(cfg: TrainConfig, events: EventLog, run_dir: Path, stop: StopRequ
                           learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                           epoch=logs.get("epoch"), tokens_per_second=round(rate, 1),
                           tokens_seen=tokens, eta_seconds=round(eta, 1) if eta is not None else None,
-                          objective=preference.objective_metrics(logs))
+                          objective=preference.objective_metrics(logs),
+                          samples=(recorder.samples() or None) if recorder is not None else None)
             print(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
                   f"lr {logs.get('learning_rate', 0):.2e}  {rate:.0f} tok/s"
                   + (f"  eta {eta:.0f}s" if eta is not None else ""), flush=True)
@@ -426,9 +428,13 @@ def _preference_trainer(cfg: TrainConfig, run_dir: Path, workspace: Path, events
     probes = evaluate.make_callback(cfg, run_dir, stop, phases)
     # (the preference trainer reads its pairs, then loads the model: one "preparing" phase for both)
     phases.enter(PREPARING, message=f"preparing {cfg.dataset} and loading the model")
-    build = grpo.build_trainer if cfg.objective == "grpo" else preference.build_trainer
-    trainer = build(cfg, run_dir, workspace, [*_callbacks(cfg, events, run_dir, stop, phases), probes], tokenizer,
-                    model_path)
+    # GRPO: a few of the latest sampled answers, with their rewards, ride on each `log` event
+    recorder = rewards.SampleRecorder() if cfg.objective == "grpo" else None
+    callbacks = [*_callbacks(cfg, events, run_dir, stop, phases, recorder), probes]
+    if recorder is not None:
+        trainer = grpo.build_trainer(cfg, run_dir, workspace, callbacks, tokenizer, model_path, recorder=recorder)
+    else:
+        trainer = preference.build_trainer(cfg, run_dir, workspace, callbacks, tokenizer, model_path)
     trainer.remove_callback(PrinterCallback)  # one readable line a step, as for SFT
     probes.bind(trainer, tokenizer)
     _apply_preference_levers(cfg, trainer)

@@ -26,7 +26,7 @@ LOG_TAIL_BYTES = 6000
 LOG_TAIL_LINES = 14  # as many as the box shows, so the newest line is always in view
 # What one tick updates, by name (the components of the same names in the tab's layout).
 TICKED = ("state", "progress", "stats", "loss_plot", "lr_plot", "tail", "error", "trace_box", "trace", "scores",
-          "objective_plot", "timer")
+          "objective_plot", "samples", "timer")
 # How often the page asks (the timer's interval, which every tick sets). Each tick costs the CPU the
 # run trains on when both share a machine (bench/ui_overhead.py), so the page asks once a second only
 # while a step may land (it shows within about a second) and stays quiet in between: after a logged
@@ -70,6 +70,7 @@ class Follow:
     offset: int = 0
     summary: runs.EventSummary = field(default_factory=runs.EventSummary)
     sent: dict = field(default_factory=dict)  # per output: an unchanged one is not sent again
+    samples: dict | None = None  # the newest `log` event with sampled answers (GRPO), see latest_samples
 
     def unless_shown(self, key: str, value):
         """value, or gr.skip() when the page already shows it: a tick that changes nothing sends
@@ -86,6 +87,7 @@ def follow(ctx: AppContext, run_id: str, state: Follow | None) -> tuple[Follow, 
         state = Follow(run_id=run_id)
     events, state.offset = runs.read_run_events(runs.existing_run_dir(ctx.workspace, run_id), state.offset)
     state.summary.extend(events)
+    state.samples = latest_samples(events, state.samples)
     return state, bool(events)
 
 
@@ -164,6 +166,35 @@ def objective_frame(summary: runs.EventSummary):
 def objective_update(summary: runs.EventSummary):
     frame = objective_frame(summary)
     return gr.update(value=frame, visible=frame is not None)
+
+
+# --- GRPO's sampled answers ----------------------------------------------------------------------------
+
+def latest_samples(new_events: list[dict], previous: dict | None = None) -> dict | None:
+    """The newest `log` event among new_events that carries sampled answers (a GRPO run's), else previous."""
+    return next((e for e in reversed(new_events) if e.get("event") == "log" and e.get("samples")), previous)
+
+
+def samples_table(event: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The table of a log event's sampled answers: its title, its headers (prompt, sampled answer, each
+    reward by its name, total) and one row per answer, best total first (the trainer picked the best, the
+    worst and one in between of the step's answers)."""
+    names = list(dict.fromkeys(name for s in event["samples"] for name in s.get("rewards", {})))
+    rows = [[s.get("prompt", ""), s.get("completion", ""), *(number(s.get("rewards", {}).get(n)) for n in names),
+             number(s.get("total"))] for s in event["samples"]]
+    return (f"Sampled answers at step {event.get('step', '?')}", ["prompt", "sampled answer", *names, "total"],
+            rows)
+
+
+def samples_update(event: dict | None):
+    """The table under the objective plot: hidden until a log event carries samples (so always for SFT
+    and the preference objectives; for GRPO until the first logged step)."""
+    import pandas as pd
+
+    if event is None:
+        return gr.update(visible=False)
+    title, headers, rows = samples_table(event)
+    return gr.update(value=pd.DataFrame(rows, columns=headers), label=title, visible=True)
 
 
 # --- text --------------------------------------------------------------------------------------------
@@ -325,7 +356,7 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
                 "loss_plot": gr.skip(), "lr_plot": gr.skip(), "tail": "",
                 "error": gr.update(value="", visible=False), "trace_box": gr.update(visible=False), "trace": "",
                 "scores": gr.update(value="", visible=False), "objective_plot": gr.update(visible=False),
-                "timer": SETTLED_POLL_S}
+                "samples": gr.update(visible=False), "timer": SETTLED_POLL_S}
     state, changed = follow(ctx, run_id, state)
     path = runs.run_dir(ctx.workspace, run_id)
     summary = state.summary
@@ -347,6 +378,7 @@ def tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             "trace_box": shown("trace_box", gr.update(visible=bool(trace))), "trace": shown("trace", trace),
             "scores": gr.update(value=scores, visible=bool(scores)) if fresh else gr.skip(),
             "objective_plot": objective_update(summary) if fresh else gr.skip(),
+            "samples": samples_update(state.samples) if fresh else gr.skip(),
             "timer": shown("timer", poll_seconds(summary, status))}
 
 
@@ -360,7 +392,7 @@ def safe_tick(ctx: AppContext, run_id: str, state: Follow | None) -> dict:
             state.sent.clear()  # the page now shows the error: the next good tick sends everything
         return {"state": state, "progress": "", "stats": friendly(exc), "loss_plot": gr.skip(), "lr_plot": gr.skip(),
                 "tail": "", "error": gr.update(visible=False), "trace_box": gr.update(visible=False), "trace": "",
-                "scores": gr.skip(), "objective_plot": gr.skip(), "timer": POLL_S}
+                "scores": gr.skip(), "objective_plot": gr.skip(), "samples": gr.skip(), "timer": POLL_S}
 
 
 def run_status(ctx: AppContext, run_id: str) -> dict:
@@ -438,6 +470,9 @@ def layout(ctx: AppContext) -> dict:
     c["objective_plot"] = gr.LinePlot(x="step", y="value", color="series", visible=False, elem_id="live-objective",
                                       title="Objective: DPO/ORPO/KTO's implicit rewards, margin and accuracy; "
                                             "GRPO's rewards (total and each) and KL", label="Objective", x_axis_format="d", y_axis_format=".3~r")
+    # GRPO: the best, a middle and the worst of the latest logged step's sampled answers, with their rewards
+    c["samples"] = gr.Dataframe(visible=False, interactive=False, wrap=True, label="Sampled answers",
+                                elem_id="live-samples")
     c["tail"] = gr.Textbox(label="Log (the training process's output, newest lines)", lines=LOG_TAIL_LINES,
                            max_lines=LOG_TAIL_LINES, autoscroll=True, interactive=False)
     c["state"] = gr.State(None)
