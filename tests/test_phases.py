@@ -283,6 +283,9 @@ def test_final_evaluation_fits_the_run():
     assert cfg.final_evaluation_for(config_mod.SHORT_RUN_STEPS + 1) == "full"
     assert cfg.replace(final_evaluation="none").final_evaluation_for(5000) == "none"
     assert cfg.replace(final_evaluation="full").final_evaluation_for(4) == "full"
+    grpo = cfg.replace(objective="grpo", dataset="demo-arithmetic", rewards="answer")
+    assert grpo.final_evaluation_for(12) == "full", "GRPO's figure is the answer accuracy: the task checks"
+    assert grpo.replace(final_evaluation="quick").final_evaluation_for(12) == "quick"
 
 
 def test_quick_checks_less_than_full():

@@ -253,7 +253,8 @@ class TrainConfig:
         "auto", "What the run checks after its last step. quick: held-out loss base vs tuned and a few probes "
         "(seconds to a minute on a CPU). full: also every probe and the task checks (can take as long as a "
         "short training). none: nothing (run `python -m tuning eval` later). auto: quick for a run of at most "
-        f"{SHORT_RUN_STEPS} steps, else full.", "schedule", choices=("auto", "quick", "full", "none"),
+        f"{SHORT_RUN_STEPS} steps, else full; full for GRPO (its held-out answer accuracy).",
+        "schedule", choices=("auto", "quick", "full", "none"),
         label="Evaluation after the run")
     eval_max_new_tokens: int = _f(64, "Longest answer, in tokens, for probes and task checks (greedy).",
                                   "schedule", min=1, max=2048, advanced=True, label="Answer length in checks (tokens)")
@@ -364,10 +365,10 @@ class TrainConfig:
 
     def final_evaluation_for(self, total_steps: int) -> str:
         """quick, full or none: auto is quick for a short run, full for a long one."""
-        if self.objective == "grpo":
-            return "none"  # asking every held-out prompt greedily takes minutes here: `eval` and the tab ask
         if self.final_evaluation != "auto":
             return self.final_evaluation
+        if self.objective == "grpo":
+            return "full"  # its figure is the held-out answer accuracy, the task checks a quick one leaves out
         return "quick" if total_steps <= SHORT_RUN_STEPS else "full"
 
     @property
