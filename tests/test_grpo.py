@@ -158,11 +158,15 @@ def test_grpo_trains_two_steps_and_logs_reward_figures(tmp_path, tiny_qwen_dir):
     assert events[-1]["status"] == "completed" and runs.has_final_adapter(run_dir)
     assert [c.name for c in runs.complete_checkpoints(run_dir)] == ["checkpoint-2"]
     assert len(runs.read_probes(run_dir)) == 3  # the held-out questions
-    # Evaluated afterwards (the end-of-run evaluation is off for grpo): the held-out loss of the reference
-    # answers and each held-out question asked greedily of base and tuned, checked for its answer.
+    # The end-of-run evaluation (full for grpo): the held-out loss of the reference answers and each
+    # held-out question asked greedily of base and tuned, checked for its answer; `eval` gives the same.
     from tuning.evaluation import evaluate
 
+    at_end = runs.read_evaluation(run_dir)
+    assert at_end["kind"] == "full" and at_end["checks"]["by_kind"]["answer"]["n"] == 3
+    assert any(e["event"] == "phase" and e["phase"] == "evaluating" for e in events)
     result = evaluate.evaluate_run(run_dir, tmp_path)
+    assert result["checks"]["by_kind"] == at_end["checks"]["by_kind"], "greedy: the same answers again"
     answers = result["checks"]["by_kind"]["answer"]
     assert answers["n"] == 3 and 0 <= answers["base_passed"] <= 3 and 0 <= answers["tuned_passed"] <= 3
     asked = {row["prompt"] for row in result["checks"]["rows"]}
