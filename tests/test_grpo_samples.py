@@ -119,7 +119,12 @@ def test_two_grpo_steps_log_their_sampled_answers_and_live_shows_them(tmp_path, 
                                                + 2 * s["rewards"]["short"])
 
     title, headers, rows = live_tab.samples_table(live_tab.latest_samples(events))
-    assert title == "Sampled answers at step 2"
+    figures = logs[-1]["objective"]  # the step's own figures over all its answers, from TRL's log
+    assert title == (f"Sampled answers at step 2 (answer {figures['rewards/answer/mean']:.2f} ± "
+                     f"{figures['rewards/answer/std']:.2f}; length {figures['rewards/length/mean']:.2f} ± "
+                     f"{figures['rewards/length/std']:.2f}; short {figures['rewards/short/mean']:.2f} ± "
+                     f"{figures['rewards/short/std']:.2f}; answers {figures['completions/mean_length']:.1f} "
+                     "tokens on average)")
     assert headers == ["prompt", "sampled answer", "answer", "length", "short", "total"]
     assert [row[0] for row in rows] == [s["prompt"] for s in logs[-1]["samples"]]
     assert [row[-1] for row in rows] == [f"{s['total']:.3f}" for s in logs[-1]["samples"]]
@@ -143,6 +148,10 @@ def test_live_turns_the_newest_samples_into_a_table_and_hides_it_without_any():
     # read a tick at a time: a tick without new samples keeps the last ones
     assert live_tab.latest_samples([_log(4)], event) is event
     assert live_tab.latest_samples([_log(1), {"event": "eval", "step": 1, "samples": [SAMPLE]}]) is None
+    with_figures = {**event, "objective": {"rewards/answer/mean": 0.625, "rewards/answer/std": 0.5,
+                                           "rewards/length/mean": 0.9, "completions/mean_length": 7.25}}
+    assert live_tab.samples_table(with_figures)[0] == (
+        "Sampled answers at step 2 (answer 0.62 ± 0.50; length 0.90 ± 0.00; answers 7.2 tokens on average)")
 
     shown = live_tab.samples_update(event)
     assert shown["visible"] and shown["label"] == "Sampled answers at step 2"

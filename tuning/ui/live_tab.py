@@ -182,8 +182,20 @@ def samples_table(event: dict) -> tuple[str, list[str], list[list[str]]]:
     names = list(dict.fromkeys(name for s in event["samples"] for name in s.get("rewards", {})))
     rows = [[s.get("prompt", ""), s.get("completion", ""), *(number(s.get("rewards", {}).get(n)) for n in names),
              number(s.get("total"))] for s in event["samples"]]
-    return (f"Sampled answers at step {event.get('step', '?')}", ["prompt", "sampled answer", *names, "total"],
-            rows)
+    title = f"Sampled answers at step {event.get('step', '?')}"
+    figures = step_figures(event.get("objective") or {}, names)
+    return (f"{title} ({figures})" if figures else title, ["prompt", "sampled answer", *names, "total"], rows)
+
+
+def step_figures(objective: dict, names: list[str]) -> str:
+    """The step's figures over all its answers, not only the three shown: each reward's mean ± spread
+    (TRL's rewards/<name>/mean and /std) and the answers' mean length in tokens."""
+    parts = [f"{n} {objective[f'rewards/{n}/mean']:.2f} ± {objective.get(f'rewards/{n}/std') or 0:.2f}"
+             for n in names if isinstance(objective.get(f"rewards/{n}/mean"), (int, float))]
+    length = objective.get("completions/mean_length")
+    if isinstance(length, (int, float)):
+        parts.append(f"answers {length:.1f} tokens on average")
+    return "; ".join(parts)
 
 
 def samples_update(event: dict | None):

@@ -16,7 +16,7 @@ from tuning import config as config_mod
 FORM_FIELDS = list(config_mod.FIELDS)  # every config field is on the form, in this order
 SIMPLE_FIELDS = [n for n in FORM_FIELDS if config_mod.FIELDS[n].metadata["simple"]]
 GROUPS = (("model", "Model"), ("method", "Method"), ("lora", "LoRA"), ("optimisation", "Optimisation"),
-          ("data", "Data"), ("preference", "Objective (SFT or preference tuning)"), ("schedule", "Schedule"))
+          ("data", "Data"), ("preference", "Objective (SFT, preference tuning or GRPO)"), ("schedule", "Schedule"))
 PER_ROW = 2  # fields side by side: at 800 px a third column cuts labels and squeezes checkboxes
 
 
