@@ -247,3 +247,55 @@ def test_the_train_tab_s_plan_tries_the_rewards_before_training(tmp_path, tiny_q
     assert "answer (x1): 1 when the answer matches" in trial and "groups teach nothing" in trial
     missing, _ = train_plan.report(AppContext(tmp_path / "ws"), cfg.replace(dataset=str(tmp_path / "nope.jsonl")))
     assert "**Rewards, tried on 2 prompts:** not tried: dataset:" in missing and "Traceback" not in missing
+
+
+@pytest.mark.slow
+def test_a_stopped_grpo_run_resumes_from_its_checkpoint_and_trains_each_step_once(tmp_path, tiny_qwen_dir):
+    """`python -m tuning train` on a GRPO preset, stopped by SIGTERM after step 2 (held there by the test
+    fault, so no timing is involved): it ends stopped with a checkpoint; `--resume` trains on to the end
+    from that checkpoint, each step once, and its log events still carry the sampled answers."""
+    import os
+    import signal
+    import time
+
+    from tuning import paths
+
+    path = write_jsonl(tmp_path / "sums.jsonl", [{"question": f"What is {i} + 1?", "answer": i + 1} for i in range(12)])
+    cfg = TrainConfig(objective="grpo", base_model=str(tiny_qwen_dir), dataset=str(path), method="lora",
+                      rewards="answer,length:1-8*0.5", num_generations=2, per_device_batch_size=4,
+                      max_completion_length=8, max_steps=5, save_steps=2, learning_rate=1e-3, warmup_ratio=0.0,
+                      eval_split=0.25, logging_steps=1, eval_max_new_tokens=4, general_rows="off",
+                      slot_checks="off", final_evaluation="none", probe_every_checkpoint=False)
+    preset = tmp_path / "grpo.yaml"
+    preset.write_text(cfg.to_yaml())
+    workspace, run_dir = tmp_path / "ws", tmp_path / "ws" / "runs" / "grpo-resume"
+    command = [sys.executable, "-m", "tuning", "train", "--workspace", str(workspace)]
+    env = {k: v for k, v in os.environ.items() if k != "TUNING_TEST_FAULT"}
+    first = subprocess.Popen([*command, "--preset", str(preset), "--run-id", run_dir.name], cwd=paths.PROJECT_DIR,
+                             env={**env, "TUNING_TEST_FAULT": "hold_at_step:2"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not any(e["event"] == "log" and e.get("step") == 2 for e in read_events(runs.events_path(run_dir))[0]):
+        assert time.time() < deadline and first.poll() is None, first.stdout.read() if first.poll() else "timeout"
+        time.sleep(0.3)
+    first.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the handler has set the flag before the run goes on
+    (run_dir / "release-fault").touch()
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-3000:]
+    events, _ = read_events(runs.events_path(run_dir))
+    assert events[-1]["event"] == "end" and events[-1]["status"] == runs.STOPPED, events[-1]
+    stopped_at = events[-1]["step"]
+    assert runs.latest_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"
+
+    resumed = subprocess.run([*command, "--resume", run_dir.name], cwd=paths.PROJECT_DIR, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    events, _ = read_events(runs.events_path(run_dir))
+    starts = [e for e in events if e["event"] == "start"]
+    assert [e["step"] for e in starts] == [0, stopped_at] and f"resumed at step {stopped_at}" in starts[1]["message"]
+    logs = [e for e in events if e["event"] == "log"]
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5]  # no step twice, none left out
+    assert all(e["samples"] and "rewards/answer/mean" in e["objective"] for e in logs)
+    assert [e["status"] for e in events if e["event"] == "end"] == [runs.STOPPED, runs.COMPLETED]
+    assert runs.has_final_adapter(run_dir)
