@@ -3,6 +3,7 @@ two-step run on a tiny random Qwen2 through the real trainer path (reward figure
 the `rewards` dry-run on the command line."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -245,6 +246,12 @@ def test_the_train_tab_s_plan_tries_the_rewards_before_training(tmp_path, tiny_q
     trial = text[text.index("**Rewards, tried on 2 prompts before training**"):]
     assert trial.count("group mean") == 2 and trial.count("What is ") == 2
     assert "answer (x1): 1 when the answer matches" in trial and "groups teach nothing" in trial
+    timed = re.search(r"sampling: ([\d.]+) s a prompt here \(2 answers\); a step samples 2 prompts: ~([\d.]+) s", trial)
+    assert timed and float(timed[2]) == pytest.approx(2 * float(timed[1]), abs=0.11), trial
+    assert "**Time with the sampling:**" not in trial, "no step count in the form: no total to give"
+    with_steps, _ = train_plan.report(AppContext(tmp_path / "ws"), cfg.replace(max_steps=30))
+    assert re.search(r"\*\*Time with the sampling:\*\* ~.+ for 30 steps \(the estimate above counts the training "
+                     r"passes; sampling the answers adds ~", with_steps), with_steps[-600:]
     missing, _ = train_plan.report(AppContext(tmp_path / "ws"), cfg.replace(dataset=str(tmp_path / "nope.jsonl")))
     assert "**Rewards, tried on 2 prompts:** not tried: dataset:" in missing and "Traceback" not in missing
 

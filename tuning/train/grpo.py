@@ -17,6 +17,7 @@ and stop as the other objectives (tuning/train/preference.py's building blocks),
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def rewards_dry_run(cfg: TrainConfig, workspace: Path, samples: int = 4) -> dict
     torch.manual_seed(cfg.seed)
     groups = []
     n = cfg.num_generations
+    started = time.perf_counter()
     for row in picked:
         answers = generation.generate_rows(model, tokenizer, [row["prompt"]] * n, [name] * n, do_sample=True,
                                            temperature=cfg.temperature, top_p=1.0, top_k=0,
@@ -105,13 +107,20 @@ def rewards_dry_run(cfg: TrainConfig, workspace: Path, samples: int = 4) -> dict
         scored = rewards.score_group(scorers, answers, columns, [row["prompt"]] * n)
         groups.append({"prompt": row["prompt"][-1]["content"],
                        **{k: v for k, v in row.items() if k != "prompt"}, **scored})
+    sampling = (time.perf_counter() - started) / len(picked) if picked else None  # scoring is negligible
     flat = sum(g["teaches_nothing"] for g in groups)
     return {"model": cfg.base_model + (f" + run {cfg.init_from}" if cfg.init_from else ""),
             "num_generations": n, "temperature": cfg.temperature,
             "rewards": [{"name": r.name, "weight": r.spec.weight, "description": r.description} for r in scorers],
             "columns": list(loaded.columns), "problems": [str(p) for p in loaded.problems[:20]],
             "problem_count": len(loaded.problems), "groups": groups,
-            "teaches_nothing": flat, "teaches_nothing_share": flat / len(groups) if groups else 0.0}
+            "teaches_nothing": flat, "teaches_nothing_share": flat / len(groups) if groups else 0.0,
+            "seconds_per_prompt": sampling, "prompts_per_step": prompts_per_step(cfg)}
+
+
+def prompts_per_step(cfg: TrainConfig) -> int:
+    """The prompts a step samples answers to: its answers (the effective batch) / num_generations."""
+    return max(1, cfg.effective_batch_size // max(1, cfg.num_generations))
 
 
 def dry_run_text(result: dict[str, Any], width: int = 70) -> str:
@@ -135,6 +144,11 @@ def dry_run_text(result: dict[str, Any], width: int = 70) -> str:
                      + ("  -- every answer scored the same: this prompt teaches nothing" if group["teaches_nothing"]
                         else ""))
     lines.append("")
+    if result.get("seconds_per_prompt") is not None:
+        per_step = result["seconds_per_prompt"] * result["prompts_per_step"]
+        lines.append(f"sampling: {result['seconds_per_prompt']:.1f} s a prompt here ({result['num_generations']} "
+                     f"answers); a step samples {result['prompts_per_step']} prompts: ~{per_step:.1f} s a step "
+                     "before its training pass")
     lines.append(f"{result['teaches_nothing']} of {len(result['groups'])} groups teach nothing"
                  + ("; raise temperature or num_generations, or pick rewards that tell the answers apart"
                     if result["teaches_nothing"] else ""))

@@ -10,7 +10,7 @@ import gradio as gr
 from tuning import config as config_mod
 from tuning import data as data_mod
 from tuning.train import preflight, recipe
-from tuning.ui.common import AppContext, load_dataset
+from tuning.ui.common import AppContext, ago, load_dataset
 from tuning.ui.train_fields import FORM_FIELDS, config_to_form
 
 FIX_BUTTONS = 3  # buttons under the checks, one per fix (findings with a fix rarely number more)
@@ -58,17 +58,19 @@ def report(ctx: AppContext, cfg: config_mod.TrainConfig) -> tuple[str, list[pref
         parts.append("**Checks before Start:** nothing to flag.")
     parts.append(result.markdown())
     if cfg.objective == "grpo":
-        parts.append(rewards_trial(ctx, cfg))
+        parts.append(rewards_trial(ctx, cfg, result.steps, result.seconds))
     return "\n\n".join(parts), found
 
 
 DRY_RUN_SAMPLES = 2  # prompts the Train tab's reward trial answers: seconds for the embedded model here
 
 
-def rewards_trial(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
+def rewards_trial(ctx: AppContext, cfg: config_mod.TrainConfig, steps: int | None = None,
+                  estimated: float | None = None) -> str:
     """GRPO's reward dry-run (tuning/train/grpo.py) for the form: a few training prompts answered
     num_generations times by the model the run would start from, each answer's rewards, and which groups
-    teach nothing, before any training is spent."""
+    teach nothing, before any training is spent. The estimate's time counts training passes at SFT's
+    pace; the sampling the trial timed comes on top of it (`steps` and `estimated`, when known)."""
     from tuning import models
     from tuning.train import grpo
 
@@ -76,8 +78,13 @@ def rewards_trial(ctx: AppContext, cfg: config_mod.TrainConfig) -> str:
         result = grpo.rewards_dry_run(cfg, ctx.workspace, DRY_RUN_SAMPLES)
     except (config_mod.ConfigError, data_mod.DataError, models.ModelError, OSError, ValueError) as exc:
         return f"**Rewards, tried on {DRY_RUN_SAMPLES} prompts:** not tried: {str(exc).splitlines()[0]}"
-    return (f"**Rewards, tried on {DRY_RUN_SAMPLES} prompts before training** (`python -m tuning rewards` "
+    text = (f"**Rewards, tried on {DRY_RUN_SAMPLES} prompts before training** (`python -m tuning rewards` "
             f"tries more):\n\n```\n{grpo.dry_run_text(result)}\n```")
+    if steps and estimated is not None and result.get("seconds_per_prompt") is not None:
+        sampling = steps * result["prompts_per_step"] * result["seconds_per_prompt"]
+        text += (f"\n\n**Time with the sampling:** ~{ago(estimated + sampling)} for {steps} steps (the estimate "
+                 f"above counts the training passes; sampling the answers adds ~{ago(sampling)}, timed above).")
+    return text
 
 
 def fix_updates(found: list[preflight.Finding]) -> dict:
