@@ -430,6 +430,8 @@ def test_the_runner_passes_no_user_text_on_the_command_line(tmp_path, monkeypatc
             self.pid = os.getpid()  # a live pid, so the run reads as starting
 
     monkeypatch.setattr(runner.subprocess, "Popen", Recorder)
+    # the runner keeps each child it starts, to reap it later: this fake one must not outlive the test
+    monkeypatch.setattr(runner, "_CHILDREN", [])
     payload = "; rm -rf / $(id) `id` | cat /etc/passwd"
     cfg = TrainConfig(base_model=payload, dataset=payload, eval_dataset=payload, target_modules=payload)
     workspace = tmp_path / "ws"
