@@ -397,3 +397,28 @@ def test_a_run_on_another_host_is_followed_by_its_heartbeat(tmp_path, tiny_confi
     (run_path / runs.PROCESS).write_text(json.dumps({**info, "ended": time.time()}))
     assert not runs.process_alive(run_path)  # fresh, but it recorded its end
     assert runner.stop(workspace, run_path.name) is False
+
+
+@pytest.mark.slow
+def test_a_grpo_run_under_torchrun_with_two_cpu_processes(tmp_path, tiny_config):
+    """GRPO in 2 processes: each samples answers to its share of the step's prompts, the rewards are
+    logged once (rank 0), and the run ends completed with its adapter, each step once."""
+    from conftest import write_jsonl
+
+    sums = write_jsonl(tmp_path / "sums.jsonl", [{"question": f"What is {i} + 2?", "answer": i + 2} for i in range(16)])
+    preset = tmp_path / "grpo.yaml"
+    preset.write_text(tiny_config.replace(objective="grpo", dataset=str(sums), rewards="answer,length:1-8*0.5",
+                                          num_generations=2, max_completion_length=8, max_steps=2, save_steps=2,
+                                          eval_split=0.0, probe_every_checkpoint=False).to_yaml())
+    workspace = tmp_path / "ws"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               *train_args(workspace, "--preset", str(preset))]
+    launch = Launch(tmp_path, [(command, clean_env())])
+    assert launch.wait() == [0], launch.all_output()
+    assert launch.output(0).count("start: 2 steps") == 2, launch.all_output()  # both processes trained
+    run_path = one_run(workspace)
+    events = assert_trained_once(run_path, 2)
+    logs = [e for e in events if e["event"] == "log"]
+    assert all("rewards/answer/mean" in e["objective"] and e["samples"] for e in logs)
+    assert [e["status"] for e in events if e["event"] == "end"] == [runs.COMPLETED]
+    assert runs.has_final_adapter(run_path)
