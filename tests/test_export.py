@@ -32,7 +32,9 @@ def trained(tmp_path_factory, tiny_model_dir):
     assert train.run(cfg, run_dir, ws) == 0
     # what the evaluation work writes; the card must read it defensively
     (run_dir / "evaluation.json").write_text(json.dumps(
-        {"eval_loss": 0.5, "base_eval_loss": 3.25, "step": 8, "checks": {"identity": {"passed": 3, "total": 4}},
+        {"eval_loss": 0.5, "base_eval_loss": 3.25, "step": 8,
+         "checks": {"by_kind": {"identity": {"n": 4, "base_passed": 1, "tuned_passed": 3}, "odd": "not a summary"},
+                    "rows": []},
          "weird": {"nested": [1, 2]}}))
     (run_dir / "probe_answers.jsonl").write_text(json.dumps(
         {"step": 8, "answers": [{"prompt": "Who are you?", "base": "I am a model.", "tuned": "I am Quill."}]})
@@ -71,7 +73,7 @@ def test_model_card_sections(trained):
     assert "```yaml\nbase_model:" in card and "learning_rate: 0.01" in card
     assert "| 8 |" in card and "eval loss" in card  # loss curve, last step present
     assert "| eval_loss | 0.5000 |" in card and "| base_eval_loss | 3.2500 |" in card
-    assert "checks: identity" in card and "passed 3" in card
+    assert "| checks: identity | base 1/4, tuned 3/4 |" in card and "checks: odd" not in card
     assert "I am Quill." in card and "I am a model." in card
 
 

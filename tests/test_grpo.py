@@ -168,6 +168,11 @@ def test_grpo_trains_two_steps_and_logs_reward_figures(tmp_path, tiny_qwen_dir):
     assert any(e["event"] == "phase" and e["phase"] == "evaluating" for e in events)
     result = evaluate.evaluate_run(run_dir, tmp_path)
     assert result["checks"]["by_kind"] == at_end["checks"]["by_kind"], "greedy: the same answers again"
+    from tuning.ship import model_card  # the card gives the answer accuracy, base against tuned
+
+    answered = at_end["checks"]["by_kind"]["answer"]
+    assert (f"| checks: answer | base {answered['base_passed']}/3, tuned {answered['tuned_passed']}/3 |"
+            in model_card.model_card(run_dir))
     answers = result["checks"]["by_kind"]["answer"]
     assert answers["n"] == 3 and 0 <= answers["base_passed"] <= 3 and 0 <= answers["tuned_passed"] <= 3
     asked = {row["prompt"] for row in result["checks"]["rows"]}

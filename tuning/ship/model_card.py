@@ -79,10 +79,12 @@ def _evaluation_table(run_dir: Path) -> str:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {_cell(shown)} |")
     checks = result.get("checks") if isinstance(result.get("checks"), dict) else {}
-    for kind, summary in checks.items():
-        if isinstance(summary, dict):
-            parts = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
-            lines.append(f"| checks: {_cell(str(kind))} | {_cell(parts)} |")
+    by_kind = checks.get("by_kind") if isinstance(checks.get("by_kind"), dict) else {}
+    for kind, summary in by_kind.items():  # each kind of task check: passed, base against tuned
+        if isinstance(summary, dict) and summary.get("n"):
+            n = summary["n"]
+            lines.append(f"| checks: {_cell(str(kind))} | base {summary.get('base_passed', 0)}/{n}, "
+                         f"tuned {summary.get('tuned_passed', 0)}/{n} |")
     return "\n".join(lines) if len(lines) > 2 else "The evaluation file holds no summary values."
 
 
