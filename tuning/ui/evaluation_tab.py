@@ -320,7 +320,8 @@ def layout(ctx: AppContext) -> dict:
         c["losses"] = gr.Dataframe(headers=LOSS_HEADERS, label="Held-out loss and perplexity (lower is better)",
                                    interactive=False)
         c["checks"] = gr.Dataframe(headers=CHECK_HEADERS, interactive=False, min_width=560,
-                                   label="Task checks (the answer contains the expected words)")
+                                   label="Task checks (the answer contains the expected words; for GRPO, "
+                                         "the answer reward's rule)")
     gr.Markdown("### Probe gallery\nThe run's probe prompts, answered at every checkpoint and at the end.")
     c["step"] = gr.Slider(minimum=0, maximum=1, value=0, step=1, label="Checkpoint (slide to step through)",
                           interactive=False)
