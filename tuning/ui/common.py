@@ -376,7 +376,8 @@ def opening_config():
     return config_mod.load(path) if path.is_file() else config_mod.TrainConfig()
 
 
-def _mtime(source: str) -> float:
+def source_mtime(source: str) -> float:
+    """A file's version for the readers' caches (0 for a name that is not a file: a Hub id, a demo)."""
     try:
         return Path(source).stat().st_mtime
     except OSError:
@@ -399,7 +400,7 @@ def load_dataset(source: str, fmt: str = "auto", column_map: str = "", limit: in
     the whole), cached per file version (the mtime), format and map: the Dataset tab's pages and
     statistics and the Train tab's estimate share one read. With the workspace, a big local file is
     read whole through its Arrow cache there (tuning/data/arrow_data.py) instead of into memory."""
-    return _load_cached(source, fmt or "auto", (column_map or "").strip(), _mtime(source), limit,
+    return _load_cached(source, fmt or "auto", (column_map or "").strip(), source_mtime(source), limit,
                         None if workspace is None else str(workspace))
 
 

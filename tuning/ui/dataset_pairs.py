@@ -16,19 +16,12 @@ import gradio as gr
 
 from tuning import paths
 from tuning.data import pairs
-from tuning.ui.common import picked_number
+from tuning.ui.common import picked_number, source_mtime
 
 LIST_ROWS = 500  # pairs listed in the table (any pair opens by its number)
 LIST_HEADERS = ["#", "prompt (last turn)", "chosen", "rejected", "file:row"]
 SIDE_COLORS = {"prompt": "gray", "scored": "green", "truncated": "red"}
 VIEW_OUTPUTS = ("pair_row", "pair_note", "pair_prompt", "pair_chosen", "pair_rejected")
-
-
-def _mtime(source: str) -> float:
-    try:
-        return Path(source).stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 @lru_cache(maxsize=4)
@@ -38,7 +31,7 @@ def _load(source: str, column_map: str, mtime: float) -> pairs.PreferenceData:
 
 def load(source: str, column_map: str = "") -> pairs.PreferenceData:
     """The preference rows of a source, read once per file version (the tab's steps share it)."""
-    return _load(source, (column_map or "").strip(), _mtime(source))
+    return _load(source, (column_map or "").strip(), source_mtime(source))
 
 
 def is_preference(source: str) -> bool:

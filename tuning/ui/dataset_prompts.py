@@ -20,6 +20,7 @@ from tuning.config import DEMO_DATASET, REWARD_COLUMNS, RewardSpec, parse_reward
 from tuning.data import prompts
 from tuning.data.pairs import DEMO_PREFERENCE
 from tuning.data.formats import DataError, Problem
+from tuning.ui.common import source_mtime
 
 DEMO_REWARDS = "answer"  # what the bundled sums are read with: their answer column is what the answer reward checks
 LIST_ROWS = 500          # prompts listed in the table
@@ -57,13 +58,6 @@ def columns_read(specs: list[RewardSpec]) -> dict[str, list[str]]:
     return readers
 
 
-def _mtime(source: str) -> float:
-    try:
-        return Path(source).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 @lru_cache(maxsize=4)
 def _load(source: str, columns: tuple[str, ...], column_map: str, mtime: float) -> prompts.PromptData:
     return prompts.load(source, columns, column_map)
@@ -76,7 +70,7 @@ def load(source: str, rewards: str, column_map: str = "") -> prompts.PromptData:
         raise DataError(f"rewards: {source} is {OTHER_DEMOS[source]}; for GRPO pick demo-arithmetic (path or Hub "
                         "id) or your own prompts, or clear the Rewards (GRPO) box")
     columns = tuple(columns_read(reward_specs(rewards)))
-    return _load(source, columns, (column_map or "").strip(), _mtime(source))
+    return _load(source, columns, (column_map or "").strip(), source_mtime(source))
 
 
 def rewards_words(specs: list[RewardSpec], readers: dict[str, list[str]]) -> str:
